@@ -1,0 +1,173 @@
+"""All settings in one frozen object, read once from CLI flags and PIPELINE_* variables.
+
+Nothing below the CLI reads the environment: the config is passed down explicitly, so a worker's
+behaviour is fully described by the object it was given (and by what it logs of it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "PIPELINE_"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    dsn: str = ""
+    remote: str = ""
+    scratch_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "streaming-pipeline")
+    model: str = "large-v3"
+    device: str = "auto"
+    compute_type: str = "default"
+    language: str | None = None
+    beam_size: int = 5
+    vad: bool = True
+    stream_batch_size: int = 200
+    process_batch_size: int = 100
+    num_workers: int = 10
+    max_concurrent_uploads: int = 8
+    upload_timeout: float = 120.0
+    upload_retries: int = 5
+    upload_backoff_max: float = 60.0
+    max_member_bytes: int = 4 * 1024**3
+    decode_timeout: float = 600.0
+    cpu_threads: int = 0
+    log_dir: Path | None = None
+
+    def redacted_dsn(self) -> str:
+        return redact_dsn(self.dsn)
+
+    def with_overrides(self, **changes: Any) -> PipelineConfig:
+        return replace(self, **changes)
+
+
+_ENV_NAMES = {
+    "dsn": "PIPELINE_DSN",
+    "remote": "PIPELINE_REMOTE",
+    "scratch_dir": "PIPELINE_SCRATCH",
+    "model": "PIPELINE_MODEL",
+    "device": "PIPELINE_DEVICE",
+    "compute_type": "PIPELINE_COMPUTE_TYPE",
+    "language": "PIPELINE_LANGUAGE",
+    "beam_size": "PIPELINE_BEAM_SIZE",
+    "stream_batch_size": "PIPELINE_STREAM_BATCH_SIZE",
+    "process_batch_size": "PIPELINE_PROCESS_BATCH_SIZE",
+    "num_workers": "PIPELINE_NUM_WORKERS",
+    "max_concurrent_uploads": "PIPELINE_MAX_CONCURRENT_UPLOADS",
+    "upload_timeout": "PIPELINE_UPLOAD_TIMEOUT",
+    "upload_retries": "PIPELINE_UPLOAD_RETRIES",
+    "max_member_bytes": "PIPELINE_MAX_MEMBER_BYTES",
+    "decode_timeout": "PIPELINE_DECODE_TIMEOUT",
+    "cpu_threads": "PIPELINE_CPU_THREADS",
+    "log_dir": "PIPELINE_LOG_DIR",
+}
+
+
+def _coerce(name: str, raw: Any, typ: Any) -> Any:
+    if raw is None:
+        return None
+    text = str(raw)
+    try:
+        if "Path" in str(typ):
+            return Path(text).expanduser()
+        if "bool" in str(typ):
+            if isinstance(raw, bool):
+                return raw
+            return text.lower() in ("1", "true", "yes", "on")
+        if "int" in str(typ) and "float" not in str(typ):
+            return int(text)
+        if "float" in str(typ):
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: {text!r} is not a valid value") from None
+    return text
+
+
+def build_config(cli: Mapping[str, Any], env: Mapping[str, str]) -> PipelineConfig:
+    """CLI flags win over PIPELINE_* variables, which win over defaults.
+
+    The DSN also falls back to DB_CREDS, the variable users' monitoring commands already use.
+    """
+    values: dict[str, Any] = {}
+    types = {f.name: f.type for f in fields(PipelineConfig)}
+    for name, typ in types.items():
+        raw = cli.get(name)
+        if raw is None and name in _ENV_NAMES:
+            raw = env.get(_ENV_NAMES[name]) or None
+        if raw is None and name == "dsn":
+            raw = env.get("DB_CREDS") or None
+        if raw is not None:
+            values[name] = _coerce(name, raw, typ)
+    if "scratch_dir" not in values:
+        values["scratch_dir"] = Path(env.get("TMPDIR") or tempfile.gettempdir()) / "streaming-pipeline"
+    config = PipelineConfig(**values)
+    _validate(config)
+    return config
+
+
+def _validate(config: PipelineConfig) -> None:
+    positive = (
+        "beam_size",
+        "stream_batch_size",
+        "process_batch_size",
+        "num_workers",
+        "max_concurrent_uploads",
+        "max_member_bytes",
+    )
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
+    if config.upload_timeout <= 0 or config.decode_timeout <= 0:
+        raise ConfigError("timeouts must be positive")
+    if config.device not in ("auto", "cuda", "cpu"):
+        raise ConfigError(f"device must be auto, cuda or cpu, not {config.device!r}")
+
+
+def parse_day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"bad date {text!r}: expected YYYY-MM-DD") from None
+
+
+_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_PASSWORD_URI = re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)")
+
+
+def redact_dsn(dsn: str) -> str:
+    """Replace the password in a libpq key=value string or URI with ***."""
+    text = _PASSWORD_KV.sub(r"\1***", dsn)
+    return _PASSWORD_URI.sub(r"\1***\3", text)
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Redact DSN-shaped passwords and any known secret from an arbitrary message."""
+    out = redact_dsn(text)
+    for secret in secrets:
+        if secret:
+            out = out.replace(secret, "***")
+    return out
+
+
+def dsn_password(dsn: str) -> str:
+    """The password in a DSN, so that messages from libpq can be scrubbed of it too."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return str(conninfo_to_dict(dsn).get("password") or "")
+    except Exception:  # noqa: BLE001 - an unparsable DSN has no password we can find
+        return ""
+
+
+def environ() -> Mapping[str, str]:
+    """The only place the process environment is read (by the CLI)."""
+    return os.environ

@@ -1,0 +1,110 @@
+"""A private PostgreSQL server in a state directory, for machines where none is configured.
+
+Uses the distribution's server binaries (Debian: postgresql-15). PostgreSQL refuses to run as
+root, so as root the cluster is owned by and run as the `postgres` system user.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def find_bindir() -> Path:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+    for path in [*reversed(candidates), *(os.path.dirname(p) for p in [shutil.which("initdb")] if p)]:
+        if (Path(path) / "initdb").exists() and (Path(path) / "pg_ctl").exists():
+            return Path(path)
+    raise ConfigError(
+        "no PostgreSQL server binaries found (install the postgresql package, or set PIPELINE_DSN)"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedPostgres:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir.resolve()
+        self.data_dir = self.state_dir / "data"
+        self.port_file = self.state_dir / "port"
+        self.bindir = find_bindir()
+        self._as_root = os.geteuid() == 0
+
+    def _cmd(self, *args: str) -> list[str]:
+        if self._as_root:
+            return ["runuser", "-u", "postgres", "--", *args]
+        return list(args)
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self._cmd(*args), capture_output=True, text=True, check=False)
+
+    def dsn(self) -> str:
+        port = self.port_file.read_text().strip()
+        return f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+
+    def running(self) -> bool:
+        if not (self.data_dir / "PG_VERSION").exists():
+            return False
+        return self._run(str(self.bindir / "pg_ctl"), "status", "-D", str(self.data_dir)).returncode == 0
+
+    def start(self) -> str:
+        """Initialise on first use, start if needed; returns the DSN."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self._as_root:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.state_dir, pw.pw_uid, pw.pw_gid)
+        if not (self.data_dir / "PG_VERSION").exists():
+            proc = self._run(
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            )
+            if proc.returncode != 0:
+                raise ConfigError(f"initdb failed: {proc.stderr.strip()[:500]}")
+        if self.running():
+            return self.dsn()
+        port = _free_port()
+        self.port_file.write_text(str(port))
+        options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.state_dir}"
+        proc = self._run(
+            str(self.bindir / "pg_ctl"),
+            "start",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.state_dir / "postgres.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+        )
+        if proc.returncode != 0:
+            raise ConfigError(f"embedded PostgreSQL did not start: {proc.stderr.strip()[:500]}")
+        log.info("embedded PostgreSQL running in %s on port %d", self.data_dir, port)
+        time.sleep(0.2)
+        return self.dsn()
+
+    def stop(self) -> None:
+        if self.running():
+            self._run(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w")

@@ -1,0 +1,44 @@
+"""Error hierarchy: what callers catch, and which failures are worth retrying."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class; the CLI prints these as one line and exits non-zero."""
+
+    exit_code = 1
+
+
+class ConfigError(PipelineError):
+    """A bad invocation: wrong flag, missing file, unwritable directory. Nothing was started."""
+
+    exit_code = 2
+
+
+class ArchiveError(PipelineError):
+    """The archive stream could not be read to its end (truncated, corrupt, not xz)."""
+
+
+class ConversionError(PipelineError):
+    """One member could not be decoded or is unusable as audio; it fails alone."""
+
+
+class TranscriptionError(PipelineError):
+    """The model could not be loaded or failed on a file."""
+
+
+class UploadError(PipelineError):
+    """rsync failed. `returncode` is rsync's exit status (None when it timed out)."""
+
+    def __init__(self, message: str, returncode: int | None, retryable: bool) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.retryable = retryable
+
+
+class StoreError(PipelineError):
+    """The progress database is unreachable or rejected a statement."""
+
+
+class ScratchFullError(PipelineError):
+    """The scratch directory ran out of space."""

@@ -1,0 +1,118 @@
+"""Generate a sample day: archives of espeak-ng speech in several formats, rates and folders.
+
+Used by the demo, the tests and the benchmark, so that all of them run on real speech audio
+without shipping any.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SENTENCES = (
+    "Good morning, this is the early news on the first programme.",
+    "Weather for the coast: light winds, some rain spreading from the west.",
+    "Guten Morgen, hier sind die Nachrichten des Tages.",
+    "Bonjour et bienvenue dans notre journal de midi.",
+    "Traffic is heavy on the ring road after an earlier accident.",
+    "Buenos dias, estas son las noticias de la manana.",
+    "And now the music, with a classic from the archives.",
+    "That was the end of the bulletin. Back to the studio.",
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    suffix: str
+    rate: int
+    channels: int
+    fmt: str
+    subtype: str | None
+
+
+VARIANTS = (
+    Variant(".wav", 22050, 1, "WAV", "PCM_16"),
+    Variant(".flac", 44100, 2, "FLAC", "PCM_16"),
+    Variant(".ogg", 48000, 1, "OGG", "VORBIS"),
+    Variant(".wav", 8000, 1, "WAV", "PCM_16"),
+    Variant(".mp3", 44100, 2, "MP3", "MPEG_LAYER_III"),
+    Variant(".wav", 16000, 2, "WAV", "FLOAT"),
+)
+
+
+def speak(text: str, *, voice: str = "en") -> tuple[np.ndarray, int]:
+    """espeak-ng speech as float32 samples (22.05 kHz mono)."""
+    import soundfile as sf
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise ConfigError("espeak-ng is not installed (apt-get install espeak-ng)")
+    proc = subprocess.run([exe, "-v", voice, "--stdout", "--", text], capture_output=True, check=True)
+    data, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32")
+    return data, rate
+
+
+def encode(samples: np.ndarray, rate: int, variant: Variant) -> bytes:
+    import soundfile as sf
+    import soxr
+
+    audio = samples if rate == variant.rate else soxr.resample(samples, rate, variant.rate)
+    if variant.channels == 2:
+        audio = np.stack([audio, audio * 0.8], axis=1)
+    buf = io.BytesIO()
+    sf.write(buf, audio, variant.rate, format=variant.fmt, subtype=variant.subtype)
+    return buf.getvalue()
+
+
+def clip_files(count: int, *, seed: int = 0) -> Iterable[tuple[str, bytes]]:
+    """(member name, encoded bytes) for `count` clips spread over nested folders and formats."""
+    cache: dict[int, tuple[np.ndarray, int]] = {}
+    for i in range(count):
+        k = (i + seed) % len(SENTENCES)
+        if k not in cache:
+            cache[k] = speak(SENTENCES[k])
+        samples, rate = cache[k]
+        variant = VARIANTS[i % len(VARIANTS)]
+        folder = ("studio_a", "studio_b/live", "field/2025")[i % 3]
+        yield f"{folder}/clip_{i:05d}{variant.suffix}", encode(samples, rate, variant)
+
+
+def write_tar_xz(path: Path, files: Iterable[tuple[str, bytes]], *, preset: int = 1) -> Path:
+    """Pack (name, data) pairs into a .tar.xz, written to a temporary name then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with tarfile.open(tmp, "w:xz", preset=preset) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1737800000
+            tar.addfile(info, io.BytesIO(data))
+    tmp.replace(path)
+    return path
+
+
+def make_sample_day(root: Path, day: str, *, archives: int = 2, members: int = 6) -> list[Path]:
+    """`<root>/<day>/<HH_MM>.tar.xz` archives of `members` clips each."""
+    paths = []
+    for a in range(archives):
+        slot = f"{6 + a // 2:02d}_{(a % 2) * 30:02d}"
+        paths.append(write_tar_xz(root / day / f"{slot}.tar.xz", clip_files(members, seed=a)))
+        log.info("wrote %s (%d members)", paths[-1], members)
+    return paths
+
+
+def scratch_tempdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="streaming-pipeline-sample-"))

@@ -1,0 +1,341 @@
+"""Progress in PostgreSQL (psycopg 3): one row per member, one per archive.
+
+Writes are batched (one statement per batch and stage, not per member) and every transaction is
+retried on OperationalError: a restarted server or a killed backend costs a reconnect, not a run.
+A member row never goes back from `done`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from .config import dsn_password, redact
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TERMINAL = ("done", "failed", "rejected")
+STATUSES = ("extracted", "uploading", *TERMINAL)
+
+SCHEMA_VERSION = 1
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE IF NOT EXISTS archives (
+        archive        text PRIMARY KEY,
+        day            date NOT NULL,
+        slot           text NOT NULL,
+        path           text NOT NULL,
+        state          text NOT NULL DEFAULT 'pending'
+                       CHECK (state IN ('pending', 'running', 'done', 'failed')),
+        members_seen   integer NOT NULL DEFAULT 0,
+        bytes_total    bigint,
+        bytes_read     bigint,
+        host           text,
+        pid            integer,
+        slurm_job_id   text,
+        started_at     timestamptz,
+        finished_at    timestamptz,
+        wall_s         double precision,
+        error          text,
+        created_at     timestamptz NOT NULL DEFAULT now(),
+        updated_at     timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX IF NOT EXISTS archives_day ON archives (day, slot);
+    CREATE TABLE IF NOT EXISTS audio_files (
+        id                   bigserial PRIMARY KEY,
+        day                  date NOT NULL,
+        slot                 text NOT NULL,
+        archive              text NOT NULL REFERENCES archives (archive),
+        member               text NOT NULL,
+        status               text NOT NULL
+                             CHECK (status IN ('extracted', 'uploading', 'done', 'failed', 'rejected')),
+        size_bytes           bigint,
+        sample_rate          integer,
+        channels             integer,
+        duration_s           double precision,
+        transcript           text,
+        language             text,
+        language_probability double precision,
+        remote_path          text,
+        error                text,
+        created_at           timestamptz NOT NULL DEFAULT now(),
+        updated_at           timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (archive, member)
+    );
+    CREATE INDEX IF NOT EXISTS audio_files_day_slot ON audio_files (day, slot);
+    CREATE INDEX IF NOT EXISTS audio_files_status ON audio_files (archive, status);
+    CREATE INDEX IF NOT EXISTS audio_files_created ON audio_files (created_at);
+    """,
+}
+
+MEMBER_COLUMNS = (
+    "status",
+    "size_bytes",
+    "sample_rate",
+    "channels",
+    "duration_s",
+    "transcript",
+    "language",
+    "language_probability",
+    "remote_path",
+    "error",
+)
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    member: str
+    status: str
+    size_bytes: int | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    duration_s: float | None = None
+    transcript: str | None = None
+    language: str | None = None
+    language_probability: float | None = None
+    remote_path: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ArchiveKey:
+    archive: str
+    day: dt.date
+    slot: str
+
+
+class ProgressStore:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        attempts: int = 6,
+        backoff_max: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+        connect_timeout: int = 10,
+    ) -> None:
+        self._dsn = dsn
+        self._secret = dsn_password(dsn)
+        self._attempts = attempts
+        self._backoff_max = backoff_max
+        self._sleep = sleep
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+        # Reader, transcriber and upload threads share one connection, one transaction at a time.
+        self._lock = threading.RLock()
+
+    # -- connection handling -------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = psycopg.connect(
+                self._dsn,
+                connect_timeout=self._connect_timeout,
+                application_name="streaming-pipeline",
+                row_factory=dict_row,
+            )
+        return self._conn
+
+    def _transaction(self, work: Callable[[psycopg.Cursor[Any]], T], what: str) -> T:
+        """Run `work` in one transaction, reconnecting and retrying on OperationalError."""
+
+        def once() -> T:
+            conn = self._connect()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    return work(cur)
+            except psycopg.OperationalError:
+                conn.close()  # drop it: the next attempt reconnects
+                raise
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential(multiplier=0.5, min=0.5, max=self._backoff_max),
+            retry=retry_if_exception_type(psycopg.OperationalError),
+            before_sleep=lambda state: self._log_retry(what, state),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            with self._lock:
+                return retrying(once)
+        except psycopg.Error as exc:
+            raise StoreError(f"database error during {what}: {self._scrub(exc)}") from None
+
+    def _log_retry(self, what: str, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "database %s attempt %d failed (%s); retrying in %.1fs",
+            what,
+            state.attempt_number,
+            self._scrub(exc) if exc else "?",
+            delay,
+        )
+
+    def _scrub(self, exc: BaseException) -> str:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return redact(text, (self._secret,))
+
+    def check(self) -> None:
+        """Fail fast with a one-line, password-free error when the database is unreachable."""
+        self._transaction(lambda cur: cur.execute("SELECT 1"), "connect")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- schema --------------------------------------------------------------------------
+    def init_schema(self) -> int:
+        """Create or migrate the schema idempotently; returns the version now in place."""
+
+        def migrate(cur: psycopg.Cursor[Any]) -> int:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (0x5354524D,))
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_version")
+            current = int(cur.fetchone()["v"])
+            for version in sorted(MIGRATIONS):
+                if version > current:
+                    cur.execute(MIGRATIONS[version])
+                    cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+                    current = version
+            return current
+
+        version = self._transaction(migrate, "schema migration")
+        log.info("database schema at version %d", version)
+        return version
+
+    def schema_version(self) -> int:
+        def read(cur: psycopg.Cursor[Any]) -> int:
+            cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present")
+            if not cur.fetchone()["present"]:
+                return 0
+            cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_version")
+            return int(cur.fetchone()["v"])
+
+        return self._transaction(read, "schema check")
+
+    # -- archives ------------------------------------------------------------------------
+    def start_archive(
+        self, key: ArchiveKey, *, path: str, bytes_total: int, host: str, pid: int, slurm_job_id: str | None
+    ) -> None:
+        sql = """
+            INSERT INTO archives (archive, day, slot, path, state, bytes_total, bytes_read,
+                                  host, pid, slurm_job_id, started_at, finished_at, error)
+            VALUES (%s, %s, %s, %s, 'running', %s, 0, %s, %s, %s, now(), NULL, NULL)
+            ON CONFLICT (archive) DO UPDATE SET
+                path = EXCLUDED.path, state = 'running', bytes_total = EXCLUDED.bytes_total,
+                bytes_read = 0, host = EXCLUDED.host, pid = EXCLUDED.pid,
+                slurm_job_id = EXCLUDED.slurm_job_id, started_at = now(), finished_at = NULL,
+                error = NULL, updated_at = now()
+        """
+        params = (key.archive, key.day, key.slot, path, bytes_total, host, pid, slurm_job_id)
+        self._transaction(lambda cur: cur.execute(sql, params), "start archive")
+
+    def update_archive_progress(self, archive: str, *, bytes_read: int, members_seen: int) -> None:
+        sql = (
+            "UPDATE archives SET bytes_read = %s, members_seen = %s, updated_at = now()"
+            " WHERE archive = %s"
+        )
+        self._transaction(lambda cur: cur.execute(sql, (bytes_read, members_seen, archive)), "progress")
+
+    def finish_archive(self, archive: str, *, state: str, error: str | None, wall_s: float) -> None:
+        sql = (
+            "UPDATE archives SET state = %s, error = %s, finished_at = now(), wall_s = %s,"
+            " updated_at = now() WHERE archive = %s"
+        )
+        self._transaction(lambda cur: cur.execute(sql, (state, error, wall_s, archive)), "finish archive")
+
+    # -- members -------------------------------------------------------------------------
+    def done_members(self, archive: str) -> set[str]:
+        def read(cur: psycopg.Cursor[Any]) -> set[str]:
+            cur.execute(
+                "SELECT member FROM audio_files WHERE archive = %s AND status = 'done'", (archive,)
+            )
+            return {row["member"] for row in cur}
+
+        return self._transaction(read, "resume lookup")
+
+    def record_members(self, key: ArchiveKey, records: Sequence[MemberRecord]) -> None:
+        """Upsert a batch of member rows in one round trip; `done` rows are never overwritten."""
+        if not records:
+            return
+        cols = ", ".join(MEMBER_COLUMNS)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in MEMBER_COLUMNS)
+        placeholders = ", ".join(["%s"] * (4 + len(MEMBER_COLUMNS)))
+        sql = f"""
+            INSERT INTO audio_files (day, slot, archive, member, {cols})
+            VALUES ({placeholders})
+            ON CONFLICT (archive, member) DO UPDATE SET {updates}, updated_at = now()
+            WHERE audio_files.status <> 'done'
+        """
+        rows = [
+            (key.day, key.slot, key.archive, r.member, *(getattr(r, c) for c in MEMBER_COLUMNS))
+            for r in records
+        ]
+        self._transaction(lambda cur: cur.executemany(sql, rows), "record members")
+
+    def mark_done(self, archive: str, members: Iterable[tuple[str, str]]) -> None:
+        """Members whose upload rsync confirmed: (member, remote_path) pairs, one statement."""
+        pairs = list(members)
+        if not pairs:
+            return
+        sql = """
+            UPDATE audio_files AS f SET status = 'done', remote_path = d.remote_path,
+                   error = NULL, updated_at = now()
+            FROM unnest(%s::text[], %s::text[]) AS d(member, remote_path)
+            WHERE f.archive = %s AND f.member = d.member
+        """
+        params = ([m for m, _ in pairs], [p for _, p in pairs], archive)
+        self._transaction(lambda cur: cur.execute(sql, params), "mark done")
+
+    def mark_failed(self, archive: str, members: Sequence[str], error: str) -> None:
+        if not members:
+            return
+        sql = """
+            UPDATE audio_files SET status = 'failed', error = %s, updated_at = now()
+            WHERE archive = %s AND member = ANY(%s) AND status <> 'done'
+        """
+        self._transaction(lambda cur: cur.execute(sql, (error, archive, list(members))), "mark failed")
+
+    def archive_summary(self, archive: str) -> dict[str, Any]:
+        def read(cur: psycopg.Cursor[Any]) -> dict[str, Any]:
+            cur.execute(
+                """
+                SELECT count(*) FILTER (WHERE status = 'done') AS done,
+                       count(*) FILTER (WHERE status = 'failed') AS failed,
+                       count(*) FILTER (WHERE status = 'rejected') AS rejected,
+                       count(*) FILTER (WHERE status NOT IN ('done', 'failed', 'rejected')) AS pending,
+                       coalesce(sum(duration_s) FILTER (WHERE status = 'done'), 0) AS audio_s
+                FROM audio_files WHERE archive = %s
+                """,
+                (archive,),
+            )
+            return dict(cur.fetchone())
+
+        return self._transaction(read, "summary")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Read-only helper for status commands and tests."""
+
+        def read(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
+            cur.execute(sql, params)  # type: ignore[arg-type]
+            return list(cur.fetchall())
+
+        return self._transaction(read, "query")

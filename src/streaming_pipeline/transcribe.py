@@ -1,0 +1,113 @@
+"""faster-whisper, loaded once per job, one file at a time or in GPU batches.
+
+Language is detected per file unless configured: nothing of one file's decoding state (language,
+previous text) is carried into the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import PipelineConfig
+from .errors import ConfigError, TranscriptionError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Device:
+    device: str
+    compute_type: str
+
+
+def resolve_device(device: str, compute_type: str) -> Device:
+    """auto means CUDA when CTranslate2 sees a GPU; float16 on GPU and int8 on CPU by default."""
+    import ctranslate2
+
+    cuda_count = ctranslate2.get_cuda_device_count()
+    if device == "auto":
+        device = "cuda" if cuda_count > 0 else "cpu"
+    elif device == "cuda" and cuda_count == 0:
+        raise ConfigError("--device cuda requested but CTranslate2 sees no CUDA device")
+    if compute_type == "default":
+        compute_type = "float16" if device == "cuda" else "int8"
+    return Device(device, compute_type)
+
+
+class Transcriber:
+    def __init__(self, config: PipelineConfig) -> None:
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        self.config = config
+        self.device = resolve_device(config.device, config.compute_type)
+        model_dir = Path(config.model).expanduser()
+        is_dir = model_dir.is_dir()
+        if not is_dir and ("/" in config.model or config.model.startswith(".")):
+            raise ConfigError(f"model directory {config.model} does not exist")
+        started = time.monotonic()
+        try:
+            self.model = WhisperModel(
+                str(model_dir) if is_dir else config.model,
+                device=self.device.device,
+                compute_type=self.device.compute_type,
+                cpu_threads=config.cpu_threads,
+                local_files_only=is_dir,
+            )
+        except Exception as exc:  # noqa: BLE001 - CTranslate2/HF raise many types
+            raise TranscriptionError(f"cannot load model {config.model!r}: {exc}") from exc
+        self.model_name = model_dir.name if is_dir else config.model
+        # On a GPU, decode a file's VAD chunks as one batch so short clips still fill the device.
+        self.batched = (
+            BatchedInferencePipeline(self.model) if self.device.device == "cuda" else None
+        )
+        log.info(
+            "model %s loaded on %s (%s) in %.1fs",
+            self.model_name,
+            self.device.device,
+            self.device.compute_type,
+            time.monotonic() - started,
+        )
+
+    def transcribe(self, audio: np.ndarray, *, archive: str, member: str) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "language": self.config.language,
+            "beam_size": self.config.beam_size,
+            "vad_filter": self.config.vad,
+        }
+        try:
+            if self.batched is not None:
+                segments, info = self.batched.transcribe(
+                    audio, batch_size=min(16, self.config.process_batch_size), **options
+                )
+            else:
+                segments, info = self.model.transcribe(
+                    audio, condition_on_previous_text=False, **options
+                )
+            segs = [
+                {
+                    "start": round(s.start, 3),
+                    "end": round(s.end, 3),
+                    "text": s.text.strip(),
+                    "avg_logprob": s.avg_logprob,
+                    "no_speech_prob": s.no_speech_prob,
+                }
+                for s in segments
+            ]
+        except Exception as exc:  # noqa: BLE001 - surfaced per member, the batch goes on
+            raise TranscriptionError(f"transcription failed: {exc}") from exc
+        return {
+            "text": " ".join(s["text"] for s in segs if s["text"]).strip(),
+            "language": info.language,
+            "language_probability": info.language_probability,
+            "duration": info.duration,
+            "segments": segs,
+            "model": self.model_name,
+            "archive": archive,
+            "member": member,
+        }

@@ -1,0 +1,230 @@
+"""Asynchronous rsync uploads from a thread pool, retried only when rsync says it is transient.
+
+Each upload sends one batch's staging tree (`<DATE>/<SLOT>/...`) to the destination root, so the
+remote layout is built by rsync itself and no remote mkdir is needed. rsync writes into a hidden
+temporary file and renames it at the end, so a partial file never has its final name.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from .errors import ConfigError, UploadError
+
+log = logging.getLogger(__name__)
+
+# rsync(1) EXIT VALUES that a later attempt can cure: 5 (starting the protocol), 10 (socket I/O),
+# 12 (data stream broke), 30 (I/O timeout), 35 (daemon connect timeout), 255 (ssh failed).
+# Everything else (syntax, protocol mismatch, permissions, missing files) fails at once.
+RETRYABLE_RSYNC_CODES = frozenset({5, 10, 12, 30, 35, 255})
+
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+class UploadState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A local path, `host:path` (ssh) or `rsync://host[:port]/module/path`."""
+
+    spec: str
+
+    @classmethod
+    def parse(cls, spec: str) -> Destination:
+        if not spec:
+            raise ConfigError("no destination: set --remote or PIPELINE_REMOTE")
+        if spec.startswith("-"):
+            raise ConfigError(f"destination {spec!r} looks like an option")
+        return cls(spec.rstrip("/") or "/")
+
+    @property
+    def is_daemon(self) -> bool:
+        return self.spec.startswith("rsync://") or "::" in self.spec
+
+    @property
+    def is_local(self) -> bool:
+        return not self.is_daemon and ":" not in self.spec.split("/", 1)[0]
+
+    def url(self, relpath: str = "") -> str:
+        base = self.spec if self.spec != "/" else ""
+        return f"{base}/{relpath}" if relpath else f"{base}/"
+
+    def prepare(self) -> None:
+        if self.is_local:
+            Path(self.spec).mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class UploadJob:
+    job_id: int
+    source: Path
+    label: str
+    state: UploadState = UploadState.QUEUED
+    attempts: int = 0
+    error: str | None = None
+    returncode: int | None = None
+    started: float = 0.0
+    finished: float = 0.0
+    future: Future[UploadJob] | None = field(default=None, repr=False)
+
+
+class AsyncRsyncStorageManager:
+    def __init__(
+        self,
+        destination: Destination,
+        *,
+        max_concurrent: int,
+        timeout: float,
+        retries: int,
+        backoff_max: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+        runner: Runner = subprocess.run,
+    ) -> None:
+        self.destination = destination
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_max = backoff_max
+        self._sleep = sleep
+        self._run = runner
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="upload")
+        self._lock = threading.Lock()
+        self._jobs: list[UploadJob] = []
+
+    def rsync_command(self, source: Path) -> list[str]:
+        cmd = [
+            "rsync",
+            "--recursive",
+            "--times",
+            "--chmod=D755,F644",
+            f"--timeout={max(1, int(self.timeout))}",
+        ]
+        if self.destination.is_daemon:
+            cmd.append(f"--contimeout={max(1, int(min(self.timeout, 30)))}")
+        # Source is an absolute path we built; `--` keeps the destination from ever being an option.
+        return [*cmd, "--", f"{source.resolve()}/", self.destination.url()]
+
+    def submit(self, source: Path, label: str, on_finish: Callable[[UploadJob], None]) -> UploadJob:
+        with self._lock:
+            job = UploadJob(job_id=len(self._jobs), source=source, label=label)
+            self._jobs.append(job)
+        log.info("upload %s queued (%s)", label, self._counts_text())
+        job.future = self._pool.submit(self._run_job, job, on_finish)
+        return job
+
+    def _run_job(self, job: UploadJob, on_finish: Callable[[UploadJob], None]) -> UploadJob:
+        job.state = UploadState.RUNNING
+        job.started = time.monotonic()
+        try:
+            retrying = Retrying(
+                stop=stop_after_attempt(self.retries),
+                wait=wait_exponential(multiplier=1, min=1, max=self.backoff_max),
+                retry=retry_if_exception(lambda e: isinstance(e, UploadError) and e.retryable),
+                before_sleep=lambda state: self._log_retry(job, state),
+                sleep=self._sleep,
+                reraise=True,
+            )
+            retrying(self._attempt, job)
+            job.state = UploadState.DONE
+        except UploadError as exc:
+            job.state = UploadState.FAILED
+            job.error = str(exc)
+            job.returncode = exc.returncode
+        except Exception as exc:  # noqa: BLE001 - a job must always reach a final state
+            job.state = UploadState.FAILED
+            job.error = f"{type(exc).__name__}: {exc}"
+        job.finished = time.monotonic()
+        if job.state is UploadState.DONE:
+            log.info(
+                "upload %s done in %.1fs after %d attempt(s)",
+                job.label,
+                job.finished - job.started,
+                job.attempts,
+            )
+        else:
+            log.error("upload %s failed after %d attempt(s): %s", job.label, job.attempts, job.error)
+        on_finish(job)
+        return job
+
+    def _attempt(self, job: UploadJob) -> None:
+        job.attempts += 1
+        cmd = self.rsync_command(job.source)
+        try:
+            proc = self._run(
+                cmd, capture_output=True, text=True, timeout=self.timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise UploadError(
+                f"rsync to {self.destination.spec} timed out after {self.timeout:.0f}s",
+                returncode=None,
+                retryable=True,
+            ) from None
+        except FileNotFoundError:
+            raise UploadError("rsync is not installed", returncode=None, retryable=False) from None
+        if proc.returncode != 0:
+            message = " ".join((proc.stderr or "").split())[:500] or "no message"
+            raise UploadError(
+                f"rsync exit {proc.returncode}: {message}",
+                returncode=proc.returncode,
+                retryable=proc.returncode in RETRYABLE_RSYNC_CODES,
+            )
+
+    def _log_retry(self, job: UploadJob, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "upload %s attempt %d failed (%s); retrying in %.1fs",
+            job.label,
+            state.attempt_number,
+            exc,
+            delay,
+        )
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            jobs = list(self._jobs)
+        counts = {s.value: 0 for s in UploadState}
+        for job in jobs:
+            counts[job.state.value] += 1
+        return counts
+
+    def _counts_text(self) -> str:
+        c = self.counts()
+        return "uploads queued=%d running=%d done=%d failed=%d" % (
+            c["queued"],
+            c["running"],
+            c["done"],
+            c["failed"],
+        )
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every submitted upload; False if some were still running at the timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            futures: Sequence[Future[UploadJob] | None] = [j.future for j in self._jobs]
+        for fut in futures:
+            if fut is None:
+                continue
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                fut.result(timeout=remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)

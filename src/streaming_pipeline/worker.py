@@ -1,0 +1,432 @@
+"""One archive end to end, with the stages overlapped.
+
+    reader thread:   stream batch N+1 out of the archive, hand its members to the process pool
+    process pool:    decode/downmix/resample batch N+1 to 16 kHz FLAC
+    main thread:     transcribe batch N (the model stays busy)
+    upload threads:  rsync batch N-1, then mark its members done and delete its scratch
+
+Queues are bounded (one converted batch waiting, a fixed number of batches uploading), so memory
+and scratch stay bounded whatever the archive's size. A member is `done` only after rsync
+confirmed its upload.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .archive import ArchiveReader, Batch, Member
+from .audio import AudioInfo, convert_to_flac, load_16k
+from .config import PipelineConfig
+from .errors import ArchiveError, ConversionError, PipelineError, StoreError, TranscriptionError
+from .store import ArchiveKey, MemberRecord, ProgressStore
+from .upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
+
+log = logging.getLogger(__name__)
+
+# Batches that may sit in scratch waiting for, or during, their upload.
+MAX_BATCHES_UPLOADING = 2
+
+
+class TranscriberLike(Protocol):
+    model_name: str
+
+    def transcribe(self, audio: Any, *, archive: str, member: str) -> dict[str, Any]: ...
+
+
+@dataclass
+class _Prepared:
+    batch: Batch
+    conversions: list[tuple[Member, Path, Future[AudioInfo]]]
+
+
+@dataclass
+class WorkerResult:
+    archive: str
+    state: str
+    done: int
+    failed: int
+    rejected: int
+    pending: int
+    audio_s: float
+    wall_s: float
+    error: str | None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    peak_scratch_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "done"
+
+    def summary_line(self) -> str:
+        rt = self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+        line = (
+            f"{self.archive}: {self.state} - done {self.done}, failed {self.failed}, "
+            f"rejected {self.rejected}, pending {self.pending}; audio {self.audio_s / 3600:.3f} h "
+            f"in {self.wall_s:.1f} s ({rt:.1f}x realtime)"
+        )
+        return line + (f"; error: {self.error}" if self.error else "")
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+
+def archive_key(day: dt.date, archive_path: Path, slot: str) -> ArchiveKey:
+    return ArchiveKey(archive=f"{day.isoformat()}/{archive_path.name}", day=day, slot=slot)
+
+
+class ArchiveWorker:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        *,
+        day: dt.date,
+        archive_path: Path,
+        slot: str,
+        store: ProgressStore,
+        transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
+        slurm_job_id: str | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.config = config
+        self.day = day
+        self.archive_path = archive_path
+        self.slot = slot
+        self.store = store
+        self.key = archive_key(day, archive_path, slot)
+        self.transcriber_factory = transcriber_factory
+        self.slurm_job_id = slurm_job_id
+        self.stop = stop or threading.Event()
+        self.destination = Destination.parse(config.remote)
+        self.job_scratch = config.scratch_dir / day.isoformat() / slot
+        self.timers = _Stopwatch()
+        self._upload_slots = threading.BoundedSemaphore(MAX_BATCHES_UPLOADING)
+        self._upload_errors: list[str] = []
+        self._peak_scratch = 0
+        self._audio_s = 0.0
+        self._counts = {"done": 0, "failed": 0, "rejected": 0, "skipped": 0}
+        self._counts_lock = threading.Lock()
+
+    # -- public -----------------------------------------------------------------------------
+    def run(self) -> WorkerResult:
+        started = time.monotonic()
+        shutil.rmtree(self.job_scratch, ignore_errors=True)  # leftovers of a killed run
+        self.job_scratch.mkdir(parents=True, exist_ok=True)
+        self.destination.prepare()
+        self.store.start_archive(
+            self.key,
+            path=str(self.archive_path),
+            bytes_total=self.archive_path.stat().st_size,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            slurm_job_id=self.slurm_job_id,
+        )
+        done_before = self.store.done_members(self.key.archive)
+        if done_before:
+            log.info("resuming %s: %d members already done", self.key.archive, len(done_before))
+        reader = ArchiveReader(
+            self.archive_path,
+            self.job_scratch,
+            batch_size=self.config.stream_batch_size,
+            max_member_bytes=self.config.max_member_bytes,
+            is_done=done_before.__contains__,
+        )
+        archive_error: str | None = None
+        transcriber = self.transcriber_factory(self.config)
+        uploader = AsyncRsyncStorageManager(
+            self.destination,
+            max_concurrent=self.config.max_concurrent_uploads,
+            timeout=self.config.upload_timeout,
+            retries=self.config.upload_retries,
+            backoff_max=self.config.upload_backoff_max,
+        )
+        pool = ProcessPoolExecutor(
+            max_workers=self.config.num_workers, mp_context=multiprocessing.get_context("spawn")
+        )
+        ready: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=1)
+        producer = threading.Thread(
+            target=self._produce, args=(reader, pool, ready), name="reader", daemon=True
+        )
+        producer.start()
+        try:
+            while True:
+                wait_started = time.monotonic()
+                item = ready.get()
+                self.timers.add("wait_for_input", time.monotonic() - wait_started)
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    if isinstance(item, ArchiveError):
+                        archive_error = str(item)
+                        log.error("%s", item)
+                        break
+                    raise item
+                self._process(item, transcriber, uploader)
+                self._log_progress(item.batch, reader, uploader, started)
+        finally:
+            self.stop.set()
+            producer.join()
+            pool.shutdown(wait=True, cancel_futures=True)
+            final_wait = self.config.upload_timeout * (self.config.upload_retries + 1)
+            if not uploader.wait(timeout=final_wait):
+                self._upload_errors.append(f"uploads still running after {final_wait:.0f}s")
+            uploader.close()
+        return self._finish(reader, archive_error, started)
+
+    # -- stages -----------------------------------------------------------------------------
+    def _produce(
+        self,
+        reader: ArchiveReader,
+        pool: ProcessPoolExecutor,
+        ready: queue.Queue[_Prepared | BaseException | None],
+    ) -> None:
+        try:
+            batches = reader.batches()
+            while not self.stop.is_set():
+                t0 = time.monotonic()
+                batch = next(batches, None)
+                self.timers.add("extract", time.monotonic() - t0)
+                if batch is None:
+                    break
+                self._note_scratch()
+                if batch.rejected:
+                    for m in batch.rejected:
+                        log.warning("rejected member %r: %s", m.name, m.reject_reason)
+                    self._count("rejected", len(batch.rejected))
+                    self.store.record_members(
+                        self.key,
+                        [
+                            MemberRecord(m.name, "rejected", size_bytes=m.size, error=m.reject_reason)
+                            for m in batch.rejected
+                        ],
+                    )
+                self._count("skipped", batch.skipped)
+                stage_root = batch.directory / "stage"
+                conversions = []
+                for m in batch.members:
+                    assert m.path is not None
+                    dst = stage_root / self.day.isoformat() / self.slot / f"{m.output_stem}.flac"
+                    if not dst.resolve().is_relative_to(stage_root.resolve()):
+                        raise PipelineError(f"refusing to write outside scratch for {m.name!r}")
+                    conversions.append((m, dst, pool.submit(convert_to_flac, str(m.path), str(dst))))
+                self._put(ready, _Prepared(batch, conversions))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
+            self._put(ready, exc)
+            return
+        self._put(ready, None)
+
+    def _put(self, ready: queue.Queue[Any], item: Any) -> None:
+        while True:
+            try:
+                ready.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if self.stop.is_set() and item is not None and not isinstance(item, BaseException):
+                    return  # the consumer is gone; the batch's members stay pending
+
+    def _process(
+        self, prepared: _Prepared, transcriber: TranscriberLike, uploader: AsyncRsyncStorageManager
+    ) -> None:
+        batch = prepared.batch
+        records: list[MemberRecord] = []
+        converted: list[tuple[Member, Path, AudioInfo]] = []
+        t0 = time.monotonic()
+        for member, dst, fut in prepared.conversions:
+            try:
+                info = fut.result(timeout=self.config.decode_timeout)
+                converted.append((member, dst, info))
+            except FutureTimeout:
+                records.append(self._failed(member, f"decoding timed out after {self.config.decode_timeout:.0f}s"))
+            except ConversionError as exc:
+                records.append(self._failed(member, str(exc)))
+            finally:
+                if member.path is not None:
+                    member.path.unlink(missing_ok=True)
+        self.timers.add("convert_wait", time.monotonic() - t0)
+        self._note_scratch()
+
+        to_upload: list[tuple[str, str]] = []
+        for start in range(0, len(converted), self.config.process_batch_size):
+            for member, dst, info in converted[start : start + self.config.process_batch_size]:
+                t1 = time.monotonic()
+                try:
+                    result = transcriber.transcribe(
+                        load_16k(dst), archive=self.key.archive, member=member.name
+                    )
+                except TranscriptionError as exc:
+                    dst.unlink(missing_ok=True)
+                    records.append(self._failed(member, str(exc)))
+                    continue
+                finally:
+                    self.timers.add("transcribe", time.monotonic() - t1)
+                result.update(
+                    source_sample_rate=info.sample_rate,
+                    source_channels=info.channels,
+                    source_duration=info.duration_s,
+                )
+                dst.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
+                remote = self.destination.url(
+                    f"{self.day.isoformat()}/{self.slot}/{member.output_stem}.flac"
+                )
+                records.append(
+                    MemberRecord(
+                        member.name,
+                        "uploading",
+                        size_bytes=member.size,
+                        sample_rate=info.sample_rate,
+                        channels=info.channels,
+                        duration_s=info.output_duration_s,
+                        transcript=result["text"],
+                        language=result["language"],
+                        language_probability=result["language_probability"],
+                        remote_path=remote,
+                    )
+                )
+                to_upload.append((member.name, remote))
+        self.store.record_members(self.key, records)
+        if not to_upload:
+            shutil.rmtree(batch.directory, ignore_errors=True)
+            return
+        audio_s = sum(r.duration_s or 0.0 for r in records if r.status == "uploading")
+        t2 = time.monotonic()
+        self._upload_slots.acquire()  # bounded: at most N batches in scratch awaiting upload
+        self.timers.add("wait_for_upload_slot", time.monotonic() - t2)
+        uploader.submit(
+            batch.directory / "stage",
+            label=f"{self.key.archive} batch {batch.number} ({len(to_upload)} files)",
+            on_finish=lambda job: self._uploaded(job, batch, to_upload, audio_s),
+        )
+
+    def _uploaded(
+        self, job: UploadJob, batch: Batch, members: list[tuple[str, str]], audio_s: float
+    ) -> None:
+        try:
+            self.timers.add("upload", job.finished - job.started)
+            if job.state is UploadState.DONE:
+                self.store.mark_done(self.key.archive, members)
+                self._count("done", len(members))
+                with self._counts_lock:
+                    self._audio_s += audio_s
+            else:
+                error = f"upload failed: {job.error}"
+                self._upload_errors.append(error)
+                self.store.mark_failed(self.key.archive, [m for m, _ in members], error)
+                self._count("failed", len(members))
+        except StoreError as exc:
+            # The files are on the destination; a rerun finds them still 'uploading' and
+            # uploads them again (rsync makes that idempotent).
+            self._upload_errors.append(str(exc))
+            log.error("could not record upload of batch %d: %s", batch.number, exc)
+        finally:
+            shutil.rmtree(batch.directory, ignore_errors=True)
+            self._upload_slots.release()
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def _failed(self, member: Member, reason: str) -> MemberRecord:
+        log.warning("member %r failed: %s", member.name, reason)
+        self._count("failed", 1)
+        return MemberRecord(member.name, "failed", size_bytes=member.size, error=reason)
+
+    def _count(self, what: str, n: int) -> None:
+        with self._counts_lock:
+            self._counts[what] += n
+
+    def _note_scratch(self) -> None:
+        used = _tree_bytes(self.job_scratch)
+        with self._counts_lock:
+            self._peak_scratch = max(self._peak_scratch, used)
+
+    def _log_progress(
+        self, batch: Batch, reader: ArchiveReader, uploader: AsyncRsyncStorageManager, started: float
+    ) -> None:
+        elapsed = time.monotonic() - started
+        with self._counts_lock:
+            c = dict(self._counts)
+            audio_s = self._audio_s
+        u = uploader.counts()
+        share = 100.0 * batch.compressed_bytes_read / max(1, reader.compressed_size)
+        eta = elapsed * (100.0 - share) / share if share > 0 else float("nan")
+        log.info(
+            "batch %d: %d members seen (done %d, failed %d, rejected %d, skipped %d), "
+            "audio %.3f h, %.1fx realtime, uploads queued=%d running=%d done=%d failed=%d, "
+            "archive %.1f%% read, eta %.0fs",
+            batch.number,
+            reader.members_seen,
+            c["done"],
+            c["failed"],
+            c["rejected"],
+            c["skipped"],
+            audio_s / 3600,
+            audio_s / elapsed if elapsed > 0 else 0.0,
+            u["queued"],
+            u["running"],
+            u["done"],
+            u["failed"],
+            share,
+            eta,
+        )
+        try:
+            self.store.update_archive_progress(
+                self.key.archive,
+                bytes_read=batch.compressed_bytes_read,
+                members_seen=reader.members_seen,
+            )
+        except StoreError as exc:
+            log.warning("progress not recorded: %s", exc)
+
+    def _finish(self, reader: ArchiveReader, archive_error: str | None, started: float) -> WorkerResult:
+        wall = time.monotonic() - started
+        summary = self.store.archive_summary(self.key.archive)
+        errors = [e for e in (archive_error, *self._upload_errors) if e]
+        if not reader.completed and not errors:
+            errors.append("stopped before the end of the archive")
+        complete = reader.completed and summary["pending"] == 0 and not errors
+        state = "done" if complete else "failed"
+        error = "; ".join(dict.fromkeys(errors)) or None
+        self.store.finish_archive(self.key.archive, state=state, error=error, wall_s=wall)
+        shutil.rmtree(self.job_scratch, ignore_errors=True)
+        return WorkerResult(
+            archive=self.key.archive,
+            state=state,
+            done=summary["done"],
+            failed=summary["failed"],
+            rejected=summary["rejected"],
+            pending=summary["pending"],
+            audio_s=float(summary["audio_s"]),
+            wall_s=wall,
+            error=error,
+            stage_seconds=dict(self.timers.seconds),
+            peak_scratch_bytes=self._peak_scratch,
+        )
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
