@@ -150,7 +150,7 @@ class ArchiveReader:
                     self._take(stream, info, batch, names, outputs)
                     stream.members = []  # tarfile keeps every TarInfo otherwise
                     batch.compressed_bytes_read = counter.bytes_read
-                    if len(batch.members) + len(batch.rejected) >= self.batch_size:
+                    if len(batch.members) + len(batch.rejected) + batch.skipped >= self.batch_size:
                         yield batch
                         number += 1
                         batch = self._new_batch(number)

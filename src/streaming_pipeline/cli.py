@@ -22,12 +22,15 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
     root = logging.getLogger()
-    root.handlers.clear()
+    for old in [h for h in root.handlers if getattr(h, "_streaming_pipeline", False)]:
+        root.removeHandler(old)
+        old.close()
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler._streaming_pipeline = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("faster_whisper", "httpx", "urllib3", "filelock"):

@@ -68,6 +68,11 @@ class EmbeddedPostgres:
         if self._as_root:
             pw = pwd.getpwnam("postgres")
             os.chown(self.state_dir, pw.pw_uid, pw.pw_gid)
+        if self._as_root and self._run("test", "-w", str(self.state_dir)).returncode != 0:
+            raise ConfigError(
+                f"the embedded PostgreSQL runs as user postgres, which cannot reach {self.state_dir}; "
+                "choose a state dir whose parents it can traverse"
+            )
         if not (self.data_dir / "PG_VERSION").exists():
             proc = self._run(
                 str(self.bindir / "initdb"),

@@ -63,6 +63,7 @@ class WorkerResult:
     rejected: int
     pending: int
     audio_s: float
+    run_audio_s: float
     wall_s: float
     error: str | None
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -73,11 +74,11 @@ class WorkerResult:
         return self.state == "done"
 
     def summary_line(self) -> str:
-        rt = self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+        rt = self.run_audio_s / self.wall_s if self.wall_s > 0 else 0.0
         line = (
             f"{self.archive}: {self.state} - done {self.done}, failed {self.failed}, "
             f"rejected {self.rejected}, pending {self.pending}; audio {self.audio_s / 3600:.3f} h "
-            f"in {self.wall_s:.1f} s ({rt:.1f}x realtime)"
+            f"done, {self.run_audio_s:.1f} s of it in {self.wall_s:.1f} s ({rt:.1f}x realtime)"
         )
         return line + (f"; error: {self.error}" if self.error else "")
 
@@ -414,6 +415,7 @@ class ArchiveWorker:
             rejected=summary["rejected"],
             pending=summary["pending"],
             audio_s=float(summary["audio_s"]),
+            run_audio_s=self._audio_s,
             wall_s=wall,
             error=error,
             stage_seconds=dict(self.timers.seconds),

@@ -1,0 +1,150 @@
+"""Real services for the tests: PostgreSQL, an rsync daemon on 127.0.0.1, a tiny Whisper model.
+
+PostgreSQL is a private server in a session temp dir (the same embedded server the demo uses);
+each test gets a fresh database. Set PIPELINE_TEST_DSN to use an existing server instead.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from streaming_pipeline.embedded_pg import EmbeddedPostgres
+from streaming_pipeline.samples import clip_files, write_tar_xz
+from streaming_pipeline.tiny_model import generate_tiny_model
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import ctranslate2
+
+        has_gpu = ctranslate2.get_cuda_device_count() > 0
+    except Exception:  # noqa: BLE001
+        has_gpu = False
+    skip_gpu = pytest.mark.skip(reason="no CUDA GPU visible to CTranslate2")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    existing = os.environ.get("PIPELINE_TEST_DSN")
+    if existing:
+        yield existing
+        return
+    # Not under pytest's tmp dirs: they are private to root, and the server runs as `postgres`.
+    state = Path(tempfile.mkdtemp(prefix="streaming-pipeline-test-pg-"))
+    server = EmbeddedPostgres(state)
+    dsn = server.start()
+    yield dsn
+    server.stop()
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_dsn(pg_server: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"{pg_server} dbname={name}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RsyncDaemon:
+    """A real rsync daemon on 127.0.0.1 serving module `archive` from a temp dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "module"
+        self.data.mkdir(parents=True)
+        self.port = free_port()
+        self.conf = root / "rsyncd.conf"
+        self.conf.write_text(
+            f"pid file = {root}/rsyncd.pid\nuse chroot = no\nread only = no\n"
+            f"uid = {os.getuid()}\ngid = {os.getgid()}\n"
+            f"[archive]\n    path = {self.data}\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"rsync://127.0.0.1:{self.port}/archive"
+
+    def start(self) -> None:
+        (self.root / "rsyncd.pid").unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            ["rsync", "--daemon", "--no-detach", f"--config={self.conf}", f"--port={self.port}", "--address=127.0.0.1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("rsync daemon did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def rsync_daemon(tmp_path: Path) -> Iterator[RsyncDaemon]:
+    if shutil.which("rsync") is None:
+        pytest.fail("rsync is not installed (the test setup installs it)")
+    daemon = RsyncDaemon(tmp_path / "rsyncd")
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_tiny_model(tmp_path_factory.mktemp("model") / "tiny-whisper")
+
+
+@pytest.fixture(scope="session")
+def clips() -> list[tuple[str, bytes]]:
+    """Six espeak-ng clips in WAV/FLAC/OGG/MP3 at 8-48 kHz, mono and stereo, nested folders."""
+    return list(clip_files(6))
+
+
+def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, **attrs: object) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+
+
+@pytest.fixture
+def make_archive(tmp_path: Path):  # noqa: ANN201 - returns a factory
+    def make(files: list[tuple[str, bytes]], name: str = "12_30.tar.xz", day: str = "2025-01-25") -> Path:
+        return write_tar_xz(tmp_path / "input" / day / name, files)
+
+    return make
