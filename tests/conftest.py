@@ -93,7 +93,14 @@ class RsyncDaemon:
     def start(self) -> None:
         (self.root / "rsyncd.pid").unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            ["rsync", "--daemon", "--no-detach", f"--config={self.conf}", f"--port={self.port}", "--address=127.0.0.1"],
+            [
+                "rsync",
+                "--daemon",
+                "--no-detach",
+                f"--config={self.conf}",
+                f"--port={self.port}",
+                "--address=127.0.0.1",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -143,7 +150,7 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, **attrs: object) -> 
 
 
 @pytest.fixture
-def make_archive(tmp_path: Path):  # noqa: ANN201 - returns a factory
+def make_archive(tmp_path: Path):
     def make(files: list[tuple[str, bytes]], name: str = "12_30.tar.xz", day: str = "2025-01-25") -> Path:
         return write_tar_xz(tmp_path / "input" / day / name, files)
 

@@ -90,7 +90,9 @@ def test_batches_and_resume_skip(tmp_path: Path) -> None:
         for i in range(25):
             add_bytes(tar, f"d/{i:03d}.wav", b"x" * 10)
     done = {f"d/{i:03d}.wav" for i in range(0, 25, 2)}
-    reader = ArchiveReader(path, tmp_path / "s", batch_size=10, max_member_bytes=99, is_done=done.__contains__)
+    reader = ArchiveReader(
+        path, tmp_path / "s", batch_size=10, max_member_bytes=99, is_done=done.__contains__
+    )
     batches = list(reader.batches())
     assert [len(b.members) + b.skipped for b in batches] == [10, 10, 5]
     assert sum(b.skipped for b in batches) == len(done)

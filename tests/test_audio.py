@@ -31,7 +31,10 @@ def test_every_generated_format_becomes_16k_mono_flac(tmp_path: Path, clips: lis
     ("payload", "match"),
     [
         (b"", "cannot decode|no audio"),
-        (b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x10\x00\x00\x00\x01\x00\x01\x00\x80\x3e\x00\x00" * 2, "cannot decode|no audio"),
+        (
+            b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x10\x00\x00\x00\x01\x00\x01\x00\x80\x3e\x00\x00" * 2,
+            "cannot decode|no audio",
+        ),
         (b"definitely not audio" * 50, "cannot decode"),
     ],
     ids=["zero-length", "no-data-chunk", "garbage"],

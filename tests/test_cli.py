@@ -93,7 +93,9 @@ def test_mixed_archive_to_rsync_daemon_then_rerun_uploads_nothing(
 
 
 @pytest.mark.slow
-def test_truncated_archive_finishes_what_was_read(tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, make_archive, capsys) -> None:
+def test_truncated_archive_finishes_what_was_read(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, make_archive, capsys
+) -> None:
     archive = make_archive([(f"n{i}/{name}", data) for i in range(3) for name, data in clips[:3]])
     data = archive.read_bytes()
     archive.write_bytes(data[: int(len(data) * 0.6)])
@@ -107,7 +109,9 @@ def test_truncated_archive_finishes_what_was_read(tmp_path: Path, pg_dsn: str, t
 
 
 @pytest.mark.slow
-def test_dead_destination_marks_nothing_done(tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, make_archive, capsys) -> None:
+def test_dead_destination_marks_nothing_done(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, make_archive, capsys
+) -> None:
     archive = make_archive(clips[:2])
     rc = main(_args(archive, pg_dsn, "rsync://127.0.0.1:9/nowhere", tmp_path, tiny_model))
     out = capsys.readouterr().out
@@ -140,7 +144,9 @@ def test_wrong_dsn_fails_before_any_work(tmp_path: Path, tiny_model: Path, make_
     ],
     ids=["date", "archive", "scratch", "model"],
 )
-def test_bad_invocations_fail_with_one_line(tmp_path: Path, tiny_model: Path, make_archive, capsys, change, message) -> None:
+def test_bad_invocations_fail_with_one_line(
+    tmp_path: Path, tiny_model: Path, make_archive, capsys, change, message
+) -> None:
     archive = make_archive([("a.wav", b"x")])
     args = _args(archive, "host=127.0.0.1 port=1", str(tmp_path / "remote"), tmp_path, tiny_model)
     change(args)

@@ -31,7 +31,9 @@ def test_done_is_never_downgraded(pg_dsn: str) -> None:
     store = _store(pg_dsn)
     store.record_members(KEY, [MemberRecord("a.wav", "uploading"), MemberRecord("b.wav", "uploading")])
     store.mark_done(KEY.archive, [("a.wav", "/r/a.flac")])
-    store.record_members(KEY, [MemberRecord("a.wav", "failed", error="x"), MemberRecord("b.wav", "failed", error="y")])
+    store.record_members(
+        KEY, [MemberRecord("a.wav", "failed", error="x"), MemberRecord("b.wav", "failed", error="y")]
+    )
     store.mark_failed(KEY.archive, ["a.wav"], "late failure")
     assert store.done_members(KEY.archive) == {"a.wav"}
     summary = store.archive_summary(KEY.archive)
@@ -49,9 +51,7 @@ def test_reconnects_after_backend_is_terminated(pg_dsn: str) -> None:
 
 
 def test_wrong_password_error_never_shows_it(pg_dsn: str) -> None:
-    dsn = pg_dsn.replace("host=127.0.0.1", "host=127.0.0.1 password=Sup3rS3cret").replace(
-        "port=", "port=1"
-    )
+    dsn = pg_dsn.replace("host=127.0.0.1", "host=127.0.0.1 password=Sup3rS3cret").replace("port=", "port=1")
     store = ProgressStore(dsn, attempts=2, sleep=lambda s: None, connect_timeout=2)
     with pytest.raises(StoreError) as info:
         store.check()

@@ -27,7 +27,16 @@ def test_transcript_structure_and_silence(tiny_model: Path) -> None:
     speech, rate = speak("Testing one two three, this is the streaming pipeline.")
     audio = soxr.resample(speech, rate, 16000).astype(np.float32)
     result = t.transcribe(audio, archive="a.tar.xz", member="x/y.wav")
-    assert set(result) >= {"text", "language", "language_probability", "duration", "segments", "model", "archive", "member"}
+    assert set(result) >= {
+        "text",
+        "language",
+        "language_probability",
+        "duration",
+        "segments",
+        "model",
+        "archive",
+        "member",
+    }
     assert result["member"] == "x/y.wav" and result["model"] == "tiny-whisper"
     assert abs(result["duration"] - len(audio) / 16000) < 0.01
     assert len(result["language"]) in (2, 3) and 0.0 <= result["language_probability"] <= 1.0

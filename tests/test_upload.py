@@ -64,7 +64,12 @@ def test_non_retryable_exit_code_is_not_retried(tmp_path: Path) -> None:
         return subprocess.CompletedProcess(cmd, 3, "", "rsync: change_dir failed: Permission denied")
 
     manager = AsyncRsyncStorageManager(
-        Destination.parse("rsync://127.0.0.1/x"), max_concurrent=1, timeout=5, retries=5, runner=runner, sleep=lambda s: None
+        Destination.parse("rsync://127.0.0.1/x"),
+        max_concurrent=1,
+        timeout=5,
+        retries=5,
+        runner=runner,
+        sleep=lambda s: None,
     )
     job = _upload(manager, _tree(tmp_path / "stage"))
     assert job.state is UploadState.FAILED and job.attempts == 1 and job.returncode == 3
@@ -81,7 +86,12 @@ def test_transient_code_recovers_and_command_is_an_argument_list(tmp_path: Path)
         return subprocess.CompletedProcess(cmd, codes.pop(0), "", "")
 
     manager = AsyncRsyncStorageManager(
-        Destination.parse("host:/data/out"), max_concurrent=1, timeout=5, retries=3, runner=runner, sleep=lambda s: None
+        Destination.parse("host:/data/out"),
+        max_concurrent=1,
+        timeout=5,
+        retries=3,
+        runner=runner,
+        sleep=lambda s: None,
     )
     job = _upload(manager, _tree(tmp_path / "stage"))
     assert job.state is UploadState.DONE and job.attempts == 2

@@ -47,7 +47,9 @@ def convert_to_flac(src: str, dst: str) -> AudioInfo:
             rate, channels = source.samplerate, source.channels
             if rate <= 0 or channels <= 0:
                 raise ConversionError(f"invalid header: {rate} Hz, {channels} channels")
-            resampler = None if rate == TARGET_RATE else soxr.ResampleStream(rate, TARGET_RATE, 1, "float32", "HQ")
+            resampler = (
+                None if rate == TARGET_RATE else soxr.ResampleStream(rate, TARGET_RATE, 1, "float32", "HQ")
+            )
             decoded = 0
             written = 0
             with sf.SoundFile(tmp_path, "w", TARGET_RATE, 1, "PCM_16", format="FLAC") as sink:
@@ -74,13 +76,9 @@ def convert_to_flac(src: str, dst: str) -> AudioInfo:
         raise ConversionError("no audio frames (empty file or missing data chunk)")
     if written < MIN_SAMPLES:
         tmp_path.unlink(missing_ok=True)
-        raise ConversionError(
-            f"too short: {written} samples at 16 kHz, Whisper needs at least {MIN_SAMPLES}"
-        )
+        raise ConversionError(f"too short: {written} samples at 16 kHz, Whisper needs at least {MIN_SAMPLES}")
     tmp_path.replace(out_path)
-    return AudioInfo(
-        sample_rate=rate, channels=channels, duration_s=decoded / rate, samples_16k=written
-    )
+    return AudioInfo(sample_rate=rate, channels=channels, duration_s=decoded / rate, samples_16k=written)
 
 
 def load_16k(path: Path) -> np.ndarray:

@@ -124,7 +124,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "make-sample-day":
         from .samples import make_sample_day
 
-        for path in make_sample_day(args.root, parse_day(args.day).isoformat(), archives=args.archives, members=args.members):
+        for path in make_sample_day(
+            args.root, parse_day(args.day).isoformat(), archives=args.archives, members=args.members
+        ):
             print(path)
         return 0
     if args.command == "demo":
@@ -248,7 +250,8 @@ def _demo(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"\nresults: {config.remote}/{day}/  (FLAC + JSON per member)")
-    print(f"progress: psql \"{config.redacted_dsn()}\" -c \"SELECT slot, status, count(*) FROM audio_files GROUP BY 1, 2\"")
+    query = "SELECT slot, status, count(*) FROM audio_files GROUP BY 1, 2"
+    print(f'progress: psql "{config.redacted_dsn()}" -c "{query}"')
     return 1 if failures else 0
 
 

@@ -249,10 +249,7 @@ class ProgressStore:
         self._transaction(lambda cur: cur.execute(sql, params), "start archive")
 
     def update_archive_progress(self, archive: str, *, bytes_read: int, members_seen: int) -> None:
-        sql = (
-            "UPDATE archives SET bytes_read = %s, members_seen = %s, updated_at = now()"
-            " WHERE archive = %s"
-        )
+        sql = "UPDATE archives SET bytes_read = %s, members_seen = %s, updated_at = now() WHERE archive = %s"
         self._transaction(lambda cur: cur.execute(sql, (bytes_read, members_seen, archive)), "progress")
 
     def finish_archive(self, archive: str, *, state: str, error: str | None, wall_s: float) -> None:
@@ -265,9 +262,7 @@ class ProgressStore:
     # -- members -------------------------------------------------------------------------
     def done_members(self, archive: str) -> set[str]:
         def read(cur: psycopg.Cursor[Any]) -> set[str]:
-            cur.execute(
-                "SELECT member FROM audio_files WHERE archive = %s AND status = 'done'", (archive,)
-            )
+            cur.execute("SELECT member FROM audio_files WHERE archive = %s AND status = 'done'", (archive,))
             return {row["member"] for row in cur}
 
         return self._transaction(read, "resume lookup")

@@ -24,12 +24,12 @@ DECODER_POSITIONS = 448
 TEXT_TOKENS = 50257  # ids 0..50256, as in Whisper's multilingual tokenizer
 TIMESTAMP_TOKENS = 1501  # <|0.00|> .. <|30.00|>
 # Whisper v2 language order (the id of <|xx|> is 50259 + index).
-LANGUAGES = (
-    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th "
-    "ur hr bg lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr "
-    "pa si km sn yo so af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt "
-    "haw ln ha ba jw su"
-).split()
+LANGUAGES = """
+en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th
+ur hr bg lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr
+pa si km sn yo so af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt
+haw ln ha ba jw su
+""".split()
 SPECIAL_BEFORE_LANGUAGES = ("<|endoftext|>", "<|startoftranscript|>")
 SPECIAL_AFTER_LANGUAGES = (
     "<|translate|>",

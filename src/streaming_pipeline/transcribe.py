@@ -59,13 +59,11 @@ class Transcriber:
                 cpu_threads=config.cpu_threads,
                 local_files_only=is_dir,
             )
-        except Exception as exc:  # noqa: BLE001 - CTranslate2/HF raise many types
+        except Exception as exc:
             raise TranscriptionError(f"cannot load model {config.model!r}: {exc}") from exc
         self.model_name = model_dir.name if is_dir else config.model
         # On a GPU, decode a file's VAD chunks as one batch so short clips still fill the device.
-        self.batched = (
-            BatchedInferencePipeline(self.model) if self.device.device == "cuda" else None
-        )
+        self.batched = BatchedInferencePipeline(self.model) if self.device.device == "cuda" else None
         log.info(
             "model %s loaded on %s (%s) in %.1fs",
             self.model_name,
@@ -86,9 +84,7 @@ class Transcriber:
                     audio, batch_size=min(16, self.config.process_batch_size), **options
                 )
             else:
-                segments, info = self.model.transcribe(
-                    audio, condition_on_previous_text=False, **options
-                )
+                segments, info = self.model.transcribe(audio, condition_on_previous_text=False, **options)
             segs = [
                 {
                     "start": round(s.start, 3),
@@ -99,7 +95,7 @@ class Transcriber:
                 }
                 for s in segments
             ]
-        except Exception as exc:  # noqa: BLE001 - surfaced per member, the batch goes on
+        except Exception as exc:
             raise TranscriptionError(f"transcription failed: {exc}") from exc
         return {
             "text": " ".join(s["text"] for s in segs if s["text"]).strip(),

@@ -164,9 +164,7 @@ class AsyncRsyncStorageManager:
         job.attempts += 1
         cmd = self.rsync_command(job.source)
         try:
-            proc = self._run(
-                cmd, capture_output=True, text=True, timeout=self.timeout, check=False
-            )
+            proc = self._run(cmd, capture_output=True, text=True, timeout=self.timeout, check=False)
         except subprocess.TimeoutExpired:
             raise UploadError(
                 f"rsync to {self.destination.spec} timed out after {self.timeout:.0f}s",
@@ -204,12 +202,7 @@ class AsyncRsyncStorageManager:
 
     def _counts_text(self) -> str:
         c = self.counts()
-        return "uploads queued=%d running=%d done=%d failed=%d" % (
-            c["queued"],
-            c["running"],
-            c["done"],
-            c["failed"],
-        )
+        return "uploads queued={queued} running={running} done={done} failed={failed}".format(**c)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for every submitted upload; False if some were still running at the timeout."""

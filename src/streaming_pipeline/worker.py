@@ -12,6 +12,7 @@ confirmed its upload.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -258,7 +259,9 @@ class ArchiveWorker:
                 info = fut.result(timeout=self.config.decode_timeout)
                 converted.append((member, dst, info))
             except FutureTimeout:
-                records.append(self._failed(member, f"decoding timed out after {self.config.decode_timeout:.0f}s"))
+                records.append(
+                    self._failed(member, f"decoding timed out after {self.config.decode_timeout:.0f}s")
+                )
             except ConversionError as exc:
                 records.append(self._failed(member, str(exc)))
             finally:
@@ -287,9 +290,7 @@ class ArchiveWorker:
                     source_duration=info.duration_s,
                 )
                 dst.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
-                remote = self.destination.url(
-                    f"{self.day.isoformat()}/{self.slot}/{member.output_stem}.flac"
-                )
+                remote = self.destination.url(f"{self.day.isoformat()}/{self.slot}/{member.output_stem}.flac")
                 records.append(
                     MemberRecord(
                         member.name,
@@ -319,9 +320,7 @@ class ArchiveWorker:
             on_finish=lambda job: self._uploaded(job, batch, to_upload, audio_s),
         )
 
-    def _uploaded(
-        self, job: UploadJob, batch: Batch, members: list[tuple[str, str]], audio_s: float
-    ) -> None:
+    def _uploaded(self, job: UploadJob, batch: Batch, members: list[tuple[str, str]], audio_s: float) -> None:
         try:
             self.timers.add("upload", job.finished - job.started)
             if job.state is UploadState.DONE:
@@ -427,8 +426,6 @@ def _tree_bytes(root: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            try:
+            with contextlib.suppress(OSError):  # deleted by an upload thread meanwhile
                 total += os.stat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
     return total

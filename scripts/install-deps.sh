@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install what the pipeline, its demo and its tests need on Debian/Ubuntu: system packages
+# (only the missing ones) and the Python package with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(rsync xz-utils espeak-ng sox libsndfile1 postgresql util-linux)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    echo "installing system packages: ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e ".[test]"
