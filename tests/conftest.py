@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from streaming_pipeline.embedded_pg import EmbeddedPostgres
+from streaming_pipeline.embedded_pg import EmbeddedPostgres, free_port
 from streaming_pipeline.samples import clip_files, write_tar_xz
 from streaming_pipeline.tiny_model import generate_tiny_model
 
@@ -62,12 +62,6 @@ def pg_dsn(pg_server: str) -> Iterator[str]:
     yield f"{pg_server} dbname={name}"
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RsyncDaemon:

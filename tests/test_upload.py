@@ -55,44 +55,35 @@ def test_dead_daemon_is_retried_with_backoff_then_fails(tmp_path: Path) -> None:
     assert sleeps == sorted(sleeps) and len(sleeps) == 2  # exponential backoff between attempts
 
 
-def test_non_retryable_exit_code_is_not_retried(tmp_path: Path) -> None:
-    # A fake runner: a real rsync cannot be made to return exit 3 on demand.
+def _scripted(codes: list[int], spec: str, retries: int) -> tuple[AsyncRsyncStorageManager, list[list[str]]]:
+    """A manager whose rsync is a fake returning `codes` in turn: a real rsync cannot be made
+    to exit with a chosen code on demand."""
     calls: list[list[str]] = []
 
     def runner(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
         calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, 3, "", "rsync: change_dir failed: Permission denied")
+        return subprocess.CompletedProcess(cmd, codes.pop(0), "", "rsync: simulated failure")
 
     manager = AsyncRsyncStorageManager(
-        Destination.parse("rsync://127.0.0.1/x"),
+        Destination.parse(spec),
         max_concurrent=1,
         timeout=5,
-        retries=5,
+        retries=retries,
         runner=runner,
         sleep=lambda s: None,
     )
+    return manager, calls
+
+
+def test_non_retryable_exit_code_is_not_retried(tmp_path: Path) -> None:
+    manager, calls = _scripted([3, 0], "rsync://127.0.0.1/x", retries=5)  # 3: file selection error
     job = _upload(manager, _tree(tmp_path / "stage"))
     assert job.state is UploadState.FAILED and job.attempts == 1 and job.returncode == 3
     assert len(calls) == 1
 
 
 def test_transient_code_recovers_and_command_is_an_argument_list(tmp_path: Path) -> None:
-    # A fake runner for the exit-code sequence (12 = stream broke, then success).
-    codes = [12, 0]
-    calls: list[list[str]] = []
-
-    def runner(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
-        calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, codes.pop(0), "", "")
-
-    manager = AsyncRsyncStorageManager(
-        Destination.parse("host:/data/out"),
-        max_concurrent=1,
-        timeout=5,
-        retries=3,
-        runner=runner,
-        sleep=lambda s: None,
-    )
+    manager, calls = _scripted([12, 0], "host:/data/out", retries=3)  # 12: data stream broke
     job = _upload(manager, _tree(tmp_path / "stage"))
     assert job.state is UploadState.DONE and job.attempts == 2
     cmd = calls[0]

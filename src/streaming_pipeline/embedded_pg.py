@@ -31,7 +31,7 @@ def find_bindir() -> Path:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -88,7 +88,7 @@ class EmbeddedPostgres:
                 raise ConfigError(f"initdb failed: {proc.stderr.strip()[:500]}")
         if self.running():
             return self.dsn()
-        port = _free_port()
+        port = free_port()
         self.port_file.write_text(str(port))
         options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.state_dir}"
         proc = self._run(

@@ -157,7 +157,10 @@ class AsyncRsyncStorageManager:
             )
         else:
             log.error("upload %s failed after %d attempt(s): %s", job.label, job.attempts, job.error)
-        on_finish(job)
+        try:
+            on_finish(job)
+        except Exception:  # a callback bug must not hide the upload's own outcome
+            log.exception("upload %s: completion handler failed", job.label)
         return job
 
     def _attempt(self, job: UploadJob) -> None:

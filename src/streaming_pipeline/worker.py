@@ -244,8 +244,8 @@ class ArchiveWorker:
                 ready.put(item, timeout=0.5)
                 return
             except queue.Full:
-                if self.stop.is_set() and item is not None and not isinstance(item, BaseException):
-                    return  # the consumer is gone; the batch's members stay pending
+                if self.stop.is_set():
+                    return  # the consumer is gone; this batch's members stay pending for a rerun
 
     def _process(
         self, prepared: _Prepared, transcriber: TranscriberLike, uploader: AsyncRsyncStorageManager
