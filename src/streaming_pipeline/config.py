@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,9 @@ class PipelineConfig:
     max_member_bytes: int = 4 * 1024**3
     decode_timeout: float = 600.0
     cpu_threads: int = 0
-    log_dir: Path | None = None
 
     def redacted_dsn(self) -> str:
         return redact_dsn(self.dsn)
-
-    def with_overrides(self, **changes: Any) -> PipelineConfig:
-        return replace(self, **changes)
 
 
 _ENV_NAMES = {
@@ -68,7 +64,6 @@ _ENV_NAMES = {
     "max_member_bytes": "PIPELINE_MAX_MEMBER_BYTES",
     "decode_timeout": "PIPELINE_DECODE_TIMEOUT",
     "cpu_threads": "PIPELINE_CPU_THREADS",
-    "log_dir": "PIPELINE_LOG_DIR",
 }
 
 

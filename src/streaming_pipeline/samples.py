@@ -11,7 +11,6 @@ import logging
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +111,3 @@ def make_sample_day(root: Path, day: str, *, archives: int = 2, members: int = 6
         paths.append(write_tar_xz(root / day / f"{slot}.tar.xz", clip_files(members, seed=a)))
         log.info("wrote %s (%d members)", paths[-1], members)
     return paths
-
-
-def scratch_tempdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="streaming-pipeline-sample-"))

@@ -25,9 +25,6 @@ from .errors import StoreError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TERMINAL = ("done", "failed", "rejected")
-STATUSES = ("extracted", "uploading", *TERMINAL)
-
 SCHEMA_VERSION = 1
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -59,7 +56,7 @@ MIGRATIONS: dict[int, str] = {
         archive              text NOT NULL REFERENCES archives (archive),
         member               text NOT NULL,
         status               text NOT NULL
-                             CHECK (status IN ('extracted', 'uploading', 'done', 'failed', 'rejected')),
+                             CHECK (status IN ('uploading', 'done', 'failed', 'rejected')),
         size_bytes           bigint,
         sample_rate          integer,
         channels             integer,
@@ -220,16 +217,6 @@ class ProgressStore:
         version = self._transaction(migrate, "schema migration")
         log.info("database schema at version %d", version)
         return version
-
-    def schema_version(self) -> int:
-        def read(cur: psycopg.Cursor[Any]) -> int:
-            cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present")
-            if not cur.fetchone()["present"]:
-                return 0
-            cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_version")
-            return int(cur.fetchone()["v"])
-
-        return self._transaction(read, "schema check")
 
     # -- archives ------------------------------------------------------------------------
     def start_archive(
