@@ -47,7 +47,7 @@ def test_undecodable_input_fails_with_a_reason(tmp_path: Path, payload: bytes, m
     assert not (tmp_path / "bad.flac").exists()
 
 
-def test_truncated_flac_fails_or_keeps_what_decodes(tmp_path: Path, clips: list[tuple[str, bytes]]) -> None:
+def test_flac_cut_after_its_header_fails(tmp_path: Path, clips: list[tuple[str, bytes]]) -> None:
     flac = next(data for name, data in clips if name.endswith(".flac"))
     src = tmp_path / "cut.flac"
     src.write_bytes(flac[:200])  # header and nothing else

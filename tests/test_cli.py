@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 from pathlib import Path
 
@@ -153,4 +152,4 @@ def test_bad_invocations_fail_with_one_line(
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
-    assert os.path.exists(archive)
+    assert not (tmp_path / "remote").exists()

@@ -155,6 +155,7 @@ def _init_db(args: argparse.Namespace) -> int:
 def preflight(config: PipelineConfig, archive: Path) -> None:
     """Everything that can be wrong with an invocation, checked before any work starts."""
     from .archive import ensure_writable_dir
+    from .transcribe import local_model_dir
     from .upload import Destination
 
     if not archive.is_file():
@@ -168,9 +169,7 @@ def preflight(config: PipelineConfig, archive: Path) -> None:
         raise ConfigError(f"scratch dir {config.scratch_dir} is not writable: {exc.strerror}") from None
     if shutil.which("rsync") is None:
         raise ConfigError("rsync is not installed")
-    model = Path(config.model).expanduser()
-    if ("/" in config.model or config.model.startswith(".")) and not model.is_dir():
-        raise ConfigError(f"model directory {config.model} does not exist")
+    local_model_dir(config.model)
 
 
 def run_archive(config: PipelineConfig, day: str, archive: Path, slot: str, store: Any) -> Any:
@@ -184,16 +183,8 @@ def run_archive(config: PipelineConfig, day: str, archive: Path, slot: str, stor
         slot=slot,
         store=store,
         transcriber_factory=Transcriber,
-        slurm_job_id=config_job_id(),
     )
     return worker.run()
-
-
-def config_job_id() -> str | None:
-    env = environ()
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env.get("SLURM_JOB_ID") or None
 
 
 def _process_tar(args: argparse.Namespace) -> int:

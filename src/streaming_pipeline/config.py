@@ -41,6 +41,7 @@ class PipelineConfig:
     max_member_bytes: int = 4 * 1024**3
     decode_timeout: float = 600.0
     cpu_threads: int = 0
+    slurm_job_id: str | None = None  # from SLURM_ARRAY_JOB_ID_TASK or SLURM_JOB_ID, never a flag
 
     def redacted_dsn(self) -> str:
         return redact_dsn(self.dsn)
@@ -102,11 +103,19 @@ def build_config(cli: Mapping[str, Any], env: Mapping[str, str]) -> PipelineConf
             raw = env.get("DB_CREDS") or None
         if raw is not None:
             values[name] = _coerce(name, raw, typ)
+    values.setdefault("slurm_job_id", _slurm_job_id(env))
     if "scratch_dir" not in values:
         values["scratch_dir"] = Path(env.get("TMPDIR") or tempfile.gettempdir()) / "streaming-pipeline"
     config = PipelineConfig(**values)
     _validate(config)
     return config
+
+
+def _slurm_job_id(env: Mapping[str, str]) -> str | None:
+    """Array tasks are named like squeue shows them (`<array job>_<task>`)."""
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or None
 
 
 def _validate(config: PipelineConfig) -> None:

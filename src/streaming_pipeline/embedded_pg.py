@@ -22,10 +22,12 @@ log = logging.getLogger(__name__)
 
 
 def find_bindir() -> Path:
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
-    for path in [*reversed(candidates), *(os.path.dirname(p) for p in [shutil.which("initdb")] if p)]:
-        if (Path(path) / "initdb").exists() and (Path(path) / "pg_ctl").exists():
-            return Path(path)
+    """Debian's newest server first, then whatever initdb is on PATH."""
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+    on_path = shutil.which("initdb")
+    for path in [*map(Path, debian), *([Path(on_path).parent] if on_path else [])]:
+        if (path / "initdb").exists() and (path / "pg_ctl").exists():
+            return path
     raise ConfigError(
         "no PostgreSQL server binaries found (install the postgresql package, or set PIPELINE_DSN)"
     )

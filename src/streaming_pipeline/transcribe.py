@@ -40,28 +40,38 @@ def resolve_device(device: str, compute_type: str) -> Device:
     return Device(device, compute_type)
 
 
+def local_model_dir(model: str) -> Path | None:
+    """The directory a path-like --model names, or None for a hub name.
+
+    A path that does not exist is an error, never a hub lookup: a typo must not start a download.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if "/" in model or model.startswith((".", "~")):
+        raise ConfigError(f"model directory {model} does not exist")
+    return None
+
+
 class Transcriber:
     def __init__(self, config: PipelineConfig) -> None:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         self.config = config
         self.device = resolve_device(config.device, config.compute_type)
-        model_dir = Path(config.model).expanduser()
-        is_dir = model_dir.is_dir()
-        if not is_dir and ("/" in config.model or config.model.startswith(".")):
-            raise ConfigError(f"model directory {config.model} does not exist")
+        model_dir = local_model_dir(config.model)
         started = time.monotonic()
         try:
             self.model = WhisperModel(
-                str(model_dir) if is_dir else config.model,
+                str(model_dir) if model_dir else config.model,
                 device=self.device.device,
                 compute_type=self.device.compute_type,
                 cpu_threads=config.cpu_threads,
-                local_files_only=is_dir,
+                local_files_only=model_dir is not None,
             )
         except Exception as exc:
             raise TranscriptionError(f"cannot load model {config.model!r}: {exc}") from exc
-        self.model_name = model_dir.name if is_dir else config.model
+        self.model_name = model_dir.name if model_dir else config.model
         # On a GPU, decode a file's VAD chunks as one batch so short clips still fill the device.
         self.batched = BatchedInferencePipeline(self.model) if self.device.device == "cuda" else None
         log.info(

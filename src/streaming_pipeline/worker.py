@@ -12,7 +12,6 @@ confirmed its upload.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -68,7 +67,6 @@ class WorkerResult:
     wall_s: float
     error: str | None
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    peak_scratch_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -108,7 +106,6 @@ class ArchiveWorker:
         slot: str,
         store: ProgressStore,
         transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
-        slurm_job_id: str | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         self.config = config
@@ -118,14 +115,12 @@ class ArchiveWorker:
         self.store = store
         self.key = archive_key(day, archive_path, slot)
         self.transcriber_factory = transcriber_factory
-        self.slurm_job_id = slurm_job_id
         self.stop = stop or threading.Event()
         self.destination = Destination.parse(config.remote)
         self.job_scratch = config.scratch_dir / day.isoformat() / slot
         self.timers = _Stopwatch()
         self._upload_slots = threading.BoundedSemaphore(MAX_BATCHES_UPLOADING)
         self._upload_errors: list[str] = []
-        self._peak_scratch = 0
         self._audio_s = 0.0
         self._counts = {"done": 0, "failed": 0, "rejected": 0, "skipped": 0}
         self._counts_lock = threading.Lock()
@@ -142,7 +137,7 @@ class ArchiveWorker:
             bytes_total=self.archive_path.stat().st_size,
             host=socket.gethostname(),
             pid=os.getpid(),
-            slurm_job_id=self.slurm_job_id,
+            slurm_job_id=self.config.slurm_job_id,
         )
         done_before = self.store.done_members(self.key.archive)
         if done_before:
@@ -211,7 +206,6 @@ class ArchiveWorker:
                 self.timers.add("extract", time.monotonic() - t0)
                 if batch is None:
                     break
-                self._note_scratch()
                 if batch.rejected:
                     for m in batch.rejected:
                         log.warning("rejected member %r: %s", m.name, m.reject_reason)
@@ -228,7 +222,7 @@ class ArchiveWorker:
                 conversions = []
                 for m in batch.members:
                     assert m.path is not None
-                    dst = stage_root / self.day.isoformat() / self.slot / f"{m.output_stem}.flac"
+                    dst = stage_root / self._output_path(m)
                     if not dst.resolve().is_relative_to(stage_root.resolve()):
                         raise PipelineError(f"refusing to write outside scratch for {m.name!r}")
                     conversions.append((m, dst, pool.submit(convert_to_flac, str(m.path), str(dst))))
@@ -268,44 +262,40 @@ class ArchiveWorker:
                 if member.path is not None:
                     member.path.unlink(missing_ok=True)
         self.timers.add("convert_wait", time.monotonic() - t0)
-        self._note_scratch()
 
         to_upload: list[tuple[str, str]] = []
-        for start in range(0, len(converted), self.config.process_batch_size):
-            for member, dst, info in converted[start : start + self.config.process_batch_size]:
-                t1 = time.monotonic()
-                try:
-                    result = transcriber.transcribe(
-                        load_16k(dst), archive=self.key.archive, member=member.name
-                    )
-                except TranscriptionError as exc:
-                    dst.unlink(missing_ok=True)
-                    records.append(self._failed(member, str(exc)))
-                    continue
-                finally:
-                    self.timers.add("transcribe", time.monotonic() - t1)
-                result.update(
-                    source_sample_rate=info.sample_rate,
-                    source_channels=info.channels,
-                    source_duration=info.duration_s,
+        for member, dst, info in converted:
+            t1 = time.monotonic()
+            try:
+                result = transcriber.transcribe(load_16k(dst), archive=self.key.archive, member=member.name)
+            except TranscriptionError as exc:
+                dst.unlink(missing_ok=True)
+                records.append(self._failed(member, str(exc)))
+                continue
+            finally:
+                self.timers.add("transcribe", time.monotonic() - t1)
+            result.update(
+                source_sample_rate=info.sample_rate,
+                source_channels=info.channels,
+                source_duration=info.duration_s,
+            )
+            dst.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
+            remote = self.destination.url(self._output_path(member))
+            records.append(
+                MemberRecord(
+                    member.name,
+                    "uploading",
+                    size_bytes=member.size,
+                    sample_rate=info.sample_rate,
+                    channels=info.channels,
+                    duration_s=info.output_duration_s,
+                    transcript=result["text"],
+                    language=result["language"],
+                    language_probability=result["language_probability"],
+                    remote_path=remote,
                 )
-                dst.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
-                remote = self.destination.url(f"{self.day.isoformat()}/{self.slot}/{member.output_stem}.flac")
-                records.append(
-                    MemberRecord(
-                        member.name,
-                        "uploading",
-                        size_bytes=member.size,
-                        sample_rate=info.sample_rate,
-                        channels=info.channels,
-                        duration_s=info.output_duration_s,
-                        transcript=result["text"],
-                        language=result["language"],
-                        language_probability=result["language_probability"],
-                        remote_path=remote,
-                    )
-                )
-                to_upload.append((member.name, remote))
+            )
+            to_upload.append((member.name, remote))
         self.store.record_members(self.key, records)
         if not to_upload:
             shutil.rmtree(batch.directory, ignore_errors=True)
@@ -343,6 +333,10 @@ class ArchiveWorker:
             self._upload_slots.release()
 
     # -- bookkeeping ------------------------------------------------------------------------
+    def _output_path(self, member: Member) -> str:
+        """`DATE/SLOT/<member path>.flac`: the same relative path in the stage and on the remote."""
+        return f"{self.day.isoformat()}/{self.slot}/{member.output_stem}.flac"
+
     def _failed(self, member: Member, reason: str) -> MemberRecord:
         log.warning("member %r failed: %s", member.name, reason)
         self._count("failed", 1)
@@ -351,11 +345,6 @@ class ArchiveWorker:
     def _count(self, what: str, n: int) -> None:
         with self._counts_lock:
             self._counts[what] += n
-
-    def _note_scratch(self) -> None:
-        used = _tree_bytes(self.job_scratch)
-        with self._counts_lock:
-            self._peak_scratch = max(self._peak_scratch, used)
 
     def _log_progress(
         self, batch: Batch, reader: ArchiveReader, uploader: AsyncRsyncStorageManager, started: float
@@ -406,6 +395,10 @@ class ArchiveWorker:
         error = "; ".join(dict.fromkeys(errors)) or None
         self.store.finish_archive(self.key.archive, state=state, error=error, wall_s=wall)
         shutil.rmtree(self.job_scratch, ignore_errors=True)
+        log.info(
+            "stage seconds (busy or waiting): %s",
+            ", ".join(f"{k} {v:.1f}" for k, v in sorted(self.timers.seconds.items())),
+        )
         return WorkerResult(
             archive=self.key.archive,
             state=state,
@@ -418,14 +411,4 @@ class ArchiveWorker:
             wall_s=wall,
             error=error,
             stage_seconds=dict(self.timers.seconds),
-            peak_scratch_bytes=self._peak_scratch,
         )
-
-
-def _tree_bytes(root: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            with contextlib.suppress(OSError):  # deleted by an upload thread meanwhile
-                total += os.stat(os.path.join(dirpath, name)).st_size
-    return total

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streaming_pipeline.config import build_config, parse_day
+from streaming_pipeline.errors import ConfigError
+
+
+def test_flags_win_over_environment_which_wins_over_defaults() -> None:
+    env = {
+        "PIPELINE_MODEL": "/models/env",
+        "PIPELINE_BEAM_SIZE": "3",
+        "DB_CREDS": "host=fallback",
+        "TMPDIR": "/t",
+    }
+    config = build_config({"model": "/models/flag"}, env)
+    assert config.model == "/models/flag"
+    assert config.beam_size == 3
+    assert config.dsn == "host=fallback"
+    assert config.scratch_dir == Path("/t/streaming-pipeline")
+    assert build_config({}, {**env, "PIPELINE_DSN": "host=primary"}).dsn == "host=primary"
+    assert build_config({}, {}).stream_batch_size == 200
+
+
+def test_slurm_job_id_comes_from_the_environment() -> None:
+    assert build_config({}, {}).slurm_job_id is None
+    assert build_config({}, {"SLURM_JOB_ID": "41"}).slurm_job_id == "41"
+    env = {"SLURM_JOB_ID": "43", "SLURM_ARRAY_JOB_ID": "42", "SLURM_ARRAY_TASK_ID": "7"}
+    assert build_config({}, env).slurm_job_id == "42_7"
+
+
+@pytest.mark.parametrize(
+    ("cli", "env", "message"),
+    [
+        ({"num_workers": 0}, {}, "num-workers"),
+        ({}, {"PIPELINE_BEAM_SIZE": "five"}, "beam_size"),
+        ({"device": "tpu"}, {}, "device"),
+    ],
+)
+def test_bad_values_are_config_errors(cli: dict, env: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(cli, env)
+
+
+def test_bad_day() -> None:
+    assert parse_day("2025-01-25").isoformat() == "2025-01-25"
+    with pytest.raises(ConfigError, match="bad date"):
+        parse_day("25/01/2025")
