@@ -7,7 +7,7 @@ import pytest
 
 from streaming_pipeline.config import redact_dsn
 from streaming_pipeline.errors import StoreError
-from streaming_pipeline.store import ArchiveKey, MemberRecord, ProgressStore
+from streaming_pipeline.store import SCHEMA_VERSION, ArchiveKey, MemberRecord, ProgressStore
 
 KEY = ArchiveKey("2025-01-25/12_30.tar.xz", dt.date(2025, 1, 25), "12_30")
 
@@ -21,8 +21,8 @@ def _store(dsn: str) -> ProgressStore:
 
 def test_schema_is_idempotent_and_users_query_works(pg_dsn: str) -> None:
     store = ProgressStore(pg_dsn)
-    assert store.init_schema() == 1
-    assert store.init_schema() == 1
+    assert store.init_schema() == SCHEMA_VERSION
+    assert store.init_schema() == SCHEMA_VERSION
     rows = store.query("SELECT COUNT(*) FROM audio_files WHERE created_at > NOW() - INTERVAL '1 hour'")
     assert rows == [{"count": 0}]
 

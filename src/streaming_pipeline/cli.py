@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 import shutil
+import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import PipelineConfig, build_config, environ, parse_day
+from .config import PipelineConfig, build_config, dsn_password, environ, parse_day
 from .errors import ConfigError, PipelineError
 
 log = logging.getLogger("streaming_pipeline")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# process-tar / process-day stopped by a signal; a rerun (or Slurm's requeue) resumes.
+EXIT_INTERRUPTED = 75
 
 
 def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
@@ -59,6 +64,19 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu-threads", type=int, help="CTranslate2 CPU threads (0: library default)")
 
 
+def _day_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("day fan-out")
+    g.add_argument("--executor", choices=("slurm", "local"), default="slurm")
+    g.add_argument("--input-root", type=Path, help="archives are <root>/<DATE>/<SLOT>.tar.xz")
+    g.add_argument("--log-dir", type=Path, help="worker logs (PIPELINE_LOG_DIR, default ./logs)")
+    g.add_argument("--max-parallel", type=int, help="archives at once (PIPELINE_MAX_PARALLEL, 4)")
+    g.add_argument("--hpc-dir", type=Path, help="folder of the hpc/*.sh scripts (Slurm)")
+    g.add_argument(
+        "--worker-sbatch-args",
+        help='extra sbatch options for workers; write --worker-sbatch-args="--gres=none"',
+    )
+
+
 def _config(args: argparse.Namespace) -> PipelineConfig:
     return build_config({k: v for k, v in vars(args).items() if v is not None}, environ())
 
@@ -75,6 +93,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("slot", help="slot name, e.g. 12_30")
     p.add_argument("--log-file", type=Path)
     _pipeline_options(p)
+
+    p = sub.add_parser("process-day", help="process a day's archives: a Slurm job array, or locally")
+    p.add_argument("day", help="YYYY-MM-DD")
+    _day_options(p)
+    _pipeline_options(p)
+
+    p = sub.add_parser("status", help="one line per archive of a day, and the day's totals")
+    p.add_argument("day", help="YYYY-MM-DD")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--dsn")
+
+    p = sub.add_parser("finalize-day", help="record a day's outcome and print its summary")
+    p.add_argument("day", help="YYYY-MM-DD")
+    p.add_argument("--dsn")
 
     p = sub.add_parser("init-db", help="create or migrate the progress schema")
     p.add_argument("--dsn")
@@ -114,6 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "process-tar":
         return _process_tar(args)
+    if args.command == "process-day":
+        config = _config(args)
+        return run_day(config, parse_day(args.day), args.executor, environ())
+    if args.command == "status":
+        return _status(args)
+    if args.command == "finalize-day":
+        return _finalize_day(args)
     if args.command == "init-db":
         return _init_db(args)
     if args.command == "make-tiny-model":
@@ -172,39 +211,185 @@ def preflight(config: PipelineConfig, archive: Path) -> None:
     local_model_dir(config.model)
 
 
-def run_archive(config: PipelineConfig, day: str, archive: Path, slot: str, store: Any) -> Any:
-    from .transcribe import Transcriber
-    from .worker import ArchiveWorker
+def install_stop_handlers(stop: Callable[[str], None]) -> None:
+    """USR1 (Slurm's time-limit warning), TERM and INT ask for a clean stop; a second one exits now.
 
-    worker = ArchiveWorker(
-        config,
-        day=parse_day(day),
-        archive_path=archive.resolve(),
-        slot=slot,
-        store=store,
-        transcriber_factory=Transcriber,
-    )
-    return worker.run()
+    The handler only sets flags (no pool shutdown, no locks, no logging from inside it).
+    """
+    fired: list[str] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if fired:
+            os.write(2, f"streaming-pipeline: second signal ({name}): exiting now\n".encode())
+            os._exit(128 + signum)
+        fired.append(name)
+        os.write(2, f"streaming-pipeline: {name}: finishing in-flight work, then stopping\n".encode())
+        stop(f"stopped by {name}")
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
 
 
 def _process_tar(args: argparse.Namespace) -> int:
-    parse_day(args.day)
-    if not args.slot or "/" in args.slot or args.slot.startswith((".", "-")):
-        raise ConfigError(f"bad slot {args.slot!r}")
+    from .day import check_slot
+    from .lock import ArchiveBusy, ArchiveLock
+    from .transcribe import Transcriber
+    from .worker import ArchiveWorker
+
+    day = parse_day(args.day)
+    slot = check_slot(args.slot)
     config = _config(args)
     preflight(config, args.archive)
     store = _open_store(config)
     store.init_schema()
+    worker = ArchiveWorker(
+        config,
+        day=day,
+        archive_path=args.archive.resolve(),
+        slot=slot,
+        store=store,
+        transcriber_factory=Transcriber,
+    )
+    install_stop_handlers(worker.request_stop)
+    lock = ArchiveLock(
+        config.dsn,
+        worker.key,
+        path=str(worker.archive_path),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        slurm_job_id=config.slurm_job_id,
+        on_lost=worker.request_stop,
+    )
     try:
-        result = run_archive(config, args.day, args.archive, args.slot, store)
+        with lock:
+            result = worker.run()
+    except ArchiveBusy as busy:
+        print(f"{busy}; not starting a second worker")
+        return 0
     finally:
         store.close()
     print(result.summary_line())
+    if result.interrupted:
+        if config.slurm_job_id:
+            from .slurm import SlurmClient, requeue_self
+
+            requeue_self(config.slurm_job_id, SlurmClient(environ()))
+        return EXIT_INTERRUPTED
     return 0 if result.ok else 1
 
 
+def run_day(config: PipelineConfig, day: dt.date, executor: str, env: Mapping[str, str]) -> int:
+    """`process-day`: register the day, then submit (Slurm) or run (local) what is not done."""
+    from .day import discover, finalize_day, format_report, plan_day
+
+    archives = discover(config.input_root, day)
+    if executor == "local":
+        preflight(config, archives[0].path)
+    store = _open_store(config)
+    try:
+        store.init_schema()
+        plan = plan_day(store, day, archives)
+        print(plan.describe(), flush=True)
+        if plan.todo and executor == "slurm":
+            return _submit_slurm(config, day, plan, store, env)
+        if plan.todo:
+            return _run_local(config, day, plan, store, env)
+        report = finalize_day(store, day, job_id=config.slurm_job_id)
+        print(format_report(report))
+        return 0 if report["totals"]["complete"] or plan.busy else 1
+    finally:
+        store.close()
+
+
+def _submit_slurm(config: PipelineConfig, day: dt.date, plan: Any, store: Any, env: Mapping[str, str]) -> int:
+    from .slurm import SlurmClient, hpc_dir, submit_day
+
+    # The controller's own job variables must not leak into its workers' submissions.
+    clean_env = {k: v for k, v in env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+    client = SlurmClient(clean_env, secrets=(dsn_password(config.dsn),))
+    sub = submit_day(config, day, plan.todo, scripts=hpc_dir(config.hpc_dir), client=client)
+    store.record_day(
+        day,
+        state="submitted",
+        archives=len(plan.archives),
+        submitted=sub.tasks,
+        executor="slurm",
+        array_job_id=sub.array_job_id,
+        finalize_job_id=sub.finalize_job_id,
+        submitted_at=dt.datetime.now(dt.UTC),
+        finalized_at=None,
+    )
+    logs = config.log_dir.resolve()
+    print(
+        f"submitted job array {sub.array_job_id} ({sub.tasks} archives, "
+        f"at most {config.max_parallel} at a time) and finalize job {sub.finalize_job_id}\n"
+        f"  squeue -j {sub.array_job_id},{sub.finalize_job_id}\n"
+        f"  tail -f {logs}/stream_tar_{day}_*.out\n"
+        f"  streaming-pipeline status {day}"
+    )
+    return 0
+
+
+def _run_local(config: PipelineConfig, day: dt.date, plan: Any, store: Any, env: Mapping[str, str]) -> int:
+    from .day import finalize_day, format_report
+    from .local_executor import LocalExecutor
+
+    executor = LocalExecutor(config, env)
+    install_stop_handlers(lambda _reason: executor.stop())
+    store.record_day(
+        day,
+        state="submitted",
+        archives=len(plan.archives),
+        submitted=len(plan.todo),
+        executor="local",
+        submitted_at=dt.datetime.now(dt.UTC),
+        finalized_at=None,
+    )
+    print(f"logs: {config.log_dir.resolve()}/stream_tar_{day}_*_{executor.job_id}.out", flush=True)
+    codes = executor.run(day, plan.todo)
+    report = finalize_day(store, day, job_id=None)
+    print(format_report(report))
+    if report["totals"]["complete"]:
+        return 0
+    return EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes.values() else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .day import day_report, format_report, report_json
+
+    day = parse_day(args.day)
+    store = _open_store(_config(args))
+    try:
+        store.init_schema()
+        report = day_report(store, day)
+    finally:
+        store.close()
+    if args.json:
+        print(report_json(report))
+    elif not report["archives"]:
+        print(f"no archives recorded for {day} (submit it with: streaming-pipeline process-day {day})")
+    else:
+        print(format_report(report))
+    return 0 if report["archives"] else 1
+
+
+def _finalize_day(args: argparse.Namespace) -> int:
+    from .day import finalize_day, format_report
+
+    config = _config(args)
+    store = _open_store(config)
+    try:
+        store.init_schema()
+        report = finalize_day(store, parse_day(args.day), job_id=config.slurm_job_id)
+    finally:
+        store.close()
+    print(format_report(report))
+    return 0 if report["totals"]["complete"] else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
-    """The README's first command: everything local, nothing to configure."""
+    """The README's first command: a sample day through the local executor, nothing to configure."""
     from .embedded_pg import EmbeddedPostgres
     from .samples import make_sample_day
     from .tiny_model import generate_tiny_model
@@ -217,7 +402,11 @@ def _demo(args: argparse.Namespace) -> int:
         "remote": str(state / "remote"),
         "scratch_dir": state / "scratch",
         "model": str(model_dir),
-        "num_workers": 2,
+        "input_root": state / "input",
+        "log_dir": state / "logs",
+        "max_parallel": 2,
+        "num_workers": 1,
+        "cpu_threads": 1,
         "stream_batch_size": 4,
     }
     cli = {k: v for k, v in vars(args).items() if v is not None}
@@ -225,25 +414,15 @@ def _demo(args: argparse.Namespace) -> int:
     if not (cli.get("dsn") or env.get("PIPELINE_DSN") or env.get("DB_CREDS")):
         overrides["dsn"] = EmbeddedPostgres(state / "postgres").start()
     config = build_config({**overrides, **cli}, env)
-    day = parse_day(args.day).isoformat()
-    archives = sorted((state / "input" / day).glob("*.tar.xz"))
-    if not archives:
-        archives = make_sample_day(state / "input", day, archives=args.archives, members=args.members)
-    store = _open_store(config)
-    store.init_schema()
-    failures = 0
-    try:
-        for archive in archives:
-            preflight(config, archive)
-            result = run_archive(config, day, archive, archive.name.removesuffix(".tar.xz"), store)
-            print(result.summary_line())
-            failures += not result.ok
-    finally:
-        store.close()
+    day = parse_day(args.day)
+    if not sorted((state / "input" / day.isoformat()).glob("*.tar.xz")):
+        make_sample_day(state / "input", day.isoformat(), archives=args.archives, members=args.members)
+    rc = run_day(config, day, "local", env)
     print(f"\nresults: {config.remote}/{day}/  (FLAC + JSON per member)")
     query = "SELECT slot, status, count(*) FROM audio_files GROUP BY 1, 2"
     print(f'progress: psql "{config.redacted_dsn()}" -c "{query}"')
-    return 1 if failures else 0
+    print(f"status:   PIPELINE_DSN='{config.redacted_dsn()}' streaming-pipeline status {day}")
+    return rc
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,6 +41,14 @@ class PipelineConfig:
     max_member_bytes: int = 4 * 1024**3
     decode_timeout: float = 600.0
     cpu_threads: int = 0
+    stop_grace: float = 90.0  # after a stop signal: seconds left to finish in-flight uploads
+    # A day's fan-out (process-day, the hpc/ scripts):
+    input_root: Path | None = None  # archives are <input_root>/<DATE>/<SLOT>.tar.xz
+    log_dir: Path = Path("logs")
+    max_parallel: int = 4  # archives processed at once (the job array's %T)
+    worker_sbatch_args: str = ""  # extra sbatch options for workers, e.g. "--gres=none --mem=2G"
+    container: str = ""  # Apptainer image the workers run in; empty: the submitting environment
+    hpc_dir: Path | None = None  # where hpc/*.sh are (default: this checkout's hpc/)
     slurm_job_id: str | None = None  # from SLURM_ARRAY_JOB_ID_TASK or SLURM_JOB_ID, never a flag
 
     def redacted_dsn(self) -> str:
@@ -65,6 +73,14 @@ _ENV_NAMES = {
     "max_member_bytes": "PIPELINE_MAX_MEMBER_BYTES",
     "decode_timeout": "PIPELINE_DECODE_TIMEOUT",
     "cpu_threads": "PIPELINE_CPU_THREADS",
+    "vad": "PIPELINE_VAD",
+    "stop_grace": "PIPELINE_STOP_GRACE",
+    "input_root": "PIPELINE_INPUT_ROOT",
+    "log_dir": "PIPELINE_LOG_DIR",
+    "max_parallel": "PIPELINE_MAX_PARALLEL",
+    "worker_sbatch_args": "PIPELINE_WORKER_SBATCH_ARGS",
+    "container": "PIPELINE_CONTAINER",
+    "hpc_dir": "PIPELINE_HPC_DIR",
 }
 
 
@@ -111,6 +127,21 @@ def build_config(cli: Mapping[str, Any], env: Mapping[str, str]) -> PipelineConf
     return config
 
 
+def config_env(config: PipelineConfig) -> dict[str, str]:
+    """The PIPELINE_* variables that rebuild `config` in a child process (a worker job).
+
+    Workers get their settings through the environment, never argv, so that the DSN's password
+    does not show in `ps`, `squeue` or `scontrol show job`.
+    """
+    env: dict[str, str] = {}
+    for name, var in _ENV_NAMES.items():
+        value = getattr(config, name)
+        if value is None or value == "":
+            continue
+        env[var] = str(value.resolve() if isinstance(value, Path) else value)
+    return env
+
+
 def _slurm_job_id(env: Mapping[str, str]) -> str | None:
     """Array tasks are named like squeue shows them (`<array job>_<task>`)."""
     if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
@@ -126,11 +157,12 @@ def _validate(config: PipelineConfig) -> None:
         "num_workers",
         "max_concurrent_uploads",
         "max_member_bytes",
+        "max_parallel",
     )
     for name in positive:
         if getattr(config, name) < 1:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
-    if config.upload_timeout <= 0 or config.decode_timeout <= 0:
+    if config.upload_timeout <= 0 or config.decode_timeout <= 0 or config.stop_grace <= 0:
         raise ConfigError("timeouts must be positive")
     if config.device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"device must be auto, cuda or cpu, not {config.device!r}")

@@ -25,7 +25,7 @@ from .errors import StoreError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE IF NOT EXISTS archives (
@@ -74,6 +74,66 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX IF NOT EXISTS audio_files_status ON audio_files (archive, status);
     CREATE INDEX IF NOT EXISTS audio_files_created ON audio_files (created_at);
     """,
+    2: """
+    -- A worker stopped by a signal (time limit, preemption) leaves its archive 'interrupted'.
+    ALTER TABLE archives DROP CONSTRAINT IF EXISTS archives_state_check;
+    ALTER TABLE archives ADD CONSTRAINT archives_state_check
+        CHECK (state IN ('pending', 'running', 'interrupted', 'done', 'failed'));
+    ALTER TABLE archives ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
+    ALTER TABLE archives ADD COLUMN IF NOT EXISTS restarts integer NOT NULL DEFAULT 0;
+    CREATE TABLE IF NOT EXISTS days (
+        day              date PRIMARY KEY,
+        state            text NOT NULL CHECK (state IN ('submitted', 'done', 'incomplete')),
+        archives         integer NOT NULL DEFAULT 0,
+        submitted        integer NOT NULL DEFAULT 0,
+        executor         text,
+        array_job_id     text,
+        finalize_job_id  text,
+        submitted_at     timestamptz,
+        finalized_at     timestamptz,
+        summary          jsonb
+    );
+    -- The key a worker holds (pg_advisory_lock) while it processes an archive.
+    CREATE OR REPLACE FUNCTION archive_lock_key(archive text) RETURNS bigint
+        LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('streaming-pipeline:' || archive, 0) $$;
+    -- Whether a live session holds that key; a dead worker's session (and lock) is gone.
+    CREATE OR REPLACE FUNCTION archive_locked(archive text) RETURNS boolean
+        LANGUAGE sql STABLE AS $$
+        SELECT EXISTS (
+            SELECT 1 FROM pg_locks l
+            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND l.classid = ((archive_lock_key(archive) >> 32) & 4294967295)::oid
+              AND l.objid = (archive_lock_key(archive) & 4294967295)::oid)
+    $$;
+    CREATE OR REPLACE VIEW archive_status AS
+    SELECT a.day, a.slot, a.archive, a.state,
+           archive_locked(a.archive) AS live,
+           count(f.id) FILTER (WHERE f.status = 'done') AS done,
+           count(f.id) FILTER (WHERE f.status = 'failed') AS failed,
+           count(f.id) FILTER (WHERE f.status = 'rejected') AS rejected,
+           count(f.id) FILTER (WHERE f.status = 'uploading') AS uploading,
+           round((coalesce(sum(f.duration_s) FILTER (WHERE f.status = 'done'), 0) / 3600)::numeric, 3)
+               AS audio_hours,
+           CASE WHEN a.state = 'running' THEN extract(epoch FROM now() - a.started_at)
+                ELSE a.wall_s END AS elapsed_s,
+           a.members_seen, a.bytes_read, a.bytes_total, a.slurm_job_id, a.host, a.restarts,
+           a.started_at, a.finished_at, a.heartbeat_at, a.error
+    FROM archives a LEFT JOIN audio_files f USING (archive)
+    GROUP BY a.archive;
+    CREATE OR REPLACE VIEW day_status AS
+    SELECT day,
+           count(*) AS archives,
+           count(*) FILTER (WHERE state = 'done') AS archives_done,
+           count(*) FILTER (WHERE state = 'running' AND live) AS archives_running,
+           count(*) FILTER (WHERE state = 'failed') AS archives_failed,
+           count(*) FILTER (WHERE state IN ('pending', 'interrupted')
+                            OR (state = 'running' AND NOT live)) AS archives_waiting,
+           sum(done) AS members_done, sum(failed) AS members_failed, sum(rejected) AS members_rejected,
+           sum(audio_hours) AS audio_hours,
+           min(started_at) AS first_start, max(finished_at) AS last_finish
+    FROM archive_status GROUP BY day;
+    """,
 }
 
 MEMBER_COLUMNS = (
@@ -88,6 +148,10 @@ MEMBER_COLUMNS = (
     "remote_path",
     "error",
 )
+DAY_COLUMNS = frozenset(
+    {"state", "archives", "submitted", "executor", "array_job_id", "finalize_job_id", "submitted_at",
+     "finalized_at", "summary"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -230,7 +294,8 @@ class ProgressStore:
                 path = EXCLUDED.path, state = 'running', bytes_total = EXCLUDED.bytes_total,
                 bytes_read = 0, host = EXCLUDED.host, pid = EXCLUDED.pid,
                 slurm_job_id = EXCLUDED.slurm_job_id, started_at = now(), finished_at = NULL,
-                error = NULL, updated_at = now()
+                error = NULL, heartbeat_at = now(), updated_at = now(),
+                restarts = archives.restarts + (archives.started_at IS NOT NULL)::int
         """
         params = (key.archive, key.day, key.slot, path, bytes_total, host, pid, slurm_job_id)
         self._transaction(lambda cur: cur.execute(sql, params), "start archive")
@@ -245,6 +310,36 @@ class ProgressStore:
             " updated_at = now() WHERE archive = %s"
         )
         self._transaction(lambda cur: cur.execute(sql, (state, error, wall_s, archive)), "finish archive")
+
+    # -- days ----------------------------------------------------------------------------
+    def register_archives(self, day: dt.date, archives: Sequence[tuple[ArchiveKey, str, int]]) -> None:
+        """Rows for a day's archives ((key, path, size)), so that status lists them before they start."""
+        sql = """
+            INSERT INTO archives (archive, day, slot, path, bytes_total) VALUES (%s, %s, %s, %s, %s)
+            ON CONFLICT (archive) DO UPDATE SET path = EXCLUDED.path, bytes_total = EXCLUDED.bytes_total
+            WHERE archives.state <> 'done'
+        """
+        rows = [(k.archive, k.day, k.slot, path, size) for k, path, size in archives]
+        self._transaction(lambda cur: cur.executemany(sql, rows), "register archives")
+
+    def archive_status(self, day: dt.date) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM archive_status WHERE day = %s ORDER BY slot, archive", (day,))
+
+    def record_day(self, day: dt.date, **fields: Any) -> None:
+        """Upsert the day's row (state, counts, job ids, timestamps, summary) with the given fields."""
+        from psycopg.types.json import Jsonb
+
+        unknown = set(fields) - DAY_COLUMNS
+        if unknown:
+            raise ValueError(f"not columns of days: {sorted(unknown)}")
+        values = {k: Jsonb(v) if k == "summary" else v for k, v in fields.items()}
+        cols = ", ".join(values)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in values)
+        sql = (
+            f"INSERT INTO days (day, {cols}) VALUES (%s{', %s' * len(values)})"
+            f" ON CONFLICT (day) DO UPDATE SET {updates}"
+        )
+        self._transaction(lambda cur: cur.execute(sql, (day, *values.values())), "record day")
 
     # -- members -------------------------------------------------------------------------
     def done_members(self, archive: str) -> set[str]:

@@ -32,8 +32,9 @@ from typing import Any, Protocol
 from .archive import ArchiveReader, Batch, Member
 from .audio import AudioInfo, convert_to_flac, load_16k
 from .config import PipelineConfig
+from .day import archive_key
 from .errors import ArchiveError, ConversionError, PipelineError, StoreError, TranscriptionError
-from .store import ArchiveKey, MemberRecord, ProgressStore
+from .store import MemberRecord, ProgressStore
 from .upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ class WorkerResult:
     def ok(self) -> bool:
         return self.state == "done"
 
+    @property
+    def interrupted(self) -> bool:
+        return self.state == "interrupted"
+
     def summary_line(self) -> str:
         rt = self.run_audio_s / self.wall_s if self.wall_s > 0 else 0.0
         line = (
@@ -90,10 +95,6 @@ class _Stopwatch:
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-
-
-def archive_key(day: dt.date, archive_path: Path, slot: str) -> ArchiveKey:
-    return ArchiveKey(archive=f"{day.isoformat()}/{archive_path.name}", day=day, slot=slot)
 
 
 class ArchiveWorker:
@@ -116,6 +117,7 @@ class ArchiveWorker:
         self.key = archive_key(day, archive_path, slot)
         self.transcriber_factory = transcriber_factory
         self.stop = stop or threading.Event()
+        self.stop_reason: str | None = None
         self.destination = Destination.parse(config.remote)
         self.job_scratch = config.scratch_dir / day.isoformat() / slot
         self.timers = _Stopwatch()
@@ -126,6 +128,13 @@ class ArchiveWorker:
         self._counts_lock = threading.Lock()
 
     # -- public -----------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Stop taking new work: finish the file being transcribed, upload what is transcribed,
+        leave the rest pending. Only sets flags, so it is safe from a signal handler."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stop.set()
+
     def run(self) -> WorkerResult:
         started = time.monotonic()
         shutil.rmtree(self.job_scratch, ignore_errors=True)  # leftovers of a killed run
@@ -173,6 +182,9 @@ class ArchiveWorker:
                 self.timers.add("wait_for_input", time.monotonic() - wait_started)
                 if item is None:
                     break
+                if self.stop_reason is not None:
+                    self._release(item)
+                    break
                 if isinstance(item, BaseException):
                     if isinstance(item, ArchiveError):
                         archive_error = str(item)
@@ -186,7 +198,10 @@ class ArchiveWorker:
             producer.join()
             pool.shutdown(wait=True, cancel_futures=True)
             final_wait = self.config.upload_timeout * (self.config.upload_retries + 1)
+            if self.stop_reason is not None:
+                final_wait = self.config.stop_grace
             if not uploader.wait(timeout=final_wait):
+                # Their members stay 'uploading'; a rerun uploads them again (rsync is idempotent).
                 self._upload_errors.append(f"uploads still running after {final_wait:.0f}s")
             uploader.close()
         return self._finish(reader, archive_error, started)
@@ -264,7 +279,15 @@ class ArchiveWorker:
         self.timers.add("convert_wait", time.monotonic() - t0)
 
         to_upload: list[tuple[str, str]] = []
-        for member, dst, info in converted:
+        for i, (member, dst, info) in enumerate(converted):
+            if self.stop_reason is not None:
+                released = converted[i:]
+                for _, later, _ in released:
+                    later.unlink(missing_ok=True)
+                log.info(
+                    "stopping: %d members of batch %d left for the next run", len(released), batch.number
+                )
+                break
             t1 = time.monotonic()
             try:
                 result = transcriber.transcribe(load_16k(dst), archive=self.key.archive, member=member.name)
@@ -332,6 +355,13 @@ class ArchiveWorker:
             shutil.rmtree(batch.directory, ignore_errors=True)
             self._upload_slots.release()
 
+    def _release(self, prepared: _Prepared) -> None:
+        """Drop a converted batch unprocessed: its members stay pending for the next run."""
+        for _, _, fut in prepared.conversions:
+            fut.cancel()
+        shutil.rmtree(prepared.batch.directory, ignore_errors=True)
+        log.info("stopping: batch %d left for the next run", prepared.batch.number)
+
     # -- bookkeeping ------------------------------------------------------------------------
     def _output_path(self, member: Member) -> str:
         """`DATE/SLOT/<member path>.flac`: the same relative path in the stage and on the remote."""
@@ -388,10 +418,16 @@ class ArchiveWorker:
         wall = time.monotonic() - started
         summary = self.store.archive_summary(self.key.archive)
         errors = [e for e in (archive_error, *self._upload_errors) if e]
-        if not reader.completed and not errors:
-            errors.append("stopped before the end of the archive")
         complete = reader.completed and summary["pending"] == 0 and not errors
-        state = "done" if complete else "failed"
+        if complete:
+            state = "done"
+        elif self.stop_reason is not None:
+            state = "interrupted"
+            errors.insert(0, self.stop_reason)
+        else:
+            state = "failed"
+            if not reader.completed and not errors:
+                errors.append("stopped before the end of the archive")
         error = "; ".join(dict.fromkeys(errors)) or None
         self.store.finish_archive(self.key.archive, state=state, error=error, wall_s=wall)
         shutil.rmtree(self.job_scratch, ignore_errors=True)
