@@ -46,6 +46,8 @@ SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
 SlurmUser=root
 AuthType=auth/munge
+# A requeued job may start again after cred_expire seconds (default 120): short, for the tests.
+AuthInfo=cred_expire=10
 CredType=cred/munge
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool

@@ -149,3 +149,38 @@ def make_archive(tmp_path: Path):
         return write_tar_xz(tmp_path / "input" / day / name, files)
 
     return make
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _slurm_up(env: dict[str, str]) -> bool:
+    try:
+        out = subprocess.run(["scontrol", "ping"], env=env, capture_output=True, text=True, timeout=20)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    return "is UP" in out.stdout
+
+
+@pytest.fixture(scope="session")
+def slurm() -> dict[str, str]:
+    """A real single-node Slurm: the running one (SLURM_CONF), else started by scripts/slurm-local.sh.
+
+    Returns the environment for sbatch/squeue. When PIPELINE_TEST_REQUIRE_SLURM is set (the test
+    script sets it), a Slurm that cannot be started fails the tests instead of skipping them.
+    """
+    env = dict(os.environ)
+    if not _slurm_up(env):
+        start = subprocess.run(
+            ["bash", str(REPO / "scripts" / "slurm-local.sh"), "start"], capture_output=True, text=True
+        )
+        if start.returncode == 0:
+            env["SLURM_CONF"] = start.stdout.strip().splitlines()[-1]
+        if start.returncode != 0 or not _slurm_up(env):
+            reason = f"no Slurm: {start.stderr.strip() or start.stdout.strip()}"
+            if os.environ.get("PIPELINE_TEST_REQUIRE_SLURM"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+    if env.get("SLURM_CONF"):
+        os.environ["SLURM_CONF"] = env["SLURM_CONF"]  # for the code under test, too
+    return env

@@ -114,7 +114,8 @@ class ArchiveLock:
             if self._conn is not None:
                 self._conn.close()
             raise StoreError(f"could not lock {self.key.archive}: {self._scrub(exc)}") from None
-        log.info("holding %s (job %s, host %s, pid %d)", self.key.archive, self._job, self._host, self._pid)
+        me = Holder(self._job, self._host, self._pid, None)
+        log.info("holding %s (%s)", self.key.archive, me.describe())
         self._thread = threading.Thread(target=self._beat, name="lock-heartbeat", daemon=True)
         self._thread.start()
 
