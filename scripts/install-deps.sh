@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install what the pipeline, its demo and its tests need on Debian/Ubuntu: system packages
 # (only the missing ones) and the Python package with its test extras.
+#   --slurm   also Slurm and munge, for a single-node Slurm (scripts/slurm-local.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(rsync xz-utils espeak-ng sox libsndfile1 postgresql util-linux)
+if [ "${1:-}" = --slurm ]; then packages+=(slurm-wlm munge); fi
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
