@@ -20,10 +20,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from streaming_pipeline.embedded_pg import EmbeddedPostgres, free_port
 from streaming_pipeline.samples import clip_files, write_tar_xz
 from streaming_pipeline.tiny_model import generate_tiny_model
+
+DAY = "2025-01-25"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -152,6 +155,19 @@ def make_archive(tmp_path: Path):
 
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def make_day(tmp_path: Path, slots: list[str], members: int) -> list[Path]:
+    """`<tmp>/input/DAY/<slot>.tar.xz` for each slot, each with different clips."""
+    return [
+        write_tar_xz(tmp_path / "input" / DAY / f"{slot}.tar.xz", list(clip_files(members, seed=i)))
+        for i, slot in enumerate(slots)
+    ]
+
+
+def query(dsn: str, sql: str, *params: object) -> list[dict]:
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        return conn.execute(sql, params).fetchall()
 
 
 def _slurm_up(env: dict[str, str]) -> bool:

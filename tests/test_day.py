@@ -11,26 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from streaming_pipeline.cli import main
 from streaming_pipeline.config import build_config, config_env
 from streaming_pipeline.day import archive_key
 from streaming_pipeline.lock import ArchiveBusy, ArchiveLock
-from streaming_pipeline.samples import clip_files, write_tar_xz
 
-from .conftest import REPO
-
-DAY = "2025-01-25"
-
-
-def _day(tmp_path: Path, slots: list[str], members: int) -> list[Path]:
-    return [
-        write_tar_xz(tmp_path / "input" / DAY / f"{slot}.tar.xz", list(clip_files(members, seed=i)))
-        for i, slot in enumerate(slots)
-    ]
+from .conftest import DAY, REPO, make_day, query
 
 
 def _options(tmp_path: Path, dsn: str, model: Path) -> list[str]:
@@ -41,14 +29,9 @@ def _options(tmp_path: Path, dsn: str, model: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _query(dsn: str, sql: str, *params: object) -> list[dict]:
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
 @pytest.mark.slow
 def test_local_day_then_status_and_json(tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys) -> None:
-    _day(tmp_path, ["06_00", "06_30"], members=2)
+    make_day(tmp_path, ["06_00", "06_30"], members=2)
     dsn = f"{pg_dsn} password=hunter2-secret"  # trust auth ignores it; it must never be printed
     day_args = [
         "--executor",
@@ -82,11 +65,11 @@ def test_local_day_then_status_and_json(tmp_path: Path, pg_dsn: str, tiny_model:
         assert row["x_realtime"] > 0 and row["elapsed_s"] > 0 and row["live"] is False
 
     # The same, for psql users: the views and the users' own query.
-    (day_row,) = _query(pg_dsn, "SELECT * FROM day_status")
+    (day_row,) = query(pg_dsn, "SELECT * FROM day_status")
     assert day_row["archives_done"] == 2 and day_row["members_done"] == 4
     recent = "SELECT COUNT(*) AS n FROM audio_files WHERE created_at > NOW() - INTERVAL '1 hour'"
-    assert _query(pg_dsn, recent)[0]["n"] == 4
-    assert _query(pg_dsn, "SELECT state, executor FROM days")[0] == {"state": "done", "executor": "local"}
+    assert query(pg_dsn, recent)[0]["n"] == 4
+    assert query(pg_dsn, "SELECT state, executor FROM days")[0] == {"state": "done", "executor": "local"}
 
     # A resubmitted day finds nothing to do.
     assert main(["process-day", DAY, *day_args, *_options(tmp_path, dsn, tiny_model)]) == 0
@@ -99,7 +82,7 @@ def test_local_day_then_status_and_json(tmp_path: Path, pg_dsn: str, tiny_model:
 def test_sigterm_stops_local_day_cleanly_and_rerun_completes(
     tmp_path: Path, pg_dsn: str, tiny_model: Path
 ) -> None:
-    _day(tmp_path, ["08_00", "08_30"], members=8)
+    make_day(tmp_path, ["08_00", "08_30"], members=8)
     argv = [
         sys.executable, "-m", "streaming_pipeline", "process-day", DAY, "--executor", "local",
         "--input-root", str(tmp_path / "input"), "--log-dir", str(tmp_path / "logs"),
@@ -108,22 +91,22 @@ def test_sigterm_stops_local_day_cleanly_and_rerun_completes(
     assert main(["init-db", "--dsn", pg_dsn]) == 0
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
-    while not _query(pg_dsn, "SELECT 1 FROM audio_files WHERE status = 'done' LIMIT 1"):
+    while not query(pg_dsn, "SELECT 1 FROM audio_files WHERE status = 'done' LIMIT 1"):
         assert time.monotonic() < deadline and proc.poll() is None, "no member done"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, out
-    states = {r["slot"]: r for r in _query(pg_dsn, "SELECT * FROM archives")}
+    states = {r["slot"]: r for r in query(pg_dsn, "SELECT * FROM archives")}
     assert {r["state"] for r in states.values()} <= {"interrupted", "done"}
     assert any(r["state"] == "interrupted" for r in states.values())
     assert all(r["error"] == "stopped by SIGTERM" for r in states.values() if r["state"] == "interrupted")
-    done_before = _query(pg_dsn, "SELECT count(*) AS n FROM audio_files WHERE status = 'done'")[0]["n"]
+    done_before = query(pg_dsn, "SELECT count(*) AS n FROM audio_files WHERE status = 'done'")[0]["n"]
     assert 0 < done_before < 16
 
     rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    rows = _query(pg_dsn, "SELECT archive, member, status FROM audio_files")
+    rows = query(pg_dsn, "SELECT archive, member, status FROM audio_files")
     assert len(rows) == 16 and {r["status"] for r in rows} == {"done"}
     assert len(list((tmp_path / "remote" / DAY).rglob("*.flac"))) == 16
     assert not list((tmp_path / "scratch").rglob("*.*"))  # scratch emptied
@@ -132,7 +115,7 @@ def test_sigterm_stops_local_day_cleanly_and_rerun_completes(
 def test_a_second_worker_on_a_held_archive_names_the_holder_and_does_nothing(
     tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys
 ) -> None:
-    (archive,) = _day(tmp_path, ["10_00"], members=1)
+    (archive,) = make_day(tmp_path, ["10_00"], members=1)
     key = archive_key(dt.date.fromisoformat(DAY), archive, "10_00")
     main(["init-db", "--dsn", pg_dsn])
     holder = ArchiveLock(pg_dsn, key, path=str(archive), host="node42", pid=4242, slurm_job_id="977_3")
@@ -140,7 +123,7 @@ def test_a_second_worker_on_a_held_archive_names_the_holder_and_does_nothing(
         rc = main(["process-tar", DAY, str(archive), "10_00", *_options(tmp_path, pg_dsn, tiny_model)])
         assert rc == 0
         assert "is being processed by job 977_3 on node42 (pid 4242)" in capsys.readouterr().out
-        assert _query(pg_dsn, "SELECT count(*) AS n FROM audio_files")[0]["n"] == 0
+        assert query(pg_dsn, "SELECT count(*) AS n FROM audio_files")[0]["n"] == 0
         with pytest.raises(ArchiveBusy):  # the same for a direct claimer
             ArchiveLock(pg_dsn, key, path=str(archive), host="h", pid=1, slurm_job_id=None).acquire()
         assert main(["status", DAY, "--json", "--dsn", pg_dsn]) == 0
@@ -148,7 +131,7 @@ def test_a_second_worker_on_a_held_archive_names_the_holder_and_does_nothing(
 
 
 def test_a_dead_holder_does_not_block(tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys) -> None:
-    (archive,) = _day(tmp_path, ["11_00"], members=1)
+    (archive,) = make_day(tmp_path, ["11_00"], members=1)
     main(["init-db", "--dsn", pg_dsn])
     script = (
         "import sys, time, datetime as dt\n"
@@ -167,7 +150,7 @@ def test_a_dead_holder_does_not_block(tmp_path: Path, pg_dsn: str, tiny_model: P
     os.kill(holder.pid, signal.SIGKILL)  # no cleanup: the server drops its session, and the lock
     holder.wait()
     deadline = time.monotonic() + 10
-    while _query(pg_dsn, "SELECT archive_locked('2025-01-25/11_00.tar.xz') AS held")[0]["held"]:
+    while query(pg_dsn, "SELECT archive_locked('2025-01-25/11_00.tar.xz') AS held")[0]["held"]:
         assert time.monotonic() < deadline, "the dead holder's lock was never released"
         time.sleep(0.1)
     assert main(["process-tar", DAY, str(archive), "11_00", *_options(tmp_path, pg_dsn, tiny_model)]) == 0

@@ -7,17 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 
-from streaming_pipeline.samples import clip_files, write_tar_xz
-
-from .conftest import REPO, RsyncDaemon
+from .conftest import DAY, REPO, RsyncDaemon, make_day, query
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-DAY = "2025-01-25"
 CPU_WORKER = "--gres=none --cpus-per-task=1 --mem=1G --time=00:10:00"
 
 
@@ -61,37 +56,25 @@ def _wait_gone(env: dict[str, str], job_ids: list[str], timeout: float = 300) ->
     raise AssertionError(f"jobs {job_ids} still queued after {timeout}s")
 
 
-def _query(dsn: str, sql: str, *params: object) -> list[dict]:
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def _day(tmp_path: Path, slots: list[str], members: int) -> list[Path]:
-    return [
-        write_tar_xz(tmp_path / "input" / DAY / f"{slot}.tar.xz", list(clip_files(members, seed=i)))
-        for i, slot in enumerate(slots)
-    ]
-
-
 def test_day_fan_out_partial_failure_resubmit_and_single_rerun(
     slurm: dict[str, str], tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path
 ) -> None:
     env = _env(slurm, tmp_path, pg_dsn, rsync_daemon.url, tiny_model)
-    good = _day(tmp_path, ["06_00", "06_30", "07_00"], members=3)
+    good = make_day(tmp_path, ["06_00", "06_30", "07_00"], members=3)
     broken = good[2].read_bytes()
     good[2].write_bytes(broken[: len(broken) // 2])  # truncated: this archive fails the first time
 
     controller = _sbatch(env, tmp_path, str(REPO / "hpc" / "process_day_streaming.sh"), DAY)
     _wait_gone(env, [controller])
-    day_row = _query(pg_dsn, "SELECT * FROM days WHERE day = %s", DAY)[0]
+    day_row = query(pg_dsn, "SELECT * FROM days WHERE day = %s", DAY)[0]
     assert day_row["submitted"] == 3 and day_row["executor"] == "slurm"
     _wait_gone(env, [day_row["array_job_id"], day_row["finalize_job_id"]])
 
-    states = {r["slot"]: r for r in _query(pg_dsn, "SELECT * FROM archive_status")}
+    states = {r["slot"]: r for r in query(pg_dsn, "SELECT * FROM archive_status")}
     assert {s: r["state"] for s, r in states.items()} == {"06_00": "done", "06_30": "done", "07_00": "failed"}
     assert states["06_00"]["slurm_job_id"] == f"{day_row['array_job_id']}_0"
     assert "is damaged after" in states["07_00"]["error"]
-    assert _query(pg_dsn, "SELECT state FROM days")[0]["state"] == "incomplete"
+    assert query(pg_dsn, "SELECT state FROM days")[0]["state"] == "incomplete"
     logs = tmp_path / "logs"
     log_06 = logs / f"stream_tar_{DAY}_06_00_{day_row['array_job_id']}_0.out"
     text = log_06.read_text()
@@ -105,7 +88,7 @@ def test_day_fan_out_partial_failure_resubmit_and_single_rerun(
     first_array = day_row["array_job_id"]
     controller = _sbatch(env, tmp_path, str(REPO / "hpc" / "process_day_streaming.sh"), DAY)
     _wait_gone(env, [controller])
-    day_row = _query(pg_dsn, "SELECT * FROM days WHERE day = %s", DAY)[0]
+    day_row = query(pg_dsn, "SELECT * FROM days WHERE day = %s", DAY)[0]
     assert day_row["array_job_id"] != first_array and day_row["submitted"] == 1
     _wait_gone(env, [day_row["array_job_id"], day_row["finalize_job_id"]])
     controller_log = (tmp_path / f"stream_day_{controller}.out").read_text()
@@ -113,14 +96,14 @@ def test_day_fan_out_partial_failure_resubmit_and_single_rerun(
     assert sorted(p.name for p in logs.glob(f"stream_tar_{DAY}_*_{day_row['array_job_id']}_*.out")) == [
         f"stream_tar_{DAY}_07_00_{day_row['array_job_id']}_0.out"
     ]
-    assert _query(pg_dsn, "SELECT state FROM days")[0]["state"] == "done"
-    assert _query(pg_dsn, "SELECT count(*) AS n FROM audio_files WHERE status = 'done'")[0]["n"] == 9
+    assert query(pg_dsn, "SELECT state FROM days")[0]["state"] == "done"
+    assert query(pg_dsn, "SELECT count(*) AS n FROM audio_files WHERE status = 'done'")[0]["n"] == 9
     flacs = sorted((rsync_daemon.data / DAY).rglob("*.flac"))
     assert len(flacs) == 9
 
     # A single-archive rerun of a done archive uploads nothing again.
     before = {p: p.stat().st_mtime_ns for p in flacs}
-    rows_before = _query(pg_dsn, "SELECT member, updated_at FROM audio_files ORDER BY member")
+    rows_before = query(pg_dsn, "SELECT member, updated_at FROM audio_files ORDER BY member")
     job = _sbatch(
         env, tmp_path, *CPU_WORKER.split(), str(REPO / "hpc" / "process_single_tar_streaming.sh"),
         DAY, str(good[0]), "06_00",
@@ -130,14 +113,14 @@ def test_day_fan_out_partial_failure_resubmit_and_single_rerun(
     assert "already done" in rerun_log and "exit 0" in rerun_log
     assert "skipped 3" in rerun_log and "files) queued" not in rerun_log  # no upload was started
     assert {p: p.stat().st_mtime_ns for p in flacs} == before
-    assert _query(pg_dsn, "SELECT member, updated_at FROM audio_files ORDER BY member") == rows_before
+    assert query(pg_dsn, "SELECT member, updated_at FROM audio_files ORDER BY member") == rows_before
 
 
 def test_usr1_stops_cleanly_requeues_and_the_next_run_resumes(
     slurm: dict[str, str], tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path
 ) -> None:
     env = _env(slurm, tmp_path, pg_dsn, rsync_daemon.url, tiny_model)
-    (archive,) = _day(tmp_path, ["09_00"], members=12)
+    (archive,) = make_day(tmp_path, ["09_00"], members=12)
     job = _sbatch(
         env, tmp_path, *CPU_WORKER.split(), str(REPO / "hpc" / "process_single_tar_streaming.sh"),
         DAY, str(archive), "09_00",
@@ -154,9 +137,9 @@ def test_usr1_stops_cleanly_requeues_and_the_next_run_resumes(
     assert "SIGUSR1: finishing in-flight work" in text
     assert "requeueing job" in text
     assert text.count("=== start") == 2 and "(restart 1)" in text
-    row = _query(pg_dsn, "SELECT * FROM archives")[0]
+    row = query(pg_dsn, "SELECT * FROM archives")[0]
     assert row["state"] == "done" and row["restarts"] == 1
-    members = _query(pg_dsn, "SELECT member, status FROM audio_files")
+    members = query(pg_dsn, "SELECT member, status FROM audio_files")
     assert len(members) == 12 and {m["status"] for m in members} == {"done"}
     assert len(list((rsync_daemon.data / DAY / "09_00").rglob("*.flac"))) == 12
     assert "resuming" in text.split("(restart 1)")[1]  # the second run skipped what was done

@@ -211,7 +211,7 @@ def preflight(config: PipelineConfig, archive: Path) -> None:
     local_model_dir(config.model)
 
 
-def install_stop_handlers(stop: Callable[[str], None]) -> None:
+def install_stop_handlers(stop: Callable[[str], None], on_second: Callable[[], None] | None = None) -> None:
     """USR1 (Slurm's time-limit warning), TERM and INT ask for a clean stop; a second one exits now.
 
     The handler only sets flags (no pool shutdown, no locks, no logging from inside it).
@@ -222,6 +222,8 @@ def install_stop_handlers(stop: Callable[[str], None]) -> None:
         name = signal.Signals(signum).name
         if fired:
             os.write(2, f"streaming-pipeline: second signal ({name}): exiting now\n".encode())
+            if on_second is not None:
+                on_second()
             os._exit(128 + signum)
         fired.append(name)
         os.write(2, f"streaming-pipeline: {name}: finishing in-flight work, then stopping\n".encode())
@@ -336,7 +338,7 @@ def _run_local(config: PipelineConfig, day: dt.date, plan: Any, store: Any, env:
     from .local_executor import LocalExecutor
 
     executor = LocalExecutor(config, env)
-    install_stop_handlers(lambda _reason: executor.stop())
+    install_stop_handlers(lambda _reason: executor.stop(), on_second=executor.signal_workers)
     store.record_day(
         day,
         state="submitted",

@@ -194,6 +194,11 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     return out
 
 
+def describe_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
+    """An exception as one line, with passwords (DSN-shaped or known) replaced by ***."""
+    return redact(" ".join(str(exc).split()) or type(exc).__name__, secrets)
+
+
 def dsn_password(dsn: str) -> str:
     """The password in a DSN, so that messages from libpq can be scrubbed of it too."""
     from psycopg.conninfo import conninfo_to_dict

@@ -44,6 +44,10 @@ class LocalExecutor:
         if self._stop.is_set():
             return
         self._stop.set()
+        self.signal_workers()
+
+    def signal_workers(self) -> None:
+        """SIGTERM to each running worker: the first asks it to stop, a second makes it exit now."""
         with self._lock:
             for proc in self._running.values():
                 if proc.poll() is None:

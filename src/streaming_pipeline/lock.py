@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from .config import dsn_password, redact
+from .config import describe_error, dsn_password
 from .errors import StoreError
 from .store import ArchiveKey
 
@@ -170,4 +170,4 @@ class ArchiveLock:
             self._conn = None
 
     def _scrub(self, exc: BaseException) -> str:
-        return redact(" ".join(str(exc).split()) or type(exc).__name__, (self._secret,))
+        return describe_error(exc, (self._secret,))

@@ -19,7 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from .config import dsn_password, redact
+from .config import describe_error, dsn_password
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -247,8 +247,7 @@ class ProgressStore:
         )
 
     def _scrub(self, exc: BaseException) -> str:
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        return redact(text, (self._secret,))
+        return describe_error(exc, (self._secret,))
 
     def check(self) -> None:
         """Fail fast with a one-line, password-free error when the database is unreachable."""
