@@ -108,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("day", help="YYYY-MM-DD")
     p.add_argument("--dsn")
 
+    p = sub.add_parser("doctor", help="check that this node can run the pipeline (PASS/FAIL/SKIP per check)")
+    p.add_argument("--offline", action="store_true", help="never download the model (as in the container)")
+    p.add_argument("--require-gpu", action="store_true", help="a node without a CUDA GPU fails")
+    p.add_argument("--skip", default="", help="comma-separated checks not to run, e.g. database,destination")
+    _pipeline_options(p)
+
     p = sub.add_parser("init-db", help="create or migrate the progress schema")
     p.add_argument("--dsn")
 
@@ -132,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose, getattr(args, "log_file", None))
+    if args.command in ("doctor", "status") and not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)  # their output is the report
     try:
         return int(_dispatch(args))
     except PipelineError as exc:
@@ -153,6 +161,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _status(args)
     if args.command == "finalize-day":
         return _finalize_day(args)
+    if args.command == "doctor":
+        from .doctor import report, run_checks
+
+        skip = frozenset(filter(None, args.skip.split(",")))
+        checks = run_checks(_config(args), offline=args.offline, require_gpu=args.require_gpu, skip=skip)
+        text, rc = report(checks)
+        print(text)
+        return rc
     if args.command == "init-db":
         return _init_db(args)
     if args.command == "make-tiny-model":

@@ -41,6 +41,7 @@ class PipelineConfig:
     max_member_bytes: int = 4 * 1024**3
     decode_timeout: float = 600.0
     cpu_threads: int = 0
+    offline: bool = False  # never download a model by name (HF_HUB_OFFLINE is honoured as well)
     stop_grace: float = 90.0  # after a stop signal: seconds left to finish in-flight uploads
     # A day's fan-out (process-day, the hpc/ scripts):
     input_root: Path | None = None  # archives are <input_root>/<DATE>/<SLOT>.tar.xz
@@ -74,6 +75,7 @@ _ENV_NAMES = {
     "decode_timeout": "PIPELINE_DECODE_TIMEOUT",
     "cpu_threads": "PIPELINE_CPU_THREADS",
     "vad": "PIPELINE_VAD",
+    "offline": "PIPELINE_OFFLINE",
     "stop_grace": "PIPELINE_STOP_GRACE",
     "input_root": "PIPELINE_INPUT_ROOT",
     "log_dir": "PIPELINE_LOG_DIR",

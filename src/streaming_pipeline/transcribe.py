@@ -67,7 +67,7 @@ class Transcriber:
                 device=self.device.device,
                 compute_type=self.device.compute_type,
                 cpu_threads=config.cpu_threads,
-                local_files_only=model_dir is not None,
+                local_files_only=model_dir is not None or config.offline,
             )
         except Exception as exc:
             raise TranscriptionError(f"cannot load model {config.model!r}: {exc}") from exc
