@@ -50,12 +50,15 @@ echo "=== start $(date -Is) on $(hostname) job $job_id (restart ${SLURM_RESTART_
 
 cmd=(streaming-pipeline process-tar "$date" "$tar" "$slot")
 if [ -n "${PIPELINE_CONTAINER:-}" ]; then
-    # Input, scratch and logs must be visible inside the image; --nv brings the host's GPU driver.
+    # Input, scratch, logs and a model directory must be visible inside the image (same paths);
+    # --nv brings the host's GPU driver.
     binds=$(dirname "$(realpath "$tar")")
-    for dir in "${PIPELINE_SCRATCH:-${TMPDIR:-/tmp}}" "$log_dir" ${PIPELINE_CONTAINER_BINDS:-}; do
-        mkdir -p "$dir" 2>/dev/null || true
+    for dir in "${PIPELINE_SCRATCH:-${TMPDIR:-/tmp}}" "$log_dir"; do
+        mkdir -p "$dir"
         binds+=",$(realpath "$dir")"
     done
+    if [ -d "${PIPELINE_MODEL:-}" ]; then binds+=",$(realpath "$PIPELINE_MODEL")"; fi
+    if [ -n "${PIPELINE_CONTAINER_BINDS:-}" ]; then binds+=",$PIPELINE_CONTAINER_BINDS"; fi
     cmd=(apptainer exec --nv --bind "$binds" "$PIPELINE_CONTAINER" "${cmd[@]}")
 fi
 echo "=== running: ${cmd[*]}"

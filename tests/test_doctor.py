@@ -125,6 +125,8 @@ def test_worker_runs_in_the_image_with_binds_and_nv(tmp_path: Path) -> None:
         "PIPELINE_CONTAINER": str(tmp_path / "streaming.sif"),
         "PIPELINE_SCRATCH": str(tmp_path / "scratch"),
         "PIPELINE_LOG_DIR": str(tmp_path / "logs"),
+        "PIPELINE_MODEL": str(tmp_path),
+        "PIPELINE_CONTAINER_BINDS": "/models:/models:ro",
     }
     script = REPO / "hpc" / "process_single_tar_streaming.sh"
     run = subprocess.run(
@@ -132,7 +134,7 @@ def test_worker_runs_in_the_image_with_binds_and_nv(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     argv = record.read_text().splitlines()
-    binds = f"{archive.parent},{tmp_path / 'scratch'},{tmp_path / 'logs'}"
+    binds = f"{archive.parent},{tmp_path / 'scratch'},{tmp_path / 'logs'},{tmp_path},/models:/models:ro"
     assert argv == [
         "exec", "--nv", "--bind", binds, str(tmp_path / "streaming.sif"),
         "streaming-pipeline", "process-tar", DAY, str(archive), "12_30",
