@@ -12,11 +12,15 @@ import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import PipelineConfig, build_config, dsn_password, environ, parse_day
+from .config import PipelineConfig, build_config, config_env, dsn_password, environ, parse_day
 from .errors import ConfigError, PipelineError
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` must not load faster-whisper or psycopg
+    from .day import DayPlan
+    from .store import ProgressStore
 
 log = logging.getLogger("streaming_pipeline")
 
@@ -189,7 +193,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise ConfigError(f"unknown command {args.command}")  # pragma: no cover
 
 
-def _open_store(config: PipelineConfig) -> Any:
+def _open_store(config: PipelineConfig) -> ProgressStore:
     from .store import ProgressStore
 
     if not config.dsn:
@@ -320,12 +324,15 @@ def run_day(config: PipelineConfig, day: dt.date, executor: str, env: Mapping[st
         store.close()
 
 
-def _submit_slurm(config: PipelineConfig, day: dt.date, plan: Any, store: Any, env: Mapping[str, str]) -> int:
+def _submit_slurm(
+    config: PipelineConfig, day: dt.date, plan: DayPlan, store: ProgressStore, env: Mapping[str, str]
+) -> int:
     from .slurm import SlurmClient, hpc_dir, submit_day
 
-    # The controller's own job variables must not leak into its workers' submissions.
+    # The controller's own job variables must not leak into its workers' submissions; the
+    # settings travel as PIPELINE_* variables, which sbatch exports to the jobs.
     clean_env = {k: v for k, v in env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
-    client = SlurmClient(clean_env, secrets=(dsn_password(config.dsn),))
+    client = SlurmClient({**clean_env, **config_env(config)}, secrets=(dsn_password(config.dsn),))
     sub = submit_day(config, day, plan.todo, scripts=hpc_dir(config.hpc_dir), client=client)
     store.record_day(
         day,
@@ -349,7 +356,9 @@ def _submit_slurm(config: PipelineConfig, day: dt.date, plan: Any, store: Any, e
     return 0
 
 
-def _run_local(config: PipelineConfig, day: dt.date, plan: Any, store: Any, env: Mapping[str, str]) -> int:
+def _run_local(
+    config: PipelineConfig, day: dt.date, plan: DayPlan, store: ProgressStore, env: Mapping[str, str]
+) -> int:
     from .day import finalize_day, format_report
     from .local_executor import LocalExecutor
 

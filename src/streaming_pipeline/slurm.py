@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PipelineConfig, config_env, redact
+from .config import PipelineConfig, redact
 from .day import DayArchive
 from .errors import ConfigError, PipelineError
 
@@ -102,7 +102,6 @@ def submit_day(
     log_dir = config.log_dir.resolve()
     (log_dir / "slurm").mkdir(parents=True, exist_ok=True)
     manifest = write_manifest(log_dir, day, todo)
-    client.env.update(config_env(config))
     worker_options = [
         f"--array=0-{len(todo) - 1}%{config.max_parallel}",
         f"--job-name=stream_tar_{day}",
