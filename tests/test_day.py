@@ -175,3 +175,52 @@ def test_config_round_trips_through_the_environment(tmp_path: Path) -> None:
         {},
     )  # fmt: skip
     assert build_config({}, config_env(config)) == config
+
+
+@pytest.mark.slow
+def test_a_second_signal_exits_at_once_and_the_rerun_completes(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path
+) -> None:
+    (archive,) = make_day(tmp_path, ["13_00"], members=10)
+    assert main(["init-db", "--dsn", pg_dsn]) == 0
+    argv = [sys.executable, "-m", "streaming_pipeline", "process-tar", DAY, str(archive), "13_00"]
+    argv += _options(tmp_path, pg_dsn, tiny_model)
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not query(pg_dsn, "SELECT 1 FROM audio_files WHERE status = 'done' LIMIT 1"):
+        assert time.monotonic() < deadline and proc.poll() is None, "no member done"
+        time.sleep(0.2)
+    pool = _spawned_children(proc.pid)
+    assert pool, "the conversion pool should be running"
+    proc.send_signal(signal.SIGTERM)
+    # Two signals of one kind that arrive before the handler ran count once: wait until it ran.
+    while "finishing in-flight work" not in log.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, "first signal not handled"
+        time.sleep(0.05)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert time.monotonic() - signalled < 5, "the second signal did not exit promptly"
+    assert proc.returncode == 128 + signal.SIGTERM, log.read_text()
+    assert "second signal (SIGTERM): exiting now" in log.read_text()
+    # No orphan: the conversion pool's processes follow their parent within a second.
+    deadline = time.monotonic() + 5
+    while alive := [pid for pid in pool if Path(f"/proc/{pid}").exists()]:
+        assert time.monotonic() < deadline, f"orphaned pool processes: {alive}"
+        time.sleep(0.2)
+    assert not query(pg_dsn, "SELECT archive_locked(archive) AS held FROM archives")[0]["held"]
+
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    rows = query(pg_dsn, "SELECT status FROM audio_files")
+    assert len(rows) == 10 and {r["status"] for r in rows} == {"done"}
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """The multiprocessing (spawn) children of `pid`: the conversion pool's processes."""
+    out = subprocess.run(
+        ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True
+    ).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "spawn_main" in line]

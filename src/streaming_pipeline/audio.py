@@ -7,6 +7,9 @@ member of hours costs the same memory as one of seconds.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,21 @@ class AudioInfo:
     @property
     def output_duration_s(self) -> float:
         return self.samples_16k / TARGET_RATE
+
+
+def exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """Conversion-pool initializer: a worker process outlives its parent by at most `interval`.
+
+    A parent killed by SIGKILL, or leaving through os._exit on a second signal, never shuts its
+    pool down, and an orphaned pool process would otherwise wait on its queue forever.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def convert_to_flac(src: str, dst: str) -> AudioInfo:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .archive import ArchiveReader, Batch, Member
-from .audio import AudioInfo, convert_to_flac, load_16k
+from .audio import AudioInfo, convert_to_flac, exit_with_parent, load_16k
 from .config import PipelineConfig
 from .day import archive_key
 from .errors import ArchiveError, ConversionError, PipelineError, StoreError, TranscriptionError
@@ -168,7 +168,10 @@ class ArchiveWorker:
             backoff_max=self.config.upload_backoff_max,
         )
         pool = ProcessPoolExecutor(
-            max_workers=self.config.num_workers, mp_context=multiprocessing.get_context("spawn")
+            max_workers=self.config.num_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=exit_with_parent,
+            initargs=(os.getpid(),),
         )
         ready: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=1)
         producer = threading.Thread(
