@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,8 +47,11 @@ def test_local_day_then_status_and_json(tmp_path: Path, pg_dsn: str, tiny_model:
     assert rc == 0, out
     assert "2 archives, 0 already done, 0 being processed elsewhere, 2 to process" in out.out
     assert "2 archives (2 done); members done 4" in out.out
-    logs = sorted(p.name for p in (tmp_path / "logs").glob(f"stream_tar_{DAY}_*_local-*.out"))
-    assert [name.split("_")[3] for name in logs] == ["06", "06"] and len(logs) == 2
+    logs = sorted(p.name for p in (tmp_path / "logs").glob(f"stream_tar_{DAY}_*.out"))
+    assert [re.sub(r"local-\d+", "local-PID", name) for name in logs] == [
+        f"stream_tar_{DAY}_06_00_local-PID.out",
+        f"stream_tar_{DAY}_06_30_local-PID.out",
+    ]
     assert len(list((tmp_path / "remote" / DAY).rglob("*.flac"))) == 4
 
     assert main(["status", DAY, "--dsn", dsn]) == 0
@@ -163,6 +167,9 @@ def test_day_errors_are_clear(tmp_path: Path, pg_dsn: str, capsys) -> None:
     assert "input root" in capsys.readouterr().err
     assert main(["process-day", DAY, "--dsn", pg_dsn, "--input-root", str(tmp_path / "input")]) == 2
     assert f"no archives for {DAY}" in capsys.readouterr().err
+    assert main(["status", DAY, "--dsn", pg_dsn]) == 2  # status never migrates: it says what to run
+    assert "run streaming-pipeline init-db" in capsys.readouterr().err
+    assert main(["init-db", "--dsn", pg_dsn]) == 0
     assert main(["status", DAY, "--dsn", pg_dsn]) == 1
     assert "no archives recorded" in capsys.readouterr().out
 

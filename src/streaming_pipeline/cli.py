@@ -303,7 +303,7 @@ def _process_tar(args: argparse.Namespace) -> int:
 
 def run_day(config: PipelineConfig, day: dt.date, executor: str, env: Mapping[str, str]) -> int:
     """`process-day`: register the day, then submit (Slurm) or run (local) what is not done."""
-    from .day import discover, finalize_day, format_report, plan_day
+    from .day import day_report, discover, finalize_day, format_report, plan_day
 
     archives = discover(config.input_root, day)
     if executor == "local":
@@ -317,9 +317,12 @@ def run_day(config: PipelineConfig, day: dt.date, executor: str, env: Mapping[st
             return _submit_slurm(config, day, plan, store, env)
         if plan.todo:
             return _run_local(config, day, plan, store, env)
+        if plan.busy:  # their workers record the outcome; finalizing now would call it incomplete
+            print(format_report(day_report(store, day)))
+            return 0
         report = finalize_day(store, day, job_id=config.slurm_job_id)
         print(format_report(report))
-        return 0 if report["totals"]["complete"] or plan.busy else 1
+        return 0 if report["totals"]["complete"] else 1
     finally:
         store.close()
 
@@ -384,11 +387,16 @@ def _run_local(
 
 def _status(args: argparse.Namespace) -> int:
     from .day import day_report, format_report, report_json
+    from .store import SCHEMA_VERSION
 
     day = parse_day(args.day)
     store = _open_store(_config(args))
-    try:
-        store.init_schema()
+    try:  # read-only: a monitoring user need not be allowed to migrate
+        version = store.schema_version()
+        if version < SCHEMA_VERSION:
+            raise ConfigError(
+                f"schema at version {version}, not {SCHEMA_VERSION}: run streaming-pipeline init-db"
+            )
         report = day_report(store, day)
     finally:
         store.close()

@@ -78,11 +78,11 @@ def run_checks(
     return checks
 
 
-def _guard(name: str, hint: str, body: Callable[[], Check]) -> Check:
+def _guard(name: str, hint: str, body: Callable[[], Check], secrets: tuple[str, ...] = ()) -> Check:
     try:
         return body()
     except Exception as exc:  # noqa: BLE001 - a check reports any failure as FAIL, never crashes
-        return Check(name, FAIL, describe_error(exc), hint)
+        return Check(name, FAIL, describe_error(exc, secrets), hint)
 
 
 def _dependencies() -> Check:
@@ -146,26 +146,17 @@ def _database(config: PipelineConfig) -> Check:
     def body() -> Check:
         store = ProgressStore(config.dsn, attempts=1, connect_timeout=5)
         try:
-            store.check()
-            rows = store.query(
-                "SELECT coalesce(max(version), 0) AS v FROM schema_version"
-                if store.query("SELECT to_regclass('schema_version') IS NOT NULL AS ok")[0]["ok"]
-                else "SELECT 0 AS v"
-            )
+            version = store.schema_version()
         finally:
             store.close()
-        version = int(rows[0]["v"])
         where = config.redacted_dsn()
         if version < SCHEMA_VERSION:
             detail = f"reachable ({where}) but schema at version {version}, not {SCHEMA_VERSION}"
             return Check("database", FAIL, detail, "run: streaming-pipeline init-db")
         return Check("database", PASS, f"reachable ({where}), schema version {version}")
 
-    check = _guard("database", "check host, port, user and password in PIPELINE_DSN; is the server up?", body)
-    secret = dsn_password(config.dsn)
-    if secret and secret in check.detail:  # never print the password, whatever libpq said
-        check = Check(check.name, check.status, check.detail.replace(secret, "***"), check.hint)
-    return check
+    hint = "check host, port, user and password in PIPELINE_DSN; is the server up?"
+    return _guard("database", hint, body, secrets=(dsn_password(config.dsn),))
 
 
 def _destination(config: PipelineConfig) -> Check:

@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class LocalExecutor:
+    """All bookkeeping happens on the calling thread; signal handlers run there too, between
+    bytecodes, so `stop()` needs no lock."""
+
     def __init__(self, config: PipelineConfig, env: Mapping[str, str], python: str = sys.executable) -> None:
         self.config = config
         self.env = {**env, **config_env(config), "PYTHONUNBUFFERED": "1"}
@@ -32,47 +35,45 @@ class LocalExecutor:
             self.env.pop(var, None)  # children are not this job's Slurm tasks
         self.python = python
         self.job_id = f"local-{os.getpid()}"
-        self._stop = threading.Event()
+        self._stopping = False
         self._running: dict[str, subprocess.Popen[bytes]] = {}
-        self._lock = threading.RLock()  # stop() may run in a signal handler on this thread
 
     def log_path(self, day: dt.date, archive: DayArchive) -> Path:
         return self.config.log_dir.resolve() / f"stream_tar_{day}_{archive.slot}_{self.job_id}.out"
 
     def stop(self) -> None:
         """Start nothing new and ask running workers to stop cleanly. Safe from a signal handler."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        self.signal_workers()
+        if not self._stopping:
+            self._stopping = True
+            self.signal_workers()
 
     def signal_workers(self) -> None:
         """SIGTERM to each running worker: the first asks it to stop, a second makes it exit now."""
-        with self._lock:
-            for proc in self._running.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
+        for proc in list(self._running.values()):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
 
-    def run(self, day: dt.date, todo: Sequence[DayArchive]) -> dict[str, int]:
+    def run(self, day: dt.date, todo: Sequence[DayArchive], poll_s: float = 0.2) -> dict[str, int]:
         """Run the archives, `max_parallel` at a time; returns each started archive's exit status."""
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         results: dict[str, int] = {}
         pending = list(todo)
-        done = threading.Condition()
         while pending or self._running:
-            with done:
-                while pending and len(self._running) < self.config.max_parallel and not self._stop.is_set():
-                    archive = pending.pop(0)
-                    self._start(day, archive, done, results)
-                if self._stop.is_set():
-                    pending.clear()
-                if self._running:
-                    done.wait(timeout=1.0)
+            while pending and len(self._running) < self.config.max_parallel and not self._stopping:
+                archive = pending.pop(0)
+                self._running[archive.key.archive] = self._start(day, archive)
+            if self._stopping:
+                pending.clear()
+            for name, proc in list(self._running.items()):
+                rc = proc.poll()
+                if rc is not None:
+                    del self._running[name]
+                    results[name] = rc
+                    log.info("%s finished with exit status %d", name, rc)
+            time.sleep(poll_s)
         return results
 
-    def _start(
-        self, day: dt.date, archive: DayArchive, done: threading.Condition, results: dict[str, int]
-    ) -> None:
+    def _start(self, day: dt.date, archive: DayArchive) -> subprocess.Popen[bytes]:
         argv = [
             self.python,
             "-m",
@@ -85,20 +86,7 @@ class LocalExecutor:
         log_path = self.log_path(day, archive)
         log.info("starting %s (log %s)", archive.key.archive, log_path)
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )  # fmt: skip
-        with self._lock:
-            self._running[archive.key.archive] = proc
-
-        def reap() -> None:
-            rc = proc.wait()
-            with done:
-                with self._lock:
-                    del self._running[archive.key.archive]
-                results[archive.key.archive] = rc
-                log.info("%s finished with exit status %d", archive.key.archive, rc)
-                done.notify_all()
-
-        threading.Thread(target=reap, name=f"reap-{archive.slot}", daemon=True).start()

@@ -259,6 +259,18 @@ class ProgressStore:
             self._conn = None
 
     # -- schema --------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        """The version in place (0: none), read-only, for commands that must not migrate."""
+
+        def read(cur: psycopg.Cursor[Any]) -> int:
+            cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present")
+            if not cur.fetchone()["present"]:
+                return 0
+            cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_version")
+            return int(cur.fetchone()["v"])
+
+        return self._transaction(read, "schema version")
+
     def init_schema(self) -> int:
         """Create or migrate the schema idempotently; returns the version now in place."""
 

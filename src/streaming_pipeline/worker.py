@@ -107,7 +107,6 @@ class ArchiveWorker:
         slot: str,
         store: ProgressStore,
         transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
-        stop: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.day = day
@@ -116,8 +115,8 @@ class ArchiveWorker:
         self.store = store
         self.key = archive_key(day, archive_path, slot)
         self.transcriber_factory = transcriber_factory
-        self.stop = stop or threading.Event()
-        self.stop_reason: str | None = None
+        self.stop = threading.Event()  # set by request_stop, and when the run ends (ends the reader)
+        self.stop_reason: str | None = None  # set only by request_stop: the run was interrupted
         self.destination = Destination.parse(config.remote)
         self.job_scratch = config.scratch_dir / day.isoformat() / slot
         self.timers = _Stopwatch()
@@ -185,15 +184,15 @@ class ArchiveWorker:
                 self.timers.add("wait_for_input", time.monotonic() - wait_started)
                 if item is None:
                     break
-                if self.stop_reason is not None:
-                    self._release(item)
-                    break
                 if isinstance(item, BaseException):
                     if isinstance(item, ArchiveError):
                         archive_error = str(item)
                         log.error("%s", item)
                         break
                     raise item
+                if self.stop_reason is not None:
+                    self._release(item)
+                    break
                 self._process(item, transcriber, uploader)
                 self._log_progress(item.batch, reader, uploader, started)
         finally:
