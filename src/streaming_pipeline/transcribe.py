@@ -53,6 +53,12 @@ def local_model_dir(model: str) -> Path | None:
     return None
 
 
+def _clean_text(text: str) -> str:
+    """Decoded text without NUL characters: byte-level BPE can emit a 0x00 byte, which PostgreSQL
+    text cannot hold (it would fail the whole batch's write)."""
+    return text.replace("\x00", "").strip()
+
+
 class Transcriber:
     def __init__(self, config: PipelineConfig) -> None:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
@@ -99,7 +105,7 @@ class Transcriber:
                 {
                     "start": round(s.start, 3),
                     "end": round(s.end, 3),
-                    "text": s.text.strip(),
+                    "text": _clean_text(s.text),
                     "avg_logprob": s.avg_logprob,
                     "no_speech_prob": s.no_speech_prob,
                 }

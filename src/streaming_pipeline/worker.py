@@ -136,6 +136,20 @@ class ArchiveWorker:
 
     def run(self) -> WorkerResult:
         started = time.monotonic()
+        try:
+            return self._run(started)
+        except Exception as exc:
+            # Leave no 'running' row behind a crash: say what happened, then let the CLI report it.
+            try:
+                error = f"worker stopped by an error: {exc}"
+                self.store.finish_archive(
+                    self.key.archive, state="failed", error=error, wall_s=time.monotonic() - started
+                )
+            except StoreError as store_exc:
+                log.error("could not record the failure of %s: %s", self.key.archive, store_exc)
+            raise
+
+    def _run(self, started: float) -> WorkerResult:
         shutil.rmtree(self.job_scratch, ignore_errors=True)  # leftovers of a killed run
         self.job_scratch.mkdir(parents=True, exist_ok=True)
         self.destination.prepare()
