@@ -112,6 +112,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("day", help="YYYY-MM-DD")
     p.add_argument("--dsn")
 
+    p = sub.add_parser("export", help="a day's done members as Parquet shards that `datasets` streams")
+    p.add_argument("day", help="YYYY-MM-DD")
+    p.add_argument("--out", type=Path, help="local folder (default: <remote>/<DATE>/parquet/ via rsync)")
+    p.add_argument("--shard-rows", type=int, default=10000, help="rows per shard at most (10000)")
+    p.add_argument("--shard-size", default="5GB", help="bytes per shard at most, e.g. 5GB, 500MB (5GB)")
+    _pipeline_options(p)
+
+    p = sub.add_parser(
+        "process-dataset", help="stream a Hugging Face dataset through conversion and transcription"
+    )
+    p.add_argument("source", help="a local folder (Parquet, audiofolder) or a hub dataset name")
+    p.add_argument("--name", help="the dataset's configuration")
+    p.add_argument("--split", default="train")
+    p.add_argument("--audio-column", default="audio")
+    p.add_argument("--text-column", help="rows with a transcript here are not transcribed")
+    p.add_argument("--id-column", help="row ids (default: the row's index in the split)")
+    p.add_argument("--limit", type=int, help="process the first N rows of the split")
+    p.add_argument("--upload-batch-size", type=int, default=10000, help="rows per uploaded shard (10000)")
+    p.add_argument("--resume", action="store_true", help="continue after the last uploaded shard")
+    p.add_argument("--output-name", help="output folder under <remote>/datasets/ (default: from the source)")
+    p.add_argument("--log-file", type=Path)
+    _pipeline_options(p)
+
     p = sub.add_parser("doctor", help="check that this node can run the pipeline (PASS/FAIL/SKIP per check)")
     p.add_argument("--offline", action="store_true", help="never download the model (as in the container)")
     p.add_argument("--require-gpu", action="store_true", help="a node without a CUDA GPU fails")
@@ -165,6 +188,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _status(args)
     if args.command == "finalize-day":
         return _finalize_day(args)
+    if args.command == "export":
+        return _export(args)
+    if args.command == "process-dataset":
+        return _process_dataset(args)
     if args.command == "doctor":
         from .doctor import report, run_checks
 
@@ -421,6 +448,65 @@ def _finalize_day(args: argparse.Namespace) -> int:
         store.close()
     print(format_report(report))
     return 0 if report["totals"]["complete"] else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import DayExporter
+    from .shards import parse_size
+    from .store import SCHEMA_VERSION
+
+    config = _config(args)
+    day = parse_day(args.day)
+    shard_size = parse_size(args.shard_size)
+    store = _open_store(config)
+    try:
+        if store.schema_version() < SCHEMA_VERSION:
+            store.init_schema()
+        exporter = DayExporter(
+            config, store, day, out=args.out, shard_rows=args.shard_rows, shard_size=shard_size
+        )
+        result = exporter.run()
+    finally:
+        store.close()
+    print(
+        f"exported {result.rows} members of {day} ({result.audio_s / 3600:.3f} h) "
+        f"in {len(result.shards)} shards to {result.output}"
+    )
+    return 0
+
+
+def _process_dataset(args: argparse.Namespace) -> int:
+    from .dataset import DatasetJob, DatasetWorker, resolve_source
+    from .lock import RunLock
+    from .transcribe import Transcriber, local_model_dir
+
+    config = _config(args)
+    job = DatasetJob(
+        source=resolve_source(args.source),
+        name=args.name,
+        split=args.split,
+        audio_column=args.audio_column,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        limit=args.limit,
+        upload_batch_size=args.upload_batch_size,
+        resume=args.resume,
+        output_name=args.output_name,
+    )
+    local_model_dir(config.model)
+    store = _open_store(config)
+    store.init_schema()
+    worker = DatasetWorker(config, job, store=store, transcriber_factory=Transcriber)
+    install_stop_handlers(worker.request_stop)
+    try:
+        with RunLock(config.dsn, job.run):
+            result = worker.run()
+    finally:
+        store.close()
+    print(result.summary_line())
+    if result.state == "interrupted":
+        return EXIT_INTERRUPTED
+    return 0 if result.ok else 1
 
 
 def _demo(args: argparse.Namespace) -> int:

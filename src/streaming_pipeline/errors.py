@@ -40,5 +40,10 @@ class StoreError(PipelineError):
     """The progress database is unreachable or rejected a statement."""
 
 
+class DatasetError(PipelineError):
+    """A dataset source cannot be opened or read (unknown name, missing column), or an export
+    has nothing to export."""
+
+
 class ScratchFullError(PipelineError):
     """The scratch directory ran out of space."""

@@ -21,7 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from .config import describe_error, dsn_password
-from .errors import StoreError
+from .errors import PipelineError, StoreError
 from .store import ArchiveKey
 
 log = logging.getLogger(__name__)
@@ -171,3 +171,43 @@ class ArchiveLock:
 
     def _scrub(self, exc: BaseException) -> str:
         return describe_error(exc, (self._secret,))
+
+
+class RunLock:
+    """`with RunLock(dsn, name):` one process at a time for a named run (process-dataset), held by
+    an advisory lock in a session of its own, so a killed holder releases it at once."""
+
+    def __init__(self, dsn: str, name: str) -> None:
+        self._dsn = dsn
+        self._secret = dsn_password(dsn)
+        self.name = name
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            self._conn = psycopg.connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=10,
+                application_name="streaming-pipeline run lock",
+                options=" ".join(f"-c {k}={v}" for k, v in _KEEPALIVE.items()),
+            )
+            key = f"streaming-pipeline-run:{self.name}"
+            sql = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
+            row = self._conn.execute(sql, (key,)).fetchone()
+        except psycopg.Error as exc:
+            self.__exit__()
+            raise StoreError(f"could not lock {self.name}: {describe_error(exc, (self._secret,))}") from None
+        if not (row and row[0]):
+            self.__exit__()
+            raise RunBusy(f"{self.name} is being processed by another process; not starting a second one")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class RunBusy(PipelineError):
+    """Another live process holds the run."""

@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,12 +20,12 @@ from psycopg.rows import dict_row
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from .config import describe_error, dsn_password
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE IF NOT EXISTS archives (
@@ -134,6 +134,52 @@ MIGRATIONS: dict[int, str] = {
            min(started_at) AS first_start, max(finished_at) AS last_finish
     FROM archive_status GROUP BY day;
     """,
+    3: """
+    -- process-dataset: one row per (source, config, split, output) run; its checkpoint is the
+    -- last shard whose upload rsync confirmed, with the source iterator's state after that shard.
+    CREATE TABLE IF NOT EXISTS dataset_runs (
+        run            text PRIMARY KEY,
+        source         text NOT NULL,
+        config_name    text,
+        split          text NOT NULL,
+        output         text NOT NULL,
+        state          text NOT NULL DEFAULT 'running'
+                       CHECK (state IN ('running', 'interrupted', 'done', 'failed')),
+        rows_done      bigint NOT NULL DEFAULT 0,
+        rows_written   bigint NOT NULL DEFAULT 0,
+        rows_failed    bigint NOT NULL DEFAULT 0,
+        shards_done    integer NOT NULL DEFAULT 0,
+        last_id        text,
+        host           text,
+        pid            integer,
+        slurm_job_id   text,
+        started_at     timestamptz,
+        finished_at    timestamptz,
+        updated_at     timestamptz NOT NULL DEFAULT now(),
+        error          text
+    );
+    CREATE TABLE IF NOT EXISTS dataset_shards (
+        run          text NOT NULL REFERENCES dataset_runs (run),
+        shard        integer NOT NULL,
+        first_row    bigint NOT NULL,
+        end_row      bigint NOT NULL,
+        rows         integer NOT NULL,
+        failed       integer NOT NULL,
+        bytes        bigint NOT NULL,
+        last_id      text,
+        remote_path  text NOT NULL,
+        source_state jsonb,
+        uploaded_at  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run, shard)
+    );
+    CREATE TABLE IF NOT EXISTS dataset_failures (
+        run        text NOT NULL REFERENCES dataset_runs (run),
+        row_index  bigint NOT NULL,
+        id         text,
+        error      text NOT NULL,
+        PRIMARY KEY (run, row_index)
+    );
+    """,
 }
 
 MEMBER_COLUMNS = (
@@ -167,6 +213,30 @@ class MemberRecord:
     language_probability: float | None = None
     remote_path: str | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class ShardCheckpoint:
+    """A process-dataset shard whose upload rsync confirmed: source rows [first_row, end_row)."""
+
+    shard: int
+    first_row: int
+    end_row: int
+    rows: int
+    bytes: int
+    last_id: str | None
+    remote_path: str
+    source_state: dict[str, Any] | None
+    failures: tuple[tuple[int, str | None, str], ...] = ()  # (row index, id, error)
+
+
+@dataclass(frozen=True)
+class DatasetResume:
+    rows_done: int
+    shards_done: int
+    last_id: str | None
+    source_state: dict[str, Any] | None
+    state: str
 
 
 @dataclass(frozen=True)
@@ -419,6 +489,146 @@ class ProgressStore:
 
         return self._transaction(read, "summary")
 
+    def iter_done_members(self, day: dt.date, chunk: int = 500) -> Iterator[list[dict[str, Any]]]:
+        """A day's done members in (archive, member) order, `chunk` rows per round trip (keyset
+        pagination: no long transaction, no server-side cursor to lose on a reconnect)."""
+        sql = """
+            SELECT archive, slot, member, duration_s, language, transcript, remote_path
+            FROM audio_files WHERE day = %s AND status = 'done' AND (archive, member) > (%s, %s)
+            ORDER BY archive, member LIMIT %s
+        """
+        after = ("", "")
+        while True:
+            rows = self.query(sql, (day, *after, chunk))
+            if not rows:
+                return
+            yield rows
+            after = (rows[-1]["archive"], rows[-1]["member"])
+
+    # -- datasets (process-dataset) ------------------------------------------------------
+    def start_dataset_run(
+        self,
+        run: str,
+        *,
+        source: str,
+        config_name: str | None,
+        split: str,
+        output: str,
+        host: str,
+        pid: int,
+        slurm_job_id: str | None,
+        resume: bool,
+    ) -> DatasetResume:
+        """Claim the run's row and return where to continue (nothing done for a new run).
+
+        A run that has uploaded shards continues only with `resume`: starting it over silently
+        would write its first shards again next to what a reader may already use.
+        """
+
+        def start(cur: psycopg.Cursor[Any]) -> DatasetResume:
+            cur.execute(
+                """
+                INSERT INTO dataset_runs (run, source, config_name, split, output)
+                VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run) DO NOTHING
+                """,
+                (run, source, config_name, split, output),
+            )
+            cur.execute("SELECT * FROM dataset_runs WHERE run = %s FOR UPDATE", (run,))
+            row = cur.fetchone()
+            if row["shards_done"] > 0 and not resume:
+                raise _RunExists(row["shards_done"], row["rows_done"], row["state"])
+            cur.execute(
+                "SELECT source_state FROM dataset_shards WHERE run = %s AND shard = %s",
+                (run, row["shards_done"] - 1),
+            )
+            shard = cur.fetchone()
+            cur.execute(
+                """
+                UPDATE dataset_runs SET state = 'running', host = %s, pid = %s, slurm_job_id = %s,
+                       started_at = now(), finished_at = NULL, error = NULL, updated_at = now()
+                WHERE run = %s
+                """,
+                (host, pid, slurm_job_id, run),
+            )
+            return DatasetResume(
+                rows_done=row["rows_done"],
+                shards_done=row["shards_done"],
+                last_id=row["last_id"],
+                source_state=shard["source_state"] if shard else None,
+                state=row["state"],
+            )
+
+        try:
+            return self._transaction(start, "start dataset run")
+        except _RunExists as exists:
+            raise ConfigError(
+                f"{run} already has {exists.shards} uploaded shards ({exists.rows} source rows, "
+                f"state {exists.state}): pass --resume to continue it, or --output-name to start a new one"
+            ) from None
+
+    def record_shard(self, run: str, shard: ShardCheckpoint) -> None:
+        """Checkpoint an uploaded shard, its failed rows and the run's totals in one transaction.
+
+        Shards are recorded in order: a shard whose predecessor is not recorded is refused, so the
+        checkpoint never skips rows.
+        """
+        from psycopg.types.json import Jsonb
+
+        def record(cur: psycopg.Cursor[Any]) -> None:
+            cur.execute(
+                """
+                UPDATE dataset_runs SET rows_done = %s, shards_done = %s + 1, last_id = %s,
+                       rows_written = rows_written + %s, rows_failed = rows_failed + %s, updated_at = now()
+                WHERE run = %s AND shards_done = %s
+                """,
+                (
+                    shard.end_row,
+                    shard.shard,
+                    shard.last_id,
+                    shard.rows,
+                    len(shard.failures),
+                    run,
+                    shard.shard,
+                ),
+            )
+            if cur.rowcount != 1:
+                raise StoreError(f"shard {shard.shard} of {run} is out of order; not recorded")
+            cur.execute(
+                """
+                INSERT INTO dataset_shards (run, shard, first_row, end_row, rows, failed, bytes, last_id,
+                                            remote_path, source_state)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                """,
+                (
+                    run, shard.shard, shard.first_row, shard.end_row, shard.rows, len(shard.failures),
+                    shard.bytes, shard.last_id, shard.remote_path,
+                    None if shard.source_state is None else Jsonb(shard.source_state),
+                ),
+            )  # fmt: skip
+            if shard.failures:
+                cur.executemany(
+                    "INSERT INTO dataset_failures (run, row_index, id, error) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (run, row_index) DO UPDATE SET id = EXCLUDED.id, error = EXCLUDED.error",
+                    [(run, *failure) for failure in shard.failures],
+                )
+
+        self._transaction(record, "record shard")
+
+    def dataset_shards(self, run: str) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM dataset_shards WHERE run = %s ORDER BY shard", (run,))
+
+    def finish_dataset_run(self, run: str, *, state: str, error: str | None) -> dict[str, Any]:
+        sql = """
+            UPDATE dataset_runs SET state = %s, error = %s, finished_at = now(), updated_at = now()
+            WHERE run = %s RETURNING *
+        """
+
+        def finish(cur: psycopg.Cursor[Any]) -> dict[str, Any]:
+            cur.execute(sql, (state, error, run))
+            return dict(cur.fetchone())
+
+        return self._transaction(finish, "finish dataset run")
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Read-only helper for status commands and tests."""
 
@@ -427,3 +637,9 @@ class ProgressStore:
             return list(cur.fetchall())
 
         return self._transaction(read, "query")
+
+
+class _RunExists(Exception):
+    def __init__(self, shards: int, rows: int, state: str) -> None:
+        super().__init__()
+        self.shards, self.rows, self.state = shards, rows, state

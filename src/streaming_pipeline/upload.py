@@ -130,15 +130,7 @@ class AsyncRsyncStorageManager:
         job.state = UploadState.RUNNING
         job.started = time.monotonic()
         try:
-            retrying = Retrying(
-                stop=stop_after_attempt(self.retries),
-                wait=wait_exponential(multiplier=1, min=1, max=self.backoff_max),
-                retry=retry_if_exception(lambda e: isinstance(e, UploadError) and e.retryable),
-                before_sleep=lambda state: self._log_retry(job, state),
-                sleep=self._sleep,
-                reraise=True,
-            )
-            retrying(self._attempt, job)
+            self._retrying(job.label)(self._attempt, job)
             job.state = UploadState.DONE
         except UploadError as exc:
             job.state = UploadState.FAILED
@@ -163,14 +155,42 @@ class AsyncRsyncStorageManager:
             log.exception("upload %s: completion handler failed", job.label)
         return job
 
+    def fetch(self, relpaths: Sequence[str], target: Path, label: str) -> None:
+        """Copy files from the destination into `target` under the same relative paths, in one
+        rsync with the upload's retry policy (export reads back what the workers uploaded)."""
+        target.mkdir(parents=True, exist_ok=True)
+        listing = target.with_name(f".{target.name}.files")
+        listing.write_bytes(b"".join(p.encode() + b"\0" for p in relpaths))
+        cmd = ["rsync", "--times", "--from0", f"--files-from={listing}"]
+        cmd.append(f"--timeout={max(1, int(self.timeout))}")
+        if self.destination.is_daemon:
+            cmd.append(f"--contimeout={max(1, int(min(self.timeout, 30)))}")
+        cmd += ["--", self.destination.url(), f"{target.resolve()}/"]
+        try:
+            self._retrying(label)(self._execute, cmd)
+        finally:
+            listing.unlink(missing_ok=True)
+
+    def _retrying(self, label: str) -> Retrying:
+        return Retrying(
+            stop=stop_after_attempt(self.retries),
+            wait=wait_exponential(multiplier=1, min=1, max=self.backoff_max),
+            retry=retry_if_exception(lambda e: isinstance(e, UploadError) and e.retryable),
+            before_sleep=lambda state: self._log_retry(label, state),
+            sleep=self._sleep,
+            reraise=True,
+        )
+
     def _attempt(self, job: UploadJob) -> None:
         job.attempts += 1
-        cmd = self.rsync_command(job.source)
+        self._execute(self.rsync_command(job.source))
+
+    def _execute(self, cmd: list[str]) -> None:
         try:
             proc = self._run(cmd, capture_output=True, text=True, timeout=self.timeout, check=False)
         except subprocess.TimeoutExpired:
             raise UploadError(
-                f"rsync to {self.destination.spec} timed out after {self.timeout:.0f}s",
+                f"rsync with {self.destination.spec} timed out after {self.timeout:.0f}s",
                 returncode=None,
                 retryable=True,
             ) from None
@@ -184,12 +204,12 @@ class AsyncRsyncStorageManager:
                 retryable=proc.returncode in RETRYABLE_RSYNC_CODES,
             )
 
-    def _log_retry(self, job: UploadJob, state: RetryCallState) -> None:
+    def _log_retry(self, label: str, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         log.warning(
-            "upload %s attempt %d failed (%s); retrying in %.1fs",
-            job.label,
+            "rsync %s attempt %d failed (%s); retrying in %.1fs",
+            label,
             state.attempt_number,
             exc,
             delay,
