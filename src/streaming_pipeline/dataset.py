@@ -332,9 +332,10 @@ class DatasetWorker:
                 if isinstance(item, _Row):
                     self._convert_and_transcribe(item, transcriber, writer, shard)
                     continue
-                self._ship(writer.close_shard(), item, shard, uploader)
-                shard = _OpenShard(number=shard.number + 1, first_row=item.end_row)
-                writer.number = shard.number
+                if item.end_row > shard.first_row:  # an empty last shard is no shard
+                    self._ship(writer.close_shard(), item, shard, uploader)
+                    shard = _OpenShard(number=shard.number + 1, first_row=item.end_row)
+                    writer.number = shard.number
                 if item.last:
                     complete = True
                     break
@@ -505,12 +506,12 @@ class DatasetWorker:
     def _publish_card(self) -> None:
         shards = [s for s in self.store.dataset_shards(self.job.run) if s["rows"] > 0]
         files = [s["remote_path"][len(self.destination.url(self.prefix)) + 1 :] for s in shards]
-        rows = sum(s["rows"] for s in shards)
         card = dataset_card(
             dataset_features(),
             split=self.job.split,
             files=files,
-            rows=rows,
+            rows=sum(s["rows"] for s in shards),
+            size=sum(s["bytes"] for s in shards),
             title=f"{self.job.source} through streaming-pipeline",
             about=[
                 f"Source: `{self.job.source}` (config `{self.job.name or 'default'}`, "

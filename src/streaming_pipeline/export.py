@@ -143,6 +143,7 @@ class DayExporter:
             split=SPLIT,
             files=files,
             rows=rows,
+            size=sum(s.bytes for s in self._shards),
             title=f"streaming-pipeline export of {self.day}",
             about=[
                 f"The {rows} members of {self.day} that were `done` in the progress database at export "

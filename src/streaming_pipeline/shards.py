@@ -223,7 +223,14 @@ def _leaf_columns(schema: pa.Schema) -> list[str]:
 
 
 def dataset_card(
-    features: Features, *, split: str, files: Sequence[str], rows: int, title: str, about: Sequence[str]
+    features: Features,
+    *,
+    split: str,
+    files: Sequence[str],
+    rows: int,
+    size: int,
+    title: str,
+    about: Sequence[str],
 ) -> str:
     """README.md whose YAML header names the exact shard files: files a previous, larger export
     left behind are not part of the dataset, and readers never mix two exports."""
@@ -233,7 +240,7 @@ def dataset_card(
         "configs": [{"config_name": "default", "data_files": [{"split": split, "path": list(files)}]}],
         "dataset_info": {
             "features": features._to_yaml_list(),
-            "splits": [{"name": split, "num_examples": rows}],
+            "splits": [{"name": split, "num_bytes": size, "num_examples": rows}],
         },
     }
     body = "\n".join(
