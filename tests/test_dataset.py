@@ -171,3 +171,25 @@ def test_unknown_source_and_missing_columns_are_clear_errors(
     assert main(_args(tmp_path / "src", pg_dsn, remote, tmp_path, tiny_model, "--split", "test")) == 1
     assert "cannot open dataset" in capsys.readouterr().err
     assert not (tmp_path / "remote" / "datasets").exists()
+
+
+@pytest.mark.slow
+def test_an_audiofolder_with_reference_texts_streams_in(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips
+) -> None:
+    folder = tmp_path / "audiofolder"
+    folder.mkdir()
+    lines = ["file_name,text"]
+    for i, (name, data) in enumerate(clips[:3]):
+        (folder / f"clip{i}{Path(name).suffix}").write_bytes(data)
+        lines.append(f"clip{i}{Path(name).suffix},said {i}")
+    (folder / "metadata.csv").write_text("\n".join(lines) + "\n")
+    remote = tmp_path / "remote"
+    rc = main(_args(folder, pg_dsn, str(remote), tmp_path, tiny_model, "--text-column", "text",
+                    "--output-name", "af"))  # fmt: skip
+    assert rc == 0
+    rows = _output(remote, "af")
+    assert [(r["id"], r["transcript"], r["transcript_source"]) for r in rows] == [
+        ("0", "said 0", "source"), ("1", "said 1", "source"), ("2", "said 2", "source")
+    ]  # fmt: skip
+    assert all(sf.info(io.BytesIO(r["audio"]["bytes"])).samplerate == 16000 for r in rows)

@@ -121,7 +121,11 @@ def open_source(job: DatasetJob, *, offline: bool) -> Any:
                     f"dataset {job.source} has no column {column!r} ({flag}); columns: {columns}"
                 )
         if isinstance(ds.features[job.audio_column], datasets.Audio):
-            ds = ds.cast_column(job.audio_column, datasets.Audio(decode=False))
+            if ds.info.builder_name == "audiofolder" and not datasets.config.TORCHCODEC_AVAILABLE:
+                # datasets >= 4 encodes a folder's audio paths with torchcodec: take the paths.
+                ds = ds.cast_column(job.audio_column, datasets.Value("string"))
+            else:
+                ds = ds.cast_column(job.audio_column, datasets.Audio(decode=False))
     return ds
 
 
@@ -360,7 +364,11 @@ class DatasetWorker:
             iterator: Iterator[dict[str, Any]] = iter(source)
             while not self.stop.is_set():
                 t0 = time.monotonic()
-                record = next(iterator, None)
+                try:
+                    record = next(iterator, None)
+                except Exception as exc:  # any failure of the source ends the run
+                    reason = " ".join(str(exc).split())[:500] or type(exc).__name__
+                    raise DatasetError(f"reading {job.source} failed at row {index}: {reason}") from exc
                 self._add("read_source", time.monotonic() - t0)
                 if record is None:
                     self._put(rows, _Boundary(index, None, last=True))
