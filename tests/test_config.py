@@ -22,6 +22,7 @@ def test_flags_win_over_environment_which_wins_over_defaults() -> None:
     assert config.scratch_dir == Path("/t/streaming-pipeline")
     assert build_config({}, {**env, "PIPELINE_DSN": "host=primary"}).dsn == "host=primary"
     assert build_config({}, {}).stream_batch_size == 200
+    assert build_config({}, {"PIPELINE_TEMPERATURES": "0"}).temperatures == "0"
 
 
 def test_slurm_job_id_comes_from_the_environment() -> None:
@@ -37,6 +38,8 @@ def test_slurm_job_id_comes_from_the_environment() -> None:
         ({"num_workers": 0}, {}, "num-workers"),
         ({}, {"PIPELINE_BEAM_SIZE": "five"}, "beam_size"),
         ({"device": "tpu"}, {}, "device"),
+        ({}, {"PIPELINE_TEMPERATURES": "0,hot"}, "temperatures"),
+        ({"temperatures": "0,1.5"}, {}, "temperatures"),
     ],
 )
 def test_bad_values_are_config_errors(cli: dict, env: dict, message: str) -> None:

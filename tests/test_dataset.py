@@ -18,7 +18,7 @@ from datasets import Audio, Features, Value, load_dataset
 
 from streaming_pipeline.cli import main
 
-from .conftest import DAY, REPO, RsyncDaemon, make_day, query
+from .conftest import DAY, REPO, SLOW_DECODING, RsyncDaemon, make_day, query
 
 
 def _source(folder: Path, clips: list[tuple[str, bytes]], rows: int, *, corrupt: int | None = None) -> list:
@@ -93,35 +93,51 @@ def test_limit_writes_shards_of_the_first_rows_and_keeps_reference_texts(
     assert rc == 2 and "pass --resume to continue it" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_with_every_row_exactly_once(
-    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips
-) -> None:
-    ids = _source(tmp_path / "src", clips, 16)
-    remote = tmp_path / "remote"
-    args = _args(tmp_path / "src", pg_dsn, str(remote), tmp_path, tiny_model,
-                 "--id-column", "key", "--upload-batch-size", "3", "--output-name", "out")  # fmt: skip
+def _run_until(args: list[str], dsn: str, shards: int, sig: signal.Signals) -> tuple[int, int]:
+    """Start process-dataset, send `sig` once `shards` shards are checkpointed; (exit code, shards)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "streaming_pipeline", *args], env=env)
     deadline = time.monotonic() + 120
     done = 0
     while time.monotonic() < deadline and proc.poll() is None:
-        rows = query(pg_dsn, "SELECT shards_done FROM dataset_runs") if _has_runs(pg_dsn) else []
+        rows = query(dsn, "SELECT shards_done FROM dataset_runs") if _has_runs(dsn) else []
         done = rows[0]["shards_done"] if rows else 0
-        if done >= 2:
+        if done >= shards:
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 2 <= done < 6
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(sig)
+    return proc.wait(timeout=120), done
+
+
+@pytest.mark.slow
+def test_killed_then_stopped_run_resumes_with_every_row_exactly_once(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips
+) -> None:
+    ids = _source(tmp_path / "src", clips, 12)
+    remote = tmp_path / "remote"
+    args = _args(tmp_path / "src", pg_dsn, str(remote), tmp_path, tiny_model,
+                 "--id-column", "key", "--upload-batch-size", "2", "--output-name", "out")  # fmt: skip
+    slow = [*args, *SLOW_DECODING]  # busy long enough to be stopped mid-run
+
+    rc, done = _run_until(slow, pg_dsn, 1, signal.SIGKILL)
+    assert rc == -signal.SIGKILL and 1 <= done < 6
+
+    # Resumed, then stopped cleanly (Slurm's time-limit signal): the open shard is dropped.
+    rc, done = _run_until([*slow, "--resume"], pg_dsn, done + 2, signal.SIGUSR1)
+    assert rc == 75
+    (run,) = query(pg_dsn, "SELECT state, error, shards_done FROM dataset_runs")
+    assert (run["state"], run["error"]) == ("interrupted", "stopped by SIGUSR1")
+    assert run["shards_done"] < 6
 
     assert main([*args, "--resume"]) == 0
     rows = _output(remote, "out")
     assert [r["id"] for r in rows] == ids  # every row once, in order: no duplicate, no gap
     (run,) = query(pg_dsn, "SELECT state, rows_done, rows_written, shards_done, last_id FROM dataset_runs")
-    assert (run["state"], run["rows_done"], run["rows_written"], run["shards_done"]) == ("done", 16, 16, 6)
-    assert run["last_id"] == "utt-15"
+    assert (run["state"], run["rows_done"], run["rows_written"], run["shards_done"]) == ("done", 12, 12, 6)
+    assert run["last_id"] == "utt-11"
+    shards = query(pg_dsn, "SELECT first_row, end_row FROM dataset_shards ORDER BY shard")
+    assert [(s["first_row"], s["end_row"]) for s in shards] == [(i, i + 2) for i in range(0, 12, 2)]
 
 
 def _has_runs(dsn: str) -> bool:

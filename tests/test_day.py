@@ -19,7 +19,7 @@ from streaming_pipeline.config import build_config, config_env
 from streaming_pipeline.day import archive_key
 from streaming_pipeline.lock import ArchiveBusy, ArchiveLock
 
-from .conftest import DAY, REPO, make_day, query
+from .conftest import DAY, REPO, SLOW_DECODING, make_day, query
 
 
 def _options(tmp_path: Path, dsn: str, model: Path) -> list[str]:
@@ -90,7 +90,7 @@ def test_sigterm_stops_local_day_cleanly_and_rerun_completes(
     argv = [
         sys.executable, "-m", "streaming_pipeline", "process-day", DAY, "--executor", "local",
         "--input-root", str(tmp_path / "input"), "--log-dir", str(tmp_path / "logs"),
-        *_options(tmp_path, pg_dsn, tiny_model),
+        *_options(tmp_path, pg_dsn, tiny_model), *SLOW_DECODING,
     ]  # fmt: skip
     assert main(["init-db", "--dsn", pg_dsn]) == 0
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -191,7 +191,7 @@ def test_a_second_signal_exits_at_once_and_the_rerun_completes(
     (archive,) = make_day(tmp_path, ["13_00"], members=10)
     assert main(["init-db", "--dsn", pg_dsn]) == 0
     argv = [sys.executable, "-m", "streaming_pipeline", "process-tar", DAY, str(archive), "13_00"]
-    argv += _options(tmp_path, pg_dsn, tiny_model)
+    argv += [*_options(tmp_path, pg_dsn, tiny_model), *SLOW_DECODING]
     log = tmp_path / "worker.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DAY, REPO, RsyncDaemon, make_day, query
+from .conftest import DAY, REPO, SLOW_DECODING, RsyncDaemon, make_day, query
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -119,7 +119,10 @@ def test_day_fan_out_partial_failure_resubmit_and_single_rerun(
 def test_usr1_stops_cleanly_requeues_and_the_next_run_resumes(
     slurm: dict[str, str], tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path
 ) -> None:
-    env = _env(slurm, tmp_path, pg_dsn, rsync_daemon.url, tiny_model)
+    env = {
+        **_env(slurm, tmp_path, pg_dsn, rsync_daemon.url, tiny_model),
+        "PIPELINE_TEMPERATURES": SLOW_DECODING[1],
+    }
     (archive,) = make_day(tmp_path, ["09_00"], members=12)
     job = _sbatch(
         env, tmp_path, *CPU_WORKER.split(), str(REPO / "hpc" / "process_single_tar_streaming.sh"),

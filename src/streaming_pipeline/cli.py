@@ -56,6 +56,7 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compute-type", help="default: float16 on GPU, int8 on CPU")
     g.add_argument("--language", help="force a language (default: detect per file)")
     g.add_argument("--beam-size", type=int)
+    g.add_argument("--temperatures", help="fallback decoding temperatures (0.0,0.2,0.4,0.6,0.8,1.0)")
     g.add_argument("--no-vad", dest="vad", action="store_const", const=False)
     g.add_argument("--stream-batch-size", type=int, help="members per extracted batch (200)")
     g.add_argument("--process-batch-size", type=int, help="files per transcription sub-batch (100)")
@@ -529,6 +530,7 @@ def _demo(args: argparse.Namespace) -> int:
         "num_workers": 1,
         "cpu_threads": 1,
         "stream_batch_size": 4,
+        "temperatures": "0",  # a random model fails every threshold: no fallback decoding
     }
     cli = {k: v for k, v in vars(args).items() if v is not None}
     env = dict(environ())

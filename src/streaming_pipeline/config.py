@@ -30,6 +30,8 @@ class PipelineConfig:
     compute_type: str = "default"
     language: str | None = None
     beam_size: int = 5
+    # Decoding temperatures: the next is tried when a window fails the quality thresholds.
+    temperatures: str = "0.0,0.2,0.4,0.6,0.8,1.0"
     vad: bool = True
     stream_batch_size: int = 200
     process_batch_size: int = 100
@@ -65,6 +67,7 @@ _ENV_NAMES = {
     "compute_type": "PIPELINE_COMPUTE_TYPE",
     "language": "PIPELINE_LANGUAGE",
     "beam_size": "PIPELINE_BEAM_SIZE",
+    "temperatures": "PIPELINE_TEMPERATURES",
     "stream_batch_size": "PIPELINE_STREAM_BATCH_SIZE",
     "process_batch_size": "PIPELINE_PROCESS_BATCH_SIZE",
     "num_workers": "PIPELINE_NUM_WORKERS",
@@ -166,8 +169,20 @@ def _validate(config: PipelineConfig) -> None:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
     if config.upload_timeout <= 0 or config.decode_timeout <= 0 or config.stop_grace <= 0:
         raise ConfigError("timeouts must be positive")
+    parse_temperatures(config.temperatures)
     if config.device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"device must be auto, cuda or cpu, not {config.device!r}")
+
+
+def parse_temperatures(text: str) -> tuple[float, ...]:
+    """`0,0.2,...`: faster-whisper's fallback temperatures, each in [0, 1], at least one."""
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not 0.0 <= t <= 1.0 for t in values):
+        raise ConfigError(f"temperatures: {text!r} is not a comma-separated list of numbers in [0, 1]")
+    return values
 
 
 def parse_day(text: str) -> dt.date:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import PipelineConfig
+from .config import PipelineConfig, parse_temperatures
 from .errors import ConfigError, TranscriptionError
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class Transcriber:
         options: dict[str, Any] = {
             "language": self.config.language,
             "beam_size": self.config.beam_size,
+            "temperature": list(parse_temperatures(self.config.temperatures)),
             "vad_filter": self.config.vad,
         }
         try:
