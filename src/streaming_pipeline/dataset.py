@@ -39,7 +39,7 @@ from .errors import ConversionError, DatasetError, TranscriptionError
 from .shards import Shard, ShardWriter, dataset_card, dataset_features
 from .store import ProgressStore, ShardCheckpoint
 from .upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
-from .worker import TranscriberLike
+from .worker import TranscriberLike, put_unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +266,6 @@ class DatasetWorker:
         self.scratch.mkdir(parents=True)
         try:
             complete = self._pipeline(source, resume.rows_done, resume.shards_done)
-            if complete and not self._errors:
-                self._publish_card()
         except BaseException as exc:
             self.store.finish_dataset_run(self.job.run, state="failed", error=f"stopped by an error: {exc}")
             raise
@@ -297,13 +295,8 @@ class DatasetWorker:
     # -- stages ---------------------------------------------------------------------------
     def _pipeline(self, source: Any, start_row: int, first_shard: int) -> bool:
         transcriber = self.transcriber_factory(self.config)
-        uploader = AsyncRsyncStorageManager(
-            self.destination,
-            max_concurrent=1,  # shards are checkpointed in order
-            timeout=self.config.upload_timeout,
-            retries=self.config.upload_retries,
-            backoff_max=self.config.upload_backoff_max,
-        )
+        # One upload thread: shards are checkpointed in order.
+        uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination, max_concurrent=1)
         pool = ProcessPoolExecutor(
             max_workers=self.config.num_workers,
             mp_context=multiprocessing.get_context("spawn"),
@@ -350,6 +343,8 @@ class DatasetWorker:
             wait = self.config.stop_grace if self.stop_reason else None
             if not uploader.wait(timeout=wait):
                 self._errors.append(f"shard uploads still running after {wait:.0f}s")
+            elif complete and not self._errors:
+                self._publish_card(uploader)
             uploader.close()
         return complete
 
@@ -406,13 +401,7 @@ class DatasetWorker:
         return _Row(index, row_id, text, src, dst, pool.submit(convert_to_flac, str(src), str(dst)))
 
     def _put(self, rows: queue.Queue[Any], item: Any) -> None:
-        while True:
-            try:
-                rows.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                if self.stop.is_set():
-                    return
+        put_unless_stopped(rows, item, self.stop)
 
     def _convert_and_transcribe(
         self, row: _Row, transcriber: TranscriberLike, writer: ShardWriter, shard: _OpenShard
@@ -511,7 +500,7 @@ class DatasetWorker:
             shutil.rmtree(job.source, ignore_errors=True)
             self._slots.release()
 
-    def _publish_card(self) -> None:
+    def _publish_card(self, uploader: AsyncRsyncStorageManager) -> None:
         shards = [s for s in self.store.dataset_shards(self.job.run) if s["rows"] > 0]
         files = [s["remote_path"][len(self.destination.url(self.prefix)) + 1 :] for s in shards]
         card = dataset_card(
@@ -534,16 +523,8 @@ class DatasetWorker:
         stage = self.scratch / "card"
         (stage / self.prefix).mkdir(parents=True, exist_ok=True)
         (stage / self.prefix / "README.md").write_text(card, encoding="utf-8")
-        uploader = AsyncRsyncStorageManager(
-            self.destination,
-            max_concurrent=1,
-            timeout=self.config.upload_timeout,
-            retries=self.config.upload_retries,
-            backoff_max=self.config.upload_backoff_max,
-        )
         job = uploader.submit(stage, label=f"{self.prefix}/README.md", on_finish=lambda _job: None)
         uploader.wait()
-        uploader.close()
         if job.state is not UploadState.DONE:
             self._errors.append(f"upload of the dataset card failed: {job.error}")
 

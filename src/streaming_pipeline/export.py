@@ -75,13 +75,7 @@ class DayExporter:
         self.destination = Destination.parse(config.remote)
         self.scratch = config.scratch_dir / "export" / day.isoformat()
         self.prefix = f"{day.isoformat()}/parquet"  # under the destination, without --out
-        self.rsync = AsyncRsyncStorageManager(
-            self.destination,
-            max_concurrent=1,
-            timeout=config.upload_timeout,
-            retries=config.upload_retries,
-            backoff_max=config.upload_backoff_max,
-        )
+        self.rsync = AsyncRsyncStorageManager.from_config(config, self.destination, max_concurrent=1)
         self._slots = threading.BoundedSemaphore(MAX_SHARDS_UPLOADING)
         self._errors: list[str] = []
         self._shards: list[Shard] = []

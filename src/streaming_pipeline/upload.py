@@ -16,10 +16,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .errors import ConfigError, UploadError
+
+if TYPE_CHECKING:
+    from .config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,19 @@ class AsyncRsyncStorageManager:
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="upload")
         self._lock = threading.Lock()
         self._jobs: list[UploadJob] = []
+
+    @classmethod
+    def from_config(
+        cls, config: PipelineConfig, destination: Destination, *, max_concurrent: int | None = None
+    ) -> AsyncRsyncStorageManager:
+        """A manager with the configured timeout, retries and backoff (and upload threads)."""
+        return cls(
+            destination,
+            max_concurrent=max_concurrent or config.max_concurrent_uploads,
+            timeout=config.upload_timeout,
+            retries=config.upload_retries,
+            backoff_max=config.upload_backoff_max,
+        )
 
     def rsync_command(self, source: Path) -> list[str]:
         cmd = [

@@ -43,6 +43,18 @@ log = logging.getLogger(__name__)
 MAX_BATCHES_UPLOADING = 2
 
 
+def put_unless_stopped(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
+    """Hand `item` to the consumer, unless the run stops first (then the consumer is gone and
+    the item's work stays pending for the next run)."""
+    while True:
+        try:
+            q.put(item, timeout=0.5)
+            return
+        except queue.Full:
+            if stop.is_set():
+                return
+
+
 class TranscriberLike(Protocol):
     model_name: str
 
@@ -173,13 +185,7 @@ class ArchiveWorker:
         )
         archive_error: str | None = None
         transcriber = self.transcriber_factory(self.config)
-        uploader = AsyncRsyncStorageManager(
-            self.destination,
-            max_concurrent=self.config.max_concurrent_uploads,
-            timeout=self.config.upload_timeout,
-            retries=self.config.upload_retries,
-            backoff_max=self.config.upload_backoff_max,
-        )
+        uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination)
         pool = ProcessPoolExecutor(
             max_workers=self.config.num_workers,
             mp_context=multiprocessing.get_context("spawn"),
@@ -264,13 +270,7 @@ class ArchiveWorker:
         self._put(ready, None)
 
     def _put(self, ready: queue.Queue[Any], item: Any) -> None:
-        while True:
-            try:
-                ready.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                if self.stop.is_set():
-                    return  # the consumer is gone; this batch's members stay pending for a rerun
+        put_unless_stopped(ready, item, self.stop)
 
     def _process(
         self, prepared: _Prepared, transcriber: TranscriberLike, uploader: AsyncRsyncStorageManager
