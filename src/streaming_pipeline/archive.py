@@ -125,12 +125,14 @@ class ArchiveReader:
         *,
         batch_size: int,
         max_member_bytes: int,
+        max_members: int = 1_000_000,
         is_done: Callable[[str], bool] = lambda _name: False,
     ) -> None:
         self.path = path
         self.scratch_dir = scratch_dir
         self.batch_size = batch_size
         self.max_member_bytes = max_member_bytes
+        self.max_members = max_members
         self.is_done = is_done
         self.compressed_size = path.stat().st_size
         self.members_seen = 0
@@ -197,6 +199,8 @@ class ArchiveReader:
         self.members_seen += 1
         index = self.members_seen - 1
         reason = check_member(info, self.max_member_bytes)
+        if reason is None and self.members_seen > self.max_members:
+            reason = f"more than {self.max_members} members in the archive (the cap)"
         name = normalise_name(info.name) if reason is None else _printable(info.name)
         member = Member(index=index, name=name, size=info.size)
         name_key, stem_key = _digest(name), _digest(member.output_stem)

@@ -65,6 +65,7 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--upload-timeout", type=float, help="seconds per rsync attempt (120)")
     g.add_argument("--upload-retries", type=int, help="attempts per upload (5)")
     g.add_argument("--max-member-bytes", type=int, help="members declaring more are rejected")
+    g.add_argument("--max-members", type=int, help="members of one archive past this are rejected (1e6)")
     g.add_argument("--decode-timeout", type=float, help="seconds to decode one member (600)")
     g.add_argument("--cpu-threads", type=int, help="CTranslate2 CPU threads (0: library default)")
 
@@ -221,12 +222,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise ConfigError(f"unknown command {args.command}")  # pragma: no cover
 
 
-def _open_store(config: PipelineConfig) -> ProgressStore:
+def _open_store(config: PipelineConfig, *, patient: bool = False) -> ProgressStore:
+    """Reports give up after ~2 s of database trouble; workers (`patient`) ride out ~15 s, a
+    server restart, before their run fails. Both fail at once if it is unreachable at the start."""
     from .store import ProgressStore
 
     if not config.dsn:
         raise ConfigError("no database: set --dsn, PIPELINE_DSN or DB_CREDS")
-    store = ProgressStore(config.dsn, attempts=3, backoff_max=2.0)
+    store = ProgressStore(config.dsn) if patient else ProgressStore(config.dsn, attempts=3, backoff_max=2.0)
     store.check()  # one clear line, password-free, before any work
     return store
 
@@ -291,7 +294,7 @@ def _process_tar(args: argparse.Namespace) -> int:
     slot = check_slot(args.slot)
     config = _config(args)
     preflight(config, args.archive)
-    store = _open_store(config)
+    store = _open_store(config, patient=True)
     store.init_schema()
     worker = ArchiveWorker(
         config,
@@ -459,7 +462,7 @@ def _export(args: argparse.Namespace) -> int:
     config = _config(args)
     day = parse_day(args.day)
     shard_size = parse_size(args.shard_size)
-    store = _open_store(config)
+    store = _open_store(config, patient=True)
     try:
         if store.schema_version() < SCHEMA_VERSION:
             store.init_schema()
@@ -495,7 +498,7 @@ def _process_dataset(args: argparse.Namespace) -> int:
         output_name=args.output_name,
     )
     local_model_dir(config.model)
-    store = _open_store(config)
+    store = _open_store(config, patient=True)
     store.init_schema()
     worker = DatasetWorker(config, job, store=store, transcriber_factory=Transcriber)
     install_stop_handlers(worker.request_stop)

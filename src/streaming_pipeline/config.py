@@ -41,6 +41,7 @@ class PipelineConfig:
     upload_retries: int = 5
     upload_backoff_max: float = 60.0
     max_member_bytes: int = 4 * 1024**3
+    max_members: int = 1_000_000  # members of one archive beyond this are rejected
     decode_timeout: float = 600.0
     cpu_threads: int = 0
     offline: bool = False  # never download a model by name (HF_HUB_OFFLINE is honoured as well)
@@ -75,6 +76,7 @@ _ENV_NAMES = {
     "upload_timeout": "PIPELINE_UPLOAD_TIMEOUT",
     "upload_retries": "PIPELINE_UPLOAD_RETRIES",
     "max_member_bytes": "PIPELINE_MAX_MEMBER_BYTES",
+    "max_members": "PIPELINE_MAX_MEMBERS",
     "decode_timeout": "PIPELINE_DECODE_TIMEOUT",
     "cpu_threads": "PIPELINE_CPU_THREADS",
     "vad": "PIPELINE_VAD",
@@ -162,6 +164,7 @@ def _validate(config: PipelineConfig) -> None:
         "num_workers",
         "max_concurrent_uploads",
         "max_member_bytes",
+        "max_members",
         "max_parallel",
     )
     for name in positive:

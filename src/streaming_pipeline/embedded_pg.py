@@ -33,9 +33,14 @@ def find_bindir() -> Path:
     )
 
 
-def free_port() -> int:
+def free_port(preferred: int = 0) -> int:
+    """`preferred` when it is free (a restarted server keeps its DSN), else any free port."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
@@ -90,7 +95,8 @@ class EmbeddedPostgres:
                 raise ConfigError(f"initdb failed: {proc.stderr.strip()[:500]}")
         if self.running():
             return self.dsn()
-        port = free_port()
+        previous = self.port_file.read_text().strip() if self.port_file.exists() else ""
+        port = free_port(int(previous) if previous.isdigit() else 0)
         self.port_file.write_text(str(port))
         options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.state_dir}"
         proc = self._run(

@@ -42,17 +42,6 @@ class ExportResult:
     audio_s: float
 
 
-def remote_relpath(destination: Destination, remote_path: str) -> str:
-    """The path under the destination root that a member's recorded remote_path names."""
-    base = destination.url()
-    if not remote_path.startswith(base):
-        raise DatasetError(
-            f"{remote_path} is not under the destination {destination.spec}: export with the "
-            "--remote the day was processed with"
-        )
-    return remote_path[len(base) :]
-
-
 class DayExporter:
     def __init__(
         self,
@@ -159,7 +148,7 @@ class DayExporter:
     def _fetch(self, members: list[dict[str, Any]], folder: Path) -> tuple[list[dict[str, Any]], Path]:
         relpaths = []
         for m in members:
-            flac = remote_relpath(self.destination, m["remote_path"])
+            flac = self.destination.relpath(m["remote_path"])
             m["relpath"] = flac
             relpaths += [flac, str(Path(flac).with_suffix(".json"))]
         self.rsync.fetch(relpaths, folder, label=f"read back {len(members)} members")

@@ -65,6 +65,7 @@ class ArchiveLock:
         heartbeat_s: float = 30.0,
         on_lost: Callable[[str], None] | None = None,
         same_job_wait_s: float = 60.0,
+        reclaim_s: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._dsn = dsn
@@ -77,6 +78,7 @@ class ArchiveLock:
         self._heartbeat_s = heartbeat_s
         self._on_lost = on_lost
         self._same_job_wait_s = same_job_wait_s
+        self._reclaim_s = reclaim_s
         self._sleep = sleep
         self._conn: psycopg.Connection[Any] | None = None
         self._stop = threading.Event()
@@ -91,14 +93,7 @@ class ArchiveLock:
 
     def acquire(self) -> None:
         try:
-            self._conn = psycopg.connect(
-                self._dsn,
-                autocommit=True,
-                connect_timeout=10,
-                application_name=f"streaming-pipeline lock {self._job or self._pid}"[:63],
-                row_factory=dict_row,
-                options=" ".join(f"-c {k}={v}" for k, v in _KEEPALIVE.items()),
-            )
+            self._conn = self._open()
             deadline = time.monotonic() + self._same_job_wait_s
             while True:
                 holder = self._try_claim()
@@ -118,6 +113,16 @@ class ArchiveLock:
         log.info("holding %s (%s)", self.key.archive, me.describe())
         self._thread = threading.Thread(target=self._beat, name="lock-heartbeat", daemon=True)
         self._thread.start()
+
+    def _open(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            self._dsn,
+            autocommit=True,
+            connect_timeout=10,
+            application_name=f"streaming-pipeline lock {self._job or self._pid}"[:63],
+            row_factory=dict_row,
+            options=" ".join(f"-c {k}={v}" for k, v in _KEEPALIVE.items()),
+        )
 
     def _try_claim(self) -> Holder | None:
         """Claim the archive, or return who holds it."""
@@ -153,12 +158,36 @@ class ArchiveLock:
                     "UPDATE archives SET heartbeat_at = now() WHERE archive = %s", (self.key.archive,)
                 )
             except psycopg.Error as exc:
-                # The session, and with it the lock, is gone: another worker may take the archive.
-                reason = f"lost the lock on {self.key.archive}: {self._scrub(exc)}"
-                log.error("%s", reason)
-                if self._on_lost is not None:
-                    self._on_lost(reason)
-                return
+                # The session, and with it the lock, is gone (a restarted server, a killed
+                # backend). Take it again if nobody else did; otherwise stop the worker.
+                log.warning("lock session on %s lost: %s; reclaiming", self.key.archive, self._scrub(exc))
+                reason = self._reclaim()
+                if reason is not None:
+                    log.error("%s", reason)
+                    if self._on_lost is not None:
+                        self._on_lost(reason)
+                    return
+
+    def _reclaim(self) -> str | None:
+        """None once the lock is held again, else why not (after ~1 minute of trying)."""
+        delay = 1.0
+        deadline = time.monotonic() + self._reclaim_s
+        while not self._stop.is_set():
+            try:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = self._open()
+                holder = self._try_claim()
+                if holder is None:
+                    log.warning("lock on %s reclaimed", self.key.archive)
+                    return None
+                return f"lost the lock on {self.key.archive} to {holder.describe()}"
+            except psycopg.Error as exc:
+                if time.monotonic() + delay > deadline:
+                    return f"lost the lock on {self.key.archive}: {self._scrub(exc)}"
+                self._sleep(delay)
+                delay = min(delay * 2, 10.0)
+        return None
 
     def release(self) -> None:
         self._stop.set()

@@ -279,7 +279,9 @@ class ProgressStore:
             )
         return self._conn
 
-    def _transaction(self, work: Callable[[psycopg.Cursor[Any]], T], what: str) -> T:
+    def _transaction(
+        self, work: Callable[[psycopg.Cursor[Any]], T], what: str, attempts: int | None = None
+    ) -> T:
         """Run `work` in one transaction, reconnecting and retrying on OperationalError."""
 
         def once() -> T:
@@ -292,7 +294,7 @@ class ProgressStore:
                 raise
 
         retrying = Retrying(
-            stop=stop_after_attempt(self._attempts),
+            stop=stop_after_attempt(attempts or self._attempts),
             wait=wait_exponential(multiplier=0.5, min=0.5, max=self._backoff_max),
             retry=retry_if_exception_type(psycopg.OperationalError),
             before_sleep=lambda state: self._log_retry(what, state),
@@ -321,7 +323,7 @@ class ProgressStore:
 
     def check(self) -> None:
         """Fail fast with a one-line, password-free error when the database is unreachable."""
-        self._transaction(lambda cur: cur.execute("SELECT 1"), "connect")
+        self._transaction(lambda cur: cur.execute("SELECT 1"), "connect", attempts=1)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -429,6 +431,16 @@ class ProgressStore:
             return {row["member"] for row in cur}
 
         return self._transaction(read, "resume lookup")
+
+    def uploading_members(self, archive: str) -> list[tuple[str, str]]:
+        """(member, remote_path) of members whose upload an earlier run started but never
+        confirmed in the database."""
+        rows = self.query(
+            "SELECT member, remote_path FROM audio_files WHERE archive = %s AND status = 'uploading'"
+            " AND remote_path IS NOT NULL",
+            (archive,),
+        )
+        return [(r["member"], r["remote_path"]) for r in rows]
 
     def record_members(self, key: ArchiveKey, records: Sequence[MemberRecord]) -> None:
         """Upsert a batch of member rows in one round trip; `done` rows are never overwritten."""

@@ -68,6 +68,18 @@ class Destination:
         base = self.spec if self.spec != "/" else ""
         return f"{base}/{relpath}" if relpath else f"{base}/"
 
+    def relpath(self, url: str) -> str:
+        """The path under this destination's root that `url` (as recorded by `url()`) names."""
+        base = self.url()
+        if not url.startswith(base):
+            raise UploadError(
+                f"{url} is not under the destination {self.spec}: use the --remote the files were "
+                "uploaded to",
+                returncode=None,
+                retryable=False,
+            )
+        return url[len(base) :]
+
     def prepare(self) -> None:
         if self.is_local:
             Path(self.spec).mkdir(parents=True, exist_ok=True)
@@ -188,6 +200,29 @@ class AsyncRsyncStorageManager:
         finally:
             listing.unlink(missing_ok=True)
 
+    def existing(self, relpaths: Sequence[str], workdir: Path) -> set[str]:
+        """Which of `relpaths` are on the destination (a dry-run transfer into an empty folder
+        lists what exists; missing files make rsync exit 23, which is the answer, not an error)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        listing = workdir / "files"
+        listing.write_bytes(b"".join(p.encode() + b"\0" for p in relpaths))
+        (workdir / "empty").mkdir(exist_ok=True)
+        cmd = [
+            "rsync",
+            "--dry-run",
+            "--from0",
+            f"--files-from={listing}",
+            "--out-format=%n",
+            "--8-bit-output",
+        ]
+        cmd.append(f"--timeout={max(1, int(self.timeout))}")
+        if self.destination.is_daemon:
+            cmd.append(f"--contimeout={max(1, int(min(self.timeout, 30)))}")
+        cmd += ["--", self.destination.url(), f"{(workdir / 'empty').resolve()}/"]
+        out: list[str] = []
+        self._retrying("existence check")(lambda: out.append(self._execute(cmd, ok=(0, 23))))
+        return {line for line in out[-1].splitlines() if line and not line.endswith("/")} & set(relpaths)
+
     def _retrying(self, label: str) -> Retrying:
         return Retrying(
             stop=stop_after_attempt(self.retries),
@@ -202,7 +237,8 @@ class AsyncRsyncStorageManager:
         job.attempts += 1
         self._execute(self.rsync_command(job.source))
 
-    def _execute(self, cmd: list[str]) -> None:
+    def _execute(self, cmd: list[str], ok: tuple[int, ...] = (0,)) -> str:
+        """Run rsync once; its stdout, or UploadError saying whether a retry may help."""
         try:
             proc = self._run(cmd, capture_output=True, text=True, timeout=self.timeout, check=False)
         except subprocess.TimeoutExpired:
@@ -213,13 +249,14 @@ class AsyncRsyncStorageManager:
             ) from None
         except FileNotFoundError:
             raise UploadError("rsync is not installed", returncode=None, retryable=False) from None
-        if proc.returncode != 0:
+        if proc.returncode not in ok:
             message = " ".join((proc.stderr or "").split())[:500] or "no message"
             raise UploadError(
                 f"rsync exit {proc.returncode}: {message}",
                 returncode=proc.returncode,
                 retryable=proc.returncode in RETRYABLE_RSYNC_CODES,
             )
+        return proc.stdout or ""
 
     def _log_retry(self, label: str, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

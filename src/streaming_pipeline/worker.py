@@ -173,6 +173,7 @@ class ArchiveWorker:
             pid=os.getpid(),
             slurm_job_id=self.config.slurm_job_id,
         )
+        self._reconcile()
         done_before = self.store.done_members(self.key.archive)
         if done_before:
             log.info("resuming %s: %d members already done", self.key.archive, len(done_before))
@@ -181,6 +182,7 @@ class ArchiveWorker:
             self.job_scratch,
             batch_size=self.config.stream_batch_size,
             max_member_bytes=self.config.max_member_bytes,
+            max_members=self.config.max_members,
             is_done=done_before.__contains__,
         )
         archive_error: str | None = None
@@ -227,6 +229,36 @@ class ArchiveWorker:
                 self._upload_errors.append(f"uploads still running after {final_wait:.0f}s")
             uploader.close()
         return self._finish(reader, archive_error, started)
+
+    def _reconcile(self) -> None:
+        """Members an earlier run uploaded but could not mark done (the database was down when
+        rsync finished) are marked done if their FLAC and JSON are on the destination: a rerun
+        records them, it does not upload them again."""
+        uploading = self.store.uploading_members(self.key.archive)
+        if not uploading:
+            return
+        wanted = {}
+        for member, remote in uploading:
+            flac = self.destination.relpath(remote)
+            wanted[member] = (remote, flac, str(Path(flac).with_suffix(".json")))
+        checker = AsyncRsyncStorageManager.from_config(self.config, self.destination, max_concurrent=1)
+        try:
+            present = checker.existing(
+                [p for _, flac, sidecar in wanted.values() for p in (flac, sidecar)],
+                self.job_scratch / "reconcile",
+            )
+        finally:
+            checker.close()
+        confirmed = [
+            (m, remote) for m, (remote, flac, js) in wanted.items() if flac in present and js in present
+        ]
+        self.store.mark_done(self.key.archive, confirmed)
+        log.info(
+            "reconciled %s: %d of %d members left uploading by an earlier run are on the destination",
+            self.key.archive,
+            len(confirmed),
+            len(uploading),
+        )
 
     # -- stages -----------------------------------------------------------------------------
     def _produce(

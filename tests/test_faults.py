@@ -1,0 +1,253 @@
+"""Faults a cluster produces, against the real services: SIGKILL anywhere, destination and database
+outages, a full scratch disk. After each, the invariants: a `done` member's files are on the
+destination and decode, no member is recorded twice, and a rerun finishes the archive."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from streaming_pipeline.embedded_pg import EmbeddedPostgres
+from streaming_pipeline.samples import write_tar_xz
+from streaming_pipeline.upload import AsyncRsyncStorageManager, Destination
+
+from .conftest import DAY, REPO, SLOW_DECODING, RsyncDaemon, make_day, query
+
+
+def _argv(
+    archive: Path, slot: str, dsn: str, remote: str, tmp_path: Path, model: Path, *extra: str
+) -> list[str]:
+    return [
+        sys.executable, "-m", "streaming_pipeline", "process-tar", DAY, str(archive), slot,
+        "--dsn", dsn, "--remote", remote, "--scratch-dir", str(tmp_path / "scratch"),
+        "--model", str(model), "--device", "cpu", "--beam-size", "1", "--num-workers", "1",
+        "--cpu-threads", "1", "--stream-batch-size", "2", *extra,
+    ]  # fmt: skip
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_for(what: str, check, proc: subprocess.Popen[bytes] | None = None, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert proc is None or proc.poll() is None, f"the worker exited before {what}"
+        time.sleep(0.1)
+
+
+def _count(dsn: str, status: str) -> int:
+    """Members in `status` (0 before the worker created the schema)."""
+    if not query(dsn, "SELECT to_regclass('audio_files') IS NOT NULL AS present")[0]["present"]:
+        return 0
+    return query(dsn, "SELECT count(*) AS n FROM audio_files WHERE status = %s", status)[0]["n"]
+
+
+def _assert_done_means_uploaded(dsn: str, remote: str, root: Path) -> None:
+    """Every `done` member's FLAC and JSON are on the destination (served from `root`), whole."""
+    destination = Destination.parse(remote)
+    for row in query(dsn, "SELECT member, remote_path FROM audio_files WHERE status = 'done'"):
+        flac = root / destination.relpath(row["remote_path"])
+        assert flac.is_file() and flac.with_suffix(".json").is_file(), row
+        audio, rate = sf.read(str(flac))
+        assert rate == 16000 and len(audio) > 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_the_rerun_finishes_each_member_exactly_once(
+    tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path
+) -> None:
+    (archive,) = make_day(tmp_path, ["15_00"], members=10)
+    argv = _argv(archive, "15_00", pg_dsn, rsync_daemon.url, tmp_path, tiny_model)
+    seed = int(os.environ.get("PIPELINE_TEST_SEED", "20251125"))
+    rng = random.Random(seed)
+    log = tmp_path / "worker.log"
+    kills = []
+    for _ in range(3):
+        proc = _start([*argv, *SLOW_DECODING], log)
+        delay = rng.uniform(2.0, 9.0)  # start-up, extraction, conversion, decoding, upload, writes
+        time.sleep(delay)
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills.append(round(delay, 1))
+        _assert_done_means_uploaded(pg_dsn, rsync_daemon.url, rsync_daemon.data)
+    assert kills, f"seed {seed}: no kill landed"
+    done_after_kills = query(pg_dsn, "SELECT count(*) AS n FROM audio_files WHERE status = 'done'")[0]["n"]
+
+    final = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, f"seed {seed}, kills at {kills}: {final.stdout}{final.stderr}"
+    rows = query(pg_dsn, "SELECT member, status FROM audio_files")
+    assert len(rows) == 10 and {r["status"] for r in rows} == {"done"}, f"seed {seed}, kills at {kills}"
+    _assert_done_means_uploaded(pg_dsn, rsync_daemon.url, rsync_daemon.data)
+    on_destination = sorted(p.name for p in (rsync_daemon.data / DAY / "15_00").rglob("*") if p.is_file())
+    assert len([n for n in on_destination if n.endswith(".flac")]) == 10
+    assert len([n for n in on_destination if n.endswith(".json")]) == 10
+    assert not [n for n in on_destination if n.startswith(".")], "an rsync temporary file was left"
+    assert done_after_kills <= 10
+
+
+@pytest.mark.slow
+def test_destination_down_then_back_within_the_retry_budget_completes(
+    tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path
+) -> None:
+    (archive,) = make_day(tmp_path, ["16_00"], members=3)
+    rsync_daemon.stop()
+    log = tmp_path / "worker.log"
+    proc = _start(_argv(archive, "16_00", pg_dsn, rsync_daemon.url, tmp_path, tiny_model,
+                        "--upload-retries", "8", "--upload-timeout", "10"), log)  # fmt: skip
+    _wait_for("a failed upload attempt", lambda: "attempt 1 failed (rsync exit 10" in log.read_text(), proc)
+    rsync_daemon.start()
+    assert proc.wait(timeout=120) == 0, log.read_text()
+    rows = query(pg_dsn, "SELECT status FROM audio_files")
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"done"}
+    assert "retrying in" in log.read_text()
+    _assert_done_means_uploaded(pg_dsn, rsync_daemon.url, rsync_daemon.data)
+
+
+def test_an_interrupted_upload_never_leaves_a_file_under_its_final_name(
+    tmp_path: Path, rsync_daemon: RsyncDaemon
+) -> None:
+    stage = tmp_path / "stage"
+    big = stage / DAY / "17_00" / "long.flac"
+    big.parent.mkdir(parents=True)
+    big.write_bytes(os.urandom(8 * 1024**2))
+    manager = AsyncRsyncStorageManager(
+        Destination.parse(rsync_daemon.url), max_concurrent=1, timeout=30, retries=1
+    )
+    cmd = manager.rsync_command(stage)
+    cmd.insert(cmd.index("--"), "--bwlimit=1024")  # 1 MB/s: still copying when killed
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target_dir = rsync_daemon.data / DAY / "17_00"
+    _wait_for("the transfer to start", lambda: target_dir.is_dir() and any(target_dir.iterdir()), timeout=30)
+    assert proc.poll() is None
+    assert not (target_dir / "long.flac").exists()  # in progress: under a temporary name
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    assert not (target_dir / "long.flac").exists()
+    manager.close()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of this test's own, to restart and stop."""
+    state = Path(tempfile.mkdtemp(prefix="streaming-pipeline-test-pg-own-"))
+    server = EmbeddedPostgres(state)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_postgres_restarted_mid_run_the_run_completes(
+    tmp_path: Path, own_postgres: EmbeddedPostgres, tiny_model: Path
+) -> None:
+    dsn = own_postgres.dsn()
+    (archive,) = make_day(tmp_path, ["18_00"], members=6)
+    log = tmp_path / "worker.log"
+    proc = _start(
+        [*_argv(archive, "18_00", dsn, str(tmp_path / "remote"), tmp_path, tiny_model), *SLOW_DECODING], log
+    )
+    _wait_for("a done member", lambda: _count(dsn, "done") > 0, proc)
+    own_postgres.stop()
+    time.sleep(2.0)  # writes fail meanwhile; the worker retries with fresh connections
+    assert own_postgres.start() == dsn
+    assert proc.wait(timeout=180) == 0, log.read_text()
+    rows = query(dsn, "SELECT status FROM audio_files")
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"done"}
+    assert query(dsn, "SELECT state FROM archives")[0]["state"] == "done"
+    assert "retrying in" in log.read_text()
+    _assert_done_means_uploaded(dsn, str(tmp_path / "remote"), tmp_path / "remote")
+
+
+@pytest.mark.slow
+def test_database_down_past_the_budget_fails_clearly_and_the_rerun_records_without_reuploading(
+    tmp_path: Path, own_postgres: EmbeddedPostgres, rsync_daemon: RsyncDaemon, tiny_model: Path
+) -> None:
+    dsn = own_postgres.dsn()
+    (archive,) = make_day(tmp_path, ["19_00"], members=4)
+    argv = _argv(archive, "19_00", dsn, rsync_daemon.url, tmp_path, tiny_model,
+                 "--upload-retries", "10", "--upload-timeout", "10")  # fmt: skip
+    rsync_daemon.stop()  # hold the first batch's upload back ...
+    log = tmp_path / "worker.log"
+    proc = _start(argv, log)
+    _wait_for("a member uploading", lambda: _count(dsn, "uploading") > 0, proc)
+    own_postgres.stop()  # ... stop the database, then let the upload through
+    rsync_daemon.start()
+    assert proc.wait(timeout=180) == 1
+    text = log.read_text()
+    assert "database error during" in text and "could not record upload of batch 0" in text
+    uploaded = {p: p.stat().st_mtime_ns for p in (rsync_daemon.data / DAY).rglob("*.flac")}
+    assert uploaded, "the first batch should have reached the destination"
+
+    assert own_postgres.start() == dsn
+    stuck = query(dsn, "SELECT member FROM audio_files WHERE status = 'uploading'")
+    assert len(stuck) == len(uploaded)
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (
+        f"{len(stuck)} of {len(stuck)} members left uploading by an earlier run are on the destination"
+        in rerun.stderr
+    )
+    assert {p: p.stat().st_mtime_ns for p in uploaded} == uploaded  # recorded, not uploaded again
+    rows = query(dsn, "SELECT status FROM audio_files")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+
+
+def _noise_wav(path: Path, seconds: float) -> bytes:
+    samples = (np.random.default_rng(1).standard_normal(int(16000 * seconds)) * 8000).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(samples.tobytes())
+    return path.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_full_scratch_disk_is_a_clear_error_and_marks_nothing_done(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path
+) -> None:
+    scratch = tmp_path / "small-scratch"
+    scratch.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(scratch)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        big = _noise_wav(tmp_path / "big.wav", 120)  # 3.8 MB: cannot fit in 2 MB of scratch
+        archive = write_tar_xz(tmp_path / "input" / DAY / "20_00.tar.xz", [("big.wav", big)])
+        argv = _argv(archive, "20_00", pg_dsn, str(tmp_path / "remote"), tmp_path, tiny_model)
+        argv[argv.index("--scratch-dir") + 1] = str(scratch)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["umount", "-l", str(scratch)], check=False)
+    assert proc.returncode == 1
+    assert (
+        f"scratch directory {scratch}/{DAY}/20_00 is full: member 'big.wav' needs {len(big)} bytes"
+        in proc.stderr
+    )
+    (arch,) = query(pg_dsn, "SELECT state, error FROM archives")
+    assert arch["state"] == "failed" and "is full" in arch["error"]
+    assert not query(pg_dsn, "SELECT 1 FROM audio_files WHERE status = 'done'")
+    assert not (tmp_path / "remote" / DAY).exists() or not list((tmp_path / "remote" / DAY).rglob("*.flac"))
