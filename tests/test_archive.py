@@ -137,3 +137,15 @@ def test_bad_checksum_is_detected(tmp_path: Path) -> None:
     path.write_bytes(bytes(blob))
     with pytest.raises(ArchiveError):
         list(ArchiveReader(path, tmp_path / "s", batch_size=8, max_member_bytes=10**6).batches())
+
+
+def test_members_past_the_cap_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "many.tar.xz"
+    with tarfile.open(path, "w:xz") as tar:
+        for i in range(5):
+            add_bytes(tar, f"m{i}.wav", b"RIFF")
+    reader = ArchiveReader(path, tmp_path / "scratch", batch_size=10, max_member_bytes=1024, max_members=3)
+    members, rejected = _read_all(reader)
+    assert [m.name for m in members] == ["m0.wav", "m1.wav", "m2.wav"]
+    assert [m.reject_reason for m in rejected] == ["more than 3 members in the archive (the cap)"] * 2
+    assert reader.completed

@@ -251,3 +251,72 @@ def test_a_full_scratch_disk_is_a_clear_error_and_marks_nothing_done(
     assert arch["state"] == "failed" and "is full" in arch["error"]
     assert not query(pg_dsn, "SELECT 1 FROM audio_files WHERE status = 'done'")
     assert not (tmp_path / "remote" / DAY).exists() or not list((tmp_path / "remote" / DAY).rglob("*.flac"))
+
+
+def _bogus_ogg_length(ogg: bytes) -> bytes:
+    """The last Ogg page claims a granule position (sample count) of 2^62."""
+    last = ogg.rfind(b"OggS")
+    return ogg[: last + 6] + (1 << 62).to_bytes(8, "little") + ogg[last + 14 :]
+
+
+@pytest.mark.slow
+def test_corrupt_members_each_get_their_status_and_the_rest_is_done(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips
+) -> None:
+    ogg = next(data for name, data in clips if name.endswith(".ogg"))
+    flac = next(data for name, data in clips if name.endswith(".flac"))
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(30 * 16000, dtype=np.float32), 16000)
+    short = tmp_path / "short.wav"
+    sf.write(short, np.zeros(399, dtype=np.float32), 16000)
+    members = [
+        ("good.wav", clips[0][1]),
+        ("zero.wav", b""),
+        (
+            "no-data.wav",
+            b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x10\x00\x00\x00\x01\x00\x01\x00\x80\x3e\x00\x00" * 2,
+        ),
+        ("cut.flac", flac[:300]),
+        ("bogus-length.ogg", _bogus_ogg_length(ogg)),
+        ("short.wav", short.read_bytes()),
+        ("silence.wav", silence.read_bytes()),
+    ]
+    archive = write_tar_xz(tmp_path / "input" / DAY / "21_00.tar.xz", members)
+    argv = _argv(
+        archive, "21_00", pg_dsn, str(tmp_path / "remote"), tmp_path, tiny_model, "--decode-timeout", "60"
+    )
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    rows = {
+        r["member"]: r for r in query(pg_dsn, "SELECT member, status, error, transcript FROM audio_files")
+    }
+    assert set(rows) == {name for name, _ in members}, proc.stderr
+    assert rows["good.wav"]["status"] == "done"
+    assert (rows["silence.wav"]["status"], rows["silence.wav"]["transcript"]) == ("done", "")
+    for name in ("zero.wav", "no-data.wav", "cut.flac"):
+        assert rows[name]["status"] == "failed" and rows[name]["error"], rows[name]
+    assert rows["short.wav"]["status"] == "failed" and "too short" in rows["short.wav"]["error"]
+    bogus = rows["bogus-length.ogg"]  # libsndfile either decodes what is there or refuses it
+    assert bogus["status"] == "done" or (bogus["status"] == "failed" and bogus["error"])
+    assert proc.returncode == 0, proc.stderr  # failed members are outcomes, not a failed archive
+    _assert_done_means_uploaded(pg_dsn, str(tmp_path / "remote"), tmp_path / "remote")
+
+
+def test_a_lock_whose_session_died_is_reclaimed(pg_dsn: str) -> None:
+    from streaming_pipeline.lock import ArchiveLock
+    from streaming_pipeline.store import ArchiveKey, ProgressStore
+
+    store = ProgressStore(pg_dsn)
+    store.init_schema()
+    key = ArchiveKey(f"{DAY}/22_00.tar.xz", __import__("datetime").date.fromisoformat(DAY), "22_00")
+    lost: list[str] = []
+    with ArchiveLock(pg_dsn, key, path="/x", host="h", pid=1, slurm_job_id=None, heartbeat_s=0.2,
+                     on_lost=lost.append):  # fmt: skip
+        query(pg_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      " WHERE application_name LIKE 'streaming-pipeline lock%%'")  # fmt: skip
+        time.sleep(0.1)
+        assert not query(pg_dsn, "SELECT archive_locked(%s) AS held", key.archive)[0]["held"]
+        _wait_for("the lock to be reclaimed",
+                  lambda: query(pg_dsn, "SELECT archive_locked(%s) AS held", key.archive)[0]["held"],
+                  timeout=10)  # fmt: skip
+    assert not lost
+    store.close()
