@@ -90,7 +90,6 @@ def test_sigkill_at_random_moments_then_the_rerun_finishes_each_member_exactly_o
         kills.append(round(delay, 1))
         _assert_done_means_uploaded(pg_dsn, rsync_daemon.url, rsync_daemon.data)
     assert kills, f"seed {seed}: no kill landed"
-    done_after_kills = query(pg_dsn, "SELECT count(*) AS n FROM audio_files WHERE status = 'done'")[0]["n"]
 
     final = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, f"seed {seed}, kills at {kills}: {final.stdout}{final.stderr}"
@@ -101,7 +100,6 @@ def test_sigkill_at_random_moments_then_the_rerun_finishes_each_member_exactly_o
     assert len([n for n in on_destination if n.endswith(".flac")]) == 10
     assert len([n for n in on_destination if n.endswith(".json")]) == 10
     assert not [n for n in on_destination if n.startswith(".")], "an rsync temporary file was left"
-    assert done_after_kills <= 10
 
 
 @pytest.mark.slow

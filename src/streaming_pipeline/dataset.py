@@ -16,6 +16,7 @@ written again under the same name, with the same rows. No row is lost and none i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -35,11 +36,11 @@ from typing import Any
 
 from .audio import AudioInfo, convert_to_flac, exit_with_parent, load_16k
 from .config import PipelineConfig
-from .errors import ConversionError, DatasetError, TranscriptionError
-from .shards import Shard, ShardWriter, dataset_card, dataset_features
+from .errors import ConversionError, DatasetError, TranscriptionError, UploadError
+from .shards import Shard, ShardWriter, dataset_card, dataset_features, segment_rows
 from .store import ProgressStore, ShardCheckpoint
 from .upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
-from .worker import TranscriberLike, put_unless_stopped
+from .worker import Stopwatch, TranscriberLike, put_unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class DatasetWorker:
         self.stop_reason: str | None = None
         self._slots = threading.BoundedSemaphore(MAX_SHARDS_UPLOADING)
         self._errors: list[str] = []
-        self._seconds: dict[str, float] = {}
+        self.timers = Stopwatch()
 
     def request_stop(self, reason: str) -> None:
         """Safe from a signal handler: only sets flags."""
@@ -279,6 +280,7 @@ class DatasetWorker:
         else:
             state, error = "failed", "; ".join(errors) or "stopped before the end of the source"
         row = self.store.finish_dataset_run(self.job.run, state=state, error=error)
+        self.timers.log()
         return DatasetResult(
             run=self.job.run,
             state=state,
@@ -289,7 +291,7 @@ class DatasetWorker:
             output=self.destination.url(self.prefix),
             wall_s=time.monotonic() - started,
             error=error,
-            stage_seconds=dict(self._seconds),
+            stage_seconds=dict(self.timers.seconds),
         )
 
     # -- stages ---------------------------------------------------------------------------
@@ -306,9 +308,7 @@ class DatasetWorker:
         rows: queue.Queue[_Row | _Boundary | BaseException | None] = queue.Queue(
             maxsize=self.config.stream_batch_size
         )
-        writer = ShardWriter(
-            dataset_features(), self.scratch / "shards", split=self.job.split, on_close=lambda _s: None
-        )
+        writer = ShardWriter(dataset_features(), self.scratch / "shards", split=self.job.split)
         shard = _OpenShard(number=first_shard, first_row=start_row)
         writer.number = shard.number
         reader = threading.Thread(
@@ -320,7 +320,7 @@ class DatasetWorker:
             while True:
                 t0 = time.monotonic()
                 item = rows.get()
-                self._add("wait_for_input", time.monotonic() - t0)
+                self.timers.add("wait_for_input", time.monotonic() - t0)
                 if isinstance(item, BaseException):
                     raise item
                 if item is None or self.stop_reason is not None or self._errors:
@@ -364,7 +364,7 @@ class DatasetWorker:
                 except Exception as exc:  # any failure of the source ends the run
                     reason = " ".join(str(exc).split())[:500] or type(exc).__name__
                     raise DatasetError(f"reading {job.source} failed at row {index}: {reason}") from exc
-                self._add("read_source", time.monotonic() - t0)
+                self.timers.add("read_source", time.monotonic() - t0)
                 if record is None:
                     self._put(rows, _Boundary(index, None, last=True))
                     return
@@ -415,7 +415,7 @@ class DatasetWorker:
             except FutureTimeout:
                 raise ConversionError(f"decoding timed out after {self.config.decode_timeout:.0f}s") from None
             finally:
-                self._add("convert_wait", time.monotonic() - t0)
+                self.timers.add("convert_wait", time.monotonic() - t0)
                 if row.src is not None:
                     row.src.unlink(missing_ok=True)
             if row.text:
@@ -426,7 +426,7 @@ class DatasetWorker:
                 try:
                     result = transcriber.transcribe(load_16k(row.dst), archive=self.job.run, member=row.id)
                 finally:
-                    self._add("transcribe", time.monotonic() - t1)
+                    self.timers.add("transcribe", time.monotonic() - t1)
                 origin = "model"
             writer.add(
                 {
@@ -436,10 +436,7 @@ class DatasetWorker:
                     "language": result["language"],
                     "transcript": result["text"],
                     "transcript_source": origin,
-                    "segments": [
-                        {k: s.get(k) for k in ("start", "end", "text", "avg_logprob", "no_speech_prob")}
-                        for s in result["segments"]
-                    ],
+                    "segments": segment_rows(result["segments"]),
                 }
             )
             shard.last_id = row.id
@@ -455,14 +452,7 @@ class DatasetWorker:
         """Upload a finished shard and checkpoint it once rsync confirmed. A shard whose rows all
         failed has no file; its (empty) upload still goes through the queue, so that checkpoints
         stay in order."""
-        stage = self.scratch / f"upload-{shard.number}"
-        stage.mkdir(parents=True)
-        remote_path = ""
-        if closed is not None:
-            dst = stage / self.prefix / closed.relpath
-            dst.parent.mkdir(parents=True)
-            closed.path.replace(dst)
-            remote_path = self.destination.url(f"{self.prefix}/{closed.relpath}")
+        relpath = f"{self.prefix}/{closed.relpath}" if closed is not None else ""
         checkpoint = ShardCheckpoint(
             shard=shard.number,
             first_row=shard.first_row,
@@ -470,18 +460,21 @@ class DatasetWorker:
             rows=closed.rows if closed is not None else 0,
             bytes=closed.bytes if closed is not None else 0,
             last_id=shard.last_id,
-            remote_path=remote_path,
+            remote_path=self.destination.url(relpath) if closed is not None else "",
             source_state=boundary.state,
             failures=tuple(shard.failures),
         )
         t0 = time.monotonic()
         self._slots.acquire()  # at most two finished shards in scratch
-        self._add("wait_for_upload_slot", time.monotonic() - t0)
-        uploader.submit(
-            stage,
-            label=f"{self.prefix} shard {shard.number} ({checkpoint.rows} rows)",
-            on_finish=lambda job: self._uploaded(job, checkpoint),
-        )
+        self.timers.add("wait_for_upload_slot", time.monotonic() - t0)
+        stage = self.scratch / f"upload-{shard.number}"
+        label = f"{self.prefix} shard {shard.number} ({checkpoint.rows} rows)"
+        on_finish = functools.partial(self._uploaded, checkpoint=checkpoint)
+        if closed is not None:
+            uploader.submit_file(closed.path, relpath, stage, label, on_finish)
+        else:
+            stage.mkdir(parents=True)
+            uploader.submit(stage, label, on_finish)
 
     def _uploaded(self, job: UploadJob, checkpoint: ShardCheckpoint) -> None:
         try:
@@ -520,13 +513,7 @@ class DatasetWorker:
                 "(`dataset_failures`), not here.",
             ],
         )
-        stage = self.scratch / "card"
-        (stage / self.prefix).mkdir(parents=True, exist_ok=True)
-        (stage / self.prefix / "README.md").write_text(card, encoding="utf-8")
-        job = uploader.submit(stage, label=f"{self.prefix}/README.md", on_finish=lambda _job: None)
-        uploader.wait()
-        if job.state is not UploadState.DONE:
-            self._errors.append(f"upload of the dataset card failed: {job.error}")
-
-    def _add(self, stage: str, seconds: float) -> None:
-        self._seconds[stage] = self._seconds.get(stage, 0.0) + seconds
+        try:
+            uploader.put_text(card, f"{self.prefix}/README.md", self.scratch / "card")
+        except UploadError as exc:
+            self._errors.append(str(exc))

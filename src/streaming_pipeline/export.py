@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import PipelineConfig
 from .errors import ConfigError, DatasetError, UploadError
-from .shards import Shard, ShardWriter, dataset_card, export_features
+from .shards import Shard, ShardWriter, dataset_card, export_features, segment_rows
 from .store import ProgressStore
 from .upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
 
@@ -167,10 +167,7 @@ class DayExporter:
             "duration_s": m["duration_s"],
             "language": m["language"],
             "transcript": m["transcript"],
-            "segments": [
-                {k: s.get(k) for k in ("start", "end", "text", "avg_logprob", "no_speech_prob")}
-                for s in sidecar.get("segments", [])
-            ],
+            "segments": segment_rows(sidecar.get("segments", [])),
         }
 
     # -- writing out ----------------------------------------------------------------------
@@ -179,11 +176,9 @@ class DayExporter:
         if self.out is not None:
             return
         self._slots.acquire()  # at most two finished shards in scratch
+        relpath = f"{self.prefix}/{shard.relpath}"
         stage = self.scratch / f"upload-{shard.number}"
-        dst = stage / self.prefix / shard.relpath
-        dst.parent.mkdir(parents=True)
-        shard.path.replace(dst)
-        self.rsync.submit(stage, label=f"{self.prefix}/{shard.relpath}", on_finish=self._uploaded)
+        self.rsync.submit_file(shard.path, relpath, stage, label=relpath, on_finish=self._uploaded)
 
     def _uploaded(self, job: UploadJob) -> None:
         if job.state is not UploadState.DONE:
@@ -199,10 +194,4 @@ class DayExporter:
                 if f"data/{stale.name}" not in keep:  # a previous, larger export's
                     stale.unlink()
             return
-        stage = self.scratch / "card"
-        (stage / self.prefix).mkdir(parents=True)
-        (stage / self.prefix / "README.md").write_text(card, encoding="utf-8")
-        job = self.rsync.submit(stage, label=f"{self.prefix}/README.md", on_finish=lambda _job: None)
-        self.rsync.wait()
-        if job.state is not UploadState.DONE:
-            raise UploadError(f"upload of the dataset card failed: {job.error}", job.returncode, False)
+        self.rsync.put_text(card, f"{self.prefix}/README.md", self.scratch / "card")

@@ -47,56 +47,48 @@ def parse_size(text: str) -> int:
     return size
 
 
-def _segments() -> Any:
-    from datasets import List, Value
+SEGMENT_FIELDS = {"start": "float64", "end": "float64", "text": "string", "avg_logprob": "float64",
+                  "no_speech_prob": "float64"}  # fmt: skip
 
-    return List(
+
+def segment_rows(segments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """faster-whisper segments (as the Transcriber returns them) in the shards' layout."""
+    return [{k: s.get(k) for k in SEGMENT_FIELDS} for s in segments]
+
+
+def _features(leading: dict[str, Any], trailing: dict[str, Any]) -> Features:
+    """The columns every shard has (audio, duration, language, transcript, segments), with the
+    command's own before and after them."""
+    from datasets import Audio, Features, List, Value
+
+    return Features(
         {
-            "start": Value("float64"),
-            "end": Value("float64"),
-            "text": Value("string"),
-            "avg_logprob": Value("float64"),
-            "no_speech_prob": Value("float64"),
+            **leading,
+            "audio": Audio(sampling_rate=TARGET_RATE),
+            "duration_s": Value("float64"),
+            "language": Value("string"),
+            "transcript": Value("string"),
+            **trailing,
+            "segments": List({name: Value(dtype) for name, dtype in SEGMENT_FIELDS.items()}),
         }
     )
 
 
 def export_features() -> Features:
     """`export`: one row per done member of a day."""
-    from datasets import Audio, Features, Value
+    from datasets import Value
 
-    return Features(
-        {
-            "id": Value("string"),
-            "day": Value("date32"),
-            "slot": Value("string"),
-            "archive": Value("string"),
-            "member": Value("string"),
-            "audio": Audio(sampling_rate=TARGET_RATE),
-            "duration_s": Value("float64"),
-            "language": Value("string"),
-            "transcript": Value("string"),
-            "segments": _segments(),
-        }
-    )
+    leading = {"id": Value("string"), "day": Value("date32")}
+    leading |= {name: Value("string") for name in ("slot", "archive", "member")}
+    return _features(leading, {})
 
 
 def dataset_features() -> Features:
     """`process-dataset`: one row per source row; `transcript_source` says whether the model wrote
     the transcript (`model`) or it came from the source's text column (`source`)."""
-    from datasets import Audio, Features, Value
+    from datasets import Value
 
-    return Features(
-        {
-            "id": Value("string"),
-            "audio": Audio(sampling_rate=TARGET_RATE),
-            "duration_s": Value("float64"),
-            "language": Value("string"),
-            "transcript": Value("string"),
-            "transcript_source": Value("string"),
-            "segments": _segments(),
-        }
-    )
+    return _features({"id": Value("string")}, {"transcript_source": Value("string")})
 
 
 def shard_relpath(split: str, number: int) -> str:
@@ -129,7 +121,7 @@ class ShardWriter:
         directory: Path,
         *,
         split: str,
-        on_close: Callable[[Shard], None],
+        on_close: Callable[[Shard], None] | None = None,
         max_rows: int | None = None,
         max_bytes: int | None = None,
         first_number: int = 0,
@@ -142,7 +134,7 @@ class ShardWriter:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.row_group_bytes = row_group_bytes
-        self.number = first_number
+        self.number = first_number  # the next shard's; a caller that numbers shards itself sets it
         self._columns = _leaf_columns(self.schema)
         self._writer: pq.ParquetWriter | None = None
         self._buffer: list[dict[str, Any]] = []
@@ -180,7 +172,8 @@ class ShardWriter:
         self.number += 1
         self._rows = self._bytes = 0
         log.info("shard %s closed: %d rows, %.1f MB", relpath, shard.rows, shard.bytes / 1e6)
-        self.on_close(shard)
+        if self.on_close is not None:
+            self.on_close(shard)
         return shard
 
     def abort(self) -> None:

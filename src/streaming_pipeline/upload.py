@@ -155,6 +155,27 @@ class AsyncRsyncStorageManager:
         job.future = self._pool.submit(self._run_job, job, on_finish)
         return job
 
+    def submit_file(
+        self, path: Path, relpath: str, stage: Path, label: str, on_finish: Callable[[UploadJob], None]
+    ) -> UploadJob:
+        """Upload one file to `<destination>/<relpath>`: it is moved into `stage`, a staging tree
+        of its own (the manager sends trees), which `on_finish` may remove."""
+        target = stage / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.replace(target)
+        return self.submit(stage, label, on_finish)
+
+    def put_text(self, text: str, relpath: str, stage: Path) -> None:
+        """Write `text` to `<destination>/<relpath>` now (a dataset card), with the retry policy."""
+        staged = stage / "text"
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_text(text, encoding="utf-8")
+        job = self.submit_file(staged, relpath, stage / "tree", relpath, on_finish=lambda _job: None)
+        assert job.future is not None
+        job.future.result()
+        if job.state is not UploadState.DONE:
+            raise UploadError(f"upload of {relpath} failed: {job.error}", job.returncode, retryable=False)
+
     def _run_job(self, job: UploadJob, on_finish: Callable[[UploadJob], None]) -> UploadJob:
         job.state = UploadState.RUNNING
         job.started = time.monotonic()

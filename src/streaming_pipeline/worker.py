@@ -99,7 +99,9 @@ class WorkerResult:
         return line + (f"; error: {self.error}" if self.error else "")
 
 
-class _Stopwatch:
+class Stopwatch:
+    """Busy or waiting seconds per stage, added from several threads."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -107,6 +109,11 @@ class _Stopwatch:
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def log(self) -> None:
+        with self._lock:
+            text = ", ".join(f"{k} {v:.1f}" for k, v in sorted(self.seconds.items()))
+        log.info("stage seconds (busy or waiting): %s", text)
 
 
 class ArchiveWorker:
@@ -131,7 +138,7 @@ class ArchiveWorker:
         self.stop_reason: str | None = None  # set only by request_stop: the run was interrupted
         self.destination = Destination.parse(config.remote)
         self.job_scratch = config.scratch_dir / day.isoformat() / slot
-        self.timers = _Stopwatch()
+        self.timers = Stopwatch()
         self._upload_slots = threading.BoundedSemaphore(MAX_BATCHES_UPLOADING)
         self._upload_errors: list[str] = []
         self._audio_s = 0.0
@@ -479,10 +486,7 @@ class ArchiveWorker:
         error = "; ".join(dict.fromkeys(errors)) or None
         self.store.finish_archive(self.key.archive, state=state, error=error, wall_s=wall)
         shutil.rmtree(self.job_scratch, ignore_errors=True)
-        log.info(
-            "stage seconds (busy or waiting): %s",
-            ", ".join(f"{k} {v:.1f}" for k, v in sorted(self.timers.seconds.items())),
-        )
+        self.timers.log()
         return WorkerResult(
             archive=self.key.archive,
             state=state,
