@@ -300,21 +300,28 @@ def test_corrupt_members_each_get_their_status_and_the_rest_is_done(
 
 
 def test_a_lock_whose_session_died_is_reclaimed(pg_dsn: str) -> None:
+    import datetime as dt
+
     from streaming_pipeline.lock import ArchiveLock
     from streaming_pipeline.store import ArchiveKey, ProgressStore
 
     store = ProgressStore(pg_dsn)
     store.init_schema()
-    key = ArchiveKey(f"{DAY}/22_00.tar.xz", __import__("datetime").date.fromisoformat(DAY), "22_00")
+    key = ArchiveKey(f"{DAY}/22_00.tar.xz", dt.date.fromisoformat(DAY), "22_00")
+    holder_sql = (
+        "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory'"
+        " AND l.granted AND a.application_name LIKE 'streaming-pipeline lock%%'"
+    )
     lost: list[str] = []
     with ArchiveLock(pg_dsn, key, path="/x", host="h", pid=1, slurm_job_id=None, heartbeat_s=0.2,
                      on_lost=lost.append):  # fmt: skip
-        query(pg_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                      " WHERE application_name LIKE 'streaming-pipeline lock%%'")  # fmt: skip
-        time.sleep(0.1)
-        assert not query(pg_dsn, "SELECT archive_locked(%s) AS held", key.archive)[0]["held"]
+        (first,) = query(pg_dsn, holder_sql)
+        query(pg_dsn, "SELECT pg_terminate_backend(%s)", first["pid"])  # the session, and its lock, die
+        # Held again by a new session (checking for the gap in between would race the heartbeat).
         _wait_for("the lock to be reclaimed",
-                  lambda: query(pg_dsn, "SELECT archive_locked(%s) AS held", key.archive)[0]["held"],
+                  lambda: [r["pid"] for r in query(pg_dsn, holder_sql)] not in ([], [first["pid"]]),
                   timeout=10)  # fmt: skip
+        assert query(pg_dsn, "SELECT archive_locked(%s) AS held", key.archive)[0]["held"]
     assert not lost
+    assert not query(pg_dsn, holder_sql)  # released on exit
     store.close()
