@@ -115,7 +115,9 @@ class ArchiveReader:
     """One pass over an archive, yielding batches of extracted members.
 
     `is_done(name)` lets a resumed run skip members already uploaded without extracting them
-    (the stream must still be read through: xz offers no seeking).
+    (the stream must still be read through: xz offers no seeking). `on_extracted(member, batch)`
+    is called as each member lands on disk, so its conversion can start while the rest of its
+    batch is still being read.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class ArchiveReader:
         max_member_bytes: int,
         max_members: int = 1_000_000,
         is_done: Callable[[str], bool] = lambda _name: False,
+        on_extracted: Callable[[Member, Batch], None] | None = None,
     ) -> None:
         self.path = path
         self.scratch_dir = scratch_dir
@@ -134,6 +137,7 @@ class ArchiveReader:
         self.max_member_bytes = max_member_bytes
         self.max_members = max_members
         self.is_done = is_done
+        self.on_extracted = on_extracted
         self.compressed_size = path.stat().st_size
         self.members_seen = 0
         self.completed = False
@@ -239,6 +243,8 @@ class ArchiveReader:
             raise
         member.path = target
         batch.members.append(member)
+        if self.on_extracted is not None:
+            self.on_extracted(member, batch)
 
 
 def _digest(text: str) -> int:

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ class AudioInfo:
     channels: int
     duration_s: float  # of the source, as decoded
     samples_16k: int
+    convert_s: float = 0.0  # seconds the conversion took (in its pool process)
 
     @property
     def output_duration_s(self) -> float:
@@ -52,8 +53,27 @@ def exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def convert_to_flac(src: str, dst: str) -> AudioInfo:
-    """Convert one file; raises ConversionError with a reason a person can act on."""
+def warm_up() -> None:
+    """Import the decoders in a pool process before the first member arrives."""
+    import soundfile  # noqa: F401
+    import soxr  # noqa: F401
+
+
+def convert_to_flac(src: str, dst: str, *, remove_source: bool = False) -> AudioInfo:
+    """Convert one file; raises ConversionError with a reason a person can act on.
+
+    `remove_source` deletes `src` as soon as it is read, converted or not: scratch then holds a
+    member's source only while it is being converted.
+    """
+    started = time.monotonic()
+    try:
+        return replace(_convert(src, dst), convert_s=time.monotonic() - started)
+    finally:
+        if remove_source:
+            Path(src).unlink(missing_ok=True)
+
+
+def _convert(src: str, dst: str) -> AudioInfo:
     import soundfile as sf
     import soxr
 

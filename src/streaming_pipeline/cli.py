@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,6 +156,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--archives", type=int, default=2)
     p.add_argument("--members", type=int, default=6)
 
+    p = sub.add_parser(
+        "bench", help="time the streaming pipeline against the sequential flow and the transcriber alone"
+    )
+    p.add_argument("--members", type=int, default=48, help="members of the synthetic archive (48)")
+    p.add_argument("--archive", type=Path, help="benchmark this .tar.xz instead of a synthetic one")
+    p.add_argument("--large-factor", type=int, default=4, help="memory run on this many copies (4)")
+    p.add_argument("--repeat", type=int, default=3, help="timed rounds; medians are reported (3)")
+    p.add_argument("--work-dir", type=Path, default=Path(".bench"), help="inputs, scratch, outputs")
+    p.add_argument("--json", type=Path, help="write the figures to this file")
+    _pipeline_options(p)
+
     p = sub.add_parser("demo", help="generate a sample day and process it with embedded defaults")
     p.add_argument("--state-dir", type=Path, default=Path(".demo"))
     p.add_argument("--day", default="2025-01-25")
@@ -219,6 +231,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "demo":
         return _demo(args)
+    if args.command == "bench":
+        return _bench(args)
     raise ConfigError(f"unknown command {args.command}")  # pragma: no cover
 
 
@@ -511,6 +525,48 @@ def _process_dataset(args: argparse.Namespace) -> int:
     if result.state == "interrupted":
         return EXIT_INTERRUPTED
     return 0 if result.ok else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Defaults fit a small machine and the generated model; flags and PIPELINE_* override them."""
+    from .bench import BenchPlan, format_report, run_bench
+    from .embedded_pg import EmbeddedPostgres
+    from .tiny_model import generate_tiny_model
+    from .transcribe import Transcriber
+
+    if args.members < 1 or args.large_factor < 2 or args.repeat < 1:
+        raise ConfigError("--members and --repeat must be at least 1, --large-factor at least 2")
+    work = args.work_dir.resolve()
+    cli = {k: v for k, v in vars(args).items() if v is not None}
+    env = dict(environ())
+    defaults: dict[str, Any] = {
+        "stream_batch_size": 8,
+        "num_workers": 1,
+        "cpu_threads": 1,
+        "max_concurrent_uploads": 2,
+        "remote": str(work / "remote"),
+    }
+    if not (cli.get("model") or env.get("PIPELINE_MODEL")):
+        model_dir = work / "tiny-whisper"
+        if not (model_dir / "model.bin").exists():
+            generate_tiny_model(model_dir)
+        defaults |= {"model": str(model_dir), "temperatures": "0"}  # see the demo
+    config = build_config(cli, env, defaults)
+    if not config.dsn:
+        config = replace(config, dsn=EmbeddedPostgres(work / "postgres").start())
+    store = _open_store(config)
+    store.init_schema()
+    store.close()
+    plan = BenchPlan(
+        work_dir=work,
+        members=args.members,
+        archive=args.archive,
+        large_factor=args.large_factor,
+        repeat=args.repeat,
+        json_path=args.json,
+    )
+    print(format_report(run_bench(config, plan, Transcriber)))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

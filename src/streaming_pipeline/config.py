@@ -111,8 +111,11 @@ def _coerce(name: str, raw: Any, typ: Any) -> Any:
     return text
 
 
-def build_config(cli: Mapping[str, Any], env: Mapping[str, str]) -> PipelineConfig:
-    """CLI flags win over PIPELINE_* variables, which win over defaults.
+def build_config(
+    cli: Mapping[str, Any], env: Mapping[str, str], defaults: Mapping[str, Any] | None = None
+) -> PipelineConfig:
+    """CLI flags win over PIPELINE_* variables, which win over a command's own `defaults` (the
+    benchmark's small batches), which win over the dataclass defaults.
 
     The DSN also falls back to DB_CREDS, the variable users' monitoring commands already use.
     """
@@ -124,6 +127,8 @@ def build_config(cli: Mapping[str, Any], env: Mapping[str, str]) -> PipelineConf
             raw = env.get(_ENV_NAMES[name]) or None
         if raw is None and name == "dsn":
             raw = env.get("DB_CREDS") or None
+        if raw is None and defaults:
+            raw = defaults.get(name)
         if raw is not None:
             values[name] = _coerce(name, raw, typ)
     values.setdefault("slurm_job_id", _slurm_job_id(env))

@@ -484,6 +484,15 @@ class ProgressStore:
         """
         self._transaction(lambda cur: cur.execute(sql, (error, archive, list(members))), "mark failed")
 
+    def forget_archive(self, archive: str) -> None:
+        """Delete an archive's rows, so that its next run starts from nothing (the benchmark)."""
+
+        def forget(cur: psycopg.Cursor[Any]) -> None:
+            cur.execute("DELETE FROM audio_files WHERE archive = %s", (archive,))
+            cur.execute("DELETE FROM archives WHERE archive = %s", (archive,))
+
+        self._transaction(forget, "forget archive")
+
     def archive_summary(self, archive: str) -> dict[str, Any]:
         def read(cur: psycopg.Cursor[Any]) -> dict[str, Any]:
             cur.execute(

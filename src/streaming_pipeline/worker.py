@@ -1,13 +1,13 @@
 """One archive end to end, with the stages overlapped.
 
-    reader thread:   stream batch N+1 out of the archive, hand its members to the process pool
-    process pool:    decode/downmix/resample batch N+1 to 16 kHz FLAC
-    main thread:     transcribe batch N (the model stays busy)
+    reader thread:   extract batch N+1 member by member, each handed to the process pool at once
+    process pool:    decode/downmix/resample to 16 kHz FLAC (the source is deleted when read)
+    main thread:     transcribe batch N member by member, as each conversion completes
     upload threads:  rsync batch N-1, then mark its members done and delete its scratch
 
-Queues are bounded (one converted batch waiting, a fixed number of batches uploading), so memory
-and scratch stay bounded whatever the archive's size. A member is `done` only after rsync
-confirmed its upload.
+The reader works one batch ahead of the transcriber and no further, and at most a fixed number
+of batches wait for upload, so memory and scratch stay bounded whatever the archive's size. A
+member is `done` only after rsync confirmed its upload.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .archive import ArchiveReader, Batch, Member
-from .audio import AudioInfo, convert_to_flac, exit_with_parent, load_16k
+from .audio import AudioInfo, convert_to_flac, exit_with_parent, load_16k, warm_up
 from .config import PipelineConfig
 from .day import archive_key
 from .errors import ArchiveError, ConversionError, PipelineError, StoreError, TranscriptionError
@@ -62,9 +62,17 @@ class TranscriberLike(Protocol):
 
 
 @dataclass
+class _Conversion:
+    member: Member
+    flac: Path  # where the pool writes it
+    staged: Path  # where it waits for upload once transcribed, beside its JSON
+    future: Future[AudioInfo]
+
+
+@dataclass
 class _Prepared:
     batch: Batch
-    conversions: list[tuple[Member, Path, Future[AudioInfo]]]
+    conversions: list[_Conversion]
 
 
 @dataclass
@@ -172,6 +180,20 @@ class ArchiveWorker:
         shutil.rmtree(self.job_scratch, ignore_errors=True)  # leftovers of a killed run
         self.job_scratch.mkdir(parents=True, exist_ok=True)
         self.destination.prepare()
+        pool = ProcessPoolExecutor(
+            max_workers=self.config.num_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=exit_with_parent,
+            initargs=(os.getpid(),),
+        )
+        for _ in range(self.config.num_workers):
+            pool.submit(warm_up)  # the pool starts while the database and the model load
+        try:
+            return self._run_with(pool, started)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run_with(self, pool: ProcessPoolExecutor, started: float) -> WorkerResult:
         self.store.start_archive(
             self.key,
             path=str(self.archive_path),
@@ -184,6 +206,23 @@ class ArchiveWorker:
         done_before = self.store.done_members(self.key.archive)
         if done_before:
             log.info("resuming %s: %d members already done", self.key.archive, len(done_before))
+        converting: list[_Conversion] = []  # the batch being read; only the reader thread touches it
+
+        def convert(member: Member, batch: Batch) -> None:
+            assert member.path is not None
+            stage_root = batch.directory / "stage"
+            staged = stage_root / self._output_path(member)
+            if not staged.resolve().is_relative_to(stage_root.resolve()):
+                raise PipelineError(f"refusing to write outside scratch for {member.name!r}")
+            flac = batch.directory / "converted" / f"{member.index:08d}.flac"
+            future = pool.submit(convert_to_flac, str(member.path), str(flac), remove_source=True)
+            converting.append(_Conversion(member, flac, staged, future))
+
+        def take_conversions() -> list[_Conversion]:
+            taken = converting[:]
+            converting.clear()
+            return taken
+
         reader = ArchiveReader(
             self.archive_path,
             self.job_scratch,
@@ -191,19 +230,15 @@ class ArchiveWorker:
             max_member_bytes=self.config.max_member_bytes,
             max_members=self.config.max_members,
             is_done=done_before.__contains__,
+            on_extracted=convert,
         )
         archive_error: str | None = None
         transcriber = self.transcriber_factory(self.config)
         uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination)
-        pool = ProcessPoolExecutor(
-            max_workers=self.config.num_workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=exit_with_parent,
-            initargs=(os.getpid(),),
-        )
         ready: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=1)
+        ahead = threading.Semaphore(1)  # batches read ahead of the one being transcribed
         producer = threading.Thread(
-            target=self._produce, args=(reader, pool, ready), name="reader", daemon=True
+            target=self._produce, args=(reader, take_conversions, ready, ahead), name="reader", daemon=True
         )
         producer.start()
         try:
@@ -219,6 +254,7 @@ class ArchiveWorker:
                         log.error("%s", item)
                         break
                     raise item
+                ahead.release()  # the reader may start on the next batch
                 if self.stop_reason is not None:
                     self._release(item)
                     break
@@ -227,7 +263,6 @@ class ArchiveWorker:
         finally:
             self.stop.set()
             producer.join()
-            pool.shutdown(wait=True, cancel_futures=True)
             final_wait = self.config.upload_timeout * (self.config.upload_retries + 1)
             if self.stop_reason is not None:
                 final_wait = self.config.stop_grace
@@ -271,12 +306,15 @@ class ArchiveWorker:
     def _produce(
         self,
         reader: ArchiveReader,
-        pool: ProcessPoolExecutor,
+        take_conversions: Callable[[], list[_Conversion]],
         ready: queue.Queue[_Prepared | BaseException | None],
+        ahead: threading.Semaphore,
     ) -> None:
         try:
             batches = reader.batches()
             while not self.stop.is_set():
+                if not ahead.acquire(timeout=0.5):
+                    continue
                 t0 = time.monotonic()
                 batch = next(batches, None)
                 self.timers.add("extract", time.monotonic() - t0)
@@ -294,15 +332,7 @@ class ArchiveWorker:
                         ],
                     )
                 self._count("skipped", batch.skipped)
-                stage_root = batch.directory / "stage"
-                conversions = []
-                for m in batch.members:
-                    assert m.path is not None
-                    dst = stage_root / self._output_path(m)
-                    if not dst.resolve().is_relative_to(stage_root.resolve()):
-                        raise PipelineError(f"refusing to write outside scratch for {m.name!r}")
-                    conversions.append((m, dst, pool.submit(convert_to_flac, str(m.path), str(dst))))
-                self._put(ready, _Prepared(batch, conversions))
+                self._put(ready, _Prepared(batch, take_conversions()))
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
             self._put(ready, exc)
             return
@@ -314,40 +344,43 @@ class ArchiveWorker:
     def _process(
         self, prepared: _Prepared, transcriber: TranscriberLike, uploader: AsyncRsyncStorageManager
     ) -> None:
+        """Transcribe each member as soon as its conversion is done, then upload the batch."""
         batch = prepared.batch
         records: list[MemberRecord] = []
-        converted: list[tuple[Member, Path, AudioInfo]] = []
-        t0 = time.monotonic()
-        for member, dst, fut in prepared.conversions:
-            try:
-                info = fut.result(timeout=self.config.decode_timeout)
-                converted.append((member, dst, info))
-            except FutureTimeout:
-                records.append(
-                    self._failed(member, f"decoding timed out after {self.config.decode_timeout:.0f}s")
-                )
-            except ConversionError as exc:
-                records.append(self._failed(member, str(exc)))
-            finally:
-                if member.path is not None:
-                    member.path.unlink(missing_ok=True)
-        self.timers.add("convert_wait", time.monotonic() - t0)
-
         to_upload: list[tuple[str, str]] = []
-        for i, (member, dst, info) in enumerate(converted):
+        audio_s = 0.0
+        for i, conversion in enumerate(prepared.conversions):
             if self.stop_reason is not None:
-                released = converted[i:]
-                for _, later, _ in released:
-                    later.unlink(missing_ok=True)
+                self._cancel(prepared.conversions[i:])
                 log.info(
-                    "stopping: %d members of batch %d left for the next run", len(released), batch.number
+                    "stopping: %d members of batch %d left for the next run",
+                    len(prepared.conversions) - i,
+                    batch.number,
                 )
                 break
+            member = conversion.member
+            t0 = time.monotonic()
+            try:
+                info = conversion.future.result(timeout=self.config.decode_timeout)
+            except FutureTimeout:
+                if member.path is not None:
+                    member.path.unlink(missing_ok=True)
+                timeout = self.config.decode_timeout
+                records.append(self._failed(member, f"decoding timed out after {timeout:.0f}s"))
+                continue
+            except ConversionError as exc:
+                records.append(self._failed(member, str(exc)))
+                continue
+            finally:
+                self.timers.add("convert_wait", time.monotonic() - t0)
+            self.timers.add("convert", info.convert_s)
             t1 = time.monotonic()
             try:
-                result = transcriber.transcribe(load_16k(dst), archive=self.key.archive, member=member.name)
+                result = transcriber.transcribe(
+                    load_16k(conversion.flac), archive=self.key.archive, member=member.name
+                )
             except TranscriptionError as exc:
-                dst.unlink(missing_ok=True)
+                conversion.flac.unlink(missing_ok=True)
                 records.append(self._failed(member, str(exc)))
                 continue
             finally:
@@ -357,7 +390,11 @@ class ArchiveWorker:
                 source_channels=info.channels,
                 source_duration=info.duration_s,
             )
-            dst.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
+            conversion.staged.parent.mkdir(parents=True, exist_ok=True)
+            conversion.flac.replace(conversion.staged)
+            conversion.staged.with_suffix(".json").write_text(
+                json.dumps(result, ensure_ascii=False, indent=1)
+            )
             remote = self.destination.url(self._output_path(member))
             records.append(
                 MemberRecord(
@@ -374,11 +411,11 @@ class ArchiveWorker:
                 )
             )
             to_upload.append((member.name, remote))
+            audio_s += info.output_duration_s
         self.store.record_members(self.key, records)
         if not to_upload:
             shutil.rmtree(batch.directory, ignore_errors=True)
             return
-        audio_s = sum(r.duration_s or 0.0 for r in records if r.status == "uploading")
         t2 = time.monotonic()
         self._upload_slots.acquire()  # bounded: at most N batches in scratch awaiting upload
         self.timers.add("wait_for_upload_slot", time.monotonic() - t2)
@@ -412,10 +449,16 @@ class ArchiveWorker:
 
     def _release(self, prepared: _Prepared) -> None:
         """Drop a converted batch unprocessed: its members stay pending for the next run."""
-        for _, _, fut in prepared.conversions:
-            fut.cancel()
+        self._cancel(prepared.conversions)
         shutil.rmtree(prepared.batch.directory, ignore_errors=True)
         log.info("stopping: batch %d left for the next run", prepared.batch.number)
+
+    @staticmethod
+    def _cancel(conversions: list[_Conversion]) -> None:
+        """Conversions not started are cancelled; outputs of running ones stay outside the upload
+        stage and go with the job's scratch."""
+        for conversion in conversions:
+            conversion.future.cancel()
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _output_path(self, member: Member) -> str:
