@@ -106,3 +106,11 @@ def test_measure_process_sees_memory_and_scratch(tmp_path: Path) -> None:
     assert 300 <= peak.peak_rss_mb < 400
     assert peak.peak_main_rss_mb >= 300
     assert peak.peak_scratch_bytes == 20_000_000
+
+
+def test_missing_archive_is_one_line(tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys) -> None:
+    missing = tmp_path / "nope.tar.xz"
+    rc = main(["bench", "--archive", str(missing), "--work-dir", str(tmp_path / "w"),
+               "--dsn", pg_dsn, "--model", str(tiny_model)])  # fmt: skip
+    assert rc == 2
+    assert f"archive {missing} does not exist" in capsys.readouterr().err

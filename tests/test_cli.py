@@ -40,8 +40,16 @@ def _archive_row(dsn: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("transcribe_workers", ["1", "2"])  # one file at a time, or two at once
 def test_mixed_archive_to_rsync_daemon_then_rerun_uploads_nothing(
-    tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path, clips, capsys, caplog
+    tmp_path: Path,
+    pg_dsn: str,
+    rsync_daemon: RsyncDaemon,
+    tiny_model: Path,
+    clips,
+    capsys,
+    caplog,
+    transcribe_workers: str,
 ) -> None:
     archive = tmp_path / "input" / DAY / "12_30.tar.xz"
     archive.parent.mkdir(parents=True)
@@ -52,7 +60,8 @@ def test_mixed_archive_to_rsync_daemon_then_rerun_uploads_nothing(
         add_bytes(tar, "../../outside.wav", clips[0][1])
         add_bytes(tar, "evil-link.wav", b"", type=tarfile.SYMTYPE, linkname="/etc/shadow")
 
-    rc = main(_args(archive, pg_dsn, rsync_daemon.url, tmp_path, tiny_model))
+    workers = ("--transcribe-workers", transcribe_workers)
+    rc = main(_args(archive, pg_dsn, rsync_daemon.url, tmp_path, tiny_model, *workers))
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "done 6, failed 1, rejected 2, pending 0" in out
@@ -84,7 +93,7 @@ def test_mixed_archive_to_rsync_daemon_then_rerun_uploads_nothing(
     # Rerun: nothing done is re-extracted or re-uploaded.
     mtimes = {p: p.stat().st_mtime_ns for p in rsync_daemon.data.rglob("*.flac")}
     caplog.clear()
-    rc = main(_args(archive, pg_dsn, rsync_daemon.url, tmp_path, tiny_model))
+    rc = main(_args(archive, pg_dsn, rsync_daemon.url, tmp_path, tiny_model, *workers))
     assert rc == 0
     assert not [r for r in caplog.records if r.name == "streaming_pipeline.upload"]
     assert {p: p.stat().st_mtime_ns for p in rsync_daemon.data.rglob("*.flac")} == mtimes

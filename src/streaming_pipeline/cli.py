@@ -69,6 +69,7 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-members", type=int, help="members of one archive past this are rejected (1e6)")
     g.add_argument("--decode-timeout", type=float, help="seconds to decode one member (600)")
     g.add_argument("--cpu-threads", type=int, help="CTranslate2 CPU threads (0: library default)")
+    g.add_argument("--transcribe-workers", type=int, help="files transcribed at once (1)")
 
 
 def _day_options(p: argparse.ArgumentParser) -> None:

@@ -44,6 +44,9 @@ class PipelineConfig:
     max_members: int = 1_000_000  # members of one archive beyond this are rejected
     decode_timeout: float = 600.0
     cpu_threads: int = 0
+    # Files transcribed at once (CTranslate2 workers): more cores on a CPU node; on a GPU, one
+    # file's CPU work (VAD, features, decoding loop) overlaps another's kernels.
+    transcribe_workers: int = 1
     offline: bool = False  # never download a model by name (HF_HUB_OFFLINE is honoured as well)
     stop_grace: float = 90.0  # after a stop signal: seconds left to finish in-flight uploads
     # A day's fan-out (process-day, the hpc/ scripts):
@@ -79,6 +82,7 @@ _ENV_NAMES = {
     "max_members": "PIPELINE_MAX_MEMBERS",
     "decode_timeout": "PIPELINE_DECODE_TIMEOUT",
     "cpu_threads": "PIPELINE_CPU_THREADS",
+    "transcribe_workers": "PIPELINE_TRANSCRIBE_WORKERS",
     "vad": "PIPELINE_VAD",
     "offline": "PIPELINE_OFFLINE",
     "stop_grace": "PIPELINE_STOP_GRACE",
@@ -167,6 +171,7 @@ def _validate(config: PipelineConfig) -> None:
         "stream_batch_size",
         "process_batch_size",
         "num_workers",
+        "transcribe_workers",
         "max_concurrent_uploads",
         "max_member_bytes",
         "max_members",

@@ -1,4 +1,4 @@
-"""faster-whisper, loaded once per job, one file at a time or in GPU batches.
+"""faster-whisper, loaded once per job; `transcribe` is called from `transcribe_workers` threads.
 
 Language is detected per file unless configured: nothing of one file's decoding state (language,
 previous text) is carried into the next.
@@ -7,6 +7,7 @@ previous text) is carried into the next.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,13 +74,16 @@ class Transcriber:
                 device=self.device.device,
                 compute_type=self.device.compute_type,
                 cpu_threads=config.cpu_threads,
+                num_workers=config.transcribe_workers,
                 local_files_only=model_dir is not None or config.offline,
             )
         except Exception as exc:
             raise TranscriptionError(f"cannot load model {config.model!r}: {exc}") from exc
         self.model_name = model_dir.name if model_dir else config.model
         # On a GPU, decode a file's VAD chunks as one batch so short clips still fill the device.
-        self.batched = BatchedInferencePipeline(self.model) if self.device.device == "cuda" else None
+        # One pipeline per thread: it keeps per-call state (the last speech timestamp).
+        self._batched_class = BatchedInferencePipeline if self.device.device == "cuda" else None
+        self._local = threading.local()
         log.info(
             "model %s loaded on %s (%s) in %.1fs",
             self.model_name,
@@ -87,6 +91,13 @@ class Transcriber:
             self.device.compute_type,
             time.monotonic() - started,
         )
+
+    def _batched(self) -> Any:
+        if self._batched_class is None:
+            return None
+        if not hasattr(self._local, "pipeline"):
+            self._local.pipeline = self._batched_class(self.model)
+        return self._local.pipeline
 
     def transcribe(self, audio: np.ndarray, *, archive: str, member: str) -> dict[str, Any]:
         options: dict[str, Any] = {
@@ -96,8 +107,9 @@ class Transcriber:
             "vad_filter": self.config.vad,
         }
         try:
-            if self.batched is not None:
-                segments, info = self.batched.transcribe(
+            batched = self._batched()
+            if batched is not None:
+                segments, info = batched.transcribe(
                     audio, batch_size=min(16, self.config.process_batch_size), **options
                 )
             else:

@@ -13,6 +13,7 @@ member is `done` only after rsync confirmed its upload.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import multiprocessing
@@ -23,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +149,7 @@ class ArchiveWorker:
         self.job_scratch = config.scratch_dir / day.isoformat() / slot
         self.timers = Stopwatch()
         self._upload_slots = threading.BoundedSemaphore(MAX_BATCHES_UPLOADING)
+        self._transcribers = ThreadPoolExecutor(config.transcribe_workers, thread_name_prefix="transcribe")
         self._upload_errors: list[str] = []
         self._audio_s = 0.0
         self._counts = {"done": 0, "failed": 0, "rejected": 0, "skipped": 0}
@@ -191,6 +193,7 @@ class ArchiveWorker:
         try:
             return self._run_with(pool, started)
         finally:
+            self._transcribers.shutdown(wait=True, cancel_futures=True)
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _run_with(self, pool: ProcessPoolExecutor, started: float) -> WorkerResult:
@@ -234,6 +237,7 @@ class ArchiveWorker:
         )
         archive_error: str | None = None
         transcriber = self.transcriber_factory(self.config)
+        transcribe = functools.partial(self._transcribe_one, transcriber=transcriber)
         uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination)
         ready: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=1)
         ahead = threading.Semaphore(1)  # batches read ahead of the one being transcribed
@@ -258,7 +262,7 @@ class ArchiveWorker:
                 if self.stop_reason is not None:
                     self._release(item)
                     break
-                self._process(item, transcriber, uploader)
+                self._process(item, transcribe, uploader)
                 self._log_progress(item.batch, reader, uploader, started)
         finally:
             self.stop.set()
@@ -342,76 +346,22 @@ class ArchiveWorker:
         put_unless_stopped(ready, item, self.stop)
 
     def _process(
-        self, prepared: _Prepared, transcriber: TranscriberLike, uploader: AsyncRsyncStorageManager
+        self,
+        prepared: _Prepared,
+        transcribe: Callable[[_Conversion], tuple[MemberRecord, float] | None],
+        uploader: AsyncRsyncStorageManager,
     ) -> None:
-        """Transcribe each member as soon as its conversion is done, then upload the batch."""
+        """Transcribe each member as soon as its conversion is done (`transcribe_workers` at
+        once), then upload the batch."""
         batch = prepared.batch
-        records: list[MemberRecord] = []
-        to_upload: list[tuple[str, str]] = []
-        audio_s = 0.0
-        for i, conversion in enumerate(prepared.conversions):
-            if self.stop_reason is not None:
-                self._cancel(prepared.conversions[i:])
-                log.info(
-                    "stopping: %d members of batch %d left for the next run",
-                    len(prepared.conversions) - i,
-                    batch.number,
-                )
-                break
-            member = conversion.member
-            t0 = time.monotonic()
-            try:
-                info = conversion.future.result(timeout=self.config.decode_timeout)
-            except FutureTimeout:
-                if member.path is not None:
-                    member.path.unlink(missing_ok=True)
-                timeout = self.config.decode_timeout
-                records.append(self._failed(member, f"decoding timed out after {timeout:.0f}s"))
-                continue
-            except ConversionError as exc:
-                records.append(self._failed(member, str(exc)))
-                continue
-            finally:
-                self.timers.add("convert_wait", time.monotonic() - t0)
-            self.timers.add("convert", info.convert_s)
-            t1 = time.monotonic()
-            try:
-                result = transcriber.transcribe(
-                    load_16k(conversion.flac), archive=self.key.archive, member=member.name
-                )
-            except TranscriptionError as exc:
-                conversion.flac.unlink(missing_ok=True)
-                records.append(self._failed(member, str(exc)))
-                continue
-            finally:
-                self.timers.add("transcribe", time.monotonic() - t1)
-            result.update(
-                source_sample_rate=info.sample_rate,
-                source_channels=info.channels,
-                source_duration=info.duration_s,
-            )
-            conversion.staged.parent.mkdir(parents=True, exist_ok=True)
-            conversion.flac.replace(conversion.staged)
-            conversion.staged.with_suffix(".json").write_text(
-                json.dumps(result, ensure_ascii=False, indent=1)
-            )
-            remote = self.destination.url(self._output_path(member))
-            records.append(
-                MemberRecord(
-                    member.name,
-                    "uploading",
-                    size_bytes=member.size,
-                    sample_rate=info.sample_rate,
-                    channels=info.channels,
-                    duration_s=info.output_duration_s,
-                    transcript=result["text"],
-                    language=result["language"],
-                    language_probability=result["language_probability"],
-                    remote_path=remote,
-                )
-            )
-            to_upload.append((member.name, remote))
-            audio_s += info.output_duration_s
+        outcomes = list(self._transcribers.map(transcribe, prepared.conversions))
+        left = [c for c, outcome in zip(prepared.conversions, outcomes, strict=True) if outcome is None]
+        if left:
+            self._cancel(left)
+            log.info("stopping: %d members of batch %d left for the next run", len(left), batch.number)
+        records = [record for record, _ in filter(None, outcomes)]
+        audio_s = sum(seconds for _, seconds in filter(None, outcomes))
+        to_upload = [(r.member, r.remote_path or "") for r in records if r.status == "uploading"]
         self.store.record_members(self.key, records)
         if not to_upload:
             shutil.rmtree(batch.directory, ignore_errors=True)
@@ -424,6 +374,59 @@ class ArchiveWorker:
             label=f"{self.key.archive} batch {batch.number} ({len(to_upload)} files)",
             on_finish=lambda job: self._uploaded(job, batch, to_upload, audio_s),
         )
+
+    def _transcribe_one(
+        self, conversion: _Conversion, transcriber: TranscriberLike
+    ) -> tuple[MemberRecord, float] | None:
+        """The member's record and its audio seconds, or None when the run is stopping (the
+        member stays pending)."""
+        if self.stop_reason is not None:
+            return None
+        member = conversion.member
+        t0 = time.monotonic()
+        try:
+            info = conversion.future.result(timeout=self.config.decode_timeout)
+        except FutureTimeout:
+            if member.path is not None:
+                member.path.unlink(missing_ok=True)
+            timeout = self.config.decode_timeout
+            return self._failed(member, f"decoding timed out after {timeout:.0f}s"), 0.0
+        except ConversionError as exc:
+            return self._failed(member, str(exc)), 0.0
+        finally:
+            self.timers.add("convert_wait", time.monotonic() - t0)
+        self.timers.add("convert", info.convert_s)
+        t1 = time.monotonic()
+        try:
+            result = transcriber.transcribe(
+                load_16k(conversion.flac), archive=self.key.archive, member=member.name
+            )
+        except TranscriptionError as exc:
+            conversion.flac.unlink(missing_ok=True)
+            return self._failed(member, str(exc)), 0.0
+        finally:
+            self.timers.add("transcribe", time.monotonic() - t1)
+        result.update(
+            source_sample_rate=info.sample_rate,
+            source_channels=info.channels,
+            source_duration=info.duration_s,
+        )
+        conversion.staged.parent.mkdir(parents=True, exist_ok=True)
+        conversion.flac.replace(conversion.staged)
+        conversion.staged.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
+        record = MemberRecord(
+            member.name,
+            "uploading",
+            size_bytes=member.size,
+            sample_rate=info.sample_rate,
+            channels=info.channels,
+            duration_s=info.output_duration_s,
+            transcript=result["text"],
+            language=result["language"],
+            language_probability=result["language_probability"],
+            remote_path=self.destination.url(self._output_path(member)),
+        )
+        return record, info.output_duration_s
 
     def _uploaded(self, job: UploadJob, batch: Batch, members: list[tuple[str, str]], audio_s: float) -> None:
         try:
