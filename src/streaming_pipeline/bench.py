@@ -16,8 +16,10 @@ members, sampled from /proc every 20 ms (process tree RSS, bytes under the scrat
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import shutil
@@ -34,16 +36,16 @@ from typing import Any
 import numpy as np
 
 from .archive import ArchiveReader, Member
-from .audio import AudioInfo, convert_to_flac, load_16k
+from .audio import AudioInfo, convert_to_flac, exit_with_parent, load_16k
 from .config import PipelineConfig, config_env
 from .day import archive_key
-from .errors import ConfigError, ConversionError, TranscriptionError
+from .errors import ConfigError, ConversionError, PipelineError, TranscriptionError
 from .upload import AsyncRsyncStorageManager, Destination, UploadState
 from .worker import ArchiveWorker, TranscriberLike
 
 log = logging.getLogger(__name__)
 
-DAY = "2000-01-01"  # bench rows live under this day in the progress database
+DAY = dt.date(2000, 1, 1)  # bench rows live under this day in the progress database
 SAMPLE_INTERVAL_S = 0.02
 
 # The targets for a 2-core machine with the tiny CPU model: (key, limit, description).
@@ -141,7 +143,12 @@ def run_sequential(config: PipelineConfig, archive: Path, work: Path, transcribe
 
     t = time.monotonic()
     converted: list[tuple[Member, Path, AudioInfo]] = []
-    with ProcessPoolExecutor(max_workers=config.num_workers) as pool:
+    with ProcessPoolExecutor(
+        max_workers=config.num_workers,
+        mp_context=multiprocessing.get_context("spawn"),  # as the pipeline's pool
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         outputs = [stage / f"{m.output_stem}.flac" for m in members]
         futures = [
             pool.submit(convert_to_flac, str(m.path), str(out))
@@ -172,7 +179,7 @@ def run_sequential(config: PipelineConfig, archive: Path, work: Path, transcribe
     uploader.wait()
     uploader.close()
     if job.state is not UploadState.DONE:
-        raise ConfigError(f"sequential upload failed: {job.error}")
+        raise PipelineError(f"sequential upload failed: {job.error}")
     stages["upload"] = time.monotonic() - t
     return Run(time.monotonic() - started, audio_s, stages)
 
@@ -197,13 +204,12 @@ def run_streaming(
 
     shutil.rmtree(work, ignore_errors=True)
     config = replace(config, remote=str(work / "remote"), scratch_dir=work / "scratch")
-    day = _bench_day()
     store = ProgressStore(dsn)
     try:
-        store.forget_archive(archive_key(day, archive, "bench").archive)
+        store.forget_archive(archive_key(DAY, archive, "bench").archive)
         worker = ArchiveWorker(
             config,
-            day=day,
+            day=DAY,
             archive_path=archive,
             slot="bench",
             store=store,
@@ -213,7 +219,7 @@ def run_streaming(
     finally:
         store.close()
     if not result.ok or result.failed:
-        raise ConfigError(f"streaming run did not finish cleanly: {result.summary_line()}")
+        raise PipelineError(f"streaming run did not finish cleanly: {result.summary_line()}")
     return Run(result.wall_s, result.run_audio_s, dict(result.stage_seconds))
 
 
@@ -311,11 +317,11 @@ def run_process_tar(config: PipelineConfig, archive: Path, work: Path, dsn: str)
     config = replace(config, dsn=dsn, remote=str(work / "remote"), scratch_dir=work / "scratch")
     store = ProgressStore(dsn)
     try:
-        store.forget_archive(archive_key(_bench_day(), archive, "bench").archive)
+        store.forget_archive(archive_key(DAY, archive, "bench").archive)
     finally:
         store.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")} | config_env(config)
-    argv = [sys.executable, "-m", "streaming_pipeline", "process-tar", DAY, str(archive), "bench"]
+    argv = [sys.executable, "-m", "streaming_pipeline", "process-tar", DAY.isoformat(), str(archive), "bench"]
     peak = measure_process(argv, env, config.scratch_dir, work / "process-tar.log")
     if peak.returncode != 0:
         raise ConfigError(
@@ -466,12 +472,6 @@ def _machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "system": f"{platform.system()} {platform.release()}",
     }
-
-
-def _bench_day() -> Any:
-    import datetime as dt
-
-    return dt.date.fromisoformat(DAY)
 
 
 def format_report(report: dict[str, Any]) -> str:
