@@ -7,9 +7,11 @@ member of hours costs the same memory as one of seconds.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -57,6 +59,20 @@ def warm_up() -> None:
     """Import the decoders in a pool process before the first member arrives."""
     import soundfile  # noqa: F401
     import soxr  # noqa: F401
+
+
+def conversion_pool(workers: int) -> ProcessPoolExecutor:
+    """Processes for convert_to_flac, started now (they import the decoders while the caller loads
+    its model). Spawned, not forked: the parent has threads and database connections."""
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    )
+    for _ in range(workers):
+        pool.submit(warm_up)
+    return pool
 
 
 def convert_to_flac(src: str, dst: str, *, remove_source: bool = False) -> AudioInfo:

@@ -19,7 +19,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import multiprocessing
 import os
 import platform
 import shutil
@@ -28,7 +27,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .archive import ArchiveReader, Member
-from .audio import AudioInfo, convert_to_flac, exit_with_parent, load_16k
+from .audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from .config import PipelineConfig, config_env
 from .day import archive_key
 from .errors import ConfigError, ConversionError, PipelineError, TranscriptionError
@@ -143,12 +142,7 @@ def run_sequential(config: PipelineConfig, archive: Path, work: Path, transcribe
 
     t = time.monotonic()
     converted: list[tuple[Member, Path, AudioInfo]] = []
-    with ProcessPoolExecutor(
-        max_workers=config.num_workers,
-        mp_context=multiprocessing.get_context("spawn"),  # as the pipeline's pool
-        initializer=exit_with_parent,
-        initargs=(os.getpid(),),
-    ) as pool:
+    with conversion_pool(config.num_workers) as pool:
         outputs = [stage / f"{m.output_stem}.flac" for m in members]
         futures = [
             pool.submit(convert_to_flac, str(m.path), str(out))

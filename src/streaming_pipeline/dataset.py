@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import multiprocessing
 import os
 import queue
 import re
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audio import AudioInfo, convert_to_flac, exit_with_parent, load_16k
+from .audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from .config import PipelineConfig
 from .errors import ConversionError, DatasetError, TranscriptionError, UploadError
 from .shards import Shard, ShardWriter, dataset_card, dataset_features, segment_rows
@@ -299,12 +298,7 @@ class DatasetWorker:
         transcriber = self.transcriber_factory(self.config)
         # One upload thread: shards are checkpointed in order.
         uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination, max_concurrent=1)
-        pool = ProcessPoolExecutor(
-            max_workers=self.config.num_workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=exit_with_parent,
-            initargs=(os.getpid(),),
-        )
+        pool = conversion_pool(self.config.num_workers)
         rows: queue.Queue[_Row | _Boundary | BaseException | None] = queue.Queue(
             maxsize=self.config.stream_batch_size
         )

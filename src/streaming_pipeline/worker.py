@@ -16,7 +16,6 @@ import datetime as dt
 import functools
 import json
 import logging
-import multiprocessing
 import os
 import queue
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .archive import ArchiveReader, Batch, Member
-from .audio import AudioInfo, convert_to_flac, exit_with_parent, load_16k, warm_up
+from .audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from .config import PipelineConfig
 from .day import archive_key
 from .errors import ArchiveError, ConversionError, PipelineError, StoreError, TranscriptionError
@@ -182,14 +181,7 @@ class ArchiveWorker:
         shutil.rmtree(self.job_scratch, ignore_errors=True)  # leftovers of a killed run
         self.job_scratch.mkdir(parents=True, exist_ok=True)
         self.destination.prepare()
-        pool = ProcessPoolExecutor(
-            max_workers=self.config.num_workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=exit_with_parent,
-            initargs=(os.getpid(),),
-        )
-        for _ in range(self.config.num_workers):
-            pool.submit(warm_up)  # the pool starts while the database and the model load
+        pool = conversion_pool(self.config.num_workers)  # starts while the database and model load
         try:
             return self._run_with(pool, started)
         finally:
