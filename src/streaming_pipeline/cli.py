@@ -59,8 +59,17 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beam-size", type=int)
     g.add_argument("--temperatures", help="fallback decoding temperatures (0.0,0.2,0.4,0.6,0.8,1.0)")
     g.add_argument("--no-vad", dest="vad", action="store_const", const=False)
+    g.add_argument(
+        "--decoder",
+        choices=("auto", "batched", "per-member"),
+        help="batched: windows of many members per GPU call (auto); per-member: faster-whisper's transcribe",
+    )
+    g.add_argument(
+        "--decode-batch-size", type=int, help="windows per decoding call (0: 16 on CUDA, 8 on CPU)"
+    )
+    g.add_argument("--max-new-tokens", type=int, help="tokens decoded per window at most (model's limit)")
     g.add_argument("--stream-batch-size", type=int, help="members per extracted batch (200)")
-    g.add_argument("--process-batch-size", type=int, help="files per transcription sub-batch (100)")
+    g.add_argument("--process-batch-size", type=int, help="members being transcribed at once (100)")
     g.add_argument("--num-workers", type=int, help="conversion processes (10)")
     g.add_argument("--max-concurrent-uploads", type=int, help="rsync threads (8)")
     g.add_argument("--upload-timeout", type=float, help="seconds per rsync attempt (120)")
@@ -69,7 +78,11 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-members", type=int, help="members of one archive past this are rejected (1e6)")
     g.add_argument("--decode-timeout", type=float, help="seconds to decode one member (600)")
     g.add_argument("--cpu-threads", type=int, help="CTranslate2 CPU threads (0: library default)")
-    g.add_argument("--transcribe-workers", type=int, help="files transcribed at once (1)")
+    g.add_argument(
+        "--transcribe-workers",
+        type=int,
+        help="threads preparing windows (batched) or files transcribed at once (1)",
+    )
 
 
 def _day_options(p: argparse.ArgumentParser) -> None:

@@ -33,8 +33,12 @@ class PipelineConfig:
     # Decoding temperatures: the next is tried when a window fails the quality thresholds.
     temperatures: str = "0.0,0.2,0.4,0.6,0.8,1.0"
     vad: bool = True
+    # How members reach the model (decoder.py): auto (the batched decoder), batched, per-member.
+    decoder: str = "auto"
+    decode_batch_size: int = 0  # rows (speech chunks <= 30 s) per generate call; 0: 16 on CUDA, 8 on CPU
+    max_new_tokens: int | None = None  # cap on tokens decoded per window (None: the model's 448)
     stream_batch_size: int = 200
-    process_batch_size: int = 100
+    process_batch_size: int = 100  # members in the transcription stage at once (their rows are packed)
     num_workers: int = 10
     max_concurrent_uploads: int = 8
     upload_timeout: float = 120.0
@@ -44,8 +48,8 @@ class PipelineConfig:
     max_members: int = 1_000_000  # members of one archive beyond this are rejected
     decode_timeout: float = 600.0
     cpu_threads: int = 0
-    # Files transcribed at once (CTranslate2 workers): more cores on a CPU node; on a GPU, one
-    # file's CPU work (VAD, features, decoding loop) overlaps another's kernels.
+    # Batched decoder: threads preparing members (VAD, features) for the decode thread. Per-member
+    # decoder: files transcribed at once (CTranslate2 workers).
     transcribe_workers: int = 1
     offline: bool = False  # never download a model by name (HF_HUB_OFFLINE is honoured as well)
     stop_grace: float = 90.0  # after a stop signal: seconds left to finish in-flight uploads
@@ -72,6 +76,9 @@ _ENV_NAMES = {
     "language": "PIPELINE_LANGUAGE",
     "beam_size": "PIPELINE_BEAM_SIZE",
     "temperatures": "PIPELINE_TEMPERATURES",
+    "decoder": "PIPELINE_DECODER",
+    "decode_batch_size": "PIPELINE_DECODE_BATCH_SIZE",
+    "max_new_tokens": "PIPELINE_MAX_NEW_TOKENS",
     "stream_batch_size": "PIPELINE_STREAM_BATCH_SIZE",
     "process_batch_size": "PIPELINE_PROCESS_BATCH_SIZE",
     "num_workers": "PIPELINE_NUM_WORKERS",
@@ -183,6 +190,12 @@ def _validate(config: PipelineConfig) -> None:
     if config.upload_timeout <= 0 or config.decode_timeout <= 0 or config.stop_grace <= 0:
         raise ConfigError("timeouts must be positive")
     parse_temperatures(config.temperatures)
+    if config.decode_batch_size < 0:
+        raise ConfigError("decode-batch-size must be 0 (automatic) or more")
+    if config.max_new_tokens is not None and not 1 <= config.max_new_tokens <= 440:
+        raise ConfigError("max-new-tokens must be between 1 and 440")
+    if config.decoder not in ("auto", "batched", "per-member"):
+        raise ConfigError(f"decoder must be auto, batched or per-member, not {config.decoder!r}")
     if config.device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"device must be auto, cuda or cpu, not {config.device!r}")
 

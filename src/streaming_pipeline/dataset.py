@@ -3,7 +3,8 @@ transcription stages, out as Parquet shards, resumable after any stop.
 
     reader thread:  iterate the source (datasets streaming), write each row's audio to scratch,
                     hand it to the conversion pool
-    main thread:    transcribe (rows that already have a transcript are not), append to the shard
+    main thread:    hand each converted row to the decoder (rows that already have a transcript
+                    are not transcribed), append finished rows to the shard in source order
     upload thread:  rsync each full shard, then checkpoint it in PostgreSQL
 
 Shard k holds source rows [start + k*B, start + (k+1)*B) (B = --upload-batch-size), minus rows
@@ -26,6 +27,7 @@ import shutil
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -35,6 +37,7 @@ from typing import Any
 
 from .audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from .config import PipelineConfig
+from .decoder import Decoder, open_decoder
 from .errors import ConversionError, DatasetError, TranscriptionError, UploadError
 from .shards import Shard, ShardWriter, dataset_card, dataset_features, segment_rows
 from .store import ProgressStore, ShardCheckpoint
@@ -168,6 +171,17 @@ class _Row:
 
 
 @dataclass
+class _Pending:
+    """A row on its way to the shard: being transcribed (`future`), or already settled."""
+
+    row: _Row
+    info: AudioInfo | None = None
+    future: Future[dict[str, Any]] | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
 class _Boundary:
     """The source rows before `end_row` are all queued; `state` resumes the source after them."""
 
@@ -295,7 +309,7 @@ class DatasetWorker:
 
     # -- stages ---------------------------------------------------------------------------
     def _pipeline(self, source: Any, start_row: int, first_shard: int) -> bool:
-        transcriber = self.transcriber_factory(self.config)
+        decoder = open_decoder(self.transcriber_factory(self.config), self.config)
         # One upload thread: shards are checkpointed in order.
         uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination, max_concurrent=1)
         pool = conversion_pool(self.config.num_workers)
@@ -309,6 +323,7 @@ class DatasetWorker:
             target=self._read, args=(source, start_row, pool, rows), name="reader", daemon=True
         )
         reader.start()
+        inflight: deque[_Pending] = deque()  # handed to the decoder, in source order
         complete = False
         try:
             while True:
@@ -321,8 +336,12 @@ class DatasetWorker:
                     writer.abort()  # the open shard's rows are redone by the next run
                     break
                 if isinstance(item, _Row):
-                    self._convert_and_transcribe(item, transcriber, writer, shard)
+                    inflight.append(self._submit(item, decoder))
+                    # Done rows behind a slow one wait in scratch: at most two decoders' worth.
+                    full = len(inflight) >= 2 * self.config.process_batch_size
+                    self._write_finished(inflight, writer, shard, wait=full)
                     continue
+                self._write_finished(inflight, writer, shard, wait=True)
                 if item.end_row > shard.first_row:  # an empty last shard is no shard
                     self._ship(writer.close_shard(), item, shard, uploader)
                     shard = _OpenShard(number=shard.number + 1, first_row=item.end_row)
@@ -333,6 +352,10 @@ class DatasetWorker:
         finally:
             self.stop.set()
             reader.join()
+            decoder.close()
+            self.timers.add("transcribe", decoder.stats().get("decoder_busy_s", 0.0))
+            for pending in inflight:
+                pending.row.dst.unlink(missing_ok=True)
             pool.shutdown(wait=True, cancel_futures=True)
             wait = self.config.stop_grace if self.stop_reason else None
             if not uploader.wait(timeout=wait):
@@ -397,9 +420,8 @@ class DatasetWorker:
     def _put(self, rows: queue.Queue[Any], item: Any) -> None:
         put_unless_stopped(rows, item, self.stop)
 
-    def _convert_and_transcribe(
-        self, row: _Row, transcriber: TranscriberLike, writer: ShardWriter, shard: _OpenShard
-    ) -> None:
+    def _submit(self, row: _Row, decoder: Decoder) -> _Pending:
+        """Wait for the row's conversion, then hand it to the decoder unless it has a transcript."""
         try:
             if row.future is None:
                 raise ConversionError(row.error or "no audio")
@@ -412,33 +434,51 @@ class DatasetWorker:
                 self.timers.add("convert_wait", time.monotonic() - t0)
                 if row.src is not None:
                     row.src.unlink(missing_ok=True)
-            if row.text:
-                result: dict[str, Any] = {"text": str(row.text), "language": None, "segments": []}
-                origin = "source"
-            else:
-                t1 = time.monotonic()
-                try:
-                    result = transcriber.transcribe(load_16k(row.dst), archive=self.job.run, member=row.id)
-                finally:
-                    self.timers.add("transcribe", time.monotonic() - t1)
-                origin = "model"
-            writer.add(
-                {
-                    "id": row.id,
-                    "audio": {"bytes": row.dst.read_bytes(), "path": f"{row.id}.flac"},
-                    "duration_s": info.output_duration_s,
-                    "language": result["language"],
-                    "transcript": result["text"],
-                    "transcript_source": origin,
-                    "segments": segment_rows(result["segments"]),
-                }
-            )
-            shard.last_id = row.id
-        except (ConversionError, TranscriptionError) as exc:
-            log.warning("row %d (id %s) failed: %s", row.index, row.id, exc)
-            shard.failures.append((row.index, row.id, str(exc)))
-        finally:
-            row.dst.unlink(missing_ok=True)
+        except ConversionError as exc:
+            return _Pending(row, error=str(exc))
+        if row.text:
+            return _Pending(row, info, result={"text": str(row.text), "language": None, "segments": []})
+        t1 = time.monotonic()
+        future = decoder.submit(load_16k(row.dst), archive=self.job.run, member=row.id)
+        self.timers.add("wait_for_decoder", time.monotonic() - t1)
+        return _Pending(row, info, future=future)
+
+    def _write_finished(
+        self, inflight: deque[_Pending], writer: ShardWriter, shard: _OpenShard, *, wait: bool
+    ) -> None:
+        """Append the rows at the head of `inflight` whose transcript is ready (all of them with
+        `wait`), keeping source order."""
+        while inflight and (wait or inflight[0].future is None or inflight[0].future.done()):
+            pending = inflight.popleft()
+            row = pending.row
+            try:
+                if pending.future is not None:
+                    t0 = time.monotonic()
+                    try:
+                        pending.result = pending.future.result()
+                    except TranscriptionError as exc:
+                        pending.error = str(exc)
+                    finally:
+                        self.timers.add("wait_for_transcript", time.monotonic() - t0)
+                if pending.error is not None or pending.result is None or pending.info is None:
+                    log.warning("row %d (id %s) failed: %s", row.index, row.id, pending.error)
+                    shard.failures.append((row.index, row.id, pending.error or "no result"))
+                    continue
+                result = pending.result
+                writer.add(
+                    {
+                        "id": row.id,
+                        "audio": {"bytes": row.dst.read_bytes(), "path": f"{row.id}.flac"},
+                        "duration_s": pending.info.output_duration_s,
+                        "language": result["language"],
+                        "transcript": result["text"],
+                        "transcript_source": "model" if pending.future is not None else "source",
+                        "segments": segment_rows(result["segments"]),
+                    }
+                )
+                shard.last_id = row.id
+            finally:
+                row.dst.unlink(missing_ok=True)
 
     def _ship(
         self, closed: Shard | None, boundary: _Boundary, shard: _OpenShard, uploader: AsyncRsyncStorageManager

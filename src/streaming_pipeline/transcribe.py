@@ -1,4 +1,6 @@
-"""faster-whisper, loaded once per job; `transcribe` is called from `transcribe_workers` threads.
+"""faster-whisper, loaded once per job. `transcribe` is faster-whisper's own sequential path for
+one file (the per-member decoder and the reference the batched decoder is measured against); the
+batched decoder (decoder.py) drives the same model directly.
 
 Language is detected per file unless configured: nothing of one file's decoding state (language,
 previous text) is carried into the next.
@@ -7,7 +9,6 @@ previous text) is carried into the next.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .config import PipelineConfig, parse_temperatures
+from .decoder import clean_text
 from .errors import ConfigError, TranscriptionError
 
 log = logging.getLogger(__name__)
@@ -54,15 +56,9 @@ def local_model_dir(model: str) -> Path | None:
     return None
 
 
-def _clean_text(text: str) -> str:
-    """Decoded text without NUL characters: byte-level BPE can emit a 0x00 byte, which PostgreSQL
-    text cannot hold (it would fail the whole batch's write)."""
-    return text.replace("\x00", "").strip()
-
-
 class Transcriber:
     def __init__(self, config: PipelineConfig) -> None:
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
+        from faster_whisper import WhisperModel
 
         self.config = config
         self.device = resolve_device(config.device, config.compute_type)
@@ -80,10 +76,6 @@ class Transcriber:
         except Exception as exc:
             raise TranscriptionError(f"cannot load model {config.model!r}: {exc}") from exc
         self.model_name = model_dir.name if model_dir else config.model
-        # On a GPU, decode a file's VAD chunks as one batch so short clips still fill the device.
-        # One pipeline per thread: it keeps per-call state (the last speech timestamp).
-        self._batched_class = BatchedInferencePipeline if self.device.device == "cuda" else None
-        self._local = threading.local()
         log.info(
             "model %s loaded on %s (%s) in %.1fs",
             self.model_name,
@@ -92,33 +84,21 @@ class Transcriber:
             time.monotonic() - started,
         )
 
-    def _batched(self) -> Any:
-        if self._batched_class is None:
-            return None
-        if not hasattr(self._local, "pipeline"):
-            self._local.pipeline = self._batched_class(self.model)
-        return self._local.pipeline
-
     def transcribe(self, audio: np.ndarray, *, archive: str, member: str) -> dict[str, Any]:
         options: dict[str, Any] = {
             "language": self.config.language,
             "beam_size": self.config.beam_size,
             "temperature": list(parse_temperatures(self.config.temperatures)),
             "vad_filter": self.config.vad,
+            "max_new_tokens": self.config.max_new_tokens,
         }
         try:
-            batched = self._batched()
-            if batched is not None:
-                segments, info = batched.transcribe(
-                    audio, batch_size=min(16, self.config.process_batch_size), **options
-                )
-            else:
-                segments, info = self.model.transcribe(audio, condition_on_previous_text=False, **options)
+            segments, info = self.model.transcribe(audio, condition_on_previous_text=False, **options)
             segs = [
                 {
                     "start": round(s.start, 3),
                     "end": round(s.end, 3),
-                    "text": _clean_text(s.text),
+                    "text": clean_text(s.text),
                     "avg_logprob": s.avg_logprob,
                     "no_speech_prob": s.no_speech_prob,
                 }

@@ -2,18 +2,22 @@
 
     reader thread:   extract batch N+1 member by member, each handed to the process pool at once
     process pool:    decode/downmix/resample to 16 kHz FLAC (the source is deleted when read)
-    main thread:     transcribe batch N member by member, as each conversion completes
-    upload threads:  rsync batch N-1, then mark its members done and delete its scratch
+    main thread:     hand batch N's members to the decoder as each conversion completes
+    decoder:         one queue of windows across members and batches (decoder.py)
+    finisher thread: collect batch N-1's transcripts in order, record them, queue the upload
+    upload threads:  rsync, then mark the batch's members done and delete its scratch
 
-The reader works one batch ahead of the transcriber and no further, and at most a fixed number
-of batches wait for upload, so memory and scratch stay bounded whatever the archive's size. A
-member is `done` only after rsync confirmed its upload.
+The main thread goes on to the next batch as soon as this one is handed over, so the decoder
+never waits for a batch's last member before it has the next batch's rows. The reader works one
+batch ahead of the main thread, the decoder holds at most `process_batch_size` members, at most
+one handed-over batch waits for the finisher and a fixed number for upload, so memory and
+scratch stay bounded whatever the archive's size. A member is `done` only after rsync confirmed
+its upload.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import logging
 import os
@@ -23,7 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +37,7 @@ from .archive import ArchiveReader, Batch, Member
 from .audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from .config import PipelineConfig
 from .day import archive_key
+from .decoder import Decoder, open_decoder
 from .errors import ArchiveError, ConversionError, PipelineError, StoreError, TranscriptionError
 from .store import MemberRecord, ProgressStore
 from .upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
@@ -56,6 +61,8 @@ def put_unless_stopped(q: queue.Queue[Any], item: Any, stop: threading.Event) ->
 
 
 class TranscriberLike(Protocol):
+    """A loaded model: `transcribe.Transcriber`, or a stand-in with the same surface."""
+
     model_name: str
 
     def transcribe(self, audio: Any, *, archive: str, member: str) -> dict[str, Any]: ...
@@ -73,6 +80,23 @@ class _Conversion:
 class _Prepared:
     batch: Batch
     conversions: list[_Conversion]
+
+
+@dataclass
+class _Entry:
+    """A member handed to the decoder (`future`), failed before it (`record`), or left for the
+    next run because the run is stopping (neither)."""
+
+    conversion: _Conversion
+    info: AudioInfo | None = None
+    future: Future[dict[str, Any]] | None = None
+    record: MemberRecord | None = None
+
+
+@dataclass
+class _Submitted:
+    batch: Batch
+    entries: list[_Entry]
 
 
 @dataclass
@@ -148,7 +172,7 @@ class ArchiveWorker:
         self.job_scratch = config.scratch_dir / day.isoformat() / slot
         self.timers = Stopwatch()
         self._upload_slots = threading.BoundedSemaphore(MAX_BATCHES_UPLOADING)
-        self._transcribers = ThreadPoolExecutor(config.transcribe_workers, thread_name_prefix="transcribe")
+        self._finisher_error: BaseException | None = None
         self._upload_errors: list[str] = []
         self._audio_s = 0.0
         self._counts = {"done": 0, "failed": 0, "rejected": 0, "skipped": 0}
@@ -185,7 +209,6 @@ class ArchiveWorker:
         try:
             return self._run_with(pool, started)
         finally:
-            self._transcribers.shutdown(wait=True, cancel_futures=True)
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _run_with(self, pool: ProcessPoolExecutor, started: float) -> WorkerResult:
@@ -228,17 +251,24 @@ class ArchiveWorker:
             on_extracted=convert,
         )
         archive_error: str | None = None
-        transcriber = self.transcriber_factory(self.config)
-        transcribe = functools.partial(self._transcribe_one, transcriber=transcriber)
+        decoder = open_decoder(self.transcriber_factory(self.config), self.config)
         uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination)
         ready: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=1)
-        ahead = threading.Semaphore(1)  # batches read ahead of the one being transcribed
+        ahead = threading.Semaphore(1)  # batches read ahead of the one being handed over
         producer = threading.Thread(
             target=self._produce, args=(reader, take_conversions, ready, ahead), name="reader", daemon=True
         )
+        handed: queue.Queue[_Submitted | None] = queue.Queue(maxsize=1)
+        finisher = threading.Thread(
+            target=self._finisher,
+            args=(handed, decoder, uploader, reader, started),
+            name="finisher",
+            daemon=True,
+        )
         producer.start()
+        finisher.start()
         try:
-            while True:
+            while self._finisher_error is None:
                 wait_started = time.monotonic()
                 item = ready.get()
                 self.timers.add("wait_for_input", time.monotonic() - wait_started)
@@ -254,11 +284,14 @@ class ArchiveWorker:
                 if self.stop_reason is not None:
                     self._release(item)
                     break
-                self._process(item, transcribe, uploader)
-                self._log_progress(item.batch, reader, uploader, started)
+                self._hand_over(handed, self._submit(item, decoder), finisher)
         finally:
             self.stop.set()
             producer.join()
+            self._hand_over(handed, None, finisher)
+            finisher.join()
+            decoder.close()
+            self._record_decoder(decoder)
             final_wait = self.config.upload_timeout * (self.config.upload_retries + 1)
             if self.stop_reason is not None:
                 final_wait = self.config.stop_grace
@@ -266,7 +299,14 @@ class ArchiveWorker:
                 # Their members stay 'uploading'; a rerun uploads them again (rsync is idempotent).
                 self._upload_errors.append(f"uploads still running after {final_wait:.0f}s")
             uploader.close()
+        if self._finisher_error is not None:
+            raise self._finisher_error
         return self._finish(reader, archive_error, started)
+
+    def _record_decoder(self, decoder: Decoder) -> None:
+        stats = decoder.stats()
+        self.timers.add("transcribe", stats.get("decoder_busy_s", 0.0))
+        log.info("decoder: %s", ", ".join(f"{k} {v:.4g}" for k, v in sorted(stats.items())))
 
     def _reconcile(self) -> None:
         """Members an earlier run uploaded but could not mark done (the database was down when
@@ -337,22 +377,97 @@ class ArchiveWorker:
     def _put(self, ready: queue.Queue[Any], item: Any) -> None:
         put_unless_stopped(ready, item, self.stop)
 
-    def _process(
-        self,
-        prepared: _Prepared,
-        transcribe: Callable[[_Conversion], tuple[MemberRecord, float] | None],
-        uploader: AsyncRsyncStorageManager,
+    def _submit(self, prepared: _Prepared, decoder: Decoder) -> _Submitted:
+        """Hand each member to the decoder as soon as its conversion is done; when the run is
+        stopping, the members not handed over stay pending."""
+        entries = []
+        for conversion in prepared.conversions:
+            if self.stop_reason is not None:
+                entries.append(_Entry(conversion))
+                continue
+            member = conversion.member
+            t0 = time.monotonic()
+            try:
+                info = conversion.future.result(timeout=self.config.decode_timeout)
+            except FutureTimeout:
+                if member.path is not None:
+                    member.path.unlink(missing_ok=True)
+                timeout = self.config.decode_timeout
+                entries.append(
+                    _Entry(
+                        conversion, record=self._failed(member, f"decoding timed out after {timeout:.0f}s")
+                    )
+                )
+                continue
+            except ConversionError as exc:
+                entries.append(_Entry(conversion, record=self._failed(member, str(exc))))
+                continue
+            finally:
+                self.timers.add("convert_wait", time.monotonic() - t0)
+            self.timers.add("convert", info.convert_s)
+            t1 = time.monotonic()
+            future = decoder.submit(load_16k(conversion.flac), archive=self.key.archive, member=member.name)
+            self.timers.add("wait_for_decoder", time.monotonic() - t1)
+            entries.append(_Entry(conversion, info=info, future=future))
+        return _Submitted(prepared.batch, entries)
+
+    def _hand_over(
+        self, handed: queue.Queue[_Submitted | None], item: _Submitted | None, finisher: threading.Thread
     ) -> None:
-        """Transcribe each member as soon as its conversion is done (`transcribe_workers` at
-        once), then upload the batch."""
-        batch = prepared.batch
-        outcomes = list(self._transcribers.map(transcribe, prepared.conversions))
-        left = [c for c, outcome in zip(prepared.conversions, outcomes, strict=True) if outcome is None]
+        """To the finisher, unless it has died (its error ends the run)."""
+        while finisher.is_alive():
+            try:
+                handed.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _finisher(
+        self,
+        handed: queue.Queue[_Submitted | None],
+        decoder: Decoder,
+        uploader: AsyncRsyncStorageManager,
+        reader: ArchiveReader,
+        started: float,
+    ) -> None:
+        try:
+            while (item := handed.get()) is not None:
+                self._finish_batch(item, decoder, uploader)
+                self._log_progress(item.batch, reader, uploader, started)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
+            self._finisher_error = exc
+            self.stop.set()
+            decoder.cancel_pending()
+
+    def _finish_batch(
+        self, submitted: _Submitted, decoder: Decoder, uploader: AsyncRsyncStorageManager
+    ) -> None:
+        """Collect the batch's transcripts in order, record them, then queue the batch's upload."""
+        batch = submitted.batch
+        records: list[MemberRecord] = []
+        left: list[_Conversion] = []
+        audio_s = 0.0
+        for entry in submitted.entries:
+            if entry.record is not None:
+                records.append(entry.record)
+                continue
+            if entry.future is None or entry.info is None:
+                left.append(entry.conversion)
+                continue
+            try:
+                result = self._result(entry.future, decoder)
+            except CancelledError:
+                left.append(entry.conversion)
+                continue
+            except TranscriptionError as exc:
+                entry.conversion.flac.unlink(missing_ok=True)
+                records.append(self._failed(entry.conversion.member, str(exc)))
+                continue
+            records.append(self._stage(entry.conversion, entry.info, result))
+            audio_s += entry.info.output_duration_s
         if left:
             self._cancel(left)
             log.info("stopping: %d members of batch %d left for the next run", len(left), batch.number)
-        records = [record for record, _ in filter(None, outcomes)]
-        audio_s = sum(seconds for _, seconds in filter(None, outcomes))
         to_upload = [(r.member, r.remote_path or "") for r in records if r.status == "uploading"]
         self.store.record_members(self.key, records)
         if not to_upload:
@@ -367,37 +482,22 @@ class ArchiveWorker:
             on_finish=lambda job: self._uploaded(job, batch, to_upload, audio_s),
         )
 
-    def _transcribe_one(
-        self, conversion: _Conversion, transcriber: TranscriberLike
-    ) -> tuple[MemberRecord, float] | None:
-        """The member's record and its audio seconds, or None when the run is stopping (the
-        member stays pending)."""
-        if self.stop_reason is not None:
-            return None
-        member = conversion.member
+    def _result(self, future: Future[dict[str, Any]], decoder: Decoder) -> dict[str, Any]:
+        """The member's transcript; a stop request cancels what the decoder has not finished."""
         t0 = time.monotonic()
         try:
-            info = conversion.future.result(timeout=self.config.decode_timeout)
-        except FutureTimeout:
-            if member.path is not None:
-                member.path.unlink(missing_ok=True)
-            timeout = self.config.decode_timeout
-            return self._failed(member, f"decoding timed out after {timeout:.0f}s"), 0.0
-        except ConversionError as exc:
-            return self._failed(member, str(exc)), 0.0
+            while True:
+                try:
+                    return future.result(timeout=0.5)
+                except FutureTimeout:
+                    if self.stop_reason is not None:
+                        decoder.cancel_pending()
         finally:
-            self.timers.add("convert_wait", time.monotonic() - t0)
-        self.timers.add("convert", info.convert_s)
-        t1 = time.monotonic()
-        try:
-            result = transcriber.transcribe(
-                load_16k(conversion.flac), archive=self.key.archive, member=member.name
-            )
-        except TranscriptionError as exc:
-            conversion.flac.unlink(missing_ok=True)
-            return self._failed(member, str(exc)), 0.0
-        finally:
-            self.timers.add("transcribe", time.monotonic() - t1)
+            self.timers.add("wait_for_transcript", time.monotonic() - t0)
+
+    def _stage(self, conversion: _Conversion, info: AudioInfo, result: dict[str, Any]) -> MemberRecord:
+        """The transcribed member's FLAC and JSON into the upload stage; its record."""
+        member = conversion.member
         result.update(
             source_sample_rate=info.sample_rate,
             source_channels=info.channels,
@@ -406,7 +506,7 @@ class ArchiveWorker:
         conversion.staged.parent.mkdir(parents=True, exist_ok=True)
         conversion.flac.replace(conversion.staged)
         conversion.staged.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
-        record = MemberRecord(
+        return MemberRecord(
             member.name,
             "uploading",
             size_bytes=member.size,
@@ -418,7 +518,6 @@ class ArchiveWorker:
             language_probability=result["language_probability"],
             remote_path=self.destination.url(self._output_path(member)),
         )
-        return record, info.output_duration_s
 
     def _uploaded(self, job: UploadJob, batch: Batch, members: list[tuple[str, str]], audio_s: float) -> None:
         try:
