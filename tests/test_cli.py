@@ -40,7 +40,14 @@ def _archive_row(dsn: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("transcribe_workers", ["1", "2"])  # one file at a time, or two at once
+@pytest.mark.parametrize(
+    "decoding",
+    [
+        ("--decoder", "batched", "--decode-batch-size", "4", "--transcribe-workers", "2"),
+        ("--decoder", "per-member", "--transcribe-workers", "2"),  # faster-whisper's transcribe, 2 at once
+    ],
+    ids=["batched", "per-member"],
+)
 def test_mixed_archive_to_rsync_daemon_then_rerun_uploads_nothing(
     tmp_path: Path,
     pg_dsn: str,
@@ -49,7 +56,7 @@ def test_mixed_archive_to_rsync_daemon_then_rerun_uploads_nothing(
     clips,
     capsys,
     caplog,
-    transcribe_workers: str,
+    decoding: tuple[str, ...],
 ) -> None:
     archive = tmp_path / "input" / DAY / "12_30.tar.xz"
     archive.parent.mkdir(parents=True)
@@ -60,7 +67,7 @@ def test_mixed_archive_to_rsync_daemon_then_rerun_uploads_nothing(
         add_bytes(tar, "../../outside.wav", clips[0][1])
         add_bytes(tar, "evil-link.wav", b"", type=tarfile.SYMTYPE, linkname="/etc/shadow")
 
-    workers = ("--transcribe-workers", transcribe_workers)
+    workers = decoding
     rc = main(_args(archive, pg_dsn, rsync_daemon.url, tmp_path, tiny_model, *workers))
     out = capsys.readouterr().out
     assert rc == 0, out

@@ -48,6 +48,8 @@ BEST_OF = 5
 LOOKAHEAD_CALLS = 4
 # Calls a row waiting for a fallback temperature may wait for company before it goes alone.
 FALLBACK_MAX_WAIT_CALLS = 4
+# A call that is not full waits this long at most for rows of members being prepared.
+FILL_WAIT_S = 0.5
 # Rows (features, ~1 MB each) queued at most, per row of a call.
 QUEUED_ROWS_PER_BATCH_ROW = 2 * LOOKAHEAD_CALLS
 # Rows per generate call when --decode-batch-size is 0: 16 on CUDA (the issue's H100 numbers:
@@ -241,6 +243,7 @@ class BatchedDecoder:
         self._fresh: list[_Row] = []
         self._fallback: dict[int, list[_Row]] = {}
         self._queued = 0
+        self._preparing = 0  # members handed to the prep threads and not yet all queued
         self._max_queued = max(QUEUED_ROWS_PER_BATCH_ROW * self.batch_size, 64)
         self._members: set[_Member] = set()
         self._in_call: Counter[_Member] = Counter()  # rows of each member in the running call
@@ -282,6 +285,7 @@ class BatchedDecoder:
                 self._slots.release()
                 return _cancelled_future()
             self._members.add(m)
+            self._preparing += 1
         future.add_done_callback(lambda _f: self._slots.release())
         self._prep.submit(self._prepare, m, audio)
         return future
@@ -347,7 +351,9 @@ class BatchedDecoder:
             self._fail([m], f"transcription failed: {exc}")
         finally:
             with self._cond:
+                self._preparing -= 1
                 self._stats["prep_s"] += time.monotonic() - started
+                self._cond.notify_all()
 
     def _enqueue(self, row: _Row) -> bool:
         """False when the member was cancelled (stop) and its remaining rows are not needed."""
@@ -368,6 +374,9 @@ class BatchedDecoder:
             with self._cond:
                 while not self._closed and not self._queued:
                     self._cond.wait()
+                deadline = time.monotonic() + FILL_WAIT_S
+                while not self._closed and self._filling() and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)  # a fuller call costs the GPU little more than this one
                 if self._closed:
                     return
                 rows, level = self._pack()
@@ -382,6 +391,11 @@ class BatchedDecoder:
                     self._in_call = Counter()
                     self._queued -= len(rows)
                     self._cond.notify_all()
+
+    def _filling(self) -> bool:
+        """Only fresh rows wait, fewer than a call holds, and more are being prepared."""
+        fallback = any(self._fallback.values())
+        return not fallback and 0 < len(self._fresh) < self._limit and self._preparing > 0
 
     def _pack(self) -> tuple[list[_Row], int]:
         """Rows for the next call (under the lock). Failed rows go first when they fill a call,
