@@ -39,9 +39,10 @@ def test_bench_runs_every_variant_on_the_same_work(
     printed = capsys.readouterr().out
     report = json.loads(report_path.read_text())
 
-    for key in ("sequential_wall_s", "streaming_wall_s", "transcribe_only_wall_s"):
+    for key in ("sequential_wall_s", "streaming_wall_s", "transcribe_only_wall_s", "per_member_wall_s"):
         assert report[key] > 0
-        assert key.removesuffix("_wall_s").split("_")[0] in printed
+    for name in ("sequential", "streaming pipeline (batched decoder)", "batched decoder alone", "per-member"):
+        assert name in printed
     assert report["ratio_streaming_sequential"] == pytest.approx(
         report["streaming_wall_s"] / report["sequential_wall_s"]
     )
@@ -55,16 +56,26 @@ def test_bench_runs_every_variant_on_the_same_work(
     assert len(report["all_wall_s"]["streaming"]) == 2
     assert report["audio_s"] == pytest.approx(report["sequential_audio_s"], rel=1e-6)
     assert report["audio_s"] == pytest.approx(report["transcribe_only_audio_s"], rel=1e-6)
+    assert report["audio_s"] == pytest.approx(report["per_member_audio_s"], rel=1e-6)
+    assert report["ratio_streaming_per_member_throughput"] == pytest.approx(
+        report["streaming_audio_s_per_wall_s"] / report["per_member_audio_s_per_wall_s"]
+    )
+    floor = report["stage_busy_s"]["transcribe_only"]
+    assert floor["decoder_rows"] >= 6 and floor["decoder_rows_per_call"] > 1
+    assert report["gpu"] == {} and report["gpu_busy_streaming"] is None  # no GPU here: not guessed
     assert set(report["stage_busy_s"]["sequential"]) == {"extract", "convert", "transcribe", "upload"}
     assert {"extract", "convert", "transcribe", "upload"} <= set(report["stage_busy_s"]["streaming"])
 
-    # Same model, same greedy decoding, same converted audio: the same transcripts, same names.
+    # Same model, same decoder, same greedy decoding, same converted audio: the pipeline's
+    # transcripts are the decoder's alone, member for member.
     sequential = _outputs(work / "sequential" / "remote")
     streaming = _outputs(work / "streaming" / "remote")
     assert len(sequential) == 6
     assert {Path(k).name for k in streaming} == {Path(k).name for k in sequential}
-    by_name = {Path(k).name: v for k, v in sequential.items()}
-    assert all(by_name[Path(k).name] == text for k, text in streaming.items())
+    stage = work / "sequential" / "stage"
+    order = [str(p.relative_to(stage).with_suffix("")) for p in sorted(stage.rglob("*.flac"))]
+    alone = dict(zip(order, json.loads((work / "transcribe-only.json").read_text()), strict=True))
+    assert {k.split("/bench/", 1)[1].removesuffix(".json"): v for k, v in streaming.items()} == alone
 
     # The process-tar runs: a Python process with CTranslate2 loaded, and scratch was used.
     assert report["peak_rss_mb_large"] > 50 and report["peak_rss_mb_small"] > 50
