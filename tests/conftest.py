@@ -27,9 +27,9 @@ from streaming_pipeline.samples import clip_files, write_tar_xz
 from streaming_pipeline.tiny_model import generate_tiny_model
 
 DAY = "2025-01-25"
-# All six fallback temperatures: with the random model each window is decoded six times, which
-# keeps a worker busy long enough for a test to signal or kill it mid-run.
-SLOW_DECODING = ("--temperatures", "0.0,0.2,0.4,0.6,0.8,1.0")
+# All six fallback temperatures, one window per call: with the random model each window is decoded
+# six times, alone, which keeps a worker busy long enough for a test to signal or kill it mid-run.
+SLOW_DECODING = ("--temperatures", "0.0,0.2,0.4,0.6,0.8,1.0", "--decode-batch-size", "1")
 
 
 def pytest_configure(config: pytest.Config) -> None:

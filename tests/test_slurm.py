@@ -122,6 +122,7 @@ def test_usr1_stops_cleanly_requeues_and_the_next_run_resumes(
     env = {
         **_env(slurm, tmp_path, pg_dsn, rsync_daemon.url, tiny_model),
         "PIPELINE_TEMPERATURES": SLOW_DECODING[1],
+        "PIPELINE_DECODE_BATCH_SIZE": SLOW_DECODING[3],
     }
     (archive,) = make_day(tmp_path, ["09_00"], members=12)
     job = _sbatch(

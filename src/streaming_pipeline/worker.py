@@ -175,7 +175,8 @@ class ArchiveWorker:
         self._finisher_error: BaseException | None = None
         self._upload_errors: list[str] = []
         self._audio_s = 0.0
-        self._counts = {"done": 0, "failed": 0, "rejected": 0, "skipped": 0}
+        # left: members a stop left for the next run (no row yet, so the database cannot tell)
+        self._counts = {"done": 0, "failed": 0, "rejected": 0, "skipped": 0, "left": 0}
         self._counts_lock = threading.Lock()
 
     # -- public -----------------------------------------------------------------------------
@@ -467,6 +468,7 @@ class ArchiveWorker:
             audio_s += entry.info.output_duration_s
         if left:
             self._cancel(left)
+            self._count("left", len(left))
             log.info("stopping: %d members of batch %d left for the next run", len(left), batch.number)
         to_upload = [(r.member, r.remote_path or "") for r in records if r.status == "uploading"]
         self.store.record_members(self.key, records)
@@ -544,6 +546,7 @@ class ArchiveWorker:
     def _release(self, prepared: _Prepared) -> None:
         """Drop a converted batch unprocessed: its members stay pending for the next run."""
         self._cancel(prepared.conversions)
+        self._count("left", len(prepared.conversions))
         shutil.rmtree(prepared.batch.directory, ignore_errors=True)
         log.info("stopping: batch %d left for the next run", prepared.batch.number)
 
@@ -610,7 +613,7 @@ class ArchiveWorker:
         wall = time.monotonic() - started
         summary = self.store.archive_summary(self.key.archive)
         errors = [e for e in (archive_error, *self._upload_errors) if e]
-        complete = reader.completed and summary["pending"] == 0 and not errors
+        complete = reader.completed and summary["pending"] == 0 and not errors and not self._counts["left"]
         if complete:
             state = "done"
         elif self.stop_reason is not None:
@@ -630,7 +633,7 @@ class ArchiveWorker:
             done=summary["done"],
             failed=summary["failed"],
             rejected=summary["rejected"],
-            pending=summary["pending"],
+            pending=summary["pending"] + self._counts["left"],
             audio_s=float(summary["audio_s"]),
             run_audio_s=self._audio_s,
             wall_s=wall,
