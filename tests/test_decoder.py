@@ -198,6 +198,18 @@ def test_a_stop_cancels_what_is_not_decoded(tiny_model: Path, members) -> None:
     assert late.cancelled()
 
 
+@pytest.mark.gpu
+def test_cuda_float16_packs_members_into_shared_calls(tiny_model: Path, members) -> None:
+    names, audio = members
+    config = _config(tiny_model, device="cuda", decode_batch_size=16)
+    transcriber = Transcriber(config)
+    assert (transcriber.device.device, transcriber.device.compute_type) == ("cuda", "float16")
+    results, stats = _decode(transcriber, config, names, audio)
+    assert [r["member"] for r in results] == names
+    assert stats["rows_decoded"] / stats["calls"] > 1 and stats["oom_halvings"] == 0
+    assert all(r["language"] for r in results)
+
+
 def test_speech_chunks_group_regions_up_to_the_window() -> None:
     regions = [{"start": s, "end": s + 10} for s in range(0, 100, 20)]
     assert [len(c) for c in speech_chunks(regions, 25)] == [2, 2, 1]

@@ -56,6 +56,7 @@ QUEUED_ROWS_PER_BATCH_ROW = 2 * LOOKAHEAD_CALLS
 # 235x realtime at 16, 259 at 32, 277 at 64 for a large-v2-sized model); on CPU, measured by
 # `bench` on 2 cores with whisper-base (README, Performance).
 DEFAULT_BATCH = {"cuda": 16, "cpu": 8}
+PREP_THREADS_CUDA = 4
 
 
 class TranscriberModel(Protocol):
@@ -260,14 +261,17 @@ class BatchedDecoder:
             "prep_s": 0.0,
             "oom_halvings": 0,
         }
-        self._prep = ThreadPoolExecutor(config.transcribe_workers, thread_name_prefix="decode-prep")
+        # VAD and features for a GPU decoding ~250x realtime need more than one core (one prep
+        # thread does ~280x on this project's 2-core machine): at least 4 on CUDA.
+        self.prep_threads = max(config.transcribe_workers, PREP_THREADS_CUDA if device == "cuda" else 1)
+        self._prep = ThreadPoolExecutor(self.prep_threads, thread_name_prefix="decode-prep")
         self._thread = threading.Thread(target=self._loop, name="decoder", daemon=True)
         self._thread.start()
         log.info(
             "batched decoder: %d rows per call, up to %d members in flight, %d prep threads, temperatures %s",
             self.batch_size,
             config.process_batch_size,
-            config.transcribe_workers,
+            self.prep_threads,
             ",".join(f"{t:g}" for t in self._temperatures),
         )
 

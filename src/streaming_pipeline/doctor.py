@@ -120,6 +120,7 @@ def _gpu(require_gpu: bool) -> Check:
 def _model(config: PipelineConfig, offline: bool) -> Check:
     from dataclasses import replace
 
+    from .decoder import decode_all, decoder_kind, open_decoder
     from .transcribe import Transcriber
 
     def body() -> Check:
@@ -127,11 +128,18 @@ def _model(config: PipelineConfig, offline: bool) -> Check:
         transcriber = Transcriber(replace(config, offline=offline or config.offline))
         t = np.arange(16000, dtype=np.float32) / 16000
         audio = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-        result = transcriber.transcribe(audio, archive="doctor", member="1s-tone")
+        # Without VAD, so that the tone reaches the model through the configured decoder.
+        check = replace(config, vad=False, temperatures="0", max_new_tokens=16)
+        decoder = open_decoder(transcriber, check)
+        try:
+            (result,) = decode_all(decoder, [audio], ["1s-tone"], archive="doctor")
+        finally:
+            decoder.close()
         return Check(
             "model", PASS,
             f"{transcriber.model_name} on {transcriber.device.device} ({transcriber.device.compute_type}): "
-            f"1 s of audio transcribed, language {result['language']}, {time.monotonic() - started:.1f}s",
+            f"1 s of audio through the {decoder_kind(check)} decoder, language {result['language']}, "
+            f"{time.monotonic() - started:.1f}s",
         )  # fmt: skip
 
     return _guard("model", "set PIPELINE_MODEL to a CTranslate2 model directory bound into the job", body)
