@@ -50,8 +50,10 @@ def test_hostile_members_are_rejected_and_never_written(tmp_path: Path) -> None:
     reader = ArchiveReader(archive, scratch, batch_size=100, max_member_bytes=1024)
     members, rejected = _read_all(reader)
 
-    assert [m.name for m in members] == ["ok/one.wav", "dirlink/through.wav", "ok/two.wav"]
-    reasons = {m.name: m.reject_reason for m in rejected}
+    assert [m.name for m in members] == ["ok/one.wav", "dirlink/through.wav", "ok/one.flac", "ok/two.wav"]
+    # Same stem, different members: the first keeps `one.flac`, the later one its extension too.
+    assert [m.output_stem for m in members] == ["ok/one", "dirlink/through", "ok/one.flac", "ok/two"]
+    reasons = {m.full_name or m.name: m.reject_reason for m in rejected}
     assert "escapes" in reasons["../escape.wav"]
     assert reasons["/etc/absolute.wav"] == "absolute path"
     assert "escapes" in reasons["ok/../../up.wav"]
@@ -61,7 +63,8 @@ def test_hostile_members_are_rejected_and_never_written(tmp_path: Path) -> None:
     assert reasons["dev"] == "device file"
     assert reasons["fifo"] == "FIFO"
     assert reasons["ok/one.wav"] == "duplicate member name"
-    assert "collides" in reasons["ok/one.flac"]
+    (duplicate,) = [m for m in rejected if m.reject_reason == "duplicate member name"]
+    assert duplicate.name == "ok/one.wav\\#10"  # its own key: the first ok/one.wav has the name
     assert "exceeds the cap" in reasons["big.wav"]
     assert "starts with '-'" in reasons["-rf.wav"]
     assert reasons["n" * 300 + ".wav"] == "name too long"
@@ -82,6 +85,7 @@ def test_non_utf8_names_are_rejected(tmp_path: Path) -> None:
     members, rejected = _read_all(ArchiveReader(path, tmp_path / "s", batch_size=10, max_member_bytes=99))
     assert [m.name for m in members] == ["plain.wav"]
     assert rejected[0].reject_reason == "name is not valid UTF-8"
+    assert rejected[0].name == "caf\\xe9.wav"  # the byte, escaped: storable and lossless
 
 
 def test_batches_and_resume_skip(tmp_path: Path) -> None:
@@ -149,3 +153,100 @@ def test_members_past_the_cap_are_rejected(tmp_path: Path) -> None:
     assert [m.name for m in members] == ["m0.wav", "m1.wav", "m2.wav"]
     assert [m.reject_reason for m in rejected] == ["more than 3 members in the archive (the cap)"] * 2
     assert reader.completed
+
+
+def _pax_member(tar: tarfile.TarFile, name: str, data: bytes, pax: dict[str, str] | None = None) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.pax_headers = dict(pax or {})
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_names_no_path_or_database_can_hold_are_rejected_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "names.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        _pax_member(tar, "x", b"empty", {"path": ""})
+        _pax_member(tar, ".", b"dot")
+        _pax_member(tar, "x", b"nul", {"path": "a\x00b.wav"})
+        _pax_member(tar, "tab\there.wav", b"control")
+        _pax_member(tar, "x", b"long", {"path": "d/" + "é" * 1200 + ".wav"})
+        _pax_member(tar, "ok.wav", b"fine")
+    xz = tmp_path / "names.tar.xz"
+    xz.write_bytes(lzma.compress(path.read_bytes()))
+    reader = ArchiveReader(xz, tmp_path / "scratch", batch_size=100, max_member_bytes=99)
+    members, rejected = _read_all(reader)
+    assert [m.name for m in members] == ["ok.wav"] and reader.completed
+    got = {m.name: m.reject_reason for m in rejected}
+    assert got[""] == "empty name"
+    assert got["."] == "empty name"
+    assert got["a\\x00b.wav"] == "name contains NUL"
+    assert got["tab\\x09here.wav"] == "name contains control character U+0009"
+    (long,) = [m for m in rejected if m.full_name]
+    assert long.reject_reason == "name too long" and long.full_name == "d/" + "é" * 1200 + ".wav"
+    assert long.name.endswith("\\#4") and len(long.name) < 1010
+    assert all("\x00" not in m.name for m in rejected)
+
+
+def test_sparse_members_are_rejected_without_being_written(tmp_path: Path) -> None:
+    """GNU tar's sparse formats (old GNU and pax 1.0): a member declaring 10 GiB of holes."""
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is not installed")
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "holes.wav", "wb") as fh:
+        fh.write(b"RIFF" + b"\0" * 40)
+        fh.truncate(10 * 1024**3)
+    (src / "fine.wav").write_bytes(b"RIFF-fine")
+    for fmt in ("gnu", "pax"):
+        archive = tmp_path / f"sparse-{fmt}.tar.xz"
+        subprocess.run(
+            [
+                "tar",
+                f"--format={fmt}",
+                "--sparse",
+                "-cJf",
+                str(archive),
+                "-C",
+                str(src),
+                "holes.wav",
+                "fine.wav",
+            ],
+            check=True,
+        )
+        scratch = tmp_path / f"scratch-{fmt}"
+        members, rejected = _read_all(
+            ArchiveReader(archive, scratch, batch_size=10, max_member_bytes=20 * 1024**3)
+        )
+        assert [m.name for m in members] == ["fine.wav"]
+        assert [(m.name, m.reject_reason) for m in rejected] == [
+            ("holes.wav", "sparse member (audio is never sparse)")
+        ]
+        assert archive.stat().st_size < 2 * 1024**2
+
+
+def test_a_malformed_header_of_any_error_type_ends_the_archive_as_damaged(tmp_path: Path) -> None:
+    """A damaged GNU sparse map makes tarfile raise ValueError, not TarError: the members before
+    it are read, then the archive is reported damaged (no traceback, no crash)."""
+    path = tmp_path / "bad-sparse.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        _pax_member(tar, "first.wav", b"RIFF-first")
+        _pax_member(
+            tar,
+            "bad.wav",
+            b"x" * 10,
+            {"GNU.sparse.size": "100", "GNU.sparse.map": "0,abc", "GNU.sparse.name": "b"},
+        )
+        _pax_member(tar, "after.wav", b"RIFF-after")
+    xz = tmp_path / "bad-sparse.tar.xz"
+    xz.write_bytes(lzma.compress(path.read_bytes()))
+    reader = ArchiveReader(xz, tmp_path / "scratch", batch_size=10, max_member_bytes=99)
+    got = []
+    with pytest.raises(
+        ArchiveError, match=r"damaged after 1 members: HeaderError: malformed member header \(ValueError"
+    ):
+        for batch in reader.batches():
+            got += [m.name for m in batch.members]
+    assert got == ["first.wav"] and not reader.completed

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import lzma
 import tarfile
 from pathlib import Path
 
@@ -169,3 +171,98 @@ def test_bad_invocations_fail_with_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "remote").exists()
+
+
+def _pax(tar: tarfile.TarFile, name: str, data: bytes, pax: dict[str, str] | None = None) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.pax_headers = dict(pax or {})
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.slow
+def test_real_archive_names_and_formats_each_get_their_status(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, capsys, caplog
+) -> None:
+    """Members that share a stem, formats only PyAV reads, names no path or database can hold, a
+    sparse member declaring 10 GiB, and then a damaged header: every case gets its named status,
+    nothing is written outside scratch, no traceback."""
+    import shutil
+    import subprocess
+
+    from streaming_pipeline.samples import PYAV_VARIANTS, encode_pyav, speak
+
+    samples, rate = speak("The same talk, recorded twice.")
+    wav = next(data for name, data in clips if name.endswith(".wav"))
+    mp3 = next(data for name, data in clips if name.endswith(".mp3"))
+    m4a = encode_pyav(samples, rate, PYAV_VARIANTS[0])
+    webm = encode_pyav(samples, rate, PYAV_VARIANTS[2])
+    plain = tmp_path / "day.tar"
+    with tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as tar:
+        _pax(tar, "show/talk.wav", wav)
+        _pax(tar, "show/talk.mp3", mp3)
+        _pax(tar, "show/talk.m4a", m4a)
+        _pax(tar, "show/interview.webm", webm)
+        _pax(tar, "x", wav, {"path": ""})
+        _pax(tar, ".", wav)
+        _pax(tar, "x", wav, {"path": "nul\x00name.wav"})
+        _pax(tar, "bad\udcff.wav", wav)  # a byte that is not UTF-8 (pax hdrcharset=BINARY)
+    holes = tmp_path / "src" / "holes.wav"
+    holes.parent.mkdir()
+    with open(holes, "wb") as fh:
+        fh.write(wav[:44])
+        fh.truncate(10 * 1024**3)
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is not installed")
+    subprocess.run(
+        ["tar", "--format=pax", "--sparse", "-rf", str(plain), "-C", str(holes.parent), "holes.wav"],
+        check=True,
+    )
+    with tarfile.open(plain, "a", format=tarfile.PAX_FORMAT) as tar:
+        _pax(tar, "show/after.wav", wav)
+        _pax(
+            tar,
+            "broken.wav",
+            b"x" * 10,
+            {"GNU.sparse.size": "99", "GNU.sparse.map": "0,abc", "GNU.sparse.name": "b"},
+        )
+        _pax(tar, "show/never-read.wav", wav)
+    archive = tmp_path / "input" / DAY / "12_30.tar.xz"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(lzma.compress(plain.read_bytes()))
+    plain.unlink()
+    before = set(tmp_path.iterdir())
+
+    rc = main(_args(archive, pg_dsn, str(tmp_path / "remote"), tmp_path, tiny_model))
+    out = capsys.readouterr()
+    assert rc == 1, out.out
+    assert "Traceback" not in out.out + out.err + caplog.text
+    rows = _rows(pg_dsn)
+    status = {m: (r["status"], r["error"], r["decoder"]) for m, r in rows.items()}
+    for name, decoder in (("show/talk.wav", "soundfile"), ("show/talk.mp3", "soundfile"),
+                          ("show/talk.m4a", "pyav"), ("show/interview.webm", "pyav"),
+                          ("show/after.wav", "soundfile")):  # fmt: skip
+        assert status[name][0] == "done" and status[name][2] == decoder, (name, status[name])
+    # Three members, one stem: each its own FLAC and JSON, the first under the plain name.
+    remote = tmp_path / "remote" / DAY / "12_30" / "show"
+    assert sorted(p.name for p in remote.glob("talk*.flac")) == [
+        "talk.flac",
+        "talk.m4a.flac",
+        "talk.mp3.flac",
+    ]
+    assert json.loads((remote / "talk.m4a.json").read_text())["member"] == "show/talk.m4a"
+    assert json.loads((remote / "talk.m4a.json").read_text())["source_decoder"] == "pyav"
+    assert rows["show/talk.mp3"]["remote_path"].endswith("/show/talk.mp3.flac")
+    assert status[""][:2] == ("rejected", "empty name")
+    assert status["."][:2] == ("rejected", "empty name")
+    assert status["nul\\x00name.wav"][:2] == ("rejected", "name contains NUL")
+    assert status["bad\\xff.wav"][:2] == ("rejected", "name is not valid UTF-8")
+    assert status["holes.wav"][:2] == ("rejected", "sparse member (audio is never sparse)")
+    assert "show/never-read.wav" not in status and "broken.wav" not in status
+    (row,) = [_archive_row(pg_dsn)]
+    assert row["state"] == "failed"
+    assert "damaged after 10 members: HeaderError: malformed member header (ValueError" in row["error"]
+    assert set(tmp_path.iterdir()) <= before | {tmp_path / "remote", tmp_path / "scratch"}, (
+        "nothing outside scratch"
+    )
+    assert not any((tmp_path / "scratch").rglob("*.*")), "scratch is emptied"

@@ -28,22 +28,55 @@ log = logging.getLogger(__name__)
 
 MAX_NAME_BYTES = 4096
 MAX_COMPONENT_BYTES = 255
+# A rejected member's name is its key in PostgreSQL: longer escaped names are cut (the whole
+# name goes to `full_name`), as are duplicates' (a unique key cannot repeat).
+MAX_KEY_CHARS = 1000
 COPY_CHUNK = 1024 * 1024
 _SAFE_SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
 class Member:
     index: int
-    name: str
+    name: str  # as recorded: the member path, or for a rejected member its escaped name (`escape_name`)
     size: int
     path: Path | None = None
     reject_reason: str | None = None
+    output_stem: str = ""  # path of its .flac and .json under DATE/SLOT/, without the suffix
+    full_name: str | None = None  # the whole escaped name, where `name` had to be cut or keyed
 
-    @property
-    def output_stem(self) -> str:
-        """Member path without its extension: the name of its .flac and .json on the remote."""
-        return str(PurePosixPath(self.name).with_suffix(""))
+
+def escape_name(raw: str) -> str:
+    """A lossless, printable, PostgreSQL-safe form of any member name: backslash as \\\\, control
+    characters (NUL included) and bytes that are not UTF-8 (tarfile's surrogate escapes) as
+    \\xNN. Names the pipeline accepts contain none of these, so they are stored unchanged."""
+    out = []
+    for char in raw:
+        code = ord(char)
+        if char == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def output_stems(name: str) -> Iterator[str]:
+    """Candidate output paths (without .flac) for a member, in order of preference: its path
+    without the extension (`talk.wav` -> `talk`), then with it (`talk.wav`), then numbered
+    (`talk.wav~2`, ...). The reader gives each member the first one no earlier member took."""
+    path = PurePosixPath(name)
+    yield str(path.with_suffix("")) if path.suffix else name
+    if path.suffix:
+        yield name
+    n = 2
+    while True:
+        yield f"{name}~{n}"
+        n += 1
 
 
 @dataclass
@@ -82,6 +115,8 @@ def check_member(info: tarfile.TarInfo, max_member_bytes: int) -> str | None:
         return "device file"
     if info.isfifo():
         return "FIFO"
+    if info.issparse():
+        return "sparse member (audio is never sparse)"
     if not info.isreg():
         return f"unsupported member type {info.type!r}"
     name = info.name
@@ -89,8 +124,12 @@ def check_member(info: tarfile.TarInfo, max_member_bytes: int) -> str | None:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
         return "name is not valid UTF-8"
-    if "\x00" in name or "\\" in name:
-        return "name contains NUL or backslash"
+    if "\x00" in name:
+        return "name contains NUL"
+    if control := _CONTROL.search(name):
+        return f"name contains control character U+{ord(control.group()):04X}"
+    if "\\" in name:
+        return "name contains a backslash"
     if name.startswith("/") or posixpath.isabs(name):
         return "absolute path"
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -159,7 +198,8 @@ class ArchiveReader:
                 lzma.open(counter) as decompressed,  # type: ignore[arg-type]
                 tarfile.open(fileobj=decompressed, mode="r|") as stream,
             ):
-                for info in stream:
+                headers = iter(stream)
+                while (info := self._next_header(headers)) is not None:
                     self._take(stream, info, batch, names, outputs)
                     stream.members = []  # tarfile keeps every TarInfo otherwise
                     batch.compressed_bytes_read = counter.bytes_read
@@ -185,6 +225,18 @@ class ArchiveReader:
                 f"{type(error).__name__}: {error}"
             ) from error
 
+    @staticmethod
+    def _next_header(headers: Iterator[tarfile.TarInfo]) -> tarfile.TarInfo | None:
+        """The next member's header. tarfile raises more than TarError on malformed headers (a
+        ValueError from a damaged GNU sparse map, UnicodeError...): any of them means the archive
+        is damaged here, which the caller reports as such."""
+        try:
+            return next(headers, None)
+        except (tarfile.TarError, EOFError, lzma.LZMAError, OSError):
+            raise
+        except Exception as exc:
+            raise tarfile.HeaderError(f"malformed member header ({type(exc).__name__}: {exc})") from exc
+
     def _new_batch(self, number: int) -> Batch:
         directory = self.scratch_dir / f"batch-{number:06d}"
         (directory / "in").mkdir(parents=True, exist_ok=True)
@@ -205,19 +257,19 @@ class ArchiveReader:
         reason = check_member(info, self.max_member_bytes)
         if reason is None and self.members_seen > self.max_members:
             reason = f"more than {self.max_members} members in the archive (the cap)"
-        name = normalise_name(info.name) if reason is None else _printable(info.name)
-        member = Member(index=index, name=name, size=info.size)
-        name_key, stem_key = _digest(name), _digest(member.output_stem)
-        if reason is None and name_key in names:
+        if reason is None and _digest(normalise_name(info.name)) in names:
             reason = "duplicate member name"
-        if reason is None and stem_key in outputs:
-            reason = f"output name {member.output_stem}.flac collides with member #{outputs[stem_key]}"
         if reason is not None:
-            member.reject_reason = reason
-            batch.rejected.append(member)
+            batch.rejected.append(_rejected(index, info, reason))
             return
-        names.add(name_key)
-        outputs[stem_key] = index
+        name = normalise_name(info.name)
+        member = Member(index=index, name=name, size=info.size)
+        names.add(_digest(name))
+        for stem in output_stems(name):  # the first output name no earlier member took
+            if _digest(stem) not in outputs:
+                break
+        member.output_stem = stem
+        outputs[_digest(stem)] = index
         if self.is_done(name):
             batch.skipped += 1
             return
@@ -251,10 +303,17 @@ def _digest(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-def _printable(name: str) -> str:
-    """A loggable, storable form of a hostile name (surrogates escaped, length capped)."""
-    safe = name.encode("utf-8", "backslashreplace").decode("utf-8")
-    return safe if len(safe) <= 1024 else safe[:1024] + "..."
+def _rejected(index: int, info: tarfile.TarInfo, reason: str) -> Member:
+    """A rejected member, recorded under its escaped name. Where that cannot be its key (too long
+    for an index, or a name an earlier member has: a duplicate) the key is the escaped name cut
+    to MAX_KEY_CHARS plus `\\#<member index>` (no escaped name contains `\\#`), and the whole
+    escaped name goes to `full_name`."""
+    escaped = escape_name(info.name)
+    member = Member(index=index, name=escaped, size=info.size, reject_reason=reason)
+    if len(escaped) > MAX_KEY_CHARS or reason == "duplicate member name":
+        member.name = f"{escaped[:MAX_KEY_CHARS]}\\#{index}"
+        member.full_name = escaped
+    return member
 
 
 def ensure_writable_dir(path: Path) -> None:

@@ -1,7 +1,10 @@
-"""Decode any soundfile-readable audio, downmix to mono, resample to 16 kHz, write 16-bit FLAC.
+"""Decode a member, downmix to mono, resample to 16 kHz, write 16-bit FLAC.
 
-Runs in worker processes. Audio is processed in blocks through soxr's streaming resampler, so a
-member of hours costs the same memory as one of seconds.
+soundfile (libsndfile: WAV, FLAC, Ogg Vorbis/Opus, MP3, AIFF, NIST SPHERE...) is tried first; what
+it cannot open goes to PyAV (the FFmpeg libraries faster-whisper already installs; no ffmpeg
+binary): AAC/M4A/MP4, WebM/Matroska, Opus in any container, WMA, AMR and more. Both are read in
+blocks through soxr's streaming resampler, so a member of hours costs the same memory as one of
+seconds. Runs in worker processes.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +32,10 @@ MIN_SAMPLES = 400
 BLOCK_FRAMES = 1 << 18
 
 
+# Suffixes of headerless PCM: no decoder can know its rate or layout.
+RAW_SUFFIXES = frozenset({".raw", ".pcm", ".s16", ".s16le", ".u8", ".f32", ".bin", ""})
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     sample_rate: int
@@ -34,6 +43,7 @@ class AudioInfo:
     duration_s: float  # of the source, as decoded
     samples_16k: int
     convert_s: float = 0.0  # seconds the conversion took (in its pool process)
+    decoder: str = "soundfile"  # which library read the source: soundfile or pyav
 
     @property
     def output_duration_s(self) -> float:
@@ -57,6 +67,7 @@ def exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
 
 def warm_up() -> None:
     """Import the decoders in a pool process before the first member arrives."""
+    import av  # noqa: F401
     import soundfile  # noqa: F401
     import soxr  # noqa: F401
 
@@ -90,41 +101,97 @@ def convert_to_flac(src: str, dst: str, *, remove_source: bool = False) -> Audio
 
 
 def _convert(src: str, dst: str) -> AudioInfo:
+    """soundfile first; PyAV for what libsndfile cannot open. A member neither reads fails with
+    both reasons, in terms of the member (never its scratch path)."""
+    import soundfile as sf
+
+    try:
+        source = sf.SoundFile(src)
+    except Exception as exc:  # noqa: BLE001 - libsndfile raises several types for "cannot open"
+        sf_reason = _short(exc, src)
+    else:
+        with source:
+            return _write(dst, source.samplerate, source.channels, _soundfile_blocks(source), "soundfile")
+    try:
+        return _convert_pyav(src, dst)
+    except ConversionError as exc:
+        av_reason = str(exc)
+    if Path(src).suffix.lower() in RAW_SUFFIXES:
+        raise ConversionError(f"no header: sample rate unknown (soundfile: {sf_reason}; PyAV: {av_reason})")
+    raise ConversionError(f"cannot decode: soundfile: {sf_reason}; PyAV: {av_reason}")
+
+
+def _soundfile_blocks(source: Any) -> Iterator[np.ndarray]:
+    while True:
+        block = source.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        if len(block):
+            yield block
+        if len(block) < BLOCK_FRAMES:
+            return
+
+
+def _convert_pyav(src: str, dst: str) -> AudioInfo:
+    """The first audio stream, decoded frame by frame into float32 blocks."""
+    import av
+
+    try:
+        container = av.open(src, metadata_errors="ignore")
+    except Exception as exc:  # noqa: BLE001 - PyAV's errors are many FFmpeg error types
+        raise ConversionError(_short(exc, src)) from None
+    with container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise ConversionError("no audio stream")
+        context = stream.codec_context
+        rate, channels = context.sample_rate, context.channels
+        if not rate or not channels:
+            raise ConversionError(f"invalid audio stream: {rate} Hz, {channels} channels")
+        # Planar float at the source's rate and layout; downmix and resampling stay ours (soxr).
+        planar = av.AudioResampler(format="fltp", layout=context.layout, rate=rate)
+
+        def blocks() -> Iterator[np.ndarray]:
+            try:
+                for frame in container.decode(stream):
+                    for out in planar.resample(frame):
+                        yield out.to_ndarray().T
+                for out in planar.resample(None):
+                    yield out.to_ndarray().T
+            except av.error.FFmpegError as exc:
+                raise ConversionError(_short(exc, src)) from None
+
+        return _write(dst, rate, channels, blocks(), "pyav")
+
+
+def _write(dst: str, rate: int, channels: int, blocks: Iterator[np.ndarray], decoder: str) -> AudioInfo:
+    """Blocks of (frames, channels) float32 → mono → soxr stream resample → 16-bit FLAC, written
+    under a temporary name and renamed when complete."""
     import soundfile as sf
     import soxr
 
     out_path = Path(dst)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = out_path.with_name(out_path.name + ".part")
+    if rate <= 0 or channels <= 0:
+        raise ConversionError(f"invalid header: {rate} Hz, {channels} channels")
+    resampler = None if rate == TARGET_RATE else soxr.ResampleStream(rate, TARGET_RATE, 1, "float32", "HQ")
+    decoded = written = 0
     try:
-        with sf.SoundFile(src) as source:
-            rate, channels = source.samplerate, source.channels
-            if rate <= 0 or channels <= 0:
-                raise ConversionError(f"invalid header: {rate} Hz, {channels} channels")
-            resampler = (
-                None if rate == TARGET_RATE else soxr.ResampleStream(rate, TARGET_RATE, 1, "float32", "HQ")
-            )
-            decoded = 0
-            written = 0
-            with sf.SoundFile(tmp_path, "w", TARGET_RATE, 1, "PCM_16", format="FLAC") as sink:
-                while True:
-                    block = source.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
-                    last = len(block) < BLOCK_FRAMES
-                    decoded += len(block)
-                    mono = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0]
-                    if resampler is not None:
-                        mono = resampler.resample_chunk(mono, last=last)
-                    if len(mono):
-                        sink.write(np.clip(mono, -1.0, 1.0))
-                        written += len(mono)
-                    if last:
-                        break
+        with sf.SoundFile(tmp_path, "w", TARGET_RATE, 1, "PCM_16", format="FLAC") as sink:
+            for block in _with_last(blocks):
+                data, last = block
+                decoded += len(data)
+                mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+                if resampler is not None:
+                    mono = resampler.resample_chunk(np.ascontiguousarray(mono, dtype=np.float32), last=last)
+                if len(mono):
+                    sink.write(np.clip(mono, -1.0, 1.0))
+                    written += len(mono)
     except ConversionError:
         tmp_path.unlink(missing_ok=True)
         raise
-    except Exception as exc:  # noqa: BLE001 - libsndfile raises several types; all mean "undecodable"
+    except Exception as exc:  # noqa: BLE001 - a decoder failing mid-stream: undecodable member
         tmp_path.unlink(missing_ok=True)
-        raise ConversionError(f"cannot decode: {_short(exc)}") from None
+        raise ConversionError(f"cannot decode ({decoder}): {_short(exc)}") from None
     if decoded == 0:
         tmp_path.unlink(missing_ok=True)
         raise ConversionError("no audio frames (empty file or missing data chunk)")
@@ -132,7 +199,19 @@ def _convert(src: str, dst: str) -> AudioInfo:
         tmp_path.unlink(missing_ok=True)
         raise ConversionError(f"too short: {written} samples at 16 kHz, Whisper needs at least {MIN_SAMPLES}")
     tmp_path.replace(out_path)
-    return AudioInfo(sample_rate=rate, channels=channels, duration_s=decoded / rate, samples_16k=written)
+    return AudioInfo(rate, channels, decoded / rate, written, decoder=decoder)
+
+
+def _with_last(blocks: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, bool]]:
+    """Each block with whether it is the last (the resampler flushes on it); an empty last
+    block when the source ends on a block boundary."""
+    previous: np.ndarray | None = None
+    for block in blocks:
+        if previous is not None:
+            yield previous, False
+        previous = block
+    if previous is not None:
+        yield previous, True
 
 
 def load_16k(path: Path) -> np.ndarray:
@@ -145,6 +224,9 @@ def load_16k(path: Path) -> np.ndarray:
     return data
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException, path: str | None = None) -> str:
+    """The error's first line, with the scratch path (an index name nobody knows) left out."""
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    if path:
+        text = text.replace(f"'{path}'", "the member").replace(path, "the member")
+    return text.splitlines()[0][:500]

@@ -76,6 +76,53 @@ def encode(samples: np.ndarray, rate: int, variant: Variant) -> bytes:
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class PyavVariant:
+    """A format libsndfile cannot read, written with PyAV's encoders (what broadcast and the web
+    deliver: AAC in MP4/M4A, Opus in WebM, WMA, AMR, 5.1 AC-3)."""
+
+    suffix: str
+    container: str
+    codec: str
+    rate: int
+    layout: str
+
+
+PYAV_VARIANTS = (
+    PyavVariant(".m4a", "mp4", "aac", 44100, "stereo"),
+    PyavVariant(".mp4", "mp4", "aac", 48000, "mono"),
+    PyavVariant(".webm", "webm", "libopus", 48000, "stereo"),
+    PyavVariant(".mka", "matroska", "libopus", 48000, "mono"),
+    PyavVariant(".wma", "asf", "wmav2", 44100, "stereo"),
+    PyavVariant(".amr", "amr", "libopencore_amrnb", 8000, "mono"),
+    PyavVariant(".ac3", "ac3", "ac3", 48000, "5.1"),
+)
+
+
+def encode_pyav(samples: np.ndarray, rate: int, variant: PyavVariant) -> bytes:
+    """`samples` (mono float32) encoded by PyAV in `variant`'s container and codec."""
+    import av
+    import soxr
+
+    audio = samples if rate == variant.rate else soxr.resample(samples, rate, variant.rate)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=variant.container) as out:
+        stream = out.add_stream(variant.codec, rate=variant.rate, layout=variant.layout)
+        stream.codec_context.bit_rate = 12200 if variant.codec == "libopencore_amrnb" else 96000
+        channels = stream.codec_context.layout.nb_channels
+        planar = np.repeat(audio[None, :].astype(np.float32), channels, axis=0)
+        frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=variant.layout)
+        frame.sample_rate = variant.rate
+        resampler = av.AudioResampler(
+            format=stream.codec_context.format, layout=variant.layout, rate=variant.rate,
+            frame_size=stream.codec_context.frame_size or None,
+        )  # fmt: skip
+        for chunk in [*resampler.resample(frame), *resampler.resample(None)]:
+            out.mux(stream.encode(chunk))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
 def clip_files(count: int, *, seed: int = 0) -> Iterable[tuple[str, bytes]]:
     """(member name, encoded bytes) for `count` clips spread over nested folders and formats."""
     cache: dict[int, tuple[np.ndarray, int]] = {}

@@ -25,7 +25,7 @@ from .errors import ConfigError, StoreError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE IF NOT EXISTS archives (
@@ -180,6 +180,12 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (run, row_index)
     );
     """,
+    4: """
+    -- Which library decoded each member (soundfile or pyav); the whole escaped name of a rejected
+    -- member whose key had to be cut or made unique (a duplicate).
+    ALTER TABLE audio_files ADD COLUMN IF NOT EXISTS decoder text;
+    ALTER TABLE audio_files ADD COLUMN IF NOT EXISTS full_name text;
+    """,
 }
 
 MEMBER_COLUMNS = (
@@ -193,6 +199,8 @@ MEMBER_COLUMNS = (
     "language_probability",
     "remote_path",
     "error",
+    "decoder",
+    "full_name",
 )
 DAY_COLUMNS = frozenset(
     {"state", "archives", "submitted", "executor", "array_job_id", "finalize_job_id", "submitted_at",
@@ -213,6 +221,8 @@ class MemberRecord:
     language_probability: float | None = None
     remote_path: str | None = None
     error: str | None = None
+    decoder: str | None = None
+    full_name: str | None = None
 
 
 @dataclass(frozen=True)

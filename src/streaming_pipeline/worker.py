@@ -364,7 +364,13 @@ class ArchiveWorker:
                     self.store.record_members(
                         self.key,
                         [
-                            MemberRecord(m.name, "rejected", size_bytes=m.size, error=m.reject_reason)
+                            MemberRecord(
+                                m.name,
+                                "rejected",
+                                size_bytes=m.size,
+                                error=m.reject_reason,
+                                full_name=m.full_name,
+                            )
                             for m in batch.rejected
                         ],
                     )
@@ -504,6 +510,7 @@ class ArchiveWorker:
             source_sample_rate=info.sample_rate,
             source_channels=info.channels,
             source_duration=info.duration_s,
+            source_decoder=info.decoder,
         )
         conversion.staged.parent.mkdir(parents=True, exist_ok=True)
         conversion.flac.replace(conversion.staged)
@@ -519,6 +526,7 @@ class ArchiveWorker:
             language=result["language"],
             language_probability=result["language_probability"],
             remote_path=self.destination.url(self._output_path(member)),
+            decoder=info.decoder,
         )
 
     def _uploaded(self, job: UploadJob, batch: Batch, members: list[tuple[str, str]], audio_s: float) -> None:
