@@ -590,26 +590,31 @@ def _demo(args: argparse.Namespace) -> int:
     from .tiny_model import generate_tiny_model
 
     state = args.state_dir.resolve()
-    model_dir = state / "tiny-whisper"
-    if not (model_dir / "model.bin").exists():
-        generate_tiny_model(model_dir)
     overrides: dict[str, Any] = {
         "remote": str(state / "remote"),
         "scratch_dir": state / "scratch",
-        "model": str(model_dir),
         "input_root": state / "input",
         "log_dir": state / "logs",
         "max_parallel": 2,
         "num_workers": 1,
         "cpu_threads": 1,
         "stream_batch_size": 4,
-        "temperatures": "0",  # a random model fails every threshold: no fallback decoding
     }
     cli = {k: v for k, v in vars(args).items() if v is not None}
     env = dict(environ())
+    defaults: dict[str, Any] = {}
+    if cli.get("model") or env.get("PIPELINE_MODEL"):
+        print(f"model: {cli.get('model') or env.get('PIPELINE_MODEL')}")
+    else:
+        model_dir = state / "tiny-whisper"
+        if not (model_dir / "model.bin").exists():
+            generate_tiny_model(model_dir)
+        # A random model fails every threshold: no fallback decoding.
+        defaults = {"model": str(model_dir), "temperatures": "0"}
+        print("model: a tiny random-weight Whisper (no model given; transcripts are noise): pass --model DIR")
     if not (cli.get("dsn") or env.get("PIPELINE_DSN") or env.get("DB_CREDS")):
         overrides["dsn"] = EmbeddedPostgres(state / "postgres").start()
-    config = build_config({**overrides, **cli}, env)
+    config = build_config({**overrides, **cli}, env, defaults)
     day = parse_day(args.day)
     if not sorted((state / "input" / day.isoformat()).glob("*.tar.xz")):
         make_sample_day(state / "input", day.isoformat(), archives=args.archives, members=args.members)
