@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -25,168 +26,18 @@ from .errors import ConfigError, StoreError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
-MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE IF NOT EXISTS archives (
-        archive        text PRIMARY KEY,
-        day            date NOT NULL,
-        slot           text NOT NULL,
-        path           text NOT NULL,
-        state          text NOT NULL DEFAULT 'pending'
-                       CHECK (state IN ('pending', 'running', 'done', 'failed')),
-        members_seen   integer NOT NULL DEFAULT 0,
-        bytes_total    bigint,
-        bytes_read     bigint,
-        host           text,
-        pid            integer,
-        slurm_job_id   text,
-        started_at     timestamptz,
-        finished_at    timestamptz,
-        wall_s         double precision,
-        error          text,
-        created_at     timestamptz NOT NULL DEFAULT now(),
-        updated_at     timestamptz NOT NULL DEFAULT now()
-    );
-    CREATE INDEX IF NOT EXISTS archives_day ON archives (day, slot);
-    CREATE TABLE IF NOT EXISTS audio_files (
-        id                   bigserial PRIMARY KEY,
-        day                  date NOT NULL,
-        slot                 text NOT NULL,
-        archive              text NOT NULL REFERENCES archives (archive),
-        member               text NOT NULL,
-        status               text NOT NULL
-                             CHECK (status IN ('uploading', 'done', 'failed', 'rejected')),
-        size_bytes           bigint,
-        sample_rate          integer,
-        channels             integer,
-        duration_s           double precision,
-        transcript           text,
-        language             text,
-        language_probability double precision,
-        remote_path          text,
-        error                text,
-        created_at           timestamptz NOT NULL DEFAULT now(),
-        updated_at           timestamptz NOT NULL DEFAULT now(),
-        UNIQUE (archive, member)
-    );
-    CREATE INDEX IF NOT EXISTS audio_files_day_slot ON audio_files (day, slot);
-    CREATE INDEX IF NOT EXISTS audio_files_status ON audio_files (archive, status);
-    CREATE INDEX IF NOT EXISTS audio_files_created ON audio_files (created_at);
-    """,
-    2: """
-    -- A worker stopped by a signal (time limit, preemption) leaves its archive 'interrupted'.
-    ALTER TABLE archives DROP CONSTRAINT IF EXISTS archives_state_check;
-    ALTER TABLE archives ADD CONSTRAINT archives_state_check
-        CHECK (state IN ('pending', 'running', 'interrupted', 'done', 'failed'));
-    ALTER TABLE archives ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
-    ALTER TABLE archives ADD COLUMN IF NOT EXISTS restarts integer NOT NULL DEFAULT 0;
-    CREATE TABLE IF NOT EXISTS days (
-        day              date PRIMARY KEY,
-        state            text NOT NULL CHECK (state IN ('submitted', 'done', 'incomplete')),
-        archives         integer NOT NULL DEFAULT 0,
-        submitted        integer NOT NULL DEFAULT 0,
-        executor         text,
-        array_job_id     text,
-        finalize_job_id  text,
-        submitted_at     timestamptz,
-        finalized_at     timestamptz,
-        summary          jsonb
-    );
-    -- The key a worker holds (pg_advisory_lock) while it processes an archive.
-    CREATE OR REPLACE FUNCTION archive_lock_key(archive text) RETURNS bigint
-        LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('streaming-pipeline:' || archive, 0) $$;
-    -- Whether a live session holds that key; a dead worker's session (and lock) is gone.
-    CREATE OR REPLACE FUNCTION archive_locked(archive text) RETURNS boolean
-        LANGUAGE sql STABLE AS $$
-        SELECT EXISTS (
-            SELECT 1 FROM pg_locks l
-            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-              AND l.classid = ((archive_lock_key(archive) >> 32) & 4294967295)::oid
-              AND l.objid = (archive_lock_key(archive) & 4294967295)::oid)
-    $$;
-    CREATE OR REPLACE VIEW archive_status AS
-    SELECT a.day, a.slot, a.archive, a.state,
-           archive_locked(a.archive) AS live,
-           count(f.id) FILTER (WHERE f.status = 'done') AS done,
-           count(f.id) FILTER (WHERE f.status = 'failed') AS failed,
-           count(f.id) FILTER (WHERE f.status = 'rejected') AS rejected,
-           count(f.id) FILTER (WHERE f.status = 'uploading') AS uploading,
-           round((coalesce(sum(f.duration_s) FILTER (WHERE f.status = 'done'), 0) / 3600)::numeric, 3)
-               AS audio_hours,
-           CASE WHEN a.state = 'running' THEN extract(epoch FROM now() - a.started_at)
-                ELSE a.wall_s END AS elapsed_s,
-           a.members_seen, a.bytes_read, a.bytes_total, a.slurm_job_id, a.host, a.restarts,
-           a.started_at, a.finished_at, a.heartbeat_at, a.error
-    FROM archives a LEFT JOIN audio_files f USING (archive)
-    GROUP BY a.archive;
-    CREATE OR REPLACE VIEW day_status AS
-    SELECT day,
-           count(*) AS archives,
-           count(*) FILTER (WHERE state = 'done') AS archives_done,
-           count(*) FILTER (WHERE state = 'running' AND live) AS archives_running,
-           count(*) FILTER (WHERE state = 'failed') AS archives_failed,
-           count(*) FILTER (WHERE state IN ('pending', 'interrupted')
-                            OR (state = 'running' AND NOT live)) AS archives_waiting,
-           sum(done) AS members_done, sum(failed) AS members_failed, sum(rejected) AS members_rejected,
-           sum(audio_hours) AS audio_hours,
-           min(started_at) AS first_start, max(finished_at) AS last_finish
-    FROM archive_status GROUP BY day;
-    """,
-    3: """
-    -- process-dataset: one row per (source, config, split, output) run; its checkpoint is the
-    -- last shard whose upload rsync confirmed, with the source iterator's state after that shard.
-    CREATE TABLE IF NOT EXISTS dataset_runs (
-        run            text PRIMARY KEY,
-        source         text NOT NULL,
-        config_name    text,
-        split          text NOT NULL,
-        output         text NOT NULL,
-        state          text NOT NULL DEFAULT 'running'
-                       CHECK (state IN ('running', 'interrupted', 'done', 'failed')),
-        rows_done      bigint NOT NULL DEFAULT 0,
-        rows_written   bigint NOT NULL DEFAULT 0,
-        rows_failed    bigint NOT NULL DEFAULT 0,
-        shards_done    integer NOT NULL DEFAULT 0,
-        last_id        text,
-        host           text,
-        pid            integer,
-        slurm_job_id   text,
-        started_at     timestamptz,
-        finished_at    timestamptz,
-        updated_at     timestamptz NOT NULL DEFAULT now(),
-        error          text
-    );
-    CREATE TABLE IF NOT EXISTS dataset_shards (
-        run          text NOT NULL REFERENCES dataset_runs (run),
-        shard        integer NOT NULL,
-        first_row    bigint NOT NULL,
-        end_row      bigint NOT NULL,
-        rows         integer NOT NULL,
-        failed       integer NOT NULL,
-        bytes        bigint NOT NULL,
-        last_id      text,
-        remote_path  text NOT NULL,
-        source_state jsonb,
-        uploaded_at  timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (run, shard)
-    );
-    CREATE TABLE IF NOT EXISTS dataset_failures (
-        run        text NOT NULL REFERENCES dataset_runs (run),
-        row_index  bigint NOT NULL,
-        id         text,
-        error      text NOT NULL,
-        PRIMARY KEY (run, row_index)
-    );
-    """,
-    4: """
-    -- Which library decoded each member (soundfile or pyav); the whole escaped name of a rejected
-    -- member whose key had to be cut or made unique (a duplicate).
-    ALTER TABLE audio_files ADD COLUMN IF NOT EXISTS decoder text;
-    ALTER TABLE audio_files ADD COLUMN IF NOT EXISTS full_name text;
-    """,
-}
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def migrations() -> dict[int, str]:
+    """`migrations/NNNN_name.sql`, package data: version -> SQL, applied in order by init_schema."""
+    found = {}
+    for path in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+        found[int(path.name[:4])] = path.read_text(encoding="utf-8")
+    return found
+
+
+SCHEMA_VERSION = max(migrations())
 
 MEMBER_COLUMNS = (
     "status",
@@ -364,9 +215,9 @@ class ProgressStore:
             )
             cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_version")
             current = int(cur.fetchone()["v"])
-            for version in sorted(MIGRATIONS):
+            for version, sql in sorted(migrations().items()):
                 if version > current:
-                    cur.execute(MIGRATIONS[version])
+                    cur.execute(sql)
                     cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
                     current = version
             return current
