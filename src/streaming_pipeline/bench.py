@@ -45,8 +45,9 @@ from .config import PipelineConfig, config_env
 from .day import archive_key
 from .decoder import decode_all, decoder_kind, open_decoder
 from .errors import ConfigError, ConversionError, PipelineError, TranscriptionError
+from .flow import TranscriberLike
 from .upload import AsyncRsyncStorageManager, Destination, UploadState
-from .worker import ArchiveWorker, TranscriberLike
+from .worker import ArchiveWorker
 
 log = logging.getLogger(__name__)
 

@@ -39,10 +39,10 @@ from .audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from .config import PipelineConfig
 from .decoder import Decoder, open_decoder
 from .errors import ConversionError, DatasetError, TranscriptionError, UploadError
+from .flow import Stopwatch, TranscriberLike, put_unless_stopped
 from .shards import Shard, ShardWriter, dataset_card, dataset_features, segment_rows
 from .store import ProgressStore, ShardCheckpoint
 from .upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
-from .worker import Stopwatch, TranscriberLike, put_unless_stopped
 
 log = logging.getLogger(__name__)
 

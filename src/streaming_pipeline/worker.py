@@ -31,7 +31,7 @@ from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .archive import ArchiveReader, Batch, Member
 from .audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
@@ -39,6 +39,7 @@ from .config import PipelineConfig
 from .day import archive_key
 from .decoder import Decoder, open_decoder
 from .errors import ArchiveError, ConversionError, PipelineError, StoreError, TranscriptionError
+from .flow import Stopwatch, TranscriberLike, put_unless_stopped
 from .store import MemberRecord, ProgressStore
 from .upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
 
@@ -46,26 +47,6 @@ log = logging.getLogger(__name__)
 
 # Batches that may sit in scratch waiting for, or during, their upload.
 MAX_BATCHES_UPLOADING = 2
-
-
-def put_unless_stopped(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
-    """Hand `item` to the consumer, unless the run stops first (then the consumer is gone and
-    the item's work stays pending for the next run)."""
-    while True:
-        try:
-            q.put(item, timeout=0.5)
-            return
-        except queue.Full:
-            if stop.is_set():
-                return
-
-
-class TranscriberLike(Protocol):
-    """A loaded model: `transcribe.Transcriber`, or a stand-in with the same surface."""
-
-    model_name: str
-
-    def transcribe(self, audio: Any, *, archive: str, member: str) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -129,23 +110,6 @@ class WorkerResult:
             f"done, {self.run_audio_s:.1f} s of it in {self.wall_s:.1f} s ({rt:.1f}x realtime)"
         )
         return line + (f"; error: {self.error}" if self.error else "")
-
-
-class Stopwatch:
-    """Busy or waiting seconds per stage, added from several threads."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def add(self, stage: str, seconds: float) -> None:
-        with self._lock:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-
-    def log(self) -> None:
-        with self._lock:
-            text = ", ".join(f"{k} {v:.1f}" for k, v in sorted(self.seconds.items()))
-        log.info("stage seconds (busy or waiting): %s", text)
 
 
 class ArchiveWorker:
