@@ -22,9 +22,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from streaming_pipeline.embedded_pg import EmbeddedPostgres, free_port
-from streaming_pipeline.samples import clip_files, write_tar_xz
-from streaming_pipeline.tiny_model import generate_tiny_model
+from streaming_pipeline.state.embedded_pg import EmbeddedPostgres, free_port
+from streaming_pipeline.tools.samples import clip_files, write_tar_xz
+from streaming_pipeline.tools.tiny_model import generate_tiny_model
 
 DAY = "2025-01-25"
 # All six fallback temperatures, one window per call: with the random model each window is decoded

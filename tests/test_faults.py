@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from streaming_pipeline.embedded_pg import EmbeddedPostgres
-from streaming_pipeline.samples import write_tar_xz
-from streaming_pipeline.upload import AsyncRsyncStorageManager, Destination
+from streaming_pipeline.stages.upload import AsyncRsyncStorageManager, Destination
+from streaming_pipeline.state.embedded_pg import EmbeddedPostgres
+from streaming_pipeline.tools.samples import write_tar_xz
 
 from .conftest import DAY, REPO, SLOW_DECODING, RsyncDaemon, make_day, query
 
@@ -302,8 +302,8 @@ def test_corrupt_members_each_get_their_status_and_the_rest_is_done(
 def test_a_lock_whose_session_died_is_reclaimed(pg_dsn: str) -> None:
     import datetime as dt
 
-    from streaming_pipeline.lock import ArchiveLock
-    from streaming_pipeline.store import ArchiveKey, ProgressStore
+    from streaming_pipeline.state.lock import ArchiveLock
+    from streaming_pipeline.state.store import ArchiveKey, ProgressStore
 
     store = ProgressStore(pg_dsn)
     store.init_schema()

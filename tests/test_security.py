@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 from streaming_pipeline.cli import main
-from streaming_pipeline.upload import AsyncRsyncStorageManager, Destination
+from streaming_pipeline.stages.upload import AsyncRsyncStorageManager, Destination
 
 from .conftest import DAY, REPO, SLOW_DECODING, make_day, query
 
-SOURCES = sorted((REPO / "src" / "streaming_pipeline").glob("*.py"))
+SOURCES = sorted((REPO / "src" / "streaming_pipeline").rglob("*.py"))
 SQL = re.compile(r"\b(SELECT|INSERT INTO|UPDATE|DELETE FROM|CREATE|ALTER|DROP)\b")
 # The only values interpolated into SQL text: column lists built from constant tuples (and the
 # matching placeholders); every value travels as a bound parameter.

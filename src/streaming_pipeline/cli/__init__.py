@@ -1,0 +1,66 @@
+"""`streaming-pipeline`: the command line, the only place that reads the environment or sets up
+logging. parser.py defines the arguments, commands.py what each command does."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import PipelineError
+from . import commands
+from .parser import build_parser
+
+log = logging.getLogger("streaming_pipeline")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "process-tar": commands.process_tar,
+    "process-day": commands.process_day,
+    "status": commands.status,
+    "finalize-day": commands.finalize_day,
+    "export": commands.export,
+    "process-dataset": commands.process_dataset,
+    "doctor": commands.doctor,
+    "init-db": commands.init_db,
+    "make-tiny-model": commands.make_tiny_model,
+    "make-sample-day": commands.make_sample_day,
+    "demo": commands.demo,
+    "bench": commands.bench,
+}
+
+
+def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_streaming_pipeline", False)]:
+        root.removeHandler(old)
+        old.close()
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler._streaming_pipeline = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("faster_whisper", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, getattr(args, "log_file", None))
+    if args.command in ("doctor", "status") and not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)  # their output is the report
+    try:
+        return int(COMMANDS[args.command](args))
+    except PipelineError as exc:
+        print(f"streaming-pipeline: error: {exc}", file=sys.stderr)
+        log.debug("details", exc_info=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("streaming-pipeline: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,439 @@
+"""What each command does. The arguments are defined in parser.py; main() in __init__.py maps one
+to the other."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import shutil
+import signal
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import PipelineConfig, build_config, config_env, dsn_password, environ, parse_day
+from ..errors import ConfigError
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` must not load faster-whisper or psycopg
+    from ..run.day import DayPlan
+    from ..state.store import ProgressStore
+
+log = logging.getLogger("streaming_pipeline")
+
+# process-tar / process-day stopped by a signal; a rerun (or Slurm's requeue) resumes.
+EXIT_INTERRUPTED = 75
+
+
+def config_from(args: argparse.Namespace) -> PipelineConfig:
+    return build_config({k: v for k, v in vars(args).items() if v is not None}, environ())
+
+
+def process_day(args: argparse.Namespace) -> int:
+    return run_day(config_from(args), parse_day(args.day), args.executor, environ())
+
+
+def doctor(args: argparse.Namespace) -> int:
+    from ..tools.doctor import report, run_checks
+
+    skip = frozenset(filter(None, args.skip.split(",")))
+    checks = run_checks(config_from(args), offline=args.offline, require_gpu=args.require_gpu, skip=skip)
+    text, rc = report(checks)
+    print(text)
+    return rc
+
+
+def make_tiny_model(args: argparse.Namespace) -> int:
+    from ..tools.tiny_model import generate_tiny_model
+
+    print(generate_tiny_model(args.output))
+    return 0
+
+
+def make_sample_day(args: argparse.Namespace) -> int:
+    from ..tools.samples import make_sample_day
+
+    for path in make_sample_day(
+        args.root, parse_day(args.day).isoformat(), archives=args.archives, members=args.members
+    ):
+        print(path)
+    return 0
+
+
+def _open_store(config: PipelineConfig, *, patient: bool = False) -> ProgressStore:
+    """Reports give up after ~2 s of database trouble; workers (`patient`) ride out ~15 s, a
+    server restart, before their run fails. Both fail at once if it is unreachable at the start."""
+    from ..state.store import ProgressStore
+
+    if not config.dsn:
+        raise ConfigError("no database: set --dsn, PIPELINE_DSN or DB_CREDS")
+    store = ProgressStore(config.dsn) if patient else ProgressStore(config.dsn, attempts=3, backoff_max=2.0)
+    store.check()  # one clear line, password-free, before any work
+    return store
+
+
+def init_db(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    store = _open_store(config)
+    version = store.init_schema()
+    print(f"schema at version {version} ({config.redacted_dsn()})")
+    return 0
+
+
+def preflight(config: PipelineConfig, archive: Path) -> None:
+    """Everything that can be wrong with an invocation, checked before any work starts."""
+    from ..stages.archive import ensure_writable_dir
+    from ..stages.transcribe import local_model_dir
+    from ..stages.upload import Destination
+
+    if not archive.is_file():
+        raise ConfigError(f"no such archive: {archive}")
+    if not os.access(archive, os.R_OK):
+        raise ConfigError(f"archive not readable: {archive}")
+    Destination.parse(config.remote)
+    try:
+        ensure_writable_dir(config.scratch_dir)
+    except OSError as exc:
+        raise ConfigError(f"scratch dir {config.scratch_dir} is not writable: {exc.strerror}") from None
+    if shutil.which("rsync") is None:
+        raise ConfigError("rsync is not installed")
+    local_model_dir(config.model)
+
+
+def install_stop_handlers(stop: Callable[[str], None], on_second: Callable[[], None] | None = None) -> None:
+    """USR1 (Slurm's time-limit warning), TERM and INT ask for a clean stop; a second one exits now.
+
+    The handler only sets flags (no pool shutdown, no locks, no logging from inside it).
+    """
+    fired: list[str] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if fired:
+            os.write(2, f"streaming-pipeline: second signal ({name}): exiting now\n".encode())
+            if on_second is not None:
+                on_second()
+            os._exit(128 + signum)
+        fired.append(name)
+        os.write(2, f"streaming-pipeline: {name}: finishing in-flight work, then stopping\n".encode())
+        stop(f"stopped by {name}")
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def process_tar(args: argparse.Namespace) -> int:
+    from ..run.day import check_slot
+    from ..run.worker import ArchiveWorker
+    from ..stages.transcribe import Transcriber
+    from ..state.lock import ArchiveBusy, ArchiveLock
+
+    day = parse_day(args.day)
+    slot = check_slot(args.slot)
+    config = config_from(args)
+    preflight(config, args.archive)
+    store = _open_store(config, patient=True)
+    store.init_schema()
+    worker = ArchiveWorker(
+        config,
+        day=day,
+        archive_path=args.archive.resolve(),
+        slot=slot,
+        store=store,
+        transcriber_factory=Transcriber,
+    )
+    install_stop_handlers(worker.request_stop)
+    lock = ArchiveLock(
+        config.dsn,
+        worker.key,
+        path=str(worker.archive_path),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        slurm_job_id=config.slurm_job_id,
+        on_lost=worker.request_stop,
+    )
+    try:
+        with lock:
+            result = worker.run()
+    except ArchiveBusy as busy:
+        print(f"{busy}; not starting a second worker")
+        return 0
+    finally:
+        store.close()
+    print(result.summary_line())
+    if result.interrupted:
+        if config.slurm_job_id:
+            from ..run.slurm import SlurmClient, requeue_self
+
+            requeue_self(config.slurm_job_id, SlurmClient(environ()))
+        return EXIT_INTERRUPTED
+    return 0 if result.ok else 1
+
+
+def run_day(config: PipelineConfig, day: dt.date, executor: str, env: Mapping[str, str]) -> int:
+    """`process-day`: register the day, then submit (Slurm) or run (local) what is not done."""
+    from ..run.day import day_report, discover, finalize_day, format_report, plan_day
+
+    archives = discover(config.input_root, day)
+    if executor == "local":
+        preflight(config, archives[0].path)
+    store = _open_store(config)
+    try:
+        store.init_schema()
+        plan = plan_day(store, day, archives)
+        print(plan.describe(), flush=True)
+        if plan.todo and executor == "slurm":
+            return _submit_slurm(config, day, plan, store, env)
+        if plan.todo:
+            return _run_local(config, day, plan, store, env)
+        if plan.busy:  # their workers record the outcome; finalizing now would call it incomplete
+            print(format_report(day_report(store, day)))
+            return 0
+        report = finalize_day(store, day, job_id=config.slurm_job_id)
+        print(format_report(report))
+        return 0 if report["totals"]["complete"] else 1
+    finally:
+        store.close()
+
+
+def _submit_slurm(
+    config: PipelineConfig, day: dt.date, plan: DayPlan, store: ProgressStore, env: Mapping[str, str]
+) -> int:
+    from ..run.slurm import SlurmClient, hpc_dir, submit_day
+
+    # The controller's own job variables must not leak into its workers' submissions; the
+    # settings travel as PIPELINE_* variables, which sbatch exports to the jobs.
+    clean_env = {k: v for k, v in env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+    client = SlurmClient({**clean_env, **config_env(config)}, secrets=(dsn_password(config.dsn),))
+    sub = submit_day(config, day, plan.todo, scripts=hpc_dir(config.hpc_dir), client=client)
+    store.record_day(
+        day,
+        state="submitted",
+        archives=len(plan.archives),
+        submitted=sub.tasks,
+        executor="slurm",
+        array_job_id=sub.array_job_id,
+        finalize_job_id=sub.finalize_job_id,
+        submitted_at=dt.datetime.now(dt.UTC),
+        finalized_at=None,
+    )
+    logs = config.log_dir.resolve()
+    print(
+        f"submitted job array {sub.array_job_id} ({sub.tasks} archives, "
+        f"at most {config.max_parallel} at a time) and finalize job {sub.finalize_job_id}\n"
+        f"  squeue -j {sub.array_job_id},{sub.finalize_job_id}\n"
+        f"  tail -f {logs}/stream_tar_{day}_*.out\n"
+        f"  streaming-pipeline status {day}"
+    )
+    return 0
+
+
+def _run_local(
+    config: PipelineConfig, day: dt.date, plan: DayPlan, store: ProgressStore, env: Mapping[str, str]
+) -> int:
+    from ..run.day import finalize_day, format_report
+    from ..run.local_executor import LocalExecutor
+
+    executor = LocalExecutor(config, env)
+    install_stop_handlers(lambda _reason: executor.stop(), on_second=executor.signal_workers)
+    store.record_day(
+        day,
+        state="submitted",
+        archives=len(plan.archives),
+        submitted=len(plan.todo),
+        executor="local",
+        submitted_at=dt.datetime.now(dt.UTC),
+        finalized_at=None,
+    )
+    print(f"logs: {config.log_dir.resolve()}/stream_tar_{day}_*_{executor.job_id}.out", flush=True)
+    codes = executor.run(day, plan.todo)
+    report = finalize_day(store, day, job_id=None)
+    print(format_report(report))
+    if report["totals"]["complete"]:
+        return 0
+    return EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes.values() else 1
+
+
+def status(args: argparse.Namespace) -> int:
+    from ..run.day import day_report, format_report, report_json
+    from ..state.store import SCHEMA_VERSION
+
+    day = parse_day(args.day)
+    store = _open_store(config_from(args))
+    try:  # read-only: a monitoring user need not be allowed to migrate
+        version = store.schema_version()
+        if version < SCHEMA_VERSION:
+            raise ConfigError(
+                f"schema at version {version}, not {SCHEMA_VERSION}: run streaming-pipeline init-db"
+            )
+        report = day_report(store, day)
+    finally:
+        store.close()
+    if args.json:
+        print(report_json(report))
+    elif not report["archives"]:
+        print(f"no archives recorded for {day} (submit it with: streaming-pipeline process-day {day})")
+    else:
+        print(format_report(report))
+    return 0 if report["archives"] else 1
+
+
+def finalize_day(args: argparse.Namespace) -> int:
+    from ..run.day import finalize_day, format_report
+
+    config = config_from(args)
+    store = _open_store(config)
+    try:
+        store.init_schema()
+        report = finalize_day(store, parse_day(args.day), job_id=config.slurm_job_id)
+    finally:
+        store.close()
+    print(format_report(report))
+    return 0 if report["totals"]["complete"] else 1
+
+
+def export(args: argparse.Namespace) -> int:
+    from ..hf.export import DayExporter
+    from ..hf.shards import parse_size
+    from ..state.store import SCHEMA_VERSION
+
+    config = config_from(args)
+    day = parse_day(args.day)
+    shard_size = parse_size(args.shard_size)
+    store = _open_store(config, patient=True)
+    try:
+        if store.schema_version() < SCHEMA_VERSION:
+            store.init_schema()
+        exporter = DayExporter(
+            config, store, day, out=args.out, shard_rows=args.shard_rows, shard_size=shard_size
+        )
+        result = exporter.run()
+    finally:
+        store.close()
+    print(
+        f"exported {result.rows} members of {day} ({result.audio_s / 3600:.3f} h) "
+        f"in {len(result.shards)} shards to {result.output}"
+    )
+    return 0
+
+
+def process_dataset(args: argparse.Namespace) -> int:
+    from ..hf.dataset import DatasetJob, DatasetWorker, resolve_source
+    from ..stages.transcribe import Transcriber, local_model_dir
+    from ..state.lock import RunLock
+
+    config = config_from(args)
+    job = DatasetJob(
+        source=resolve_source(args.source),
+        name=args.name,
+        split=args.split,
+        audio_column=args.audio_column,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        limit=args.limit,
+        upload_batch_size=args.upload_batch_size,
+        resume=args.resume,
+        output_name=args.output_name,
+    )
+    local_model_dir(config.model)
+    store = _open_store(config, patient=True)
+    store.init_schema()
+    worker = DatasetWorker(config, job, store=store, transcriber_factory=Transcriber)
+    install_stop_handlers(worker.request_stop)
+    try:
+        with RunLock(config.dsn, job.run):
+            result = worker.run()
+    finally:
+        store.close()
+    print(result.summary_line())
+    if result.state == "interrupted":
+        return EXIT_INTERRUPTED
+    return 0 if result.ok else 1
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Defaults fit a small machine and the generated model; flags and PIPELINE_* override them."""
+    from ..stages.transcribe import Transcriber
+    from ..state.embedded_pg import EmbeddedPostgres
+    from ..tools.bench import BenchPlan, format_report, run_bench
+    from ..tools.tiny_model import generate_tiny_model
+
+    if args.members < 1 or args.large_factor < 2 or args.repeat < 1:
+        raise ConfigError("--members and --repeat must be at least 1, --large-factor at least 2")
+    work = args.work_dir.resolve()
+    cli = {k: v for k, v in vars(args).items() if v is not None}
+    env = dict(environ())
+    defaults: dict[str, Any] = {
+        "stream_batch_size": 8,
+        "num_workers": 1,
+        "cpu_threads": 1,
+        "max_concurrent_uploads": 2,
+        "remote": str(work / "remote"),
+    }
+    if not (cli.get("model") or env.get("PIPELINE_MODEL")):
+        model_dir = work / "tiny-whisper"
+        if not (model_dir / "model.bin").exists():
+            generate_tiny_model(model_dir)
+        defaults |= {"model": str(model_dir), "temperatures": "0"}  # see the demo
+    config = build_config(cli, env, defaults)
+    if not config.dsn:
+        config = replace(config, dsn=EmbeddedPostgres(work / "postgres").start())
+    store = _open_store(config)
+    store.init_schema()
+    store.close()
+    plan = BenchPlan(
+        work_dir=work,
+        members=args.members,
+        archive=args.archive,
+        large_factor=args.large_factor,
+        repeat=args.repeat,
+        json_path=args.json,
+    )
+    print(format_report(run_bench(config, plan, Transcriber)))
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """The README's first command: a sample day through the local executor, nothing to configure."""
+    from ..state.embedded_pg import EmbeddedPostgres
+    from ..tools.samples import make_sample_day
+    from ..tools.tiny_model import generate_tiny_model
+
+    state = args.state_dir.resolve()
+    overrides: dict[str, Any] = {
+        "remote": str(state / "remote"),
+        "scratch_dir": state / "scratch",
+        "input_root": state / "input",
+        "log_dir": state / "logs",
+        "max_parallel": 2,
+        "num_workers": 1,
+        "cpu_threads": 1,
+        "stream_batch_size": 4,
+    }
+    cli = {k: v for k, v in vars(args).items() if v is not None}
+    env = dict(environ())
+    defaults: dict[str, Any] = {}
+    if cli.get("model") or env.get("PIPELINE_MODEL"):
+        print(f"model: {cli.get('model') or env.get('PIPELINE_MODEL')}")
+    else:
+        model_dir = state / "tiny-whisper"
+        if not (model_dir / "model.bin").exists():
+            generate_tiny_model(model_dir)
+        # A random model fails every threshold: no fallback decoding.
+        defaults = {"model": str(model_dir), "temperatures": "0"}
+        print("model: a tiny random-weight Whisper (no model given; transcripts are noise): pass --model DIR")
+    if not (cli.get("dsn") or env.get("PIPELINE_DSN") or env.get("DB_CREDS")):
+        overrides["dsn"] = EmbeddedPostgres(state / "postgres").start()
+    config = build_config({**overrides, **cli}, env, defaults)
+    day = parse_day(args.day)
+    if not sorted((state / "input" / day.isoformat()).glob("*.tar.xz")):
+        make_sample_day(state / "input", day.isoformat(), archives=args.archives, members=args.members)
+    rc = run_day(config, day, "local", env)
+    print(f"\nresults: {config.remote}/{day}/  (FLAC + JSON per member)")
+    query = "SELECT slot, status, count(*) FROM audio_files GROUP BY 1, 2"
+    print(f'progress: psql "{config.redacted_dsn()}" -c "{query}"')
+    print(f"status:   PIPELINE_DSN='{config.redacted_dsn()}' streaming-pipeline status {day}")
+    return rc

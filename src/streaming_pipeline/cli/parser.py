@@ -1,0 +1,158 @@
+"""The command line's arguments: every command's flags, and nothing that runs them (commands.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import __version__
+
+DESCRIPTION = (
+    "Turn a day of recorded broadcast audio (one .tar.xz archive per slot) into 16 kHz FLAC plus "
+    "Whisper transcripts on your storage, with every file's progress in PostgreSQL: on a Slurm "
+    "cluster (a job array per day) or on this machine."
+)
+EPILOG = (
+    "Settings come from flags, then PIPELINE_* variables (PIPELINE_DSN, PIPELINE_REMOTE, "
+    "PIPELINE_MODEL, ...). Start with `streaming-pipeline demo`; `streaming-pipeline COMMAND --help` "
+    "lists a command's flags."
+)
+
+
+def _pipeline_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pipeline (flags override PIPELINE_* variables)")
+    g.add_argument("--dsn", help="PostgreSQL DSN (PIPELINE_DSN, else DB_CREDS)")
+    g.add_argument("--remote", help="destination: path, host:path or rsync://host[:port]/module/path")
+    g.add_argument("--scratch-dir", type=Path, help="per-job scratch root (PIPELINE_SCRATCH)")
+    g.add_argument("--model", help="model name or local CTranslate2 directory (PIPELINE_MODEL)")
+    g.add_argument("--device", choices=("auto", "cuda", "cpu"))
+    g.add_argument("--compute-type", help="default: float16 on GPU, int8 on CPU")
+    g.add_argument("--language", help="force a language (default: detect per file)")
+    g.add_argument("--beam-size", type=int)
+    g.add_argument("--temperatures", help="fallback decoding temperatures (0.0,0.2,0.4,0.6,0.8,1.0)")
+    g.add_argument("--no-vad", dest="vad", action="store_const", const=False)
+    g.add_argument(
+        "--decoder",
+        choices=("auto", "batched", "per-member"),
+        help="batched: windows of many members per GPU call (auto); per-member: faster-whisper's transcribe",
+    )
+    g.add_argument(
+        "--decode-batch-size", type=int, help="windows per decoding call (0: 16 on CUDA, 8 on CPU)"
+    )
+    g.add_argument("--max-new-tokens", type=int, help="tokens decoded per window at most (model's limit)")
+    g.add_argument("--stream-batch-size", type=int, help="members per extracted batch (200)")
+    g.add_argument("--process-batch-size", type=int, help="members being transcribed at once (100)")
+    g.add_argument("--num-workers", type=int, help="conversion processes (10)")
+    g.add_argument("--max-concurrent-uploads", type=int, help="rsync threads (8)")
+    g.add_argument("--upload-timeout", type=float, help="seconds per rsync attempt (120)")
+    g.add_argument("--upload-retries", type=int, help="attempts per upload (5)")
+    g.add_argument("--max-member-bytes", type=int, help="members declaring more are rejected")
+    g.add_argument("--max-members", type=int, help="members of one archive past this are rejected (1e6)")
+    g.add_argument("--decode-timeout", type=float, help="seconds to decode one member (600)")
+    g.add_argument("--cpu-threads", type=int, help="CTranslate2 CPU threads (0: library default)")
+    g.add_argument(
+        "--transcribe-workers",
+        type=int,
+        help="threads preparing windows (batched) or files transcribed at once (1)",
+    )
+
+
+def _day_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("day fan-out")
+    g.add_argument("--executor", choices=("slurm", "local"), default="slurm")
+    g.add_argument("--input-root", type=Path, help="archives are <root>/<DATE>/<SLOT>.tar.xz")
+    g.add_argument("--log-dir", type=Path, help="worker logs (PIPELINE_LOG_DIR, default ./logs)")
+    g.add_argument("--max-parallel", type=int, help="archives at once (PIPELINE_MAX_PARALLEL, 4)")
+    g.add_argument("--hpc-dir", type=Path, help="folder of the hpc/*.sh scripts (Slurm)")
+    g.add_argument(
+        "--worker-sbatch-args",
+        help='extra sbatch options for workers; write --worker-sbatch-args="--gres=none"',
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streaming-pipeline", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("process-tar", help="process one archive of a day")
+    p.add_argument("day", help="YYYY-MM-DD")
+    p.add_argument("archive", type=Path, help="path to the .tar.xz")
+    p.add_argument("slot", help="slot name, e.g. 12_30")
+    p.add_argument("--log-file", type=Path)
+    _pipeline_options(p)
+
+    p = sub.add_parser("process-day", help="process a day's archives: a Slurm job array, or locally")
+    p.add_argument("day", help="YYYY-MM-DD")
+    _day_options(p)
+    _pipeline_options(p)
+
+    p = sub.add_parser("status", help="one line per archive of a day, and the day's totals")
+    p.add_argument("day", help="YYYY-MM-DD")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--dsn")
+
+    p = sub.add_parser("finalize-day", help="record a day's outcome and print its summary")
+    p.add_argument("day", help="YYYY-MM-DD")
+    p.add_argument("--dsn")
+
+    p = sub.add_parser("export", help="a day's done members as Parquet shards that `datasets` streams")
+    p.add_argument("day", help="YYYY-MM-DD")
+    p.add_argument("--out", type=Path, help="local folder (default: <remote>/<DATE>/parquet/ via rsync)")
+    p.add_argument("--shard-rows", type=int, default=10000, help="rows per shard at most (10000)")
+    p.add_argument("--shard-size", default="5GB", help="bytes per shard at most, e.g. 5GB, 500MB (5GB)")
+    _pipeline_options(p)
+
+    p = sub.add_parser(
+        "process-dataset", help="stream a Hugging Face dataset through conversion and transcription"
+    )
+    p.add_argument("source", help="a local folder (Parquet, audiofolder) or a hub dataset name")
+    p.add_argument("--name", help="the dataset's configuration")
+    p.add_argument("--split", default="train")
+    p.add_argument("--audio-column", default="audio")
+    p.add_argument("--text-column", help="rows with a transcript here are not transcribed")
+    p.add_argument("--id-column", help="row ids (default: the row's index in the split)")
+    p.add_argument("--limit", type=int, help="process the first N rows of the split")
+    p.add_argument("--upload-batch-size", type=int, default=10000, help="rows per uploaded shard (10000)")
+    p.add_argument("--resume", action="store_true", help="continue after the last uploaded shard")
+    p.add_argument("--output-name", help="output folder under <remote>/datasets/ (default: from the source)")
+    p.add_argument("--log-file", type=Path)
+    _pipeline_options(p)
+
+    p = sub.add_parser("doctor", help="check that this node can run the pipeline (PASS/FAIL/SKIP per check)")
+    p.add_argument("--offline", action="store_true", help="never download the model (as in the container)")
+    p.add_argument("--require-gpu", action="store_true", help="a node without a CUDA GPU fails")
+    p.add_argument("--skip", default="", help="comma-separated checks not to run, e.g. database,destination")
+    _pipeline_options(p)
+
+    p = sub.add_parser("init-db", help="create or migrate the progress schema")
+    p.add_argument("--dsn")
+
+    p = sub.add_parser("make-tiny-model", help="write a tiny random-weight Whisper model (tests, demo)")
+    p.add_argument("output", type=Path)
+
+    p = sub.add_parser("make-sample-day", help="write a day of espeak-ng sample archives")
+    p.add_argument("root", type=Path)
+    p.add_argument("day")
+    p.add_argument("--archives", type=int, default=2)
+    p.add_argument("--members", type=int, default=6)
+
+    p = sub.add_parser(
+        "bench", help="time the streaming pipeline against the sequential flow and the transcriber alone"
+    )
+    p.add_argument("--members", type=int, default=48, help="members of the synthetic archive (48)")
+    p.add_argument("--archive", type=Path, help="benchmark this .tar.xz instead of a synthetic one")
+    p.add_argument("--large-factor", type=int, default=4, help="memory run on this many copies (4)")
+    p.add_argument("--repeat", type=int, default=3, help="timed rounds; medians are reported (3)")
+    p.add_argument("--work-dir", type=Path, default=Path(".bench"), help="inputs, scratch, outputs")
+    p.add_argument("--json", type=Path, help="write the figures to this file")
+    _pipeline_options(p)
+
+    p = sub.add_parser("demo", help="generate a sample day and process it with embedded defaults")
+    p.add_argument("--state-dir", type=Path, default=Path(".demo"))
+    p.add_argument("--day", default="2025-01-25")
+    p.add_argument("--archives", type=int, default=2)
+    p.add_argument("--members", type=int, default=6)
+    _pipeline_options(p)
+    return parser

@@ -1,0 +1,1 @@
+"""Hugging Face datasets: Parquet shards, a day's export, process-dataset."""

@@ -1,0 +1,196 @@
+"""A day's archives: finding them, deciding which still need a worker, and reporting on them.
+
+Shared by both executors (Slurm and local) and by `status` / `finalize-day`, so that what is
+submitted, what is skipped and what is reported follow one rule.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..state.store import ArchiveKey, ProgressStore
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_SUFFIX = ".tar.xz"
+
+
+@dataclass(frozen=True)
+class DayArchive:
+    key: ArchiveKey
+    path: Path
+    size: int
+
+    @property
+    def slot(self) -> str:
+        return self.key.slot
+
+
+@dataclass
+class DayPlan:
+    day: dt.date
+    archives: list[DayArchive]
+    done: list[DayArchive] = field(default_factory=list)
+    busy: list[tuple[DayArchive, dict[str, Any]]] = field(default_factory=list)
+    todo: list[DayArchive] = field(default_factory=list)
+
+    def describe(self) -> str:
+        text = (
+            f"{self.day}: {len(self.archives)} archives, {len(self.done)} already done, "
+            f"{len(self.busy)} being processed elsewhere, {len(self.todo)} to process"
+        )
+        for archive, row in self.busy:
+            text += f"\n  {archive.slot}: running as job {row['slurm_job_id'] or '-'} on {row['host'] or '?'}"
+        return text
+
+
+def check_slot(slot: str) -> str:
+    """A slot becomes a directory name and a log file name, so it must be one plain component."""
+    if not slot or "/" in slot or slot.startswith((".", "-")) or any(c in slot for c in "\t\n\r\0"):
+        raise ConfigError(f"bad slot {slot!r}")
+    return slot
+
+
+def archive_key(day: dt.date, archive_path: Path, slot: str) -> ArchiveKey:
+    return ArchiveKey(archive=f"{day.isoformat()}/{archive_path.name}", day=day, slot=slot)
+
+
+def discover(input_root: Path | None, day: dt.date) -> list[DayArchive]:
+    """`<input_root>/<DATE>/*.tar.xz`, the slot being the file name without `.tar.xz`."""
+    if input_root is None:
+        raise ConfigError("no input root: set --input-root or PIPELINE_INPUT_ROOT")
+    if not input_root.is_dir():
+        raise ConfigError(f"input root {input_root} does not exist or is not a directory")
+    day_dir = input_root / day.isoformat()
+    paths = sorted(day_dir.glob(f"*{ARCHIVE_SUFFIX}")) if day_dir.is_dir() else []
+    if not paths:
+        raise ConfigError(f"no archives for {day} in {day_dir} (expected {day_dir}/<SLOT>{ARCHIVE_SUFFIX})")
+    archives = []
+    for path in paths:
+        path = path.resolve()
+        if any(c in str(path) for c in "\t\n\r"):
+            raise ConfigError(f"archive path with a tab or newline: {str(path)!r}")
+        slot = check_slot(path.name.removesuffix(ARCHIVE_SUFFIX))
+        archives.append(DayArchive(archive_key(day, path, slot), path, path.stat().st_size))
+    return archives
+
+
+def plan_day(store: ProgressStore, day: dt.date, archives: list[DayArchive]) -> DayPlan:
+    """Register the day's archives; everything not done and not held by a live worker is to do."""
+    store.register_archives(day, [(a.key, str(a.path), a.size) for a in archives])
+    rows = {r["archive"]: r for r in store.archive_status(day)}
+    plan = DayPlan(day, archives)
+    for archive in archives:
+        row = rows[archive.key.archive]
+        if row["state"] == "done":
+            plan.done.append(archive)
+        elif row["live"]:
+            plan.busy.append((archive, row))
+        else:
+            plan.todo.append(archive)
+    return plan
+
+
+# -- reporting ---------------------------------------------------------------------------------
+def day_report(store: ProgressStore, day: dt.date) -> dict[str, Any]:
+    rows = [_plain(r) for r in store.archive_status(day)]
+    for r in rows:
+        audio_s = float(r["audio_hours"] or 0) * 3600
+        r["x_realtime"] = round(audio_s / r["elapsed_s"], 2) if r["elapsed_s"] else None
+        if r["state"] == "running" and not r["live"]:
+            r["state"] = "running?"  # its worker's session is gone: died, or the row is stale
+    totals: dict[str, Any] = {
+        "archives": len(rows),
+        "by_state": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})},
+        "done": sum(r["done"] for r in rows),
+        "failed": sum(r["failed"] for r in rows),
+        "rejected": sum(r["rejected"] for r in rows),
+        "uploading": sum(r["uploading"] for r in rows),
+        "audio_hours": round(sum(float(r["audio_hours"] or 0) for r in rows), 3),
+    }
+    totals["complete"] = bool(rows) and totals["by_state"].get("done", 0) == len(rows)
+    return {"day": day.isoformat(), "archives": rows, "totals": totals}
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, decimal.Decimal):
+            v = float(v)
+        elif isinstance(v, dt.datetime | dt.date):
+            v = v.isoformat()
+        out[k] = v
+    return out
+
+
+def report_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=1, ensure_ascii=False)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    header = ("slot", "state", "done", "failed", "rejected", "hours", "x rt", "job", "elapsed", "last error")
+    lines = [header]
+    for r in report["archives"]:
+        lines.append(
+            (
+                r["slot"],
+                r["state"],
+                str(r["done"]),
+                str(r["failed"]),
+                str(r["rejected"]),
+                f"{float(r['audio_hours'] or 0):.3f}",
+                f"{r['x_realtime']:.1f}" if r["x_realtime"] is not None else "-",
+                r["slurm_job_id"] or "-",
+                _duration(r["elapsed_s"]),
+                _short(r["error"]),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    text = "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
+        for line in lines
+    )
+    t = report["totals"]
+    states = ", ".join(f"{n} {s}" for s, n in t["by_state"].items())
+    text += (
+        f"\n{report['day']}: {t['archives']} archives ({states}); members done {t['done']}, "
+        f"failed {t['failed']}, rejected {t['rejected']}, uploading {t['uploading']}; "
+        f"audio {t['audio_hours']:.3f} h"
+    )
+    return text
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _short(error: str | None, width: int = 80) -> str:
+    if not error:
+        return ""
+    error = " ".join(error.split())
+    return error if len(error) <= width else error[: width - 1] + "…"
+
+
+def finalize_day(store: ProgressStore, day: dt.date, *, job_id: str | None) -> dict[str, Any]:
+    """Record the day's outcome (the finalize job's work) and return its report."""
+    report = day_report(store, day)
+    fields: dict[str, Any] = {
+        "state": "done" if report["totals"]["complete"] else "incomplete",
+        "archives": report["totals"]["archives"],
+        "finalized_at": dt.datetime.now(dt.UTC),
+        "summary": report["totals"],
+    }
+    if job_id:
+        fields["finalize_job_id"] = job_id
+    store.record_day(day, **fields)
+    return report

@@ -1,0 +1,614 @@
+"""One archive end to end, with the stages overlapped.
+
+    reader thread:   extract batch N+1 member by member, each handed to the process pool at once
+    process pool:    decode/downmix/resample to 16 kHz FLAC (the source is deleted when read)
+    main thread:     hand batch N's members to the decoder as each conversion completes
+    decoder:         one queue of windows across members and batches (decoder.py)
+    finisher thread: collect batch N-1's transcripts in order, record them, queue the upload
+    upload threads:  rsync, then mark the batch's members done and delete its scratch
+
+The main thread goes on to the next batch as soon as this one is handed over, so the decoder
+never waits for a batch's last member before it has the next batch's rows. The reader works one
+batch ahead of the main thread, the decoder holds at most `process_batch_size` members, at most
+one handed-over batch waits for the finisher and a fixed number for upload, so memory and
+scratch stay bounded whatever the archive's size. A member is `done` only after rsync confirmed
+its upload.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import queue
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import PipelineConfig
+from ..errors import ArchiveError, ConversionError, PipelineError, StoreError, TranscriptionError
+from ..stages.archive import ArchiveReader, Batch, Member
+from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
+from ..stages.decoder import Decoder, open_decoder
+from ..stages.flow import Stopwatch, TranscriberLike, put_unless_stopped
+from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
+from ..state.store import MemberRecord, ProgressStore
+from .day import archive_key
+
+log = logging.getLogger(__name__)
+
+# Batches that may sit in scratch waiting for, or during, their upload.
+MAX_BATCHES_UPLOADING = 2
+
+
+@dataclass
+class _Conversion:
+    member: Member
+    flac: Path  # where the pool writes it
+    staged: Path  # where it waits for upload once transcribed, beside its JSON
+    future: Future[AudioInfo]
+
+
+@dataclass
+class _Prepared:
+    batch: Batch
+    conversions: list[_Conversion]
+
+
+@dataclass
+class _Entry:
+    """A member handed to the decoder (`future`), failed before it (`record`), or left for the
+    next run because the run is stopping (neither)."""
+
+    conversion: _Conversion
+    info: AudioInfo | None = None
+    future: Future[dict[str, Any]] | None = None
+    record: MemberRecord | None = None
+
+
+@dataclass
+class _Submitted:
+    batch: Batch
+    entries: list[_Entry]
+
+
+@dataclass
+class WorkerResult:
+    archive: str
+    state: str
+    done: int
+    failed: int
+    rejected: int
+    pending: int
+    audio_s: float
+    run_audio_s: float
+    wall_s: float
+    error: str | None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "done"
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state == "interrupted"
+
+    def summary_line(self) -> str:
+        rt = self.run_audio_s / self.wall_s if self.wall_s > 0 else 0.0
+        line = (
+            f"{self.archive}: {self.state} - done {self.done}, failed {self.failed}, "
+            f"rejected {self.rejected}, pending {self.pending}; audio {self.audio_s / 3600:.3f} h "
+            f"done, {self.run_audio_s:.1f} s of it in {self.wall_s:.1f} s ({rt:.1f}x realtime)"
+        )
+        return line + (f"; error: {self.error}" if self.error else "")
+
+
+class ArchiveWorker:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        *,
+        day: dt.date,
+        archive_path: Path,
+        slot: str,
+        store: ProgressStore,
+        transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
+    ) -> None:
+        self.config = config
+        self.day = day
+        self.archive_path = archive_path
+        self.slot = slot
+        self.store = store
+        self.key = archive_key(day, archive_path, slot)
+        self.transcriber_factory = transcriber_factory
+        self.stop = threading.Event()  # set by request_stop, and when the run ends (ends the reader)
+        self.stop_reason: str | None = None  # set only by request_stop: the run was interrupted
+        self.destination = Destination.parse(config.remote)
+        self.job_scratch = config.scratch_dir / day.isoformat() / slot
+        self.timers = Stopwatch()
+        self._upload_slots = threading.BoundedSemaphore(MAX_BATCHES_UPLOADING)
+        self._finisher_error: BaseException | None = None
+        self._upload_errors: list[str] = []
+        self._audio_s = 0.0
+        # left: members a stop left for the next run (no row yet, so the database cannot tell)
+        self._counts = {"done": 0, "failed": 0, "rejected": 0, "skipped": 0, "left": 0}
+        self._counts_lock = threading.Lock()
+
+    # -- public -----------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Stop taking new work: finish the file being transcribed, upload what is transcribed,
+        leave the rest pending. Only sets flags, so it is safe from a signal handler."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stop.set()
+
+    def run(self) -> WorkerResult:
+        started = time.monotonic()
+        try:
+            return self._run(started)
+        except Exception as exc:
+            # Leave no 'running' row behind a crash: say what happened, then let the CLI report it.
+            try:
+                error = f"worker stopped by an error: {exc}"
+                self.store.finish_archive(
+                    self.key.archive, state="failed", error=error, wall_s=time.monotonic() - started
+                )
+            except StoreError as store_exc:
+                log.error("could not record the failure of %s: %s", self.key.archive, store_exc)
+            raise
+
+    def _run(self, started: float) -> WorkerResult:
+        shutil.rmtree(self.job_scratch, ignore_errors=True)  # leftovers of a killed run
+        self.job_scratch.mkdir(parents=True, exist_ok=True)
+        self.destination.prepare()
+        pool = conversion_pool(self.config.num_workers)  # starts while the database and model load
+        try:
+            return self._run_with(pool, started)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run_with(self, pool: ProcessPoolExecutor, started: float) -> WorkerResult:
+        self.store.start_archive(
+            self.key,
+            path=str(self.archive_path),
+            bytes_total=self.archive_path.stat().st_size,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            slurm_job_id=self.config.slurm_job_id,
+        )
+        self._reconcile()
+        done_before = self.store.done_members(self.key.archive)
+        if done_before:
+            log.info("resuming %s: %d members already done", self.key.archive, len(done_before))
+        converting: list[_Conversion] = []  # the batch being read; only the reader thread touches it
+
+        def convert(member: Member, batch: Batch) -> None:
+            assert member.path is not None
+            stage_root = batch.directory / "stage"
+            staged = stage_root / self._output_path(member)
+            if not staged.resolve().is_relative_to(stage_root.resolve()):
+                raise PipelineError(f"refusing to write outside scratch for {member.name!r}")
+            flac = batch.directory / "converted" / f"{member.index:08d}.flac"
+            future = pool.submit(convert_to_flac, str(member.path), str(flac), remove_source=True)
+            converting.append(_Conversion(member, flac, staged, future))
+
+        def take_conversions() -> list[_Conversion]:
+            taken = converting[:]
+            converting.clear()
+            return taken
+
+        reader = ArchiveReader(
+            self.archive_path,
+            self.job_scratch,
+            batch_size=self.config.stream_batch_size,
+            max_member_bytes=self.config.max_member_bytes,
+            max_members=self.config.max_members,
+            is_done=done_before.__contains__,
+            on_extracted=convert,
+        )
+        archive_error: str | None = None
+        decoder = open_decoder(self.transcriber_factory(self.config), self.config)
+        uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination)
+        ready: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=1)
+        ahead = threading.Semaphore(1)  # batches read ahead of the one being handed over
+        producer = threading.Thread(
+            target=self._produce, args=(reader, take_conversions, ready, ahead), name="reader", daemon=True
+        )
+        handed: queue.Queue[_Submitted | None] = queue.Queue(maxsize=1)
+        finisher = threading.Thread(
+            target=self._finisher,
+            args=(handed, decoder, uploader, reader, started),
+            name="finisher",
+            daemon=True,
+        )
+        producer.start()
+        finisher.start()
+        try:
+            while self._finisher_error is None:
+                wait_started = time.monotonic()
+                item = ready.get()
+                self.timers.add("wait_for_input", time.monotonic() - wait_started)
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    if isinstance(item, ArchiveError):
+                        archive_error = str(item)
+                        log.error("%s", item)
+                        break
+                    raise item
+                ahead.release()  # the reader may start on the next batch
+                if self.stop_reason is not None:
+                    self._release(item)
+                    break
+                self._hand_over(handed, self._submit(item, decoder), finisher)
+        finally:
+            self.stop.set()
+            producer.join()
+            self._hand_over(handed, None, finisher)
+            finisher.join()
+            decoder.close()
+            self._record_decoder(decoder)
+            final_wait = self.config.upload_timeout * (self.config.upload_retries + 1)
+            if self.stop_reason is not None:
+                final_wait = self.config.stop_grace
+            if not uploader.wait(timeout=final_wait):
+                # Their members stay 'uploading'; a rerun uploads them again (rsync is idempotent).
+                self._upload_errors.append(f"uploads still running after {final_wait:.0f}s")
+            uploader.close()
+        if self._finisher_error is not None:
+            raise self._finisher_error
+        return self._finish(reader, archive_error, started)
+
+    def _record_decoder(self, decoder: Decoder) -> None:
+        stats = decoder.stats()
+        self.timers.add("transcribe", stats.get("decoder_busy_s", 0.0))
+        log.info("decoder: %s", ", ".join(f"{k} {v:.4g}" for k, v in sorted(stats.items())))
+
+    def _reconcile(self) -> None:
+        """Members an earlier run uploaded but could not mark done (the database was down when
+        rsync finished) are marked done if their FLAC and JSON are on the destination: a rerun
+        records them, it does not upload them again."""
+        uploading = self.store.uploading_members(self.key.archive)
+        if not uploading:
+            return
+        wanted = {}
+        for member, remote in uploading:
+            flac = self.destination.relpath(remote)
+            wanted[member] = (remote, flac, str(Path(flac).with_suffix(".json")))
+        checker = AsyncRsyncStorageManager.from_config(self.config, self.destination, max_concurrent=1)
+        try:
+            present = checker.existing(
+                [p for _, flac, sidecar in wanted.values() for p in (flac, sidecar)],
+                self.job_scratch / "reconcile",
+            )
+        finally:
+            checker.close()
+        confirmed = [
+            (m, remote) for m, (remote, flac, js) in wanted.items() if flac in present and js in present
+        ]
+        self.store.mark_done(self.key.archive, confirmed)
+        log.info(
+            "reconciled %s: %d of %d members left uploading by an earlier run are on the destination",
+            self.key.archive,
+            len(confirmed),
+            len(uploading),
+        )
+
+    # -- stages -----------------------------------------------------------------------------
+    def _produce(
+        self,
+        reader: ArchiveReader,
+        take_conversions: Callable[[], list[_Conversion]],
+        ready: queue.Queue[_Prepared | BaseException | None],
+        ahead: threading.Semaphore,
+    ) -> None:
+        try:
+            batches = reader.batches()
+            while not self.stop.is_set():
+                if not ahead.acquire(timeout=0.5):
+                    continue
+                t0 = time.monotonic()
+                batch = next(batches, None)
+                self.timers.add("extract", time.monotonic() - t0)
+                if batch is None:
+                    break
+                if batch.rejected:
+                    for m in batch.rejected:
+                        log.warning("rejected member %r: %s", m.name, m.reject_reason)
+                    self._count("rejected", len(batch.rejected))
+                    self.store.record_members(
+                        self.key,
+                        [
+                            MemberRecord(
+                                m.name,
+                                "rejected",
+                                size_bytes=m.size,
+                                error=m.reject_reason,
+                                full_name=m.full_name,
+                            )
+                            for m in batch.rejected
+                        ],
+                    )
+                self._count("skipped", batch.skipped)
+                self._put(ready, _Prepared(batch, take_conversions()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
+            self._put(ready, exc)
+            return
+        self._put(ready, None)
+
+    def _put(self, ready: queue.Queue[Any], item: Any) -> None:
+        put_unless_stopped(ready, item, self.stop)
+
+    def _submit(self, prepared: _Prepared, decoder: Decoder) -> _Submitted:
+        """Hand each member to the decoder as soon as its conversion is done; when the run is
+        stopping, the members not handed over stay pending."""
+        entries = []
+        for conversion in prepared.conversions:
+            if self.stop_reason is not None:
+                entries.append(_Entry(conversion))
+                continue
+            member = conversion.member
+            t0 = time.monotonic()
+            try:
+                info = conversion.future.result(timeout=self.config.decode_timeout)
+            except FutureTimeout:
+                if member.path is not None:
+                    member.path.unlink(missing_ok=True)
+                timeout = self.config.decode_timeout
+                entries.append(
+                    _Entry(
+                        conversion, record=self._failed(member, f"decoding timed out after {timeout:.0f}s")
+                    )
+                )
+                continue
+            except ConversionError as exc:
+                entries.append(_Entry(conversion, record=self._failed(member, str(exc))))
+                continue
+            finally:
+                self.timers.add("convert_wait", time.monotonic() - t0)
+            self.timers.add("convert", info.convert_s)
+            t1 = time.monotonic()
+            future = decoder.submit(load_16k(conversion.flac), archive=self.key.archive, member=member.name)
+            self.timers.add("wait_for_decoder", time.monotonic() - t1)
+            entries.append(_Entry(conversion, info=info, future=future))
+        return _Submitted(prepared.batch, entries)
+
+    def _hand_over(
+        self, handed: queue.Queue[_Submitted | None], item: _Submitted | None, finisher: threading.Thread
+    ) -> None:
+        """To the finisher, unless it has died (its error ends the run)."""
+        while finisher.is_alive():
+            try:
+                handed.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _finisher(
+        self,
+        handed: queue.Queue[_Submitted | None],
+        decoder: Decoder,
+        uploader: AsyncRsyncStorageManager,
+        reader: ArchiveReader,
+        started: float,
+    ) -> None:
+        try:
+            while (item := handed.get()) is not None:
+                self._finish_batch(item, decoder, uploader)
+                self._log_progress(item.batch, reader, uploader, started)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
+            self._finisher_error = exc
+            self.stop.set()
+            decoder.cancel_pending()
+
+    def _finish_batch(
+        self, submitted: _Submitted, decoder: Decoder, uploader: AsyncRsyncStorageManager
+    ) -> None:
+        """Collect the batch's transcripts in order, record them, then queue the batch's upload."""
+        batch = submitted.batch
+        records: list[MemberRecord] = []
+        left: list[_Conversion] = []
+        audio_s = 0.0
+        for entry in submitted.entries:
+            if entry.record is not None:
+                records.append(entry.record)
+                continue
+            if entry.future is None or entry.info is None:
+                left.append(entry.conversion)
+                continue
+            try:
+                result = self._result(entry.future, decoder)
+            except CancelledError:
+                left.append(entry.conversion)
+                continue
+            except TranscriptionError as exc:
+                entry.conversion.flac.unlink(missing_ok=True)
+                records.append(self._failed(entry.conversion.member, str(exc)))
+                continue
+            records.append(self._stage(entry.conversion, entry.info, result))
+            audio_s += entry.info.output_duration_s
+        if left:
+            self._cancel(left)
+            self._count("left", len(left))
+            log.info("stopping: %d members of batch %d left for the next run", len(left), batch.number)
+        to_upload = [(r.member, r.remote_path or "") for r in records if r.status == "uploading"]
+        self.store.record_members(self.key, records)
+        if not to_upload:
+            shutil.rmtree(batch.directory, ignore_errors=True)
+            return
+        t2 = time.monotonic()
+        self._upload_slots.acquire()  # bounded: at most N batches in scratch awaiting upload
+        self.timers.add("wait_for_upload_slot", time.monotonic() - t2)
+        uploader.submit(
+            batch.directory / "stage",
+            label=f"{self.key.archive} batch {batch.number} ({len(to_upload)} files)",
+            on_finish=lambda job: self._uploaded(job, batch, to_upload, audio_s),
+        )
+
+    def _result(self, future: Future[dict[str, Any]], decoder: Decoder) -> dict[str, Any]:
+        """The member's transcript; a stop request cancels what the decoder has not finished."""
+        t0 = time.monotonic()
+        try:
+            while True:
+                try:
+                    return future.result(timeout=0.5)
+                except FutureTimeout:
+                    if self.stop_reason is not None:
+                        decoder.cancel_pending()
+        finally:
+            self.timers.add("wait_for_transcript", time.monotonic() - t0)
+
+    def _stage(self, conversion: _Conversion, info: AudioInfo, result: dict[str, Any]) -> MemberRecord:
+        """The transcribed member's FLAC and JSON into the upload stage; its record."""
+        member = conversion.member
+        result.update(
+            source_sample_rate=info.sample_rate,
+            source_channels=info.channels,
+            source_duration=info.duration_s,
+            source_decoder=info.decoder,
+        )
+        conversion.staged.parent.mkdir(parents=True, exist_ok=True)
+        conversion.flac.replace(conversion.staged)
+        conversion.staged.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
+        return MemberRecord(
+            member.name,
+            "uploading",
+            size_bytes=member.size,
+            sample_rate=info.sample_rate,
+            channels=info.channels,
+            duration_s=info.output_duration_s,
+            transcript=result["text"],
+            language=result["language"],
+            language_probability=result["language_probability"],
+            remote_path=self.destination.url(self._output_path(member)),
+            decoder=info.decoder,
+        )
+
+    def _uploaded(self, job: UploadJob, batch: Batch, members: list[tuple[str, str]], audio_s: float) -> None:
+        try:
+            self.timers.add("upload", job.finished - job.started)
+            if job.state is UploadState.DONE:
+                self.store.mark_done(self.key.archive, members)
+                self._count("done", len(members))
+                with self._counts_lock:
+                    self._audio_s += audio_s
+            else:
+                error = f"upload failed: {job.error}"
+                self._upload_errors.append(error)
+                self.store.mark_failed(self.key.archive, [m for m, _ in members], error)
+                self._count("failed", len(members))
+        except StoreError as exc:
+            # The files are on the destination; a rerun finds them still 'uploading' and
+            # uploads them again (rsync makes that idempotent).
+            self._upload_errors.append(str(exc))
+            log.error("could not record upload of batch %d: %s", batch.number, exc)
+        finally:
+            shutil.rmtree(batch.directory, ignore_errors=True)
+            self._upload_slots.release()
+
+    def _release(self, prepared: _Prepared) -> None:
+        """Drop a converted batch unprocessed: its members stay pending for the next run."""
+        self._cancel(prepared.conversions)
+        self._count("left", len(prepared.conversions))
+        shutil.rmtree(prepared.batch.directory, ignore_errors=True)
+        log.info("stopping: batch %d left for the next run", prepared.batch.number)
+
+    @staticmethod
+    def _cancel(conversions: list[_Conversion]) -> None:
+        """Conversions not started are cancelled; outputs of running ones stay outside the upload
+        stage and go with the job's scratch."""
+        for conversion in conversions:
+            conversion.future.cancel()
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def _output_path(self, member: Member) -> str:
+        """`DATE/SLOT/<member path>.flac`: the same relative path in the stage and on the remote."""
+        return f"{self.day.isoformat()}/{self.slot}/{member.output_stem}.flac"
+
+    def _failed(self, member: Member, reason: str) -> MemberRecord:
+        log.warning("member %r failed: %s", member.name, reason)
+        self._count("failed", 1)
+        return MemberRecord(member.name, "failed", size_bytes=member.size, error=reason)
+
+    def _count(self, what: str, n: int) -> None:
+        with self._counts_lock:
+            self._counts[what] += n
+
+    def _log_progress(
+        self, batch: Batch, reader: ArchiveReader, uploader: AsyncRsyncStorageManager, started: float
+    ) -> None:
+        elapsed = time.monotonic() - started
+        with self._counts_lock:
+            c = dict(self._counts)
+            audio_s = self._audio_s
+        u = uploader.counts()
+        share = 100.0 * batch.compressed_bytes_read / max(1, reader.compressed_size)
+        eta = elapsed * (100.0 - share) / share if share > 0 else float("nan")
+        log.info(
+            "batch %d: %d members seen (done %d, failed %d, rejected %d, skipped %d), "
+            "audio %.3f h, %.1fx realtime, uploads queued=%d running=%d done=%d failed=%d, "
+            "archive %.1f%% read, eta %.0fs",
+            batch.number,
+            reader.members_seen,
+            c["done"],
+            c["failed"],
+            c["rejected"],
+            c["skipped"],
+            audio_s / 3600,
+            audio_s / elapsed if elapsed > 0 else 0.0,
+            u["queued"],
+            u["running"],
+            u["done"],
+            u["failed"],
+            share,
+            eta,
+        )
+        try:
+            self.store.update_archive_progress(
+                self.key.archive,
+                bytes_read=batch.compressed_bytes_read,
+                members_seen=reader.members_seen,
+            )
+        except StoreError as exc:
+            log.warning("progress not recorded: %s", exc)
+
+    def _finish(self, reader: ArchiveReader, archive_error: str | None, started: float) -> WorkerResult:
+        wall = time.monotonic() - started
+        summary = self.store.archive_summary(self.key.archive)
+        errors = [e for e in (archive_error, *self._upload_errors) if e]
+        complete = reader.completed and summary["pending"] == 0 and not errors and not self._counts["left"]
+        if complete:
+            state = "done"
+        elif self.stop_reason is not None:
+            state = "interrupted"
+            errors.insert(0, self.stop_reason)
+        else:
+            state = "failed"
+            if not reader.completed and not errors:
+                errors.append("stopped before the end of the archive")
+        error = "; ".join(dict.fromkeys(errors)) or None
+        self.store.finish_archive(self.key.archive, state=state, error=error, wall_s=wall)
+        shutil.rmtree(self.job_scratch, ignore_errors=True)
+        self.timers.log()
+        return WorkerResult(
+            archive=self.key.archive,
+            state=state,
+            done=summary["done"],
+            failed=summary["failed"],
+            rejected=summary["rejected"],
+            pending=summary["pending"] + self._counts["left"],
+            audio_s=float(summary["audio_s"]),
+            run_audio_s=self._audio_s,
+            wall_s=wall,
+            error=error,
+            stage_seconds=dict(self.timers.seconds),
+        )

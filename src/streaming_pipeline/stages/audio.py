@@ -1,0 +1,232 @@
+"""Decode a member, downmix to mono, resample to 16 kHz, write 16-bit FLAC.
+
+soundfile (libsndfile: WAV, FLAC, Ogg Vorbis/Opus, MP3, AIFF, NIST SPHERE...) is tried first; what
+it cannot open goes to PyAV (the FFmpeg libraries faster-whisper already installs; no ffmpeg
+binary): AAC/M4A/MP4, WebM/Matroska, Opus in any container, WMA, AMR and more. Both are read in
+blocks through soxr's streaming resampler, so a member of hours costs the same memory as one of
+seconds. Runs in worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError
+
+log = logging.getLogger(__name__)
+
+TARGET_RATE = 16000
+# Whisper's feature extractor uses a 400-sample FFT window: anything shorter cannot be analysed.
+MIN_SAMPLES = 400
+BLOCK_FRAMES = 1 << 18
+
+
+# Suffixes of headerless PCM: no decoder can know its rate or layout.
+RAW_SUFFIXES = frozenset({".raw", ".pcm", ".s16", ".s16le", ".u8", ".f32", ".bin", ""})
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    duration_s: float  # of the source, as decoded
+    samples_16k: int
+    convert_s: float = 0.0  # seconds the conversion took (in its pool process)
+    decoder: str = "soundfile"  # which library read the source: soundfile or pyav
+
+    @property
+    def output_duration_s(self) -> float:
+        return self.samples_16k / TARGET_RATE
+
+
+def exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """Conversion-pool initializer: a worker process outlives its parent by at most `interval`.
+
+    A parent killed by SIGKILL, or leaving through os._exit on a second signal, never shuts its
+    pool down, and an orphaned pool process would otherwise wait on its queue forever.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def warm_up() -> None:
+    """Import the decoders in a pool process before the first member arrives."""
+    import av  # noqa: F401
+    import soundfile  # noqa: F401
+    import soxr  # noqa: F401
+
+
+def conversion_pool(workers: int) -> ProcessPoolExecutor:
+    """Processes for convert_to_flac, started now (they import the decoders while the caller loads
+    its model). Spawned, not forked: the parent has threads and database connections."""
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    )
+    for _ in range(workers):
+        pool.submit(warm_up)
+    return pool
+
+
+def convert_to_flac(src: str, dst: str, *, remove_source: bool = False) -> AudioInfo:
+    """Convert one file; raises ConversionError with a reason a person can act on.
+
+    `remove_source` deletes `src` as soon as it is read, converted or not: scratch then holds a
+    member's source only while it is being converted.
+    """
+    started = time.monotonic()
+    try:
+        return replace(_convert(src, dst), convert_s=time.monotonic() - started)
+    finally:
+        if remove_source:
+            Path(src).unlink(missing_ok=True)
+
+
+def _convert(src: str, dst: str) -> AudioInfo:
+    """soundfile first; PyAV for what libsndfile cannot open. A member neither reads fails with
+    both reasons, in terms of the member (never its scratch path)."""
+    import soundfile as sf
+
+    try:
+        source = sf.SoundFile(src)
+    except Exception as exc:  # noqa: BLE001 - libsndfile raises several types for "cannot open"
+        sf_reason = _short(exc, src)
+    else:
+        with source:
+            return _write(dst, source.samplerate, source.channels, _soundfile_blocks(source), "soundfile")
+    try:
+        return _convert_pyav(src, dst)
+    except ConversionError as exc:
+        av_reason = str(exc)
+    if Path(src).suffix.lower() in RAW_SUFFIXES:
+        raise ConversionError(f"no header: sample rate unknown (soundfile: {sf_reason}; PyAV: {av_reason})")
+    raise ConversionError(f"cannot decode: soundfile: {sf_reason}; PyAV: {av_reason}")
+
+
+def _soundfile_blocks(source: Any) -> Iterator[np.ndarray]:
+    while True:
+        block = source.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        if len(block):
+            yield block
+        if len(block) < BLOCK_FRAMES:
+            return
+
+
+def _convert_pyav(src: str, dst: str) -> AudioInfo:
+    """The first audio stream, decoded frame by frame into float32 blocks."""
+    import av
+
+    try:
+        container = av.open(src, metadata_errors="ignore")
+    except Exception as exc:  # noqa: BLE001 - PyAV's errors are many FFmpeg error types
+        raise ConversionError(_short(exc, src)) from None
+    with container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise ConversionError("no audio stream")
+        context = stream.codec_context
+        rate, channels = context.sample_rate, context.channels
+        if not rate or not channels:
+            raise ConversionError(f"invalid audio stream: {rate} Hz, {channels} channels")
+        # Planar float at the source's rate and layout; downmix and resampling stay ours (soxr).
+        planar = av.AudioResampler(format="fltp", layout=context.layout, rate=rate)
+
+        def blocks() -> Iterator[np.ndarray]:
+            try:
+                for frame in container.decode(stream):
+                    for out in planar.resample(frame):
+                        yield out.to_ndarray().T
+                for out in planar.resample(None):
+                    yield out.to_ndarray().T
+            except av.error.FFmpegError as exc:
+                raise ConversionError(_short(exc, src)) from None
+
+        return _write(dst, rate, channels, blocks(), "pyav")
+
+
+def _write(dst: str, rate: int, channels: int, blocks: Iterator[np.ndarray], decoder: str) -> AudioInfo:
+    """Blocks of (frames, channels) float32 → mono → soxr stream resample → 16-bit FLAC, written
+    under a temporary name and renamed when complete."""
+    import soundfile as sf
+    import soxr
+
+    out_path = Path(dst)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out_path.with_name(out_path.name + ".part")
+    if rate <= 0 or channels <= 0:
+        raise ConversionError(f"invalid header: {rate} Hz, {channels} channels")
+    resampler = None if rate == TARGET_RATE else soxr.ResampleStream(rate, TARGET_RATE, 1, "float32", "HQ")
+    decoded = written = 0
+    try:
+        with sf.SoundFile(tmp_path, "w", TARGET_RATE, 1, "PCM_16", format="FLAC") as sink:
+            for block in _with_last(blocks):
+                data, last = block
+                decoded += len(data)
+                mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+                if resampler is not None:
+                    mono = resampler.resample_chunk(np.ascontiguousarray(mono, dtype=np.float32), last=last)
+                if len(mono):
+                    sink.write(np.clip(mono, -1.0, 1.0))
+                    written += len(mono)
+    except ConversionError:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    except Exception as exc:  # noqa: BLE001 - a decoder failing mid-stream: undecodable member
+        tmp_path.unlink(missing_ok=True)
+        raise ConversionError(f"cannot decode ({decoder}): {_short(exc)}") from None
+    if decoded == 0:
+        tmp_path.unlink(missing_ok=True)
+        raise ConversionError("no audio frames (empty file or missing data chunk)")
+    if written < MIN_SAMPLES:
+        tmp_path.unlink(missing_ok=True)
+        raise ConversionError(f"too short: {written} samples at 16 kHz, Whisper needs at least {MIN_SAMPLES}")
+    tmp_path.replace(out_path)
+    return AudioInfo(rate, channels, decoded / rate, written, decoder=decoder)
+
+
+def _with_last(blocks: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, bool]]:
+    """Each block with whether it is the last (the resampler flushes on it); an empty last
+    block when the source ends on a block boundary."""
+    previous: np.ndarray | None = None
+    for block in blocks:
+        if previous is not None:
+            yield previous, False
+        previous = block
+    if previous is not None:
+        yield previous, True
+
+
+def load_16k(path: Path) -> np.ndarray:
+    """Read a FLAC this module wrote, as the float32 array faster-whisper takes."""
+    import soundfile as sf
+
+    data, rate = sf.read(str(path), dtype="float32")
+    if rate != TARGET_RATE:  # pragma: no cover - we only read what we wrote
+        raise ConversionError(f"{path} is {rate} Hz, expected {TARGET_RATE}")
+    return data
+
+
+def _short(exc: BaseException, path: str | None = None) -> str:
+    """The error's first line, with the scratch path (an index name nobody knows) left out."""
+    text = str(exc).strip() or type(exc).__name__
+    if path:
+        text = text.replace(f"'{path}'", "the member").replace(path, "the member")
+    return text.splitlines()[0][:500]

@@ -1,0 +1,637 @@
+"""How converted members reach the model: one queue of windows across members, or one member at a time.
+
+`BatchedDecoder` (the default) treats every member submitted to it as rows of one queue:
+
+    prep threads   Silero VAD -> speech chunks of at most 30 s (one row each) -> log-Mel features
+    decode thread  packs rows of different members into one `generate` call (`decode_batch_size`
+                   rows, the oldest row plus those nearest to it in length from a look-ahead
+                   window), detects each member's language from its own first row, applies
+                   faster-whisper's quality guards per row and decodes the rows that failed
+                   again at the next temperature, batched with other failures
+
+A member's result is complete, and its future resolved, when all its rows are final. Rows of
+different members never share a window. faster-whisper 1.2.1's `BatchedInferencePipeline`
+batches only one file's chunks and ignores the fallback temperatures and the no-speech rule;
+this decoder follows its windowing (VAD chunks, features padded to 30 s, no timestamps) and the
+sequential path's guards (`WhisperModel.generate_with_fallback`).
+
+`PerMemberDecoder` runs faster-whisper's own `WhisperModel.transcribe` on `transcribe_workers`
+members at once: the reference path, and the one `--decoder per-member` selects.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..config import PipelineConfig, parse_temperatures
+from ..errors import ConfigError, TranscriptionError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+WINDOW_S = 30
+# faster-whisper's defaults for the guards of its sequential path.
+COMPRESSION_RATIO_THRESHOLD = 2.4
+LOG_PROB_THRESHOLD = -1.0
+NO_SPEECH_THRESHOLD = 0.6
+BEST_OF = 5
+# Rows considered for one call: this many calls' worth from the head of the queue.
+LOOKAHEAD_CALLS = 4
+# Calls a row waiting for a fallback temperature may wait for company before it goes alone.
+FALLBACK_MAX_WAIT_CALLS = 4
+# A call that is not full waits this long at most for rows of members being prepared.
+FILL_WAIT_S = 0.5
+# Rows (features, ~1 MB each) queued at most, per row of a call.
+QUEUED_ROWS_PER_BATCH_ROW = 2 * LOOKAHEAD_CALLS
+# Rows per generate call when --decode-batch-size is 0: 16 on CUDA (the issue's H100 numbers:
+# 235x realtime at 16, 259 at 32, 277 at 64 for a large-v2-sized model); on CPU, measured by
+# `bench` on 2 cores with whisper-base (README, Performance).
+DEFAULT_BATCH = {"cuda": 16, "cpu": 8}
+PREP_THREADS_CUDA = 4
+
+
+class TranscriberModel(Protocol):
+    """What a decoder needs of `transcribe.Transcriber`: the model, loaded once per job."""
+
+    model_name: str
+    model: Any  # faster_whisper.WhisperModel
+
+    def transcribe(self, audio: np.ndarray, *, archive: str, member: str) -> dict[str, Any]: ...
+
+
+class Decoder(Protocol):
+    def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[dict[str, Any]]: ...
+
+    def cancel_pending(self) -> int: ...
+
+    def stats(self) -> dict[str, float]: ...
+
+    def close(self) -> None: ...
+
+
+def decoder_kind(config: PipelineConfig) -> str:
+    """`auto` is the batched decoder everywhere: on CPU it was not slower (README, Performance)."""
+    if config.decoder == "auto":
+        return "batched"
+    return config.decoder
+
+
+def open_decoder(transcriber: TranscriberModel, config: PipelineConfig) -> Decoder:
+    """The decoder `config` asks for, over a transcriber whose model is already loaded. A stand-in
+    transcriber without a faster-whisper model (tests of the worker's bookkeeping) gets the
+    per-member decoder."""
+    device = getattr(getattr(transcriber, "device", None), "device", "cpu")
+    if decoder_kind(config) == "batched" and getattr(transcriber, "model", None) is not None:
+        return BatchedDecoder(transcriber, config, device=device)
+    return PerMemberDecoder(transcriber, config)
+
+
+def _cancelled_future() -> Future[dict[str, Any]]:
+    future: Future[dict[str, Any]] = Future()
+    future.cancel()
+    return future
+
+
+def clean_text(text: str) -> str:
+    """Decoded text without NUL characters: byte-level BPE can emit a 0x00 byte, which PostgreSQL
+    text cannot hold (it would fail the whole batch's write)."""
+    return text.replace("\x00", "").strip()
+
+
+class PerMemberDecoder:
+    """faster-whisper's own `transcribe`, `transcribe_workers` members at once."""
+
+    def __init__(self, transcriber: TranscriberModel, config: PipelineConfig) -> None:
+        self._transcriber = transcriber
+        workers = config.transcribe_workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="transcribe")
+        # Members waiting for a thread hold their audio: keep that to one more per thread.
+        self._slots = threading.BoundedSemaphore(2 * workers)
+        self._pending: set[Future[dict[str, Any]]] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._busy = 0.0
+        self._members = 0
+
+    def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[dict[str, Any]]:
+        self._slots.acquire()
+        with self._lock:
+            if self._stopping:
+                self._slots.release()
+                return _cancelled_future()
+            future = self._pool.submit(self._run, audio, archive, member)
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _run(self, audio: np.ndarray, archive: str, member: str) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            return self._transcriber.transcribe(audio, archive=archive, member=member)
+        finally:
+            with self._lock:
+                self._busy += time.monotonic() - started
+                self._members += 1
+
+    def _done(self, future: Future[dict[str, Any]]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+        self._slots.release()
+
+    def cancel_pending(self) -> int:
+        """Members not started stay pending; those being transcribed finish."""
+        with self._lock:
+            self._stopping = True
+            pending = list(self._pending)
+        return sum(f.cancel() for f in pending)
+
+    def stats(self) -> dict[str, float]:
+        with self._lock:
+            return {"decoder_busy_s": self._busy, "members": self._members}
+
+    def close(self) -> None:
+        self.cancel_pending()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(eq=False)
+class _Member:
+    archive: str
+    name: str
+    duration: float
+    future: Future[dict[str, Any]]
+    speech: list[dict[str, int]] = field(default_factory=list)  # VAD regions, in samples
+    language: str | None = None
+    language_probability: float = 0.0
+    rows: int = 0
+    rows_left: int = 0
+    segments: dict[int, dict[str, Any]] = field(default_factory=dict)  # row index -> segment
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    tokens: list[int]
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    temperature: float
+
+
+@dataclass(eq=False)
+class _Row:
+    member: _Member
+    index: int  # the chunk's place in its member
+    features: np.ndarray  # log-Mel, unpadded
+    offset: float  # seconds of speech before it (faster-whisper's collected-chunks timeline)
+    duration: float  # seconds of speech in it
+    level: int = 0  # index into the temperatures
+    waited: int = 0  # calls since it was queued at this level
+    attempts: list[_Attempt] = field(default_factory=list)
+
+
+def speech_chunks(regions: list[dict[str, int]], max_samples: int) -> Iterator[list[dict[str, int]]]:
+    """VAD regions grouped greedily into chunks of at most `max_samples` of speech, as
+    faster-whisper's `collect_chunks` groups them (a region longer than that is a chunk alone)."""
+    chunk: list[dict[str, int]] = []
+    samples = 0
+    for region in regions:
+        length = region["end"] - region["start"]
+        if chunk and samples + length > max_samples:
+            yield chunk
+            chunk, samples = [], 0
+        chunk.append(region)
+        samples += length
+    if chunk:
+        yield chunk
+
+
+class BatchedDecoder:
+    """Rows (speech chunks of at most 30 s) of many members, decoded in shared `generate` calls."""
+
+    def __init__(self, transcriber: TranscriberModel, config: PipelineConfig, *, device: str) -> None:
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+        from faster_whisper.vad import VadOptions
+
+        self._transcriber = transcriber
+        self._whisper = transcriber.model  # faster_whisper.WhisperModel
+        self._ct2 = self._whisper.model  # ctranslate2.models.Whisper
+        self._multilingual = bool(self._ct2.is_multilingual)
+        self._tokenizer_class = Tokenizer
+        self._tokenizers: dict[str | None, Any] = {}
+        self._decode_text = self._tokenizer(None if not self._multilingual else "en")
+        self._suppress = list(get_suppressed_tokens(self._decode_text, [-1]))
+        self.config = config
+        self._temperatures = parse_temperatures(config.temperatures)
+        self._language = config.language
+        if self._language is not None and self._multilingual:
+            self._tokenizer(self._language)  # an unknown code is an error now, not per member
+        self._vad = VadOptions(max_speech_duration_s=WINDOW_S, min_silence_duration_ms=160)
+        self._max_new_tokens = config.max_new_tokens
+        self.batch_size = config.decode_batch_size or DEFAULT_BATCH.get(device, 8)
+        self._limit = self.batch_size  # lowered by CUDA out-of-memory errors
+        self._cond = threading.Condition()
+        self._fresh: list[_Row] = []
+        self._fallback: dict[int, list[_Row]] = {}
+        self._queued = 0
+        self._preparing = 0  # members handed to the prep threads and not yet all queued
+        self._max_queued = max(QUEUED_ROWS_PER_BATCH_ROW * self.batch_size, 64)
+        self._members: set[_Member] = set()
+        self._in_call: Counter[_Member] = Counter()  # rows of each member in the running call
+        self._stopping = False
+        self._closed = False
+        self._slots = threading.BoundedSemaphore(config.process_batch_size)
+        self._stats = {
+            "calls": 0,
+            "rows_decoded": 0,
+            "rows": 0,
+            "fallback_rows": 0,
+            "members": 0,
+            "decoder_busy_s": 0.0,
+            "prep_s": 0.0,
+            "oom_halvings": 0,
+        }
+        # VAD and features for a GPU decoding ~250x realtime need more than one core (one prep
+        # thread does ~280x on this project's 2-core machine): at least 4 on CUDA.
+        self.prep_threads = max(config.transcribe_workers, PREP_THREADS_CUDA if device == "cuda" else 1)
+        self._prep = ThreadPoolExecutor(self.prep_threads, thread_name_prefix="decode-prep")
+        self._thread = threading.Thread(target=self._loop, name="decoder", daemon=True)
+        self._thread.start()
+        log.info(
+            "batched decoder: %d rows per call, up to %d members in flight, %d prep threads, temperatures %s",
+            self.batch_size,
+            config.process_batch_size,
+            self.prep_threads,
+            ",".join(f"{t:g}" for t in self._temperatures),
+        )
+
+    # -- public -----------------------------------------------------------------------------
+    def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[dict[str, Any]]:
+        """Blocks while `process_batch_size` members are in flight; the future is cancelled when
+        the decoder stops before the member is complete."""
+        self._slots.acquire()
+        future: Future[dict[str, Any]] = Future()
+        m = _Member(archive, member, len(audio) / SAMPLE_RATE, future)
+        if self._language is not None or not self._multilingual:
+            m.language, m.language_probability = self._language or "en", 1.0
+        with self._cond:
+            if self._stopping:
+                self._slots.release()
+                return _cancelled_future()
+            self._members.add(m)
+            self._preparing += 1
+        future.add_done_callback(lambda _f: self._slots.release())
+        self._prep.submit(self._prepare, m, audio)
+        return future
+
+    def cancel_pending(self) -> int:
+        """Stop: rows in the call being decoded finish, and members whose rows all were in it
+        complete; every other member's future is cancelled (it stays pending for the next run)."""
+        with self._cond:
+            self._stopping = True
+            self._fresh.clear()
+            self._fallback.clear()
+            self._queued = self._in_call.total()
+            doomed = [m for m in self._members if self._in_call[m] != m.rows_left or not m.rows]
+            self._members.difference_update(doomed)
+            self._cond.notify_all()
+        return sum(m.future.cancel() for m in doomed)
+
+    def stats(self) -> dict[str, float]:
+        with self._cond:
+            return dict(self._stats)
+
+    def close(self) -> None:
+        self.cancel_pending()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._prep.shutdown(wait=True, cancel_futures=True)
+        with self._cond:
+            leftovers = list(self._members)
+            self._members.clear()
+        for m in leftovers:
+            m.future.cancel()
+
+    # -- preparation (prep threads) -----------------------------------------------------------
+    def _prepare(self, m: _Member, audio: np.ndarray) -> None:
+        from faster_whisper.vad import get_speech_timestamps
+
+        started = time.monotonic()
+        try:
+            if self.config.vad:
+                m.speech = get_speech_timestamps(audio, self._vad)
+            else:
+                step = WINDOW_S * SAMPLE_RATE
+                m.speech = [
+                    {"start": s, "end": min(s + step, len(audio))} for s in range(0, len(audio), step)
+                ]
+            chunks = list(speech_chunks(m.speech, WINDOW_S * SAMPLE_RATE))
+            m.rows = m.rows_left = len(chunks)
+            if not chunks:
+                self._complete(m)
+                return
+            offset = 0
+            for index, regions in enumerate(chunks):
+                samples = np.concatenate([audio[r["start"] : r["end"]] for r in regions])
+                # As BatchedInferencePipeline: the extractor pads one frame past the audio.
+                features = self._whisper.feature_extractor(samples)[..., :-1]
+                row = _Row(m, index, features, offset / SAMPLE_RATE, len(samples) / SAMPLE_RATE)
+                offset += len(samples)
+                if not self._enqueue(row):
+                    return
+        except Exception as exc:  # noqa: BLE001 - any failure is this member's alone
+            self._fail([m], f"transcription failed: {exc}")
+        finally:
+            with self._cond:
+                self._preparing -= 1
+                self._stats["prep_s"] += time.monotonic() - started
+                self._cond.notify_all()
+
+    def _enqueue(self, row: _Row) -> bool:
+        """False when the member was cancelled (stop) and its remaining rows are not needed."""
+        with self._cond:
+            while self._queued >= self._max_queued and not self._stopping:
+                self._cond.wait()
+            if self._stopping or row.member.future.done():
+                return False
+            self._fresh.append(row)
+            self._queued += 1
+            self._stats["rows"] += 1
+            self._cond.notify_all()
+        return True
+
+    # -- decoding (decode thread) --------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._queued:
+                    self._cond.wait()
+                deadline = time.monotonic() + FILL_WAIT_S
+                while not self._closed and self._filling() and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)  # a fuller call costs the GPU little more than this one
+                if self._closed:
+                    return
+                rows, level = self._pack()
+                self._in_call = Counter(r.member for r in rows)
+            try:
+                self._decode(rows, level)
+            except Exception as exc:
+                log.exception("decoding %d rows failed", len(rows))
+                self._fail(list({r.member for r in rows}), f"transcription failed: {exc}")
+            finally:
+                with self._cond:
+                    self._in_call = Counter()
+                    self._queued -= len(rows)
+                    self._cond.notify_all()
+
+    def _filling(self) -> bool:
+        """Only fresh rows wait, fewer than a call holds, and more are being prepared."""
+        fallback = any(self._fallback.values())
+        return not fallback and 0 < len(self._fresh) < self._limit and self._preparing > 0
+
+    def _pack(self) -> tuple[list[_Row], int]:
+        """Rows for the next call (under the lock). Failed rows go first when they fill a call,
+        when no fresh rows are waiting, or when they have waited long enough."""
+        limit = self._limit
+        for level in sorted(self._fallback):
+            waiting = self._fallback[level]
+            if waiting and (
+                len(waiting) >= limit or not self._fresh or waiting[0].waited >= FALLBACK_MAX_WAIT_CALLS
+            ):
+                rows, self._fallback[level] = waiting[:limit], waiting[limit:]
+                self._age_fallback()
+                return rows, level
+        window = self._fresh[: limit * LOOKAHEAD_CALLS]
+        head = window[0]
+        chosen = [head]
+        first_rows = {head.member} if head.index == 0 else set()
+        for row in sorted(window[1:], key=lambda r: abs(r.duration - head.duration)):
+            if len(chosen) == limit:
+                break
+            if row.member.language is None and row.index > 0 and row.member not in first_rows:
+                continue  # its language comes from its first row, which is not in this call
+            chosen.append(row)
+            if row.index == 0:
+                first_rows.add(row.member)
+        taken = set(map(id, chosen))
+        self._fresh = [r for r in self._fresh if id(r) not in taken]
+        self._age_fallback()
+        return chosen, 0
+
+    def _age_fallback(self) -> None:
+        for waiting in self._fallback.values():
+            for row in waiting:
+                row.waited += 1
+
+    def _decode(self, rows: list[_Row], level: int) -> None:
+        started = time.monotonic()
+        try:
+            results = self._generate(rows, level)
+        except RuntimeError as exc:
+            if "out of memory" not in str(exc).lower() or len(rows) == 1:
+                raise
+            half = len(rows) // 2
+            with self._cond:
+                first = self._stats["oom_halvings"] == 0
+                self._stats["oom_halvings"] += 1
+                self._limit = min(self._limit, half)
+            (log.warning if first else log.debug)(
+                "out of GPU memory with %d rows per call: %d from now on (%s)", len(rows), half, exc
+            )
+            self._decode(rows[:half], level)
+            self._decode(rows[half:], level)
+            return
+        with self._cond:
+            self._stats["calls"] += 1
+            self._stats["rows_decoded"] += len(rows)
+            self._stats["fallback_rows"] += len(rows) if level else 0
+            self._stats["decoder_busy_s"] += time.monotonic() - started
+        for row, result in zip(rows, results, strict=True):
+            self._judge(row, result, level)
+
+    def _generate(self, rows: list[_Row], level: int) -> list[Any]:
+        from faster_whisper.audio import pad_or_trim
+
+        features = np.stack([pad_or_trim(r.features) for r in rows])
+        encoded = self._whisper.encode(features)
+        if any(r.member.language is None for r in rows):
+            detected = self._ct2.detect_language(encoded)
+            for row, languages in zip(rows, detected, strict=True):
+                if row.index == 0 and row.member.language is None:
+                    token, probability = languages[0]
+                    row.member.language, row.member.language_probability = token[2:-2], probability
+        prompts = [self._prompt(r.member.language) for r in rows]
+        max_length = self._whisper.max_length
+        if self._max_new_tokens is not None:
+            max_length = min(max_length, len(prompts[0]) + self._max_new_tokens)
+        temperature = self._temperatures[level]
+        if temperature > 0:
+            sampling: dict[str, Any] = {
+                "beam_size": 1,
+                "num_hypotheses": BEST_OF,
+                "sampling_topk": 0,
+                "sampling_temperature": temperature,
+            }
+        else:
+            sampling = {"beam_size": self.config.beam_size, "patience": 1}
+        return self._ct2.generate(
+            encoded,
+            prompts,
+            length_penalty=1,
+            repetition_penalty=1,
+            no_repeat_ngram_size=0,
+            max_length=max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+            **sampling,
+        )
+
+    def _judge(self, row: _Row, result: Any, level: int) -> None:
+        """faster-whisper's `generate_with_fallback` and no-speech rule, for one row."""
+        tokens = list(result.sequences_ids[0])
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        text = self._decode_text.decode(tokens).strip()
+        attempt = _Attempt(
+            tokens,
+            text,
+            avg_logprob,
+            result.no_speech_prob,
+            _compression_ratio(text),
+            self._temperatures[level],
+        )
+        row.attempts.append(attempt)
+        needs_fallback = (
+            attempt.compression_ratio > COMPRESSION_RATIO_THRESHOLD or avg_logprob < LOG_PROB_THRESHOLD
+        )
+        if attempt.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
+            needs_fallback = False  # silence: no temperature will find speech in it
+        if needs_fallback and level + 1 < len(self._temperatures):
+            with self._cond:
+                if self._stopping:  # no more calls: the member stays pending for the next run
+                    self._members.discard(row.member)
+                    row.member.future.cancel()
+                    return
+                if row.member.future.done():
+                    return
+                row.level, row.waited = level + 1, 0
+                self._fallback.setdefault(level + 1, []).append(row)
+                self._queued += 1
+                self._cond.notify_all()
+            return
+        chosen = attempt
+        if needs_fallback:  # every temperature failed: the best of them, as faster-whisper picks
+            readable = [a for a in row.attempts if a.compression_ratio <= COMPRESSION_RATIO_THRESHOLD]
+            chosen = max(readable or row.attempts, key=lambda a: a.avg_logprob)
+        silent = chosen.no_speech_prob > NO_SPEECH_THRESHOLD and not chosen.avg_logprob > LOG_PROB_THRESHOLD
+        text = clean_text(chosen.text)
+        if not silent and text:
+            row.member.segments[row.index] = {
+                "start": row.offset,
+                "end": row.offset + row.duration,
+                "text": text,
+                "avg_logprob": chosen.avg_logprob,
+                "no_speech_prob": chosen.no_speech_prob,
+                "temperature": chosen.temperature,
+                "compression_ratio": chosen.compression_ratio,
+            }
+        row.member.rows_left -= 1
+        if row.member.rows_left == 0:
+            self._complete(row.member)
+
+    def _complete(self, m: _Member) -> None:
+        from faster_whisper.vad import SpeechTimestampsMap
+
+        timeline = SpeechTimestampsMap(m.speech, SAMPLE_RATE) if m.speech else None
+        segments = []
+        for index in sorted(m.segments):
+            seg = dict(m.segments[index])
+            if timeline is not None:  # back to the member's own timeline, silences included
+                seg["start"] = timeline.get_original_time(seg["start"])
+                seg["end"] = timeline.get_original_time(seg["end"], is_end=True)
+            seg["start"], seg["end"] = round(seg["start"], 3), round(seg["end"], 3)
+            segments.append(seg)
+        result = {
+            "text": " ".join(s["text"] for s in segments).strip(),
+            "language": m.language,
+            "language_probability": m.language_probability,
+            "duration": m.duration,
+            "segments": segments,
+            "model": self._transcriber.model_name,
+            "archive": m.archive,
+            "member": m.name,
+        }
+        with self._cond:
+            self._members.discard(m)
+            self._stats["members"] += 1
+        if not m.future.done():
+            m.future.set_result(result)
+
+    def _fail(self, members: list[_Member], reason: str) -> None:
+        with self._cond:
+            for m in members:
+                self._members.discard(m)
+            dropped = {id(m) for m in members}
+            before = len(self._fresh) + sum(map(len, self._fallback.values()))
+            self._fresh = [r for r in self._fresh if id(r.member) not in dropped]
+            for level, waiting in self._fallback.items():
+                self._fallback[level] = [r for r in waiting if id(r.member) not in dropped]
+            self._queued -= before - len(self._fresh) - sum(map(len, self._fallback.values()))
+            self._cond.notify_all()
+        for m in members:
+            if not m.future.done():
+                m.future.set_exception(TranscriptionError(reason))
+
+    def _tokenizer(self, language: str | None) -> Any:
+        tokenizer = self._tokenizers.get(language)
+        if tokenizer is None:
+            try:
+                tokenizer = self._tokenizer_class(
+                    self._whisper.hf_tokenizer, self._multilingual, task="transcribe", language=language
+                )
+            except ValueError as exc:
+                raise ConfigError(f"language: {exc}") from None
+            self._tokenizers[language] = tokenizer
+        return tokenizer
+
+    def _prompt(self, language: str | None) -> list[int]:
+        """[sot, language, transcribe, notimestamps]: the same layout for every row of a call."""
+        tokenizer = self._tokenizer(language if self._multilingual else None)
+        return [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+
+
+def _compression_ratio(text: str) -> float:
+    from faster_whisper.transcribe import get_compression_ratio
+
+    return float(get_compression_ratio(text))
+
+
+def decode_all(
+    decoder: Decoder, audio: list[np.ndarray], names: list[str], archive: str = "bench"
+) -> list[dict[str, Any]]:
+    """Every clip through `decoder`, results in order (the benchmark's floor and the tests)."""
+    futures = [decoder.submit(a, archive=archive, member=n) for a, n in zip(audio, names, strict=True)]
+    return [f.result() for f in futures]
+
+
+__all__ = [
+    "BatchedDecoder",
+    "Decoder",
+    "PerMemberDecoder",
+    "clean_text",
+    "decode_all",
+    "open_decoder",
+]

@@ -1,0 +1,118 @@
+"""faster-whisper, loaded once per job. `transcribe` is faster-whisper's own sequential path for
+one file (the per-member decoder and the reference the batched decoder is measured against); the
+batched decoder (decoder.py) drives the same model directly.
+
+Language is detected per file unless configured: nothing of one file's decoding state (language,
+previous text) is carried into the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import PipelineConfig, parse_temperatures
+from ..errors import ConfigError, TranscriptionError
+from .decoder import clean_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Device:
+    device: str
+    compute_type: str
+
+
+def resolve_device(device: str, compute_type: str) -> Device:
+    """auto means CUDA when CTranslate2 sees a GPU; float16 on GPU and int8 on CPU by default."""
+    import ctranslate2
+
+    cuda_count = ctranslate2.get_cuda_device_count()
+    if device == "auto":
+        device = "cuda" if cuda_count > 0 else "cpu"
+    elif device == "cuda" and cuda_count == 0:
+        raise ConfigError("--device cuda requested but CTranslate2 sees no CUDA device")
+    if compute_type == "default":
+        compute_type = "float16" if device == "cuda" else "int8"
+    return Device(device, compute_type)
+
+
+def local_model_dir(model: str) -> Path | None:
+    """The directory a path-like --model names, or None for a hub name.
+
+    A path that does not exist is an error, never a hub lookup: a typo must not start a download.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if "/" in model or model.startswith((".", "~")):
+        raise ConfigError(f"model directory {model} does not exist")
+    return None
+
+
+class Transcriber:
+    def __init__(self, config: PipelineConfig) -> None:
+        from faster_whisper import WhisperModel
+
+        self.config = config
+        self.device = resolve_device(config.device, config.compute_type)
+        model_dir = local_model_dir(config.model)
+        started = time.monotonic()
+        try:
+            self.model = WhisperModel(
+                str(model_dir) if model_dir else config.model,
+                device=self.device.device,
+                compute_type=self.device.compute_type,
+                cpu_threads=config.cpu_threads,
+                num_workers=config.transcribe_workers,
+                local_files_only=model_dir is not None or config.offline,
+            )
+        except Exception as exc:
+            raise TranscriptionError(f"cannot load model {config.model!r}: {exc}") from exc
+        self.model_name = model_dir.name if model_dir else config.model
+        log.info(
+            "model %s loaded on %s (%s) in %.1fs",
+            self.model_name,
+            self.device.device,
+            self.device.compute_type,
+            time.monotonic() - started,
+        )
+
+    def transcribe(self, audio: np.ndarray, *, archive: str, member: str) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "language": self.config.language,
+            "beam_size": self.config.beam_size,
+            "temperature": list(parse_temperatures(self.config.temperatures)),
+            "vad_filter": self.config.vad,
+            "max_new_tokens": self.config.max_new_tokens,
+        }
+        try:
+            segments, info = self.model.transcribe(audio, condition_on_previous_text=False, **options)
+            segs = [
+                {
+                    "start": round(s.start, 3),
+                    "end": round(s.end, 3),
+                    "text": clean_text(s.text),
+                    "avg_logprob": s.avg_logprob,
+                    "no_speech_prob": s.no_speech_prob,
+                }
+                for s in segments
+            ]
+        except Exception as exc:
+            raise TranscriptionError(f"transcription failed: {exc}") from exc
+        return {
+            "text": " ".join(s["text"] for s in segs if s["text"]).strip(),
+            "language": info.language,
+            "language_probability": info.language_probability,
+            "duration": info.duration,
+            "segments": segs,
+            "model": self.model_name,
+            "archive": archive,
+            "member": member,
+        }

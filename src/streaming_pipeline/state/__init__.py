@@ -1,0 +1,1 @@
+"""Progress in PostgreSQL: the store, the archive lock, schema migrations, the embedded server."""

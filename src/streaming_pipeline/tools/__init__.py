@@ -1,0 +1,1 @@
+"""Operator tools: doctor, bench, the sample-day and tiny-model generators."""

@@ -1,0 +1,632 @@
+"""`streaming-pipeline bench`: the streaming pipeline against the flow it replaces, on one input.
+
+Every variant runs in this invocation on the same archive, with the same model instance and the
+same decoding options, so their ratios are meaningful on whatever machine runs it:
+
+    sequential       extract the whole archive to disk, then convert all, then transcribe file by
+                     file, then upload all (the old flow; no database writes, so it is favoured)
+    streaming        ArchiveWorker, as `process-tar` runs it (progress in PostgreSQL), with the
+                     configured decoder (`--decoder`, batched by default)
+    transcribe_only  that decoder alone over converted audio already in memory: the floor
+    per_member       faster-whisper's own transcribe, member by member (`--transcribe-workers` at
+                     once) over the same audio: the path the batched decoder replaces
+    conversion       in-process soundfile + soxr against `sox`, one process per file
+
+On CUDA, GPU utilisation and memory are sampled through NVML (`nvidia-ml-py`) while the streaming
+run and the decoder alone run. Peak memory and scratch are measured on separate `process-tar`
+processes over N and over 4x N members, sampled from /proc every 20 ms (process tree RSS, bytes
+under the scratch dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import PipelineConfig, config_env
+from ..errors import ConfigError, ConversionError, PipelineError, TranscriptionError
+from ..run.day import archive_key
+from ..run.worker import ArchiveWorker
+from ..stages.archive import ArchiveReader, Member
+from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
+from ..stages.decoder import decode_all, decoder_kind, open_decoder
+from ..stages.flow import TranscriberLike
+from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadState
+
+log = logging.getLogger(__name__)
+
+DAY = dt.date(2000, 1, 1)  # bench rows live under this day in the progress database
+SAMPLE_INTERVAL_S = 0.02
+
+GPU_SAMPLE_INTERVAL_S = 0.1
+
+# (key, limit, "max" or "min", description, devices it applies to). The CPU ones are the first
+# benchmark's, for 2 cores and the tiny model; the CUDA ones the batched decoder's, for a GPU node
+# with a large-v2/v3-sized model.
+TARGETS = (
+    ("ratio_streaming_sequential", 0.70, "max", "streaming wall <= 0.7 x sequential", ("cpu",)),
+    ("ratio_streaming_transcribe_only", 1.25, "max", "streaming wall <= 1.25 x decoder alone", ("cpu",)),
+    (
+        "ratio_streaming_transcribe_only_throughput",
+        0.90,
+        "min",
+        "streaming audio s/s >= 0.9 x decoder alone",
+        ("cuda",),
+    ),
+    ("ratio_streaming_per_member_throughput", 4.0, "min", "streaming audio s/s >= 4 x per-member", ("cuda",)),
+    ("gpu_busy_streaming", 0.85, "min", "GPU busy >= 85% while streaming", ("cuda",)),
+    ("ratio_rss_large_small", 1.15, "max", "peak RSS on k x N members <= 1.15 x on N", ("cpu", "cuda")),
+    ("scratch_peak_batches", 2.0, "max", "scratch peak <= 2 stream batches", ("cpu", "cuda")),
+)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    work_dir: Path
+    members: int = 48
+    archive: Path | None = None
+    large_factor: int = 4
+    repeat: int = 3
+    json_path: Path | None = None
+
+
+@dataclass
+class Run:
+    """One timed variant: wall seconds, audio seconds it produced, busy seconds per stage."""
+
+    wall_s: float
+    audio_s: float
+    stages: dict[str, float] = field(default_factory=dict)
+    gpu: dict[str, float] | None = None  # NVML: mean busy share, peak memory (CUDA only)
+
+    @property
+    def audio_per_wall(self) -> float:
+        return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass
+class ProcessPeak:
+    wall_s: float
+    returncode: int
+    peak_rss_mb: float  # the process tree's summed RSS (main process + conversion pool)
+    peak_main_rss_mb: float  # the main process's high-water mark (VmHWM)
+    peak_scratch_bytes: int
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def synthetic_archive(path: Path, members: int) -> Path:
+    from .samples import clip_files, write_tar_xz
+
+    return write_tar_xz(path, clip_files(members))
+
+
+def repeat_archive(source: Path, target: Path, times: int) -> Path:
+    """`times` copies of every member of `source`, under copy-K/ folders, streamed member by member."""
+    tmp = target.with_name(target.name + ".part")
+    with tarfile.open(tmp, "w:xz", preset=1) as out:
+        for k in range(times):
+            with tarfile.open(source, "r|xz") as src:
+                for info in src:
+                    if not info.isreg():
+                        continue
+                    data = src.extractfile(info)
+                    info.name = f"copy-{k}/{info.name}"
+                    out.addfile(info, data)
+                    src.members = []
+    tmp.replace(target)
+    return target
+
+
+def largest_batch_bytes(archive: Path, batch_size: int) -> int:
+    """Bytes the reader extracts for its largest batch: the unit of the scratch target."""
+    sizes: list[int] = []
+    with tarfile.open(archive, "r|xz") as tar:
+        for info in tar:
+            if info.isreg():
+                sizes.append(info.size)
+            tar.members = []
+    return max((sum(sizes[i : i + batch_size]) for i in range(0, len(sizes), batch_size)), default=0)
+
+
+# -- variants -----------------------------------------------------------------------------------
+def run_sequential(config: PipelineConfig, archive: Path, work: Path, transcriber: TranscriberLike) -> Run:
+    """The flow the pipeline replaces: each stage over the whole archive before the next starts."""
+    shutil.rmtree(work, ignore_errors=True)
+    destination = Destination.parse(str(work / "remote"))
+    destination.prepare()
+    stage = work / "stage"
+    stages: dict[str, float] = {}
+    started = time.monotonic()
+
+    t = time.monotonic()
+    reader = ArchiveReader(
+        archive, work / "extract", batch_size=config.max_members, max_member_bytes=config.max_member_bytes
+    )
+    members = [m for batch in reader.batches() for m in batch.members]
+    stages["extract"] = time.monotonic() - t
+
+    t = time.monotonic()
+    converted: list[tuple[Member, Path, AudioInfo]] = []
+    with conversion_pool(config.num_workers) as pool:
+        outputs = [stage / f"{m.output_stem}.flac" for m in members]
+        futures = [
+            pool.submit(convert_to_flac, str(m.path), str(out))
+            for m, out in zip(members, outputs, strict=True)
+        ]
+        for member, out, fut in zip(members, outputs, futures, strict=True):
+            try:
+                converted.append((member, out, fut.result()))
+            except ConversionError as exc:
+                log.warning("sequential: %s failed: %s", member.name, exc)
+    stages["convert"] = time.monotonic() - t
+
+    t = time.monotonic()
+    audio_s = 0.0
+    for member, out, info in converted:
+        try:
+            result = transcriber.transcribe(load_16k(out), archive=archive.name, member=member.name)
+        except TranscriptionError as exc:
+            log.warning("sequential: %s failed: %s", member.name, exc)
+            continue
+        out.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
+        audio_s += info.output_duration_s
+    stages["transcribe"] = time.monotonic() - t
+
+    t = time.monotonic()
+    uploader = AsyncRsyncStorageManager.from_config(config, destination, max_concurrent=1)
+    job = uploader.submit(stage, label="sequential: all files", on_finish=lambda _job: None)
+    uploader.wait()
+    uploader.close()
+    if job.state is not UploadState.DONE:
+        raise PipelineError(f"sequential upload failed: {job.error}")
+    stages["upload"] = time.monotonic() - t
+    return Run(time.monotonic() - started, audio_s, stages)
+
+
+class GpuSampler:
+    """GPU utilisation and memory from NVML every 100 ms while a variant runs (CUDA only; None
+    where `nvidia-ml-py` or a GPU is missing)."""
+
+    def __init__(self, device: str) -> None:
+        self._nvml: Any = None
+        self._handles: list[Any] = []
+        self._busy: list[float] = []
+        self._memory = 0
+        self._stop = threading.Event()
+        if device != "cuda":
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except Exception as exc:  # noqa: BLE001 - no NVML: the figures are left out, not guessed
+            log.warning("GPU utilisation not sampled: %s", exc)
+            return
+        self._nvml = pynvml
+        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[dict[str, float]]:
+        figures: dict[str, float] = {}
+        if self._nvml is None:
+            yield figures
+            return
+        self._busy, self._memory = [], 0
+        self._stop.clear()
+        thread = threading.Thread(target=self._sample, name="gpu-sampler", daemon=True)
+        thread.start()
+        try:
+            yield figures
+        finally:
+            self._stop.set()
+            thread.join()
+            if self._busy:
+                figures.update(busy=sum(self._busy) / len(self._busy), memory_mb=self._memory / 2**20)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(GPU_SAMPLE_INTERVAL_S):
+            rates = [self._nvml.nvmlDeviceGetUtilizationRates(h) for h in self._handles]
+            self._busy.append(max(r.gpu for r in rates) / 100.0)
+            used = sum(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles)
+            self._memory = max(self._memory, used)
+
+
+def run_transcribe_only(
+    audio: Sequence[np.ndarray],
+    transcriber: TranscriberLike,
+    config: PipelineConfig,
+    gpu: GpuSampler,
+    transcripts: Path | None = None,
+) -> Run:
+    """The configured decoder alone (`config.decoder`), as the pipeline calls it; with
+    `transcripts`, the texts go to that JSON file (the tests compare them with the pipeline's)."""
+    names = [f"{i:06d}" for i in range(len(audio))]
+    decoder = open_decoder(transcriber, config)
+    try:
+        with gpu.sampling() as figures:
+            started = time.monotonic()
+            results = decode_all(decoder, list(audio), names)
+            wall = time.monotonic() - started
+        stats = decoder.stats()
+    finally:
+        decoder.close()
+    if transcripts is not None:
+        transcripts.write_text(json.dumps([r["text"] for r in results], ensure_ascii=False))
+    return Run(
+        wall, sum(len(a) for a in audio) / 16000, {"transcribe": wall, **_decoder_figures(stats)}, figures
+    )
+
+
+def _decoder_figures(stats: dict[str, float]) -> dict[str, float]:
+    figures = {f"decoder_{k}": float(v) for k, v in stats.items() if k != "decoder_busy_s"}
+    if stats.get("calls"):
+        figures["decoder_rows_per_call"] = stats["rows_decoded"] / stats["calls"]
+    return figures
+
+
+def run_streaming(
+    config: PipelineConfig, archive: Path, work: Path, transcriber: TranscriberLike, dsn: str, gpu: GpuSampler
+) -> Run:
+    from ..state.store import ProgressStore
+
+    shutil.rmtree(work, ignore_errors=True)
+    config = replace(config, remote=str(work / "remote"), scratch_dir=work / "scratch")
+    store = ProgressStore(dsn)
+    try:
+        store.forget_archive(archive_key(DAY, archive, "bench").archive)
+        worker = ArchiveWorker(
+            config,
+            day=DAY,
+            archive_path=archive,
+            slot="bench",
+            store=store,
+            transcriber_factory=lambda _config: transcriber,
+        )
+        with gpu.sampling() as figures:
+            result = worker.run()
+    finally:
+        store.close()
+    if not result.ok or result.failed:
+        raise PipelineError(f"streaming run did not finish cleanly: {result.summary_line()}")
+    return Run(result.wall_s, result.run_audio_s, dict(result.stage_seconds), figures)
+
+
+def compare_conversion(sources: Sequence[Path], work: Path) -> dict[str, Any]:
+    """soundfile + soxr in this process against one `sox` process per file, both on one core."""
+    shutil.rmtree(work, ignore_errors=True)
+    started = time.monotonic()
+    for i, src in enumerate(sources):
+        try:
+            convert_to_flac(str(src), str(work / "python" / f"{i:06d}.flac"))
+        except ConversionError as exc:
+            log.warning("conversion: %s failed: %s", src.name, exc)
+    in_process = time.monotonic() - started
+    report: dict[str, Any] = {"files": len(sources), "in_process_wall_s": in_process}
+    sox = shutil.which("sox")
+    if sox is None:
+        report["sox_wall_s"] = None
+        report["note"] = "sox is not installed"
+        return report
+    (work / "sox").mkdir(parents=True, exist_ok=True)
+    failures = 0
+    started = time.monotonic()
+    for i, src in enumerate(sources):
+        out = work / "sox" / f"{i:06d}.flac"
+        cmd = [sox, "-q", str(src), "-b", "16", str(out), "channels", "1", "rate", "-h", "16000"]
+        failures += subprocess.run(cmd, capture_output=True, check=False).returncode != 0
+    report["sox_wall_s"] = time.monotonic() - started
+    report["sox_failures"] = failures
+    report["ratio_in_process_sox"] = in_process / report["sox_wall_s"]
+    return report
+
+
+# -- process measurements ------------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: the ppid is the 2nd field after ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _status_kb(pid: int, field_name: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree_size(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def measure_process(argv: Sequence[str], env: dict[str, str], scratch: Path, log_path: Path) -> ProcessPeak:
+    """Run `argv`, sampling its process tree's RSS and the bytes under `scratch` until it exits."""
+    peak_rss = peak_main = peak_scratch = 0
+    started = time.monotonic()
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(list(argv), env=env, stdout=out, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            pids = [proc.pid, *_children(proc.pid)]
+            peak_rss = max(peak_rss, sum(_status_kb(p, "VmRSS") for p in pids))
+            peak_main = max(peak_main, _status_kb(proc.pid, "VmHWM"))
+            peak_scratch = max(peak_scratch, _tree_size(scratch))
+            time.sleep(SAMPLE_INTERVAL_S)
+    return ProcessPeak(
+        wall_s=time.monotonic() - started,
+        returncode=proc.returncode,
+        peak_rss_mb=peak_rss / 1024,
+        peak_main_rss_mb=peak_main / 1024,
+        peak_scratch_bytes=peak_scratch,
+    )
+
+
+def run_process_tar(config: PipelineConfig, archive: Path, work: Path, dsn: str) -> ProcessPeak:
+    """`process-tar` in a fresh interpreter, as a worker job runs it."""
+    from ..state.store import ProgressStore
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    config = replace(config, dsn=dsn, remote=str(work / "remote"), scratch_dir=work / "scratch")
+    store = ProgressStore(dsn)
+    try:
+        store.forget_archive(archive_key(DAY, archive, "bench").archive)
+    finally:
+        store.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")} | config_env(config)
+    argv = [sys.executable, "-m", "streaming_pipeline", "process-tar", DAY.isoformat(), str(archive), "bench"]
+    peak = measure_process(argv, env, config.scratch_dir, work / "process-tar.log")
+    if peak.returncode != 0:
+        raise ConfigError(
+            f"process-tar on {archive.name} exited {peak.returncode}; see {work / 'process-tar.log'}"
+        )
+    return peak
+
+
+# -- the whole benchmark -------------------------------------------------------------------------
+def run_bench(
+    config: PipelineConfig, plan: BenchPlan, transcriber_factory: Callable[[PipelineConfig], TranscriberLike]
+) -> dict[str, Any]:
+    work = plan.work_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    inputs = work / "inputs"
+    inputs.mkdir(exist_ok=True)
+    if plan.archive is not None:
+        small = plan.archive.resolve()
+        if not small.is_file():
+            raise ConfigError(f"archive {plan.archive} does not exist")
+    else:
+        small = inputs / f"synthetic-{plan.members}.tar.xz"
+        if not small.exists():
+            log.info("writing a synthetic archive of %d members", plan.members)
+            synthetic_archive(small, plan.members)
+    large = inputs / f"{small.name.removesuffix('.tar.xz')}-x{plan.large_factor}.tar.xz"
+    if not large.exists() or large.stat().st_mtime < small.stat().st_mtime:
+        log.info("writing %s (%d copies of every member)", large.name, plan.large_factor)
+        repeat_archive(small, large, plan.large_factor)
+
+    transcriber = transcriber_factory(config)
+    gpu = GpuSampler(getattr(getattr(transcriber, "device", None), "device", "cpu"))
+    per_member_config = replace(config, decoder="per-member")
+    sequential: list[Run] = []
+    streaming: list[Run] = []
+    alone: list[Run] = []
+    per_member: list[Run] = []
+    for round_number in range(plan.repeat):
+        log.info("round %d of %d: sequential", round_number + 1, plan.repeat)
+        sequential.append(run_sequential(config, small, work / "sequential", transcriber))
+        audio = [load_16k(p) for p in sorted((work / "sequential" / "stage").rglob("*.flac"))]
+        log.info("round %d of %d: %s decoder alone", round_number + 1, plan.repeat, decoder_kind(config))
+        alone.append(run_transcribe_only(audio, transcriber, config, gpu, work / "transcribe-only.json"))
+        log.info("round %d of %d: per-member decoder alone", round_number + 1, plan.repeat)
+        per_member.append(run_transcribe_only(audio, transcriber, per_member_config, gpu))
+        del audio
+        log.info("round %d of %d: streaming", round_number + 1, plan.repeat)
+        streaming.append(run_streaming(config, small, work / "streaming", transcriber, config.dsn, gpu))
+    sources = sorted((work / "sequential" / "extract").rglob("*"))
+    conversion = compare_conversion([p for p in sources if p.is_file()], work / "conversion")
+    shutil.rmtree(work / "sequential" / "extract", ignore_errors=True)
+
+    log.info("process-tar on %s and on %s, sampling memory and scratch", small.name, large.name)
+    peak_small = run_process_tar(config, small, work / "process-small", config.dsn)
+    peak_large = run_process_tar(config, large, work / "process-large", config.dsn)
+    batch_bytes = largest_batch_bytes(large, config.stream_batch_size)
+    device = getattr(getattr(transcriber, "device", None), "device", "cpu")
+    report = _report(
+        config,
+        plan,
+        small,
+        device,
+        {
+            "sequential": sequential,
+            "streaming": streaming,
+            "transcribe_only": alone,
+            "per_member": per_member,
+        },
+        conversion,
+        (peak_small, peak_large),
+        batch_bytes,
+    )
+    if plan.json_path is not None:
+        plan.json_path.parent.mkdir(parents=True, exist_ok=True)
+        plan.json_path.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _median_run(runs: Sequence[Run]) -> Run:
+    ordered = sorted(runs, key=lambda r: r.wall_s)
+    return ordered[len(ordered) // 2]
+
+
+def _report(
+    config: PipelineConfig,
+    plan: BenchPlan,
+    archive: Path,
+    device: str,
+    runs: dict[str, Sequence[Run]],
+    conversion: dict[str, Any],
+    peaks: tuple[ProcessPeak, ProcessPeak],
+    batch_bytes: int,
+) -> dict[str, Any]:
+    median = {name: _median_run(variant) for name, variant in runs.items()}
+    seq, stream, floor, per_member = (
+        median[k] for k in ("sequential", "streaming", "transcribe_only", "per_member")
+    )
+    peak_small, peak_large = peaks
+    peak_scratch = max(peak_small.peak_scratch_bytes, peak_large.peak_scratch_bytes)
+    report: dict[str, Any] = {
+        "machine": _machine(),
+        "device": device,
+        "model": Path(config.model).name,
+        "settings": {
+            "device": config.device,
+            "compute_type": config.compute_type,
+            "decoder": decoder_kind(config),
+            "decode_batch_size": config.decode_batch_size,
+            "process_batch_size": config.process_batch_size,
+            "max_new_tokens": config.max_new_tokens,
+            "beam_size": config.beam_size,
+            "temperatures": config.temperatures,
+            "vad": config.vad,
+            "stream_batch_size": config.stream_batch_size,
+            "num_workers": config.num_workers,
+            "cpu_threads": config.cpu_threads,
+            "transcribe_workers": config.transcribe_workers,
+            "max_concurrent_uploads": config.max_concurrent_uploads,
+        },
+        "archive": archive.name,
+        "archive_bytes": archive.stat().st_size,
+        "members": plan.members if plan.archive is None else None,
+        "large_factor": plan.large_factor,
+        "repeat": plan.repeat,
+        "audio_s": stream.audio_s,
+        "all_wall_s": {name: [r.wall_s for r in variant] for name, variant in runs.items()},
+        "stage_busy_s": {
+            "sequential": seq.stages,
+            "streaming": stream.stages,
+            "transcribe_only": floor.stages,
+            "per_member": per_member.stages,
+        },
+        "gpu": {name: run.gpu for name, run in median.items() if run.gpu},
+        "ratio_streaming_sequential": stream.wall_s / seq.wall_s,
+        "ratio_streaming_transcribe_only": stream.wall_s / floor.wall_s,
+        "ratio_streaming_transcribe_only_throughput": stream.audio_per_wall / floor.audio_per_wall,
+        "ratio_streaming_per_member_throughput": stream.audio_per_wall / per_member.audio_per_wall,
+        "ratio_transcribe_only_per_member_throughput": floor.audio_per_wall / per_member.audio_per_wall,
+        "gpu_busy_streaming": (stream.gpu or {}).get("busy"),
+        "conversion": conversion,
+        "peak_rss_mb_small": peak_small.peak_rss_mb,
+        "peak_rss_mb_large": peak_large.peak_rss_mb,
+        "peak_main_rss_mb_small": peak_small.peak_main_rss_mb,
+        "peak_main_rss_mb_large": peak_large.peak_main_rss_mb,
+        "ratio_rss_large_small": peak_large.peak_rss_mb / peak_small.peak_rss_mb,
+        "process_tar_wall_s_small": peak_small.wall_s,
+        "process_tar_wall_s_large": peak_large.wall_s,
+        "peak_scratch_bytes": peak_scratch,
+        "stream_batch_bytes": batch_bytes,
+        "scratch_peak_batches": peak_scratch / batch_bytes if batch_bytes else 0.0,
+    }
+    for name, run in median.items():
+        report[f"{name}_wall_s"] = run.wall_s
+        report[f"{name}_audio_s"] = run.audio_s
+        report[f"{name}_audio_s_per_wall_s"] = run.audio_per_wall
+    report["targets"] = []
+    for key, limit, sense, text, devices in TARGETS:
+        value = report[key]
+        if device not in devices or value is None:
+            continue
+        met = value <= limit if sense == "max" else value >= limit
+        report["targets"].append({"what": text, "value": value, "limit": limit, "met": met})
+    return report
+
+
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The table `bench` prints."""
+    audio = report["audio_s"]
+    decoder = report["settings"]["decoder"]
+    rows = [
+        ("sequential", "sequential (extract, convert, transcribe, upload)"),
+        ("streaming", f"streaming pipeline ({decoder} decoder)"),
+        ("transcribe_only", f"{decoder} decoder alone (audio in memory)"),
+        ("per_member", "per-member decoder alone (faster-whisper transcribe)"),
+    ]
+    lines = [
+        f"{report['archive']}: {audio:.0f} s of audio; model {report['model']} on {report['device']}; "
+        f"{report['machine']['cores']} cores ({report['machine']['cpu']}); median of {report['repeat']}",
+        "",
+        f"{'variant':<56} {'wall s':>8} {'audio s/s':>10} {'GPU busy':>9}",
+    ]
+    for key, name in rows:
+        wall = report[f"{key}_wall_s"]
+        busy = report["gpu"].get(key, {}).get("busy")
+        busy_text = f"{100 * busy:.0f}%" if busy is not None else "-"
+        lines.append(f"{name:<56} {wall:>8.2f} {audio / wall:>10.1f} {busy_text:>9}")
+    lines.append("")
+    for variant, stages in report["stage_busy_s"].items():
+        text = ", ".join(f"{k} {v:.2f}" for k, v in sorted(stages.items()))
+        lines.append(f"stage seconds, {variant}: {text}")
+    conv = report["conversion"]
+    if conv.get("sox_wall_s"):
+        lines.append(
+            f"conversion of {conv['files']} files on one core: in-process {conv['in_process_wall_s']:.2f} s, "
+            f"sox per file {conv['sox_wall_s']:.2f} s ({conv['ratio_in_process_sox']:.2f}x)"
+        )
+    lines.append(
+        f"process-tar peak RSS: {report['peak_rss_mb_small']:.0f} MB on N, "
+        f"{report['peak_rss_mb_large']:.0f} MB on {report['large_factor']}N; "
+        f"peak scratch {report['peak_scratch_bytes'] / 1e6:.1f} MB "
+        f"(largest stream batch {report['stream_batch_bytes'] / 1e6:.1f} MB)"
+    )
+    lines.append("")
+    for target in report["targets"]:
+        mark = "met" if target["met"] else "MISSED"
+        lines.append(f"{mark:>6}  {target['what']}: {target['value']:.2f}")
+    return "\n".join(lines)

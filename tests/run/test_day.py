@@ -1,0 +1,233 @@
+"""process-day with the local executor, status, the archive lock, and the day's errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streaming_pipeline.cli import main
+from streaming_pipeline.config import build_config, config_env
+from streaming_pipeline.run.day import archive_key
+from streaming_pipeline.state.lock import ArchiveBusy, ArchiveLock
+
+from ..conftest import DAY, REPO, SLOW_DECODING, make_day, query
+
+
+def _options(tmp_path: Path, dsn: str, model: Path) -> list[str]:
+    return [
+        "--dsn", dsn, "--remote", str(tmp_path / "remote"), "--scratch-dir", str(tmp_path / "scratch"),
+        "--model", str(model), "--device", "cpu", "--beam-size", "1", "--num-workers", "1",
+        "--cpu-threads", "1", "--stream-batch-size", "2",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_local_day_then_status_and_json(tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys) -> None:
+    make_day(tmp_path, ["06_00", "06_30"], members=2)
+    dsn = f"{pg_dsn} password=hunter2-secret"  # trust auth ignores it; it must never be printed
+    day_args = [
+        "--executor",
+        "local",
+        "--input-root",
+        str(tmp_path / "input"),
+        "--log-dir",
+        str(tmp_path / "logs"),
+    ]
+    rc = main(["process-day", DAY, *day_args, "--max-parallel", "2", *_options(tmp_path, dsn, tiny_model)])
+    out = capsys.readouterr()
+    assert rc == 0, out
+    assert "2 archives, 0 already done, 0 being processed elsewhere, 2 to process" in out.out
+    assert "2 archives (2 done); members done 4" in out.out
+    logs = sorted(p.name for p in (tmp_path / "logs").glob(f"stream_tar_{DAY}_*.out"))
+    assert [re.sub(r"local-\d+", "local-PID", name) for name in logs] == [
+        f"stream_tar_{DAY}_06_00_local-PID.out",
+        f"stream_tar_{DAY}_06_30_local-PID.out",
+    ]
+    assert len(list((tmp_path / "remote" / DAY).rglob("*.flac"))) == 4
+
+    assert main(["status", DAY, "--dsn", dsn]) == 0
+    text = capsys.readouterr().out
+    header, *rows, total = text.strip().splitlines()
+    assert header.split()[:4] == ["slot", "state", "done", "failed"]
+    assert [r.split()[:3] for r in rows] == [["06_00", "done", "2"], ["06_30", "done", "2"]]
+    assert total.startswith(f"{DAY}: 2 archives (2 done)")
+
+    assert main(["status", DAY, "--json", "--dsn", dsn]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["totals"]["complete"] is True and report["totals"]["done"] == 4
+    for row in report["archives"]:
+        assert row["state"] == "done" and row["done"] == 2 and row["audio_hours"] > 0
+        assert row["x_realtime"] > 0 and row["elapsed_s"] > 0 and row["live"] is False
+
+    # The same, for psql users: the views and the users' own query.
+    (day_row,) = query(pg_dsn, "SELECT * FROM day_status")
+    assert day_row["archives_done"] == 2 and day_row["members_done"] == 4
+    recent = "SELECT COUNT(*) AS n FROM audio_files WHERE created_at > NOW() - INTERVAL '1 hour'"
+    assert query(pg_dsn, recent)[0]["n"] == 4
+    assert query(pg_dsn, "SELECT state, executor FROM days")[0] == {"state": "done", "executor": "local"}
+
+    # A resubmitted day finds nothing to do.
+    assert main(["process-day", DAY, *day_args, *_options(tmp_path, dsn, tiny_model)]) == 0
+    assert "2 already done, 0 being processed elsewhere, 0 to process" in capsys.readouterr().out
+    everything = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.out"))
+    assert "hunter2-secret" not in everything + text + json.dumps(report)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_local_day_cleanly_and_rerun_completes(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path
+) -> None:
+    make_day(tmp_path, ["08_00", "08_30"], members=8)
+    argv = [
+        sys.executable, "-m", "streaming_pipeline", "process-day", DAY, "--executor", "local",
+        "--input-root", str(tmp_path / "input"), "--log-dir", str(tmp_path / "logs"),
+        *_options(tmp_path, pg_dsn, tiny_model), *SLOW_DECODING,
+    ]  # fmt: skip
+    assert main(["init-db", "--dsn", pg_dsn]) == 0
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not query(pg_dsn, "SELECT 1 FROM audio_files WHERE status = 'done' LIMIT 1"):
+        assert time.monotonic() < deadline and proc.poll() is None, "no member done"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out
+    states = {r["slot"]: r for r in query(pg_dsn, "SELECT * FROM archives")}
+    assert {r["state"] for r in states.values()} <= {"interrupted", "done"}
+    assert any(r["state"] == "interrupted" for r in states.values())
+    assert all(r["error"] == "stopped by SIGTERM" for r in states.values() if r["state"] == "interrupted")
+    done_before = query(pg_dsn, "SELECT count(*) AS n FROM audio_files WHERE status = 'done'")[0]["n"]
+    assert 0 < done_before < 16
+
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    rows = query(pg_dsn, "SELECT archive, member, status FROM audio_files")
+    assert len(rows) == 16 and {r["status"] for r in rows} == {"done"}
+    assert len(list((tmp_path / "remote" / DAY).rglob("*.flac"))) == 16
+    assert not list((tmp_path / "scratch").rglob("*.*"))  # scratch emptied
+
+
+def test_a_second_worker_on_a_held_archive_names_the_holder_and_does_nothing(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys
+) -> None:
+    (archive,) = make_day(tmp_path, ["10_00"], members=1)
+    key = archive_key(dt.date.fromisoformat(DAY), archive, "10_00")
+    main(["init-db", "--dsn", pg_dsn])
+    holder = ArchiveLock(pg_dsn, key, path=str(archive), host="node42", pid=4242, slurm_job_id="977_3")
+    with holder:
+        rc = main(["process-tar", DAY, str(archive), "10_00", *_options(tmp_path, pg_dsn, tiny_model)])
+        assert rc == 0
+        assert "is being processed by job 977_3 on node42 (pid 4242)" in capsys.readouterr().out
+        assert query(pg_dsn, "SELECT count(*) AS n FROM audio_files")[0]["n"] == 0
+        with pytest.raises(ArchiveBusy):  # the same for a direct claimer
+            ArchiveLock(pg_dsn, key, path=str(archive), host="h", pid=1, slurm_job_id=None).acquire()
+        assert main(["status", DAY, "--json", "--dsn", pg_dsn]) == 0
+        assert json.loads(capsys.readouterr().out)["archives"][0]["live"] is True
+
+
+def test_a_dead_holder_does_not_block(tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys) -> None:
+    (archive,) = make_day(tmp_path, ["11_00"], members=1)
+    main(["init-db", "--dsn", pg_dsn])
+    script = (
+        "import sys, time, datetime as dt\n"
+        "from pathlib import Path\n"
+        "from streaming_pipeline.run.day import archive_key\n"
+        "from streaming_pipeline.state.lock import ArchiveLock\n"
+        "key = archive_key(dt.date(2025, 1, 25), Path(sys.argv[2]), '11_00')\n"
+        "ArchiveLock(sys.argv[1], key, path=sys.argv[2], host='gone', pid=1, slurm_job_id='5_0').acquire()\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, pg_dsn, str(archive)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    os.kill(holder.pid, signal.SIGKILL)  # no cleanup: the server drops its session, and the lock
+    holder.wait()
+    deadline = time.monotonic() + 10
+    while query(pg_dsn, "SELECT archive_locked('2025-01-25/11_00.tar.xz') AS held")[0]["held"]:
+        assert time.monotonic() < deadline, "the dead holder's lock was never released"
+        time.sleep(0.1)
+    assert main(["process-tar", DAY, str(archive), "11_00", *_options(tmp_path, pg_dsn, tiny_model)]) == 0
+    assert "done 1, failed 0" in capsys.readouterr().out
+
+
+def test_day_errors_are_clear(tmp_path: Path, pg_dsn: str, capsys) -> None:
+    (tmp_path / "input").mkdir()
+    assert main(["process-day", DAY, "--dsn", pg_dsn, "--input-root", str(tmp_path / "nope")]) == 2
+    assert "input root" in capsys.readouterr().err
+    assert main(["process-day", DAY, "--dsn", pg_dsn, "--input-root", str(tmp_path / "input")]) == 2
+    assert f"no archives for {DAY}" in capsys.readouterr().err
+    assert main(["status", DAY, "--dsn", pg_dsn]) == 2  # status never migrates: it says what to run
+    assert "run streaming-pipeline init-db" in capsys.readouterr().err
+    assert main(["init-db", "--dsn", pg_dsn]) == 0
+    assert main(["status", DAY, "--dsn", pg_dsn]) == 1
+    assert "no archives recorded" in capsys.readouterr().out
+
+
+def test_config_round_trips_through_the_environment(tmp_path: Path) -> None:
+    config = build_config(
+        {"dsn": "host=db password=x", "remote": "/r", "model": "/m", "vad": False, "max_parallel": 3,
+         "worker_sbatch_args": "--gres=none --mem=2G", "input_root": tmp_path, "log_dir": tmp_path / "logs",
+         "upload_timeout": 7.5},
+        {},
+    )  # fmt: skip
+    assert build_config({}, config_env(config)) == config
+
+
+@pytest.mark.slow
+def test_a_second_signal_exits_at_once_and_the_rerun_completes(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path
+) -> None:
+    (archive,) = make_day(tmp_path, ["13_00"], members=10)
+    assert main(["init-db", "--dsn", pg_dsn]) == 0
+    argv = [sys.executable, "-m", "streaming_pipeline", "process-tar", DAY, str(archive), "13_00"]
+    argv += [*_options(tmp_path, pg_dsn, tiny_model), *SLOW_DECODING]
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not query(pg_dsn, "SELECT 1 FROM audio_files WHERE status = 'done' LIMIT 1"):
+        assert time.monotonic() < deadline and proc.poll() is None, "no member done"
+        time.sleep(0.2)
+    pool = _spawned_children(proc.pid)
+    assert pool, "the conversion pool should be running"
+    proc.send_signal(signal.SIGTERM)
+    # Two signals of one kind that arrive before the handler ran count once: wait until it ran.
+    while "finishing in-flight work" not in log.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, "first signal not handled"
+        time.sleep(0.05)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert time.monotonic() - signalled < 5, "the second signal did not exit promptly"
+    assert proc.returncode == 128 + signal.SIGTERM, log.read_text()
+    assert "second signal (SIGTERM): exiting now" in log.read_text()
+    # No orphan: the conversion pool's processes follow their parent within a second.
+    deadline = time.monotonic() + 5
+    while alive := [pid for pid in pool if Path(f"/proc/{pid}").exists()]:
+        assert time.monotonic() < deadline, f"orphaned pool processes: {alive}"
+        time.sleep(0.2)
+    assert not query(pg_dsn, "SELECT archive_locked(archive) AS held FROM archives")[0]["held"]
+
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    rows = query(pg_dsn, "SELECT status FROM audio_files")
+    assert len(rows) == 10 and {r["status"] for r in rows} == {"done"}
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """The multiprocessing (spawn) children of `pid`: the conversion pool's processes."""
+    out = subprocess.run(
+        ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True
+    ).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "spawn_main" in line]

@@ -1,0 +1,149 @@
+"""The hpc/ scripts on a real single-node Slurm: a day's job array, reruns, resubmits, requeue."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ..conftest import DAY, REPO, SLOW_DECODING, RsyncDaemon, make_day, query
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+CPU_WORKER = "--gres=none --cpus-per-task=1 --mem=1G --time=00:10:00"
+
+
+def _env(slurm: dict[str, str], tmp_path: Path, dsn: str, remote: str, model: Path) -> dict[str, str]:
+    return {
+        **slurm,
+        "PATH": f"{Path(sys.executable).parent}:{slurm.get('PATH', '')}",
+        "PIPELINE_DSN": dsn,
+        "PIPELINE_REMOTE": remote,
+        "PIPELINE_INPUT_ROOT": str(tmp_path / "input"),
+        "PIPELINE_LOG_DIR": str(tmp_path / "logs"),
+        "PIPELINE_SCRATCH": str(tmp_path / "scratch"),
+        "PIPELINE_MODEL": str(model),
+        "PIPELINE_DEVICE": "cpu",
+        "PIPELINE_BEAM_SIZE": "1",
+        "PIPELINE_NUM_WORKERS": "1",
+        "PIPELINE_CPU_THREADS": "1",
+        "PIPELINE_STREAM_BATCH_SIZE": "2",
+        "PIPELINE_MAX_PARALLEL": "2",
+        "PIPELINE_WORKER_SBATCH_ARGS": CPU_WORKER,
+    }
+
+
+def _sbatch(env: dict[str, str], cwd: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["sbatch", "--parsable", *args], env=env, cwd=cwd, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip().split(";")[0]
+
+
+def _wait_gone(env: dict[str, str], job_ids: list[str], timeout: float = 300) -> None:
+    """Until none of the jobs (array tasks included) is pending or running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], env=env, capture_output=True, text=True
+        )
+        if out.returncode == 0 and not out.stdout.strip():
+            return
+        time.sleep(2)
+    raise AssertionError(f"jobs {job_ids} still queued after {timeout}s")
+
+
+def test_day_fan_out_partial_failure_resubmit_and_single_rerun(
+    slurm: dict[str, str], tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path
+) -> None:
+    env = _env(slurm, tmp_path, pg_dsn, rsync_daemon.url, tiny_model)
+    good = make_day(tmp_path, ["06_00", "06_30", "07_00"], members=3)
+    broken = good[2].read_bytes()
+    good[2].write_bytes(broken[: len(broken) // 2])  # truncated: this archive fails the first time
+
+    controller = _sbatch(env, tmp_path, str(REPO / "hpc" / "process_day_streaming.sh"), DAY)
+    _wait_gone(env, [controller])
+    day_row = query(pg_dsn, "SELECT * FROM days WHERE day = %s", DAY)[0]
+    assert day_row["submitted"] == 3 and day_row["executor"] == "slurm"
+    _wait_gone(env, [day_row["array_job_id"], day_row["finalize_job_id"]])
+
+    states = {r["slot"]: r for r in query(pg_dsn, "SELECT * FROM archive_status")}
+    assert {s: r["state"] for s, r in states.items()} == {"06_00": "done", "06_30": "done", "07_00": "failed"}
+    assert states["06_00"]["slurm_job_id"] == f"{day_row['array_job_id']}_0"
+    assert "is damaged after" in states["07_00"]["error"]
+    assert query(pg_dsn, "SELECT state FROM days")[0]["state"] == "incomplete"
+    logs = tmp_path / "logs"
+    log_06 = logs / f"stream_tar_{DAY}_06_00_{day_row['array_job_id']}_0.out"
+    text = log_06.read_text()
+    assert "=== start" in text and "=== end" in text and "exit 0" in text
+    assert "upload" in text and "done 3, failed 0" in text
+    finalize_log = (logs / f"stream_day_{DAY}_finalize_{day_row['finalize_job_id']}.out").read_text()
+    assert "2 done" in finalize_log and "1 failed" in finalize_log
+
+    # The broken archive is replaced; resubmitting the day submits only it.
+    good[2].write_bytes(broken)
+    first_array = day_row["array_job_id"]
+    controller = _sbatch(env, tmp_path, str(REPO / "hpc" / "process_day_streaming.sh"), DAY)
+    _wait_gone(env, [controller])
+    day_row = query(pg_dsn, "SELECT * FROM days WHERE day = %s", DAY)[0]
+    assert day_row["array_job_id"] != first_array and day_row["submitted"] == 1
+    _wait_gone(env, [day_row["array_job_id"], day_row["finalize_job_id"]])
+    controller_log = (tmp_path / f"stream_day_{controller}.out").read_text()
+    assert "2 already done" in controller_log and "1 to process" in controller_log
+    assert sorted(p.name for p in logs.glob(f"stream_tar_{DAY}_*_{day_row['array_job_id']}_*.out")) == [
+        f"stream_tar_{DAY}_07_00_{day_row['array_job_id']}_0.out"
+    ]
+    assert query(pg_dsn, "SELECT state FROM days")[0]["state"] == "done"
+    assert query(pg_dsn, "SELECT count(*) AS n FROM audio_files WHERE status = 'done'")[0]["n"] == 9
+    flacs = sorted((rsync_daemon.data / DAY).rglob("*.flac"))
+    assert len(flacs) == 9
+
+    # A single-archive rerun of a done archive uploads nothing again.
+    before = {p: p.stat().st_mtime_ns for p in flacs}
+    rows_before = query(pg_dsn, "SELECT member, updated_at FROM audio_files ORDER BY member")
+    job = _sbatch(
+        env, tmp_path, *CPU_WORKER.split(), str(REPO / "hpc" / "process_single_tar_streaming.sh"),
+        DAY, str(good[0]), "06_00",
+    )  # fmt: skip
+    _wait_gone(env, [job])
+    rerun_log = (logs / f"stream_tar_{DAY}_06_00_{job}.out").read_text()
+    assert "already done" in rerun_log and "exit 0" in rerun_log
+    assert "skipped 3" in rerun_log and "files) queued" not in rerun_log  # no upload was started
+    assert {p: p.stat().st_mtime_ns for p in flacs} == before
+    assert query(pg_dsn, "SELECT member, updated_at FROM audio_files ORDER BY member") == rows_before
+
+
+def test_usr1_stops_cleanly_requeues_and_the_next_run_resumes(
+    slurm: dict[str, str], tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path
+) -> None:
+    env = {
+        **_env(slurm, tmp_path, pg_dsn, rsync_daemon.url, tiny_model),
+        "PIPELINE_TEMPERATURES": SLOW_DECODING[1],
+        "PIPELINE_DECODE_BATCH_SIZE": SLOW_DECODING[3],
+    }
+    (archive,) = make_day(tmp_path, ["09_00"], members=12)
+    job = _sbatch(
+        env, tmp_path, *CPU_WORKER.split(), str(REPO / "hpc" / "process_single_tar_streaming.sh"),
+        DAY, str(archive), "09_00",
+    )  # fmt: skip
+    log = tmp_path / "logs" / f"stream_tar_{DAY}_09_00_{job}.out"
+    deadline = time.monotonic() + 120
+    while "batch 0:" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "worker never finished its first batch"
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
+    _wait_gone(env, [job], timeout=400)
+
+    text = log.read_text()
+    assert "SIGUSR1: finishing in-flight work" in text
+    assert "requeueing job" in text
+    assert text.count("=== start") == 2 and "(restart 1)" in text
+    row = query(pg_dsn, "SELECT * FROM archives")[0]
+    assert row["state"] == "done" and row["restarts"] == 1
+    members = query(pg_dsn, "SELECT member, status FROM audio_files")
+    assert len(members) == 12 and {m["status"] for m in members} == {"done"}
+    assert len(list((rsync_daemon.data / DAY / "09_00").rglob("*.flac"))) == 12
+    assert "resuming" in text.split("(restart 1)")[1]  # the second run skipped what was done

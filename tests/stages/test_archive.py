@@ -1,0 +1,252 @@
+from __future__ import annotations
+
+import io
+import lzma
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from streaming_pipeline.errors import ArchiveError
+from streaming_pipeline.stages.archive import ArchiveReader
+
+from ..conftest import add_bytes
+
+
+def _hostile_archive(path: Path) -> Path:
+    with tarfile.open(path, "w:xz") as tar:
+        add_bytes(tar, "ok/one.wav", b"RIFF-one")
+        add_bytes(tar, "../escape.wav", b"evil")
+        add_bytes(tar, "/etc/absolute.wav", b"evil")
+        add_bytes(tar, "ok/../../up.wav", b"evil")
+        add_bytes(tar, "link.wav", b"", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+        add_bytes(tar, "dirlink", b"", type=tarfile.SYMTYPE, linkname="/tmp")
+        add_bytes(tar, "dirlink/through.wav", b"evil")  # regular file "under" the symlink
+        add_bytes(tar, "hard.wav", b"", type=tarfile.LNKTYPE, linkname="ok/one.wav")
+        add_bytes(tar, "dev", b"", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
+        add_bytes(tar, "fifo", b"", type=tarfile.FIFOTYPE)
+        add_bytes(tar, "ok/one.wav", b"again")
+        add_bytes(tar, "ok/one.flac", b"collides with one.flac output")
+        add_bytes(tar, "big.wav", b"x" * 2048)
+        add_bytes(tar, "-rf.wav", b"option-like")
+        add_bytes(tar, "n" * 300 + ".wav", b"long")
+        add_bytes(tar, "ok/two.wav", b"RIFF-two")
+    return path
+
+
+def _read_all(reader: ArchiveReader) -> tuple[list, list]:
+    members, rejected = [], []
+    for batch in reader.batches():
+        members += batch.members
+        rejected += batch.rejected
+    return members, rejected
+
+
+def test_hostile_members_are_rejected_and_never_written(tmp_path: Path) -> None:
+    archive = _hostile_archive(tmp_path / "hostile.tar.xz")
+    scratch = tmp_path / "scratch"
+    before = set(os.listdir(tmp_path))
+    reader = ArchiveReader(archive, scratch, batch_size=100, max_member_bytes=1024)
+    members, rejected = _read_all(reader)
+
+    assert [m.name for m in members] == ["ok/one.wav", "dirlink/through.wav", "ok/one.flac", "ok/two.wav"]
+    # Same stem, different members: the first keeps `one.flac`, the later one its extension too.
+    assert [m.output_stem for m in members] == ["ok/one", "dirlink/through", "ok/one.flac", "ok/two"]
+    reasons = {m.full_name or m.name: m.reject_reason for m in rejected}
+    assert "escapes" in reasons["../escape.wav"]
+    assert reasons["/etc/absolute.wav"] == "absolute path"
+    assert "escapes" in reasons["ok/../../up.wav"]
+    assert reasons["link.wav"].startswith("symbolic link")
+    assert reasons["dirlink"].startswith("symbolic link")
+    assert reasons["hard.wav"].startswith("hard link")
+    assert reasons["dev"] == "device file"
+    assert reasons["fifo"] == "FIFO"
+    assert reasons["ok/one.wav"] == "duplicate member name"
+    (duplicate,) = [m for m in rejected if m.reject_reason == "duplicate member name"]
+    assert duplicate.name == "ok/one.wav\\#10"  # its own key: the first ok/one.wav has the name
+    assert "exceeds the cap" in reasons["big.wav"]
+    assert "starts with '-'" in reasons["-rf.wav"]
+    assert reasons["n" * 300 + ".wav"] == "name too long"
+    # Extracted files carry index names inside the scratch dir, never the member's name.
+    for m in members:
+        assert m.path is not None and m.path.is_relative_to(scratch)
+        assert m.path.name[:8].isdigit()
+    assert set(os.listdir(tmp_path)) == before | {"scratch"}
+    assert not Path("/tmp/through.wav").exists()
+    assert reader.completed
+
+
+def test_non_utf8_names_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.tar.xz"
+    with tarfile.open(path, "w:xz", format=tarfile.GNU_FORMAT, encoding="latin-1") as tar:
+        add_bytes(tar, "caf\xe9.wav", b"data")
+        add_bytes(tar, "plain.wav", b"data")
+    members, rejected = _read_all(ArchiveReader(path, tmp_path / "s", batch_size=10, max_member_bytes=99))
+    assert [m.name for m in members] == ["plain.wav"]
+    assert rejected[0].reject_reason == "name is not valid UTF-8"
+    assert rejected[0].name == "caf\\xe9.wav"  # the byte, escaped: storable and lossless
+
+
+def test_batches_and_resume_skip(tmp_path: Path) -> None:
+    path = tmp_path / "many.tar.xz"
+    with tarfile.open(path, "w:xz") as tar:
+        for i in range(25):
+            add_bytes(tar, f"d/{i:03d}.wav", b"x" * 10)
+    done = {f"d/{i:03d}.wav" for i in range(0, 25, 2)}
+    reader = ArchiveReader(
+        path, tmp_path / "s", batch_size=10, max_member_bytes=99, is_done=done.__contains__
+    )
+    batches = list(reader.batches())
+    assert [len(b.members) + b.skipped for b in batches] == [10, 10, 5]
+    assert sum(b.skipped for b in batches) == len(done)
+    assert all(m.name not in done for b in batches for m in b.members)
+    # Progress is measured on the compressed stream and reaches the whole file.
+    assert batches[-1].compressed_bytes_read == path.stat().st_size
+    assert batches[0].compressed_bytes_read <= batches[-1].compressed_bytes_read
+
+
+def test_truncated_archive_yields_members_before_the_damage(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.tar.xz"
+    with tarfile.open(whole, "w:xz", preset=0) as tar:
+        for i in range(40):
+            add_bytes(tar, f"m{i:02d}.wav", os.urandom(20_000))
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.tar.xz"
+    cut.write_bytes(data[: len(data) // 2])
+    reader = ArchiveReader(cut, tmp_path / "s", batch_size=8, max_member_bytes=10**6)
+    got = []
+    with pytest.raises(ArchiveError, match="damaged after"):
+        for batch in reader.batches():
+            got += [m.name for m in batch.members]
+    assert 5 < len(got) < 40
+    assert got == [f"m{i:02d}.wav" for i in range(len(got))]
+    assert not reader.completed
+
+
+def test_not_xz_is_a_clear_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.tar.xz"
+    bogus.write_bytes(b"this is not xz at all" * 100)
+    with pytest.raises(ArchiveError, match="damaged after 0 members"):
+        list(ArchiveReader(bogus, tmp_path / "s", batch_size=8, max_member_bytes=99).batches())
+
+
+def test_bad_checksum_is_detected(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        add_bytes(tar, "a.wav", b"a" * 5000)
+    blob = bytearray(lzma.compress(raw.getvalue(), check=lzma.CHECK_CRC64))
+    blob[-30] ^= 0xFF  # corrupt the stream's tail (check / index)
+    path = tmp_path / "crc.tar.xz"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ArchiveError):
+        list(ArchiveReader(path, tmp_path / "s", batch_size=8, max_member_bytes=10**6).batches())
+
+
+def test_members_past_the_cap_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "many.tar.xz"
+    with tarfile.open(path, "w:xz") as tar:
+        for i in range(5):
+            add_bytes(tar, f"m{i}.wav", b"RIFF")
+    reader = ArchiveReader(path, tmp_path / "scratch", batch_size=10, max_member_bytes=1024, max_members=3)
+    members, rejected = _read_all(reader)
+    assert [m.name for m in members] == ["m0.wav", "m1.wav", "m2.wav"]
+    assert [m.reject_reason for m in rejected] == ["more than 3 members in the archive (the cap)"] * 2
+    assert reader.completed
+
+
+def _pax_member(tar: tarfile.TarFile, name: str, data: bytes, pax: dict[str, str] | None = None) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.pax_headers = dict(pax or {})
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_names_no_path_or_database_can_hold_are_rejected_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "names.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        _pax_member(tar, "x", b"empty", {"path": ""})
+        _pax_member(tar, ".", b"dot")
+        _pax_member(tar, "x", b"nul", {"path": "a\x00b.wav"})
+        _pax_member(tar, "tab\there.wav", b"control")
+        _pax_member(tar, "x", b"long", {"path": "d/" + "é" * 1200 + ".wav"})
+        _pax_member(tar, "ok.wav", b"fine")
+    xz = tmp_path / "names.tar.xz"
+    xz.write_bytes(lzma.compress(path.read_bytes()))
+    reader = ArchiveReader(xz, tmp_path / "scratch", batch_size=100, max_member_bytes=99)
+    members, rejected = _read_all(reader)
+    assert [m.name for m in members] == ["ok.wav"] and reader.completed
+    got = {m.name: m.reject_reason for m in rejected}
+    assert got[""] == "empty name"
+    assert got["."] == "empty name"
+    assert got["a\\x00b.wav"] == "name contains NUL"
+    assert got["tab\\x09here.wav"] == "name contains control character U+0009"
+    (long,) = [m for m in rejected if m.full_name]
+    assert long.reject_reason == "name too long" and long.full_name == "d/" + "é" * 1200 + ".wav"
+    assert long.name.endswith("\\#4") and len(long.name) < 1010
+    assert all("\x00" not in m.name for m in rejected)
+
+
+def test_sparse_members_are_rejected_without_being_written(tmp_path: Path) -> None:
+    """GNU tar's sparse formats (old GNU and pax 1.0): a member declaring 10 GiB of holes."""
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is not installed")
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "holes.wav", "wb") as fh:
+        fh.write(b"RIFF" + b"\0" * 40)
+        fh.truncate(10 * 1024**3)
+    (src / "fine.wav").write_bytes(b"RIFF-fine")
+    for fmt in ("gnu", "pax"):
+        archive = tmp_path / f"sparse-{fmt}.tar.xz"
+        subprocess.run(
+            [
+                "tar",
+                f"--format={fmt}",
+                "--sparse",
+                "-cJf",
+                str(archive),
+                "-C",
+                str(src),
+                "holes.wav",
+                "fine.wav",
+            ],
+            check=True,
+        )
+        scratch = tmp_path / f"scratch-{fmt}"
+        members, rejected = _read_all(
+            ArchiveReader(archive, scratch, batch_size=10, max_member_bytes=20 * 1024**3)
+        )
+        assert [m.name for m in members] == ["fine.wav"]
+        assert [(m.name, m.reject_reason) for m in rejected] == [
+            ("holes.wav", "sparse member (audio is never sparse)")
+        ]
+        assert archive.stat().st_size < 2 * 1024**2
+
+
+def test_a_malformed_header_of_any_error_type_ends_the_archive_as_damaged(tmp_path: Path) -> None:
+    """A damaged GNU sparse map makes tarfile raise ValueError, not TarError: the members before
+    it are read, then the archive is reported damaged (no traceback, no crash)."""
+    path = tmp_path / "bad-sparse.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        _pax_member(tar, "first.wav", b"RIFF-first")
+        _pax_member(
+            tar,
+            "bad.wav",
+            b"x" * 10,
+            {"GNU.sparse.size": "100", "GNU.sparse.map": "0,abc", "GNU.sparse.name": "b"},
+        )
+        _pax_member(tar, "after.wav", b"RIFF-after")
+    xz = tmp_path / "bad-sparse.tar.xz"
+    xz.write_bytes(lzma.compress(path.read_bytes()))
+    reader = ArchiveReader(xz, tmp_path / "scratch", batch_size=10, max_member_bytes=99)
+    got = []
+    with pytest.raises(
+        ArchiveError, match=r"damaged after 1 members: HeaderError: malformed member header \(ValueError"
+    ):
+        for batch in reader.batches():
+            got += [m.name for m in batch.members]
+    assert got == ["first.wav"] and not reader.completed

@@ -1,0 +1,329 @@
+"""The batched decoder: windows of many members in shared generate calls, with faster-whisper's guards.
+
+The tiny random model checks structure and batching (its text is noise, but it is deterministic
+when decoded greedily); the `realmodel` tests check words and languages with real Whisper weights.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from streaming_pipeline.config import PipelineConfig
+from streaming_pipeline.stages.decoder import BatchedDecoder, decode_all, open_decoder, speech_chunks
+from streaming_pipeline.stages.transcribe import Transcriber
+from streaming_pipeline.tools.samples import clip_files
+
+RATE = 16000
+
+
+def to_16k(data: bytes) -> np.ndarray:
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return soxr.resample(samples.mean(axis=1), rate, RATE).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def members() -> tuple[list[str], list[np.ndarray]]:
+    """Six short clips, and one long member of speech and pauses that VAD cuts into several rows."""
+    clips = [(name, to_16k(data)) for name, data in clip_files(6)]
+    pause = np.zeros(3 * RATE, dtype=np.float32)
+    long = np.concatenate([part for _, audio in clips * 4 for part in (audio, pause)])
+    names = [name for name, _ in clips] + ["long.wav"]
+    return names, [audio for _, audio in clips] + [long]
+
+
+def _config(model: Path, **overrides: Any) -> PipelineConfig:
+    settings: dict[str, Any] = {
+        "model": str(model),
+        "device": "cpu",
+        "beam_size": 1,
+        "temperatures": "0",
+        "max_new_tokens": 24,
+    }
+    return PipelineConfig(**{**settings, **overrides})
+
+
+def _decode(transcriber: Transcriber, config: PipelineConfig, names, audio) -> tuple[list[dict], dict]:
+    decoder = open_decoder(transcriber, config)
+    try:
+        assert isinstance(decoder, BatchedDecoder)
+        return decode_all(decoder, audio, names), decoder.stats()
+    finally:
+        decoder.close()
+
+
+def test_batches_of_one_and_of_n_give_identical_text(tiny_model: Path, members) -> None:
+    names, audio = members
+    config = _config(tiny_model)
+    transcriber = Transcriber(config)
+    one, one_stats = _decode(
+        transcriber, PipelineConfig(**{**config.__dict__, "decode_batch_size": 1}), names, audio
+    )
+    many, many_stats = _decode(
+        transcriber, PipelineConfig(**{**config.__dict__, "decode_batch_size": 8}), names, audio
+    )
+
+    assert one_stats["rows"] == many_stats["rows"] > len(names), "the long member is several rows"
+    assert one_stats["calls"] == one_stats["rows"]
+    assert many_stats["calls"] < one_stats["calls"] / 2, "rows of different members share calls"
+    for name, a, b in zip(names, one, many, strict=True):
+        assert a["member"] == b["member"] == name
+        assert (a["text"], a["language"], a["segments"]) == (b["text"], b["language"], b["segments"])
+    long = many[-1]
+    assert len(long["segments"]) > 1
+    starts = [s["start"] for s in long["segments"]]
+    assert starts == sorted(starts) and long["segments"][-1]["end"] <= long["duration"] + 0.01
+    # Segments are in the member's own timeline: the pauses between clips are kept.
+    assert long["segments"][-1]["end"] > 0.8 * long["duration"]
+
+
+def test_results_have_the_per_member_layout(tiny_model: Path, members) -> None:
+    names, audio = members
+    config = _config(tiny_model, decode_batch_size=4)
+    (result,), _ = _decode(Transcriber(config), config, names[:1], audio[:1])
+    assert set(result) == {
+        "text",
+        "language",
+        "language_probability",
+        "duration",
+        "segments",
+        "model",
+        "archive",
+        "member",
+    }
+    assert abs(result["duration"] - len(audio[0]) / RATE) < 1e-6
+    assert len(result["language"]) in (2, 3) and 0 < result["language_probability"] <= 1
+    for seg in result["segments"]:
+        assert set(seg) == {
+            "start",
+            "end",
+            "text",
+            "avg_logprob",
+            "no_speech_prob",
+            "temperature",
+            "compression_ratio",
+        }
+        assert 0 <= seg["start"] <= seg["end"] <= result["duration"] + 0.01
+
+
+def test_silence_and_noise_have_no_rows_and_an_empty_transcript(tiny_model: Path) -> None:
+    config = _config(tiny_model, decode_batch_size=4)
+    rng = np.random.default_rng(7)
+    silence = np.zeros(20 * RATE, dtype=np.float32)
+    noise = (0.1 * rng.standard_normal(20 * RATE)).astype(np.float32)
+    results, stats = _decode(Transcriber(config), config, ["silence.wav", "noise.wav"], [silence, noise])
+    assert stats["rows"] == 0
+    for result in results:
+        assert result["text"] == "" and result["segments"] == []
+        assert result["language"] is None and result["duration"] == 20.0
+
+
+def test_rows_that_fail_the_guards_are_decoded_again_batched_at_each_temperature(
+    tiny_model: Path, members
+) -> None:
+    """The random model fails the log-probability guard on every row (its average log probability
+    is far below -1 and its no-speech probability near 0), so each row is decoded at every
+    temperature, and the failures of different members share calls."""
+    names, audio = members
+    config = _config(tiny_model, decode_batch_size=8, temperatures="0,0.5,1")
+    results, stats = _decode(Transcriber(config), config, names, audio)
+    assert stats["rows_decoded"] == 3 * stats["rows"]
+    assert stats["fallback_rows"] == 2 * stats["rows"]
+    assert stats["calls"] < stats["rows_decoded"] / 3
+    for result in results:
+        for seg in result["segments"]:
+            assert seg["temperature"] in (0.0, 0.5, 1.0) and seg["avg_logprob"] < -1
+
+
+class _OutOfMemoryAbove:
+    """Stands in for CTranslate2 on a GPU that runs out of memory above `rows` rows per call:
+    a CUDA out-of-memory error cannot be produced on a CPU. Everything else is the real model."""
+
+    def __init__(self, real: Any, rows: int) -> None:
+        self.real, self.rows, self.refused = real, rows, 0
+
+    def generate(self, encoded: Any, prompts: list[list[int]], **kwargs: Any) -> Any:
+        if len(prompts) > self.rows:
+            self.refused += 1
+            raise RuntimeError("CUDA failed with error out of memory")
+        return self.real.generate(encoded, prompts, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_out_of_memory_halves_the_batch_and_fails_no_member(tiny_model: Path, members, caplog) -> None:
+    names, audio = members
+    config = _config(tiny_model, decode_batch_size=8)
+    transcriber = Transcriber(config)
+    expected, _ = _decode(transcriber, config, names, audio)
+
+    decoder = BatchedDecoder(transcriber, config, device="cpu")
+    fake = decoder._ct2 = _OutOfMemoryAbove(decoder._ct2, rows=2)
+    try:
+        results = decode_all(decoder, audio, names)
+        stats = decoder.stats()
+    finally:
+        decoder.close()
+    assert [r["text"] for r in results] == [r["text"] for r in expected]
+    assert fake.refused >= 2 and stats["oom_halvings"] == fake.refused
+    assert decoder._limit == 2
+    warnings = [r for r in caplog.records if "out of GPU memory" in r.getMessage()]
+    assert len(warnings) == 1, "logged once"
+
+
+def test_a_stop_cancels_what_is_not_decoded(tiny_model: Path, members) -> None:
+    names, audio = members
+    config = _config(
+        tiny_model, decode_batch_size=2, process_batch_size=50, temperatures="0,0.2,0.4,0.6,0.8,1"
+    )
+    decoder = BatchedDecoder(Transcriber(config), config, device="cpu")
+    futures = [decoder.submit(a, archive="a", member=n) for a, n in zip(audio * 3, names * 3, strict=True)]
+    futures[0].result()
+    cancelled = decoder.cancel_pending()
+    decoder.close()
+    assert cancelled > 0
+    assert all(f.done() for f in futures), "nothing is left waiting"
+    # Members whose rows were in the running call finish, unless a row needed another
+    # temperature: then they are cancelled too (no more calls after a stop).
+    assert cancelled <= sum(f.cancelled() for f in futures) < len(futures)
+    assert not futures[0].cancelled()
+    late = decoder.submit(audio[0], archive="a", member="late.wav")
+    assert late.cancelled()
+
+
+@pytest.mark.gpu
+def test_cuda_float16_packs_members_into_shared_calls(tiny_model: Path, members) -> None:
+    names, audio = members
+    config = _config(tiny_model, device="cuda", decode_batch_size=16)
+    transcriber = Transcriber(config)
+    assert (transcriber.device.device, transcriber.device.compute_type) == ("cuda", "float16")
+    results, stats = _decode(transcriber, config, names, audio)
+    assert [r["member"] for r in results] == names
+    assert stats["rows_decoded"] / stats["calls"] > 1 and stats["oom_halvings"] == 0
+    assert all(r["language"] for r in results)
+
+
+def test_speech_chunks_group_regions_up_to_the_window() -> None:
+    regions = [{"start": s, "end": s + 10} for s in range(0, 100, 20)]
+    assert [len(c) for c in speech_chunks(regions, 25)] == [2, 2, 1]
+    assert [len(c) for c in speech_chunks([{"start": 0, "end": 99}], 25)] == [1]
+    assert list(speech_chunks([], 25)) == []
+
+
+# -- real Whisper weights ----------------------------------------------------------------------
+
+SCORED_FROM_EXCLUDED = ("whisper-base output", "none", "test only", "tiny output", "MIT licence")
+
+
+def _manifest(realspeech: Path) -> list[dict[str, str]]:
+    lines = (realspeech / "manifest.tsv").read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:] if line.strip()]
+
+
+def _normalise(text: str) -> str:
+    import re
+
+    return " ".join(re.sub(r"[^\w\s']|_", " ", text.lower()).replace("'", " ").split())
+
+
+def _wer(references: list[str], hypotheses: list[str]) -> float:
+    import jiwer
+
+    return 100.0 * jiwer.wer(references, [h or "<empty>" for h in hypotheses])
+
+
+@pytest.mark.realmodel
+@pytest.mark.slow
+def test_real_speech_archive_word_error_rate_and_languages(
+    tmp_path: Path, pg_dsn: str, realspeech: Path, whisper_base: Path, capsys
+) -> None:
+    """All the recorded speech in one archive (ten formats, English, French and Chinese, members
+    sharing a stem) through process-tar with the batched decoder: every member soundfile or PyAV
+    can decode is done (the headerless raw PCM is the one failure), each member's language is its
+    own, and English WER is within 1 point of faster-whisper's own transcribe on the same audio
+    (same model, beam 5, VAD on)."""
+    import psycopg
+    from faster_whisper import WhisperModel
+
+    from streaming_pipeline.cli import main
+    from streaming_pipeline.tools.samples import write_tar_xz
+
+    rows = _manifest(realspeech)
+    assert len(rows) == 49
+    archive = write_tar_xz(
+        tmp_path / "input" / "2025-01-25" / "09_00.tar.xz",
+        [(f"speech/{r['file']}", (realspeech / "audio" / r["file"]).read_bytes()) for r in rows],
+    )
+    remote = tmp_path / "remote"
+    rc = main([
+        "process-tar", "2025-01-25", str(archive), "09_00", "--dsn", pg_dsn, "--remote", str(remote),
+        "--scratch-dir", str(tmp_path / "scratch"), "--model", str(whisper_base), "--device", "cpu",
+        "--beam-size", "5", "--temperatures", "0.0,0.2,0.4,0.6,0.8,1.0", "--decoder", "batched",
+        "--decode-batch-size", "8", "--stream-batch-size", "16", "--num-workers", "2",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    with psycopg.connect(pg_dsn, row_factory=psycopg.rows.dict_row) as conn:
+        db = {r["member"]: r for r in conn.execute("SELECT * FROM audio_files")}
+    raw = "speech/ps_goforward.raw"
+    assert {m: r["status"] for m, r in db.items()} == {
+        f"speech/{r['file']}": "failed" if f"speech/{r['file']}" == raw else "done" for r in rows
+    }
+    assert db[raw]["error"].startswith("no header: sample rate unknown")
+    assert db["speech/jfk_stereo44k.m4a"]["decoder"] == "pyav"
+    same_stem = [db[f"speech/sv_test{suffix}"]["remote_path"] for suffix in (".mp3", ".opus", ".wav")]
+    assert len(set(same_stem)) == 3, "members sharing a stem each come out"
+
+    reference_model = WhisperModel(str(whisper_base), device="cpu", compute_type="int8")
+    refs, ours, theirs = [], [], []
+    for row in rows:
+        member = db[f"speech/{row['file']}"]
+        expected = {"en+de": "en"}.get(row["language"], row["language"])
+        if expected in ("en", "fr", "zh") and member["status"] == "done":
+            assert member["language"] == expected, (
+                f"{row['file']}: detected {member['language']}, spoken {expected}"
+            )
+        scored = (
+            row["language"] == "en"
+            and row["reference"]
+            and not any(x in row["reference_from"] for x in SCORED_FROM_EXCLUDED)
+        )
+        if not scored or member["status"] != "done":
+            continue
+        flac = remote / member["remote_path"].removeprefix(str(remote) + "/")
+        audio, rate = sf.read(str(flac), dtype="float32")
+        assert rate == 16000
+        segments, _ = reference_model.transcribe(audio, beam_size=5, vad_filter=True)
+        refs.append(_normalise(row["reference"]))
+        ours.append(_normalise(member["transcript"]))
+        theirs.append(_normalise(" ".join(s.text for s in segments)))
+    assert len(refs) >= 30
+    ours_wer, theirs_wer = _wer(refs, ours), _wer(refs, theirs)
+    print(
+        f"English WER on {len(refs)} files: batched decoder {ours_wer:.2f}%, faster-whisper {theirs_wer:.2f}%"
+    )
+    assert ours_wer <= theirs_wer + 1.0, (ours_wer, theirs_wer)
+
+
+@pytest.mark.realmodel
+def test_real_model_leaves_silence_and_noise_empty_without_vad(whisper_base: Path) -> None:
+    """With VAD off every window reaches the model: the no-speech rule and the fallback guards,
+    not VAD, keep silence, mains hum and white noise empty (faster-whisper's transcribe too)."""
+    config = PipelineConfig(model=str(whisper_base), device="cpu", vad=False, decode_batch_size=4)
+    rng = np.random.default_rng(7)
+    clips = {
+        "silence": np.zeros(20 * RATE, dtype=np.float32),
+        "hum": (0.2 * np.sin(2 * np.pi * 50 * np.arange(20 * RATE) / RATE)).astype(np.float32),
+        "white": (0.1 * rng.standard_normal(20 * RATE)).astype(np.float32),
+    }
+    results, stats = _decode(Transcriber(config), config, list(clips), list(clips.values()))
+    assert stats["rows"] == 3 and stats["calls"] >= 1
+    assert [r["text"] for r in results] == ["", "", ""]

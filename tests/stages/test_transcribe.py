@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from streaming_pipeline.config import PipelineConfig
+from streaming_pipeline.stages.transcribe import Transcriber
+from streaming_pipeline.tools.samples import speak
+
+
+def test_tiny_model_is_a_complete_multilingual_whisper(tiny_model: Path) -> None:
+    config = json.loads((tiny_model / "config.json").read_text())
+    assert len(config["lang_ids"]) == 99
+    assert len(json.loads((tiny_model / "vocabulary.json").read_text())) == 51865
+    assert (tiny_model / "model.bin").stat().st_size < 8 * 1024 * 1024
+    t = Transcriber(PipelineConfig(model=str(tiny_model), device="cpu", beam_size=1))
+    assert t.model.model.is_multilingual  # language detection really runs
+    assert t.device.compute_type == "int8"
+
+
+def test_transcript_structure_and_silence(tiny_model: Path) -> None:
+    import soxr
+
+    t = Transcriber(PipelineConfig(model=str(tiny_model), device="cpu", beam_size=2))
+    speech, rate = speak("Testing one two three, this is the streaming pipeline.")
+    audio = soxr.resample(speech, rate, 16000).astype(np.float32)
+    result = t.transcribe(audio, archive="a.tar.xz", member="x/y.wav")
+    assert set(result) >= {
+        "text",
+        "language",
+        "language_probability",
+        "duration",
+        "segments",
+        "model",
+        "archive",
+        "member",
+    }
+    assert result["member"] == "x/y.wav" and result["model"] == "tiny-whisper"
+    assert abs(result["duration"] - len(audio) / 16000) < 0.01
+    assert len(result["language"]) in (2, 3) and 0.0 <= result["language_probability"] <= 1.0
+    for seg in result["segments"]:
+        assert set(seg) == {"start", "end", "text", "avg_logprob", "no_speech_prob"}
+        assert seg["start"] <= seg["end"]
+
+    silent = t.transcribe(np.zeros(30 * 16000, dtype=np.float32), archive="a", member="s.wav")
+    assert silent["text"] == "" and silent["segments"] == []
+
+
+def test_nul_bytes_never_reach_the_transcript() -> None:
+    """Byte-level BPE can decode a 0x00 byte (the random model did, in CI); PostgreSQL text can't
+    hold it, so one such file used to fail its whole batch's write."""
+    from streaming_pipeline.stages.decoder import clean_text
+
+    assert clean_text(" ab\x00c \x00") == "abc"

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from streaming_pipeline.stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
+
+from ..conftest import RsyncDaemon
+
+
+def _tree(root: Path) -> Path:
+    (root / "2025-01-25" / "12_30" / "a").mkdir(parents=True)
+    (root / "2025-01-25" / "12_30" / "a" / "x.flac").write_bytes(b"flac")
+    (root / "2025-01-25" / "12_30" / "a" / "x.json").write_text("{}")
+    return root
+
+
+def _upload(manager: AsyncRsyncStorageManager, source: Path) -> UploadJob:
+    finished = threading.Event()
+    seen: list[UploadJob] = []
+    manager.submit(source, "test", lambda job: (seen.append(job), finished.set()))
+    assert finished.wait(30)
+    assert manager.wait(5)
+    return seen[0]
+
+
+@pytest.mark.parametrize("kind", ["local", "daemon"])
+def test_upload_to_local_path_and_daemon(tmp_path: Path, rsync_daemon: RsyncDaemon, kind: str) -> None:
+    source = _tree(tmp_path / "stage")
+    if kind == "local":
+        dest, root = Destination.parse(str(tmp_path / "remote")), tmp_path / "remote"
+        dest.prepare()
+    else:
+        dest, root = Destination.parse(rsync_daemon.url), rsync_daemon.data
+    manager = AsyncRsyncStorageManager(dest, max_concurrent=2, timeout=30, retries=2)
+    job = _upload(manager, source)
+    manager.close()
+    assert job.state is UploadState.DONE and job.attempts == 1
+    assert (root / "2025-01-25/12_30/a/x.flac").read_bytes() == b"flac"
+    assert manager.counts()["done"] == 1
+
+
+def test_dead_daemon_is_retried_with_backoff_then_fails(tmp_path: Path) -> None:
+    sleeps: list[float] = []
+    dest = Destination.parse("rsync://127.0.0.1:9/archive")  # nothing listens on the discard port
+    manager = AsyncRsyncStorageManager(dest, max_concurrent=1, timeout=5, retries=3, sleep=sleeps.append)
+    job = _upload(manager, _tree(tmp_path / "stage"))
+    manager.close()
+    assert job.state is UploadState.FAILED
+    assert job.attempts == 3 and job.returncode == 10
+    assert "rsync exit 10" in (job.error or "")
+    assert sleeps == sorted(sleeps) and len(sleeps) == 2  # exponential backoff between attempts
+
+
+def _scripted(codes: list[int], spec: str, retries: int) -> tuple[AsyncRsyncStorageManager, list[list[str]]]:
+    """A manager whose rsync is a fake returning `codes` in turn: a real rsync cannot be made
+    to exit with a chosen code on demand."""
+    calls: list[list[str]] = []
+
+    def runner(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, codes.pop(0), "", "rsync: simulated failure")
+
+    manager = AsyncRsyncStorageManager(
+        Destination.parse(spec),
+        max_concurrent=1,
+        timeout=5,
+        retries=retries,
+        runner=runner,
+        sleep=lambda s: None,
+    )
+    return manager, calls
+
+
+def test_non_retryable_exit_code_is_not_retried(tmp_path: Path) -> None:
+    manager, calls = _scripted([3, 0], "rsync://127.0.0.1/x", retries=5)  # 3: file selection error
+    job = _upload(manager, _tree(tmp_path / "stage"))
+    assert job.state is UploadState.FAILED and job.attempts == 1 and job.returncode == 3
+    assert len(calls) == 1
+
+
+def test_transient_code_recovers_and_command_is_an_argument_list(tmp_path: Path) -> None:
+    manager, calls = _scripted([12, 0], "host:/data/out", retries=3)  # 12: data stream broke
+    job = _upload(manager, _tree(tmp_path / "stage"))
+    assert job.state is UploadState.DONE and job.attempts == 2
+    cmd = calls[0]
+    assert isinstance(cmd, list) and cmd[0] == "rsync"
+    assert cmd[-3] == "--" and cmd[-1] == "host:/data/out/"
+
+
+def test_destination_rejects_option_like_spec() -> None:
+    from streaming_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        Destination.parse("--rsh=evil")
+    with pytest.raises(ConfigError):
+        Destination.parse("")

@@ -1,0 +1,127 @@
+"""`bench`: every variant does the same work, the figures add up, the samplers see what happens.
+
+Timings are not asserted (a 2-core CI machine is too noisy for that); the README's table comes
+from a real run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from streaming_pipeline.cli import main
+from streaming_pipeline.tools.bench import largest_batch_bytes, measure_process, repeat_archive
+
+from ..conftest import add_bytes
+
+
+def _outputs(remote: Path) -> dict[str, str]:
+    """Relative path of each uploaded JSON -> its transcript."""
+    return {str(p.relative_to(remote)): json.loads(p.read_text())["text"] for p in remote.rglob("*.json")}
+
+
+@pytest.mark.slow
+def test_bench_runs_every_variant_on_the_same_work(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "bench"
+    report_path = tmp_path / "report.json"
+    rc = main([
+        "bench", "--members", "6", "--repeat", "2", "--large-factor", "2", "--work-dir", str(work),
+        "--json", str(report_path), "--dsn", pg_dsn, "--model", str(tiny_model),
+        "--temperatures", "0", "--stream-batch-size", "2",
+    ])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+
+    for key in ("sequential_wall_s", "streaming_wall_s", "transcribe_only_wall_s", "per_member_wall_s"):
+        assert report[key] > 0
+    for name in ("sequential", "streaming pipeline (batched decoder)", "batched decoder alone", "per-member"):
+        assert name in printed
+    assert report["ratio_streaming_sequential"] == pytest.approx(
+        report["streaming_wall_s"] / report["sequential_wall_s"]
+    )
+    assert report["ratio_streaming_transcribe_only"] == pytest.approx(
+        report["streaming_wall_s"] / report["transcribe_only_wall_s"]
+    )
+    assert report["streaming_audio_s_per_wall_s"] == pytest.approx(
+        report["audio_s"] / report["streaming_wall_s"]
+    )
+    # Both streaming rounds processed every member: the second did not resume from the first.
+    assert len(report["all_wall_s"]["streaming"]) == 2
+    assert report["audio_s"] == pytest.approx(report["sequential_audio_s"], rel=1e-6)
+    assert report["audio_s"] == pytest.approx(report["transcribe_only_audio_s"], rel=1e-6)
+    assert report["audio_s"] == pytest.approx(report["per_member_audio_s"], rel=1e-6)
+    assert report["ratio_streaming_per_member_throughput"] == pytest.approx(
+        report["streaming_audio_s_per_wall_s"] / report["per_member_audio_s_per_wall_s"]
+    )
+    floor = report["stage_busy_s"]["transcribe_only"]
+    assert floor["decoder_rows"] >= 6 and floor["decoder_rows_per_call"] > 1
+    assert report["gpu"] == {} and report["gpu_busy_streaming"] is None  # no GPU here: not guessed
+    assert set(report["stage_busy_s"]["sequential"]) == {"extract", "convert", "transcribe", "upload"}
+    assert {"extract", "convert", "transcribe", "upload"} <= set(report["stage_busy_s"]["streaming"])
+
+    # Same model, same decoder, same greedy decoding, same converted audio: the pipeline's
+    # transcripts are the decoder's alone, member for member.
+    sequential = _outputs(work / "sequential" / "remote")
+    streaming = _outputs(work / "streaming" / "remote")
+    assert len(sequential) == 6
+    assert {Path(k).name for k in streaming} == {Path(k).name for k in sequential}
+    stage = work / "sequential" / "stage"
+    order = [str(p.relative_to(stage).with_suffix("")) for p in sorted(stage.rglob("*.flac"))]
+    alone = dict(zip(order, json.loads((work / "transcribe-only.json").read_text()), strict=True))
+    assert {k.split("/bench/", 1)[1].removesuffix(".json"): v for k, v in streaming.items()} == alone
+
+    # The process-tar runs: a Python process with CTranslate2 loaded, and scratch was used.
+    assert report["peak_rss_mb_large"] > 50 and report["peak_rss_mb_small"] > 50
+    assert report["ratio_rss_large_small"] == pytest.approx(
+        report["peak_rss_mb_large"] / report["peak_rss_mb_small"]
+    )
+    assert report["peak_scratch_bytes"] > 0
+    assert report["stream_batch_bytes"] > 0
+    assert [t["limit"] for t in report["targets"]] == [0.7, 1.25, 1.15, 2.0]
+    assert "streaming wall <= 0.7 x sequential" in printed
+
+
+def test_repeat_archive_and_batch_bytes(tmp_path: Path) -> None:
+    source = tmp_path / "a.tar.xz"
+    with tarfile.open(source, "w:xz") as tar:
+        for i, size in enumerate((100, 300, 50, 700, 10)):
+            add_bytes(tar, f"d/m{i}.wav", b"x" * size)
+    copies = repeat_archive(source, tmp_path / "b.tar.xz", 3)
+    with tarfile.open(copies) as tar:
+        names = tar.getnames()
+    assert len(names) == 15 and names[0] == "copy-0/d/m0.wav" and names[-1] == "copy-2/d/m4.wav"
+    assert largest_batch_bytes(source, 2) == 750
+    assert largest_batch_bytes(source, 5) == 1160
+    assert largest_batch_bytes(copies, 5) == 1160
+
+
+def test_measure_process_sees_memory_and_scratch(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    program = (
+        "import pathlib, time\n"
+        "block = bytearray(300 * 1024 * 1024)\n"
+        "block[::4096] = b'x' * len(block[::4096])\n"  # touch every page: resident, not just mapped
+        f"pathlib.Path({str(scratch / 'f')!r}).write_bytes(b'y' * 20_000_000)\n"
+        "time.sleep(0.5)\n"
+    )
+    peak = measure_process([sys.executable, "-c", program], {}, scratch, tmp_path / "log")
+    assert peak.returncode == 0
+    assert 300 <= peak.peak_rss_mb < 400
+    assert peak.peak_main_rss_mb >= 300
+    assert peak.peak_scratch_bytes == 20_000_000
+
+
+def test_missing_archive_is_one_line(tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys) -> None:
+    missing = tmp_path / "nope.tar.xz"
+    rc = main(["bench", "--archive", str(missing), "--work-dir", str(tmp_path / "w"),
+               "--dsn", pg_dsn, "--model", str(tiny_model)])  # fmt: skip
+    assert rc == 2
+    assert f"archive {missing} does not exist" in capsys.readouterr().err
