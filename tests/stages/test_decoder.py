@@ -327,3 +327,38 @@ def test_real_model_leaves_silence_and_noise_empty_without_vad(whisper_base: Pat
     results, stats = _decode(Transcriber(config), config, list(clips), list(clips.values()))
     assert stats["rows"] == 3 and stats["calls"] >= 1
     assert [r["text"] for r in results] == ["", "", ""]
+
+
+class _FailsFirstCall:
+    """Stands in for CTranslate2 failing one call in a way it does not announce (a driver error):
+    the real model otherwise."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, 0
+
+    def generate(self, encoded: Any, prompts: list[list[int]], **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.real.generate(encoded, prompts, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_failed_call_fails_its_members_alone_and_decoding_goes_on(tiny_model: Path, members) -> None:
+    from streaming_pipeline.errors import TranscriptionError
+
+    names, audio = members
+    config = _config(tiny_model, decode_batch_size=2)
+    decoder = BatchedDecoder(Transcriber(config), config, device="cpu")
+    decoder._ct2 = _FailsFirstCall(decoder._ct2)
+    try:
+        futures = [decoder.submit(a, archive="a", member=n) for a, n in zip(audio, names, strict=True)]
+        outcomes = [f.exception(timeout=60) for f in futures]
+    finally:
+        decoder.close()
+    failed = [e for e in outcomes if e is not None]
+    assert 1 <= len(failed) <= 2, "the members of the first call"
+    assert all(isinstance(e, TranscriptionError) and "illegal memory access" in str(e) for e in failed)
+    assert sum(e is None for e in outcomes) == len(names) - len(failed)

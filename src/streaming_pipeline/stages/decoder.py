@@ -279,7 +279,9 @@ class BatchedDecoder:
     def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[dict[str, Any]]:
         """Blocks while `process_batch_size` members are in flight; the future is cancelled when
         the decoder stops before the member is complete."""
-        self._slots.acquire()
+        while not self._slots.acquire(timeout=1.0):
+            if not self._thread.is_alive():  # never wait on a decoder that cannot free a slot
+                raise TranscriptionError("the decoder thread has stopped")
         future: Future[dict[str, Any]] = Future()
         m = _Member(archive, member, len(audio) / SAMPLE_RATE, future)
         if self._language is not None or not self._multilingual:
@@ -376,7 +378,7 @@ class BatchedDecoder:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._queued:
+                while not self._closed and not self._has_work():
                     self._cond.wait()
                 deadline = time.monotonic() + FILL_WAIT_S
                 while not self._closed and self._filling() and (left := deadline - time.monotonic()) > 0:
@@ -395,6 +397,9 @@ class BatchedDecoder:
                     self._in_call = Counter()
                     self._queued -= len(rows)
                     self._cond.notify_all()
+
+    def _has_work(self) -> bool:
+        return bool(self._fresh) or any(self._fallback.values())
 
     def _filling(self) -> bool:
         """Only fresh rows wait, fewer than a call holds, and more are being prepared."""
