@@ -114,6 +114,15 @@ def test_sigterm_stops_local_day_cleanly_and_rerun_completes(
     assert len(rows) == 16 and {r["status"] for r in rows} == {"done"}
     assert len(list((tmp_path / "remote" / DAY).rglob("*.flac"))) == 16
     assert not list((tmp_path / "scratch").rglob("*.*"))  # scratch emptied
+    # The day's report (written by the local executor) shows the interrupted run and its resumption.
+    page = tmp_path / "logs" / f"report_{DAY}.html"
+    assert f"report: {page.resolve()}" in rerun.stdout
+    data = json.loads(
+        re.search(r'id="report-data">(.*?)</script>', page.read_text(encoding="utf-8"), re.S).group(1)
+    )
+    states = sorted(r["state"] for r in data["runs"])
+    assert "interrupted" in states and states.count("done") == 2
+    assert any(r["error"] == "stopped by SIGTERM" for r in data["runs"])
 
 
 def test_a_second_worker_on_a_held_archive_names_the_holder_and_does_nothing(

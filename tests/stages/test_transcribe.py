@@ -41,7 +41,15 @@ def test_transcript_structure_and_silence(tiny_model: Path) -> None:
     assert abs(result["duration"] - len(audio) / 16000) < 0.01
     assert len(result["language"]) in (2, 3) and 0.0 <= result["language_probability"] <= 1.0
     for seg in result["segments"]:
-        assert set(seg) == {"start", "end", "text", "avg_logprob", "no_speech_prob"}
+        assert set(seg) == {
+            "start",
+            "end",
+            "text",
+            "avg_logprob",
+            "no_speech_prob",
+            "temperature",
+            "compression_ratio",
+        }
         assert seg["start"] <= seg["end"]
 
     silent = t.transcribe(np.zeros(30 * 16000, dtype=np.float32), archive="a", member="s.wav")

@@ -22,6 +22,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "process-day": commands.process_day,
     "status": commands.status,
     "finalize-day": commands.finalize_day,
+    "report": commands.report,
     "export": commands.export,
     "process-dataset": commands.process_dataset,
     "doctor": commands.doctor,

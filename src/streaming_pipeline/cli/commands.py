@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import PipelineConfig, build_config, config_env, dsn_password, environ, parse_day
-from ..errors import ConfigError
+from ..errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` must not load faster-whisper or psycopg
     from ..run.day import DayPlan
@@ -252,6 +252,7 @@ def _run_local(
     codes = executor.run(day, plan.todo)
     report = finalize_day(store, day, job_id=None)
     print(format_report(report))
+    _write_day_report(store, config, day)
     if report["totals"]["complete"]:
         return 0
     return EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes.values() else 1
@@ -278,6 +279,9 @@ def status(args: argparse.Namespace) -> int:
         print(f"no archives recorded for {day} (submit it with: streaming-pipeline process-day {day})")
     else:
         print(format_report(report))
+        html = report_path(config_from(args), day.isoformat())
+        if html.exists():
+            print(f"report: {html.resolve()} (streaming-pipeline report {day} writes it anew)")
     return 0 if report["archives"] else 1
 
 
@@ -285,14 +289,57 @@ def finalize_day(args: argparse.Namespace) -> int:
     from ..run.day import finalize_day, format_report
 
     config = config_from(args)
+    day = parse_day(args.day)
     store = _open_store(config)
     try:
         store.init_schema()
-        report = finalize_day(store, parse_day(args.day), job_id=config.slurm_job_id)
+        report = finalize_day(store, day, job_id=config.slurm_job_id)
+        _write_day_report(store, config, day)
     finally:
         store.close()
     print(format_report(report))
     return 0 if report["totals"]["complete"] else 1
+
+
+def report_path(config: PipelineConfig, label: str) -> Path:
+    return config.log_dir / f"report_{label}.html"
+
+
+def _write_day_report(store: ProgressStore, config: PipelineConfig, day: dt.date) -> None:
+    """The finalize job's and the local executor's report; a failure to write it is a warning."""
+    from ..tools.report import write_report
+
+    try:
+        out = write_report(store, [day], report_path(config, day.isoformat()))
+    except (PipelineError, OSError) as exc:
+        log.warning("no report for %s: %s", day, exc)
+        return
+    print(f"report: {out.resolve()}", flush=True)
+
+
+def report(args: argparse.Namespace) -> int:
+    from ..state.store import SCHEMA_VERSION
+    from ..tools.report import write_report
+
+    first, _, last = args.days.partition("..")
+    start, end = parse_day(first), parse_day(last or first)
+    if end < start:
+        raise ConfigError(f"{args.days}: the range ends before it starts")
+    days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+    config = config_from(args)
+    out = args.out or report_path(config, args.days)
+    store = _open_store(config)
+    try:  # read-only: a monitoring user need not be allowed to migrate
+        version = store.schema_version()
+        if version < SCHEMA_VERSION:
+            raise ConfigError(
+                f"schema at version {version}, not {SCHEMA_VERSION}: run streaming-pipeline init-db"
+            )
+        write_report(store, days, out, archive=args.archive)
+    finally:
+        store.close()
+    print(out.resolve())
+    return 0
 
 
 def export(args: argparse.Namespace) -> int:

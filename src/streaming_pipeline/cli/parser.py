@@ -93,8 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--dsn")
 
-    p = sub.add_parser("finalize-day", help="record a day's outcome and print its summary")
+    p = sub.add_parser("finalize-day", help="record a day's outcome, print its summary, write its report")
     p.add_argument("day", help="YYYY-MM-DD")
+    p.add_argument("--dsn")
+
+    p = sub.add_parser("report", help="a day's report as one self-contained HTML file (read-only)")
+    p.add_argument("days", help="YYYY-MM-DD, or a range YYYY-MM-DD..YYYY-MM-DD")
+    p.add_argument("--archive", help="only this archive (its key, e.g. 2025-01-25/12_30.tar.xz)")
+    p.add_argument("--out", type=Path, help="the HTML file (default: $PIPELINE_LOG_DIR/report_<DAYS>.html)")
     p.add_argument("--dsn")
 
     p = sub.add_parser("export", help="a day's done members as Parquet shards that `datasets` streams")

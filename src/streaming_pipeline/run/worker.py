@@ -40,8 +40,9 @@ from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import Stopwatch, TranscriberLike, put_unless_stopped
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
-from ..state.store import MemberRecord, ProgressStore
+from ..state.store import MemberRecord, ProgressStore, StageTiming
 from .day import archive_key
+from .gpu import GpuSampler
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class _Entry:
 class _Submitted:
     batch: Batch
     entries: list[_Entry]
+    submitted_at: float | None = None  # when its first member went to the decoder (unix time)
 
 
 @dataclass
@@ -137,6 +139,10 @@ class ArchiveWorker:
         self.timers = Stopwatch()
         self._upload_slots = threading.BoundedSemaphore(MAX_BATCHES_UPLOADING)
         self._finisher_error: BaseException | None = None
+        self._run_id: int | None = None
+        self._gpu = GpuSampler("cpu")  # samples only on CUDA, from when the model is loaded
+        self._timings: dict[int, list[StageTiming]] = {}  # batch -> stages timed so far (wall clock)
+        self._timings_lock = threading.Lock()
         self._upload_errors: list[str] = []
         self._audio_s = 0.0
         # left: members a stop left for the next run (no row yet, so the database cannot tell)
@@ -160,7 +166,12 @@ class ArchiveWorker:
             try:
                 error = f"worker stopped by an error: {exc}"
                 self.store.finish_archive(
-                    self.key.archive, state="failed", error=error, wall_s=time.monotonic() - started
+                    self.key.archive,
+                    state="failed",
+                    error=error,
+                    wall_s=time.monotonic() - started,
+                    run_id=self._run_id,
+                    audio_s=self._audio_s,
                 )
             except StoreError as store_exc:
                 log.error("could not record the failure of %s: %s", self.key.archive, store_exc)
@@ -177,7 +188,7 @@ class ArchiveWorker:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _run_with(self, pool: ProcessPoolExecutor, started: float) -> WorkerResult:
-        self.store.start_archive(
+        self._run_id = self.store.start_archive(
             self.key,
             path=str(self.archive_path),
             bytes_total=self.archive_path.stat().st_size,
@@ -216,7 +227,10 @@ class ArchiveWorker:
             on_extracted=convert,
         )
         archive_error: str | None = None
-        decoder = open_decoder(self.transcriber_factory(self.config), self.config)
+        transcriber = self.transcriber_factory(self.config)
+        decoder = open_decoder(transcriber, self.config)
+        self._gpu = GpuSampler(getattr(getattr(transcriber, "device", None), "device", "cpu"))
+        self._gpu.start()
         uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination)
         ready: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=1)
         ahead = threading.Semaphore(1)  # batches read ahead of the one being handed over
@@ -257,6 +271,8 @@ class ArchiveWorker:
             finisher.join()
             decoder.close()
             self._record_decoder(decoder)
+            self._gpu.stop()
+            self._flush_gpu()
             final_wait = self.config.upload_timeout * (self.config.upload_retries + 1)
             if self.stop_reason is not None:
                 final_wait = self.config.stop_grace
@@ -267,6 +283,32 @@ class ArchiveWorker:
         if self._finisher_error is not None:
             raise self._finisher_error
         return self._finish(reader, archive_error, started)
+
+    def _timed(self, batch: int, stage: str, started: float, **figures: Any) -> None:
+        """Note that `stage` of `batch` ran from `started` (unix time) until now."""
+        timing = StageTiming(batch, stage, started, time.time(), **figures)
+        with self._timings_lock:
+            self._timings.setdefault(batch, []).append(timing)
+
+    def _flush_timings(self, batch: int) -> None:
+        """The batch's stage timings to PostgreSQL in one statement; never fails the run."""
+        with self._timings_lock:
+            timings = self._timings.pop(batch, [])
+        if self._run_id is None or not timings:
+            return
+        try:
+            self.store.record_stages(self._run_id, timings)
+        except StoreError as exc:
+            log.warning("stage timings of batch %d not recorded: %s", batch, exc)
+
+    def _flush_gpu(self) -> None:
+        samples = self._gpu.take()
+        if self._run_id is None or not samples:
+            return
+        try:
+            self.store.record_gpu_samples(self._run_id, samples)
+        except StoreError as exc:
+            log.warning("%d GPU samples not recorded: %s", len(samples), exc)
 
     def _record_decoder(self, decoder: Decoder) -> None:
         stats = decoder.stats()
@@ -316,11 +358,15 @@ class ArchiveWorker:
             while not self.stop.is_set():
                 if not ahead.acquire(timeout=0.5):
                     continue
-                t0 = time.monotonic()
+                t0, wall0 = time.monotonic(), time.time()
                 batch = next(batches, None)
                 self.timers.add("extract", time.monotonic() - t0)
                 if batch is None:
                     break
+                members = len(batch.members) + len(batch.rejected) + batch.skipped
+                self._timed(
+                    batch.number, "extract", wall0, members=members, bytes_read=batch.compressed_bytes_read
+                )
                 if batch.rejected:
                     for m in batch.rejected:
                         log.warning("rejected member %r: %s", m.name, m.reject_reason)
@@ -352,6 +398,11 @@ class ArchiveWorker:
         """Hand each member to the decoder as soon as its conversion is done; when the run is
         stopping, the members not handed over stay pending."""
         entries = []
+        batch = prepared.batch
+        with self._timings_lock:
+            extract = next((t for t in self._timings.get(batch.number, []) if t.stage == "extract"), None)
+        convert_started = extract.started if extract else time.time()
+        submitted_at: float | None = None
         for conversion in prepared.conversions:
             if self.stop_reason is not None:
                 entries.append(_Entry(conversion))
@@ -377,10 +428,13 @@ class ArchiveWorker:
                 self.timers.add("convert_wait", time.monotonic() - t0)
             self.timers.add("convert", info.convert_s)
             t1 = time.monotonic()
+            submitted_at = submitted_at or time.time()
             future = decoder.submit(load_16k(conversion.flac), archive=self.key.archive, member=member.name)
             self.timers.add("wait_for_decoder", time.monotonic() - t1)
             entries.append(_Entry(conversion, info=info, future=future))
-        return _Submitted(prepared.batch, entries)
+        if prepared.conversions:
+            self._timed(batch.number, "convert", convert_started, members=len(prepared.conversions))
+        return _Submitted(prepared.batch, entries, submitted_at)
 
     def _hand_over(
         self, handed: queue.Queue[_Submitted | None], item: _Submitted | None, finisher: threading.Thread
@@ -436,6 +490,11 @@ class ArchiveWorker:
                 continue
             records.append(self._stage(entry.conversion, entry.info, result))
             audio_s += entry.info.output_duration_s
+        if submitted.submitted_at is not None:
+            transcribed = sum(r.status == "uploading" for r in records)
+            self._timed(
+                batch.number, "transcribe", submitted.submitted_at, members=transcribed, audio_s=audio_s
+            )
         if left:
             self._cancel(left)
             self._count("left", len(left))
@@ -443,15 +502,17 @@ class ArchiveWorker:
         to_upload = [(r.member, r.remote_path or "") for r in records if r.status == "uploading"]
         self.store.record_members(self.key, records)
         if not to_upload:
+            self._flush_timings(batch.number)
             shutil.rmtree(batch.directory, ignore_errors=True)
             return
         t2 = time.monotonic()
         self._upload_slots.acquire()  # bounded: at most N batches in scratch awaiting upload
         self.timers.add("wait_for_upload_slot", time.monotonic() - t2)
+        queued_at = time.time()
         uploader.submit(
             batch.directory / "stage",
             label=f"{self.key.archive} batch {batch.number} ({len(to_upload)} files)",
-            on_finish=lambda job: self._uploaded(job, batch, to_upload, audio_s),
+            on_finish=lambda job: self._uploaded(job, batch, to_upload, audio_s, queued_at),
         )
 
     def _result(self, future: Future[dict[str, Any]], decoder: Decoder) -> dict[str, Any]:
@@ -491,11 +552,20 @@ class ArchiveWorker:
             language_probability=result["language_probability"],
             remote_path=self.destination.url(self._output_path(member)),
             decoder=info.decoder,
+            fallback=any(seg.get("temperature", 0.0) > 0 for seg in result["segments"]),
         )
 
-    def _uploaded(self, job: UploadJob, batch: Batch, members: list[tuple[str, str]], audio_s: float) -> None:
+    def _uploaded(
+        self, job: UploadJob, batch: Batch, members: list[tuple[str, str]], audio_s: float, queued_at: float
+    ) -> None:
         try:
             self.timers.add("upload", job.finished - job.started)
+            started = max(queued_at, time.time() - (time.monotonic() - job.started))
+            uploaded = len(members) if job.state is UploadState.DONE else 0
+            self._timed(
+                batch.number, "upload", started, members=uploaded, audio_s=audio_s if uploaded else 0.0
+            )
+            self._flush_timings(batch.number)
             if job.state is UploadState.DONE:
                 self.store.mark_done(self.key.archive, members)
                 self._count("done", len(members))
@@ -572,6 +642,7 @@ class ArchiveWorker:
             share,
             eta,
         )
+        self._flush_gpu()
         try:
             self.store.update_archive_progress(
                 self.key.archive,
@@ -596,7 +667,14 @@ class ArchiveWorker:
             if not reader.completed and not errors:
                 errors.append("stopped before the end of the archive")
         error = "; ".join(dict.fromkeys(errors)) or None
-        self.store.finish_archive(self.key.archive, state=state, error=error, wall_s=wall)
+        self.store.finish_archive(
+            self.key.archive,
+            state=state,
+            error=error,
+            wall_s=wall,
+            run_id=self._run_id,
+            audio_s=self._audio_s,
+        )
         shutil.rmtree(self.job_scratch, ignore_errors=True)
         self.timers.log()
         return WorkerResult(

@@ -101,6 +101,8 @@ class Transcriber:
                     "text": clean_text(s.text),
                     "avg_logprob": s.avg_logprob,
                     "no_speech_prob": s.no_speech_prob,
+                    "temperature": s.temperature,
+                    "compression_ratio": s.compression_ratio,
                 }
                 for s in segments
             ]

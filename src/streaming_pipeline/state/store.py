@@ -52,6 +52,7 @@ MEMBER_COLUMNS = (
     "error",
     "decoder",
     "full_name",
+    "fallback",
 )
 DAY_COLUMNS = frozenset(
     {"state", "archives", "submitted", "executor", "array_job_id", "finalize_job_id", "submitted_at",
@@ -74,6 +75,20 @@ class MemberRecord:
     error: str | None = None
     decoder: str | None = None
     full_name: str | None = None
+    fallback: bool | None = None
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    """One stage of one stream batch, in unix seconds."""
+
+    batch: int
+    stage: str
+    started: float
+    ended: float
+    members: int = 0
+    audio_s: float = 0.0
+    bytes_read: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,7 +244,8 @@ class ProgressStore:
     # -- archives ------------------------------------------------------------------------
     def start_archive(
         self, key: ArchiveKey, *, path: str, bytes_total: int, host: str, pid: int, slurm_job_id: str | None
-    ) -> None:
+    ) -> int:
+        """The archive taken by this worker; returns the id of this run (archive_runs)."""
         sql = """
             INSERT INTO archives (archive, day, slot, path, state, bytes_total, bytes_read,
                                   host, pid, slurm_job_id, started_at, finished_at, error)
@@ -242,18 +258,85 @@ class ProgressStore:
                 restarts = archives.restarts + (archives.started_at IS NOT NULL)::int
         """
         params = (key.archive, key.day, key.slot, path, bytes_total, host, pid, slurm_job_id)
-        self._transaction(lambda cur: cur.execute(sql, params), "start archive")
+        run_sql = """
+            INSERT INTO archive_runs (archive, day, host, pid, slurm_job_id, restarts)
+            SELECT archive, day, host, pid, slurm_job_id, restarts FROM archives WHERE archive = %s
+            RETURNING id
+        """
+
+        def start(cur: psycopg.Cursor[Any]) -> int:
+            cur.execute(sql, params)
+            cur.execute(run_sql, (key.archive,))
+            return int(cur.fetchone()["id"])
+
+        return self._transaction(start, "start archive")
+
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of a read-only query (the day report's)."""
+
+        def read(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+
+        return self._transaction(read, "read")
+
+    def record_stages(self, run_id: int, stages: Sequence[StageTiming]) -> None:
+        """A batch's stage timings, one round trip (the day report's timeline)."""
+        if not stages:
+            return
+        sql = """
+            INSERT INTO batch_stages
+                (run_id, batch, stage, started_at, ended_at, members, audio_s, bytes_read)
+            VALUES (%s, %s, %s, to_timestamp(%s), to_timestamp(%s), %s, %s, %s)
+            ON CONFLICT (run_id, batch, stage) DO UPDATE SET started_at = EXCLUDED.started_at,
+                ended_at = EXCLUDED.ended_at, members = EXCLUDED.members, audio_s = EXCLUDED.audio_s,
+                bytes_read = EXCLUDED.bytes_read
+        """
+        rows = [
+            (run_id, s.batch, s.stage, s.started, s.ended, s.members, s.audio_s, s.bytes_read) for s in stages
+        ]
+        self._transaction(lambda cur: cur.executemany(sql, rows), "record stage timings")
+
+    def record_gpu_samples(self, run_id: int, samples: Sequence[tuple[float, int, float, float]]) -> None:
+        """(unix time, GPU index, busy share, memory MB) samples, one round trip."""
+        if not samples:
+            return
+        sql = (
+            "INSERT INTO gpu_samples (run_id, at, gpu, busy, memory_mb)"
+            " VALUES (%s, to_timestamp(%s), %s, %s, %s)"
+        )
+        rows = [(run_id, *sample) for sample in samples]
+        self._transaction(lambda cur: cur.executemany(sql, rows), "record GPU samples")
 
     def update_archive_progress(self, archive: str, *, bytes_read: int, members_seen: int) -> None:
         sql = "UPDATE archives SET bytes_read = %s, members_seen = %s, updated_at = now() WHERE archive = %s"
         self._transaction(lambda cur: cur.execute(sql, (bytes_read, members_seen, archive)), "progress")
 
-    def finish_archive(self, archive: str, *, state: str, error: str | None, wall_s: float) -> None:
+    def finish_archive(
+        self,
+        archive: str,
+        *,
+        state: str,
+        error: str | None,
+        wall_s: float,
+        run_id: int | None = None,
+        audio_s: float | None = None,
+    ) -> None:
+        """The archive's outcome, and that of this run (`run_id`) when it has one."""
         sql = (
             "UPDATE archives SET state = %s, error = %s, finished_at = now(), wall_s = %s,"
             " updated_at = now() WHERE archive = %s"
         )
-        self._transaction(lambda cur: cur.execute(sql, (state, error, wall_s, archive)), "finish archive")
+        run_sql = (
+            "UPDATE archive_runs SET state = %s, error = %s, finished_at = now(), audio_s = %s WHERE id = %s"
+        )
+
+        def finish(cur: psycopg.Cursor[Any]) -> None:
+            cur.execute(sql, (state, error, wall_s, archive))
+            if run_id is not None:
+                cur.execute(run_sql, (state, error, audio_s, run_id))
+
+        self._transaction(finish, "finish archive")
 
     # -- days ----------------------------------------------------------------------------
     def register_archives(self, day: dt.date, archives: Sequence[tuple[ArchiveKey, str, int]]) -> None:

@@ -30,9 +30,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ import numpy as np
 from ..config import PipelineConfig, config_env
 from ..errors import ConfigError, ConversionError, PipelineError, TranscriptionError
 from ..run.day import archive_key
+from ..run.gpu import GpuSampler
 from ..run.worker import ArchiveWorker
 from ..stages.archive import ArchiveReader, Member
 from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 DAY = dt.date(2000, 1, 1)  # bench rows live under this day in the progress database
 SAMPLE_INTERVAL_S = 0.02
 
-GPU_SAMPLE_INTERVAL_S = 0.1
+GPU_SAMPLE_INTERVAL_S = 0.1  # NVML's utilisation is averaged over its own sample period
 
 # (key, limit, "max" or "min", description, devices it applies to). The CPU ones are the first
 # benchmark's, for 2 cores and the tiny model; the CUDA ones the batched decoder's, for a GPU node
@@ -197,54 +197,6 @@ def run_sequential(config: PipelineConfig, archive: Path, work: Path, transcribe
         raise PipelineError(f"sequential upload failed: {job.error}")
     stages["upload"] = time.monotonic() - t
     return Run(time.monotonic() - started, audio_s, stages)
-
-
-class GpuSampler:
-    """GPU utilisation and memory from NVML every 100 ms while a variant runs (CUDA only; None
-    where `nvidia-ml-py` or a GPU is missing)."""
-
-    def __init__(self, device: str) -> None:
-        self._nvml: Any = None
-        self._handles: list[Any] = []
-        self._busy: list[float] = []
-        self._memory = 0
-        self._stop = threading.Event()
-        if device != "cuda":
-            return
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-        except Exception as exc:  # noqa: BLE001 - no NVML: the figures are left out, not guessed
-            log.warning("GPU utilisation not sampled: %s", exc)
-            return
-        self._nvml = pynvml
-        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-
-    @contextlib.contextmanager
-    def sampling(self) -> Iterator[dict[str, float]]:
-        figures: dict[str, float] = {}
-        if self._nvml is None:
-            yield figures
-            return
-        self._busy, self._memory = [], 0
-        self._stop.clear()
-        thread = threading.Thread(target=self._sample, name="gpu-sampler", daemon=True)
-        thread.start()
-        try:
-            yield figures
-        finally:
-            self._stop.set()
-            thread.join()
-            if self._busy:
-                figures.update(busy=sum(self._busy) / len(self._busy), memory_mb=self._memory / 2**20)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(GPU_SAMPLE_INTERVAL_S):
-            rates = [self._nvml.nvmlDeviceGetUtilizationRates(h) for h in self._handles]
-            self._busy.append(max(r.gpu for r in rates) / 100.0)
-            used = sum(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles)
-            self._memory = max(self._memory, used)
 
 
 def run_transcribe_only(
@@ -437,7 +389,7 @@ def run_bench(
         repeat_archive(small, large, plan.large_factor)
 
     transcriber = transcriber_factory(config)
-    gpu = GpuSampler(getattr(getattr(transcriber, "device", None), "device", "cpu"))
+    gpu = GpuSampler(getattr(getattr(transcriber, "device", None), "device", "cpu"), GPU_SAMPLE_INTERVAL_S)
     per_member_config = replace(config, decoder="per-member")
     sequential: list[Run] = []
     streaming: list[Run] = []

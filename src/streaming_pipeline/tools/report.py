@@ -1,0 +1,331 @@
+"""`streaming-pipeline report`: a day (or days, or one archive) as one self-contained HTML file.
+
+Nextflow's `-with-report` and Snakemake's `--report` set the convention: one file, data embedded,
+charts drawn by an inlined charting library, nothing fetched when it opens. The charts are
+Plotly's (plotly.js, inlined from the `plotly` package): maintained, the library Nextflow's
+reports use, one script that draws timelines (horizontal bars on a date axis), stacked bars,
+histograms and time series without a build step. Read-only: a monitoring role can run it.
+
+Data is aggregated here, in SQL, so the file stays small however many members a day has: stage
+timings are merged per run and stage, throughput and GPU samples are binned, the duration
+histogram is counted in PostgreSQL, and the member table of failures is capped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..state.store import ProgressStore
+
+log = logging.getLogger(__name__)
+
+MAX_FAILURE_ROWS = 200
+DURATION_BINS = 30
+THROUGHPUT_BINS = 120
+TIMELINE_RESOLUTION = 600  # gaps shorter than the day's span / this are merged in the timeline
+STAGES = ("extract", "convert", "transcribe", "upload")
+
+_FILTER = "day = ANY(%(days)s) AND (%(archive)s::text IS NULL OR archive = %(archive)s)"
+
+
+def collect(store: ProgressStore, days: list[dt.date], archive: str | None = None) -> dict[str, Any]:
+    """Everything the report draws, aggregated (one query per view)."""
+    p = {"days": days, "archive": archive}
+    archives = store.fetch(
+        "SELECT archive, day, slot, state, done, failed, rejected, uploading, audio_hours, elapsed_s, host,"
+        " restarts, slurm_job_id, error FROM archive_status WHERE " + _FILTER + " ORDER BY day, slot",
+        p,
+    )
+    runs = store.fetch(
+        "SELECT id, archive, host, slurm_job_id, restarts, started_at, finished_at, state, error, audio_s"
+        " FROM archive_runs WHERE " + _FILTER + " ORDER BY started_at",
+        p,
+    )
+    stages = store.fetch(
+        "SELECT s.run_id, s.stage, s.started_at, s.ended_at, s.members, s.audio_s FROM batch_stages s"
+        " JOIN archive_runs r ON r.id = s.run_id WHERE r."
+        + _FILTER.replace("archive =", "r.archive =")
+        + " ORDER BY s.run_id, s.stage, s.started_at",
+        p,
+    )
+    gpu = store.fetch(
+        "SELECT r.host, date_trunc('minute', g.at) AS at, avg(g.busy) AS busy, max(g.memory_mb) AS memory_mb"
+        " FROM gpu_samples g JOIN archive_runs r ON r.id = g.run_id WHERE r."
+        + _FILTER.replace("archive =", "r.archive =")
+        + " GROUP BY 1, 2 ORDER BY 1, 2",
+        p,
+    )
+    members = store.fetch(
+        "SELECT count(*) FILTER (WHERE status = 'done') AS done,"
+        " count(*) FILTER (WHERE status = 'failed') AS failed,"
+        " count(*) FILTER (WHERE status = 'rejected') AS rejected,"
+        " count(*) FILTER (WHERE status = 'uploading') AS uploading,"
+        " coalesce(sum(duration_s) FILTER (WHERE status = 'done'), 0) AS audio_s,"
+        " count(*) FILTER (WHERE status = 'done' AND coalesce(transcript, '') = '') AS empty,"
+        " count(*) FILTER (WHERE status = 'done' AND fallback) AS fallback,"
+        " max(duration_s) FILTER (WHERE status = 'done') AS longest"
+        " FROM audio_files WHERE " + _FILTER,
+        p,
+    )[0]
+    languages = store.fetch(
+        "SELECT coalesce(language, 'none') AS language, count(*) AS n FROM audio_files"
+        " WHERE status = 'done' AND " + _FILTER + " GROUP BY 1 ORDER BY 2 DESC",
+        p,
+    )
+    longest = float(members["longest"] or 1.0)
+    durations = store.fetch(
+        "SELECT width_bucket(duration_s, 0, %(longest)s, %(bins)s) AS bin, count(*) AS n FROM audio_files"
+        " WHERE status = 'done' AND " + _FILTER + " GROUP BY 1 ORDER BY 1",
+        {**p, "longest": longest * 1.0001, "bins": DURATION_BINS},
+    )
+    reasons = store.fetch(
+        "SELECT status, left(regexp_replace(coalesce(error, ''), '[0-9]+', 'N', 'g'), 160) AS reason,"
+        " count(*) AS n FROM audio_files WHERE status IN ('failed', 'rejected') AND "
+        + _FILTER
+        + " GROUP BY 1, 2 ORDER BY 3 DESC",
+        p,
+    )
+    failures = store.fetch(
+        "SELECT archive, member, status, error FROM audio_files WHERE status IN ('failed', 'rejected') AND "
+        + _FILTER
+        + " ORDER BY archive, member LIMIT %(cap)s",
+        {**p, "cap": MAX_FAILURE_ROWS},
+    )
+    return _shape(
+        days, archive, archives, runs, stages, gpu, members, languages, durations, reasons, failures, longest
+    )
+
+
+def _shape(
+    days: list[dt.date],
+    archive: str | None,
+    archives: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    stages: list[dict[str, Any]],
+    gpu: list[dict[str, Any]],
+    members: dict[str, Any],
+    languages: list[dict[str, Any]],
+    durations: list[dict[str, Any]],
+    reasons: list[dict[str, Any]],
+    failures: list[dict[str, Any]],
+    longest: float,
+) -> dict[str, Any]:
+    run_by_id = {r["id"]: r for r in runs}
+    labels = _run_labels(runs)
+    timeline = _timeline(stages, run_by_id, labels)
+    starts = [r["started_at"] for r in runs]
+    ends = [r["finished_at"] or r["started_at"] for r in runs]
+    wall_s = (max(ends) - min(starts)).total_seconds() if runs else 0.0
+    audio_s = float(members["audio_s"] or 0.0)
+    gpu_hosts = {g["host"] for g in gpu}
+    gpu_hours = (
+        sum(
+            ((r["finished_at"] or r["started_at"]) - r["started_at"]).total_seconds()
+            for r in runs
+            if r["host"] in gpu_hosts
+        )
+        / 3600
+    )
+    states = defaultdict(int)
+    for a in archives:
+        states[a["state"]] += 1
+    stage_seconds: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(STAGES, 0.0))
+    for s in stages:
+        run = run_by_id.get(s["run_id"])
+        if run is not None:
+            stage_seconds[run["archive"]][s["stage"]] += (s["ended_at"] - s["started_at"]).total_seconds()
+    per_archive = [
+        {
+            "archive": a["archive"],
+            "slot": a["slot"],
+            "state": a["state"],
+            "xrt": float(a["audio_hours"] or 0) * 3600 / float(a["elapsed_s"]) if a["elapsed_s"] else 0.0,
+            "elapsed_s": float(a["elapsed_s"] or 0.0),
+            "stages": stage_seconds.get(a["archive"], dict.fromkeys(STAGES, 0.0)),
+        }
+        for a in archives
+    ]
+    done = int(members["done"])
+    width = longest / DURATION_BINS
+    return {
+        "title": _title(days, archive),
+        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "summary": {
+            "archives": len(archives),
+            "archives_done": states.get("done", 0),
+            "archives_failed": states.get("failed", 0),
+            "archives_interrupted": states.get("interrupted", 0),
+            "archives_other": len(archives)
+            - sum(states.get(k, 0) for k in ("done", "failed", "interrupted")),
+            "runs": len(runs),
+            "members_done": done,
+            "members_failed": int(members["failed"]),
+            "members_rejected": int(members["rejected"]),
+            "members_uploading": int(members["uploading"]),
+            "audio_hours": audio_s / 3600,
+            "wall_hours": wall_s / 3600,
+            "xrt": audio_s / wall_s if wall_s else 0.0,
+            "gpu_hours": gpu_hours,
+        },
+        "timeline": timeline,
+        "throughput": _throughput(stages, runs),
+        "per_archive": per_archive,
+        "slowest": sorted(per_archive, key=lambda a: -a["elapsed_s"])[:5],
+        "gpu": _gpu_series(gpu),
+        "reasons": [
+            {"status": r["status"], "reason": r["reason"] or "(no reason)", "n": int(r["n"])} for r in reasons
+        ],
+        "failures": [
+            {"archive": f["archive"], "member": f["member"], "status": f["status"], "error": f["error"] or ""}
+            for f in failures
+        ],
+        "failures_total": int(members["failed"]) + int(members["rejected"]),
+        "quality": {
+            "languages": [{"language": r["language"], "n": int(r["n"])} for r in languages],
+            "durations": [
+                {"from": (int(r["bin"]) - 1) * width, "to": int(r["bin"]) * width, "n": int(r["n"])}
+                for r in durations
+                if r["bin"] is not None
+            ],
+            "empty_share": int(members["empty"]) / done if done else 0.0,
+            "fallback_share": int(members["fallback"]) / done if done else 0.0,
+        },
+        "runs": [
+            {
+                "label": labels[r["id"]],
+                "archive": r["archive"],
+                "host": r["host"],
+                "job": r["slurm_job_id"],
+                "state": r["state"],
+                "started": _iso(r["started_at"]),
+                "finished": _iso(r["finished_at"]),
+                "error": r["error"] or "",
+            }
+            for r in runs
+        ],
+    }
+
+
+def _title(days: list[dt.date], archive: str | None) -> str:
+    span = days[0].isoformat() if len(days) == 1 else f"{days[0]}..{days[-1]}"
+    return f"{archive} ({span})" if archive else span
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _run_labels(runs: list[dict[str, Any]]) -> dict[int, str]:
+    """`host · slot #k`: runs grouped by node, a requeued or rerun archive shows one row per run."""
+    seen: dict[str, int] = defaultdict(int)
+    labels = {}
+    for r in runs:
+        seen[r["archive"]] += 1
+        slot = r["archive"].rsplit("/", 1)[-1].removesuffix(".tar.xz")
+        labels[r["id"]] = f"{r['host'] or '?'} · {r['archive'].split('/', 1)[0]} {slot} #{seen[r['archive']]}"
+    return labels
+
+
+def _timeline(
+    stages: list[dict[str, Any]], run_by_id: dict[int, dict[str, Any]], labels: dict[int, str]
+) -> dict[str, Any]:
+    """Per run and stage, the batches' intervals merged where the gap between them is under a
+    pixel or two of the chart (1/600 of the day's span): one bar per busy stretch, so a day of
+    thousands of batches draws as fast as a small one."""
+    bars: dict[str, list[tuple[str, str, float]]] = {stage: [] for stage in STAGES}
+    merged: dict[tuple[int, str], list[list[dt.datetime]]] = defaultdict(list)
+    if not stages:
+        return {"rows": sorted(labels.values()), "bars": {}}
+    span = max(s["ended_at"] for s in stages) - min(s["started_at"] for s in stages)
+    gap = max(dt.timedelta(seconds=1), span / TIMELINE_RESOLUTION)
+    for s in stages:
+        spans = merged[(s["run_id"], s["stage"])]
+        if spans and s["started_at"] <= spans[-1][1] + gap:
+            spans[-1][1] = max(spans[-1][1], s["ended_at"])
+        else:
+            spans.append([s["started_at"], s["ended_at"]])
+    for (run_id, stage), spans in merged.items():
+        if run_id not in run_by_id:
+            continue
+        for start, end in spans:
+            bars[stage].append(
+                (labels[run_id], start.isoformat(), max((end - start).total_seconds(), 0.05) * 1000)
+            )
+    order = sorted(labels.values())
+    return {"rows": order, "bars": {k: v for k, v in bars.items() if v}}
+
+
+def _throughput(stages: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    uploads = [s for s in stages if s["stage"] == "upload" and s["members"]]
+    if not runs:
+        return {"t": [], "audio_per_s": [], "members_per_min": [], "workers": []}
+    start = min(r["started_at"] for r in runs)
+    end = max([r["finished_at"] or r["started_at"] for r in runs] + [s["ended_at"] for s in uploads])
+    span = max((end - start).total_seconds(), 1.0)
+    width = max(span / THROUGHPUT_BINS, 1.0)
+    bins = int(span // width) + 1
+    audio = [0.0] * bins
+    done = [0] * bins
+    for s in uploads:
+        i = min(int((s["ended_at"] - start).total_seconds() // width), bins - 1)
+        audio[i] += float(s["audio_s"])
+        done[i] += int(s["members"])
+    workers = []
+    times = []
+    for i in range(bins):
+        t = start + dt.timedelta(seconds=(i + 0.5) * width)
+        times.append(t.isoformat())
+        workers.append(sum(1 for r in runs if r["started_at"] <= t <= (r["finished_at"] or end)))
+    return {
+        "t": times,
+        "audio_per_s": [a / width for a in audio],
+        "members_per_min": [d * 60 / width for d in done],
+        "workers": workers,
+        "bin_s": width,
+    }
+
+
+def _gpu_series(gpu: list[dict[str, Any]]) -> dict[str, Any]:
+    hosts: dict[str, dict[str, list[Any]]] = {}
+    for g in gpu:
+        series = hosts.setdefault(g["host"] or "?", {"t": [], "busy": [], "memory_mb": []})
+        series["t"].append(g["at"].isoformat())
+        series["busy"].append(100 * float(g["busy"]))
+        series["memory_mb"].append(float(g["memory_mb"]))
+    return hosts
+
+
+def render(data: dict[str, Any]) -> str:
+    """The HTML: styles, data and plotly.js inline; tables built with textContent (member names
+    are data, never markup)."""
+    from plotly.offline import get_plotlyjs
+
+    payload = json.dumps(data, ensure_ascii=False, default=str).replace("</", "<\\/")
+    here = Path(__file__).parent
+    template = (here / "report.html").read_text(encoding="utf-8")
+    script = (here / "report.js").read_text(encoding="utf-8")
+    values = {
+        "title": html.escape(data["title"]),
+        "script": script,
+        "data": payload,
+        "plotly": get_plotlyjs(),
+    }
+    # One pass: what is substituted (member names in the data) is never scanned for markers again.
+    return re.sub(r"\{\{(title|script|data|plotly)\}\}", lambda m: values[m.group(1)], template)
+
+
+def write_report(store: ProgressStore, days: list[dt.date], out: Path, archive: str | None = None) -> Path:
+    data = collect(store, days, archive)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(render(data), encoding="utf-8")
+    tmp.replace(out)
+    log.info("report of %s written to %s (%d bytes)", data["title"], out, out.stat().st_size)
+    return out
