@@ -33,6 +33,7 @@ TIMELINE_RESOLUTION = 600  # gaps shorter than the day's span / this are merged 
 STAGES = ("extract", "convert", "transcribe", "upload")
 
 _FILTER = "day = ANY(%(days)s) AND (%(archive)s::text IS NULL OR archive = %(archive)s)"
+_RUN_FILTER = "r.day = ANY(%(days)s) AND (%(archive)s::text IS NULL OR r.archive = %(archive)s)"
 
 
 def collect(store: ProgressStore, days: list[dt.date], archive: str | None = None) -> dict[str, Any]:
@@ -50,15 +51,15 @@ def collect(store: ProgressStore, days: list[dt.date], archive: str | None = Non
     )
     stages = store.fetch(
         "SELECT s.run_id, s.stage, s.started_at, s.ended_at, s.members, s.audio_s FROM batch_stages s"
-        " JOIN archive_runs r ON r.id = s.run_id WHERE r."
-        + _FILTER.replace("archive =", "r.archive =")
+        " JOIN archive_runs r ON r.id = s.run_id WHERE "
+        + _RUN_FILTER
         + " ORDER BY s.run_id, s.stage, s.started_at",
         p,
     )
     gpu = store.fetch(
         "SELECT r.host, date_trunc('minute', g.at) AS at, avg(g.busy) AS busy, max(g.memory_mb) AS memory_mb"
-        " FROM gpu_samples g JOIN archive_runs r ON r.id = g.run_id WHERE r."
-        + _FILTER.replace("archive =", "r.archive =")
+        " FROM gpu_samples g JOIN archive_runs r ON r.id = g.run_id WHERE "
+        + _RUN_FILTER
         + " GROUP BY 1, 2 ORDER BY 1, 2",
         p,
     )
