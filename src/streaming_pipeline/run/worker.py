@@ -284,9 +284,11 @@ class ArchiveWorker:
             raise self._finisher_error
         return self._finish(reader, archive_error, started)
 
-    def _timed(self, batch: int, stage: str, started: float, **figures: Any) -> None:
-        """Note that `stage` of `batch` ran from `started` (unix time) until now."""
-        timing = StageTiming(batch, stage, started, time.time(), **figures)
+    def _timed(
+        self, batch: int, stage: str, started: float, ended: float | None = None, **figures: Any
+    ) -> None:
+        """Note that `stage` of `batch` ran from `started` until `ended` (unix times; now by default)."""
+        timing = StageTiming(batch, stage, started, ended or time.time(), **figures)
         with self._timings_lock:
             self._timings.setdefault(batch, []).append(timing)
 
@@ -403,6 +405,7 @@ class ArchiveWorker:
             extract = next((t for t in self._timings.get(batch.number, []) if t.stage == "extract"), None)
         convert_started = extract.started if extract else time.time()
         submitted_at: float | None = None
+        converted_at = convert_started
         for conversion in prepared.conversions:
             if self.stop_reason is not None:
                 entries.append(_Entry(conversion))
@@ -426,6 +429,7 @@ class ArchiveWorker:
                 continue
             finally:
                 self.timers.add("convert_wait", time.monotonic() - t0)
+                converted_at = time.time()
             self.timers.add("convert", info.convert_s)
             t1 = time.monotonic()
             submitted_at = submitted_at or time.time()
@@ -433,7 +437,8 @@ class ArchiveWorker:
             self.timers.add("wait_for_decoder", time.monotonic() - t1)
             entries.append(_Entry(conversion, info=info, future=future))
         if prepared.conversions:
-            self._timed(batch.number, "convert", convert_started, members=len(prepared.conversions))
+            members = len(prepared.conversions)
+            self._timed(batch.number, "convert", convert_started, converted_at, members=members)
         return _Submitted(prepared.batch, entries, submitted_at)
 
     def _hand_over(
