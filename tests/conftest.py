@@ -27,6 +27,18 @@ from streaming_pipeline.tools.samples import clip_files, write_tar_xz
 from streaming_pipeline.tools.tiny_model import generate_tiny_model
 
 DAY = "2025-01-25"
+# What both decoders write per member (the JSON beside each FLAC) and per segment.
+RESULT_FIELDS = {
+    "text",
+    "language",
+    "language_probability",
+    "duration",
+    "segments",
+    "model",
+    "archive",
+    "member",
+}
+SEGMENT_FIELDS = {"start", "end", "text", "avg_logprob", "no_speech_prob", "temperature", "compression_ratio"}
 # All six fallback temperatures, one window per call: with the random model each window is decoded
 # six times, alone, which keeps a worker busy long enough for a test to signal or kill it mid-run.
 SLOW_DECODING = ("--temperatures", "0.0,0.2,0.4,0.6,0.8,1.0", "--decode-batch-size", "1")

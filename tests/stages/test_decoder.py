@@ -20,6 +20,8 @@ from streaming_pipeline.stages.decoder import BatchedDecoder, decode_all, open_d
 from streaming_pipeline.stages.transcribe import Transcriber
 from streaming_pipeline.tools.samples import clip_files
 
+from ..conftest import RESULT_FIELDS, SEGMENT_FIELDS
+
 RATE = 16000
 
 
@@ -87,28 +89,11 @@ def test_results_have_the_per_member_layout(tiny_model: Path, members) -> None:
     names, audio = members
     config = _config(tiny_model, decode_batch_size=4)
     (result,), _ = _decode(Transcriber(config), config, names[:1], audio[:1])
-    assert set(result) == {
-        "text",
-        "language",
-        "language_probability",
-        "duration",
-        "segments",
-        "model",
-        "archive",
-        "member",
-    }
+    assert set(result) == RESULT_FIELDS
     assert abs(result["duration"] - len(audio[0]) / RATE) < 1e-6
     assert len(result["language"]) in (2, 3) and 0 < result["language_probability"] <= 1
     for seg in result["segments"]:
-        assert set(seg) == {
-            "start",
-            "end",
-            "text",
-            "avg_logprob",
-            "no_speech_prob",
-            "temperature",
-            "compression_ratio",
-        }
+        assert set(seg) == SEGMENT_FIELDS
         assert 0 <= seg["start"] <= seg["end"] <= result["duration"] + 0.01
 
 

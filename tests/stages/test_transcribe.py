@@ -9,6 +9,8 @@ from streaming_pipeline.config import PipelineConfig
 from streaming_pipeline.stages.transcribe import Transcriber
 from streaming_pipeline.tools.samples import speak
 
+from ..conftest import RESULT_FIELDS, SEGMENT_FIELDS
+
 
 def test_tiny_model_is_a_complete_multilingual_whisper(tiny_model: Path) -> None:
     config = json.loads((tiny_model / "config.json").read_text())
@@ -27,29 +29,12 @@ def test_transcript_structure_and_silence(tiny_model: Path) -> None:
     speech, rate = speak("Testing one two three, this is the streaming pipeline.")
     audio = soxr.resample(speech, rate, 16000).astype(np.float32)
     result = t.transcribe(audio, archive="a.tar.xz", member="x/y.wav")
-    assert set(result) >= {
-        "text",
-        "language",
-        "language_probability",
-        "duration",
-        "segments",
-        "model",
-        "archive",
-        "member",
-    }
+    assert set(result) == RESULT_FIELDS
     assert result["member"] == "x/y.wav" and result["model"] == "tiny-whisper"
     assert abs(result["duration"] - len(audio) / 16000) < 0.01
     assert len(result["language"]) in (2, 3) and 0.0 <= result["language_probability"] <= 1.0
     for seg in result["segments"]:
-        assert set(seg) == {
-            "start",
-            "end",
-            "text",
-            "avg_logprob",
-            "no_speech_prob",
-            "temperature",
-            "compression_ratio",
-        }
+        assert set(seg) == SEGMENT_FIELDS
         assert seg["start"] <= seg["end"]
 
     silent = t.transcribe(np.zeros(30 * 16000, dtype=np.float32), archive="a", member="s.wav")
