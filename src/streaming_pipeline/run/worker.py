@@ -62,6 +62,7 @@ class _Conversion:
 class _Prepared:
     batch: Batch
     conversions: list[_Conversion]
+    extract_started: float  # unix time: its conversions started as its members were extracted
 
 
 @dataclass
@@ -387,7 +388,7 @@ class ArchiveWorker:
                         ],
                     )
                 self._count("skipped", batch.skipped)
-                self._put(ready, _Prepared(batch, take_conversions()))
+                self._put(ready, _Prepared(batch, take_conversions(), wall0))
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
             self._put(ready, exc)
             return
@@ -401,11 +402,8 @@ class ArchiveWorker:
         stopping, the members not handed over stay pending."""
         entries = []
         batch = prepared.batch
-        with self._timings_lock:
-            extract = next((t for t in self._timings.get(batch.number, []) if t.stage == "extract"), None)
-        convert_started = extract.started if extract else time.time()
         submitted_at: float | None = None
-        converted_at = convert_started
+        converted_at = prepared.extract_started
         for conversion in prepared.conversions:
             if self.stop_reason is not None:
                 entries.append(_Entry(conversion))
@@ -438,7 +436,7 @@ class ArchiveWorker:
             entries.append(_Entry(conversion, info=info, future=future))
         if prepared.conversions:
             members = len(prepared.conversions)
-            self._timed(batch.number, "convert", convert_started, converted_at, members=members)
+            self._timed(batch.number, "convert", prepared.extract_started, converted_at, members=members)
         return _Submitted(prepared.batch, entries, submitted_at)
 
     def _hand_over(

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..config import PipelineConfig, parse_temperatures
 from ..errors import ConfigError, TranscriptionError
+from .flow import TranscriberLike
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,10 @@ DEFAULT_BATCH = {"cuda": 16, "cpu": 8}
 PREP_THREADS_CUDA = 4
 
 
-class TranscriberModel(Protocol):
-    """What a decoder needs of `transcribe.Transcriber`: the model, loaded once per job."""
+class TranscriberModel(TranscriberLike, Protocol):
+    """What the batched decoder needs beyond `TranscriberLike`: the faster-whisper model itself."""
 
-    model_name: str
     model: Any  # faster_whisper.WhisperModel
-
-    def transcribe(self, audio: np.ndarray, *, archive: str, member: str) -> dict[str, Any]: ...
 
 
 class Decoder(Protocol):
@@ -85,7 +83,7 @@ def decoder_kind(config: PipelineConfig) -> str:
     return config.decoder
 
 
-def open_decoder(transcriber: TranscriberModel, config: PipelineConfig) -> Decoder:
+def open_decoder(transcriber: TranscriberLike, config: PipelineConfig) -> Decoder:
     """The decoder `config` asks for, over a transcriber whose model is already loaded. A stand-in
     transcriber without a faster-whisper model (tests of the worker's bookkeeping) gets the
     per-member decoder."""
@@ -110,7 +108,7 @@ def clean_text(text: str) -> str:
 class PerMemberDecoder:
     """faster-whisper's own `transcribe`, `transcribe_workers` members at once."""
 
-    def __init__(self, transcriber: TranscriberModel, config: PipelineConfig) -> None:
+    def __init__(self, transcriber: TranscriberLike, config: PipelineConfig) -> None:
         self._transcriber = transcriber
         workers = config.transcribe_workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="transcribe")
@@ -243,7 +241,6 @@ class BatchedDecoder:
         self._cond = threading.Condition()
         self._fresh: list[_Row] = []
         self._fallback: dict[int, list[_Row]] = {}
-        self._queued = 0
         self._preparing = 0  # members handed to the prep threads and not yet all queued
         self._max_queued = max(QUEUED_ROWS_PER_BATCH_ROW * self.batch_size, 64)
         self._members: set[_Member] = set()
@@ -303,7 +300,6 @@ class BatchedDecoder:
             self._stopping = True
             self._fresh.clear()
             self._fallback.clear()
-            self._queued = self._in_call.total()
             doomed = [m for m in self._members if self._in_call[m] != m.rows_left or not m.rows]
             self._members.difference_update(doomed)
             self._cond.notify_all()
@@ -364,12 +360,11 @@ class BatchedDecoder:
     def _enqueue(self, row: _Row) -> bool:
         """False when the member was cancelled (stop) and its remaining rows are not needed."""
         with self._cond:
-            while self._queued >= self._max_queued and not self._stopping:
+            while self._rows_held() >= self._max_queued and not self._stopping:
                 self._cond.wait()
             if self._stopping or row.member.future.done():
                 return False
             self._fresh.append(row)
-            self._queued += 1
             self._stats["rows"] += 1
             self._cond.notify_all()
         return True
@@ -395,8 +390,11 @@ class BatchedDecoder:
             finally:
                 with self._cond:
                     self._in_call = Counter()
-                    self._queued -= len(rows)
                     self._cond.notify_all()
+
+    def _rows_held(self) -> int:
+        """Rows queued or in the running call: what the prep threads' backpressure counts."""
+        return len(self._fresh) + sum(map(len, self._fallback.values())) + self._in_call.total()
 
     def _has_work(self) -> bool:
         return bool(self._fresh) or any(self._fallback.values())
@@ -534,7 +532,6 @@ class BatchedDecoder:
                     return
                 row.level, row.waited = level + 1, 0
                 self._fallback.setdefault(level + 1, []).append(row)
-                self._queued += 1
                 self._cond.notify_all()
             return
         chosen = attempt
@@ -590,11 +587,9 @@ class BatchedDecoder:
             for m in members:
                 self._members.discard(m)
             dropped = {id(m) for m in members}
-            before = len(self._fresh) + sum(map(len, self._fallback.values()))
             self._fresh = [r for r in self._fresh if id(r.member) not in dropped]
             for level, waiting in self._fallback.items():
                 self._fallback[level] = [r for r in waiting if id(r.member) not in dropped]
-            self._queued -= before - len(self._fresh) - sum(map(len, self._fallback.values()))
             self._cond.notify_all()
         for m in members:
             if not m.future.done():
