@@ -299,29 +299,64 @@ def test_corrupt_members_each_get_their_status_and_the_rest_is_done(
     _assert_done_means_uploaded(pg_dsn, str(tmp_path / "remote"), tmp_path / "remote")
 
 
-def test_a_lock_whose_session_died_is_reclaimed(pg_dsn: str) -> None:
+def test_a_lease_outlives_its_connection_and_the_heartbeat_renews_it(pg_dsn: str) -> None:
+    """The lease is a row, not a session: a killed backend costs the heartbeat a reconnect."""
     import datetime as dt
 
-    from streaming_pipeline.state.lock import ArchiveLock
+    from streaming_pipeline.state.lease import ArchiveLease, Owner
     from streaming_pipeline.state.store import ArchiveKey, ProgressStore
 
     store = ProgressStore(pg_dsn)
     store.init_schema()
     key = ArchiveKey(f"{DAY}/22_00.tar.xz", dt.date.fromisoformat(DAY), "22_00")
-    holder_sql = (
-        "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory'"
-        " AND l.granted AND a.application_name LIKE 'streaming-pipeline lock%%'"
-    )
     lost: list[str] = []
-    with ArchiveLock(pg_dsn, key, path="/x", host="h", pid=1, slurm_job_id=None, heartbeat_s=0.2,
-                     on_lost=lost.append):  # fmt: skip
-        (first,) = query(pg_dsn, holder_sql)
-        query(pg_dsn, "SELECT pg_terminate_backend(%s)", first["pid"])  # the session, and its lock, die
-        # Held again by a new session (checking for the gap in between would race the heartbeat).
-        _wait_for("the lock to be reclaimed",
-                  lambda: [r["pid"] for r in query(pg_dsn, holder_sql)] not in ([], [first["pid"]]),
+    lease_sql = "SELECT lease_token, lease_until, heartbeat_at FROM archives WHERE archive = %s"
+    with ArchiveLease(store, key, path="/x", owner=Owner(None, "h", 1), lease_s=1.2, on_lost=lost.append):
+        (before,) = query(pg_dsn, lease_sql, key.archive)
+        pid = store.query("SELECT pg_backend_pid() AS pid")[0]["pid"]
+        query(pg_dsn, "SELECT pg_terminate_backend(%s)", pid)
+        _wait_for("a renewal on a new connection",
+                  lambda: query(pg_dsn, lease_sql, key.archive)[0]["heartbeat_at"] > before["heartbeat_at"],
                   timeout=10)  # fmt: skip
-        assert query(pg_dsn, "SELECT archive_locked(%s) AS held", key.archive)[0]["held"]
+        time.sleep(1.5)  # longer than the lease: only renewals keep it
+        (after,) = query(pg_dsn, lease_sql, key.archive)
+        assert after["lease_token"] == before["lease_token"] and after["lease_until"] > before["lease_until"]
+        assert query(pg_dsn, "SELECT lease_until > now() AS held FROM archives")[0]["held"]
     assert not lost
-    assert not query(pg_dsn, holder_sql)  # released on exit
+    assert query(pg_dsn, lease_sql, key.archive)[0]["lease_until"] is None  # released on exit
     store.close()
+
+
+@pytest.mark.slow
+def test_a_worker_stalled_past_its_lease_is_taken_over_and_writes_nothing_after_it_resumes(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path
+) -> None:
+    """SIGSTOP a worker mid-archive past its lease; a second worker takes the archive over and
+    finishes it; SIGCONT the first: it stops, and not one row changes after it resumed."""
+    (archive,) = make_day(tmp_path, ["23_00"], members=8)
+    remote = str(tmp_path / "remote")
+    lease = ("--lease-seconds", "2")
+    argv = _argv(archive, "23_00", pg_dsn, remote, tmp_path, tiny_model, *lease, *SLOW_DECODING)
+    stalled = _start(argv, tmp_path / "stalled.log")
+    _wait_for("a member done", lambda: _count(pg_dsn, "done") >= 1, stalled)
+    stalled.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.5)  # past its lease: no heartbeat from a stopped process
+        taker = subprocess.run(_argv(archive, "23_00", pg_dsn, remote, tmp_path, tiny_model, *lease),
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert taker.returncode == 0, taker.stdout + taker.stderr
+        assert "done 8, failed 0" in taker.stdout
+        snapshot = query(pg_dsn, "SELECT * FROM audio_files ORDER BY member")
+        (row,) = query(pg_dsn, "SELECT * FROM archives")
+        assert row["state"] == "done" and row["lease_token"] == 2 and row["pid"] != stalled.pid
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+    assert stalled.wait(timeout=60) == 0
+    out = (tmp_path / "stalled.log").read_text()
+    assert "lost the lease on 2025-01-25/23_00.tar.xz" in out and "stopped without writing more" in out
+    assert query(pg_dsn, "SELECT * FROM audio_files ORDER BY member") == snapshot
+    assert query(pg_dsn, "SELECT * FROM archives") == [row]
+    runs = query(pg_dsn, "SELECT pid, state FROM archive_runs ORDER BY id")
+    assert [r["state"] for r in runs] == ["taken over", "done"] and runs[0]["pid"] == stalled.pid
+    _assert_done_means_uploaded(pg_dsn, remote, tmp_path / "remote")
+    assert not any((tmp_path / "scratch").rglob("*.*")), "the resumed worker left files in scratch"

@@ -61,6 +61,12 @@ class PipelineConfig:
     container: str = ""  # Apptainer image the workers run in; empty: the submitting environment
     hpc_dir: Path | None = None  # where hpc/*.sh are (default: this checkout's hpc/)
     slurm_job_id: str | None = None  # from SLURM_ARRAY_JOB_ID_TASK or SLURM_JOB_ID, never a flag
+    # A worker's hold on its archive: renewed every quarter of it; a dead worker's archive can be
+    # claimed this long after its last renewal (at once by a rerun that sees it is dead).
+    lease_s: float = 120.0
+    # How long a worker waits for a database connection slot (a full or restarting server)
+    # before its run fails; waiting is not a failure.
+    db_patience_s: float = 1800.0
 
     def redacted_dsn(self) -> str:
         return redact_dsn(self.dsn)
@@ -99,6 +105,8 @@ _ENV_NAMES = {
     "worker_sbatch_args": "PIPELINE_WORKER_SBATCH_ARGS",
     "container": "PIPELINE_CONTAINER",
     "hpc_dir": "PIPELINE_HPC_DIR",
+    "lease_s": "PIPELINE_LEASE_S",
+    "db_patience_s": "PIPELINE_DB_PATIENCE",
 }
 
 
@@ -189,6 +197,10 @@ def _validate(config: PipelineConfig) -> None:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
     if config.upload_timeout <= 0 or config.decode_timeout <= 0 or config.stop_grace <= 0:
         raise ConfigError("timeouts must be positive")
+    if config.lease_s < 1:
+        raise ConfigError("lease-seconds must be at least 1")
+    if config.db_patience_s < 0:
+        raise ConfigError("db-patience must be 0 or more seconds")
     parse_temperatures(config.temperatures)
     if config.decode_batch_size < 0:
         raise ConfigError("decode-batch-size must be 0 (automatic) or more")

@@ -40,6 +40,18 @@ class StoreError(PipelineError):
     """The progress database is unreachable or rejected a statement."""
 
 
+class LeaseLost(StoreError):
+    """Another worker took over the archive (this one stalled past its lease): this worker must
+    stop without writing anything more. Not a failure of the archive, whose new holder goes on."""
+
+    exit_code = 0
+
+    def __init__(self, archive: str, holder: str) -> None:
+        super().__init__(f"lost the lease on {archive} to {holder}")
+        self.archive = archive
+        self.holder = holder
+
+
 class DatasetError(PipelineError):
     """A dataset source cannot be opened or read (unknown name, missing column), or an export
     has nothing to export."""

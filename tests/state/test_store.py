@@ -50,15 +50,77 @@ def test_reconnects_after_backend_is_terminated(pg_dsn: str) -> None:
     assert store.archive_summary(KEY.archive)["failed"] == 1
 
 
-def test_connection_failure_never_shows_the_password(caplog: pytest.LogCaptureFixture) -> None:
-    # Nothing listens on port 1: libpq really tries, fails, and the store retries (and logs) once.
+class FakeClock:
+    """A clock the injected sleep advances: the store's patience is exercised without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_a_refused_connection_is_waited_for_then_fails_without_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nothing listens on port 1: libpq really tries and is refused each time (a server not up
+    # yet looks the same), so the store waits, with capped jittered backoff, for its patience.
     dsn = "host=127.0.0.1 port=1 user=alice password=Sup3rS3cret dbname=x"
-    store = ProgressStore(dsn, attempts=2, sleep=lambda s: None, connect_timeout=2)
+    clock = FakeClock()
+    store = ProgressStore(dsn, patience=60, backoff_max=10, sleep=clock.sleep, clock=clock, connect_timeout=2)
     with pytest.raises(StoreError, match="Connection refused") as info:
-        store.query("SELECT 1")  # check() tries once: a wrong DSN fails at once
-    assert "Sup3rS3cret" not in str(info.value)
-    assert any("retrying" in r.message for r in caplog.records)
+        store.check()
+    assert "Sup3rS3cret" not in str(info.value) and "\n" not in str(info.value)
+    assert 60 <= clock.now < 70 and max(clock.sleeps) <= 10  # capped
+    assert len(set(clock.sleeps)) > len(clock.sleeps) // 2  # jittered
+    waits = [r.message for r in caplog.records if "waiting for a connection slot" in r.message]
+    assert len(waits) == len(clock.sleeps)  # a line per retry
     assert "Sup3rS3cret" not in caplog.text
+
+
+def test_a_wrong_database_name_fails_at_once(pg_dsn: str) -> None:
+    clock = FakeClock()
+    store = ProgressStore(pg_dsn + " dbname=no_such_db", patience=600, sleep=clock.sleep, clock=clock)
+    with pytest.raises(StoreError, match='database "no_such_db" does not exist'):
+        store.check()
+    assert clock.sleeps == []
+
+
+def test_a_full_server_is_waited_for_until_a_slot_frees(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fill every connection slot of the real server (53300 for the next client), then free one."""
+    import threading
+
+    with psycopg.connect(pg_dsn) as probe:
+        limit = int(probe.execute("SHOW max_connections").fetchone()[0])
+    hogs: list[psycopg.Connection] = []
+    try:
+        for _ in range(limit + 1):  # a superuser may take the reserved slots too
+            try:
+                hogs.append(psycopg.connect(pg_dsn, autocommit=True))
+            except psycopg.OperationalError as exc:
+                assert "too many clients" in str(exc) or "reserved" in str(exc)
+                break
+        else:
+            pytest.fail("the server never ran out of connection slots")
+        store = ProgressStore(pg_dsn, patience=60, backoff_max=0.5)
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (store.check(), done.set()), daemon=True)
+        worker.start()
+        assert not done.wait(2.0), "connected although the server is full"
+        assert any("waiting for a connection slot" in r.message for r in caplog.records)
+        hogs.pop().close()
+        assert done.wait(10.0), "never connected after a slot freed"
+        store.close()
+    finally:
+        for conn in hogs:
+            conn.close()
 
 
 def test_redact_dsn_forms() -> None:

@@ -31,6 +31,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "make-sample-day": commands.make_sample_day,
     "demo": commands.demo,
     "bench": commands.bench,
+    "scale-sim": commands.scale_sim,
 }
 
 

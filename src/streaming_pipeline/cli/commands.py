@@ -64,13 +64,17 @@ def make_sample_day(args: argparse.Namespace) -> int:
 
 
 def _open_store(config: PipelineConfig, *, patient: bool = False) -> ProgressStore:
-    """Reports give up after ~2 s of database trouble; workers (`patient`) ride out ~15 s, a
-    server restart, before their run fails. Both fail at once if it is unreachable at the start."""
+    """Workers (`patient`) wait up to `db_patience_s` for a connection slot and retry a dropped
+    connection ~15 s; reports wait 10 s and retry ~2 s. A wrong DSN, password or database name
+    fails at once, with one line."""
     from ..state.store import ProgressStore
 
     if not config.dsn:
         raise ConfigError("no database: set --dsn, PIPELINE_DSN or DB_CREDS")
-    store = ProgressStore(config.dsn) if patient else ProgressStore(config.dsn, attempts=3, backoff_max=2.0)
+    if patient:
+        store = ProgressStore(config.dsn, patience=config.db_patience_s)
+    else:
+        store = ProgressStore(config.dsn, attempts=3, backoff_max=2.0, patience=10.0)
     store.check()  # one clear line, password-free, before any work
     return store
 
@@ -126,10 +130,11 @@ def install_stop_handlers(stop: Callable[[str], None], on_second: Callable[[], N
 
 
 def process_tar(args: argparse.Namespace) -> int:
+    from ..errors import LeaseLost
     from ..run.day import check_slot
     from ..run.worker import ArchiveWorker
     from ..stages.transcribe import Transcriber
-    from ..state.lock import ArchiveBusy, ArchiveLock
+    from ..state.lease import ArchiveBusy, ArchiveLease, Owner
 
     day = parse_day(args.day)
     slot = check_slot(args.slot)
@@ -146,20 +151,22 @@ def process_tar(args: argparse.Namespace) -> int:
         transcriber_factory=Transcriber,
     )
     install_stop_handlers(worker.request_stop)
-    lock = ArchiveLock(
-        config.dsn,
+    lease = ArchiveLease(
+        store,
         worker.key,
         path=str(worker.archive_path),
-        host=socket.gethostname(),
-        pid=os.getpid(),
-        slurm_job_id=config.slurm_job_id,
+        owner=Owner(config.slurm_job_id, socket.gethostname(), os.getpid()),
+        lease_s=config.lease_s,
         on_lost=worker.request_stop,
     )
     try:
-        with lock:
+        with lease:
             result = worker.run()
     except ArchiveBusy as busy:
         print(f"{busy}; not starting a second worker")
+        return 0
+    except LeaseLost as lost:  # its new holder finishes the archive
+        print(f"{lost}: stopped without writing more")
         return 0
     finally:
         store.close()
@@ -399,6 +406,31 @@ def process_dataset(args: argparse.Namespace) -> int:
     if result.state == "interrupted":
         return EXIT_INTERRUPTED
     return 0 if result.ok else 1
+
+
+def scale_sim(args: argparse.Namespace) -> int:
+    from ..tools.scale import ScaleConfig, simulate
+
+    config = ScaleConfig(
+        workers=args.workers,
+        archives=args.archives,
+        members=args.members,
+        kill_share=args.kill_share,
+        lease_s=args.lease_seconds,
+        stage_s=args.stage_seconds,
+        max_connections=args.max_connections,
+        pool_size=args.pool_size,
+    )
+    if min(config.workers, config.archives, config.members) < 1 or not 0 <= config.kill_share < 1:
+        raise ConfigError("--workers, --archives and --members must be at least 1, --kill-share in [0, 1)")
+    if config.pool_size + 3 >= config.max_connections:
+        raise ConfigError("--pool-size must leave room under --max-connections (3 are reserved)")
+    result = simulate(config, args.state_dir)
+    print("\n".join(result.lines(config)))
+    problems = result.problems(config)
+    for problem in problems:
+        print(f"FAILED: {problem}")
+    return 1 if problems else 0
 
 
 def bench(args: argparse.Namespace) -> int:

@@ -55,6 +55,15 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help="threads preparing windows (batched) or files transcribed at once (1)",
     )
+    g.add_argument(
+        "--lease-seconds", dest="lease_s", type=float, help="a worker's lease on its archive (120)"
+    )
+    g.add_argument(
+        "--db-patience",
+        dest="db_patience_s",
+        type=float,
+        help="seconds a worker waits for a database connection slot (1800)",
+    )
 
 
 def _day_options(p: argparse.ArgumentParser) -> None:
@@ -154,6 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=Path(".bench"), help="inputs, scratch, outputs")
     p.add_argument("--json", type=Path, help="write the figures to this file")
     _pipeline_options(p)
+
+    p = sub.add_parser(
+        "scale-sim",
+        help="N workers' claim/lease/record code against PostgreSQL behind PgBouncer (synthetic archives)",
+    )
+    p.add_argument("--workers", type=int, default=300, help="worker processes (300)")
+    p.add_argument("--archives", type=int, default=600, help="synthetic archives (600)")
+    p.add_argument("--members", type=int, default=50, help="synthetic members per archive (50)")
+    p.add_argument("--kill-share", type=float, default=0.1, help="workers SIGKILLed mid-run (0.1)")
+    p.add_argument("--lease-seconds", type=float, default=5.0, help="lease of each worker (5)")
+    p.add_argument("--stage-seconds", type=float, default=0.1, help="synthetic work per batch and stage")
+    p.add_argument("--max-connections", type=int, default=40, help="the PostgreSQL server's (40)")
+    p.add_argument("--pool-size", type=int, default=20, help="PgBouncer's server connections (20)")
+    p.add_argument("--state-dir", type=Path, help="keep the servers' files here (default: a temp dir)")
 
     p = sub.add_parser("demo", help="generate a sample day and process it with embedded defaults")
     p.add_argument("--state-dir", type=Path, default=Path(".demo"))

@@ -47,7 +47,10 @@ class DayPlan:
             f"{len(self.busy)} being processed elsewhere, {len(self.todo)} to process"
         )
         for archive, row in self.busy:
-            text += f"\n  {archive.slot}: running as job {row['slurm_job_id'] or '-'} on {row['host'] or '?'}"
+            text += (
+                f"\n  {archive.slot}: running as job {row['slurm_job_id'] or '-'} on {row['host'] or '?'}"
+                f" (pid {row['pid'] or '?'}), lease {_duration(row['lease_left_s'])} left"
+            )
         return text
 
 
@@ -105,7 +108,7 @@ def day_report(store: ProgressStore, day: dt.date) -> dict[str, Any]:
         audio_s = float(r["audio_hours"] or 0) * 3600
         r["x_realtime"] = round(audio_s / r["elapsed_s"], 2) if r["elapsed_s"] else None
         if r["state"] == "running" and not r["live"]:
-            r["state"] = "running?"  # its worker's session is gone: died, or the row is stale
+            r["state"] = "running?"  # its lease expired: the worker died or stalled; claimable
     totals: dict[str, Any] = {
         "archives": len(rows),
         "by_state": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})},
@@ -135,7 +138,10 @@ def report_json(report: dict[str, Any]) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    header = ("slot", "state", "done", "failed", "rejected", "hours", "x rt", "job", "elapsed", "last error")
+    header = (
+        "slot", "state", "done", "failed", "rejected", "hours", "x rt", "owner", "lease", "elapsed",
+        "last error",
+    )  # fmt: skip
     lines = [header]
     for r in report["archives"]:
         lines.append(
@@ -147,7 +153,8 @@ def format_report(report: dict[str, Any]) -> str:
                 str(r["rejected"]),
                 f"{float(r['audio_hours'] or 0):.3f}",
                 f"{r['x_realtime']:.1f}" if r["x_realtime"] is not None else "-",
-                r["slurm_job_id"] or "-",
+                _owner(r),
+                f"{r['lease_left_s']:.0f}s" if r["live"] and r["lease_left_s"] is not None else "-",
                 _duration(r["elapsed_s"]),
                 _short(r["error"]),
             )
@@ -165,6 +172,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"audio {t['audio_hours']:.3f} h"
     )
     return text
+
+
+def _owner(row: dict[str, Any]) -> str:
+    """`job@host` (a worker outside Slurm: `pid@host`) of the archive's last or current holder."""
+    if not row.get("host"):
+        return "-"
+    return f"{row.get('slurm_job_id') or row.get('pid') or '?'}@{row['host']}"
 
 
 def _duration(seconds: float | None) -> str:

@@ -17,6 +17,7 @@ its upload.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PipelineConfig
-from ..errors import ArchiveError, ConversionError, PipelineError, StoreError, TranscriptionError
+from ..errors import ArchiveError, ConversionError, LeaseLost, PipelineError, StoreError, TranscriptionError
 from ..stages.archive import ArchiveReader, Batch, Member
 from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
@@ -136,7 +137,10 @@ class ArchiveWorker:
         self.stop = threading.Event()  # set by request_stop, and when the run ends (ends the reader)
         self.stop_reason: str | None = None  # set only by request_stop: the run was interrupted
         self.destination = Destination.parse(config.remote)
-        self.job_scratch = config.scratch_dir / day.isoformat() / slot
+        # Per run: a worker that stalled past its lease and resumes never writes into the
+        # scratch of the run that took its archive over (on a shared or the same node).
+        self.slot_scratch = config.scratch_dir / day.isoformat() / slot
+        self.job_scratch = self.slot_scratch / f"run-{socket.gethostname()}-{os.getpid()}"
         self.timers = Stopwatch()
         self._upload_slots = threading.BoundedSemaphore(MAX_BATCHES_UPLOADING)
         self._finisher_error: BaseException | None = None
@@ -159,10 +163,15 @@ class ArchiveWorker:
         self.stop.set()
 
     def run(self) -> WorkerResult:
+        """Raises LeaseLost, having written nothing more, when another worker took the archive."""
         started = time.monotonic()
         try:
             return self._run(started)
         except Exception as exc:
+            lost = exc if isinstance(exc, LeaseLost) else self.store.lease_lost
+            if lost is not None:
+                shutil.rmtree(self.job_scratch, ignore_errors=True)
+                raise lost from None
             # Leave no 'running' row behind a crash: say what happened, then let the CLI report it.
             try:
                 error = f"worker stopped by an error: {exc}"
@@ -179,7 +188,8 @@ class ArchiveWorker:
             raise
 
     def _run(self, started: float) -> WorkerResult:
-        shutil.rmtree(self.job_scratch, ignore_errors=True)  # leftovers of a killed run
+        # Leftovers of earlier runs of this archive: killed, or fenced out by our lease.
+        shutil.rmtree(self.slot_scratch, ignore_errors=True)
         self.job_scratch.mkdir(parents=True, exist_ok=True)
         self.destination.prepare()
         pool = conversion_pool(self.config.num_workers)  # starts while the database and model load
@@ -283,6 +293,8 @@ class ArchiveWorker:
             uploader.close()
         if self._finisher_error is not None:
             raise self._finisher_error
+        if self.store.lease_lost is not None:
+            raise self.store.lease_lost
         return self._finish(reader, archive_error, started)
 
     def _timed(
@@ -679,6 +691,8 @@ class ArchiveWorker:
             audio_s=self._audio_s,
         )
         shutil.rmtree(self.job_scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: a stalled, fenced-out run's leftovers
+            self.slot_scratch.rmdir()
         self.timers.log()
         return WorkerResult(
             archive=self.key.archive,

@@ -45,8 +45,11 @@ def free_port(preferred: int = 0) -> int:
 
 
 class EmbeddedPostgres:
-    def __init__(self, state_dir: Path) -> None:
+    """`settings`: extra server settings (`max_connections`, ...), passed as `-c name=value`."""
+
+    def __init__(self, state_dir: Path, settings: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir.resolve()
+        self.settings = dict(settings or {})
         self.data_dir = self.state_dir / "data"
         self.port_file = self.state_dir / "port"
         self.bindir = find_bindir()
@@ -99,6 +102,7 @@ class EmbeddedPostgres:
         port = free_port(int(previous) if previous.isdigit() else 0)
         self.port_file.write_text(str(port))
         options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.state_dir}"
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         proc = self._run(
             str(self.bindir / "pg_ctl"),
             "start",

@@ -3,12 +3,20 @@
 Writes are batched (one statement per batch and stage, not per member) and every transaction is
 retried on OperationalError: a restarted server or a killed backend costs a reconnect, not a run.
 A member row never goes back from `done`.
+
+One connection per store, shared by a worker's threads one transaction at a time, holding no
+session state (no SET, no advisory locks, no server-side prepared statements), so that it works
+through PgBouncer in transaction mode. A server that is full (53300), starting or not listening
+is waited for with capped, jittered backoff for up to `patience` seconds; a wrong password,
+database or host fails at once. A store that holds an archive's lease (lease.py) checks it in
+every write transaction: once another worker has taken the archive over, nothing more is written.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -18,10 +26,10 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from ..config import describe_error, dsn_password
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, LeaseLost, StoreError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,24 +130,88 @@ class ArchiveKey:
     slot: str
 
 
+# A server that is full, starting, stopping or not (yet) listening: wait for a slot. Matched on
+# SQLSTATE where the server sends one, else on libpq's and PgBouncer's message text (a refused
+# or failed connection carries no SQLSTATE).
+_WAIT_SQLSTATES = frozenset({"53300", "57P03", "08004"})
+_WAIT_TEXT = (
+    "too many clients",
+    "remaining connection slots are reserved",
+    "connection refused",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "no more connections allowed",  # PgBouncer's max_client_conn
+    "pgbouncer cannot connect to server",
+    "query_wait_timeout",
+)
+# A wrong DSN, password, role or database: no amount of waiting helps.
+_FATAL_SQLSTATES = frozenset({"28000", "28P01", "3D000", "42501"})
+_FATAL_TEXT = (
+    "password authentication failed",
+    "no password supplied",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "could not translate host name",
+    "invalid connection option",
+    "invalid dsn",
+    "invalid integer value",
+)
+
+
+def waiting_for_slot(exc: BaseException) -> bool:
+    """A connection failure worth waiting out (the server is full or not up yet)."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    if getattr(exc, "sqlstate", None) in _WAIT_SQLSTATES:
+        return True
+    text = str(exc).lower()
+    return any(t in text for t in _WAIT_TEXT) and not fatal_connection_error(exc)
+
+
+def fatal_connection_error(exc: BaseException) -> bool:
+    """A configuration error: retrying it only hides it."""
+    if getattr(exc, "sqlstate", None) in _FATAL_SQLSTATES:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, psycopg.OperationalError) and any(t in text for t in _FATAL_TEXT)
+
+
+@dataclass
+class _Fence:
+    archive: str
+    token: int
+    on_lost: Callable[[LeaseLost], None] | None
+    lost: LeaseLost | None = None
+
+
 class ProgressStore:
+    """`attempts`: tries of a transaction that failed mid-way (a dropped connection); `patience`:
+    seconds to wait for a connection slot (a full or restarting server) before giving up."""
+
     def __init__(
         self,
         dsn: str,
         *,
         attempts: int = 6,
         backoff_max: float = 10.0,
+        patience: float = 15.0,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         connect_timeout: int = 10,
     ) -> None:
         self._dsn = dsn
         self._secret = dsn_password(dsn)
         self._attempts = attempts
         self._backoff_max = backoff_max
+        self._patience = patience
         self._sleep = sleep
+        self._clock = clock
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
-        # Reader, transcriber and upload threads share one connection, one transaction at a time.
+        self._fence: _Fence | None = None
+        # Reader, transcriber, upload and heartbeat threads share one connection, one
+        # transaction at a time.
         self._lock = threading.RLock()
 
     # -- connection handling -------------------------------------------------------------
@@ -152,27 +224,59 @@ class ProgressStore:
                 connect_timeout=self._connect_timeout,
                 application_name="streaming-pipeline",
                 row_factory=dict_row,
+                prepare_threshold=None,  # no server-side prepared statements: PgBouncer-safe
             )
         return self._conn
 
     def _transaction(
-        self, work: Callable[[psycopg.Cursor[Any]], T], what: str, attempts: int | None = None
+        self,
+        work: Callable[[psycopg.Cursor[Any]], T],
+        what: str,
+        attempts: int | None = None,
+        *,
+        fenced: bool = False,
     ) -> T:
-        """Run `work` in one transaction, reconnecting and retrying on OperationalError."""
+        """Run `work` in one transaction, reconnecting and retrying on OperationalError.
+
+        `fenced`: a write of the archive this store holds the lease of; it is made only while
+        the lease is still this worker's (checked under a row lock in the same transaction).
+        """
+        fence = self._fence if fenced else None
+        if fence is not None and fence.lost is not None:
+            raise fence.lost
 
         def once() -> T:
             conn = self._connect()
             try:
                 with conn.transaction(), conn.cursor() as cur:
+                    if fence is not None:
+                        self._check_fence(cur, fence)
                     return work(cur)
             except psycopg.OperationalError:
                 conn.close()  # drop it: the next attempt reconnects
                 raise
 
+        limit = attempts or self._attempts
+        started = self._clock()
+
+        def give_up(state: RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome else None
+            if exc is not None and waiting_for_slot(exc):
+                return self._clock() - started >= self._patience
+            return state.attempt_number >= limit
+
+        def jittered(state: RetryCallState) -> float:
+            # Full jitter: hundreds of workers refused at once do not come back at once.
+            ceiling = min(self._backoff_max, 0.5 * 2 ** (state.attempt_number - 1))
+            left = self._patience - (self._clock() - started)
+            return max(0.05, min(random.uniform(0.5 * ceiling, ceiling), max(left, 0.05)))
+
         retrying = Retrying(
-            stop=stop_after_attempt(attempts or self._attempts),
-            wait=wait_exponential(multiplier=0.5, min=0.5, max=self._backoff_max),
-            retry=retry_if_exception_type(psycopg.OperationalError),
+            stop=give_up,
+            wait=jittered,
+            retry=retry_if_exception(
+                lambda e: isinstance(e, psycopg.OperationalError) and not fatal_connection_error(e)
+            ),
             before_sleep=lambda state: self._log_retry(what, state),
             sleep=self._sleep,
             reraise=True,
@@ -180,12 +284,24 @@ class ProgressStore:
         try:
             with self._lock:
                 return retrying(once)
+        except LeaseLost as lost:
+            self._lose(fence, lost)
+            raise
         except psycopg.Error as exc:
             raise StoreError(f"database error during {what}: {self._scrub(exc)}") from None
 
     def _log_retry(self, what: str, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
+        if exc is not None and waiting_for_slot(exc):
+            log.warning(
+                "database %s: waiting for a connection slot (%s); try %d, next in %.1fs",
+                what,
+                self._scrub(exc),
+                state.attempt_number,
+                delay,
+            )
+            return
         log.warning(
             "database %s attempt %d failed (%s); retrying in %.1fs",
             what,
@@ -194,11 +310,49 @@ class ProgressStore:
             delay,
         )
 
+    # -- fencing (the archive lease, lease.py) ---------------------------------------------
+    def hold(self, archive: str, token: int, on_lost: Callable[[LeaseLost], None] | None = None) -> None:
+        """From now on every write of this store is made only while `archive`'s lease token is
+        still `token`."""
+        self._fence = _Fence(archive, token, on_lost)
+
+    def unhold(self) -> None:
+        self._fence = None
+
+    @property
+    def lease_lost(self) -> LeaseLost | None:
+        return self._fence.lost if self._fence else None
+
+    def _check_fence(self, cur: psycopg.Cursor[Any], fence: _Fence) -> None:
+        # FOR SHARE: a claimer's UPDATE of the row waits for this transaction, so a takeover
+        # cannot land between the check and the write.
+        cur.execute(
+            "SELECT lease_token, slurm_job_id, host, pid FROM archives WHERE archive = %s FOR SHARE",
+            (fence.archive,),
+        )
+        row = cur.fetchone()
+        if row is None or row["lease_token"] != fence.token:
+            holder = "nobody" if row is None else _owner(row)
+            raise LeaseLost(fence.archive, holder)
+
+    def _lose(self, fence: _Fence | None, lost: LeaseLost) -> None:
+        if fence is None or fence.lost is not None:
+            return
+        fence.lost = lost
+        log.error("%s", lost)
+        if fence.on_lost is not None:
+            fence.on_lost(lost)
+
+    def lease_is_lost(self, lost: LeaseLost) -> None:
+        """The heartbeat found the lease taken: fail every later write at once."""
+        self._lose(self._fence, lost)
+
     def _scrub(self, exc: BaseException) -> str:
         return describe_error(exc, (self._secret,))
 
     def check(self) -> None:
-        """Fail fast with a one-line, password-free error when the database is unreachable."""
+        """Fail fast with a one-line, password-free error when the database is unreachable or
+        misconfigured; a full or starting server is waited for (`patience`)."""
         self._transaction(lambda cur: cur.execute("SELECT 1"), "connect", attempts=1)
 
     def close(self) -> None:
@@ -259,17 +413,23 @@ class ProgressStore:
         """
         params = (key.archive, key.day, key.slot, path, bytes_total, host, pid, slurm_job_id)
         run_sql = """
-            INSERT INTO archive_runs (archive, day, host, pid, slurm_job_id, restarts)
-            SELECT archive, day, host, pid, slurm_job_id, restarts FROM archives WHERE archive = %s
-            RETURNING id
+            INSERT INTO archive_runs (archive, day, host, pid, slurm_job_id, restarts, lease_token)
+            SELECT archive, day, host, pid, slurm_job_id, restarts, lease_token FROM archives
+            WHERE archive = %s RETURNING id
         """
 
         def start(cur: psycopg.Cursor[Any]) -> int:
+            # Earlier runs never closed (killed, or stalled and fenced out) end here.
+            cur.execute(
+                "UPDATE archive_runs SET state = 'taken over', finished_at = now()"
+                " WHERE archive = %s AND finished_at IS NULL",
+                (key.archive,),
+            )
             cur.execute(sql, params)
             cur.execute(run_sql, (key.archive,))
             return int(cur.fetchone()["id"])
 
-        return self._transaction(start, "start archive")
+        return self._transaction(start, "start archive", fenced=True)
 
     def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Rows of a read-only query (the day report's)."""
@@ -295,7 +455,7 @@ class ProgressStore:
         rows = [
             (run_id, s.batch, s.stage, s.started, s.ended, s.members, s.audio_s, s.bytes_read) for s in stages
         ]
-        self._transaction(lambda cur: cur.executemany(sql, rows), "record stage timings")
+        self._transaction(lambda cur: cur.executemany(sql, rows), "record stage timings", fenced=True)
 
     def record_gpu_samples(self, run_id: int, samples: Sequence[tuple[float, int, float, float]]) -> None:
         """(unix time, GPU index, busy share, memory MB) samples, one round trip."""
@@ -306,11 +466,13 @@ class ProgressStore:
             " VALUES (%s, to_timestamp(%s), %s, %s, %s)"
         )
         rows = [(run_id, *sample) for sample in samples]
-        self._transaction(lambda cur: cur.executemany(sql, rows), "record GPU samples")
+        self._transaction(lambda cur: cur.executemany(sql, rows), "record GPU samples", fenced=True)
 
     def update_archive_progress(self, archive: str, *, bytes_read: int, members_seen: int) -> None:
         sql = "UPDATE archives SET bytes_read = %s, members_seen = %s, updated_at = now() WHERE archive = %s"
-        self._transaction(lambda cur: cur.execute(sql, (bytes_read, members_seen, archive)), "progress")
+        self._transaction(
+            lambda cur: cur.execute(sql, (bytes_read, members_seen, archive)), "progress", fenced=True
+        )
 
     def finish_archive(
         self,
@@ -336,7 +498,102 @@ class ProgressStore:
             if run_id is not None:
                 cur.execute(run_sql, (state, error, audio_s, run_id))
 
-        self._transaction(finish, "finish archive")
+        self._transaction(finish, "finish archive", fenced=True)
+
+    # -- leases (lease.py) -----------------------------------------------------------------
+    def claim(
+        self,
+        key: ArchiveKey,
+        *,
+        path: str,
+        owner: dict[str, Any],
+        lease_s: float,
+        may_take: Callable[[dict[str, Any]], bool],
+    ) -> tuple[int | None, dict[str, Any]]:
+        """Take `key`'s lease if it is free, expired, or `may_take(row)` says its holder is gone:
+        (new token, row). Otherwise (None, the holder's row). One short transaction."""
+
+        def claim(cur: psycopg.Cursor[Any]) -> tuple[int | None, dict[str, Any]]:
+            cur.execute(
+                "INSERT INTO archives (archive, day, slot, path) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (archive) DO NOTHING",
+                (key.archive, key.day, key.slot, path),
+            )
+            cur.execute(
+                "SELECT *, lease_until > now() AS leased FROM archives WHERE archive = %s FOR UPDATE",
+                (key.archive,),
+            )  # claimers of one archive go one at a time; a fenced write in flight finishes first
+            row = cur.fetchone()
+            if row["leased"] and not may_take(row):
+                return None, row
+            return self._take(cur, key.archive, owner, lease_s), row
+
+        return self._transaction(claim, "claim archive")
+
+    def claim_next(
+        self, days: Sequence[dt.date], *, owner: dict[str, Any], lease_s: float
+    ) -> tuple[ArchiveKey, int] | None:
+        """The first archive of `days` that is not done and whose lease is free or expired,
+        claimed; None when there is none (all done, or all held). Claimers skip each other's
+        candidates (SKIP LOCKED) instead of queueing on them."""
+
+        def claim(cur: psycopg.Cursor[Any]) -> tuple[ArchiveKey, int] | None:
+            cur.execute(
+                """
+                SELECT archive, day, slot FROM archives
+                WHERE day = ANY(%s) AND state <> 'done' AND (lease_until IS NULL OR lease_until <= now())
+                ORDER BY day, slot, archive LIMIT 1 FOR UPDATE SKIP LOCKED
+                """,
+                (list(days),),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None
+            key = ArchiveKey(row["archive"], row["day"], row["slot"])
+            return key, self._take(cur, key.archive, owner, lease_s)
+
+        return self._transaction(claim, "claim next archive")
+
+    @staticmethod
+    def _take(cur: psycopg.Cursor[Any], archive: str, owner: dict[str, Any], lease_s: float) -> int:
+        cur.execute(
+            """
+            UPDATE archives SET lease_token = lease_token + 1,
+                   lease_until = now() + make_interval(secs => %s), heartbeat_at = now(),
+                   slurm_job_id = %s, host = %s, pid = %s
+            WHERE archive = %s RETURNING lease_token
+            """,
+            (lease_s, owner["slurm_job_id"], owner["host"], owner["pid"], archive),
+        )
+        return int(cur.fetchone()["lease_token"])
+
+    def renew(self, archive: str, token: int, lease_s: float) -> dict[str, Any] | None:
+        """Extend the lease; None while it is still ours, else the row of whoever took it."""
+
+        def renew(cur: psycopg.Cursor[Any]) -> dict[str, Any] | None:
+            cur.execute(
+                "UPDATE archives SET lease_until = now() + make_interval(secs => %s), heartbeat_at = now()"
+                " WHERE archive = %s AND lease_token = %s",
+                (lease_s, archive, token),
+            )
+            if cur.rowcount == 1:
+                return None
+            cur.execute("SELECT slurm_job_id, host, pid FROM archives WHERE archive = %s", (archive,))
+            return cur.fetchone() or {"slurm_job_id": None, "host": None, "pid": None}
+
+        return self._transaction(renew, "renew lease")
+
+    def release(self, archive: str, token: int) -> None:
+        """Give the lease up (the next claimer need not wait for it to expire)."""
+        sql = "UPDATE archives SET lease_until = NULL WHERE archive = %s AND lease_token = %s"
+        self._transaction(lambda cur: cur.execute(sql, (archive, token)), "release lease")
+
+    def unfinished(self, days: Sequence[dt.date]) -> int:
+        """Archives of `days` not done yet (held or not)."""
+        rows = self.query(
+            "SELECT count(*) AS n FROM archives WHERE day = ANY(%s) AND state <> 'done'", (list(days),)
+        )
+        return int(rows[0]["n"])
 
     # -- days ----------------------------------------------------------------------------
     def register_archives(self, day: dt.date, archives: Sequence[tuple[ArchiveKey, str, int]]) -> None:
@@ -403,21 +660,28 @@ class ProgressStore:
             (key.day, key.slot, key.archive, r.member, *(getattr(r, c) for c in MEMBER_COLUMNS))
             for r in records
         ]
-        self._transaction(lambda cur: cur.executemany(sql, rows), "record members")
+        self._transaction(lambda cur: cur.executemany(sql, rows), "record members", fenced=True)
 
-    def mark_done(self, archive: str, members: Iterable[tuple[str, str]]) -> None:
-        """Members whose upload rsync confirmed: (member, remote_path) pairs, one statement."""
+    def mark_done(self, archive: str, members: Iterable[tuple[str, str]]) -> list[str]:
+        """Members whose upload rsync confirmed: (member, remote_path) pairs, one statement.
+        Returns the members this call made `done` (none that already were)."""
         pairs = list(members)
         if not pairs:
-            return
+            return []
         sql = """
             UPDATE audio_files AS f SET status = 'done', remote_path = d.remote_path,
                    error = NULL, updated_at = now()
             FROM unnest(%s::text[], %s::text[]) AS d(member, remote_path)
-            WHERE f.archive = %s AND f.member = d.member
+            WHERE f.archive = %s AND f.member = d.member AND f.status <> 'done'
+            RETURNING f.member
         """
         params = ([m for m, _ in pairs], [p for _, p in pairs], archive)
-        self._transaction(lambda cur: cur.execute(sql, params), "mark done")
+
+        def mark(cur: psycopg.Cursor[Any]) -> list[str]:
+            cur.execute(sql, params)
+            return [row["member"] for row in cur.fetchall()]
+
+        return self._transaction(mark, "mark done", fenced=True)
 
     def mark_failed(self, archive: str, members: Sequence[str], error: str) -> None:
         if not members:
@@ -426,7 +690,9 @@ class ProgressStore:
             UPDATE audio_files SET status = 'failed', error = %s, updated_at = now()
             WHERE archive = %s AND member = ANY(%s) AND status <> 'done'
         """
-        self._transaction(lambda cur: cur.execute(sql, (error, archive, list(members))), "mark failed")
+        self._transaction(
+            lambda cur: cur.execute(sql, (error, archive, list(members))), "mark failed", fenced=True
+        )
 
     def forget_archive(self, archive: str) -> None:
         """Delete an archive's rows, so that its next run starts from nothing (the benchmark)."""
@@ -602,6 +868,11 @@ class ProgressStore:
             return list(cur.fetchall())
 
         return self._transaction(read, "query")
+
+
+def _owner(row: dict[str, Any]) -> str:
+    job = f"job {row['slurm_job_id']}" if row.get("slurm_job_id") else "a job outside Slurm"
+    return f"{job} on {row.get('host') or '?'} (pid {row.get('pid') or '?'})"
 
 
 class _RunExists(Exception):

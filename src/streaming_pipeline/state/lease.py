@@ -1,0 +1,185 @@
+"""One worker per archive: a lease on the archive's row, renewed on a heartbeat.
+
+Claiming is one short transaction on the worker's only connection (store.claim): the row is
+locked, and if its lease is free, expired, or its holder is known to be gone, the lease token is
+incremented and the lease set `lease_s` ahead. Every later write of the worker checks the token
+(store fencing), so a worker that stalled past its lease (a frozen node, SIGSTOP) and was taken
+over writes nothing more; the heartbeat notices the takeover too and stops the worker. Nothing
+is held by the session, so PgBouncer in transaction mode carries it, and a killed worker blocks
+its archive for at most `lease_s` (at once when a rerun finds it dead, see `holder_is_gone`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import LeaseLost, StoreError
+from .store import ArchiveKey, ProgressStore, _owner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Owner:
+    slurm_job_id: str | None
+    host: str
+    pid: int
+
+    def row(self) -> dict[str, Any]:
+        return {"slurm_job_id": self.slurm_job_id, "host": self.host, "pid": self.pid}
+
+
+@dataclass(frozen=True)
+class Holder:
+    slurm_job_id: str | None
+    host: str | None
+    pid: int | None
+    lease_until: dt.datetime | None
+
+    def describe(self) -> str:
+        row = {"slurm_job_id": self.slurm_job_id, "host": self.host, "pid": self.pid}
+        until = f" (lease until {self.lease_until:%Y-%m-%d %H:%M:%S %Z})" if self.lease_until else ""
+        return _owner(row) + until
+
+
+class ArchiveBusy(Exception):
+    def __init__(self, archive: str, holder: Holder) -> None:
+        super().__init__(f"{archive} is being processed by {holder.describe()}")
+        self.archive = archive
+        self.holder = holder
+
+
+def holder_is_gone(row: dict[str, Any], me: Owner) -> bool:
+    """Whether an unexpired lease's holder is certainly dead, so it can be taken at once.
+
+    The same Slurm job: Slurm runs a job id once at a time, so a requeued run's predecessor is
+    over. The same host and a pid that no longer exists: a killed local worker. Anything else
+    (another node, a live pid) waits for the lease to expire. Taking over early is never unsafe,
+    only wasteful: the old holder, if it lives, is fenced out of every write.
+    """
+    if me.slurm_job_id and row.get("slurm_job_id") == me.slurm_job_id:
+        return True
+    if row.get("host") == me.host and row.get("pid"):
+        pid = int(row["pid"])
+        return pid == me.pid or not _pid_exists(pid)
+    return False
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ArchiveLease:
+    """`with ArchiveLease(store, key, ...):` holds the archive or raises ArchiveBusy; the store
+    fences its writes with the lease for as long as it is held."""
+
+    def __init__(
+        self,
+        store: ProgressStore,
+        key: ArchiveKey,
+        *,
+        path: str,
+        owner: Owner,
+        lease_s: float = 120.0,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self._path = path
+        self.owner = owner
+        self.lease_s = lease_s
+        self._on_lost = on_lost
+        self.token: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ArchiveLease:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        token, row = self.store.claim(
+            self.key,
+            path=self._path,
+            owner=self.owner.row(),
+            lease_s=self.lease_s,
+            may_take=lambda row: holder_is_gone(row, self.owner),
+        )
+        if token is None:
+            raise ArchiveBusy(
+                self.key.archive, Holder(row["slurm_job_id"], row["host"], row["pid"], row["lease_until"])
+            )
+        if row["leased"]:
+            log.warning("%s: took over from %s, which is gone", self.key.archive, _owner(row))
+        self.adopt(token)
+
+    def adopt(self, token: int) -> None:
+        """Hold a lease already claimed (store.claim_next): fence the store, start the heartbeat."""
+        self.token = token
+        self.store.hold(self.key.archive, token, on_lost=self._lost)
+        log.info(
+            "holding %s (%s, lease %d, %.0f s, renewed every %.0f s)",
+            self.key.archive,
+            _owner(self.owner.row()),
+            token,
+            self.lease_s,
+            self.heartbeat_s,
+        )
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.lease_s / 4
+
+    def _beat(self) -> None:
+        assert self.token is not None
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                taken_by = self.store.renew(self.key.archive, self.token, self.lease_s)
+            except StoreError as exc:
+                # Keep trying: a takeover, if it happens meanwhile, is caught by the fence.
+                log.warning("lease on %s not renewed: %s", self.key.archive, exc)
+                continue
+            if taken_by is not None:
+                self.store.lease_is_lost(LeaseLost(self.key.archive, _owner(taken_by)))
+                return
+
+    def _lost(self, lost: LeaseLost) -> None:
+        self._stop.set()
+        if self._on_lost is not None:
+            self._on_lost(str(lost))
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._thread = None
+        if self.token is None:
+            return
+        lost = self.store.lease_lost
+        self.store.unhold()
+        if lost is None:
+            try:
+                self.store.release(self.key.archive, self.token)
+            except StoreError as exc:  # it expires by itself
+                log.warning(
+                    "lease on %s not released (it expires in %.0f s): %s", self.key.archive, self.lease_s, exc
+                )
+        self.token = None

@@ -1,0 +1,396 @@
+"""Hundreds of workers on one PostgreSQL, simulated on one machine (`streaming-pipeline scale-sim`).
+
+What is real: PostgreSQL (started with a small `max_connections`), PgBouncer in transaction mode
+in front of it (Debian's `pgbouncer`), N worker processes, and in each the pipeline's own claim,
+lease, heartbeat, fencing and record code (state/lease.py, state/store.py), through one
+connection per worker. What is SYNTHETIC: the archives and their stage work. An archive is a row
+and a list of member names; "converting, transcribing and uploading" a batch of members is a
+sleep. The point is the database side of a few hundred workers, not audio.
+
+Workers loop: claim the next archive not done whose lease is free or expired, record its members
+in batches (`uploading`, then `done` after the synthetic upload), finish it, release it; they
+exit when every archive is done. A tenth of them are SIGKILLed mid-run: their archives stay
+leased until the lease expires, then others take them over and finish them.
+
+Exactly-once is checked by the simulation's own instrumentation (not part of the product schema):
+a trigger logs every transition of a member to `done`; each member must appear there once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import pwd
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ..errors import ConfigError, LeaseLost
+from ..state.embedded_pg import EmbeddedPostgres, free_port
+from ..state.lease import ArchiveLease, Owner
+from ..state.store import ArchiveKey, MemberRecord, ProgressStore
+
+log = logging.getLogger(__name__)
+
+FIRST_DAY = dt.date(2001, 1, 1)  # synthetic days, far from real ones
+ARCHIVES_PER_DAY = 50
+
+_AUDIT_SQL = """
+CREATE TABLE IF NOT EXISTS sim_done_log (
+    archive text NOT NULL, member text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE OR REPLACE FUNCTION sim_log_done() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'done' AND (TG_OP = 'INSERT' OR OLD.status <> 'done') THEN
+        INSERT INTO sim_done_log (archive, member) VALUES (NEW.archive, NEW.member);
+    END IF;
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS sim_done ON audio_files;
+CREATE TRIGGER sim_done AFTER INSERT OR UPDATE OF status ON audio_files
+    FOR EACH ROW EXECUTE FUNCTION sim_log_done();
+"""
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    workers: int = 300
+    archives: int = 600
+    members: int = 50
+    batch: int = 10  # members recorded per transaction, as a worker's stream batch
+    stage_s: float = 0.1  # synthetic work per batch and stage (convert+transcribe, upload)
+    kill_share: float = 0.1
+    lease_s: float = 5.0
+    max_connections: int = 40  # the PostgreSQL server's
+    pool_size: int = 20  # PgBouncer's server connections for the database
+
+
+@dataclass
+class ScaleResult:
+    wall_s: float
+    members_done: int
+    done_transitions: int
+    duplicates: int
+    archives_done: int
+    taken_over: int
+    killed: int
+    worker_failures: dict[int, int]
+    peak_server_connections: int
+    max_connections: int
+    pool_size: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def problems(self, config: ScaleConfig) -> list[str]:
+        """What broke the guarantees (empty: every member done once, nobody starved)."""
+        members = config.archives * config.members
+        found = []
+        if self.members_done != members or self.done_transitions != members:
+            found.append(
+                f"{self.members_done} members done, {self.done_transitions} transitions, not {members}"
+            )
+        if self.duplicates:
+            found.append(f"{self.duplicates} members recorded done twice")
+        if self.archives_done != config.archives:
+            found.append(f"{self.archives_done} of {config.archives} archives done")
+        if self.worker_failures:
+            found.append(f"workers failed: {self.worker_failures}")
+        if self.peak_server_connections >= self.max_connections:
+            found.append(f"peak connections {self.peak_server_connections} reached the server's limit")
+        if self.killed and self.taken_over < self.killed:
+            found.append(f"only {self.taken_over} of {self.killed} killed workers' archives were taken over")
+        return found
+
+    @property
+    def members_per_s(self) -> float:
+        return self.done_transitions / self.wall_s if self.wall_s > 0 else 0.0
+
+    def lines(self, config: ScaleConfig) -> list[str]:
+        return [
+            f"workers {config.workers} ({self.killed} SIGKILLed mid-run), archives {config.archives} x "
+            f"{config.members} synthetic members, lease {config.lease_s:.0f} s",
+            f"PostgreSQL max_connections {self.max_connections}, PgBouncer transaction mode, "
+            f"pool {self.pool_size}",
+            f"wall {self.wall_s:.1f} s, {self.members_per_s:.0f} members recorded per second",
+            f"members done {self.members_done}, done transitions {self.done_transitions}, "
+            f"recorded twice {self.duplicates}",
+            f"archives done {self.archives_done}, taken over after a kill {self.taken_over}",
+            f"workers failed {len(self.worker_failures)}, peak server connections "
+            f"{self.peak_server_connections} of {self.max_connections}",
+        ]
+
+
+def pgbouncer_binary() -> str:
+    found = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+    )
+    if found is None:
+        raise ConfigError("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
+    return found
+
+
+class PgBouncer:
+    """A private PgBouncer in transaction mode in front of one PostgreSQL database."""
+
+    def __init__(self, state_dir: Path, server_port: int, *, pool_size: int, max_client_conn: int) -> None:
+        self.state_dir = state_dir
+        self.server_port = server_port
+        self.pool_size = pool_size
+        self.max_client_conn = max_client_conn
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        ini = self.state_dir / "pgbouncer.ini"
+        (self.state_dir / "userlist.txt").write_text('"postgres" ""\n')
+        ini.write_text(
+            "[databases]\n"
+            f"postgres = host=127.0.0.1 port={self.server_port} dbname=postgres user=postgres\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.state_dir / 'userlist.txt'}\n"
+            "pool_mode = transaction\n"
+            f"max_client_conn = {self.max_client_conn}\ndefault_pool_size = {self.pool_size}\n"
+            f"max_db_connections = {self.pool_size}\nreserve_pool_size = 0\n"
+            f"logfile = {self.state_dir / 'pgbouncer.log'}\n"
+            "log_connections = 0\nlog_disconnections = 0\n"
+        )
+        argv = [pgbouncer_binary(), str(ini)]
+        if os.geteuid() == 0:  # PgBouncer refuses to run as root
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.state_dir, pw.pw_uid, pw.pw_gid)
+            for path in self.state_dir.iterdir():
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                    raise ConfigError(f"pgbouncer did not start: {err.strip()[:500]}") from None
+                time.sleep(0.1)
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+def _keys(config: ScaleConfig) -> list[ArchiveKey]:
+    keys = []
+    for i in range(config.archives):
+        day = FIRST_DAY + dt.timedelta(days=i // ARCHIVES_PER_DAY)
+        slot = f"{i % ARCHIVES_PER_DAY:02d}_00"
+        keys.append(ArchiveKey(f"{day.isoformat()}/{slot}.tar.xz", day, slot))
+    return keys
+
+
+def _days(config: ScaleConfig) -> list[dt.date]:
+    return sorted({k.day for k in _keys(config)})
+
+
+def worker_main(dsn: str, config: ScaleConfig, number: int) -> int:
+    """One simulated worker (a forked process): the real claim/lease/record code, synthetic stages."""
+    store = ProgressStore(dsn, patience=600.0)
+    owner = Owner(f"sim_{number}", socket.gethostname(), os.getpid())
+    days = _days(config)
+    names = [f"member_{j:04d}.wav" for j in range(config.members)]
+    try:
+        while True:
+            claimed = store.claim_next(days, owner=owner.row(), lease_s=config.lease_s)
+            if claimed is None:
+                if store.unfinished(days) == 0:
+                    return 0
+                time.sleep(random.uniform(0.5, 1.5))  # the rest are held: wait for a lease to expire
+                continue
+            key, token = claimed
+            lease = ArchiveLease(store, key, path=f"/synthetic/{key.archive}", owner=owner,
+                                 lease_s=config.lease_s)  # fmt: skip
+            lease.adopt(token)
+            try:
+                _process(store, key, names, config, owner)
+            except LeaseLost:
+                pass  # another worker has it; nothing more was written
+            finally:
+                lease.release()
+    finally:
+        store.close()
+
+
+def _process(
+    store: ProgressStore, key: ArchiveKey, names: list[str], config: ScaleConfig, owner: Owner
+) -> None:
+    started = time.monotonic()
+    run_id = store.start_archive(
+        key, path=f"/synthetic/{key.archive}", bytes_total=0, host=owner.host, pid=owner.pid,
+        slurm_job_id=owner.slurm_job_id,
+    )  # fmt: skip
+    done = store.done_members(key.archive)
+    todo = [n for n in names if n not in done]
+    for first in range(0, len(todo), config.batch):
+        batch = todo[first : first + config.batch]
+        time.sleep(config.stage_s)  # SYNTHETIC: extract + convert + transcribe
+        remote = [(m, f"/synthetic/out/{key.archive}/{m}.flac") for m in batch]
+        store.record_members(
+            key, [MemberRecord(m, "uploading", duration_s=1.0, remote_path=r) for m, r in remote]
+        )
+        time.sleep(config.stage_s)  # SYNTHETIC: the upload
+        store.mark_done(key.archive, remote)
+        store.update_archive_progress(key.archive, bytes_read=0, members_seen=len(done) + first + len(batch))
+    wall = time.monotonic() - started
+    store.finish_archive(key.archive, state="done", error=None, wall_s=wall, run_id=run_id, audio_s=len(todo))
+
+
+def _server_connections(dsn: str, stop: threading.Event, peak: list[int]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not stop.wait(0.05):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            ).fetchone()
+            peak[0] = max(peak[0], int(row[0]) if row else 0)
+
+
+def simulate(config: ScaleConfig, state_dir: Path | None = None, *, say: Any = print) -> ScaleResult:
+    """Start PostgreSQL and PgBouncer, run the workers, kill some, check the outcome."""
+    root = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="streaming-pipeline-scale-"))
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)  # the servers run as `postgres` when started by root
+    server = EmbeddedPostgres(root / "pg", settings={"max_connections": str(config.max_connections)})
+    direct = server.start()
+    bouncer = PgBouncer(root / "pgbouncer", int(server.port_file.read_text()), pool_size=config.pool_size,
+                        max_client_conn=config.workers + 100)  # fmt: skip
+    try:
+        pooled = bouncer.start()
+        setup = ProgressStore(direct)
+        setup.init_schema()
+        setup.query("SELECT 1")
+        with psycopg.connect(direct, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS sim_done_log")
+            conn.execute("TRUNCATE archive_runs, audio_files, archives CASCADE")
+            conn.execute(_AUDIT_SQL)
+        keys = _keys(config)
+        for day in _days(config):
+            setup.register_archives(day, [(k, f"/synthetic/{k.archive}", 0) for k in keys if k.day == day])
+        setup.close()
+        say(f"scale-sim: PostgreSQL max_connections={config.max_connections} at {direct}; "
+            f"PgBouncer (transaction mode, pool {config.pool_size}) at {pooled}")  # fmt: skip
+        return _run(config, direct, pooled, say)
+    finally:
+        bouncer.stop()
+        server.stop()
+        if state_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(config: ScaleConfig, direct: str, pooled: str, say: Any) -> ScaleResult:
+    started = time.monotonic()
+    pids: dict[int, int] = {}
+    for number in range(config.workers):
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the parent's code
+            code = 1
+            try:
+                logging.getLogger().handlers.clear()
+                code = worker_main(pooled, config, number)
+            except BaseException as exc:  # noqa: BLE001 - reported through the exit status
+                os.write(2, f"scale-sim worker {number}: {type(exc).__name__}: {exc}\n".encode())
+            finally:
+                os._exit(code)
+        pids[pid] = number
+    say(f"scale-sim: {config.workers} workers started in {time.monotonic() - started:.1f} s")
+    stop = threading.Event()
+    peak = [0]
+    monitor = threading.Thread(target=_server_connections, args=(direct, stop, peak), daemon=True)
+    monitor.start()
+    killed = _kill_some_mid_run(config, direct, pids, say)
+    failures: dict[int, int] = {}
+    for pid, number in pids.items():
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 and pid not in killed:
+            failures[number] = code
+    wall = time.monotonic() - started
+    stop.set()
+    monitor.join()
+    return _check(config, direct, wall, killed, failures, peak[0])
+
+
+def _kill_some_mid_run(config: ScaleConfig, dsn: str, pids: dict[int, int], say: Any) -> set[int]:
+    """Once about a third of the members are done, SIGKILL a share of the workers holding an
+    archive (mid-archive: their lease stands until it expires)."""
+    total = config.archives * config.members
+    count = round(config.workers * config.kill_share)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            done = conn.execute("SELECT count(*) FROM sim_done_log").fetchone()[0]
+            if done >= total // 3 or count == 0:
+                break
+            time.sleep(0.1)
+        holders = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT pid FROM archives WHERE state = 'running' AND lease_until > now() AND pid = ANY(%s)",
+                (list(pids),),
+            )
+        ]
+    random.shuffle(holders)
+    victims = set(holders[:count])
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    say(f"scale-sim: SIGKILLed {len(victims)} workers holding an archive, {done} members done")
+    return victims
+
+
+def _check(
+    config: ScaleConfig, dsn: str, wall: float, killed: set[int], failures: dict[int, int], peak: int
+) -> ScaleResult:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        def one(sql: str, *params: Any) -> int:
+            row = conn.execute(sql, params).fetchone()
+            return int(row[0]) if row else 0
+
+        members_done = one("SELECT count(*) FROM audio_files WHERE status = 'done'")
+        transitions = one("SELECT count(*) FROM sim_done_log")
+        duplicates = one(
+            "SELECT count(*) FROM (SELECT 1 FROM sim_done_log GROUP BY archive, member HAVING count(*) > 1) d"
+        )
+        archives_done = one("SELECT count(*) FROM archives WHERE state = 'done'")
+        taken_over = one(
+            "SELECT count(DISTINCT archive) FROM archive_runs WHERE state = 'taken over' AND pid = ANY(%s)",
+            list(killed),
+        )
+    return ScaleResult(
+        wall_s=wall,
+        members_done=members_done,
+        done_transitions=transitions,
+        duplicates=duplicates,
+        archives_done=archives_done,
+        taken_over=taken_over,
+        killed=len(killed),
+        worker_failures=failures,
+        peak_server_connections=peak,
+        max_connections=config.max_connections,
+        pool_size=config.pool_size,
+    )
