@@ -2,7 +2,8 @@
 # One archive of a day: stream, convert, transcribe, upload, with progress in PostgreSQL.
 #
 #   sbatch hpc/process_single_tar_streaming.sh 2025-01-25 /data/2025-01-25/12_30.tar.xz 12_30
-#   (as a task of the day's job array, process_day_streaming.sh passes: DATE --manifest FILE)
+#   (as a task of a job array, process-day passes: --manifest FILE, whose line TASK+1 is
+#    DATE<TAB>SLOT<TAB>TAR)
 #
 # Settings come from PIPELINE_* variables (sbatch exports the submitting environment).
 # Its log: $PIPELINE_LOG_DIR/stream_tar_<DATE>_<SLOT>_<jobid>.out, appended across requeues.
@@ -22,20 +23,20 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 DATE TAR SLOT | DATE --manifest FILE (as an array task)" >&2
+    echo "usage: $0 DATE TAR SLOT | --manifest FILE (as an array task)" >&2
     exit 2
 }
-[ $# -eq 3 ] || usage
-date=$1
-if [ "$2" = --manifest ]; then
+if [ $# -eq 2 ] && [ "$1" = --manifest ]; then
     [ -n "${SLURM_ARRAY_TASK_ID:-}" ] || { echo "--manifest needs SLURM_ARRAY_TASK_ID" >&2; exit 2; }
-    line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$3")
-    [ -n "$line" ] || { echo "no task $SLURM_ARRAY_TASK_ID in $3" >&2; exit 2; }
-    slot=${line%%$'\t'*}
-    tar=${line#*$'\t'}
-else
+    line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$2")
+    [ -n "$line" ] || { echo "no task $SLURM_ARRAY_TASK_ID in $2" >&2; exit 2; }
+    IFS=$'\t' read -r date slot tar <<<"$line"
+elif [ $# -eq 3 ]; then
+    date=$1
     tar=$2
     slot=$3
+else
+    usage
 fi
 
 if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then

@@ -36,9 +36,9 @@ start_munge() {
     exit 1
 }
 
-write_conf() {
+write_conf() {  # to $1
     mkdir -p "$dir/state" "$dir/spool"
-    cat >"$conf" <<CONF
+    cat >"$1" <<CONF
 # written by scripts/slurm-local.sh
 ClusterName=streaming-local
 SlurmctldHost=$node(127.0.0.1)
@@ -69,6 +69,8 @@ ReturnToService=2
 MpiDefault=none
 KillWait=10
 MinJobAge=600
+# Small, so that the tests see a range of days split into several arrays (Slurm's default: 1001).
+MaxArraySize=5
 NodeName=$node NodeAddr=127.0.0.1 CPUs=4 RealMemory=8000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
@@ -89,13 +91,15 @@ start)
     [ "$(id -u)" -eq 0 ] || { echo "slurm-local: needs root (slurmd launches jobs)" >&2; exit 1; }
     command -v slurmctld >/dev/null || { echo "slurm-local: install slurm-wlm and munge" >&2; exit 1; }
     export SLURM_CONF=$conf
-    if [ -f "$conf" ] && scontrol ping 2>/dev/null | grep -q "is UP"; then
+    write_conf "$conf.new"
+    if cmp -s "$conf" "$conf.new" && scontrol ping 2>/dev/null | grep -q "is UP"; then
+        rm -f "$conf.new"
         echo "$conf"
         exit 0
     fi
-    stop
+    stop  # not running, or running with another configuration
     start_munge
-    write_conf
+    mv "$conf.new" "$conf"
     slurmctld -f "$conf"
     slurmd -f "$conf" -N "$node"
     for _ in $(seq 100); do

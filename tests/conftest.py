@@ -207,10 +207,10 @@ def make_archive(tmp_path: Path):
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_day(tmp_path: Path, slots: list[str], members: int) -> list[Path]:
-    """`<tmp>/input/DAY/<slot>.tar.xz` for each slot, each with different clips."""
+def make_day(tmp_path: Path, slots: list[str], members: int, day: str = DAY) -> list[Path]:
+    """`<tmp>/input/<day>/<slot>.tar.xz` for each slot, each with different clips."""
     return [
-        write_tar_xz(tmp_path / "input" / DAY / f"{slot}.tar.xz", list(clip_files(members, seed=i)))
+        write_tar_xz(tmp_path / "input" / day / f"{slot}.tar.xz", list(clip_files(members, seed=i)))
         for i, slot in enumerate(slots)
     ]
 

@@ -51,3 +51,23 @@ def test_bad_day() -> None:
     assert parse_day("2025-01-25").isoformat() == "2025-01-25"
     with pytest.raises(ConfigError, match="bad date"):
         parse_day("25/01/2025")
+
+
+def test_days_and_ranges() -> None:
+    from streaming_pipeline.config import days_label, parse_days
+
+    days = parse_days(["2025-01-30..2025-02-02", "2025-01-31,2025-03-01"])
+    assert [d.isoformat() for d in days] == [
+        "2025-01-30",
+        "2025-01-31",
+        "2025-02-01",
+        "2025-02-02",
+        "2025-03-01",
+    ]
+    assert days_label(days) == "2025-01-30..2025-03-01_5days"
+    assert days_label(parse_days("2024-02-28..2024-03-01")) == "2024-02-28..2024-03-01"  # leap day inside
+    assert len(parse_days("2025-01-01..2025-12-31")) == 365
+    for bad, message in [("2025-02-01..2025-01-01", "ends before it starts"), ("2025-01-01..", "bad date"),
+                         ("2000-01-01..2020-01-01", "more than"), (",", "no day given")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            parse_days(bad)

@@ -142,7 +142,8 @@ def test_dead_destination_marks_nothing_done(
 def test_wrong_dsn_fails_before_any_work(tmp_path: Path, tiny_model: Path, make_archive, capsys) -> None:
     archive = make_archive([("a.wav", b"x")])
     dsn = "host=127.0.0.1 port=1 user=alice password=HunTer2Secret dbname=x connect_timeout=2"
-    rc = main(_args(archive, dsn, str(tmp_path / "remote"), tmp_path, tiny_model))
+    # Refused connections are waited for (a restarting server looks the same): here for 1 s.
+    rc = main([*_args(archive, dsn, str(tmp_path / "remote"), tmp_path, tiny_model), "--db-patience", "1"])
     err = capsys.readouterr().err
     assert rc == 1
     lines = [line for line in err.splitlines() if line.startswith("streaming-pipeline: error")]

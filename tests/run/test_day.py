@@ -82,6 +82,29 @@ def test_local_day_then_status_and_json(tmp_path: Path, pg_dsn: str, tiny_model:
     everything = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.out"))
     assert "hunter2-secret" not in everything + text + json.dumps(report)
 
+    # A range: a day without archives is skipped, a done day is not redone, a new day is processed.
+    make_day(tmp_path, ["07_00"], members=1, day="2025-01-26")
+    days = "2025-01-24..2025-01-26"
+    assert main(["process-day", days, *day_args, *_options(tmp_path, dsn, tiny_model)]) == 0
+    out = capsys.readouterr().out
+    assert "2025-01-24: skipped: no archives for 2025-01-24" in out
+    assert f"{DAY}: 2 archives, 2 already done" in out and "2025-01-26: 1 archives, 0 already done" in out
+    assert main(["status", days, "--dsn", dsn]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "2025-01-24: no archives recorded"
+    assert lines[2].startswith("2025-01-26: 1 archives (1 done); members done 1")
+    assert lines[3].startswith(f"{days}: 2 of 3 days recorded, 2 complete; archives 3, members done 5")
+    assert main(["status", "2025-01-26", DAY, "--json", "--dsn", dsn]) == 0
+    assert [d["day"] for d in json.loads(capsys.readouterr().out)["days"]] == [DAY, "2025-01-26"]
+    assert (
+        main(["finalize-day", "2025-01-25,2025-01-26", "--dsn", dsn, "--log-dir", str(tmp_path / "logs")])
+        == 0
+    )
+    assert (tmp_path / "logs" / "report_2025-01-26.html").is_file()
+    assert main(["export", "2025-01-25..2025-01-26", *_options(tmp_path, dsn, tiny_model)]) == 0
+    assert "exported 4 members of 2025-01-25" in capsys.readouterr().out
+    assert list((tmp_path / "remote" / "2025-01-26" / "parquet").glob("*.parquet"))
+
 
 @pytest.mark.slow
 def test_sigterm_stops_local_day_cleanly_and_rerun_completes(

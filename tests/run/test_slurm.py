@@ -147,3 +147,51 @@ def test_usr1_stops_cleanly_requeues_and_the_next_run_resumes(
     assert len(members) == 12 and {m["status"] for m in members} == {"done"}
     assert len(list((rsync_daemon.data / DAY / "09_00").rglob("*.flac"))) == 12
     assert "resuming" in text.split("(restart 1)")[1]  # the second run skipped what was done
+
+
+def test_a_range_of_days_is_split_into_arrays_at_max_array_size_with_a_finalize_per_day(
+    slurm: dict[str, str], tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path
+) -> None:
+    env = _env(slurm, tmp_path, pg_dsn, rsync_daemon.url, tiny_model)
+    days = ["2025-03-01", "2025-03-02", "2025-03-03"]
+    for day in days:
+        make_day(tmp_path, ["08_00", "08_30"], members=2, day=day)
+    config = subprocess.run(
+        ["scontrol", "show", "config"], env=env, capture_output=True, text=True, check=True
+    )
+    max_array = int(next(line.split("=")[1] for line in config.stdout.splitlines() if "MaxArraySize" in line))
+    script = str(REPO / "hpc" / "process_day_streaming.sh")
+
+    controller = _sbatch(env, tmp_path, script, "2025-03-01..2025-03-03")
+    _wait_gone(env, [controller])
+    controller_log = (tmp_path / f"stream_day_{controller}.out").read_text()
+    rows = query(pg_dsn, "SELECT * FROM days ORDER BY day")
+    assert [str(r["day"]) for r in rows] == days, controller_log
+    arrays = sorted({job for r in rows for job in r["array_job_id"].split(",")})
+    assert len(arrays) == -(-6 // max_array), controller_log  # ceil: no array above MaxArraySize
+    if max_array < 6:  # the test cluster's 5: the third day spans both arrays
+        assert len(rows[2]["array_job_id"].split(",")) == 2
+    assert len({r["finalize_job_id"] for r in rows}) == 3  # one finalize per day
+    _wait_gone(env, arrays + [r["finalize_job_id"] for r in rows], timeout=400)
+
+    assert [r["state"] for r in query(pg_dsn, "SELECT state FROM days ORDER BY day")] == ["done"] * 3
+    archives = query(pg_dsn, "SELECT day, state FROM archives")
+    assert len(archives) == 6 and {a["state"] for a in archives} == {"done"}
+    assert query(pg_dsn, "SELECT count(*) AS n FROM audio_files WHERE status = 'done'")[0]["n"] == 12
+    for row in rows:
+        log = tmp_path / "logs" / f"stream_day_{row['day']}_finalize_{row['finalize_job_id']}.out"
+        assert "2 done" in log.read_text()
+    status = subprocess.run(
+        [sys.executable, "-m", "streaming_pipeline", "status", "2025-03-01..2025-03-03"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "3 of 3 days recorded, 3 complete; archives 6, members done 12" in status.stdout, status.stderr
+
+    # Resubmitting the range submits nothing: every archive is done.
+    controller = _sbatch(env, tmp_path, script, "2025-03-01..2025-03-03")
+    _wait_gone(env, [controller])
+    controller_log = (tmp_path / f"stream_day_{controller}.out").read_text()
+    assert controller_log.count("2 already done") == 3 and "submitted" not in controller_log
+    assert [r["array_job_id"] for r in query(pg_dsn, "SELECT * FROM days ORDER BY day")] == [
+        r["array_job_id"] for r in rows
+    ]

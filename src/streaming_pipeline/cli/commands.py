@@ -15,11 +15,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import PipelineConfig, build_config, config_env, dsn_password, environ, parse_day
+from ..config import (
+    PipelineConfig,
+    build_config,
+    config_env,
+    days_label,
+    dsn_password,
+    environ,
+    parse_day,
+    parse_days,
+)
 from ..errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` must not load faster-whisper or psycopg
-    from ..run.day import DayPlan
+    from ..run.day import DayArchive, DayPlan
     from ..state.store import ProgressStore
 
 log = logging.getLogger("streaming_pipeline")
@@ -33,7 +42,7 @@ def config_from(args: argparse.Namespace) -> PipelineConfig:
 
 
 def process_day(args: argparse.Namespace) -> int:
-    return run_day(config_from(args), parse_day(args.day), args.executor, environ())
+    return run_days(config_from(args), parse_days(args.days), args.executor, environ())
 
 
 def doctor(args: argparse.Namespace) -> int:
@@ -180,62 +189,114 @@ def process_tar(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def run_day(config: PipelineConfig, day: dt.date, executor: str, env: Mapping[str, str]) -> int:
-    """`process-day`: register the day, then submit (Slurm) or run (local) what is not done."""
-    from ..run.day import day_report, discover, finalize_day, format_report, plan_day
+def run_days(config: PipelineConfig, days: list[dt.date], executor: str, env: Mapping[str, str]) -> int:
+    """`process-day`: register each day's archives, then submit (Slurm: all days at once) or run
+    (local: day by day) what is not done. A day with nothing left to do is finalized now."""
+    from ..run.day import NoArchives, day_report, discover, finalize_day, format_report, plan_day
 
-    archives = discover(config.input_root, day)
+    found: dict[dt.date, list[DayArchive]] = {}
+    for day in days:
+        try:
+            found[day] = discover(config.input_root, day)
+        except NoArchives as exc:
+            if len(days) == 1:
+                raise
+            print(f"{day}: skipped: {exc}", flush=True)
+    if not found:
+        raise ConfigError(f"no archives for any of the {len(days)} days under {config.input_root}")
     if executor == "local":
-        preflight(config, archives[0].path)
+        preflight(config, next(iter(found.values()))[0].path)
     store = _open_store(config)
     try:
         store.init_schema()
-        plan = plan_day(store, day, archives)
-        print(plan.describe(), flush=True)
-        if plan.todo and executor == "slurm":
-            return _submit_slurm(config, day, plan, store, env)
-        if plan.todo:
-            return _run_local(config, day, plan, store, env)
-        if plan.busy:  # their workers record the outcome; finalizing now would call it incomplete
-            print(format_report(day_report(store, day)))
-            return 0
-        report = finalize_day(store, day, job_id=config.slurm_job_id)
-        print(format_report(report))
-        return 0 if report["totals"]["complete"] else 1
+        plans = []
+        for day, archives in found.items():
+            plan = plan_day(store, day, archives)
+            print(plan.describe(), flush=True)
+            plans.append(plan)
+        if executor == "local":
+            return _run_local_days(config, plans, store, env)
+        rc = 0
+        for plan in plans:
+            if plan.todo:
+                continue
+            if plan.busy:  # their workers record the outcome; finalizing now would call it incomplete
+                print(format_report(day_report(store, plan.day)))
+                continue
+            report = finalize_day(store, plan.day, job_id=config.slurm_job_id)
+            print(format_report(report))
+            rc = rc or (0 if report["totals"]["complete"] else 1)
+        if any(plan.todo for plan in plans):
+            return _submit_slurm(config, [p for p in plans if p.todo], store, env)
+        return rc
     finally:
         store.close()
 
 
 def _submit_slurm(
-    config: PipelineConfig, day: dt.date, plan: DayPlan, store: ProgressStore, env: Mapping[str, str]
+    config: PipelineConfig, plans: list[DayPlan], store: ProgressStore, env: Mapping[str, str]
 ) -> int:
-    from ..run.slurm import SlurmClient, hpc_dir, submit_day
+    from ..run.slurm import SlurmClient, hpc_dir, submit_days
 
     # The controller's own job variables must not leak into its workers' submissions; the
     # settings travel as PIPELINE_* variables, which sbatch exports to the jobs.
     clean_env = {k: v for k, v in env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
     client = SlurmClient({**clean_env, **config_env(config)}, secrets=(dsn_password(config.dsn),))
-    sub = submit_day(config, day, plan.todo, scripts=hpc_dir(config.hpc_dir), client=client)
-    store.record_day(
-        day,
-        state="submitted",
-        archives=len(plan.archives),
-        submitted=sub.tasks,
-        executor="slurm",
-        array_job_id=sub.array_job_id,
-        finalize_job_id=sub.finalize_job_id,
-        submitted_at=dt.datetime.now(dt.UTC),
-        finalized_at=None,
-    )
+    todo = [archive for plan in plans for archive in plan.todo]
+    sub = submit_days(config, todo, scripts=hpc_dir(config.hpc_dir), client=client)
+    now = dt.datetime.now(dt.UTC)
+    for plan in plans:
+        store.record_day(
+            plan.day,
+            state="submitted",
+            archives=len(plan.archives),
+            submitted=len(plan.todo),
+            executor="slurm",
+            array_job_id=",".join(sub.arrays_of(plan.day)),
+            finalize_job_id=sub.finalize[plan.day],
+            submitted_at=now,
+            finalized_at=None,
+        )
     logs = config.log_dir.resolve()
+    days = [plan.day for plan in plans]
+    jobs = ",".join([a.job_id for a in sub.arrays] + list(sub.finalize.values()))
+    pattern = f"stream_tar_{days[0]}_*.out" if len(days) == 1 else "stream_tar_*.out"
     print(
-        f"submitted job array {sub.array_job_id} ({sub.tasks} archives, "
-        f"at most {config.max_parallel} at a time) and finalize job {sub.finalize_job_id}\n"
-        f"  squeue -j {sub.array_job_id},{sub.finalize_job_id}\n"
-        f"  tail -f {logs}/stream_tar_{day}_*.out\n"
-        f"  streaming-pipeline status {day}"
+        f"submitted {_plural(len(sub.arrays), 'job array')} "
+        + ", ".join(f"{a.job_id} ({a.tasks} tasks)" for a in sub.arrays)
+        + f": {sub.tasks} archives of {_plural(len(days), 'day')}, at most {config.max_parallel} at a"
+        " time in all; finalize: "
+        + ", ".join(f"{job} ({day})" for day, job in sub.finalize.items())
+        + f"\n  squeue -j {jobs}\n  tail -f {logs}/{pattern}\n  streaming-pipeline status {days_label(days)}"
     )
     return 0
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _run_local_days(
+    config: PipelineConfig, plans: list[DayPlan], store: ProgressStore, env: Mapping[str, str]
+) -> int:
+    """Day after day on this machine; a stop signal ends the run after the day it interrupted."""
+    from ..run.day import finalize_day, format_report
+
+    rc = 0
+    for plan in plans:
+        if plan.todo:
+            code = _run_local(config, plan.day, plan, store, env)
+        elif plan.busy:
+            print(f"{plan.day}: being processed elsewhere")
+            code = 0
+        else:
+            report = finalize_day(store, plan.day, job_id=None)
+            print(format_report(report))
+            code = 0 if report["totals"]["complete"] else 1
+        if code == EXIT_INTERRUPTED:
+            return code
+        rc = rc or code
+    return rc
 
 
 def _run_local(
@@ -266,46 +327,66 @@ def _run_local(
 
 
 def status(args: argparse.Namespace) -> int:
-    from ..run.day import day_report, format_report, report_json
-    from ..state.store import SCHEMA_VERSION
+    """A day: a line per archive and the totals. Several days: a line per day, and the totals."""
+    from ..run.day import day_report, format_day_line, format_report, report_json
 
-    day = parse_day(args.day)
-    store = _open_store(config_from(args))
+    days = parse_days(args.days)
+    config = config_from(args)
+    store = _open_store(config)
     try:  # read-only: a monitoring user need not be allowed to migrate
-        version = store.schema_version()
-        if version < SCHEMA_VERSION:
-            raise ConfigError(
-                f"schema at version {version}, not {SCHEMA_VERSION}: run streaming-pipeline init-db"
-            )
-        report = day_report(store, day)
+        _check_schema(store)
+        reports = [day_report(store, day) for day in days]
     finally:
         store.close()
+    recorded = [r for r in reports if r["archives"]]
     if args.json:
-        print(report_json(report))
-    elif not report["archives"]:
-        print(f"no archives recorded for {day} (submit it with: streaming-pipeline process-day {day})")
-    else:
-        print(format_report(report))
-        html = report_path(config_from(args), day.isoformat())
+        print(report_json(reports[0] if len(days) == 1 else {"days": reports}))
+    elif not recorded:
+        label = days_label(days)
+        print(f"no archives recorded for {label} (submit with: streaming-pipeline process-day {label})")
+    elif len(days) == 1:
+        print(format_report(reports[0]))
+        html = report_path(config, days[0].isoformat())
         if html.exists():
-            print(f"report: {html.resolve()} (streaming-pipeline report {day} writes it anew)")
-    return 0 if report["archives"] else 1
+            print(f"report: {html.resolve()} (streaming-pipeline report {days[0]} writes it anew)")
+    else:
+        for report in reports:
+            print(format_day_line(report))
+        total = {k: sum(r["totals"][k] for r in recorded) for k in ("complete", "archives", "done", "failed")}
+        print(
+            f"{days_label(days)}: {len(recorded)} of {len(days)} days recorded, {total['complete']} complete;"
+            f" archives {total['archives']}, members done {total['done']}, failed {total['failed']}"
+        )
+    return 0 if recorded else 1
+
+
+def _check_schema(store: ProgressStore) -> None:
+    from ..state.store import SCHEMA_VERSION
+
+    version = store.schema_version()
+    if version < SCHEMA_VERSION:
+        raise ConfigError(
+            f"schema at version {version}, not {SCHEMA_VERSION}: run streaming-pipeline init-db"
+        )
 
 
 def finalize_day(args: argparse.Namespace) -> int:
-    from ..run.day import finalize_day, format_report
+    from ..run.day import finalize_day, format_day_line, format_report
 
     config = config_from(args)
-    day = parse_day(args.day)
+    days = parse_days(args.days)
     store = _open_store(config)
+    complete = True
     try:
         store.init_schema()
-        report = finalize_day(store, day, job_id=config.slurm_job_id)
-        _write_day_report(store, config, day)
+        for day in days:
+            report = finalize_day(store, day, job_id=config.slurm_job_id)
+            _write_day_report(store, config, day)
+            print(format_report(report) if len(days) == 1 else format_day_line(report), flush=True)
+            complete = complete and report["totals"]["complete"]
     finally:
         store.close()
-    print(format_report(report))
-    return 0 if report["totals"]["complete"] else 1
+    return 0 if complete else 1
 
 
 def report_path(config: PipelineConfig, label: str) -> Path:
@@ -325,23 +406,14 @@ def _write_day_report(store: ProgressStore, config: PipelineConfig, day: dt.date
 
 
 def report(args: argparse.Namespace) -> int:
-    from ..state.store import SCHEMA_VERSION
     from ..tools.report import write_report
 
-    first, _, last = args.days.partition("..")
-    start, end = parse_day(first), parse_day(last or first)
-    if end < start:
-        raise ConfigError(f"{args.days}: the range ends before it starts")
-    days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+    days = parse_days(args.days)
     config = config_from(args)
-    out = args.out or report_path(config, args.days)
+    out = args.out or report_path(config, days_label(days))
     store = _open_store(config)
     try:  # read-only: a monitoring user need not be allowed to migrate
-        version = store.schema_version()
-        if version < SCHEMA_VERSION:
-            raise ConfigError(
-                f"schema at version {version}, not {SCHEMA_VERSION}: run streaming-pipeline init-db"
-            )
+        _check_schema(store)
         write_report(store, days, out, archive=args.archive)
     finally:
         store.close()
@@ -355,22 +427,25 @@ def export(args: argparse.Namespace) -> int:
     from ..state.store import SCHEMA_VERSION
 
     config = config_from(args)
-    day = parse_day(args.day)
+    days = parse_days(args.days)
     shard_size = parse_size(args.shard_size)
     store = _open_store(config, patient=True)
     try:
         if store.schema_version() < SCHEMA_VERSION:
             store.init_schema()
-        exporter = DayExporter(
-            config, store, day, out=args.out, shard_rows=args.shard_rows, shard_size=shard_size
-        )
-        result = exporter.run()
+        for day in days:
+            out = args.out / day.isoformat() if args.out and len(days) > 1 else args.out
+            exporter = DayExporter(
+                config, store, day, out=out, shard_rows=args.shard_rows, shard_size=shard_size
+            )
+            result = exporter.run()
+            print(
+                f"exported {result.rows} members of {day} ({result.audio_s / 3600:.3f} h) "
+                f"in {len(result.shards)} shards to {result.output}",
+                flush=True,
+            )
     finally:
         store.close()
-    print(
-        f"exported {result.rows} members of {day} ({result.audio_s / 3600:.3f} h) "
-        f"in {len(result.shards)} shards to {result.output}"
-    )
     return 0
 
 
@@ -510,7 +585,7 @@ def demo(args: argparse.Namespace) -> int:
     day = parse_day(args.day)
     if not sorted((state / "input" / day.isoformat()).glob("*.tar.xz")):
         make_sample_day(state / "input", day.isoformat(), archives=args.archives, members=args.members)
-    rc = run_day(config, day, "local", env)
+    rc = run_days(config, [day], "local", env)
     print(f"\nresults: {config.remote}/{day}/  (FLAC + JSON per member)")
     query = "SELECT slot, status, count(*) FROM audio_files GROUP BY 1, 2"
     print(f'progress: psql "{config.redacted_dsn()}" -c "{query}"')

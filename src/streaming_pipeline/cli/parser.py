@@ -92,28 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", type=Path)
     _pipeline_options(p)
 
-    p = sub.add_parser("process-day", help="process a day's archives: a Slurm job array, or locally")
-    p.add_argument("day", help="YYYY-MM-DD")
+    p = sub.add_parser(
+        "process-day", help="process days' archives: Slurm job arrays (split at MaxArraySize), or locally"
+    )
+    p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")
     _day_options(p)
     _pipeline_options(p)
 
-    p = sub.add_parser("status", help="one line per archive of a day, and the day's totals")
-    p.add_argument("day", help="YYYY-MM-DD")
+    p = sub.add_parser(
+        "status", help="one line per archive of a day and its totals; a line per day for several"
+    )
+    p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--dsn")
 
-    p = sub.add_parser("finalize-day", help="record a day's outcome, print its summary, write its report")
-    p.add_argument("day", help="YYYY-MM-DD")
+    p = sub.add_parser("finalize-day", help="record each day's outcome, print its summary, write its report")
+    p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")
     p.add_argument("--dsn")
 
     p = sub.add_parser("report", help="a day's report as one self-contained HTML file (read-only)")
-    p.add_argument("days", help="YYYY-MM-DD, or a range YYYY-MM-DD..YYYY-MM-DD")
+    p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")
     p.add_argument("--archive", help="only this archive (its key, e.g. 2025-01-25/12_30.tar.xz)")
     p.add_argument("--out", type=Path, help="the HTML file (default: $PIPELINE_LOG_DIR/report_<DAYS>.html)")
     p.add_argument("--dsn")
 
-    p = sub.add_parser("export", help="a day's done members as Parquet shards that `datasets` streams")
-    p.add_argument("day", help="YYYY-MM-DD")
+    p = sub.add_parser("export", help="each day's done members as Parquet shards that `datasets` streams")
+    p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")
     p.add_argument("--out", type=Path, help="local folder (default: <remote>/<DATE>/parquet/ via rsync)")
     p.add_argument("--shard-rows", type=int, default=10000, help="rows per shard at most (10000)")
     p.add_argument("--shard-size", default="5GB", help="bytes per shard at most, e.g. 5GB, 500MB (5GB)")

@@ -54,6 +54,10 @@ class DayPlan:
         return text
 
 
+class NoArchives(ConfigError):
+    """A day without archives under the input root."""
+
+
 def check_slot(slot: str) -> str:
     """A slot becomes a directory name and a log file name, so it must be one plain component."""
     if not slot or "/" in slot or slot.startswith((".", "-")) or any(c in slot for c in "\t\n\r\0"):
@@ -74,7 +78,7 @@ def discover(input_root: Path | None, day: dt.date) -> list[DayArchive]:
     day_dir = input_root / day.isoformat()
     paths = sorted(day_dir.glob(f"*{ARCHIVE_SUFFIX}")) if day_dir.is_dir() else []
     if not paths:
-        raise ConfigError(f"no archives for {day} in {day_dir} (expected {day_dir}/<SLOT>{ARCHIVE_SUFFIX})")
+        raise NoArchives(f"no archives for {day} in {day_dir} (expected {day_dir}/<SLOT>{ARCHIVE_SUFFIX})")
     archives = []
     for path in paths:
         path = path.resolve()
@@ -164,14 +168,20 @@ def format_report(report: dict[str, Any]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
         for line in lines
     )
+    return text + "\n" + format_day_line(report)
+
+
+def format_day_line(report: dict[str, Any]) -> str:
+    """The day's totals in one line (the last line of its report; a line per day for a range)."""
     t = report["totals"]
+    if not t["archives"]:
+        return f"{report['day']}: no archives recorded"
     states = ", ".join(f"{n} {s}" for s, n in t["by_state"].items())
-    text += (
-        f"\n{report['day']}: {t['archives']} archives ({states}); members done {t['done']}, "
+    return (
+        f"{report['day']}: {t['archives']} archives ({states}); members done {t['done']}, "
         f"failed {t['failed']}, rejected {t['rejected']}, uploading {t['uploading']}; "
         f"audio {t['audio_hours']:.3f} h"
     )
-    return text
 
 
 def _owner(row: dict[str, Any]) -> str:

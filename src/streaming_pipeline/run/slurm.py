@@ -1,4 +1,5 @@
-"""Slurm: submitting a day as one job array plus a finalize job, and requeueing a stopped worker.
+"""Slurm: submitting days as job arrays (split at MaxArraySize) plus a finalize job per day, and
+requeueing a stopped worker.
 
 Everything that knows about sbatch/scontrol is here; the hpc/*.sh scripts only resolve their
 arguments and call the package. Commands are argument lists; settings reach the jobs through the
@@ -30,12 +31,28 @@ SIGNAL_LEAD_S = 120
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default: task indices 0..1000
+
+
 @dataclass(frozen=True)
-class Submission:
-    array_job_id: str
-    finalize_job_id: str
+class ArrayJob:
+    job_id: str
     manifest: Path
     tasks: int
+    days: tuple[dt.date, ...]
+
+
+@dataclass(frozen=True)
+class Submission:
+    arrays: list[ArrayJob]
+    finalize: dict[dt.date, str]  # day -> its finalize job
+
+    @property
+    def tasks(self) -> int:
+        return sum(a.tasks for a in self.arrays)
+
+    def arrays_of(self, day: dt.date) -> list[str]:
+        return [a.job_id for a in self.arrays if day in a.days]
 
 
 class SlurmClient:
@@ -64,6 +81,16 @@ class SlurmClient:
     def requeue(self, job_id: str) -> None:
         self._call(["scontrol", "requeue", job_id])
 
+    def max_array_size(self) -> int:
+        """The cluster's MaxArraySize (`scontrol show config`): an array holds at most this many
+        tasks (indices 0..MaxArraySize-1)."""
+        for line in self._call(["scontrol", "show", "config"]).splitlines():
+            name, _, value = line.partition("=")
+            if name.strip() == "MaxArraySize" and value.strip().isdigit():
+                return int(value.strip())
+        log.warning("MaxArraySize not in `scontrol show config`; assuming %d", DEFAULT_MAX_ARRAY_SIZE)
+        return DEFAULT_MAX_ARRAY_SIZE
+
 
 def hpc_dir(configured: Path | None) -> Path:
     """Where the hpc/*.sh scripts are: the flag/variable, else this checkout's hpc/ folder."""
@@ -74,8 +101,8 @@ def hpc_dir(configured: Path | None) -> Path:
     raise ConfigError(f"cannot find {WORKER_SCRIPT}: set --hpc-dir or PIPELINE_HPC_DIR")
 
 
-def write_manifest(log_dir: Path, day: dt.date, archives: Sequence[DayArchive]) -> Path:
-    """The array's task list, one `SLOT<TAB>PATH` line per task: task i reads line i + 1.
+def write_manifest(log_dir: Path, label: str, archives: Sequence[DayArchive]) -> Path:
+    """An array's task list, one `DATE<TAB>SLOT<TAB>PATH` line per task: task i reads line i + 1.
 
     Written before submission (a task can start before sbatch returns), on the log dir, which
     compute nodes must see anyway.
@@ -83,49 +110,65 @@ def write_manifest(log_dir: Path, day: dt.date, archives: Sequence[DayArchive]) 
     folder = log_dir / "manifests"
     folder.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    path = folder / f"{day}_{stamp}_{os.getpid()}.tsv"
+    path = folder / f"{label}_{stamp}_{os.getpid()}.tsv"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{a.slot}\t{a.path}\n" for a in archives), encoding="utf-8")
+    tmp.write_text("".join(f"{a.key.day}\t{a.slot}\t{a.path}\n" for a in archives), encoding="utf-8")
     tmp.rename(path)
     return path
 
 
-def submit_day(
+def submit_days(
     config: PipelineConfig,
-    day: dt.date,
     todo: Sequence[DayArchive],
     *,
     scripts: Path,
     client: SlurmClient,
 ) -> Submission:
-    """One job array of workers (at most `max_parallel` at a time) and a finalize job after it."""
+    """Job arrays of workers for `todo` (any number of days, in day order) and a finalize job
+    per day after the arrays that hold its archives.
+
+    Each array holds at most the cluster's MaxArraySize tasks. The arrays run one after another
+    (each depends on the previous one, afterany), each at most `max_parallel` at a time: one
+    throttle for the whole submission, whatever its size, at the cost of the previous array's
+    tail (its last tasks) running below the throttle.
+    """
     log_dir = config.log_dir.resolve()
     (log_dir / "slurm").mkdir(parents=True, exist_ok=True)
-    manifest = write_manifest(log_dir, day, todo)
-    worker_options = [
-        f"--array=0-{len(todo) - 1}%{config.max_parallel}",
-        f"--job-name=stream_tar_{day}",
-        # Slurm's own file holds only what happens before the script opens its log.
-        f"--output={log_dir}/slurm/stream_tar_{day}_%A_%a.out",
-        "--open-mode=append",
-        "--requeue",
-        f"--signal=B:USR1@{SIGNAL_LEAD_S}",
-        "--export=ALL",
-        *shlex.split(config.worker_sbatch_args),  # last: they override the script's #SBATCH lines
-    ]
-    array_id = client.sbatch(
-        worker_options, scripts / WORKER_SCRIPT, [day.isoformat(), "--manifest", str(manifest)]
-    )
-    log.info("submitted %d archives of %s as job array %s", len(todo), day, array_id)
-    finalize_options = [
-        f"--job-name=stream_day_{day}_finalize",
-        f"--dependency=afterany:{array_id}",
-        f"--output={log_dir}/stream_day_{day}_finalize_%j.out",
-        "--export=ALL",
-    ]
-    finalize_id = client.sbatch(finalize_options, scripts / FINALIZE_SCRIPT, [day.isoformat()])
-    log.info("finalize job %s runs after array %s", finalize_id, array_id)
-    return Submission(array_id, finalize_id, manifest, len(todo))
+    size = client.max_array_size()
+    arrays: list[ArrayJob] = []
+    for first in range(0, len(todo), size):
+        chunk = list(todo[first : first + size])
+        days = tuple(sorted({a.key.day for a in chunk}))
+        label = days[0].isoformat() if len(days) == 1 else f"{days[0]}..{days[-1]}"
+        manifest = write_manifest(log_dir, label, chunk)
+        options = [
+            f"--array=0-{len(chunk) - 1}%{config.max_parallel}",
+            f"--job-name=stream_tar_{label}",
+            # Slurm's own file holds only what happens before the script opens its log.
+            f"--output={log_dir}/slurm/stream_tar_%A_%a.out",
+            "--open-mode=append",
+            "--requeue",
+            f"--signal=B:USR1@{SIGNAL_LEAD_S}",
+            "--export=ALL",
+        ]
+        if arrays:
+            options.append(f"--dependency=afterany:{arrays[-1].job_id}")
+        options += shlex.split(config.worker_sbatch_args)  # last: they override the script's #SBATCH lines
+        job_id = client.sbatch(options, scripts / WORKER_SCRIPT, ["--manifest", str(manifest)])
+        log.info("submitted %d archives (%s) as job array %s", len(chunk), label, job_id)
+        arrays.append(ArrayJob(job_id, manifest, len(chunk), days))
+    finalize: dict[dt.date, str] = {}
+    for day in sorted({a.key.day for a in todo}):
+        after = ":".join(a.job_id for a in arrays if day in a.days)
+        finalize_options = [
+            f"--job-name=stream_day_{day}_finalize",
+            f"--dependency=afterany:{after}",
+            f"--output={log_dir}/stream_day_{day}_finalize_%j.out",
+            "--export=ALL",
+        ]
+        finalize[day] = client.sbatch(finalize_options, scripts / FINALIZE_SCRIPT, [day.isoformat()])
+        log.info("finalize job %s for %s runs after %s", finalize[day], day, after)
+    return Submission(arrays, finalize)
 
 
 def requeue_self(job_id: str, client: SlurmClient) -> None:

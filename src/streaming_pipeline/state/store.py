@@ -295,7 +295,7 @@ class ProgressStore:
         delay = state.next_action.sleep if state.next_action else 0.0
         if exc is not None and waiting_for_slot(exc):
             log.warning(
-                "database %s: waiting for a connection slot (%s); try %d, next in %.1fs",
+                "database %s: waiting for the database (%s); try %d, next in %.1fs",
                 what,
                 self._scrub(exc),
                 state.attempt_number,

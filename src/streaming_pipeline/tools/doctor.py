@@ -152,7 +152,7 @@ def _database(config: PipelineConfig) -> Check:
         return Check("database", FAIL, "no DSN", "set PIPELINE_DSN (or DB_CREDS)")
 
     def body() -> Check:
-        store = ProgressStore(config.dsn, attempts=1, connect_timeout=5)
+        store = ProgressStore(config.dsn, attempts=1, patience=0, connect_timeout=5)
         try:
             version = store.schema_version()
         finally:
