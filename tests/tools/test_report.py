@@ -182,6 +182,12 @@ def test_report_of_a_20000_member_day_is_small_and_quick(tmp_path: Path, pg_dsn:
     store.init_schema()
     store.close()
     _synthetic_day(pg_dsn)
+    # One archive still held by a worker: the report names it and its lease's expiry.
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute(
+            "UPDATE archives SET state = 'running', lease_until = now() + interval '90 s', host = 'node7',"
+            " slurm_job_id = '88_7' WHERE archive = (SELECT min(archive) FROM archives)"
+        )
     page = tmp_path / "big.html"
     started = time.monotonic()
     assert main(["report", DAY, "--out", str(page), "--dsn", pg_dsn]) == 0
@@ -196,6 +202,8 @@ def test_report_of_a_20000_member_day_is_small_and_quick(tmp_path: Path, pg_dsn:
     assert summary["archives"] == 48 and summary["runs"] == 49
     assert len(data["failures"]) == 200 and data["failures_total"] > 200
     assert summary["gpu_hours"] > 0 and len(data["gpu"]) == 6, "one GPU series per node"
+    (held,) = data["held"]
+    assert held["owner"] == "88_7@node7" and held["state"] == "running" and held["lease_until"]
     rendered = open_in_browser(page, tmp_path)
     assert json.loads(rendered["errors"]) == []
     assert int(rendered["charts"]) == CHARTS + 1, "with the GPU view"

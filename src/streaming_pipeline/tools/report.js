@@ -52,8 +52,13 @@
   plot("stages", ["extract", "convert", "transcribe", "upload"].map(stage => ({type: "bar", name: stage,
     marker: {color: colours[stage]}, x: A.map(a => a.slot), y: A.map(a => a.stages[stage])})),
     {barmode: "stack", yaxis: {title: {text: "stage seconds (busy)"}}});
-  table("slowest", ["archive", "state", "elapsed s", "x realtime"],
-    D.slowest.map(a => [a.archive, a.state, Number(fmt(a.elapsed_s, 1)), Number(fmt(a.xrt, 2))]));
+  table("slowest", ["archive", "state", "elapsed s", "x realtime", "worker"],
+    D.slowest.map(a => [a.archive, a.state, Number(fmt(a.elapsed_s, 1)), Number(fmt(a.xrt, 2)), a.owner]));
+  table("held", ["archive", "state", "held by", "lease until"],
+    D.held.map(a => [a.archive, a.state, a.owner, a.lease_until]));
+  document.getElementById("held-note").textContent = D.held.length
+    ? D.held.length + " archives held by a worker when the report was written"
+    : "no archive held by a worker when the report was written";
 
   const G = Object.entries(D.gpu);
   if (G.length) {

@@ -41,7 +41,9 @@ def collect(store: ProgressStore, days: list[dt.date], archive: str | None = Non
     p = {"days": days, "archive": archive}
     archives = store.fetch(
         "SELECT archive, day, slot, state, done, failed, rejected, uploading, audio_hours, elapsed_s, host,"
-        " restarts, slurm_job_id, error FROM archive_status WHERE " + _FILTER + " ORDER BY day, slot",
+        " pid, restarts, slurm_job_id, live, lease_until, error FROM archive_status WHERE "
+        + _FILTER
+        + " ORDER BY day, slot",
         p,
     )
     runs = store.fetch(
@@ -150,6 +152,9 @@ def _shape(
             "xrt": float(a["audio_hours"] or 0) * 3600 / float(a["elapsed_s"]) if a["elapsed_s"] else 0.0,
             "elapsed_s": float(a["elapsed_s"] or 0.0),
             "stages": stage_seconds.get(a["archive"], dict.fromkeys(STAGES, 0.0)),
+            # the current (live lease) or last worker, as `status` shows it
+            "owner": f"{a['slurm_job_id'] or a['pid'] or '?'}@{a['host']}" if a["host"] else "",
+            "lease_until": a["lease_until"].isoformat(timespec="seconds") if a["live"] else None,
         }
         for a in archives
     ]
@@ -179,6 +184,7 @@ def _shape(
         "throughput": _throughput(stages, runs),
         "per_archive": per_archive,
         "slowest": sorted(per_archive, key=lambda a: -a["elapsed_s"])[:5],
+        "held": [a for a in per_archive if a["lease_until"]],
         "gpu": _gpu_series(gpu),
         "reasons": [
             {"status": r["status"], "reason": r["reason"] or "(no reason)", "n": int(r["n"])} for r in reasons
