@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -242,9 +244,9 @@ def test_a_full_scratch_disk_is_a_clear_error_and_marks_nothing_done(
     finally:
         subprocess.run(["umount", "-l", str(scratch)], check=False)
     assert proc.returncode == 1
-    assert (
-        f"scratch directory {scratch}/{DAY}/20_00 is full: member 'big.wav' needs {len(big)} bytes"
-        in proc.stderr
+    run_dir = f"{scratch}/{DAY}/20_00/run-{socket.gethostname()}-"  # the run's own scratch
+    assert re.search(
+        re.escape(run_dir) + rf"\d+ is full: member 'big.wav' needs {len(big)} bytes", proc.stderr
     )
     (arch,) = query(pg_dsn, "SELECT state, error FROM archives")
     assert arch["state"] == "failed" and "is full" in arch["error"]

@@ -103,7 +103,7 @@ def test_local_day_then_status_and_json(tmp_path: Path, pg_dsn: str, tiny_model:
     assert (tmp_path / "logs" / "report_2025-01-26.html").is_file()
     assert main(["export", "2025-01-25..2025-01-26", *_options(tmp_path, dsn, tiny_model)]) == 0
     assert "exported 4 members of 2025-01-25" in capsys.readouterr().out
-    assert list((tmp_path / "remote" / "2025-01-26" / "parquet").glob("*.parquet"))
+    assert list((tmp_path / "remote" / "2025-01-26" / "parquet").rglob("*.parquet"))
 
 
 @pytest.mark.slow

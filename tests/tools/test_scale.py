@@ -33,10 +33,10 @@ def test_300_workers_600_archives_a_tenth_killed_every_member_done_once(capsys) 
 
 def test_the_command_reports_and_checks_a_small_run(capsys) -> None:
     argv = [
-        "scale-sim", "--workers", "12", "--archives", "24", "--members", "10", "--lease-seconds", "2",
-        "--stage-seconds", "0.05", "--kill-share", "0.25", "--max-connections", "12", "--pool-size", "4",
+        "scale-sim", "--workers", "12", "--archives", "24", "--members", "20", "--lease-seconds", "2",
+        "--stage-seconds", "0.2", "--kill-share", "0.25", "--max-connections", "12", "--pool-size", "4",
     ]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "members done 240, done transitions 240, recorded twice 0" in out
+    assert "members done 480, done transitions 480, recorded twice 0" in out
     assert "workers 12 (3 SIGKILLed mid-run)" in out and "taken over after a kill 3" in out

@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finalize-day", help="record each day's outcome, print its summary, write its report")
     p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")
     p.add_argument("--dsn")
+    p.add_argument("--log-dir", type=Path, help="where each day's report goes (PIPELINE_LOG_DIR, ./logs)")
 
     p = sub.add_parser("report", help="a day's report as one self-contained HTML file (read-only)")
     p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import multiprocessing
 import os
 import pwd
 import random
@@ -304,36 +305,39 @@ def simulate(config: ScaleConfig, state_dir: Path | None = None, *, say: Any = p
 
 
 def _run(config: ScaleConfig, direct: str, pooled: str, say: Any) -> ScaleResult:
+    # Workers fork from a small forkserver process that has imported this module, not from the
+    # caller (a test runner holding the model libraries forks ten times slower).
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     started = time.monotonic()
-    pids: dict[int, int] = {}
-    for number in range(config.workers):
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns into the parent's code
-            code = 1
-            try:
-                logging.getLogger().handlers.clear()
-                code = worker_main(pooled, config, number)
-            except BaseException as exc:  # noqa: BLE001 - reported through the exit status
-                os.write(2, f"scale-sim worker {number}: {type(exc).__name__}: {exc}\n".encode())
-            finally:
-                os._exit(code)
-        pids[pid] = number
+    workers = [
+        ctx.Process(target=_worker_process, args=(pooled, config, n), name=f"scale-sim-{n}", daemon=True)
+        for n in range(config.workers)
+    ]
+    for worker in workers:
+        worker.start()
     say(f"scale-sim: {config.workers} workers started in {time.monotonic() - started:.1f} s")
     stop = threading.Event()
     peak = [0]
     monitor = threading.Thread(target=_server_connections, args=(direct, stop, peak), daemon=True)
     monitor.start()
+    pids = {w.pid: n for n, w in enumerate(workers) if w.pid is not None}
     killed = _kill_some_mid_run(config, direct, pids, say)
     failures: dict[int, int] = {}
-    for pid, number in pids.items():
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0 and pid not in killed:
-            failures[number] = code
+    for number, worker in enumerate(workers):
+        worker.join()
+        if worker.exitcode != 0 and worker.pid not in killed:
+            failures[number] = worker.exitcode if worker.exitcode is not None else -1
     wall = time.monotonic() - started
     stop.set()
     monitor.join()
     return _check(config, direct, wall, killed, failures, peak[0])
+
+
+def _worker_process(dsn: str, config: ScaleConfig, number: int) -> None:
+    code = worker_main(dsn, config, number)
+    if code:
+        raise SystemExit(code)
 
 
 def _kill_some_mid_run(config: ScaleConfig, dsn: str, pids: dict[int, int], say: Any) -> set[int]:
