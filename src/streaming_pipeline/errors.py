@@ -52,6 +52,10 @@ class LeaseLost(StoreError):
         self.holder = holder
 
 
+class RunBusy(PipelineError):
+    """Another live process holds the process-dataset run."""
+
+
 class DatasetError(PipelineError):
     """A dataset source cannot be opened or read (unknown name, missing column), or an export
     has nothing to export."""

@@ -128,3 +128,26 @@ def test_redact_dsn_forms() -> None:
     assert redact_dsn("postgresql://u:Sup3rS3cret@h/db") == "postgresql://u:***@h/db"
     assert redact_dsn("host=h password='Sup3r S3cret' user=u") == "host=h password=*** user=u"
     assert redact_dsn("host=h PASSWORD=Sup3rS3cret") == "host=h PASSWORD=***"
+
+
+def test_a_dataset_run_is_held_by_one_process_and_a_taken_over_one_is_fenced(pg_dsn: str) -> None:
+    from streaming_pipeline.errors import LeaseLost, RunBusy
+
+    store = ProgressStore(pg_dsn)
+    store.init_schema()
+    run = dict(source="src", config_name=None, split="train", output="out", resume=False, lease_s=60)
+    first = store.start_dataset_run("r1", host="n1", pid=1, slurm_job_id="7_1", **run)
+    with pytest.raises(RunBusy, match="r1 is being processed by job 7_1 on n1"):
+        store.start_dataset_run("r1", host="n2", pid=2, slurm_job_id=None, **run)
+    # A requeued run of the same job takes it over at once (holder_is_gone decides that).
+    again = store.start_dataset_run(
+        "r1", host="n1", pid=3, slurm_job_id="7_1", may_take=lambda r: True, **run
+    )
+    assert again.lease_token == first.lease_token + 1
+    stale = ProgressStore(pg_dsn)
+    stale.hold("r1", first.lease_token, table="dataset_runs")
+    with pytest.raises(LeaseLost, match="lost the lease on r1 to job 7_1 on n1 \\(pid 3\\)"):
+        stale.finish_dataset_run("r1", state="done", error=None)
+    assert store.query("SELECT state FROM dataset_runs")[0]["state"] == "running"
+    stale.close()
+    store.close()

@@ -41,7 +41,8 @@ from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import Stopwatch, TranscriberLike, put_unless_stopped
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
-from ..state.store import ProgressStore, ShardCheckpoint
+from ..state.lease import Lease, Owner, holder_is_gone
+from ..state.store import DatasetResume, ProgressStore, ShardCheckpoint
 from .shards import Shard, ShardWriter, dataset_card, dataset_features, segment_rows
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,17 @@ class DatasetWorker:
         self._slots = threading.BoundedSemaphore(MAX_SHARDS_UPLOADING)
         self._errors: list[str] = []
         self.timers = Stopwatch()
+        # One process per run: a lease on the run's row (state/lease.py), renewed on a heartbeat;
+        # a process that lost it (stalled past it, taken over) stops and writes nothing more.
+        self.owner = Owner(config.slurm_job_id, socket.gethostname(), os.getpid())
+        self.lease = Lease(
+            store,
+            job.run,
+            owner=self.owner,
+            lease_s=config.lease_s,
+            on_lost=self.request_stop,
+            table="dataset_runs",
+        )
 
     def request_stop(self, reason: str) -> None:
         """Safe from a signal handler: only sets flags."""
@@ -261,11 +273,20 @@ class DatasetWorker:
             config_name=self.job.name,
             split=self.job.split,
             output=self.destination.url(self.prefix),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            slurm_job_id=self.config.slurm_job_id,
+            host=self.owner.host,
+            pid=self.owner.pid,
+            slurm_job_id=self.owner.slurm_job_id,
             resume=self.job.resume,
+            lease_s=self.config.lease_s,
+            may_take=lambda row: holder_is_gone(row, self.owner),
         )
+        self.lease.adopt(resume.lease_token)
+        try:
+            return self._run_held(source, resume, started)
+        finally:
+            self.lease.release()
+
+    def _run_held(self, source: Any, resume: DatasetResume, started: float) -> DatasetResult:
         if resume.source_state is not None:
             source.load_state_dict(resume.source_state)  # continue after the last uploaded shard
         if resume.rows_done:

@@ -81,60 +81,42 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
-class ArchiveLease:
-    """`with ArchiveLease(store, key, ...):` holds the archive or raises ArchiveBusy; the store
-    fences its writes with the lease for as long as it is held."""
+class Lease:
+    """A lease already claimed (store.claim_next, start_dataset_run): `adopt(token)` fences the
+    store's writes with it and starts the heartbeat; `release()` gives it up."""
 
     def __init__(
         self,
         store: ProgressStore,
-        key: ArchiveKey,
+        key: str,
         *,
-        path: str,
         owner: Owner,
         lease_s: float = 120.0,
         on_lost: Callable[[str], None] | None = None,
+        table: str = "archives",
     ) -> None:
         self.store = store
         self.key = key
-        self._path = path
         self.owner = owner
         self.lease_s = lease_s
+        self.table = table
         self._on_lost = on_lost
         self.token: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> ArchiveLease:
-        self.acquire()
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def acquire(self) -> None:
-        token, row = self.store.claim(
-            self.key,
-            path=self._path,
-            owner=self.owner.row(),
-            lease_s=self.lease_s,
-            may_take=lambda row: holder_is_gone(row, self.owner),
-        )
-        if token is None:
-            raise ArchiveBusy(
-                self.key.archive, Holder(row["slurm_job_id"], row["host"], row["pid"], row["lease_until"])
-            )
-        if row["leased"]:
-            log.warning("%s: took over from %s, which is gone", self.key.archive, _owner(row))
-        self.adopt(token)
-
     def adopt(self, token: int) -> None:
-        """Hold a lease already claimed (store.claim_next): fence the store, start the heartbeat."""
         self.token = token
-        self.store.hold(self.key.archive, token, on_lost=self._lost)
+        self.store.hold(self.key, token, on_lost=self._lost, table=self.table)
         log.info(
             "holding %s (%s, lease %d, %.0f s, renewed every %.0f s)",
-            self.key.archive,
+            self.key,
             _owner(self.owner.row()),
             token,
             self.lease_s,
@@ -152,13 +134,13 @@ class ArchiveLease:
         assert self.token is not None
         while not self._stop.wait(self.heartbeat_s):
             try:
-                taken_by = self.store.renew(self.key.archive, self.token, self.lease_s)
+                taken_by = self.store.renew(self.key, self.token, self.lease_s, table=self.table)
             except StoreError as exc:
                 # Keep trying: a takeover, if it happens meanwhile, is caught by the fence.
-                log.warning("lease on %s not renewed: %s", self.key.archive, exc)
+                log.warning("lease on %s not renewed: %s", self.key, exc)
                 continue
             if taken_by is not None:
-                self.store.lease_is_lost(LeaseLost(self.key.archive, _owner(taken_by)))
+                self.store.lease_is_lost(LeaseLost(self.key, _owner(taken_by)))
                 return
 
     def _lost(self, lost: LeaseLost) -> None:
@@ -177,9 +159,48 @@ class ArchiveLease:
         self.store.unhold()
         if lost is None:
             try:
-                self.store.release(self.key.archive, self.token)
+                self.store.release(self.key, self.token, table=self.table)
             except StoreError as exc:  # it expires by itself
                 log.warning(
-                    "lease on %s not released (it expires in %.0f s): %s", self.key.archive, self.lease_s, exc
+                    "lease on %s not released (it expires in %.0f s): %s", self.key, self.lease_s, exc
                 )
         self.token = None
+
+
+class ArchiveLease(Lease):
+    """`with ArchiveLease(store, key, ...):` claims the archive or raises ArchiveBusy; the store
+    fences its writes with the lease for as long as it is held."""
+
+    def __init__(
+        self,
+        store: ProgressStore,
+        key: ArchiveKey,
+        *,
+        path: str,
+        owner: Owner,
+        lease_s: float = 120.0,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(store, key.archive, owner=owner, lease_s=lease_s, on_lost=on_lost)
+        self.archive_key = key
+        self._path = path
+
+    def __enter__(self) -> ArchiveLease:
+        self.acquire()
+        return self
+
+    def acquire(self) -> None:
+        token, row = self.store.claim(
+            self.archive_key,
+            path=self._path,
+            owner=self.owner.row(),
+            lease_s=self.lease_s,
+            may_take=lambda row: holder_is_gone(row, self.owner),
+        )
+        if token is None:
+            raise ArchiveBusy(
+                self.key, Holder(row["slurm_job_id"], row["host"], row["pid"], row["lease_until"])
+            )
+        if row["leased"]:
+            log.warning("%s: took over from %s, which is gone", self.key, _owner(row))
+        self.adopt(token)

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from ..config import describe_error, dsn_password
-from ..errors import ConfigError, LeaseLost, StoreError
+from ..errors import ConfigError, LeaseLost, RunBusy, StoreError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,6 +122,7 @@ class DatasetResume:
     last_id: str | None
     source_state: dict[str, Any] | None
     state: str
+    lease_token: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,9 +179,14 @@ def fatal_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError) and any(t in text for t in _FATAL_TEXT)
 
 
+# Rows a worker can hold a lease on: table -> its key column (identifiers, never user input).
+LEASED = {"archives": "archive", "dataset_runs": "run"}
+
+
 @dataclass
 class _Fence:
-    archive: str
+    table: str
+    key: str
     token: int
     on_lost: Callable[[LeaseLost], None] | None
     lost: LeaseLost | None = None
@@ -311,10 +318,17 @@ class ProgressStore:
         )
 
     # -- fencing (the archive lease, lease.py) ---------------------------------------------
-    def hold(self, archive: str, token: int, on_lost: Callable[[LeaseLost], None] | None = None) -> None:
-        """From now on every write of this store is made only while `archive`'s lease token is
-        still `token`."""
-        self._fence = _Fence(archive, token, on_lost)
+    def hold(
+        self,
+        key: str,
+        token: int,
+        on_lost: Callable[[LeaseLost], None] | None = None,
+        *,
+        table: str = "archives",
+    ) -> None:
+        """From now on every write of this store is made only while the lease token of `key` (an
+        archive, or a dataset run with table="dataset_runs") is still `token`."""
+        self._fence = _Fence(table, key, token, on_lost)
 
     def unhold(self) -> None:
         self._fence = None
@@ -326,14 +340,12 @@ class ProgressStore:
     def _check_fence(self, cur: psycopg.Cursor[Any], fence: _Fence) -> None:
         # FOR SHARE: a claimer's UPDATE of the row waits for this transaction, so a takeover
         # cannot land between the check and the write.
-        cur.execute(
-            "SELECT lease_token, slurm_job_id, host, pid FROM archives WHERE archive = %s FOR SHARE",
-            (fence.archive,),
-        )
+        cur.execute(_leased_sql(fence.table, "SELECT lease_token, slurm_job_id, host, pid FROM {table}"
+                                " WHERE {key} = %s FOR SHARE"), (fence.key,))  # fmt: skip
         row = cur.fetchone()
         if row is None or row["lease_token"] != fence.token:
             holder = "nobody" if row is None else _owner(row)
-            raise LeaseLost(fence.archive, holder)
+            raise LeaseLost(fence.key, holder)
 
     def _lose(self, fence: _Fence | None, lost: LeaseLost) -> None:
         if fence is None or fence.lost is not None:
@@ -567,26 +579,33 @@ class ProgressStore:
         )
         return int(cur.fetchone()["lease_token"])
 
-    def renew(self, archive: str, token: int, lease_s: float) -> dict[str, Any] | None:
+    def renew(
+        self, key: str, token: int, lease_s: float, *, table: str = "archives"
+    ) -> dict[str, Any] | None:
         """Extend the lease; None while it is still ours, else the row of whoever took it."""
+        beat = ", heartbeat_at = now()" if table == "archives" else ", updated_at = now()"
+        update = _leased_sql(
+            table,
+            "UPDATE {table} SET lease_until = now() + make_interval(secs => %s)" + beat
+            + " WHERE {key} = %s AND lease_token = %s",
+        )  # fmt: skip
+        holder = _leased_sql(table, "SELECT slurm_job_id, host, pid FROM {table} WHERE {key} = %s")
 
         def renew(cur: psycopg.Cursor[Any]) -> dict[str, Any] | None:
-            cur.execute(
-                "UPDATE archives SET lease_until = now() + make_interval(secs => %s), heartbeat_at = now()"
-                " WHERE archive = %s AND lease_token = %s",
-                (lease_s, archive, token),
-            )
+            cur.execute(update, (lease_s, key, token))
             if cur.rowcount == 1:
                 return None
-            cur.execute("SELECT slurm_job_id, host, pid FROM archives WHERE archive = %s", (archive,))
+            cur.execute(holder, (key,))
             return cur.fetchone() or {"slurm_job_id": None, "host": None, "pid": None}
 
         return self._transaction(renew, "renew lease")
 
-    def release(self, archive: str, token: int) -> None:
+    def release(self, key: str, token: int, *, table: str = "archives") -> None:
         """Give the lease up (the next claimer need not wait for it to expire)."""
-        sql = "UPDATE archives SET lease_until = NULL WHERE archive = %s AND lease_token = %s"
-        self._transaction(lambda cur: cur.execute(sql, (archive, token)), "release lease")
+        sql = _leased_sql(
+            table, "UPDATE {table} SET lease_until = NULL WHERE {key} = %s AND lease_token = %s"
+        )
+        self._transaction(lambda cur: cur.execute(sql, (key, token)), "release lease")
 
     def unfinished(self, days: Sequence[dt.date]) -> int:
         """Archives of `days` not done yet (held or not)."""
@@ -749,8 +768,11 @@ class ProgressStore:
         pid: int,
         slurm_job_id: str | None,
         resume: bool,
+        lease_s: float = 120.0,
+        may_take: Callable[[dict[str, Any]], bool] = lambda row: False,
     ) -> DatasetResume:
-        """Claim the run's row and return where to continue (nothing done for a new run).
+        """Claim the run's row (its lease: one process per run) and return where to continue
+        (nothing done for a new run). RunBusy while another live process holds it.
 
         A run that has uploaded shards continues only with `resume`: starting it over silently
         would write its first shards again next to what a reader may already use.
@@ -764,8 +786,12 @@ class ProgressStore:
                 """,
                 (run, source, config_name, split, output),
             )
-            cur.execute("SELECT * FROM dataset_runs WHERE run = %s FOR UPDATE", (run,))
+            cur.execute(
+                "SELECT *, lease_until > now() AS leased FROM dataset_runs WHERE run = %s FOR UPDATE", (run,)
+            )
             row = cur.fetchone()
+            if row["leased"] and not may_take(row):
+                raise RunBusy(f"{run} is being processed by {_owner(row)}; not starting a second one")
             if row["shards_done"] > 0 and not resume:
                 raise _RunExists(row["shards_done"], row["rows_done"], row["state"])
             cur.execute(
@@ -776,17 +802,20 @@ class ProgressStore:
             cur.execute(
                 """
                 UPDATE dataset_runs SET state = 'running', host = %s, pid = %s, slurm_job_id = %s,
-                       started_at = now(), finished_at = NULL, error = NULL, updated_at = now()
-                WHERE run = %s
+                       started_at = now(), finished_at = NULL, error = NULL, updated_at = now(),
+                       lease_token = lease_token + 1, lease_until = now() + make_interval(secs => %s)
+                WHERE run = %s RETURNING lease_token
                 """,
-                (host, pid, slurm_job_id, run),
+                (host, pid, slurm_job_id, lease_s, run),
             )
+            token = int(cur.fetchone()["lease_token"])
             return DatasetResume(
                 rows_done=row["rows_done"],
                 shards_done=row["shards_done"],
                 last_id=row["last_id"],
                 source_state=shard["source_state"] if shard else None,
                 state=row["state"],
+                lease_token=token,
             )
 
         try:
@@ -843,7 +872,7 @@ class ProgressStore:
                     [(run, *failure) for failure in shard.failures],
                 )
 
-        self._transaction(record, "record shard")
+        self._transaction(record, "record shard", fenced=True)
 
     def dataset_shards(self, run: str) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM dataset_shards WHERE run = %s ORDER BY shard", (run,))
@@ -858,7 +887,7 @@ class ProgressStore:
             cur.execute(sql, (state, error, run))
             return dict(cur.fetchone())
 
-        return self._transaction(finish, "finish dataset run")
+        return self._transaction(finish, "finish dataset run", fenced=True)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Read-only helper for status commands and tests."""
@@ -868,6 +897,11 @@ class ProgressStore:
             return list(cur.fetchall())
 
         return self._transaction(read, "query")
+
+
+def _leased_sql(table: str, template: str) -> pgsql.Composed:
+    """`template` with {table} and {key} filled in for a leased table (LEASED, never input)."""
+    return pgsql.SQL(template).format(table=pgsql.Identifier(table), key=pgsql.Identifier(LEASED[table]))
 
 
 def _owner(row: dict[str, Any]) -> str:

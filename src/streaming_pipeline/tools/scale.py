@@ -39,7 +39,7 @@ import psycopg
 
 from ..errors import ConfigError, LeaseLost
 from ..state.embedded_pg import EmbeddedPostgres, free_port
-from ..state.lease import ArchiveLease, Owner
+from ..state.lease import Lease, Owner
 from ..state.store import ArchiveKey, MemberRecord, ProgressStore
 
 log = logging.getLogger(__name__)
@@ -226,8 +226,7 @@ def worker_main(dsn: str, config: ScaleConfig, number: int) -> int:
                 time.sleep(random.uniform(0.5, 1.5))  # the rest are held: wait for a lease to expire
                 continue
             key, token = claimed
-            lease = ArchiveLease(store, key, path=f"/synthetic/{key.archive}", owner=owner,
-                                 lease_s=config.lease_s)  # fmt: skip
+            lease = Lease(store, key.archive, owner=owner, lease_s=config.lease_s)
             lease.adopt(token)
             try:
                 _process(store, key, names, config, owner)

@@ -6,6 +6,9 @@
 ALTER TABLE archives ADD COLUMN IF NOT EXISTS lease_token bigint NOT NULL DEFAULT 0;
 ALTER TABLE archives ADD COLUMN IF NOT EXISTS lease_until timestamptz;
 ALTER TABLE archive_runs ADD COLUMN IF NOT EXISTS lease_token bigint;
+-- A process-dataset run is held the same way (one process per output run).
+ALTER TABLE dataset_runs ADD COLUMN IF NOT EXISTS lease_token bigint NOT NULL DEFAULT 0;
+ALTER TABLE dataset_runs ADD COLUMN IF NOT EXISTS lease_until timestamptz;
 CREATE INDEX IF NOT EXISTS archives_claimable ON archives (day, slot) WHERE state <> 'done';
 DROP VIEW IF EXISTS day_status;
 DROP VIEW IF EXISTS archive_status;
