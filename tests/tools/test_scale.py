@@ -40,3 +40,17 @@ def test_the_command_reports_and_checks_a_small_run(capsys) -> None:
     out = capsys.readouterr().out
     assert "members done 480, done transitions 480, recorded twice 0" in out
     assert "workers 12 (3 SIGKILLed mid-run)" in out and "taken over after a kill 3" in out
+
+
+@pytest.mark.slow
+def test_without_pgbouncer_workers_past_max_connections_wait_instead_of_failing(capsys) -> None:
+    """The issue's first try, as a new user would make it: 24 workers straight against a server
+    whose slots cannot hold them all. Before leases and patience, 20 of 24 exited at once."""
+    config = ScaleConfig(workers=24, archives=24, members=20, stage_s=0.2, kill_share=0, max_connections=10,
+                         direct=True, lease_s=5)  # fmt: skip
+    result = simulate(config)
+    print("\n".join(result.lines(config)))
+    assert result.problems(config) == []
+    assert result.peak_server_connections == 10  # the server was full ...
+    assert not result.worker_failures  # ... and no worker failed for it
+    assert result.members_done == result.done_transitions == 24 * 20

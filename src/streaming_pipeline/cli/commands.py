@@ -497,10 +497,11 @@ def scale_sim(args: argparse.Namespace) -> int:
         stage_s=args.stage_seconds,
         max_connections=args.max_connections,
         pool_size=args.pool_size,
+        direct=args.direct,
     )
     if min(config.workers, config.archives, config.members) < 1 or not 0 <= config.kill_share < 1:
         raise ConfigError("--workers, --archives and --members must be at least 1, --kill-share in [0, 1)")
-    if config.pool_size + 3 >= config.max_connections:
+    if not config.direct and config.pool_size + 3 >= config.max_connections:
         raise ConfigError("--pool-size must leave room under --max-connections (3 are reserved)")
     result = simulate(config, args.state_dir)
     print("\n".join(result.lines(config)))

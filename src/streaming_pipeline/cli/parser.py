@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-seconds", type=float, default=0.1, help="synthetic work per batch and stage")
     p.add_argument("--max-connections", type=int, default=40, help="the PostgreSQL server's (40)")
     p.add_argument("--pool-size", type=int, default=20, help="PgBouncer's server connections (20)")
+    p.add_argument(
+        "--direct", action="store_true", help="no PgBouncer: workers past the limit wait for a slot"
+    )
     p.add_argument("--state-dir", type=Path, help="keep the servers' files here (default: a temp dir)")
 
     p = sub.add_parser("demo", help="generate a sample day and process it with embedded defaults")

@@ -75,6 +75,7 @@ class ScaleConfig:
     lease_s: float = 5.0
     max_connections: int = 40  # the PostgreSQL server's
     pool_size: int = 20  # PgBouncer's server connections for the database
+    direct: bool = False  # no PgBouncer: workers past max_connections wait for a slot
 
 
 @dataclass
@@ -106,7 +107,7 @@ class ScaleResult:
             found.append(f"{self.archives_done} of {config.archives} archives done")
         if self.worker_failures:
             found.append(f"workers failed: {self.worker_failures}")
-        if self.peak_server_connections >= self.max_connections:
+        if self.pool_size and self.peak_server_connections >= self.max_connections:
             found.append(f"peak connections {self.peak_server_connections} reached the server's limit")
         if self.killed and self.taken_over < self.killed:
             found.append(f"only {self.taken_over} of {self.killed} killed workers' archives were taken over")
@@ -120,8 +121,8 @@ class ScaleResult:
         return [
             f"workers {config.workers} ({self.killed} SIGKILLed mid-run), archives {config.archives} x "
             f"{config.members} synthetic members, lease {config.lease_s:.0f} s",
-            f"PostgreSQL max_connections {self.max_connections}, PgBouncer transaction mode, "
-            f"pool {self.pool_size}",
+            f"PostgreSQL max_connections {self.max_connections}, "
+            + (f"PgBouncer transaction mode, pool {self.pool_size}" if self.pool_size else "no PgBouncer"),
             f"wall {self.wall_s:.1f} s, {self.members_per_s:.0f} members recorded per second",
             f"members done {self.members_done}, done transitions {self.done_transitions}, "
             f"recorded twice {self.duplicates}",
@@ -262,13 +263,12 @@ def _process(
     store.finish_archive(key.archive, state="done", error=None, wall_s=wall, run_id=run_id, audio_s=len(todo))
 
 
-def _server_connections(dsn: str, stop: threading.Event, peak: list[int]) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while not stop.wait(0.05):
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
-            ).fetchone()
-            peak[0] = max(peak[0], int(row[0]) if row else 0)
+def _server_connections(conn: psycopg.Connection[Any], stop: threading.Event, peak: list[int]) -> None:
+    while not stop.wait(0.05):
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+        ).fetchone()
+        peak[0] = max(peak[0], int(row[0]) if row else 0)
 
 
 def simulate(config: ScaleConfig, state_dir: Path | None = None, *, say: Any = print) -> ScaleResult:
@@ -281,7 +281,7 @@ def simulate(config: ScaleConfig, state_dir: Path | None = None, *, say: Any = p
     bouncer = PgBouncer(root / "pgbouncer", int(server.port_file.read_text()), pool_size=config.pool_size,
                         max_client_conn=config.workers + 100)  # fmt: skip
     try:
-        pooled = bouncer.start()
+        pooled = direct if config.direct else bouncer.start()
         setup = ProgressStore(direct)
         setup.init_schema()
         setup.query("SELECT 1")
@@ -294,7 +294,8 @@ def simulate(config: ScaleConfig, state_dir: Path | None = None, *, say: Any = p
             setup.register_archives(day, [(k, f"/synthetic/{k.archive}", 0) for k in keys if k.day == day])
         setup.close()
         say(f"scale-sim: PostgreSQL max_connections={config.max_connections} at {direct}; "
-            f"PgBouncer (transaction mode, pool {config.pool_size}) at {pooled}")  # fmt: skip
+            + ("workers connect to it directly" if config.direct
+               else f"PgBouncer (transaction mode, pool {config.pool_size}) at {pooled}"))  # fmt: skip
         return _run(config, direct, pooled, say)
     finally:
         bouncer.stop()
@@ -308,6 +309,12 @@ def _run(config: ScaleConfig, direct: str, pooled: str, say: Any) -> ScaleResult
     # caller (a test runner holding the model libraries forks ten times slower).
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
+    # The observer's connection is opened first: without PgBouncer the workers fill the server.
+    observer = psycopg.connect(direct, autocommit=True)
+    stop = threading.Event()
+    peak = [0]
+    monitor = threading.Thread(target=_server_connections, args=(observer, stop, peak), daemon=True)
+    monitor.start()
     started = time.monotonic()
     workers = [
         ctx.Process(target=_worker_process, args=(pooled, config, n), name=f"scale-sim-{n}", daemon=True)
@@ -316,12 +323,8 @@ def _run(config: ScaleConfig, direct: str, pooled: str, say: Any) -> ScaleResult
     for worker in workers:
         worker.start()
     say(f"scale-sim: {config.workers} workers started in {time.monotonic() - started:.1f} s")
-    stop = threading.Event()
-    peak = [0]
-    monitor = threading.Thread(target=_server_connections, args=(direct, stop, peak), daemon=True)
-    monitor.start()
     pids = {w.pid: n for n, w in enumerate(workers) if w.pid is not None}
-    killed = _kill_some_mid_run(config, direct, pids, say)
+    killed = _kill_some_mid_run(config, observer, pids, say)
     failures: dict[int, int] = {}
     for number, worker in enumerate(workers):
         worker.join()
@@ -330,6 +333,7 @@ def _run(config: ScaleConfig, direct: str, pooled: str, say: Any) -> ScaleResult
     wall = time.monotonic() - started
     stop.set()
     monitor.join()
+    observer.close()
     return _check(config, direct, wall, killed, failures, peak[0])
 
 
@@ -339,24 +343,27 @@ def _worker_process(dsn: str, config: ScaleConfig, number: int) -> None:
         raise SystemExit(code)
 
 
-def _kill_some_mid_run(config: ScaleConfig, dsn: str, pids: dict[int, int], say: Any) -> set[int]:
+def _kill_some_mid_run(
+    config: ScaleConfig, conn: psycopg.Connection[Any], pids: dict[int, int], say: Any
+) -> set[int]:
     """Once about a third of the members are done, SIGKILL a share of the workers holding an
     archive (mid-archive: their lease stands until it expires)."""
     total = config.archives * config.members
     count = round(config.workers * config.kill_share)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while True:
-            done = conn.execute("SELECT count(*) FROM sim_done_log").fetchone()[0]
-            if done >= total // 3 or count == 0:
-                break
-            time.sleep(0.1)
-        holders = [
-            int(r[0])
-            for r in conn.execute(
-                "SELECT pid FROM archives WHERE state = 'running' AND lease_until > now() AND pid = ANY(%s)",
-                (list(pids),),
-            )
-        ]
+    if count == 0:
+        return set()
+    while True:
+        done = conn.execute("SELECT count(*) FROM sim_done_log").fetchone()[0]
+        if done >= total // 3:
+            break
+        time.sleep(0.1)
+    holders = [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT pid FROM archives WHERE state = 'running' AND lease_until > now() AND pid = ANY(%s)",
+            (list(pids),),
+        )
+    ]
     random.shuffle(holders)
     victims = set(holders[:count])
     for pid in victims:
@@ -395,5 +402,5 @@ def _check(
         worker_failures=failures,
         peak_server_connections=peak,
         max_connections=config.max_connections,
-        pool_size=config.pool_size,
+        pool_size=0 if config.direct else config.pool_size,
     )
