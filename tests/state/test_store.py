@@ -83,12 +83,21 @@ def test_a_refused_connection_is_waited_for_then_fails_without_the_password(
     assert "Sup3rS3cret" not in caplog.text
 
 
-def test_a_wrong_database_name_fails_at_once(pg_dsn: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (" dbname=no_such_db", 'database "no_such_db" does not exist'),
+        (" user=no_such_role", 'role "no_such_role" does not exist'),
+        (" port=notaport", 'invalid integer value "notaport"'),
+    ],
+    ids=["database", "role", "dsn"],
+)
+def test_a_wrong_database_role_or_dsn_fails_at_once(pg_dsn: str, extra: str, message: str) -> None:
     clock = FakeClock()
-    store = ProgressStore(pg_dsn + " dbname=no_such_db", patience=600, sleep=clock.sleep, clock=clock)
-    with pytest.raises(StoreError, match='database "no_such_db" does not exist'):
+    store = ProgressStore(pg_dsn + extra, patience=600, sleep=clock.sleep, clock=clock)
+    with pytest.raises(StoreError, match=message) as info:
         store.check()
-    assert clock.sleeps == []
+    assert clock.sleeps == [] and "\n" not in str(info.value)
 
 
 def test_a_full_server_is_waited_for_until_a_slot_frees(
