@@ -340,8 +340,8 @@ class ProgressStore:
     def _check_fence(self, cur: psycopg.Cursor[Any], fence: _Fence) -> None:
         # FOR SHARE: a claimer's UPDATE of the row waits for this transaction, so a takeover
         # cannot land between the check and the write.
-        cur.execute(_leased_sql(fence.table, "SELECT lease_token, slurm_job_id, host, pid FROM {table}"
-                                " WHERE {key} = %s FOR SHARE"), (fence.key,))  # fmt: skip
+        query = "SELECT lease_token, slurm_job_id, host, pid FROM {table} WHERE {key} = %s FOR SHARE"
+        cur.execute(_leased_sql(fence.table, query), (fence.key,))
         row = cur.fetchone()
         if row is None or row["lease_token"] != fence.token:
             holder = "nobody" if row is None else _owner(row)
