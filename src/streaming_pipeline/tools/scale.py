@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,6 @@ class ScaleResult:
     peak_server_connections: int
     max_connections: int
     pool_size: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def problems(self, config: ScaleConfig) -> list[str]:
         """What broke the guarantees (empty: every member done once, nobody starved)."""
