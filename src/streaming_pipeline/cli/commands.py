@@ -192,7 +192,7 @@ def process_tar(args: argparse.Namespace) -> int:
 def run_days(config: PipelineConfig, days: list[dt.date], executor: str, env: Mapping[str, str]) -> int:
     """`process-day`: register each day's archives, then submit (Slurm: all days at once) or run
     (local: day by day) what is not done. A day with nothing left to do is finalized now."""
-    from ..run.day import NoArchives, day_report, discover, finalize_day, format_report, plan_day
+    from ..run.day import NoArchives, discover, plan_day
 
     found: dict[dt.date, list[DayArchive]] = {}
     for day in days:
@@ -218,14 +218,8 @@ def run_days(config: PipelineConfig, days: list[dt.date], executor: str, env: Ma
             return _run_local_days(config, plans, store, env)
         rc = 0
         for plan in plans:
-            if plan.todo:
-                continue
-            if plan.busy:  # their workers record the outcome; finalizing now would call it incomplete
-                print(format_report(day_report(store, plan.day)))
-                continue
-            report = finalize_day(store, plan.day, job_id=config.slurm_job_id)
-            print(format_report(report))
-            rc = rc or (0 if report["totals"]["complete"] else 1)
+            if not plan.todo:
+                rc = rc or _settle(store, plan, job_id=config.slurm_job_id)
         if any(plan.todo for plan in plans):
             return _submit_slurm(config, [p for p in plans if p.todo], store, env)
         return rc
@@ -272,6 +266,19 @@ def _submit_slurm(
     return 0
 
 
+def _settle(store: ProgressStore, plan: DayPlan, *, job_id: str | None) -> int:
+    """A day with nothing to submit: finalized now, unless workers elsewhere still hold some of
+    its archives (they record the outcome; finalizing now would call the day incomplete)."""
+    from ..run.day import day_report, finalize_day, format_report
+
+    if plan.busy:
+        print(format_report(day_report(store, plan.day)))
+        return 0
+    report = finalize_day(store, plan.day, job_id=job_id)
+    print(format_report(report))
+    return 0 if report["totals"]["complete"] else 1
+
+
 def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -280,19 +287,11 @@ def _run_local_days(
     config: PipelineConfig, plans: list[DayPlan], store: ProgressStore, env: Mapping[str, str]
 ) -> int:
     """Day after day on this machine; a stop signal ends the run after the day it interrupted."""
-    from ..run.day import finalize_day, format_report
-
     rc = 0
     for plan in plans:
-        if plan.todo:
-            code = _run_local(config, plan.day, plan, store, env)
-        elif plan.busy:
-            print(f"{plan.day}: being processed elsewhere")
-            code = 0
-        else:
-            report = finalize_day(store, plan.day, job_id=None)
-            print(format_report(report))
-            code = 0 if report["totals"]["complete"] else 1
+        code = (
+            _run_local(config, plan.day, plan, store, env) if plan.todo else _settle(store, plan, job_id=None)
+        )
         if code == EXIT_INTERRUPTED:
             return code
         rc = rc or code

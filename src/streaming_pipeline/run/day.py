@@ -157,7 +157,7 @@ def format_report(report: dict[str, Any]) -> str:
                 str(r["rejected"]),
                 f"{float(r['audio_hours'] or 0):.3f}",
                 f"{r['x_realtime']:.1f}" if r["x_realtime"] is not None else "-",
-                _owner(r),
+                owner_label(r),
                 f"{r['lease_left_s']:.0f}s" if r["live"] and r["lease_left_s"] is not None else "-",
                 _duration(r["elapsed_s"]),
                 _short(r["error"]),
@@ -184,7 +184,7 @@ def format_day_line(report: dict[str, Any]) -> str:
     )
 
 
-def _owner(row: dict[str, Any]) -> str:
+def owner_label(row: dict[str, Any]) -> str:
     """`job@host` (a worker outside Slurm: `pid@host`) of the archive's last or current holder."""
     if not row.get("host"):
         return "-"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import LeaseLost, StoreError
-from .store import ArchiveKey, ProgressStore, _owner
+from .store import ArchiveKey, ProgressStore, describe_holder
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Holder:
     def describe(self) -> str:
         row = {"slurm_job_id": self.slurm_job_id, "host": self.host, "pid": self.pid}
         until = f" (lease until {self.lease_until:%Y-%m-%d %H:%M:%S %Z})" if self.lease_until else ""
-        return _owner(row) + until
+        return describe_holder(row) + until
 
 
 class ArchiveBusy(Exception):
@@ -117,7 +117,7 @@ class Lease:
         log.info(
             "holding %s (%s, lease %d, %.0f s, renewed every %.0f s)",
             self.key,
-            _owner(self.owner.row()),
+            describe_holder(self.owner.row()),
             token,
             self.lease_s,
             self.heartbeat_s,
@@ -140,7 +140,7 @@ class Lease:
                 log.warning("lease on %s not renewed: %s", self.key, exc)
                 continue
             if taken_by is not None:
-                self.store.lease_is_lost(LeaseLost(self.key, _owner(taken_by)))
+                self.store.lease_is_lost(LeaseLost(self.key, describe_holder(taken_by)))
                 return
 
     def _lost(self, lost: LeaseLost) -> None:
@@ -202,5 +202,5 @@ class ArchiveLease(Lease):
                 self.key, Holder(row["slurm_job_id"], row["host"], row["pid"], row["lease_until"])
             )
         if row["leased"]:
-            log.warning("%s: took over from %s, which is gone", self.key, _owner(row))
+            log.warning("%s: took over from %s, which is gone", self.key, describe_holder(row))
         self.adopt(token)

@@ -344,7 +344,7 @@ class ProgressStore:
         cur.execute(_leased_sql(fence.table, query), (fence.key,))
         row = cur.fetchone()
         if row is None or row["lease_token"] != fence.token:
-            holder = "nobody" if row is None else _owner(row)
+            holder = "nobody" if row is None else describe_holder(row)
             raise LeaseLost(fence.key, holder)
 
     def _lose(self, fence: _Fence | None, lost: LeaseLost) -> None:
@@ -791,7 +791,9 @@ class ProgressStore:
             )
             row = cur.fetchone()
             if row["leased"] and not may_take(row):
-                raise RunBusy(f"{run} is being processed by {_owner(row)}; not starting a second one")
+                raise RunBusy(
+                    f"{run} is being processed by {describe_holder(row)}; not starting a second one"
+                )
             if row["shards_done"] > 0 and not resume:
                 raise _RunExists(row["shards_done"], row["rows_done"], row["state"])
             cur.execute(
@@ -904,7 +906,7 @@ def _leased_sql(table: str, template: str) -> pgsql.Composed:
     return pgsql.SQL(template).format(table=pgsql.Identifier(table), key=pgsql.Identifier(LEASED[table]))
 
 
-def _owner(row: dict[str, Any]) -> str:
+def describe_holder(row: dict[str, Any]) -> str:
     job = f"job {row['slurm_job_id']}" if row.get("slurm_job_id") else "a job outside Slurm"
     return f"{job} on {row.get('host') or '?'} (pid {row.get('pid') or '?'})"
 

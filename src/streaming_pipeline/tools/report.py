@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..run.day import owner_label
 from ..state.store import ProgressStore
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def _shape(
             "elapsed_s": float(a["elapsed_s"] or 0.0),
             "stages": stage_seconds.get(a["archive"], dict.fromkeys(STAGES, 0.0)),
             # the current (live lease) or last worker, as `status` shows it
-            "owner": f"{a['slurm_job_id'] or a['pid'] or '?'}@{a['host']}" if a["host"] else "",
+            "owner": owner_label(a),
             "lease_until": a["lease_until"].isoformat(timespec="seconds") if a["live"] else None,
         }
         for a in archives
