@@ -345,8 +345,12 @@ def _worker_process(dsn: str, config: ScaleConfig, number: int) -> None:
 def _kill_some_mid_run(
     config: ScaleConfig, conn: psycopg.Connection[Any], pids: dict[int, int], say: Any
 ) -> set[int]:
-    """Once about a third of the members are done, SIGKILL a share of the workers holding an
-    archive (mid-archive: their lease stands until it expires)."""
+    """Once about a third of the members are done, SIGKILL a share of the workers, each in the
+    middle of an archive (its run started, its lease live: the lease stands until it expires).
+
+    A worker seen holding an archive may finish it before the signal lands, so candidates are
+    frozen first (SIGSTOP), and killed only if, frozen, they still hold a started archive; the
+    others are let go (SIGCONT)."""
     total = config.archives * config.members
     count = round(config.workers * config.kill_share)
     if count == 0:
@@ -356,18 +360,26 @@ def _kill_some_mid_run(
         if done >= total // 3:
             break
         time.sleep(0.1)
-    holders = [
-        int(r[0])
-        for r in conn.execute(
-            "SELECT pid FROM archives WHERE state = 'running' AND lease_until > now() AND pid = ANY(%s)",
-            (list(pids),),
-        )
-    ]
-    random.shuffle(holders)
-    victims = set(holders[:count])
-    for pid in victims:
-        os.kill(pid, signal.SIGKILL)
-    say(f"scale-sim: SIGKILLed {len(victims)} workers holding an archive, {done} members done")
+    holding = "SELECT pid FROM archives WHERE state = 'running' AND lease_until > now() AND pid = ANY(%s)"
+    victims: set[int] = set()
+    tried: set[int] = set()
+    for _ in range(20):
+        if len(victims) >= count:
+            break
+        holders = [int(r[0]) for r in conn.execute(holding, (list(set(pids) - tried),))]
+        random.shuffle(holders)
+        frozen = holders[: count - len(victims)]
+        if not frozen:
+            break
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        tried.update(frozen)
+        time.sleep(0.3)  # a COMMIT already sent lands; a stopped worker sends nothing more
+        still = {int(r[0]) for r in conn.execute(holding, (frozen,))}
+        for pid in frozen:
+            os.kill(pid, signal.SIGKILL if pid in still else signal.SIGCONT)
+        victims |= still
+    say(f"scale-sim: SIGKILLed {len(victims)} workers in the middle of an archive, {done} members done")
     return victims
 
 
