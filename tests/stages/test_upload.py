@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,9 @@ def test_dead_daemon_is_retried_with_backoff_then_fails(tmp_path: Path) -> None:
     assert sleeps == sorted(sleeps) and len(sleeps) == 2  # exponential backoff between attempts
 
 
-def _scripted(codes: list[int], spec: str, retries: int) -> tuple[AsyncRsyncStorageManager, list[list[str]]]:
+def _scripted(
+    codes: list[int], spec: str, retries: int, gate: Callable[[], str | None] | None = None
+) -> tuple[AsyncRsyncStorageManager, list[list[str]]]:
     """A manager whose rsync is a fake returning `codes` in turn: a real rsync cannot be made
     to exit with a chosen code on demand."""
     calls: list[list[str]] = []
@@ -71,6 +74,7 @@ def _scripted(codes: list[int], spec: str, retries: int) -> tuple[AsyncRsyncStor
         retries=retries,
         runner=runner,
         sleep=lambda s: None,
+        gate=gate,
     )
     return manager, calls
 
@@ -98,3 +102,26 @@ def test_destination_rejects_option_like_spec() -> None:
         Destination.parse("--rsh=evil")
     with pytest.raises(ConfigError):
         Destination.parse("")
+
+
+def test_a_closed_gate_withdraws_the_upload_before_rsync_runs(tmp_path: Path) -> None:
+    """A worker that lost its archive (state/lease.upload_gate) sends nothing: a real rsync to a
+    local path, and the destination stays empty."""
+    dest = Destination.parse(str(tmp_path / "remote"))
+    dest.prepare()
+    manager = AsyncRsyncStorageManager(
+        dest, max_concurrent=1, timeout=30, retries=3, gate=lambda: "lost the lease on a to pid 2"
+    )
+    job = _upload(manager, _tree(tmp_path / "stage"))
+    manager.close()
+    assert job.state is UploadState.WITHDRAWN and job.attempts == 0
+    assert job.error == "lost the lease on a to pid 2"
+    assert not any((tmp_path / "remote").iterdir())
+    assert manager.counts()["withdrawn"] == 1
+
+
+def test_the_gate_is_asked_again_before_each_retry(tmp_path: Path) -> None:
+    answers = [None, "lost the lease"]  # the lease is taken during the backoff
+    manager, calls = _scripted([12, 0], "host:/data/out", retries=3, gate=lambda: answers.pop(0))
+    job = _upload(manager, _tree(tmp_path / "stage"))
+    assert job.state is UploadState.WITHDRAWN and len(calls) == 1 and job.attempts == 1

@@ -41,7 +41,7 @@ from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import Stopwatch, TranscriberLike, put_unless_stopped
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
-from ..state.lease import Lease, Owner, holder_is_gone
+from ..state.lease import Lease, Owner, holder_is_gone, upload_gate
 from ..state.store import DatasetResume, ProgressStore, ShardCheckpoint
 from .shards import Shard, ShardWriter, dataset_card, dataset_features, segment_rows
 
@@ -332,7 +332,9 @@ class DatasetWorker:
     def _pipeline(self, source: Any, start_row: int, first_shard: int) -> bool:
         decoder = open_decoder(self.transcriber_factory(self.config), self.config)
         # One upload thread: shards are checkpointed in order.
-        uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination, max_concurrent=1)
+        uploader = AsyncRsyncStorageManager.from_config(
+            self.config, self.destination, max_concurrent=1, gate=upload_gate(self.store)
+        )
         pool = conversion_pool(self.config.num_workers)
         rows: queue.Queue[_Row | _Boundary | BaseException | None] = queue.Queue(
             maxsize=self.config.stream_batch_size

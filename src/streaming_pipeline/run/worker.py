@@ -41,6 +41,7 @@ from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import Stopwatch, TranscriberLike, put_unless_stopped
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
+from ..state.lease import upload_gate
 from ..state.store import MemberRecord, ProgressStore, StageTiming
 from .day import archive_key
 from .gpu import GpuSampler
@@ -242,7 +243,8 @@ class ArchiveWorker:
         decoder = open_decoder(transcriber, self.config)
         self._gpu = GpuSampler(getattr(getattr(transcriber, "device", None), "device", "cpu"))
         self._gpu.start()
-        uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination)
+        gate = upload_gate(self.store)  # no rsync once the archive is another worker's
+        uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination, gate=gate)
         ready: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=1)
         ahead = threading.Semaphore(1)  # batches read ahead of the one being handed over
         producer = threading.Thread(
@@ -573,6 +575,11 @@ class ArchiveWorker:
     def _uploaded(
         self, job: UploadJob, batch: Batch, members: list[tuple[str, str]], audio_s: float, queued_at: float
     ) -> None:
+        if job.state is UploadState.WITHDRAWN:  # the archive is another worker's now: write nothing
+            self._count("left", len(members))
+            shutil.rmtree(batch.directory, ignore_errors=True)
+            self._upload_slots.release()
+            return
         try:
             self.timers.add("upload", job.finished - job.started)
             started = max(queued_at, time.time() - (time.monotonic() - job.started))

@@ -40,6 +40,7 @@ class UploadState(enum.Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    WITHDRAWN = "withdrawn"  # never sent: the gate said this process may no longer write there
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,10 @@ class Destination:
             Path(self.spec).mkdir(parents=True, exist_ok=True)
 
 
+class _Withdrawn(Exception):
+    """The gate refused an attempt (not an UploadError: never retried)."""
+
+
 @dataclass
 class UploadJob:
     job_id: int
@@ -110,8 +115,13 @@ class AsyncRsyncStorageManager:
         backoff_max: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         runner: Runner = subprocess.run,
+        gate: Callable[[], str | None] | None = None,
     ) -> None:
+        """`gate`, asked before every rsync attempt: why this process may no longer write to the
+        destination (a worker whose archive was taken over), or None. A job it stops is
+        WITHDRAWN, not retried."""
         self.destination = destination
+        self._gate = gate
         self.timeout = timeout
         self.retries = retries
         self.backoff_max = backoff_max
@@ -123,7 +133,12 @@ class AsyncRsyncStorageManager:
 
     @classmethod
     def from_config(
-        cls, config: PipelineConfig, destination: Destination, *, max_concurrent: int | None = None
+        cls,
+        config: PipelineConfig,
+        destination: Destination,
+        *,
+        max_concurrent: int | None = None,
+        gate: Callable[[], str | None] | None = None,
     ) -> AsyncRsyncStorageManager:
         """A manager with the configured timeout, retries and backoff (and upload threads)."""
         return cls(
@@ -132,6 +147,7 @@ class AsyncRsyncStorageManager:
             timeout=config.upload_timeout,
             retries=config.upload_retries,
             backoff_max=config.upload_backoff_max,
+            gate=gate,
         )
 
     def rsync_command(self, source: Path) -> list[str]:
@@ -182,6 +198,9 @@ class AsyncRsyncStorageManager:
         try:
             self._retrying(job.label)(self._attempt, job)
             job.state = UploadState.DONE
+        except _Withdrawn as exc:
+            job.state = UploadState.WITHDRAWN
+            job.error = str(exc)
         except UploadError as exc:
             job.state = UploadState.FAILED
             job.error = str(exc)
@@ -197,6 +216,8 @@ class AsyncRsyncStorageManager:
                 job.finished - job.started,
                 job.attempts,
             )
+        elif job.state is UploadState.WITHDRAWN:
+            log.warning("upload %s withdrawn before rsync: %s", job.label, job.error)
         else:
             log.error("upload %s failed after %d attempt(s): %s", job.label, job.attempts, job.error)
         try:
@@ -255,6 +276,9 @@ class AsyncRsyncStorageManager:
         )
 
     def _attempt(self, job: UploadJob) -> None:
+        reason = self._gate() if self._gate is not None else None
+        if reason is not None:
+            raise _Withdrawn(reason)
         job.attempts += 1
         self._execute(self.rsync_command(job.source))
 

@@ -71,6 +71,25 @@ def holder_is_gone(row: dict[str, Any], me: Owner) -> bool:
     return False
 
 
+def upload_gate(store: ProgressStore) -> Callable[[], str | None]:
+    """The uploader's gate (stages/upload.py) for a process holding a lease: asked before every
+    rsync, it says why not once the lease is lost. A worker that stalled past its lease and was
+    taken over resumes with uploads still queued; without the gate they would send files that are
+    its successor's now. A database that cannot answer does not stop the upload: the record made
+    after it is fenced."""
+
+    def gate() -> str | None:
+        try:
+            store.confirm_hold()
+        except LeaseLost as lost:
+            return str(lost)
+        except StoreError as exc:
+            log.warning("lease not confirmed before an upload (%s); uploading, its record is fenced", exc)
+        return None
+
+    return gate
+
+
 def _pid_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)

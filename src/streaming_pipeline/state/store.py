@@ -359,6 +359,12 @@ class ProgressStore:
         """The heartbeat found the lease taken: fail every later write at once."""
         self._lose(self._fence, lost)
 
+    def confirm_hold(self) -> None:
+        """Raise LeaseLost unless the lease held (`hold`) is still ours. For a write outside the
+        database (an rsync), which no transaction's fence covers; without a hold, nothing to check."""
+        if self._fence is not None:
+            self._transaction(lambda cur: None, "confirm lease", fenced=True)
+
     def _scrub(self, exc: BaseException) -> str:
         return describe_error(exc, (self._secret,))
 

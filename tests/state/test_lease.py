@@ -1,0 +1,52 @@
+"""The lease's gate on uploads: what a worker asks before every rsync (state/lease.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+import pytest
+
+from streaming_pipeline.errors import LeaseLost
+from streaming_pipeline.state.lease import upload_gate
+from streaming_pipeline.state.store import ArchiveKey, ProgressStore
+
+KEY = ArchiveKey("2025-01-25/12_30.tar.xz", dt.date(2025, 1, 25), "12_30")
+
+
+def _claim(store: ProgressStore, pid: int, lease_s: float) -> int:
+    owner = {"slurm_job_id": None, "host": f"node{pid}", "pid": pid}
+    token, _ = store.claim(KEY, path="/x.tar.xz", owner=owner, lease_s=lease_s, may_take=lambda row: False)
+    assert token is not None
+    return token
+
+
+def test_the_gate_opens_while_the_lease_is_ours_and_names_the_taker_once_it_is_not(pg_dsn: str) -> None:
+    stalled, successor = ProgressStore(pg_dsn), ProgressStore(pg_dsn)
+    stalled.init_schema()
+    stalled.hold(KEY.archive, _claim(stalled, 1, lease_s=0.2))
+    gate = upload_gate(stalled)
+    assert gate() is None
+    time.sleep(0.3)  # the first worker stalls past its lease; the next claim takes the archive
+    _claim(successor, 2, lease_s=60)
+    reason = gate()
+    assert reason is not None and "to a job outside Slurm on node2 (pid 2)" in reason
+    with pytest.raises(LeaseLost):  # and every later write of the stalled worker fails at once
+        stalled.update_archive_progress(KEY.archive, bytes_read=1, members_seen=1)
+    stalled.close()
+    successor.close()
+
+
+def test_a_database_that_cannot_answer_does_not_hold_uploads_back(caplog: pytest.LogCaptureFixture) -> None:
+    store = ProgressStore("host=127.0.0.1 port=9 dbname=x user=x password=hunter2", patience=0)
+    store.hold(KEY.archive, 1)
+    with caplog.at_level(logging.WARNING):
+        assert upload_gate(store)() is None  # the record after the upload is fenced
+    assert "lease not confirmed before an upload" in caplog.text and "hunter2" not in caplog.text
+
+
+def test_without_a_lease_there_is_nothing_to_confirm(pg_dsn: str) -> None:
+    store = ProgressStore(pg_dsn)
+    assert upload_gate(store)() is None
+    store.close()
