@@ -1,12 +1,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from streaming_pipeline.cli import main
 from streaming_pipeline.config import redact_dsn
 from streaming_pipeline.errors import StoreError
+from streaming_pipeline.state.embedded_pg import EmbeddedPostgres
 from streaming_pipeline.state.store import SCHEMA_VERSION, ArchiveKey, MemberRecord, ProgressStore
 
 KEY = ArchiveKey("2025-01-25/12_30.tar.xz", dt.date(2025, 1, 25), "12_30")
@@ -160,3 +167,43 @@ def test_a_dataset_run_is_held_by_one_process_and_a_taken_over_one_is_fenced(pg_
     assert store.query("SELECT state FROM dataset_runs")[0]["state"] == "running"
     stale.close()
     store.close()
+
+
+@pytest.fixture(scope="module")
+def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real server that asks role `archivist` for its password (scram-sha-256) over TCP; the
+    embedded server trusts everyone, so the rule is written into its pg_hba.conf."""
+    state = Path(tempfile.mkdtemp(prefix="streaming-pipeline-test-pgpw-"))  # reachable by `postgres`
+    server = EmbeddedPostgres(state)
+    dsn = server.start()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET password_encryption = 'scram-sha-256'")
+        conn.execute("CREATE ROLE archivist LOGIN PASSWORD 'Corr3ct-h0rse'")
+        hba = server.data_dir / "pg_hba.conf"
+        hba.write_text("host all archivist 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        conn.execute("SELECT pg_reload_conf()")
+    time.sleep(0.3)  # the postmaster rereads pg_hba.conf on SIGHUP
+    yield dsn.replace("user=postgres", "user=archivist")
+    server.stop()
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def test_the_right_password_connects_and_a_wrong_one_fails_at_once_without_either(
+    password_server: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ProgressStore(password_server + " password=Corr3ct-h0rse").check()
+    clock = FakeClock()
+    wrong = password_server + " password=Wr0ng-battery"
+    store = ProgressStore(wrong, patience=1800, sleep=clock.sleep, clock=clock)
+    with pytest.raises(StoreError, match='password authentication failed for user "archivist"') as info:
+        store.check()
+    assert clock.sleeps == []  # not waited for: no retry cures a wrong password
+    assert "\n" not in str(info.value) and "Wr0ng-battery" not in str(info.value)
+    # The CLI a user runs: one line, exit 1 at once, the password nowhere.
+    started = time.monotonic()
+    assert main(["status", "2025-01-25", "--dsn", wrong]) != 0
+    assert time.monotonic() - started < 10
+    out = capsys.readouterr()
+    assert "password authentication failed" in out.err + out.out
+    for text in (out.err, out.out, caplog.text):
+        assert "Wr0ng-battery" not in text and "Corr3ct-h0rse" not in text
