@@ -6,9 +6,11 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -104,6 +106,46 @@ def test_local_day_then_status_and_json(tmp_path: Path, pg_dsn: str, tiny_model:
     assert main(["export", "2025-01-25..2025-01-26", *_options(tmp_path, dsn, tiny_model)]) == 0
     assert "exported 4 members of 2025-01-25" in capsys.readouterr().out
     assert list((tmp_path / "remote" / "2025-01-26" / "parquet").rglob("*.parquet"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("pgbouncer", path="/usr/sbin:/usr/bin:/sbin:/bin") is None,
+    reason="pgbouncer is not installed (scripts/install-deps.sh installs it)",
+)
+def test_a_day_through_pgbouncer_in_transaction_mode(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys
+) -> None:
+    """The real workers (claim, heartbeat thread, fenced writes, upload callbacks) and the day's
+    commands through PgBouncer in transaction mode with fewer server connections than workers:
+    no session state, no server-side prepared statements (the simulation covers the claim and
+    record code at scale; this, every query the pipeline makes)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from streaming_pipeline.tools.scale import PgBouncer
+
+    server = conninfo_to_dict(pg_dsn)
+    state = Path(tempfile.mkdtemp(prefix="streaming-pipeline-test-pgbouncer-"))  # reachable by `postgres`
+    bouncer = PgBouncer(state, int(server["port"]), pool_size=2, max_client_conn=50,
+                        dbname=str(server["dbname"]), server_host=str(server["host"]))  # fmt: skip
+    dsn = bouncer.start()
+    try:
+        make_day(tmp_path, ["08_00", "08_30", "09_00"], members=2)
+        day_args = ["--executor", "local", "--input-root", str(tmp_path / "input"), "--log-dir",
+                    str(tmp_path / "logs"), "--max-parallel", "3"]  # fmt: skip
+        assert main(["process-day", DAY, *day_args, *_options(tmp_path, dsn, tiny_model)]) == 0
+        assert "3 archives (3 done); members done 6" in capsys.readouterr().out
+        assert main(["status", DAY, "--dsn", dsn]) == 0
+        assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"{DAY}: 3 archives (3 done)")
+        assert main(["finalize-day", DAY, "--dsn", dsn, "--log-dir", str(tmp_path / "logs")]) == 0
+        assert (tmp_path / "logs" / f"report_{DAY}.html").is_file()
+    finally:
+        bouncer.stop()
+        shutil.rmtree(state, ignore_errors=True)
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.out"))
+    assert "prepared statement" not in logs and "ERROR" not in logs
+    runs = query(pg_dsn, "SELECT state FROM archive_runs")
+    assert [r["state"] for r in runs] == ["done"] * 3
 
 
 @pytest.mark.slow

@@ -143,9 +143,20 @@ def pgbouncer_binary() -> str:
 class PgBouncer:
     """A private PgBouncer in transaction mode in front of one PostgreSQL database."""
 
-    def __init__(self, state_dir: Path, server_port: int, *, pool_size: int, max_client_conn: int) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        server_port: int,
+        *,
+        pool_size: int,
+        max_client_conn: int,
+        dbname: str = "postgres",
+        server_host: str = "127.0.0.1",
+    ) -> None:
         self.state_dir = state_dir
         self.server_port = server_port
+        self.dbname = dbname
+        self.server_host = server_host
         self.pool_size = pool_size
         self.max_client_conn = max_client_conn
         self.port = 0
@@ -158,7 +169,8 @@ class PgBouncer:
         (self.state_dir / "userlist.txt").write_text('"postgres" ""\n')
         ini.write_text(
             "[databases]\n"
-            f"postgres = host=127.0.0.1 port={self.server_port} dbname=postgres user=postgres\n"
+            f"{self.dbname} = host={self.server_host} port={self.server_port} dbname={self.dbname}"
+            " user=postgres\n"
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {self.state_dir / 'userlist.txt'}\n"
@@ -186,7 +198,7 @@ class PgBouncer:
                     err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
                     raise ConfigError(f"pgbouncer did not start: {err.strip()[:500]}") from None
                 time.sleep(0.1)
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={self.dbname}"
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
