@@ -149,6 +149,49 @@ def test_a_day_through_pgbouncer_in_transaction_mode(
 
 
 @pytest.mark.slow
+def test_24_real_workers_on_a_server_with_12_slots_wait_for_one_instead_of_failing(
+    tmp_path: Path, tiny_model: Path, capsys
+) -> None:
+    """The issue's try, with the real workers: a local day of 24 archives, 24 at once, straight
+    against a server with max_connections=12. Before leases and patience, 20 of 24 exited at once."""
+    import threading
+
+    import psycopg
+
+    from streaming_pipeline.state.embedded_pg import EmbeddedPostgres
+
+    state = Path(tempfile.mkdtemp(prefix="streaming-pipeline-test-pg12-"))  # reachable by `postgres`
+    server = EmbeddedPostgres(state, settings={"max_connections": "12"})
+    dsn = server.start()
+    observer = psycopg.connect(dsn, autocommit=True)  # first: the workers fill the server
+    peak, stop = [0], threading.Event()
+
+    def watch() -> None:
+        sql = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+        while not stop.wait(0.05):
+            peak[0] = max(peak[0], observer.execute(sql).fetchone()[0])
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        make_day(tmp_path, [f"{h:02d}_00" for h in range(24)], members=1)
+        watcher.start()
+        argv = ["process-day", DAY, "--executor", "local", "--input-root", str(tmp_path / "input"),
+                "--log-dir", str(tmp_path / "logs"), "--max-parallel", "24"]  # fmt: skip
+        assert main([*argv, *_options(tmp_path, dsn, tiny_model)]) == 0
+        assert "24 archives (24 done); members done 24, failed 0" in capsys.readouterr().out
+        stop.set()
+        watcher.join()
+        assert peak[0] == 12  # the server was full ...
+        logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("stream_tar_*.out"))
+        assert "waiting for the database" in logs and "too many clients" in logs  # ... they waited
+    finally:
+        stop.set()
+        observer.close()
+        server.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.mark.slow
 def test_sigterm_stops_local_day_cleanly_and_rerun_completes(
     tmp_path: Path, pg_dsn: str, tiny_model: Path
 ) -> None:
