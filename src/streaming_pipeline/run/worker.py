@@ -575,12 +575,10 @@ class ArchiveWorker:
     def _uploaded(
         self, job: UploadJob, batch: Batch, members: list[tuple[str, str]], audio_s: float, queued_at: float
     ) -> None:
-        if job.state is UploadState.WITHDRAWN:  # the archive is another worker's now: write nothing
-            self._count("left", len(members))
-            shutil.rmtree(batch.directory, ignore_errors=True)
-            self._upload_slots.release()
-            return
         try:
+            if job.state is UploadState.WITHDRAWN:  # the archive is another worker's now: write nothing
+                self._count("left", len(members))
+                return
             self.timers.add("upload", job.finished - job.started)
             started = max(queued_at, time.time() - (time.monotonic() - job.started))
             uploaded = len(members) if job.state is UploadState.DONE else 0
