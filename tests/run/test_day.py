@@ -159,19 +159,14 @@ def test_24_real_workers_on_a_server_with_12_slots_wait_for_one_instead_of_faili
     import psycopg
 
     from streaming_pipeline.state.embedded_pg import EmbeddedPostgres
+    from streaming_pipeline.tools.scale import watch_server_connections
 
     state = Path(tempfile.mkdtemp(prefix="streaming-pipeline-test-pg12-"))  # reachable by `postgres`
     server = EmbeddedPostgres(state, settings={"max_connections": "12"})
     dsn = server.start()
     observer = psycopg.connect(dsn, autocommit=True)  # first: the workers fill the server
     peak, stop = [0], threading.Event()
-
-    def watch() -> None:
-        sql = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
-        while not stop.wait(0.05):
-            peak[0] = max(peak[0], observer.execute(sql).fetchone()[0])
-
-    watcher = threading.Thread(target=watch, daemon=True)
+    watcher = threading.Thread(target=watch_server_connections, args=(observer, stop, peak), daemon=True)
     try:
         make_day(tmp_path, [f"{h:02d}_00" for h in range(24)], members=1)
         watcher.start()

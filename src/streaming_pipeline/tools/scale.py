@@ -274,7 +274,9 @@ def _process(
     store.finish_archive(key.archive, state="done", error=None, wall_s=wall, run_id=run_id, audio_s=len(todo))
 
 
-def _server_connections(conn: psycopg.Connection[Any], stop: threading.Event, peak: list[int]) -> None:
+def watch_server_connections(conn: psycopg.Connection[Any], stop: threading.Event, peak: list[int]) -> None:
+    """The most client backends the server had at once, sampled every 50 ms on `conn` (opened
+    before the workers: they may fill the server) until `stop`, into `peak[0]`."""
     while not stop.wait(0.05):
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
@@ -324,7 +326,7 @@ def _run(config: ScaleConfig, direct: str, pooled: str, say: Any) -> ScaleResult
     observer = psycopg.connect(direct, autocommit=True)
     stop = threading.Event()
     peak = [0]
-    monitor = threading.Thread(target=_server_connections, args=(observer, stop, peak), daemon=True)
+    monitor = threading.Thread(target=watch_server_connections, args=(observer, stop, peak), daemon=True)
     monitor.start()
     started = time.monotonic()
     workers = [
