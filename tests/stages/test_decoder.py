@@ -16,7 +16,14 @@ import soundfile as sf
 import soxr
 
 from streaming_pipeline.config import PipelineConfig
-from streaming_pipeline.stages.decoder import BatchedDecoder, decode_all, open_decoder, speech_chunks
+from streaming_pipeline.stages.decoder import (
+    LOG_PROB_THRESHOLD,
+    NO_SPEECH_THRESHOLD,
+    BatchedDecoder,
+    decode_all,
+    open_decoder,
+    speech_chunks,
+)
 from streaming_pipeline.stages.transcribe import Transcriber
 from streaming_pipeline.tools.samples import clip_files
 
@@ -301,7 +308,13 @@ def test_real_speech_archive_word_error_rate_and_languages(
 @pytest.mark.realmodel
 def test_real_model_leaves_silence_and_noise_empty_without_vad(whisper_base: Path) -> None:
     """With VAD off every window reaches the model: the no-speech rule and the fallback guards,
-    not VAD, keep silence, mains hum and white noise empty (faster-whisper's transcribe too)."""
+    not VAD, keep silence, mains hum and white noise empty (faster-whisper's transcribe too).
+
+    Not always: the fallback samples (temperature > 0, CTranslate2's random generator), and a
+    sampled decode that scores above the log-prob threshold overrides a high no-speech
+    probability, in faster-whisper as here. Measured on this machine: one clip of the three came
+    out as words in about 1 run in 40 ("1 oz. 1 oz. …" at temperature 0.6, no-speech 0.82,
+    log-prob -0.68). So: at most one clip, and only through that rule."""
     config = PipelineConfig(model=str(whisper_base), device="cpu", vad=False, decode_batch_size=4)
     rng = np.random.default_rng(7)
     clips = {
@@ -311,7 +324,9 @@ def test_real_model_leaves_silence_and_noise_empty_without_vad(whisper_base: Pat
     }
     results, stats = _decode(Transcriber(config), config, list(clips), list(clips.values()))
     assert stats["rows"] == 3 and stats["calls"] >= 1
-    assert [r["text"] for r in results] == ["", "", ""]
+    assert sum(bool(r["text"]) for r in results) <= 1, [r["text"] for r in results]
+    for segment in (s for r in results for s in r["segments"]):
+        assert segment["no_speech_prob"] <= NO_SPEECH_THRESHOLD or segment["avg_logprob"] > LOG_PROB_THRESHOLD
 
 
 class _FailsFirstCall:
