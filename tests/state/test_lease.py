@@ -44,9 +44,3 @@ def test_a_database_that_cannot_answer_does_not_hold_uploads_back(caplog: pytest
     with caplog.at_level(logging.WARNING):
         assert upload_gate(store)() is None  # the record after the upload is fenced
     assert "lease not confirmed before an upload" in caplog.text and "hunter2" not in caplog.text
-
-
-def test_without_a_lease_there_is_nothing_to_confirm(pg_dsn: str) -> None:
-    store = ProgressStore(pg_dsn)
-    assert upload_gate(store)() is None
-    store.close()
