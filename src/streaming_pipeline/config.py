@@ -35,6 +35,11 @@ class PipelineConfig:
     vad: bool = True
     # How members reach the model (decoder.py): auto (the batched decoder), batched, per-member.
     decoder: str = "auto"
+    # Time in the transcripts: none (a window is one segment), segment (timestamp tokens), word
+    # (also cross-attention word times).
+    timestamps: str = "segment"
+    # Subtitle files written beside each member's FLAC and JSON: "srt", "vtt", "srt,vtt", "none".
+    subtitles: str = "srt"
     decode_batch_size: int = 0  # rows (speech chunks <= 30 s) per generate call; 0: 16 on CUDA, 8 on CPU
     max_new_tokens: int | None = None  # cap on tokens decoded per window (None: the model's 448)
     stream_batch_size: int = 200
@@ -83,6 +88,8 @@ _ENV_NAMES = {
     "beam_size": "PIPELINE_BEAM_SIZE",
     "temperatures": "PIPELINE_TEMPERATURES",
     "decoder": "PIPELINE_DECODER",
+    "timestamps": "PIPELINE_TIMESTAMPS",
+    "subtitles": "PIPELINE_SUBTITLES",
     "decode_batch_size": "PIPELINE_DECODE_BATCH_SIZE",
     "max_new_tokens": "PIPELINE_MAX_NEW_TOKENS",
     "stream_batch_size": "PIPELINE_STREAM_BATCH_SIZE",
@@ -144,12 +151,16 @@ def build_config(
         raw = cli.get(name)
         if raw is None and name in _ENV_NAMES:
             raw = env.get(_ENV_NAMES[name]) or None
+            if name == "subtitles" and env.get(_ENV_NAMES[name]) == "":
+                raw = "none"  # set but empty: no subtitles
         if raw is None and name == "dsn":
             raw = env.get("DB_CREDS") or None
         if raw is None and defaults:
             raw = defaults.get(name)
         if raw is not None:
             values[name] = _coerce(name, raw, typ)
+    if "subtitles" in values:
+        values["subtitles"] = ",".join(subtitle_formats(values["subtitles"])) or "none"
     values.setdefault("slurm_job_id", _slurm_job_id(env))
     if "scratch_dir" not in values:
         values["scratch_dir"] = Path(env.get("TMPDIR") or tempfile.gettempdir()) / "streaming-pipeline"
@@ -208,6 +219,9 @@ def _validate(config: PipelineConfig) -> None:
         raise ConfigError("max-new-tokens must be between 1 and 440")
     if config.decoder not in ("auto", "batched", "per-member"):
         raise ConfigError(f"decoder must be auto, batched or per-member, not {config.decoder!r}")
+    if config.timestamps not in ("none", "segment", "word"):
+        raise ConfigError(f"timestamps must be none, segment or word, not {config.timestamps!r}")
+    subtitle_formats(config.subtitles)
     if config.device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"device must be auto, cuda or cpu, not {config.device!r}")
 
@@ -221,6 +235,18 @@ def parse_temperatures(text: str) -> tuple[float, ...]:
     if not values or any(not 0.0 <= t <= 1.0 for t in values):
         raise ConfigError(f"temperatures: {text!r} is not a comma-separated list of numbers in [0, 1]")
     return values
+
+
+SUBTITLE_FORMATS = ("srt", "vtt")
+
+
+def subtitle_formats(text: str) -> tuple[str, ...]:
+    """`srt`, `vtt`, `srt,vtt`; empty or `none`: no subtitles. Each format once, in this order."""
+    wanted = {part.strip().lower() for part in text.split(",")} - {"", "none"}
+    unknown = wanted - set(SUBTITLE_FORMATS)
+    if unknown:
+        raise ConfigError(f"subtitles: {', '.join(sorted(unknown))} is not srt, vtt or none")
+    return tuple(f for f in SUBTITLE_FORMATS if f in wanted)
 
 
 def parse_day(text: str) -> dt.date:

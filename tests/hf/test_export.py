@@ -24,10 +24,13 @@ def _common(dsn: str, remote: str, tmp_path: Path, model: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _process(tmp_path: Path, dsn: str, remote: str, model: Path, slots: list[str], members: int) -> None:
+def _process(
+    tmp_path: Path, dsn: str, remote: str, model: Path, slots: list[str], members: int, *extra: str
+) -> None:
     for archive in make_day(tmp_path, slots, members):
         slot = archive.name.removesuffix(".tar.xz")
-        assert main(["process-tar", DAY, str(archive), slot, *_common(dsn, remote, tmp_path, model)]) == 0
+        common = _common(dsn, remote, tmp_path, model)
+        assert main(["process-tar", DAY, str(archive), slot, *common, *extra]) == 0
 
 
 def _load(folder: Path) -> list[dict]:
@@ -53,15 +56,19 @@ def _assert_matches_database(rows: list[dict], dsn: str) -> None:
         assert len(audio) / 16000 == pytest.approx(expected["duration_s"], abs=1e-3)
         assert row["audio"]["path"].endswith(".flac")
         assert str(row["day"]) == DAY and row["member"] == expected["member"]
-        keys = {"start", "end", "text", "avg_logprob", "no_speech_prob"}
+        keys = {"start", "end", "text", "avg_logprob", "no_speech_prob", "words"}
         assert all(set(s) == keys for s in row["segments"])
+        for segment in row["segments"]:
+            for word in segment["words"]:
+                assert set(word) == {"start", "end", "word", "probability"}
+                assert segment["start"] <= word["start"] <= word["end"] <= segment["end"]
 
 
 @pytest.mark.slow
 def test_export_to_the_remote_through_the_rsync_daemon_loads_with_datasets(
     tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path, capsys
 ) -> None:
-    _process(tmp_path, pg_dsn, rsync_daemon.url, tiny_model, ["12_30", "13_00"], members=4)
+    _process(tmp_path, pg_dsn, rsync_daemon.url, tiny_model, ["12_30", "13_00"], 4, "--timestamps", "word")
     common = _common(pg_dsn, rsync_daemon.url, tmp_path, tiny_model)
     assert main(["export", DAY, "--shard-rows", "3", *common]) == 0
     assert "exported 8 members" in capsys.readouterr().out
@@ -70,7 +77,9 @@ def test_export_to_the_remote_through_the_rsync_daemon_loads_with_datasets(
     shards = sorted(p.name for p in (folder / "data").iterdir())
     assert shards == ["train-00000.parquet", "train-00001.parquet", "train-00002.parquet"]
     assert "data/train-00002.parquet" in (folder / "README.md").read_text()
-    _assert_matches_database(_load(folder), pg_dsn)
+    rows = _load(folder)
+    _assert_matches_database(rows, pg_dsn)
+    assert any(s["words"] for r in rows for s in r["segments"]), "word times travel as nested columns"
     assert not list((tmp_path / "scratch").rglob("*.parquet")), "export left shards in scratch"
 
 

@@ -16,14 +16,8 @@ import soundfile as sf
 import soxr
 
 from streaming_pipeline.config import PipelineConfig
-from streaming_pipeline.stages.decoder import (
-    LOG_PROB_THRESHOLD,
-    NO_SPEECH_THRESHOLD,
-    BatchedDecoder,
-    decode_all,
-    open_decoder,
-    speech_chunks,
-)
+from streaming_pipeline.stages.decoder import BatchedDecoder, decode_all, open_decoder
+from streaming_pipeline.stages.decoding import LOG_PROB_THRESHOLD, NO_SPEECH_THRESHOLD, speech_chunks
 from streaming_pipeline.stages.transcribe import Transcriber
 from streaming_pipeline.tools.samples import clip_files
 
@@ -362,3 +356,111 @@ def test_a_failed_call_fails_its_members_alone_and_decoding_goes_on(tiny_model: 
     assert 1 <= len(failed) <= 2, "the members of the first call"
     assert all(isinstance(e, TranscriptionError) and "illegal memory access" in str(e) for e in failed)
     assert sum(e is None for e in outcomes) == len(names) - len(failed)
+
+
+def _recording(realspeech: Path, name: str) -> np.ndarray:
+    samples, rate = sf.read(str(realspeech / "audio" / name), dtype="float32", always_2d=True)
+    return soxr.resample(samples.mean(axis=1), rate, RATE).astype(np.float32)
+
+
+def _timed_members(realspeech: Path) -> dict[str, np.ndarray]:
+    """Members whose windows end in every way: ~1 s; just under one 30 s window; just over it (a
+    second window of ~1 s); and three minutes of recordings between long silences, which VAD
+    removes and every time has to be mapped back across."""
+    english = [
+        "fw_jfk.flac",
+        "ps_sense_and_sensibility_01_austen_64kb-0870.wav",
+        "sb_LJ050-0131.wav",
+        "ps_sense_and_sensibility_01_austen_64kb-0920.wav",
+        "ps_sense_and_sensibility_01_austen_64kb-0890.wav",
+        "ps_sense_and_sensibility_01_austen_64kb-0930.wav",
+    ]
+    clips = [_recording(realspeech, name) for name in english]
+    gap = np.zeros(RATE // 2, dtype=np.float32)
+
+    def joined(seconds: float) -> np.ndarray:
+        parts: list[np.ndarray] = []
+        for clip in clips * 3:
+            if sum(map(len, parts)) + len(clip) > seconds * RATE:
+                break
+            parts += [clip, gap]
+        audio = np.concatenate(parts)
+        return np.pad(audio, (0, max(0, int(seconds * RATE) - len(audio))))
+
+    silence = [np.zeros(int(s * RATE), dtype=np.float32) for s in (25, 40, 31, 47, 20)]
+    long = np.concatenate(
+        [part for clip, pause in zip(clips[:5], silence, strict=True) for part in (pause, clip)]
+    )
+    return {
+        "one_second.wav": _recording(realspeech, "ps_cards_001.wav"),
+        "window_minus.wav": joined(29.5),
+        "window_plus.wav": joined(31.0),
+        "minutes_with_silences.wav": np.concatenate([long, np.zeros(15 * RATE, dtype=np.float32)]),
+    }
+
+
+def _check_times(result: dict[str, Any], duration: float) -> None:
+    previous_end = 0.0
+    for seg in result["segments"]:
+        assert previous_end <= seg["start"] <= seg["end"] <= duration, (result["member"], seg)
+        previous_end = seg["end"]
+        last = seg["start"]
+        for word in seg.get("words", ()):
+            assert last <= word["start"] <= word["end"] <= seg["end"], (result["member"], seg, word)
+            last = word["start"]
+
+
+@pytest.mark.realmodel
+@pytest.mark.slow
+def test_real_speech_segment_and_word_times_agree_with_faster_whisper(
+    realspeech: Path, whisper_base: Path
+) -> None:
+    """Batched `segment` and `word` timestamps against faster-whisper's sequential
+    `transcribe(word_timestamps=True)` on the same audio (beam 5, VAD on): segments sentence-sized,
+    every time inside its member, and word start times within 0.15 s (median over the words the
+    two transcripts share, paired by jiwer's alignment)."""
+    import jiwer
+    from faster_whisper import WhisperModel
+
+    members = _timed_members(realspeech)
+    names, audio = list(members), list(members.values())
+    durations = {n: len(a) / RATE for n, a in members.items()}
+    assert 180 <= durations["minutes_with_silences.wav"] <= 300
+    base = {"model": str(whisper_base), "device": "cpu", "decode_batch_size": 4}
+    transcriber = Transcriber(PipelineConfig(**base))
+    segment_results, _ = _decode(transcriber, PipelineConfig(**base, timestamps="segment"), names, audio)
+    word_results, stats = _decode(transcriber, PipelineConfig(**base, timestamps="word"), names, audio)
+    assert stats["align_s"] > 0
+
+    lengths = [s["end"] - s["start"] for r in segment_results for s in r["segments"]]
+    assert float(np.median(lengths)) <= 12.0, lengths
+    for result in segment_results + word_results:
+        assert result["text"], result["member"]
+        _check_times(result, durations[result["member"]])
+    long = next(r for r in word_results if r["member"] == "minutes_with_silences.wav")
+    assert long["segments"][0]["start"] >= 24.0, "the first speech starts after 25 s of silence"
+
+    model = WhisperModel(str(whisper_base), device="cpu", compute_type="int8")
+    differences: list[float] = []
+    for name, clip, ours in zip(names, audio, word_results, strict=True):
+        segments, _ = model.transcribe(
+            clip, beam_size=5, vad_filter=True, word_timestamps=True, condition_on_previous_text=False
+        )
+        theirs = [w for s in segments for w in s.words or ()]
+        mine = [w for s in ours["segments"] for w in s["words"]]
+        ref = [_normalise(w.word) or "_" for w in theirs]
+        hyp = [_normalise(w["word"]) or "_" for w in mine]
+        aligned = jiwer.process_words(" ".join(ref), " ".join(hyp))
+        for chunk in aligned.alignments[0]:
+            if chunk.type == "equal":
+                for i, j in zip(
+                    range(chunk.ref_start_idx, chunk.ref_end_idx),
+                    range(chunk.hyp_start_idx, chunk.hyp_end_idx),
+                    strict=True,
+                ):
+                    differences.append(abs(theirs[i].start - mine[j]["start"]))
+        assert len(mine) >= 0.8 * len(theirs), name
+    median = float(np.median(differences))
+    print(f"word starts vs faster-whisper: median |diff| {median:.3f} s over {len(differences)} shared words")
+    assert len(differences) >= 150
+    assert median <= 0.15

@@ -37,6 +37,16 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
         help="batched: windows of many members per GPU call (auto); per-member: faster-whisper's transcribe",
     )
     g.add_argument(
+        "--timestamps",
+        choices=("none", "segment", "word"),
+        help="time in the transcripts: sentence-sized segments (segment), also words (word), or "
+        "one segment per speech window (none) (PIPELINE_TIMESTAMPS)",
+    )
+    g.add_argument(
+        "--subtitles",
+        help="subtitle files beside each FLAC: srt, vtt, srt,vtt or none (srt) (PIPELINE_SUBTITLES)",
+    )
+    g.add_argument(
         "--decode-batch-size", type=int, help="windows per decoding call (0: 16 on CUDA, 8 on CPU)"
     )
     g.add_argument("--max-new-tokens", type=int, help="tokens decoded per window at most (model's limit)")

@@ -132,7 +132,8 @@ class DayExporter:
                 f"The {rows} members of {self.day} that were `done` in the progress database at export "
                 f"time ({audio_s / 3600:.3f} h of audio), one row per member, ordered by archive and member.",
                 "Columns: `id` (`<archive>/<member>`), `day`, `slot`, `archive`, `member`, `audio`, "
-                "`duration_s`, `language`, `transcript`, `segments` (faster-whisper segments).",
+                "`duration_s`, `language`, `transcript`, `segments` (faster-whisper segments, each "
+                "with its `words` where the transcript was timed by word).",
             ],
         )
 

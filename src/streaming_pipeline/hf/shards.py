@@ -49,11 +49,19 @@ def parse_size(text: str) -> int:
 
 SEGMENT_FIELDS = {"start": "float64", "end": "float64", "text": "string", "avg_logprob": "float64",
                   "no_speech_prob": "float64"}  # fmt: skip
+WORD_FIELDS = {"start": "float64", "end": "float64", "word": "string", "probability": "float64"}
 
 
 def segment_rows(segments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """faster-whisper segments (as the Transcriber returns them) in the shards' layout."""
-    return [{k: s.get(k) for k in SEGMENT_FIELDS} for s in segments]
+    """faster-whisper segments (as the decoders return them) in the shards' layout; `words` is
+    empty unless the transcript was made with `--timestamps word`."""
+    return [
+        {
+            **{k: s.get(k) for k in SEGMENT_FIELDS},
+            "words": [{k: w.get(k) for k in WORD_FIELDS} for w in s.get("words") or ()],
+        }
+        for s in segments
+    ]
 
 
 def _features(leading: dict[str, Any], trailing: dict[str, Any]) -> Features:
@@ -69,7 +77,12 @@ def _features(leading: dict[str, Any], trailing: dict[str, Any]) -> Features:
             "language": Value("string"),
             "transcript": Value("string"),
             **trailing,
-            "segments": List({name: Value(dtype) for name, dtype in SEGMENT_FIELDS.items()}),
+            "segments": List(
+                {
+                    **{name: Value(dtype) for name, dtype in SEGMENT_FIELDS.items()},
+                    "words": List({name: Value(dtype) for name, dtype in WORD_FIELDS.items()}),
+                }
+            ),
         }
     )
 

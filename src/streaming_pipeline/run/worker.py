@@ -34,12 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import PipelineConfig
+from ..config import PipelineConfig, subtitle_formats
 from ..errors import ArchiveError, ConversionError, LeaseLost, PipelineError, StoreError, TranscriptionError
 from ..stages.archive import ArchiveReader, Batch, Member
 from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import Stopwatch, TranscriberLike, put_unless_stopped
+from ..stages.subtitles import render as render_subtitles
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
 from ..state.lease import upload_gate
 from ..state.store import MemberRecord, ProgressStore, StageTiming
@@ -138,6 +139,7 @@ class ArchiveWorker:
         self.stop = threading.Event()  # set by request_stop, and when the run ends (ends the reader)
         self.stop_reason: str | None = None  # set only by request_stop: the run was interrupted
         self.destination = Destination.parse(config.remote)
+        self._subtitle_formats = subtitle_formats(config.subtitles)
         # Per run: a worker that stalled past its lease and resumes never writes into the
         # scratch of the run that took its archive over (on a shared or the same node).
         self.slot_scratch = config.scratch_dir / day.isoformat() / slot
@@ -339,21 +341,19 @@ class ArchiveWorker:
         uploading = self.store.uploading_members(self.key.archive)
         if not uploading:
             return
-        wanted = {}
-        for member, remote in uploading:
-            flac = self.destination.relpath(remote)
-            wanted[member] = (remote, flac, str(Path(flac).with_suffix(".json")))
+        wanted: dict[str, tuple[str, list[str]]] = {}
+        for member, remote, subtitles in uploading:
+            flac = Path(self.destination.relpath(remote))
+            files = [flac, flac.with_suffix(".json"), *(flac.with_suffix(f".{fmt}") for fmt in subtitles)]
+            wanted[member] = (remote, [str(f) for f in files])
         checker = AsyncRsyncStorageManager.from_config(self.config, self.destination, max_concurrent=1)
         try:
             present = checker.existing(
-                [p for _, flac, sidecar in wanted.values() for p in (flac, sidecar)],
-                self.job_scratch / "reconcile",
+                [p for _, files in wanted.values() for p in files], self.job_scratch / "reconcile"
             )
         finally:
             checker.close()
-        confirmed = [
-            (m, remote) for m, (remote, flac, js) in wanted.items() if flac in present and js in present
-        ]
+        confirmed = [(m, remote) for m, (remote, files) in wanted.items() if present.issuperset(files)]
         self.store.mark_done(self.key.archive, confirmed)
         log.info(
             "reconciled %s: %d of %d members left uploading by an earlier run are on the destination",
@@ -557,6 +557,9 @@ class ArchiveWorker:
         conversion.staged.parent.mkdir(parents=True, exist_ok=True)
         conversion.flac.replace(conversion.staged)
         conversion.staged.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
+        subtitles = render_subtitles(result["segments"], self._subtitle_formats)
+        for fmt, text in subtitles.items():
+            conversion.staged.with_suffix(f".{fmt}").write_text(text, encoding="utf-8")
         return MemberRecord(
             member.name,
             "uploading",
@@ -570,6 +573,8 @@ class ArchiveWorker:
             remote_path=self.destination.url(self._output_path(member)),
             decoder=info.decoder,
             fallback=any(seg.get("temperature", 0.0) > 0 for seg in result["segments"]),
+            timestamps=self.config.timestamps,
+            subtitles=",".join(subtitles) or None,
         )
 
     def _uploaded(

@@ -12,8 +12,15 @@
 A member's result is complete, and its future resolved, when all its rows are final. Rows of
 different members never share a window. faster-whisper 1.2.1's `BatchedInferencePipeline`
 batches only one file's chunks and ignores the fallback temperatures and the no-speech rule;
-this decoder follows its windowing (VAD chunks, features padded to 30 s, no timestamps) and the
-sequential path's guards (`WhisperModel.generate_with_fallback`).
+this decoder follows its windowing (VAD chunks, features padded to 30 s) and the sequential
+path's guards (`WhisperModel.generate_with_fallback`).
+
+Time (`--timestamps`): `none` decodes with `<|notimestamps|>` (a window is one segment);
+`segment` decodes with timestamp tokens and splits each row at them (decoding.split_by_timestamps);
+`word` also aligns the chosen tokens to the audio by cross-attention, one `Whisper.align` call
+per group of rows that share a start sequence, on the encoder output of the decoding call. Every
+time then returns from the speech-only timeline to the member's own. The policy (guards, the
+choice among attempts, packing, splitting, word repairs, time mapping) is in decoding.py.
 
 `PerMemberDecoder` runs faster-whisper's own `WhisperModel.transcribe` on `transcribe_workers`
 members at once: the reference path, and the one `--decoder per-member` selects.
@@ -25,7 +32,6 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,25 +40,37 @@ import numpy as np
 
 from ..config import PipelineConfig, parse_temperatures
 from ..errors import ConfigError, TranscriptionError
+from .decoding import (
+    MAX_INITIAL_TIMESTAMP_INDEX,
+    SAMPLE_RATE,
+    WINDOW_S,
+    Attempt,
+    RowQueue,
+    Segment,
+    Span,
+    SpeechTimeline,
+    final_attempt,
+    finalize_segments,
+    is_silent,
+    make_attempt,
+    row_segments,
+    speech_chunks,
+    split_by_timestamps,
+    time_words,
+    words_from_alignment,
+)
 from .flow import TranscriberLike
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-WINDOW_S = 30
-# faster-whisper's defaults for the guards of its sequential path.
-COMPRESSION_RATIO_THRESHOLD = 2.4
-LOG_PROB_THRESHOLD = -1.0
-NO_SPEECH_THRESHOLD = 0.6
-BEST_OF = 5
-# Rows considered for one call: this many calls' worth from the head of the queue.
-LOOKAHEAD_CALLS = 4
-# Calls a row waiting for a fallback temperature may wait for company before it goes alone.
-FALLBACK_MAX_WAIT_CALLS = 4
 # A call that is not full waits this long at most for rows of members being prepared.
 FILL_WAIT_S = 0.5
 # Rows (features, ~1 MB each) queued at most, per row of a call.
-QUEUED_ROWS_PER_BATCH_ROW = 2 * LOOKAHEAD_CALLS
+QUEUED_ROWS_PER_BATCH_ROW = 8
+# faster-whisper's sampling at a fallback temperature: the best of this many.
+BEST_OF = 5
+# CTranslate2's median filter over the alignment heads' attention (faster-whisper's default).
+MEDIAN_FILTER_WIDTH = 7
 # Rows per generate call when --decode-batch-size is 0: 16 on CUDA (the issue's H100 numbers:
 # 235x realtime at 16, 259 at 32, 277 at 64 for a large-v2-sized model); on CPU, measured by
 # `bench` on 2 cores with whisper-base (README, Performance).
@@ -172,17 +190,7 @@ class _Member:
     language_probability: float = 0.0
     rows: int = 0
     rows_left: int = 0
-    segments: dict[int, dict[str, Any]] = field(default_factory=dict)  # row index -> segment
-
-
-@dataclass(frozen=True)
-class _Attempt:
-    tokens: list[int]
-    text: str
-    avg_logprob: float
-    no_speech_prob: float
-    compression_ratio: float
-    temperature: float
+    segments: dict[int, list[Segment]] = field(default_factory=dict)  # row index -> its segments
 
 
 @dataclass(eq=False)
@@ -194,23 +202,17 @@ class _Row:
     duration: float  # seconds of speech in it
     level: int = 0  # index into the temperatures
     waited: int = 0  # calls since it was queued at this level
-    attempts: list[_Attempt] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
 
 
-def speech_chunks(regions: list[dict[str, int]], max_samples: int) -> Iterator[list[dict[str, int]]]:
-    """VAD regions grouped greedily into chunks of at most `max_samples` of speech, as
-    faster-whisper's `collect_chunks` groups them (a region longer than that is a chunk alone)."""
-    chunk: list[dict[str, int]] = []
-    samples = 0
-    for region in regions:
-        length = region["end"] - region["start"]
-        if chunk and samples + length > max_samples:
-            yield chunk
-            chunk, samples = [], 0
-        chunk.append(region)
-        samples += length
-    if chunk:
-        yield chunk
+@dataclass
+class _Outcome:
+    """What one call made of one row: the new attempt, and the attempt the row keeps with its
+    segments (speech-timeline seconds) once it is final."""
+
+    attempt: Attempt
+    final: Attempt | None = None
+    segments: list[Segment] = field(default_factory=list)
 
 
 class BatchedDecoder:
@@ -230,6 +232,7 @@ class BatchedDecoder:
         self._decode_text = self._tokenizer(None if not self._multilingual else "en")
         self._suppress = list(get_suppressed_tokens(self._decode_text, [-1]))
         self.config = config
+        self._timestamps = config.timestamps
         self._temperatures = parse_temperatures(config.temperatures)
         self._language = config.language
         if self._language is not None and self._multilingual:
@@ -239,8 +242,7 @@ class BatchedDecoder:
         self.batch_size = config.decode_batch_size or DEFAULT_BATCH.get(device, 8)
         self._limit = self.batch_size  # lowered by CUDA out-of-memory errors
         self._cond = threading.Condition()
-        self._fresh: list[_Row] = []
-        self._fallback: dict[int, list[_Row]] = {}
+        self._queue = RowQueue()
         self._preparing = 0  # members handed to the prep threads and not yet all queued
         self._max_queued = max(QUEUED_ROWS_PER_BATCH_ROW * self.batch_size, 64)
         self._members: set[_Member] = set()
@@ -255,6 +257,7 @@ class BatchedDecoder:
             "fallback_rows": 0,
             "members": 0,
             "decoder_busy_s": 0.0,
+            "align_s": 0.0,
             "prep_s": 0.0,
             "oom_halvings": 0,
         }
@@ -265,11 +268,13 @@ class BatchedDecoder:
         self._thread = threading.Thread(target=self._loop, name="decoder", daemon=True)
         self._thread.start()
         log.info(
-            "batched decoder: %d rows per call, up to %d members in flight, %d prep threads, temperatures %s",
+            "batched decoder: %d rows per call, up to %d members in flight, %d prep threads, "
+            "temperatures %s, timestamps %s",
             self.batch_size,
             config.process_batch_size,
             self.prep_threads,
             ",".join(f"{t:g}" for t in self._temperatures),
+            self._timestamps,
         )
 
     # -- public -----------------------------------------------------------------------------
@@ -298,8 +303,7 @@ class BatchedDecoder:
         complete; every other member's future is cancelled (it stays pending for the next run)."""
         with self._cond:
             self._stopping = True
-            self._fresh.clear()
-            self._fallback.clear()
+            self._queue.clear()
             doomed = [m for m in self._members if self._in_call[m] != m.rows_left or not m.rows]
             self._members.difference_update(doomed)
             self._cond.notify_all()
@@ -364,7 +368,7 @@ class BatchedDecoder:
                 self._cond.wait()
             if self._stopping or row.member.future.done():
                 return False
-            self._fresh.append(row)
+            self._queue.add(row)
             self._stats["rows"] += 1
             self._cond.notify_all()
         return True
@@ -373,14 +377,14 @@ class BatchedDecoder:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._has_work():
+                while not self._closed and not len(self._queue):
                     self._cond.wait()
                 deadline = time.monotonic() + FILL_WAIT_S
                 while not self._closed and self._filling() and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)  # a fuller call costs the GPU little more than this one
                 if self._closed:
                     return
-                rows, level = self._pack()
+                rows, level = self._queue.pack(self._limit)
                 self._in_call = Counter(r.member for r in rows)
             try:
                 self._decode(rows, level)
@@ -394,58 +398,21 @@ class BatchedDecoder:
 
     def _rows_held(self) -> int:
         """Rows queued or in the running call: what the prep threads' backpressure counts."""
-        return len(self._fresh) + sum(map(len, self._fallback.values())) + self._in_call.total()
-
-    def _has_work(self) -> bool:
-        return bool(self._fresh) or any(self._fallback.values())
+        return len(self._queue) + self._in_call.total()
 
     def _filling(self) -> bool:
         """Only fresh rows wait, fewer than a call holds, and more are being prepared."""
-        fallback = any(self._fallback.values())
-        return not fallback and 0 < len(self._fresh) < self._limit and self._preparing > 0
-
-    def _pack(self) -> tuple[list[_Row], int]:
-        """Rows for the next call (under the lock). Failed rows go first when they fill a call,
-        when no fresh rows are waiting, or when they have waited long enough."""
-        limit = self._limit
-        for level in sorted(self._fallback):
-            waiting = self._fallback[level]
-            if waiting and (
-                len(waiting) >= limit or not self._fresh or waiting[0].waited >= FALLBACK_MAX_WAIT_CALLS
-            ):
-                rows, self._fallback[level] = waiting[:limit], waiting[limit:]
-                self._age_fallback()
-                return rows, level
-        window = self._fresh[: limit * LOOKAHEAD_CALLS]
-        head = window[0]
-        chosen = [head]
-        first_rows = {head.member} if head.index == 0 else set()
-        for row in sorted(window[1:], key=lambda r: abs(r.duration - head.duration)):
-            if len(chosen) == limit:
-                break
-            if row.member.language is None and row.index > 0 and row.member not in first_rows:
-                continue  # its language comes from its first row, which is not in this call
-            chosen.append(row)
-            if row.index == 0:
-                first_rows.add(row.member)
-        taken = set(map(id, chosen))
-        self._fresh = [r for r in self._fresh if id(r) not in taken]
-        self._age_fallback()
-        return chosen, 0
-
-    def _age_fallback(self) -> None:
-        for waiting in self._fallback.values():
-            for row in waiting:
-                row.waited += 1
+        fresh = len(self._queue.fresh)
+        return not self._queue.has_fallback() and 0 < fresh < self._limit and self._preparing > 0
 
     def _decode(self, rows: list[_Row], level: int) -> None:
         started = time.monotonic()
         try:
-            results = self._generate(rows, level)
+            outcomes = self._infer(rows, level)
         except RuntimeError as exc:
             if "out of memory" not in str(exc).lower() or len(rows) == 1:
                 raise
-            half = len(rows) // 2
+            half = (len(rows) + 1) // 2
             with self._cond:
                 first = self._stats["oom_halvings"] == 0
                 self._stats["oom_halvings"] += 1
@@ -461,10 +428,87 @@ class BatchedDecoder:
             self._stats["rows_decoded"] += len(rows)
             self._stats["fallback_rows"] += len(rows) if level else 0
             self._stats["decoder_busy_s"] += time.monotonic() - started
-        for row, result in zip(rows, results, strict=True):
-            self._judge(row, result, level)
+        for row, outcome in zip(rows, outcomes, strict=True):
+            self._settle(row, outcome, level)
 
-    def _generate(self, rows: list[_Row], level: int) -> list[Any]:
+    def _infer(self, rows: list[_Row], level: int) -> list[_Outcome]:
+        """One call: decode the rows, judge each attempt, time the final ones (and align their
+        words on the same encoder output). Changes no row, so a call retried after an
+        out-of-memory error starts from the same state."""
+        encoded, results = self._generate(rows, level)
+        last = level + 1 == len(self._temperatures)
+        outcomes = []
+        for row, result in zip(rows, results, strict=True):
+            tokens = list(result.sequences_ids[0])
+            text = self._decode_text.decode(tokens).strip()
+            attempt = make_attempt(
+                tokens, result.scores[0], result.no_speech_prob, text, self._temperatures[level]
+            )
+            outcome = _Outcome(attempt, final_attempt([*row.attempts, attempt], last_temperature=last))
+            outcomes.append(outcome)
+        spans = {i: self._spans(row, o.final) for i, (row, o) in enumerate(zip(rows, outcomes, strict=True))}
+        words = self._align(encoded, rows, spans) if self._timestamps == "word" else {}
+        for i, row_spans in spans.items():
+            final = outcomes[i].final
+            if final is None or not row_spans:
+                continue
+            row = rows[i]
+            texts = [clean_text(self._decode_text.decode(list(s.tokens))) for s in row_spans]
+            if i in words:
+                timed = words[i]
+                row_spans = [span for span, _ in timed]
+                outcomes[i].segments = row_segments(
+                    row_spans, texts, final, offset=row.offset, words=[w for _, w in timed]
+                )
+            else:
+                outcomes[i].segments = row_segments(row_spans, texts, final, offset=row.offset)
+        return outcomes
+
+    def _spans(self, row: _Row, final: Attempt | None) -> list[Span]:
+        """The kept attempt's text as timed spans of its window; none for silence or no text."""
+        if final is None or is_silent(final) or not clean_text(final.text):
+            return []
+        if self._timestamps == "none":
+            text = [t for t in final.tokens if t < self._decode_text.eot]
+            return [Span(0.0, row.duration, tuple(text))]
+        return split_by_timestamps(
+            final.tokens,
+            timestamp_begin=self._decode_text.timestamp_begin,
+            eot=self._decode_text.eot,
+            duration=row.duration,
+        )
+
+    def _align(self, encoded: Any, rows: list[_Row], spans: dict[int, list[Span]]) -> dict[int, Any]:
+        """Words of the rows that are final in this call, from the decoding call's encoder output:
+        one `align` call per start sequence (language), each row with its own frame count."""
+        started = time.monotonic()
+        groups: dict[str | None, list[int]] = {}
+        for i, row_spans in spans.items():
+            if any(s.tokens for s in row_spans):
+                language = rows[i].member.language if self._multilingual else None
+                groups.setdefault(language, []).append(i)
+        out: dict[int, Any] = {}
+        for language, indices in groups.items():
+            tokenizer = self._tokenizer(language)
+            text_tokens = [[t for s in spans[i] for t in s.tokens] for i in indices]
+            results = self._ct2.align(
+                _rows_of(encoded, indices, len(rows)),
+                list(tokenizer.sot_sequence),
+                text_tokens,
+                [int(rows[i].features.shape[-1]) for i in indices],
+                median_filter_width=MEDIAN_FILTER_WIDTH,
+            )
+            for i, tokens, result in zip(indices, text_tokens, results, strict=True):
+                words, word_tokens = tokenizer.split_to_word_tokens([*tokens, tokenizer.eot])
+                alignment = words_from_alignment(
+                    words, word_tokens, result.alignments, result.text_token_probs
+                )
+                out[i] = time_words(spans[i], alignment)
+        with self._cond:
+            self._stats["align_s"] += time.monotonic() - started
+        return out
+
+    def _generate(self, rows: list[_Row], level: int) -> tuple[Any, list[Any]]:
         from faster_whisper.audio import pad_or_trim
 
         features = np.stack([pad_or_trim(r.features) for r in rows])
@@ -489,7 +533,7 @@ class BatchedDecoder:
             }
         else:
             sampling = {"beam_size": self.config.beam_size, "patience": 1}
-        return self._ct2.generate(
+        results = self._ct2.generate(
             encoded,
             prompts,
             length_penalty=1,
@@ -498,31 +542,17 @@ class BatchedDecoder:
             max_length=max_length,
             return_scores=True,
             return_no_speech_prob=True,
+            max_initial_timestamp_index=MAX_INITIAL_TIMESTAMP_INDEX,
             suppress_blank=True,
             suppress_tokens=self._suppress,
             **sampling,
         )
+        return encoded, results
 
-    def _judge(self, row: _Row, result: Any, level: int) -> None:
-        """faster-whisper's `generate_with_fallback` and no-speech rule, for one row."""
-        tokens = list(result.sequences_ids[0])
-        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        text = self._decode_text.decode(tokens).strip()
-        attempt = _Attempt(
-            tokens,
-            text,
-            avg_logprob,
-            result.no_speech_prob,
-            _compression_ratio(text),
-            self._temperatures[level],
-        )
-        row.attempts.append(attempt)
-        needs_fallback = (
-            attempt.compression_ratio > COMPRESSION_RATIO_THRESHOLD or avg_logprob < LOG_PROB_THRESHOLD
-        )
-        if attempt.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
-            needs_fallback = False  # silence: no temperature will find speech in it
-        if needs_fallback and level + 1 < len(self._temperatures):
+    def _settle(self, row: _Row, outcome: _Outcome, level: int) -> None:
+        """A row's attempt recorded; the row requeued at the next temperature, or final."""
+        row.attempts.append(outcome.attempt)
+        if outcome.final is None:
             with self._cond:
                 if self._stopping:  # no more calls: the member stays pending for the next run
                     self._members.discard(row.member)
@@ -530,48 +560,27 @@ class BatchedDecoder:
                     return
                 if row.member.future.done():
                     return
-                row.level, row.waited = level + 1, 0
-                self._fallback.setdefault(level + 1, []).append(row)
+                row.level = level + 1
+                self._queue.retry(row, level + 1)
                 self._cond.notify_all()
             return
-        chosen = attempt
-        if needs_fallback:  # every temperature failed: the best of them, as faster-whisper picks
-            readable = [a for a in row.attempts if a.compression_ratio <= COMPRESSION_RATIO_THRESHOLD]
-            chosen = max(readable or row.attempts, key=lambda a: a.avg_logprob)
-        silent = chosen.no_speech_prob > NO_SPEECH_THRESHOLD and not chosen.avg_logprob > LOG_PROB_THRESHOLD
-        text = clean_text(chosen.text)
-        if not silent and text:
-            row.member.segments[row.index] = {
-                "start": row.offset,
-                "end": row.offset + row.duration,
-                "text": text,
-                "avg_logprob": chosen.avg_logprob,
-                "no_speech_prob": chosen.no_speech_prob,
-                "temperature": chosen.temperature,
-                "compression_ratio": chosen.compression_ratio,
-            }
+        row.member.segments[row.index] = outcome.segments
         row.member.rows_left -= 1
         if row.member.rows_left == 0:
             self._complete(row.member)
 
     def _complete(self, m: _Member) -> None:
-        from faster_whisper.vad import SpeechTimestampsMap
-
-        timeline = SpeechTimestampsMap(m.speech, SAMPLE_RATE) if m.speech else None
-        segments = []
-        for index in sorted(m.segments):
-            seg = dict(m.segments[index])
-            if timeline is not None:  # back to the member's own timeline, silences included
-                seg["start"] = timeline.get_original_time(seg["start"])
-                seg["end"] = timeline.get_original_time(seg["end"], is_end=True)
-            seg["start"], seg["end"] = round(seg["start"], 3), round(seg["end"], 3)
-            segments.append(seg)
+        timeline = SpeechTimeline(m.speech)
+        segments = [seg for index in sorted(m.segments) for seg in m.segments[index]]
+        for seg in segments:
+            timeline.restore(seg)  # back to the member's own timeline, silences included
+        segments = finalize_segments(segments, m.duration)
         result = {
-            "text": " ".join(s["text"] for s in segments).strip(),
+            "text": " ".join(s.text for s in segments).strip(),
             "language": m.language,
             "language_probability": m.language_probability,
             "duration": m.duration,
-            "segments": segments,
+            "segments": [s.as_json() for s in segments],
             "model": self._transcriber.model_name,
             "archive": m.archive,
             "member": m.name,
@@ -586,10 +595,7 @@ class BatchedDecoder:
         with self._cond:
             for m in members:
                 self._members.discard(m)
-            dropped = {id(m) for m in members}
-            self._fresh = [r for r in self._fresh if id(r.member) not in dropped]
-            for level, waiting in self._fallback.items():
-                self._fallback[level] = [r for r in waiting if id(r.member) not in dropped]
+            self._queue.drop({id(m) for m in members})
             self._cond.notify_all()
         for m in members:
             if not m.future.done():
@@ -608,15 +614,26 @@ class BatchedDecoder:
         return tokenizer
 
     def _prompt(self, language: str | None) -> list[int]:
-        """[sot, language, transcribe, notimestamps]: the same layout for every row of a call."""
+        """[sot, language, transcribe] (+ notimestamps with `--timestamps none`): one layout for
+        every row of a call, as CTranslate2 needs."""
         tokenizer = self._tokenizer(language if self._multilingual else None)
-        return [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        if self._timestamps == "none":
+            return [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        return list(tokenizer.sot_sequence)
 
 
-def _compression_ratio(text: str) -> float:
-    from faster_whisper.transcribe import get_compression_ratio
+def _rows_of(encoded: Any, indices: list[int], total: int) -> Any:
+    """The encoder output of some rows of a call (for `align`, which takes one start sequence):
+    the call's own output when all rows share it, else a copy of those rows (through host memory
+    on a GPU; CTranslate2 moves it back to the model's device)."""
+    import ctranslate2
 
-    return float(get_compression_ratio(text))
+    if indices == list(range(total)):
+        return encoded
+    if encoded.device != "cpu":
+        encoded = encoded.to_device(ctranslate2.Device.cpu)
+    rows = np.ascontiguousarray(np.asarray(encoded)[indices])
+    return ctranslate2.StorageView.from_array(rows)
 
 
 def decode_all(

@@ -19,6 +19,15 @@ import numpy as np
 from ..config import PipelineConfig, parse_temperatures
 from ..errors import ConfigError, TranscriptionError
 from .decoder import clean_text
+from .decoding import (
+    APPEND_PUNCTUATIONS,
+    MAX_INITIAL_TIMESTAMP,
+    PREPEND_PUNCTUATIONS,
+    SAMPLE_RATE,
+    Segment,
+    Word,
+    finalize_segments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,35 +94,47 @@ class Transcriber:
         )
 
     def transcribe(self, audio: np.ndarray, *, archive: str, member: str) -> dict[str, Any]:
+        """faster-whisper's own path, timed as `--timestamps` asks (the per-member decoder)."""
+        mode = self.config.timestamps
         options: dict[str, Any] = {
             "language": self.config.language,
             "beam_size": self.config.beam_size,
             "temperature": list(parse_temperatures(self.config.temperatures)),
             "vad_filter": self.config.vad,
             "max_new_tokens": self.config.max_new_tokens,
+            "without_timestamps": mode == "none",
+            "word_timestamps": mode == "word",
+            "max_initial_timestamp": MAX_INITIAL_TIMESTAMP,
+            "prepend_punctuations": PREPEND_PUNCTUATIONS,
+            "append_punctuations": APPEND_PUNCTUATIONS,
         }
         try:
             segments, info = self.model.transcribe(audio, condition_on_previous_text=False, **options)
             segs = [
-                {
-                    "start": round(s.start, 3),
-                    "end": round(s.end, 3),
-                    "text": clean_text(s.text),
-                    "avg_logprob": s.avg_logprob,
-                    "no_speech_prob": s.no_speech_prob,
-                    "temperature": s.temperature,
-                    "compression_ratio": s.compression_ratio,
-                }
+                Segment(
+                    s.start,
+                    s.end,
+                    clean_text(s.text),
+                    s.avg_logprob,
+                    s.no_speech_prob,
+                    s.temperature,
+                    s.compression_ratio,
+                    [Word(w.start, w.end, w.word, w.probability) for w in s.words or ()]
+                    if mode == "word"
+                    else None,
+                )
                 for s in segments
             ]
         except Exception as exc:
             raise TranscriptionError(f"transcription failed: {exc}") from exc
+        duration = len(audio) / SAMPLE_RATE
+        segs = finalize_segments(segs, duration)
         return {
-            "text": " ".join(s["text"] for s in segs if s["text"]).strip(),
+            "text": " ".join(s.text for s in segs).strip(),
             "language": info.language,
             "language_probability": info.language_probability,
             "duration": info.duration,
-            "segments": segs,
+            "segments": [s.as_json() for s in segs],
             "model": self.model_name,
             "archive": archive,
             "member": member,

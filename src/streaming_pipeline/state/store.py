@@ -62,6 +62,8 @@ MEMBER_COLUMNS = (
     "decoder",
     "full_name",
     "fallback",
+    "timestamps",
+    "subtitles",
 )
 DAY_COLUMNS = frozenset(
     {"state", "archives", "submitted", "executor", "array_job_id", "finalize_job_id", "submitted_at",
@@ -85,6 +87,8 @@ class MemberRecord:
     decoder: str | None = None
     full_name: str | None = None
     fallback: bool | None = None
+    timestamps: str | None = None  # none, segment or word
+    subtitles: str | None = None  # the subtitle formats written beside the FLAC ("srt,vtt")
 
 
 @dataclass(frozen=True)
@@ -658,15 +662,18 @@ class ProgressStore:
 
         return self._transaction(read, "resume lookup")
 
-    def uploading_members(self, archive: str) -> list[tuple[str, str]]:
-        """(member, remote_path) of members whose upload an earlier run started but never
-        confirmed in the database."""
+    def uploading_members(self, archive: str) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(member, remote_path, subtitle formats) of members whose upload an earlier run started
+        but never confirmed in the database."""
         rows = self.query(
-            "SELECT member, remote_path FROM audio_files WHERE archive = %s AND status = 'uploading'"
-            " AND remote_path IS NOT NULL",
+            "SELECT member, remote_path, subtitles FROM audio_files"
+            " WHERE archive = %s AND status = 'uploading' AND remote_path IS NOT NULL",
             (archive,),
         )
-        return [(r["member"], r["remote_path"]) for r in rows]
+        return [
+            (r["member"], r["remote_path"], tuple(filter(None, (r["subtitles"] or "").split(","))))
+            for r in rows
+        ]
 
     def record_members(self, key: ArchiveKey, records: Sequence[MemberRecord]) -> None:
         """Upsert a batch of member rows in one round trip; `done` rows are never overwritten."""

@@ -130,7 +130,8 @@ def generate_tiny_model(
     layers: int = 1,
     heads: int = 2,
     seed: int = 0,
-    eot_bias: float = 4.0,
+    eot_bias: float = 3.0,
+    timestamp_bias: float = -4.0,
 ) -> Path:
     """Write model.bin, config.json, vocabulary.json, tokenizer.json and preprocessor_config.json."""
     from ctranslate2.specs import whisper_spec
@@ -164,6 +165,11 @@ def generate_tiny_model(
     # Random logits never favour <|endoftext|>, so every window would decode to the length cap
     # through all temperature fallbacks. A bias keeps noise transcripts short and tests fast.
     dec.projection.bias[TEXT_TOKENS] = eot_bias
+    # With timestamps on, a window whose timestamp tokens together outweigh the likeliest text
+    # token must emit a timestamp: 1501 random timestamp logits always do, and every window would
+    # decode to a lone timestamp and no text. Pulled down, they only sometimes win, so noise
+    # transcripts have text and, now and then, timestamp pairs that split a window.
+    dec.projection.bias[len(vocabulary) - TIMESTAMP_TOKENS :] = timestamp_bias
     for layer in dec.layer:
         _fill_attention(layer.self_attention, rng, d, fused=3)
         _fill_attention(layer.attention, rng, d, fused=2)

@@ -1,0 +1,500 @@
+"""The batched decoder's policy, free of any model, threads or database.
+
+What a window's decode is worth (faster-whisper's quality guards and its choice among fallback
+attempts), which rows share a `generate` call (`RowQueue`), how a row's tokens become timed
+segments, how cross-attention alignments become words, and how times return from the
+speech-only timeline to the member's own. `decoder.BatchedDecoder` keeps the threads and the
+model calls; everything here is called by fast unit tests with plain numbers and token ids, the
+way faster-whisper keeps `get_compression_ratio` and `collect_chunks` apart from its model.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+WINDOW_S = 30
+# faster-whisper's defaults for the guards of its sequential path.
+COMPRESSION_RATIO_THRESHOLD = 2.4
+LOG_PROB_THRESHOLD = -1.0
+NO_SPEECH_THRESHOLD = 0.6
+# Whisper's clock: a timestamp token is 20 ms; the encoder (what alignments index) has 50 frames/s.
+TIME_PRECISION = 0.02
+ENCODER_FRAMES_PER_SECOND = 50
+# The first timestamp of a window may be at most this late (faster-whisper's `max_initial_timestamp`).
+MAX_INITIAL_TIMESTAMP = 1.0
+MAX_INITIAL_TIMESTAMP_INDEX = round(MAX_INITIAL_TIMESTAMP / TIME_PRECISION)
+# Punctuation attached to its neighbour word, as faster-whisper's `transcribe` defaults.
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+SENTENCE_END_MARKS = ".。!！?？"
+
+TIMESTAMP_MODES = ("none", "segment", "word")
+
+
+# -- quality guards -----------------------------------------------------------------------------
+def compression_ratio(text: str) -> float:
+    """gzip-style ratio of the text's bytes (faster-whisper's `get_compression_ratio`): loops of
+    repeated words compress well and fail the guard."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One decode of one window at one temperature."""
+
+    tokens: tuple[int, ...]
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    temperature: float
+
+
+def make_attempt(
+    tokens: Sequence[int], score: float, no_speech_prob: float, text: str, temperature: float
+) -> Attempt:
+    """`score` is CTranslate2's length-normalised log-probability; faster-whisper turns it into an
+    average over the tokens plus the end-of-text token."""
+    n = len(tokens)
+    avg_logprob = score * n / (n + 1)
+    return Attempt(tuple(tokens), text, avg_logprob, no_speech_prob, compression_ratio(text), temperature)
+
+
+def needs_fallback(attempt: Attempt) -> bool:
+    """`generate_with_fallback`'s rule: too repetitive or too unlikely, unless the window is
+    silence (no temperature finds speech in it)."""
+    failed = (
+        attempt.compression_ratio > COMPRESSION_RATIO_THRESHOLD or attempt.avg_logprob < LOG_PROB_THRESHOLD
+    )
+    silence = attempt.no_speech_prob > NO_SPEECH_THRESHOLD and attempt.avg_logprob < LOG_PROB_THRESHOLD
+    return failed and not silence
+
+
+def final_attempt(attempts: Sequence[Attempt], *, last_temperature: bool) -> Attempt | None:
+    """The attempt a window keeps, or None when the next temperature should be tried. When every
+    temperature failed: the most likely of those below the compression threshold (of all, if none
+    is), as faster-whisper picks."""
+    latest = attempts[-1]
+    if not needs_fallback(latest):
+        return latest
+    if not last_temperature:
+        return None
+    readable = [a for a in attempts if a.compression_ratio <= COMPRESSION_RATIO_THRESHOLD]
+    return max(readable or attempts, key=lambda a: a.avg_logprob)
+
+
+def is_silent(attempt: Attempt) -> bool:
+    """Whisper's no-speech rule: a likely-silent window is dropped unless its text is likely."""
+    return attempt.no_speech_prob > NO_SPEECH_THRESHOLD and not attempt.avg_logprob > LOG_PROB_THRESHOLD
+
+
+# -- windows ------------------------------------------------------------------------------------
+def speech_chunks(regions: list[dict[str, int]], max_samples: int) -> Iterator[list[dict[str, int]]]:
+    """VAD regions grouped greedily into chunks of at most `max_samples` of speech, as
+    faster-whisper's `collect_chunks` groups them (a region longer than that is a chunk alone)."""
+    chunk: list[dict[str, int]] = []
+    samples = 0
+    for region in regions:
+        length = region["end"] - region["start"]
+        if chunk and samples + length > max_samples:
+            yield chunk
+            chunk, samples = [], 0
+        chunk.append(region)
+        samples += length
+    if chunk:
+        yield chunk
+
+
+class MemberLike(Protocol):
+    language: str | None
+
+
+class RowLike(Protocol):
+    member: Any  # MemberLike; hashable
+    index: int  # the window's place in its member
+    duration: float
+    waited: int
+
+
+# Rows considered for one call: this many calls' worth from the head of the queue.
+LOOKAHEAD_CALLS = 4
+# Calls a row waiting for a fallback temperature may wait for company before it goes alone.
+FALLBACK_MAX_WAIT_CALLS = 4
+
+
+class RowQueue:
+    """Windows waiting for a `generate` call: fresh ones in arrival order, and failed ones per
+    fallback level. Which rows share a call is decided here; the caller holds the lock."""
+
+    def __init__(self) -> None:
+        self.fresh: list[Any] = []
+        self.fallback: dict[int, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.fresh) + sum(map(len, self.fallback.values()))
+
+    def add(self, row: RowLike) -> None:
+        self.fresh.append(row)
+
+    def retry(self, row: RowLike, level: int) -> None:
+        row.waited = 0
+        self.fallback.setdefault(level, []).append(row)
+
+    def has_fallback(self) -> bool:
+        return any(self.fallback.values())
+
+    def clear(self) -> None:
+        self.fresh.clear()
+        self.fallback.clear()
+
+    def drop(self, members: set[int]) -> None:
+        """Forget the rows of members (by `id`) that failed or were cancelled."""
+        self.fresh = [r for r in self.fresh if id(r.member) not in members]
+        for level, waiting in self.fallback.items():
+            self.fallback[level] = [r for r in waiting if id(r.member) not in members]
+
+    def pack(self, limit: int) -> tuple[list[Any], int]:
+        """Rows for the next call and their temperature level. Failed rows go first when they fill
+        a call, when no fresh rows wait, or when they have waited `FALLBACK_MAX_WAIT_CALLS`;
+        otherwise the oldest fresh row and those nearest to it in length (less padding), never
+        a member's later window before its first when its language is still to be detected
+        from that first window."""
+        for level in sorted(self.fallback):
+            waiting = self.fallback[level]
+            if waiting and (
+                len(waiting) >= limit or not self.fresh or waiting[0].waited >= FALLBACK_MAX_WAIT_CALLS
+            ):
+                rows, self.fallback[level] = waiting[:limit], waiting[limit:]
+                self._age()
+                return rows, level
+        window = self.fresh[: limit * LOOKAHEAD_CALLS]
+        head = window[0]
+        chosen = [head]
+        first_rows = {head.member} if head.index == 0 else set()
+        for row in sorted(window[1:], key=lambda r: abs(r.duration - head.duration)):
+            if len(chosen) == limit:
+                break
+            if row.member.language is None and row.index > 0 and row.member not in first_rows:
+                continue
+            chosen.append(row)
+            if row.index == 0:
+                first_rows.add(row.member)
+        taken = set(map(id, chosen))
+        self.fresh = [r for r in self.fresh if id(r) not in taken]
+        self._age()
+        return chosen, 0
+
+    def _age(self) -> None:
+        for waiting in self.fallback.values():
+            for row in waiting:
+                row.waited += 1
+
+
+# -- timed segments ------------------------------------------------------------------------------
+@dataclass
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "end": self.end,
+            "word": self.word,
+            "probability": round(float(self.probability), 4),
+        }
+
+
+@dataclass
+class Segment:
+    """A timed piece of a member's transcript, in faster-whisper's `Segment` shape."""
+
+    start: float
+    end: float
+    text: str
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    temperature: float = 0.0
+    compression_ratio: float = 0.0
+    words: list[Word] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON's segment layout; `words` only when the decoder timed words."""
+        out: dict[str, Any] = {
+            "start": self.start,
+            "end": self.end,
+            "text": self.text,
+            "avg_logprob": self.avg_logprob,
+            "no_speech_prob": self.no_speech_prob,
+            "temperature": self.temperature,
+            "compression_ratio": self.compression_ratio,
+        }
+        if self.words is not None:
+            out["words"] = [w.as_json() for w in self.words]
+        return out
+
+
+@dataclass(frozen=True)
+class Span:
+    """Text tokens between two timestamps of one window, in the window's own seconds."""
+
+    start: float
+    end: float
+    tokens: tuple[int, ...]
+
+
+def split_by_timestamps(
+    tokens: Sequence[int], *, timestamp_begin: int, eot: int, duration: float
+) -> list[Span]:
+    """A window's tokens as timed spans, as the sequential path splits them at timestamp pairs.
+
+    Unlike faster-whisper's batched pipeline, text after the last timestamp is kept, ending at
+    the window's end (a window has no next window to carry it). Text before any timestamp starts
+    where the previous span ended. Times are clamped to the window: a timestamp past its speech
+    (the padding) cannot place text outside the member.
+    """
+    spans: list[Span] = []
+    opened: float | None = None  # time the current span opened at
+    text: list[int] = []
+    last_end = 0.0
+
+    def clamp(t: float) -> float:
+        return min(max(t, 0.0), duration)
+
+    for token in tokens:
+        if token >= timestamp_begin:
+            t = clamp((token - timestamp_begin) * TIME_PRECISION)
+            if text:
+                start = opened if opened is not None else last_end
+                spans.append(Span(start, max(t, start), tuple(text)))
+                last_end, text, opened = max(t, start), [], None
+            else:
+                opened = t
+        elif token < eot:
+            text.append(token)
+    if text:
+        start = opened if opened is not None else last_end
+        spans.append(Span(start, max(duration, start), tuple(text)))
+    return spans
+
+
+def words_from_alignment(
+    words: Sequence[str],
+    word_tokens: Sequence[Sequence[int]],
+    alignments: Sequence[tuple[int, int]],
+    token_probs: Sequence[float],
+) -> list[dict[str, Any]]:
+    """Word start/end/probability from a cross-attention alignment (CTranslate2's
+    `Whisper.align`: pairs of text-token index and encoder frame), as faster-whisper's
+    `find_alignment`: a word starts at the frame where the path first reaches its first token.
+    `words`/`word_tokens` are the tokenizer's `split_to_word_tokens(text_tokens + [eot])`."""
+    if len(word_tokens) <= 1 or not alignments:
+        return []
+    text_indices = np.array([pair[0] for pair in alignments])
+    time_indices = np.array([pair[1] for pair in alignments])
+    boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
+    jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
+    jump_times = time_indices[jumps] / ENCODER_FRAMES_PER_SECOND
+    if len(jump_times) < boundaries[-1] + 1:  # a path that skipped tokens: no reliable times
+        return []
+    starts = jump_times[boundaries[:-1]]
+    ends = jump_times[boundaries[1:]]
+    probs = [float(np.mean(token_probs[i:j])) for i, j in itertools.pairwise(boundaries)]
+    return [
+        {"word": w, "tokens": list(t), "start": float(s), "end": float(e), "probability": p}
+        for w, t, s, e, p in zip(words, word_tokens, starts, ends, probs, strict=False)
+    ]
+
+
+def merge_punctuations(alignment: list[dict[str, Any]], prepended: str, appended: str) -> None:
+    """Opening punctuation joins the next word, closing punctuation the previous one (whisper's
+    `merge_punctuations`): a subtitle never starts with a lone comma."""
+    i, j = len(alignment) - 2, len(alignment) - 1
+    while i >= 0:
+        previous, following = alignment[i], alignment[j]
+        if previous["word"].startswith(" ") and previous["word"].strip() in prepended:
+            following["word"] = previous["word"] + following["word"]
+            following["tokens"] = previous["tokens"] + following["tokens"]
+            previous["word"], previous["tokens"] = "", []
+        else:
+            j = i
+        i -= 1
+    i, j = 0, 1
+    while j < len(alignment):
+        previous, following = alignment[i], alignment[j]
+        if not previous["word"].endswith(" ") and following["word"] in appended:
+            previous["word"] = previous["word"] + following["word"]
+            previous["tokens"] = previous["tokens"] + following["tokens"]
+            following["word"], following["tokens"] = "", []
+        else:
+            i = j
+        j += 1
+
+
+def _median_word_duration(alignment: list[dict[str, Any]]) -> tuple[float, float]:
+    durations = np.array([w["end"] - w["start"] for w in alignment])
+    durations = durations[durations.nonzero()]
+    median = min(0.7, float(np.median(durations))) if len(durations) else 0.0
+    return median, median * 2
+
+
+def time_words(spans: Sequence[Span], alignment: list[dict[str, Any]]) -> list[tuple[Span, list[Word]]]:
+    """Each span with its words (window seconds), and the span's start and end moved to its
+    words', with faster-whisper's repairs: a word at a sentence boundary or after a pause is at
+    most twice the median word long, and a first or last word far longer than its span's
+    timestamp gives way to the timestamp."""
+    median, longest = _median_word_duration(alignment)
+    if median > 0:
+        for i in range(1, len(alignment)):
+            if alignment[i]["end"] - alignment[i]["start"] > longest:
+                if alignment[i]["word"] in SENTENCE_END_MARKS:
+                    alignment[i]["end"] = alignment[i]["start"] + longest
+                elif alignment[i - 1]["word"] in SENTENCE_END_MARKS:
+                    alignment[i]["start"] = alignment[i]["end"] - longest
+    merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
+    out: list[tuple[Span, list[Word]]] = []
+    index = 0
+    last_speech = 0.0
+    for span in spans:
+        consumed = 0
+        words: list[Word] = []
+        while index < len(alignment) and consumed < len(span.tokens):
+            timing = alignment[index]
+            if timing["word"]:
+                words.append(Word(timing["start"], timing["end"], timing["word"], timing["probability"]))
+            consumed += len(timing["tokens"])
+            index += 1
+        start, end = span.start, span.end
+        if words:
+            first, last = words[0], words[-1]
+            if first.end - last_speech > median * 4 and (
+                first.end - first.start > longest
+                or (len(words) > 1 and words[1].end - first.start > longest * 2)
+            ):
+                if len(words) > 1 and words[1].end - words[1].start > longest:
+                    boundary = max(words[1].end / 2, words[1].end - longest)
+                    first.end = words[1].start = boundary
+                first.start = max(0.0, first.end - longest)
+            if start < first.end and start - 0.5 > first.start:
+                first.start = max(0.0, min(first.end - median, start))
+            else:
+                start = first.start
+            if end > last.start and end + 0.5 < last.end:
+                last.end = max(last.start + median, end)
+            else:
+                end = last.end
+            last_speech = end
+        out.append((Span(start, end, span.tokens), words))
+    return out
+
+
+# -- back to the member's timeline ------------------------------------------------------------------
+class SpeechTimeline:
+    """Maps seconds of the speech-only timeline (VAD regions joined) back to the member's own
+    seconds, silences included: faster-whisper's `SpeechTimestampsMap`, without rounding."""
+
+    def __init__(self, regions: Sequence[dict[str, int]], sample_rate: int = SAMPLE_RATE) -> None:
+        self._ends: list[float] = []  # speech-timeline second where each region ends
+        self._silence_before: list[float] = []
+        previous_end = silent = 0
+        for region in regions:
+            silent += region["start"] - previous_end
+            previous_end = region["end"]
+            self._ends.append((region["end"] - silent) / sample_rate)
+            self._silence_before.append(silent / sample_rate)
+
+    def region(self, t: float, *, is_end: bool = False) -> int:
+        """The region `t` lies in; a time on a boundary belongs to the next region unless it is
+        an end."""
+        if not self._ends:
+            return -1
+        i = bisect.bisect_left(self._ends, t) if is_end else bisect.bisect_right(self._ends, t)
+        return min(i, len(self._ends) - 1)
+
+    def original(self, t: float, *, region: int | None = None, is_end: bool = False) -> float:
+        if not self._ends:
+            return t
+        i = self.region(t, is_end=is_end) if region is None else region
+        return t + self._silence_before[i]
+
+    def restore(self, segment: Segment) -> None:
+        """A segment's times (and its words', each by its midpoint's region so a word never
+        straddles a removed silence) in the member's seconds; a segment with words spans them."""
+        if segment.words:
+            for word in segment.words:
+                region = self.region((word.start + word.end) / 2)
+                word.start = self.original(word.start, region=region)
+                word.end = self.original(word.end, region=region)
+            segment.start, segment.end = segment.words[0].start, segment.words[-1].end
+        else:
+            segment.start = self.original(segment.start)
+            segment.end = self.original(segment.end, is_end=True)
+
+
+def finalize_segments(segments: list[Segment], duration: float) -> list[Segment]:
+    """The guarantees every transcript keeps, whichever decoder made it: segments sorted, not
+    overlapping, within [0, duration]; each word within its segment and after the previous word;
+    times to the millisecond; segments without text dropped."""
+    out: list[Segment] = []
+    previous_end = 0.0
+
+    def clamp(t: float, low: float, high: float) -> float:
+        return min(max(round(t, 3), low), high)
+
+    for seg in sorted(segments, key=lambda s: (s.start, s.end)):
+        if not seg.text:
+            continue
+        seg.start = clamp(seg.start, previous_end, duration)
+        seg.end = clamp(seg.end, seg.start, duration)
+        if seg.words is not None:
+            words = [w for w in seg.words if w.word.strip()]
+            last = seg.start
+            for word in words:
+                word.start = clamp(word.start, last, seg.end)
+                word.end = clamp(word.end, word.start, seg.end)
+                last = word.start
+            seg.words = words
+        previous_end = seg.end
+        out.append(seg)
+    return out
+
+
+def row_segments(
+    spans: Sequence[Span],
+    texts: Sequence[str],
+    attempt: Attempt,
+    *,
+    offset: float,
+    words: Sequence[list[Word]] | None = None,
+) -> list[Segment]:
+    """A window's spans as segments on the speech timeline (`offset`: speech seconds before the
+    window), with the window's quality figures, and its words where it was aligned."""
+    out = []
+    for i, (span, text) in enumerate(zip(spans, texts, strict=True)):
+        timed = None
+        if words is not None:
+            timed = [Word(w.start + offset, w.end + offset, w.word, w.probability) for w in words[i]]
+        out.append(
+            Segment(
+                span.start + offset,
+                span.end + offset,
+                text,
+                attempt.avg_logprob,
+                attempt.no_speech_prob,
+                attempt.temperature,
+                attempt.compression_ratio,
+                timed,
+            )
+        )
+    return out

@@ -1,0 +1,231 @@
+"""The batched decoder's policy, without a model: guards, the choice among attempts, packing,
+timestamp splitting, word timing and the way back to the member's timeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from streaming_pipeline.stages.decoding import (
+    FALLBACK_MAX_WAIT_CALLS,
+    Attempt,
+    RowQueue,
+    Segment,
+    Span,
+    SpeechTimeline,
+    Word,
+    compression_ratio,
+    final_attempt,
+    finalize_segments,
+    is_silent,
+    make_attempt,
+    merge_punctuations,
+    needs_fallback,
+    split_by_timestamps,
+    time_words,
+    words_from_alignment,
+)
+
+TS = 50364  # <|0.00|> in Whisper's multilingual vocabulary
+EOT = 50257
+
+
+def ts(seconds: float) -> int:
+    return TS + round(seconds / 0.02)
+
+
+def attempt(avg_logprob: float = -0.3, no_speech: float = 0.1, ratio: float = 1.2, t: float = 0.0) -> Attempt:
+    return Attempt((1, 2), "text", avg_logprob, no_speech, ratio, t)
+
+
+# -- guards ------------------------------------------------------------------------------------
+def test_guards_follow_faster_whisper() -> None:
+    assert not needs_fallback(attempt())
+    assert needs_fallback(attempt(avg_logprob=-1.5))
+    assert needs_fallback(attempt(ratio=3.0))
+    assert not needs_fallback(attempt(avg_logprob=-1.5, no_speech=0.9)), "silence: no retry"
+    assert is_silent(attempt(avg_logprob=-1.5, no_speech=0.9))
+    assert not is_silent(attempt(avg_logprob=-0.5, no_speech=0.9)), "likely text overrides no-speech"
+    assert compression_ratio("la " * 50) > 2.4 > compression_ratio("ask not what your country can do")
+    a = make_attempt([5, 6, 7], -0.4, 0.0, "abc", 0.2)
+    assert a.avg_logprob == pytest.approx(-0.4 * 3 / 4) and a.temperature == 0.2
+
+
+def test_final_attempt_waits_for_the_next_temperature_then_takes_the_best_readable() -> None:
+    bad = [attempt(avg_logprob=-1.2), attempt(avg_logprob=-1.1, ratio=2.6, t=0.2), attempt(-1.4, t=0.4)]
+    assert final_attempt(bad[:1], last_temperature=False) is None
+    assert final_attempt([*bad[:1], attempt(t=0.2)], last_temperature=False).temperature == 0.2
+    chosen = final_attempt(bad, last_temperature=True)
+    assert chosen is bad[0], "the likeliest below the compression threshold, not the likeliest of all"
+    unreadable = [attempt(-1.3, ratio=3.0), attempt(-1.1, ratio=2.9, t=0.2)]
+    assert final_attempt(unreadable, last_temperature=True) is unreadable[1]
+
+
+# -- packing -----------------------------------------------------------------------------------
+@dataclass(eq=False)
+class M:
+    language: str | None = None
+
+
+@dataclass(eq=False)
+class R:
+    member: M
+    index: int
+    duration: float
+    waited: int = 0
+    level: int = 0
+    attempts: list = field(default_factory=list)
+
+
+def test_pack_takes_the_oldest_row_and_the_nearest_in_length() -> None:
+    q = RowQueue()
+    known = [M("en") for _ in range(5)]
+    for m, d in zip(known, (10.0, 29.0, 11.0, 2.0, 9.5), strict=True):
+        q.add(R(m, 0, d))
+    rows, level = q.pack(3)
+    assert level == 0 and [r.duration for r in rows] == [10.0, 9.5, 11.0]
+    assert [r.duration for r in q.fresh] == [29.0, 2.0]
+
+
+def test_pack_keeps_a_later_window_out_until_its_language_is_known() -> None:
+    q = RowQueue()
+    m, other = M(), M()
+    q.add(R(other, 0, 5.0))
+    q.add(R(m, 1, 5.0))  # its first window is not in this call: its language is unknown
+    q.add(R(m, 0, 30.0))
+    rows, _ = q.pack(2)
+    assert [(r.member, r.index) for r in rows] == [(other, 0), (m, 0)]
+    q2 = RowQueue()
+    q2.add(R(m, 0, 30.0))
+    q2.add(R(m, 1, 5.0))
+    rows, _ = q2.pack(2)
+    assert len(rows) == 2, "with its first window in the same call, the later one may come"
+
+
+def test_failed_rows_wait_for_company_but_not_for_ever() -> None:
+    q = RowQueue()
+    failed = R(M("en"), 0, 5.0)
+    q.retry(failed, 1)
+    for i in range(2 * FALLBACK_MAX_WAIT_CALLS + 2):
+        q.add(R(M("en"), 0, 5.0 + i))
+    for _ in range(FALLBACK_MAX_WAIT_CALLS):
+        rows, level = q.pack(2)
+        assert level == 0, "fresh rows go first while the failed one has company to wait for"
+    rows, level = q.pack(2)
+    assert rows == [failed] and level == 1
+    q.retry(R(M("en"), 0, 1.0), 2)
+    q.retry(R(M("en"), 0, 1.0), 2)
+    rows, level = q.pack(2)
+    assert level == 2 and len(rows) == 2, "failed rows that fill a call go at once"
+
+
+def test_dropping_a_member_removes_all_its_rows() -> None:
+    q = RowQueue()
+    m = M("en")
+    q.add(R(m, 0, 1.0))
+    q.retry(R(m, 1, 1.0), 1)
+    q.add(R(M("en"), 0, 1.0))
+    q.drop({id(m)})
+    assert len(q) == 1
+
+
+# -- timestamps --------------------------------------------------------------------------------
+def test_split_at_timestamp_pairs_as_the_sequential_path() -> None:
+    tokens = [ts(0), 1, 2, ts(2.4), ts(2.4), 3, ts(5.0), ts(5.5), 4, 5, ts(7.0)]
+    spans = split_by_timestamps(tokens, timestamp_begin=TS, eot=EOT, duration=8.0)
+    assert [(s.start, s.end, s.tokens) for s in spans] == [
+        (0.0, 2.4, (1, 2)),
+        (2.4, 5.0, (3,)),
+        (5.5, 7.0, (4, 5)),
+    ]
+
+
+def test_text_after_the_last_timestamp_is_kept_to_the_window_end() -> None:
+    tokens = [ts(0), 1, ts(3.0), ts(3.0), 2, 3]
+    spans = split_by_timestamps(tokens, timestamp_begin=TS, eot=EOT, duration=9.5)
+    assert [(s.start, s.end, s.tokens) for s in spans] == [(0.0, 3.0, (1,)), (3.0, 9.5, (2, 3))]
+
+
+def test_times_past_the_window_are_clamped_and_empty_spans_dropped() -> None:
+    tokens = [ts(0.5), 1, ts(29.0), ts(29.0), ts(29.5), EOT]
+    spans = split_by_timestamps(tokens, timestamp_begin=TS, eot=EOT, duration=4.0)
+    assert [(s.start, s.end) for s in spans] == [(0.5, 4.0)]
+    assert split_by_timestamps([ts(0), ts(1)], timestamp_begin=TS, eot=EOT, duration=4.0) == []
+    no_stamps = split_by_timestamps([1, 2], timestamp_begin=TS, eot=EOT, duration=4.0)
+    assert [(s.start, s.end) for s in no_stamps] == [(0.0, 4.0)]
+
+
+# -- words -------------------------------------------------------------------------------------
+def test_words_start_where_the_alignment_path_reaches_them() -> None:
+    # three text tokens + eot; words: " ask" (1 token), " not" (2 tokens); the path stays on a
+    # token for several encoder frames (50 per second).
+    words = [" ask", " not", "<eot>"]
+    word_tokens = [[10], [11, 12], [EOT]]
+    path = [(0, 0), (0, 1), (1, 25), (1, 26), (2, 40), (3, 60)]
+    out = words_from_alignment(words, word_tokens, path, [0.9, 0.8, 0.6, 1.0])
+    assert [(w["word"], w["start"], w["end"]) for w in out] == [(" ask", 0.0, 0.5), (" not", 0.5, 1.2)]
+    assert out[1]["probability"] == pytest.approx(0.7)
+    assert words_from_alignment(["<eot>"], [[EOT]], [(0, 0)], [1.0]) == []
+
+
+def test_punctuation_joins_its_word() -> None:
+    alignment = [
+        {"word": " «", "tokens": [1], "start": 0.0, "end": 0.1, "probability": 1.0},
+        {"word": " hello", "tokens": [2], "start": 0.1, "end": 0.5, "probability": 1.0},
+        {"word": ",", "tokens": [3], "start": 0.5, "end": 0.6, "probability": 1.0},
+        {"word": " (world", "tokens": [4], "start": 0.6, "end": 1.0, "probability": 1.0},
+        {"word": " (", "tokens": [5], "start": 1.0, "end": 1.1, "probability": 1.0},
+        {"word": " again", "tokens": [6], "start": 1.1, "end": 1.4, "probability": 1.0},
+    ]
+    merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
+    assert [w["word"] for w in alignment if w["word"]] == [" «", " hello,", " (world", " ( again"]
+
+
+def test_words_are_shared_out_to_their_spans_by_tokens() -> None:
+    spans = [Span(0.0, 2.0, (1, 2)), Span(2.0, 4.0, (3,))]
+    alignment = [
+        {"word": " one", "tokens": [1], "start": 0.1, "end": 0.6, "probability": 0.9},
+        {"word": " two", "tokens": [2], "start": 0.6, "end": 1.1, "probability": 0.9},
+        {"word": " three", "tokens": [3], "start": 2.2, "end": 2.7, "probability": 0.9},
+    ]
+    timed = time_words(spans, alignment)
+    assert [[w.word for w in words] for _, words in timed] == [[" one", " two"], [" three"]]
+    assert [(s.start, s.end) for s, _ in timed] == [(0.1, 1.1), (2.2, 2.7)], "spans follow their words"
+
+
+# -- the member's timeline ------------------------------------------------------------------------
+def test_times_return_across_removed_silences() -> None:
+    # speech 1-3 s and 10-12 s of the member: 4 s of speech timeline
+    timeline = SpeechTimeline([{"start": 16000, "end": 48000}, {"start": 160000, "end": 192000}])
+    seg = Segment(0.5, 3.5, "x")
+    timeline.restore(seg)
+    assert (seg.start, seg.end) == (1.5, 11.5)
+    boundary = Segment(2.0, 2.0, "x")
+    timeline.restore(boundary)
+    assert (boundary.start, boundary.end) == (10.0, 3.0), "a start on the seam is the next region's"
+    words = Segment(0, 0, "x", words=[Word(1.8, 1.9, " a", 1.0), Word(1.95, 2.15, " b", 1.0)])
+    timeline.restore(words)
+    assert [(w.start, w.end) for w in words.words] == [
+        pytest.approx((2.8, 2.9)),
+        pytest.approx((9.95, 10.15)),
+    ], "a word keeps the region of its midpoint"
+    assert (words.start, words.end) == (words.words[0].start, words.words[-1].end)
+    assert SpeechTimeline([]).original(3.0) == 3.0
+
+
+def test_finalized_segments_are_ordered_disjoint_and_inside_the_member() -> None:
+    segs = [
+        Segment(4.0, 9.0, "late", words=[Word(3.5, 4.5, " late", 1.0), Word(8.0, 12.0, " end", 1.0)]),
+        Segment(-0.2, 4.5, "first"),
+        Segment(5.0, 6.0, ""),
+    ]
+    out = finalize_segments(segs, duration=8.25)
+    assert [s.text for s in out] == ["first", "late"]
+    assert (out[0].start, out[0].end) == (0.0, 4.5)
+    assert (out[1].start, out[1].end) == (4.5, 8.25)
+    assert [(w.start, w.end) for w in out[1].words] == [(4.5, 4.5), (8.0, 8.25)]
+    for seg in out:
+        assert 0 <= seg.start <= seg.end <= 8.25
+    assert out[1].as_json()["words"][0] == {"start": 4.5, "end": 4.5, "word": " late", "probability": 1.0}
+    assert "words" not in out[0].as_json()
