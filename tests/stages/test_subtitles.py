@@ -92,3 +92,31 @@ def test_wrap_balances_two_lines_or_refuses() -> None:
     assert wrap(("word " * 30).split()) is None
     assert wrap(["x" * 60]) == ["x" * 60], "one word longer than a line stands alone"
     assert len(cues([{"start": 0.0, "end": 1.0, "text": "x" * 60 + " y"}])) == 2
+
+
+def test_word_pieces_join_and_unspaced_text_is_cut_between_words() -> None:
+    pieces = [(" He", 0.0, 0.2), (" was", 0.2, 0.4), (" ill", 0.4, 0.6), ("-disposed.", 0.6, 1.2)]
+    segment = {
+        "start": 0.0,
+        "end": 1.2,
+        "text": "He was ill-disposed.",
+        "words": [{"word": w, "start": a, "end": b, "probability": 1.0} for w, a, b in pieces],
+    }
+    (cue,) = cues([segment])
+    assert cue.text == "He was ill-disposed." and (cue.start, cue.end) == (0.0, 1.2)
+    chinese = (
+        "富士康在印度工廠出現大規模感染目前工廠產料以下降超過百分之五十這是一個很長的句子需要分成幾個字幕"
+    )
+    zh = {
+        "start": 0.0,
+        "end": 6.0,
+        "text": chinese,
+        "words": [
+            {"word": ch, "start": i * 0.2, "end": (i + 1) * 0.2, "probability": 1.0}
+            for i, ch in enumerate(chinese)
+        ],
+    }
+    parsed = list(srt.parse(render([zh], ("srt",))["srt"]))
+    assert len(parsed) >= 2
+    assert "".join(s.content.replace("\n", "") for s in parsed) == chinese, "no spaces put into Chinese"
+    assert all(len(line) <= MAX_LINE_CHARS for s in parsed for line in s.content.split("\n"))

@@ -84,7 +84,17 @@ def test_bench_runs_every_variant_on_the_same_work(
     )
     assert report["peak_scratch_bytes"] > 0
     assert report["stream_batch_bytes"] > 0
-    assert [t["limit"] for t in report["targets"]] == [0.7, 1.25, 1.15, 2.0]
+    assert [t["limit"] for t in report["targets"]] == [0.7, 1.25, 1.15, 1.35, 1.15, 2.0]
+    for mode in ("none", "segment", "word"):
+        assert report[f"timestamps_{mode}_audio_s"] == pytest.approx(report["audio_s"], rel=1e-6)
+        assert f"batched decoder alone, --timestamps {mode}" in printed
+    assert report["timestamps_segment_wall_s"] == report["transcribe_only_wall_s"], (
+        "the default's run, reused"
+    )
+    assert report["ratio_timestamps_word_none"] == pytest.approx(
+        report["timestamps_word_wall_s"] / report["timestamps_none_wall_s"]
+    )
+    assert report["stage_busy_s"]["timestamps_word"]["decoder_align_s"] > 0
     assert "streaming wall <= 0.7 x sequential" in printed
 
 

@@ -102,12 +102,18 @@ def test_report_of_a_processed_day_draws_every_view_offline(
     assert data["summary"]["members_rejected"] == 1 and data["summary"]["runs"] == 4
     assert sum(r["label"].endswith("#2") for r in data["runs"]) == 1, "the rerun is its own row"
     assert set(data["timeline"]["bars"]) == {"extract", "convert", "transcribe", "upload"}
+    quality = data["quality"]
+    assert quality["timed_share"] == 1.0 and quality["word_share"] == 0.0, "the default: --timestamps segment"
+    assert quality["subtitled_share"] == pytest.approx(1.0 - quality["empty_share"]), (
+        "an SRT per member with speech"
+    )
 
     artifacts = Path(os.environ.get("PIPELINE_TEST_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
     rendered = open_in_browser(page, tmp_path, screenshot=artifacts / "report.png")
     assert json.loads(rendered["errors"]) == [], "no JavaScript errors"
     assert int(rendered["charts"]) == CHARTS
+    assert "members with timed segments" in rendered["dom"]
     for chart in ("timeline", "throughput", "xrt", "stages", "reasons", "languages", "durations"):
         block = re.search(rf'<div class="chart[^"]*" id="{chart}"(.*?)</div>\s*</div>', rendered["dom"], re.S)
         assert block and "main-svg" in block.group(1), f"{chart} has drawn"

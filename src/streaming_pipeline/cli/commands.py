@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -552,11 +553,34 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_excerpt(results: Path, members: int = 3, cue_lines: int = 8) -> str:
+    """A few transcripts of the demo's day and the start of one SRT file, as a person would
+    open them."""
+    lines = ["", "transcripts:"]
+    shown: list[Path] = []
+    for sidecar in sorted(results.rglob("*.json")):
+        text = json.loads(sidecar.read_text(encoding="utf-8")).get("text") or ""
+        if text:
+            lines.append(f"  {sidecar.relative_to(results).with_suffix('')}: {text}")
+            shown.append(sidecar)
+        if len(shown) == members:
+            break
+    subtitles = [s.with_suffix(".srt") for s in shown if s.with_suffix(".srt").is_file()]
+    if subtitles:
+        lines += ["", f"{subtitles[0].relative_to(results)}:"]
+        srt = subtitles[0].read_text(encoding="utf-8").splitlines()[:cue_lines]
+        lines += [f"  {line}" for line in srt]
+    return "\n".join(lines)
+
+
 def demo(args: argparse.Namespace) -> int:
-    """The README's first command: a sample day through the local executor, nothing to configure."""
+    """The README's first command: a sample day through the local executor, nothing to configure.
+    Real whisper-base weights where the package index (or the hub) can be reached; a tiny random
+    model otherwise."""
     from ..state.embedded_pg import EmbeddedPostgres
     from ..tools.samples import make_sample_day
     from ..tools.tiny_model import generate_tiny_model
+    from ..tools.whisper_base import ModelUnavailable, offline, real_model
 
     state = args.state_dir.resolve()
     overrides: dict[str, Any] = {
@@ -575,12 +599,21 @@ def demo(args: argparse.Namespace) -> int:
     if cli.get("model") or env.get("PIPELINE_MODEL"):
         print(f"model: {cli.get('model') or env.get('PIPELINE_MODEL')}")
     else:
-        model_dir = state / "tiny-whisper"
-        if not (model_dir / "model.bin").exists():
-            generate_tiny_model(model_dir)
-        # A random model fails every threshold: no fallback decoding.
-        defaults = {"model": str(model_dir), "temperatures": "0"}
-        print("model: a tiny random-weight Whisper (no model given; transcripts are noise): pass --model DIR")
+        why = "offline (PIPELINE_OFFLINE or HF_HUB_OFFLINE)"
+        if not offline(env):
+            try:
+                model_dir, source = real_model(env)
+                defaults = {"model": str(model_dir)}
+                print(f"model: {source}")
+            except ModelUnavailable as exc:
+                why = str(exc)
+        if not defaults:
+            model_dir = state / "tiny-whisper"
+            if not (model_dir / "model.bin").exists():
+                generate_tiny_model(model_dir)
+            # A random model fails every threshold: no fallback decoding.
+            defaults = {"model": str(model_dir), "temperatures": "0"}
+            print(f"model: a tiny random-weight Whisper, transcripts are noise ({why}): pass --model DIR")
     if not (cli.get("dsn") or env.get("PIPELINE_DSN") or env.get("DB_CREDS")):
         overrides["dsn"] = EmbeddedPostgres(state / "postgres").start()
     config = build_config({**overrides, **cli}, env, defaults)
@@ -588,7 +621,9 @@ def demo(args: argparse.Namespace) -> int:
     if not sorted((state / "input" / day.isoformat()).glob("*.tar.xz")):
         make_sample_day(state / "input", day.isoformat(), archives=args.archives, members=args.members)
     rc = run_days(config, [day], "local", env)
-    print(f"\nresults: {config.remote}/{day}/  (FLAC + JSON per member)")
+    print(f"\nresults: {config.remote}/{day}/  (FLAC, JSON and subtitles per member)")
+    if Path(config.remote).is_dir():
+        print(demo_excerpt(Path(config.remote) / day.isoformat()))
     query = "SELECT slot, status, count(*) FROM audio_files GROUP BY 1, 2"
     print(f'progress: psql "{config.redacted_dsn()}" -c "{query}"')
     print(f"status:   PIPELINE_DSN='{config.redacted_dsn()}' streaming-pipeline status {day}")

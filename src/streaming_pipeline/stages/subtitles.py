@@ -4,8 +4,9 @@ A cue holds at most two lines of at most 42 characters and lasts at most 7 s. Cu
 word times when the transcript has words; otherwise a segment that does not fit one cue is
 split at word boundaries of its text and the segment's time is shared out by characters (an
 estimate: only `--timestamps word` knows when each word was said). A cue never spans two
-segments. A single word longer than a line stands alone on its line. The cues' text, joined,
-is the transcript's text word for word.
+segments; a segment's cues are the fewest that fit, as even as possible, ending at a comma or
+full stop where one is near. A single word longer than a line stands alone on its line. The
+cues' text, joined, is the transcript's text word for word.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ class Cue:
     start: float
     end: float
     lines: tuple[str, ...]
+    joiner: str = " "  # "" for text written without spaces
 
     @property
     def text(self) -> str:
-        return " ".join(self.lines)
+        return self.joiner.join(self.lines)
 
 
 @dataclass(frozen=True)
@@ -37,15 +39,15 @@ class _Token:
     end: float
 
 
-def wrap(words: Sequence[str], width: int = MAX_LINE_CHARS) -> list[str] | None:
+def wrap(words: Sequence[str], width: int = MAX_LINE_CHARS, joiner: str = " ") -> list[str] | None:
     """`words` as at most two lines of at most `width` characters, the break where the two lines
     are most even; None when they do not fit. One word alone may be longer than a line."""
-    text = " ".join(words)
+    text = joiner.join(words)
     if len(text) <= width or len(words) == 1:
         return [text]
     best: tuple[int, list[str]] | None = None
     for i in range(1, len(words)):
-        first, second = " ".join(words[:i]), " ".join(words[i:])
+        first, second = joiner.join(words[:i]), joiner.join(words[i:])
         if len(first) <= width and len(second) <= width:
             longest = max(len(first), len(second))
             if best is None or longest < best[0]:
@@ -53,21 +55,29 @@ def wrap(words: Sequence[str], width: int = MAX_LINE_CHARS) -> list[str] | None:
     return best[1] if best else None
 
 
-def _fits(tokens: Sequence[_Token]) -> bool:
-    return (
-        tokens[-1].end - tokens[0].start <= MAX_CUE_S and wrap([t.text for t in tokens]) is not None
-    ) or len(tokens) == 1
-
-
-def _segment_tokens(segment: dict[str, Any]) -> list[_Token]:
-    """The segment's words with their times: the aligned ones, else its text's words with the
-    segment's span shared out by characters."""
+def _segment_tokens(segment: dict[str, Any]) -> tuple[list[_Token], str]:
+    """The segment's words with their times, and how they join: the aligned words (a piece
+    without a leading space, like `-disposed`, joins the word before it), else its text's words
+    with the segment's span shared out by characters. Text without spaces (Chinese, Japanese,
+    Thai) is cut between the model's words and joined with nothing."""
+    text = segment["text"].strip()
+    joiner = " " if " " in text or not segment.get("words") else ""
     words = segment.get("words")
     if words:
-        return [_Token(w["word"].strip(), w["start"], w["end"]) for w in words if w["word"].strip()]
-    parts = segment["text"].split()
+        tokens: list[_Token] = []
+        for w in words:
+            piece = w["word"]
+            if not piece.strip():
+                continue
+            if tokens and joiner and not piece.startswith(" "):
+                last = tokens[-1]
+                tokens[-1] = _Token(last.text + piece.strip(), last.start, max(last.end, w["end"]))
+            else:
+                tokens.append(_Token(piece.strip(), w["start"], w["end"]))
+        return tokens, joiner
+    parts = text.split()
     if not parts:
-        return []
+        return [], joiner
     start, end = float(segment["start"]), float(segment["end"])
     total = sum(len(p) + 1 for p in parts)
     tokens, used = [], 0
@@ -75,32 +85,56 @@ def _segment_tokens(segment: dict[str, Any]) -> list[_Token]:
         t0 = start + (end - start) * used / total
         used += len(part) + 1
         tokens.append(_Token(part, t0, start + (end - start) * used / total))
-    return tokens
+    return tokens, joiner
+
+
+def _split(tokens: list[_Token], joiner: str) -> list[list[_Token]]:
+    """The fewest cues that fit the limits, as even as possible, preferring to end a cue at a
+    clause or sentence end: dynamic programming over cut points, cost the squared length of each
+    cue (even cues), less a bonus for ending on punctuation."""
+    n = len(tokens)
+    best: list[tuple[float, int]] = [(0.0, 0)] + [(float("inf"), 0)] * n  # (cost, cut) up to i
+    longest = MAX_LINES * (MAX_LINE_CHARS + 1)
+    for j in range(1, n + 1):
+        chars = 0
+        for i in range(j - 1, -1, -1):
+            chars += len(tokens[i].text) + len(joiner)
+            if chars > longest + len(joiner) and i < j - 1:
+                break
+            cue = tokens[i:j]
+            if len(cue) > 1 and (
+                cue[-1].end - cue[0].start > MAX_CUE_S or wrap([t.text for t in cue], joiner=joiner) is None
+            ):
+                continue
+            bonus = 0.5 if j < n and cue[-1].text[-1:] in ",;:.!?。，！？" else 0.0
+            cost = best[i][0] + 1.0 + (chars / longest) ** 2 - bonus * (chars / longest)
+            if cost < best[j][0]:
+                best[j] = (cost, i)
+    cuts, j = [], n
+    while j > 0:
+        i = best[j][1]
+        cuts.append(tokens[i:j])
+        j = i
+    return cuts[::-1]
 
 
 def cues(segments: Iterable[dict[str, Any]]) -> list[Cue]:
-    """Greedy: a cue takes the next word while the cue still fits the limits."""
+    """Each segment's words cut into cues; a cue never spans two segments."""
     out: list[Cue] = []
     for segment in segments:
-        tokens = _segment_tokens(segment)
-        cue: list[_Token] = []
-        for token in tokens:
-            if cue and not _fits([*cue, token]):
-                out.append(_cue(cue))
-                cue = []
-            cue.append(token)
-        if cue:
-            out.append(_cue(cue))
+        tokens, joiner = _segment_tokens(segment)
+        if tokens:
+            out += [_cue(group, joiner) for group in _split(tokens, joiner)]
     # Cues shown one after the other: a cue ends no later than the next one starts.
     for i in range(len(out) - 1):
         if out[i].end > out[i + 1].start:
-            out[i] = Cue(out[i].start, max(out[i].start, out[i + 1].start), out[i].lines)
+            out[i] = Cue(out[i].start, max(out[i].start, out[i + 1].start), out[i].lines, out[i].joiner)
     return out
 
 
-def _cue(tokens: list[_Token]) -> Cue:
-    lines = wrap([t.text for t in tokens]) or [" ".join(t.text for t in tokens)]
-    return Cue(tokens[0].start, max(tokens[-1].end, tokens[0].start), tuple(lines))
+def _cue(tokens: list[_Token], joiner: str) -> Cue:
+    lines = wrap([t.text for t in tokens], joiner=joiner) or [joiner.join(t.text for t in tokens)]
+    return Cue(tokens[0].start, max(tokens[-1].end, tokens[0].start), tuple(lines), joiner)
 
 
 def _clock(seconds: float, separator: str) -> str:

@@ -10,6 +10,9 @@ same decoding options, so their ratios are meaningful on whatever machine runs i
     transcribe_only  that decoder alone over converted audio already in memory: the floor
     per_member       faster-whisper's own transcribe, member by member (`--transcribe-workers` at
                      once) over the same audio: the path the batched decoder replaces
+    timestamps_*     the decoder alone with `--timestamps none`, `segment` and `word`: what time in
+                     the transcripts costs (measure it with a real model: a random one decodes
+                     differently with and without timestamp tokens)
     conversion       in-process soundfile + soxr against `sox`, one process per file
 
 On CUDA, GPU utilisation and memory are sampled through NVML (`nvidia-ml-py`) while the streaming
@@ -46,6 +49,7 @@ from ..run.worker import ArchiveWorker
 from ..stages.archive import ArchiveReader, Member
 from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from ..stages.decoder import decode_all, decoder_kind, open_decoder
+from ..stages.decoding import TIMESTAMP_MODES
 from ..stages.flow import TranscriberLike
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadState
 
@@ -71,6 +75,8 @@ TARGETS = (
     ),
     ("ratio_streaming_per_member_throughput", 4.0, "min", "streaming audio s/s >= 4 x per-member", ("cuda",)),
     ("gpu_busy_streaming", 0.85, "min", "GPU busy >= 85% while streaming", ("cuda",)),
+    ("ratio_timestamps_segment_none", 1.15, "max", "decoder wall, segment <= 1.15 x none", ("cpu",)),
+    ("ratio_timestamps_word_none", 1.35, "max", "decoder wall, word <= 1.35 x none", ("cpu",)),
     ("ratio_rss_large_small", 1.15, "max", "peak RSS on k x N members <= 1.15 x on N", ("cpu", "cuda")),
     ("scratch_peak_batches", 2.0, "max", "scratch peak <= 2 stream batches", ("cpu", "cuda")),
 )
@@ -395,6 +401,7 @@ def run_bench(
     streaming: list[Run] = []
     alone: list[Run] = []
     per_member: list[Run] = []
+    timed: dict[str, list[Run]] = {f"timestamps_{mode}": [] for mode in TIMESTAMP_MODES}
     for round_number in range(plan.repeat):
         log.info("round %d of %d: sequential", round_number + 1, plan.repeat)
         sequential.append(run_sequential(config, small, work / "sequential", transcriber))
@@ -403,6 +410,14 @@ def run_bench(
         alone.append(run_transcribe_only(audio, transcriber, config, gpu, work / "transcribe-only.json"))
         log.info("round %d of %d: per-member decoder alone", round_number + 1, plan.repeat)
         per_member.append(run_transcribe_only(audio, transcriber, per_member_config, gpu))
+        for mode in TIMESTAMP_MODES:
+            if mode == config.timestamps:  # the decoder-alone run above
+                timed[f"timestamps_{mode}"].append(alone[-1])
+                continue
+            log.info("round %d of %d: decoder alone, --timestamps %s", round_number + 1, plan.repeat, mode)
+            timed[f"timestamps_{mode}"].append(
+                run_transcribe_only(audio, transcriber, replace(config, timestamps=mode), gpu)
+            )
         del audio
         log.info("round %d of %d: streaming", round_number + 1, plan.repeat)
         streaming.append(run_streaming(config, small, work / "streaming", transcriber, config.dsn, gpu))
@@ -425,6 +440,7 @@ def run_bench(
             "streaming": streaming,
             "transcribe_only": alone,
             "per_member": per_member,
+            **timed,
         },
         conversion,
         (peak_small, peak_large),
@@ -455,6 +471,7 @@ def _report(
     seq, stream, floor, per_member = (
         median[k] for k in ("sequential", "streaming", "transcribe_only", "per_member")
     )
+    timed_wall = {mode: median[f"timestamps_{mode}"].wall_s for mode in TIMESTAMP_MODES}
     peak_small, peak_large = peaks
     peak_scratch = max(peak_small.peak_scratch_bytes, peak_large.peak_scratch_bytes)
     report: dict[str, Any] = {
@@ -471,6 +488,7 @@ def _report(
             "beam_size": config.beam_size,
             "temperatures": config.temperatures,
             "vad": config.vad,
+            "timestamps": config.timestamps,
             "stream_batch_size": config.stream_batch_size,
             "num_workers": config.num_workers,
             "cpu_threads": config.cpu_threads,
@@ -489,6 +507,7 @@ def _report(
             "streaming": stream.stages,
             "transcribe_only": floor.stages,
             "per_member": per_member.stages,
+            **{f"timestamps_{m}": median[f"timestamps_{m}"].stages for m in TIMESTAMP_MODES},
         },
         "gpu": {name: run.gpu for name, run in median.items() if run.gpu},
         "ratio_streaming_sequential": stream.wall_s / seq.wall_s,
@@ -496,6 +515,8 @@ def _report(
         "ratio_streaming_transcribe_only_throughput": stream.audio_per_wall / floor.audio_per_wall,
         "ratio_streaming_per_member_throughput": stream.audio_per_wall / per_member.audio_per_wall,
         "ratio_transcribe_only_per_member_throughput": floor.audio_per_wall / per_member.audio_per_wall,
+        "ratio_timestamps_segment_none": timed_wall["segment"] / timed_wall["none"],
+        "ratio_timestamps_word_none": timed_wall["word"] / timed_wall["none"],
         "gpu_busy_streaming": (stream.gpu or {}).get("busy"),
         "conversion": conversion,
         "peak_rss_mb_small": peak_small.peak_rss_mb,
@@ -549,6 +570,7 @@ def format_report(report: dict[str, Any]) -> str:
         ("streaming", f"streaming pipeline ({decoder} decoder)"),
         ("transcribe_only", f"{decoder} decoder alone (audio in memory)"),
         ("per_member", "per-member decoder alone (faster-whisper transcribe)"),
+        *((f"timestamps_{m}", f"{decoder} decoder alone, --timestamps {m}") for m in TIMESTAMP_MODES),
     ]
     lines = [
         f"{report['archive']}: {audio:.0f} s of audio; model {report['model']} on {report['device']}; "

@@ -83,6 +83,9 @@
   const Q = D.quality;
   card("quality", "empty transcripts", fmt(100 * Q.empty_share, 1) + " %");
   card("quality", "members that needed a fallback temperature", fmt(100 * Q.fallback_share, 1) + " %");
+  card("quality", "members with timed segments", fmt(100 * Q.timed_share, 1) + " %");
+  card("quality", "members with word times", fmt(100 * Q.word_share, 1) + " %");
+  card("quality", "members with subtitles", fmt(100 * Q.subtitled_share, 1) + " %");
   plot("languages", [{type: "bar", x: Q.languages.map(l => l.language), y: Q.languages.map(l => l.n)}],
     {yaxis: {title: {text: "members"}}, title: {text: "languages"}});
   plot("durations", [{type: "bar", x: Q.durations.map(d => (d.from + d.to) / 2), y: Q.durations.map(d => d.n),

