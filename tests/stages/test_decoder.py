@@ -292,11 +292,37 @@ def test_real_speech_archive_word_error_rate_and_languages(
         ours.append(_normalise(member["transcript"]))
         theirs.append(_normalise(" ".join(s.text for s in segments)))
     assert len(refs) >= 30
+    _check_timed_outputs(remote, db)
     ours_wer, theirs_wer = _wer(refs, ours), _wer(refs, theirs)
     print(
         f"English WER on {len(refs)} files: batched decoder {ours_wer:.2f}%, faster-whisper {theirs_wer:.2f}%"
     )
     assert ours_wer <= theirs_wer + 1.0, (ours_wer, theirs_wer)
+
+
+def _check_timed_outputs(remote: Path, db: dict[str, dict]) -> None:
+    """`--timestamps segment` (the default): sentence-sized segments inside each member, and an
+    SRT beside each member with speech that `srt` reads back as the transcript, word for word."""
+    import json
+
+    import srt
+
+    lengths = []
+    for member in (m for m in db.values() if m["status"] == "done"):
+        flac = remote / member["remote_path"].removeprefix(str(remote) + "/")
+        result = json.loads(flac.with_suffix(".json").read_text(encoding="utf-8"))
+        _check_times(result, member["duration_s"] + 1e-3)
+        lengths += [s["end"] - s["start"] for s in result["segments"]]
+        subtitles = flac.with_suffix(".srt")
+        assert subtitles.is_file() == bool(result["text"]), member["member"]
+        assert member["subtitles"] == ("srt" if result["text"] else None)
+        if result["text"]:
+            cues = list(srt.parse(subtitles.read_text(encoding="utf-8")))
+            lines = " ".join(line for c in cues for line in c.content.split("\n"))
+            assert "".join(lines.split()) == "".join(result["text"].split()), member["member"]
+            if result["language"] not in ("zh", "ja"):
+                assert lines.split() == result["text"].split(), member["member"]
+    assert float(np.median(lengths)) <= 12.0, sorted(lengths)
 
 
 @pytest.mark.realmodel

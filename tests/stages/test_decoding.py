@@ -22,6 +22,7 @@ from streaming_pipeline.stages.decoding import (
     make_attempt,
     merge_punctuations,
     needs_fallback,
+    seek_point,
     split_by_timestamps,
     time_words,
     words_from_alignment,
@@ -154,6 +155,15 @@ def test_times_past_the_window_are_clamped_and_empty_spans_dropped() -> None:
     assert split_by_timestamps([ts(0), ts(1)], timestamp_begin=TS, eot=EOT, duration=4.0) == []
     no_stamps = split_by_timestamps([1, 2], timestamp_begin=TS, eot=EOT, duration=4.0)
     assert [(s.start, s.end) for s in no_stamps] == [(0.0, 4.0)]
+
+
+def test_seek_point_is_where_the_sequential_path_would_decode_again() -> None:
+    stopped_early = [ts(0), 1, 2, ts(4.0), ts(4.0), 3, ts(21.72), ts(21.72)]
+    assert seek_point(stopped_early, timestamp_begin=TS) == (21.72, 7)
+    unfinished = [ts(0), 1, ts(3.0), ts(3.0), 2, 3]
+    assert seek_point(unfinished, timestamp_begin=TS) == (3.0, 3)
+    assert seek_point([ts(0), 1, ts(3.0), ts(3.0), 2, ts(5.0)], timestamp_begin=TS) is None, "single ending"
+    assert seek_point([ts(0), 1, 2, ts(5.0)], timestamp_begin=TS) is None, "no pair: the window is done"
 
 
 # -- words -------------------------------------------------------------------------------------

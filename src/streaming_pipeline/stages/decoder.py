@@ -54,6 +54,7 @@ from .decoding import (
     is_silent,
     make_attempt,
     row_segments,
+    seek_point,
     speech_chunks,
     split_by_timestamps,
     time_words,
@@ -71,6 +72,11 @@ QUEUED_ROWS_PER_BATCH_ROW = 8
 BEST_OF = 5
 # CTranslate2's median filter over the alignment heads' attention (faster-whisper's default).
 MEDIAN_FILTER_WIDTH = 7
+# A row whose decode stopped this long before its end is decoded again from where it stopped,
+# as the sequential path seeks (a shorter tail is left: a whole padded window for it costs more
+# than the words it could hold).
+CONTINUE_MIN_S = 1.0
+MEL_FRAMES_PER_SECOND = 100
 # Rows per generate call when --decode-batch-size is 0: 16 on CUDA (the issue's H100 numbers:
 # 235x realtime at 16, 259 at 32, 277 at 64 for a large-v2-sized model); on CPU, measured by
 # `bench` on 2 cores with whisper-base (README, Performance).
@@ -190,7 +196,8 @@ class _Member:
     language_probability: float = 0.0
     rows: int = 0
     rows_left: int = 0
-    segments: dict[int, list[Segment]] = field(default_factory=dict)  # row index -> its segments
+    # (row index, part) -> the row's segments; a part > 0 continues its row (decoding.seek_point)
+    segments: dict[tuple[int, int], list[Segment]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -203,16 +210,19 @@ class _Row:
     level: int = 0  # index into the temperatures
     waited: int = 0  # calls since it was queued at this level
     attempts: list[Attempt] = field(default_factory=list)
+    part: int = 0  # > 0: the rest of a row whose decode stopped early, decoded again
 
 
 @dataclass
 class _Outcome:
     """What one call made of one row: the new attempt, and the attempt the row keeps with its
-    segments (speech-timeline seconds) once it is final."""
+    segments (speech-timeline seconds) once it is final, and where in the row decoding goes on
+    when the kept attempt stopped short of the row's end."""
 
     attempt: Attempt
     final: Attempt | None = None
     segments: list[Segment] = field(default_factory=list)
+    continue_at: float | None = None
 
 
 class BatchedDecoder:
@@ -258,6 +268,7 @@ class BatchedDecoder:
             "members": 0,
             "decoder_busy_s": 0.0,
             "align_s": 0.0,
+            "continued_rows": 0,
             "prep_s": 0.0,
             "oom_halvings": 0,
         }
@@ -446,7 +457,9 @@ class BatchedDecoder:
             )
             outcome = _Outcome(attempt, final_attempt([*row.attempts, attempt], last_temperature=last))
             outcomes.append(outcome)
-        spans = {i: self._spans(row, o.final) for i, (row, o) in enumerate(zip(rows, outcomes, strict=True))}
+        spans: dict[int, list[Span]] = {}
+        for i, (row, outcome) in enumerate(zip(rows, outcomes, strict=True)):
+            spans[i], outcome.continue_at = self._spans(row, outcome.final)
         words = self._align(encoded, rows, spans) if self._timestamps == "word" else {}
         for i, row_spans in spans.items():
             final = outcomes[i].final
@@ -464,19 +477,22 @@ class BatchedDecoder:
                 outcomes[i].segments = row_segments(row_spans, texts, final, offset=row.offset)
         return outcomes
 
-    def _spans(self, row: _Row, final: Attempt | None) -> list[Span]:
-        """The kept attempt's text as timed spans of its window; none for silence or no text."""
+    def _spans(self, row: _Row, final: Attempt | None) -> tuple[list[Span], float | None]:
+        """The kept attempt's text as timed spans of its window (none for silence or no text),
+        and the second of the window to decode again from when the model stopped at least
+        `CONTINUE_MIN_S` before its end (the sequential path's seek): its unfinished text is
+        then left to that continuation instead of being stretched to the window's end."""
         if final is None or is_silent(final) or not clean_text(final.text):
-            return []
+            return [], None
+        eot = self._decode_text.eot
         if self._timestamps == "none":
-            text = [t for t in final.tokens if t < self._decode_text.eot]
-            return [Span(0.0, row.duration, tuple(text))]
-        return split_by_timestamps(
-            final.tokens,
-            timestamp_begin=self._decode_text.timestamp_begin,
-            eot=self._decode_text.eot,
-            duration=row.duration,
-        )
+            return [Span(0.0, row.duration, tuple(t for t in final.tokens if t < eot))], None
+        begin = self._decode_text.timestamp_begin
+        tokens, continue_at = list(final.tokens), None
+        seek = seek_point(tokens, timestamp_begin=begin)
+        if seek is not None and 0 < seek[0] <= row.duration - CONTINUE_MIN_S:
+            continue_at, tokens = seek[0], tokens[: seek[1]]
+        return split_by_timestamps(tokens, timestamp_begin=begin, eot=eot, duration=row.duration), continue_at
 
     def _align(self, encoded: Any, rows: list[_Row], spans: dict[int, list[Span]]) -> dict[int, Any]:
         """Words of the rows that are final in this call, from the decoding call's encoder output:
@@ -564,10 +580,35 @@ class BatchedDecoder:
                 self._queue.retry(row, level + 1)
                 self._cond.notify_all()
             return
-        row.member.segments[row.index] = outcome.segments
+        row.member.segments[(row.index, row.part)] = outcome.segments
+        if outcome.continue_at is not None:
+            self._continue(row, outcome.continue_at)
+            return
         row.member.rows_left -= 1
         if row.member.rows_left == 0:
             self._complete(row.member)
+
+    def _continue(self, row: _Row, at: float) -> None:
+        """The rest of a row after `at` (its window's seconds) as a row of its own, queued at
+        once (the decode thread must not wait on the prep threads' backpressure)."""
+        frame = round(at * MEL_FRAMES_PER_SECOND)
+        rest = _Row(
+            row.member,
+            row.index,
+            row.features[..., frame:],
+            row.offset + at,
+            row.duration - at,
+            part=row.part + 1,
+        )
+        with self._cond:
+            if self._stopping:  # no more calls: the member stays pending for the next run
+                self._members.discard(row.member)
+                row.member.future.cancel()
+                return
+            self._queue.add(rest)
+            self._stats["rows"] += 1
+            self._stats["continued_rows"] += 1
+            self._cond.notify_all()
 
     def _complete(self, m: _Member) -> None:
         timeline = SpeechTimeline(m.speech)

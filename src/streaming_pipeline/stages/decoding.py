@@ -289,6 +289,22 @@ def split_by_timestamps(
     return spans
 
 
+def seek_point(tokens: Sequence[int], *, timestamp_begin: int) -> tuple[float, int] | None:
+    """Where the sequential path would decode the window again from, and how many tokens come
+    before that point: the last timestamp of the last complete segment, when the tokens hold a
+    timestamp pair and do not end on a single timestamp (which says: no speech after it).
+    `_split_segments_by_timestamps`' seek rule, for a window whose decode stopped early or ran
+    out mid-sentence."""
+    single_ending = len(tokens) >= 2 and tokens[-2] < timestamp_begin <= tokens[-1]
+    pairs = [
+        i for i in range(1, len(tokens)) if tokens[i] >= timestamp_begin and tokens[i - 1] >= timestamp_begin
+    ]
+    if not pairs or single_ending:
+        return None
+    last = pairs[-1]
+    return (tokens[last - 1] - timestamp_begin) * TIME_PRECISION, last
+
+
 def words_from_alignment(
     words: Sequence[str],
     word_tokens: Sequence[Sequence[int]],
