@@ -71,3 +71,22 @@ def test_days_and_ranges() -> None:
                          ("2000-01-01..2020-01-01", "more than"), (",", "no day given")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             parse_days(bad)
+
+
+def test_timestamps_and_subtitles_settings_round_trip_to_workers() -> None:
+    from streaming_pipeline.config import config_env
+
+    default = build_config({}, {})
+    assert (default.timestamps, default.subtitles) == ("segment", "srt")
+    config = build_config({}, {"PIPELINE_TIMESTAMPS": "word", "PIPELINE_SUBTITLES": "VTT, srt"})
+    assert (config.timestamps, config.subtitles) == ("word", "srt,vtt")
+    none = build_config({}, {"PIPELINE_SUBTITLES": ""})
+    assert none.subtitles == "none", "set but empty: no subtitles"
+    assert build_config({"subtitles": "none"}, {}).subtitles == "none"
+    for chosen in (config, none):
+        rebuilt = build_config({}, config_env(chosen))  # what a worker job rebuilds
+        assert (rebuilt.timestamps, rebuilt.subtitles) == (chosen.timestamps, chosen.subtitles)
+    with pytest.raises(ConfigError, match="subtitles: ass is not"):
+        build_config({"subtitles": "srt,ass"}, {})
+    with pytest.raises(ConfigError, match="timestamps must be"):
+        build_config({}, {"PIPELINE_TIMESTAMPS": "words"})

@@ -47,7 +47,7 @@ def _archive_row(dsn: str) -> dict:
     [
         ("--decoder", "batched", "--decode-batch-size", "4", "--transcribe-workers", "2"),
         ("--decoder", "per-member", "--transcribe-workers", "2"),  # faster-whisper's transcribe, 2 at once
-    ],
+    ],  # both with word times and both subtitle formats (_args)
     ids=["batched", "per-member"],
 )
 def test_mixed_archive_to_rsync_daemon_then_rerun_uploads_nothing(
@@ -69,7 +69,7 @@ def test_mixed_archive_to_rsync_daemon_then_rerun_uploads_nothing(
         add_bytes(tar, "../../outside.wav", clips[0][1])
         add_bytes(tar, "evil-link.wav", b"", type=tarfile.SYMTYPE, linkname="/etc/shadow")
 
-    workers = decoding
+    workers = (*decoding, "--timestamps", "word", "--subtitles", "srt,vtt")
     rc = main(_args(archive, pg_dsn, rsync_daemon.url, tmp_path, tiny_model, *workers))
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -89,6 +89,18 @@ def test_mixed_archive_to_rsync_daemon_then_rerun_uploads_nothing(
         assert meta["text"] == row["transcript"] and meta["language"] == row["language"]
         assert row["remote_path"].endswith(f"/{DAY}/12_30/{stem}.flac")
         assert abs(row["duration_s"] - info.duration) < 0.01
+        assert row["timestamps"] == "word"
+        previous_end = 0.0
+        for segment in meta["segments"]:
+            assert previous_end <= segment["start"] <= segment["end"] <= info.duration + 1e-3
+            assert all(segment["start"] <= w["start"] <= w["end"] <= segment["end"] for w in segment["words"])
+            previous_end = segment["end"]
+        for suffix in (".srt", ".vtt"):
+            subtitle = flac.with_suffix(suffix)
+            assert subtitle.is_file() == bool(meta["text"]), (
+                f"{name}: a subtitle file exactly when there is speech"
+            )
+        assert row["subtitles"] == ("srt,vtt" if meta["text"] else None)
     assert rows["broken/corrupt.wav"]["status"] == "failed"
     assert "decode" in rows["broken/corrupt.wav"]["error"]
     assert rows["../../outside.wav"]["status"] == "rejected"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -93,7 +94,10 @@ def test_day_fan_out_partial_failure_resubmit_and_single_rerun(
     _wait_gone(env, [day_row["array_job_id"], day_row["finalize_job_id"]])
     controller_log = (tmp_path / f"stream_day_{controller}.out").read_text()
     assert "2 already done" in controller_log and "1 to process" in controller_log
-    assert sorted(p.name for p in logs.glob(f"stream_tar_{DAY}_*_{day_row['array_job_id']}_*.out")) == [
+    # Matched exactly: a glob's `*` could take a slot and another job's id for this array's id
+    # (`..._06_30_25_1.out` for array 30).
+    task_log = re.compile(rf"stream_tar_{DAY}_\d\d_\d\d_{day_row['array_job_id']}_\d+\.out")
+    assert sorted(p.name for p in logs.iterdir() if task_log.fullmatch(p.name)) == [
         f"stream_tar_{DAY}_07_00_{day_row['array_job_id']}_0.out"
     ]
     assert query(pg_dsn, "SELECT state FROM days")[0]["state"] == "done"

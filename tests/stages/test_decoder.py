@@ -151,6 +151,9 @@ def test_out_of_memory_halves_the_batch_and_fails_no_member(tiny_model: Path, me
     expected, _ = _decode(transcriber, config, names, audio)
 
     decoder = BatchedDecoder(transcriber, config, device="cpu")
+    # Every call full (8 rows, or all there are): on a loaded machine a call that stopped waiting
+    # for the prep threads could hold 2 rows or fewer and never meet the out-of-memory limit.
+    decoder.fill_wait_s = 600.0
     fake = decoder._ct2 = _OutOfMemoryAbove(decoder._ct2, rows=2)
     try:
         results = decode_all(decoder, audio, names)

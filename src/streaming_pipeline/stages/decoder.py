@@ -251,6 +251,7 @@ class BatchedDecoder:
         self._max_new_tokens = config.max_new_tokens
         self.batch_size = config.decode_batch_size or DEFAULT_BATCH.get(device, 8)
         self._limit = self.batch_size  # lowered by CUDA out-of-memory errors
+        self.fill_wait_s = FILL_WAIT_S
         self._cond = threading.Condition()
         self._queue = RowQueue()
         self._preparing = 0  # members handed to the prep threads and not yet all queued
@@ -390,7 +391,7 @@ class BatchedDecoder:
             with self._cond:
                 while not self._closed and not len(self._queue):
                     self._cond.wait()
-                deadline = time.monotonic() + FILL_WAIT_S
+                deadline = time.monotonic() + self.fill_wait_s
                 while not self._closed and self._filling() and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)  # a fuller call costs the GPU little more than this one
                 if self._closed:
