@@ -20,7 +20,6 @@ from streaming_pipeline.stages.decoding import (
     finalize_segments,
     is_silent,
     make_attempt,
-    merge_punctuations,
     needs_fallback,
     seek_point,
     split_by_timestamps,
@@ -180,16 +179,13 @@ def test_words_start_where_the_alignment_path_reaches_them() -> None:
 
 
 def test_punctuation_joins_its_word() -> None:
-    alignment = [
-        {"word": " «", "tokens": [1], "start": 0.0, "end": 0.1, "probability": 1.0},
-        {"word": " hello", "tokens": [2], "start": 0.1, "end": 0.5, "probability": 1.0},
-        {"word": ",", "tokens": [3], "start": 0.5, "end": 0.6, "probability": 1.0},
-        {"word": " (world", "tokens": [4], "start": 0.6, "end": 1.0, "probability": 1.0},
-        {"word": " (", "tokens": [5], "start": 1.0, "end": 1.1, "probability": 1.0},
-        {"word": " again", "tokens": [6], "start": 1.1, "end": 1.4, "probability": 1.0},
-    ]
-    merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
-    assert [w["word"] for w in alignment if w["word"]] == [" «", " hello,", " (world", " ( again"]
+    def word(text: str, token: int, start: float) -> dict:
+        return {"word": text, "tokens": [token], "start": start, "end": start + 0.1, "probability": 1.0}
+
+    alignment = [word(" «", 1, 0.0), word(" hello", 2, 0.1), word(",", 3, 0.5), word(" (world", 4, 0.6)]
+    alignment += [word(" (", 5, 1.0), word(" again", 6, 1.1)]
+    ((_, words),) = time_words([Span(0.0, 1.2, (1, 2, 3, 4, 5, 6))], alignment)
+    assert [w.word for w in words] == [" «", " hello,", " (world", " ( again"], "« is not in the list"
 
 
 def test_words_are_shared_out_to_their_spans_by_tokens() -> None:

@@ -76,6 +76,7 @@ MEDIAN_FILTER_WIDTH = 7
 # as the sequential path seeks (a shorter tail is left: a whole padded window for it costs more
 # than the words it could hold).
 CONTINUE_MIN_S = 1.0
+MAX_PARTS = 8  # continuations of one row at most: a model that stops every second cannot loop
 MEL_FRAMES_PER_SECOND = 100
 # Rows per generate call when --decode-batch-size is 0: 16 on CUDA (the H100 numbers:
 # 235x realtime at 16, 259 at 32, 277 at 64 for a large-v2-sized model); on CPU, measured by
@@ -491,7 +492,7 @@ class BatchedDecoder:
         begin = self._decode_text.timestamp_begin
         tokens, continue_at = list(final.tokens), None
         seek = seek_point(tokens, timestamp_begin=begin)
-        if seek is not None and 0 < seek[0] <= row.duration - CONTINUE_MIN_S:
+        if seek is not None and 0 < seek[0] <= row.duration - CONTINUE_MIN_S and row.part < MAX_PARTS:
             continue_at, tokens = seek[0], tokens[: seek[1]]
         return split_by_timestamps(tokens, timestamp_begin=begin, eot=eot, duration=row.duration), continue_at
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from faster_whisper.transcribe import merge_punctuations  # whisper's rule, a plain function
 
 SAMPLE_RATE = 16000
 WINDOW_S = 30
@@ -331,31 +332,6 @@ def words_from_alignment(
         {"word": w, "tokens": list(t), "start": float(s), "end": float(e), "probability": p}
         for w, t, s, e, p in zip(words, word_tokens, starts, ends, probs, strict=False)
     ]
-
-
-def merge_punctuations(alignment: list[dict[str, Any]], prepended: str, appended: str) -> None:
-    """Opening punctuation joins the next word, closing punctuation the previous one (whisper's
-    `merge_punctuations`): a subtitle never starts with a lone comma."""
-    i, j = len(alignment) - 2, len(alignment) - 1
-    while i >= 0:
-        previous, following = alignment[i], alignment[j]
-        if previous["word"].startswith(" ") and previous["word"].strip() in prepended:
-            following["word"] = previous["word"] + following["word"]
-            following["tokens"] = previous["tokens"] + following["tokens"]
-            previous["word"], previous["tokens"] = "", []
-        else:
-            j = i
-        i -= 1
-    i, j = 0, 1
-    while j < len(alignment):
-        previous, following = alignment[i], alignment[j]
-        if not previous["word"].endswith(" ") and following["word"] in appended:
-            previous["word"] = previous["word"] + following["word"]
-            previous["tokens"] = previous["tokens"] + following["tokens"]
-            following["word"], following["tokens"] = "", []
-        else:
-            i = j
-        j += 1
 
 
 def _median_word_duration(alignment: list[dict[str, Any]]) -> tuple[float, float]:
