@@ -41,6 +41,7 @@ import numpy as np
 from ..config import PipelineConfig, parse_temperatures
 from ..errors import ConfigError, TranscriptionError
 from .decoding import (
+    LOOKAHEAD_CALLS,
     MAX_INITIAL_TIMESTAMP_INDEX,
     SAMPLE_RATE,
     WINDOW_S,
@@ -67,7 +68,7 @@ log = logging.getLogger(__name__)
 # A call that is not full waits this long at most for rows of members being prepared.
 FILL_WAIT_S = 0.5
 # Rows (features, ~1 MB each) queued at most, per row of a call.
-QUEUED_ROWS_PER_BATCH_ROW = 8
+QUEUED_ROWS_PER_BATCH_ROW = 2 * LOOKAHEAD_CALLS
 # faster-whisper's sampling at a fallback temperature: the best of this many.
 BEST_OF = 5
 # CTranslate2's median filter over the alignment heads' attention (faster-whisper's default).
