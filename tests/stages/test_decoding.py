@@ -15,7 +15,6 @@ from streaming_pipeline.stages.decoding import (
     Span,
     SpeechTimeline,
     Word,
-    compression_ratio,
     final_attempt,
     finalize_segments,
     is_silent,
@@ -47,7 +46,8 @@ def test_guards_follow_faster_whisper() -> None:
     assert not needs_fallback(attempt(avg_logprob=-1.5, no_speech=0.9)), "silence: no retry"
     assert is_silent(attempt(avg_logprob=-1.5, no_speech=0.9))
     assert not is_silent(attempt(avg_logprob=-0.5, no_speech=0.9)), "likely text overrides no-speech"
-    assert compression_ratio("la " * 50) > 2.4 > compression_ratio("ask not what your country can do")
+    assert make_attempt([1], -0.1, 0.0, "la " * 50, 0.0).compression_ratio > 2.4
+    assert needs_fallback(make_attempt([1], -0.1, 0.0, "la " * 50, 0.0)), "a loop of one word"
     a = make_attempt([5, 6, 7], -0.4, 0.0, "abc", 0.2)
     assert a.avg_logprob == pytest.approx(-0.4 * 3 / 4) and a.temperature == 0.2
 

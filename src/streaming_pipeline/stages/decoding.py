@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from faster_whisper.transcribe import merge_punctuations  # whisper's rule, a plain function
+
+# Whisper's own rules, plain functions: the ratio the repetition guard reads, and how punctuation
+# joins its word.
+from faster_whisper.transcribe import get_compression_ratio, merge_punctuations
 
 SAMPLE_RATE = 16000
 WINDOW_S = 30
@@ -41,13 +43,6 @@ TIMESTAMP_MODES = ("none", "segment", "word")
 
 
 # -- quality guards -----------------------------------------------------------------------------
-def compression_ratio(text: str) -> float:
-    """gzip-style ratio of the text's bytes (faster-whisper's `get_compression_ratio`): loops of
-    repeated words compress well and fail the guard."""
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
-
-
 @dataclass(frozen=True)
 class Attempt:
     """One decode of one window at one temperature."""
@@ -67,7 +62,9 @@ def make_attempt(
     average over the tokens plus the end-of-text token."""
     n = len(tokens)
     avg_logprob = score * n / (n + 1)
-    return Attempt(tuple(tokens), text, avg_logprob, no_speech_prob, compression_ratio(text), temperature)
+    return Attempt(
+        tuple(tokens), text, avg_logprob, no_speech_prob, float(get_compression_ratio(text)), temperature
+    )
 
 
 def needs_fallback(attempt: Attempt) -> bool:
