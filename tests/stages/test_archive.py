@@ -4,6 +4,7 @@ import io
 import lzma
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,49 @@ def test_a_malformed_header_of_any_error_type_ends_the_archive_as_damaged(tmp_pa
         for batch in reader.batches():
             got += [m.name for m in batch.members]
     assert got == ["first.wav"] and not reader.completed
+
+
+def _declaring(size: int, fmt: int) -> bytes:
+    """A tar whose second member declares `size` bytes and carries 512."""
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w", format=fmt) as tar:
+        add_bytes(tar, "first.wav", b"RIFF-first")
+        info = tarfile.TarInfo("huge.wav")
+        info.size = size
+        header = info.tobuf(fmt, "utf-8", "surrogateescape")
+        tar.fileobj.write(header)  # the header, not the data
+        tar.fileobj.write(b"x" * 100 + bytes(412))
+        tar.offset += len(header) + 512
+    return plain.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt"),
+    [
+        (2**66, tarfile.GNU_FORMAT),
+        (2**66, tarfile.PAX_FORMAT),
+        (2**40, tarfile.GNU_FORMAT),
+        (None, tarfile.PAX_FORMAT),
+    ],
+    ids=["2^66-gnu-base256", "2^66-pax", "2^40", "just-past-the-end"],
+)
+def test_a_member_declaring_more_than_the_stream_holds_ends_the_archive_as_damaged(
+    tmp_path: Path, size: int | None, fmt: int
+) -> None:
+    """A 1 KB archive whose second member declares more bytes than follow: skipping it stops at
+    the end of the compressed stream, within seconds, instead of reading nothing for ever, and is
+    damage, not the end of the archive; the first member is read and the second recorded."""
+    if size is None:  # one byte more than everything after its header (padding and end blocks)
+        size = len(_declaring(0, fmt)) - 1536 + 1
+    xz = tmp_path / "huge.tar.xz"
+    xz.write_bytes(lzma.compress(_declaring(size, fmt)))
+    assert xz.stat().st_size < 2048
+    reader = ArchiveReader(xz, tmp_path / "scratch", batch_size=10, max_member_bytes=1000)
+    members, rejected = [], []
+    started = time.monotonic()
+    with pytest.raises(ArchiveError, match="damaged after 2 members"):
+        for batch in reader.batches():
+            members += [m.name for m in batch.members]
+            rejected += [m.name for m in batch.rejected]
+    assert time.monotonic() - started < 10
+    assert members == ["first.wav"] and rejected == ["huge.wav"] and not reader.completed

@@ -105,6 +105,45 @@ class _CountingReader:
         self._raw.close()
 
 
+class _EndOfStream:
+    """The decompressed stream, ending in an error once it is spent. tarfile skips a member it
+    does not extract by reading past it, block by block, and a spent stream answers every read
+    with nothing: a 1 KB archive whose member declares 2**66 bytes kept the reader spinning for
+    ever. A stream that has answered nothing this many times in a row is past its end."""
+
+    EMPTY_READS = 8
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._empty = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        if data or size == 0:
+            self._empty = 0
+            return data
+        self._empty += 1
+        if self._empty > self.EMPTY_READS:
+            raise EOFError(
+                "the compressed stream ended inside a member (its declared size runs past the end)"
+            )
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def _read_past(stream: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+    """Read a member's data that is not kept, to its declared end: data that ends first is
+    damage (tarfile's "unexpected end of data"), where tarfile's own skip would take the end of
+    the stream for the end of the archive and call a truncated archive complete."""
+    if not info.isreg() or info.issparse():
+        return
+    source = stream.extractfile(info)
+    while source is not None and source.read(COPY_CHUNK):
+        pass
+
+
 def check_member(info: tarfile.TarInfo, max_member_bytes: int) -> str | None:
     """Why this member must not be written to disk, or None when it is safe."""
     if info.issym():
@@ -196,7 +235,7 @@ class ArchiveReader:
             # decompressed buffer per 512-byte read, quadratic on compressible input (silence).
             with (
                 lzma.open(counter) as decompressed,  # type: ignore[arg-type]
-                tarfile.open(fileobj=decompressed, mode="r|") as stream,
+                tarfile.open(fileobj=_EndOfStream(decompressed), mode="r|") as stream,
             ):
                 headers = iter(stream)
                 while (info := self._next_header(headers)) is not None:
@@ -261,6 +300,7 @@ class ArchiveReader:
             reason = "duplicate member name"
         if reason is not None:
             batch.rejected.append(_rejected(index, info, reason))
+            _read_past(stream, info)
             return
         name = normalise_name(info.name)
         member = Member(index=index, name=name, size=info.size)
@@ -272,6 +312,7 @@ class ArchiveReader:
         outputs[_digest(stem)] = index
         if self.is_done(name):
             batch.skipped += 1
+            _read_past(stream, info)
             return
         suffix = PurePosixPath(name).suffix.lower()
         target = batch.directory / "in" / f"{index:08d}{suffix if _SAFE_SUFFIX.match(suffix) else ''}"
