@@ -112,12 +112,8 @@ def speech_chunks(regions: list[dict[str, int]], max_samples: int) -> Iterator[l
         yield chunk
 
 
-class MemberLike(Protocol):
-    language: str | None
-
-
 class RowLike(Protocol):
-    member: Any  # MemberLike; hashable
+    member: Any  # hashable, with a `language` (None until detected)
     index: int  # the window's place in its member
     duration: float
     waited: int
