@@ -24,7 +24,11 @@ ENV_PREFIX = "PIPELINE_"
 class PipelineConfig:
     dsn: str = ""
     remote: str = ""
+    # Default: the process's own $TMPDIR/streaming-pipeline. Only a scratch dir the user set is
+    # passed on to worker jobs: on a cluster TMPDIR is per job (made by a TaskProlog, deleted by
+    # the Epilog), and the controller's is gone before its workers start.
     scratch_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "streaming-pipeline")
+    scratch_explicit: bool = False  # set by build_config: --scratch-dir or PIPELINE_SCRATCH
     model: str = "large-v3"
     device: str = "auto"
     compute_type: str = "default"
@@ -66,6 +70,10 @@ class PipelineConfig:
     container: str = ""  # Apptainer image the workers run in; empty: the submitting environment
     hpc_dir: Path | None = None  # where hpc/*.sh are (default: this checkout's hpc/)
     slurm_job_id: str | None = None  # from SLURM_ARRAY_JOB_ID_TASK or SLURM_JOB_ID, never a flag
+    slurm_restart_count: int = 0  # SLURM_RESTART_COUNT: how often this job was requeued
+    # An interrupted worker requeues its job at most this often; then its archive ends failed
+    # (a member that hangs the worker, or a node that kills it, must not loop for ever).
+    max_restarts: int = 3
     # A worker's hold on its archive: renewed every quarter of it; a dead worker's archive can be
     # claimed this long after its last renewal (at once by a rerun that sees it is dead).
     lease_s: float = 120.0
@@ -106,6 +114,7 @@ _ENV_NAMES = {
     "vad": "PIPELINE_VAD",
     "offline": "PIPELINE_OFFLINE",
     "stop_grace": "PIPELINE_STOP_GRACE",
+    "max_restarts": "PIPELINE_MAX_RESTARTS",
     "input_root": "PIPELINE_INPUT_ROOT",
     "log_dir": "PIPELINE_LOG_DIR",
     "max_parallel": "PIPELINE_MAX_PARALLEL",
@@ -162,6 +171,8 @@ def build_config(
     if "subtitles" in values:
         values["subtitles"] = ",".join(subtitle_formats(values["subtitles"])) or "none"
     values.setdefault("slurm_job_id", _slurm_job_id(env))
+    values["slurm_restart_count"] = _coerce("SLURM_RESTART_COUNT", env.get("SLURM_RESTART_COUNT") or 0, int)
+    values["scratch_explicit"] = "scratch_dir" in values
     if "scratch_dir" not in values:
         values["scratch_dir"] = Path(env.get("TMPDIR") or tempfile.gettempdir()) / "streaming-pipeline"
     config = PipelineConfig(**values)
@@ -178,8 +189,8 @@ def config_env(config: PipelineConfig) -> dict[str, str]:
     env: dict[str, str] = {}
     for name, var in _ENV_NAMES.items():
         value = getattr(config, name)
-        if value is None or value == "":
-            continue
+        if value is None or value == "" or (name == "scratch_dir" and not config.scratch_explicit):
+            continue  # a worker job's scratch defaults to its own TMPDIR
         env[var] = str(value.resolve() if isinstance(value, Path) else value)
     return env
 
@@ -208,6 +219,8 @@ def _validate(config: PipelineConfig) -> None:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
     if config.upload_timeout <= 0 or config.decode_timeout <= 0 or config.stop_grace <= 0:
         raise ConfigError("timeouts must be positive")
+    if config.max_restarts < 0:
+        raise ConfigError("max-restarts must be 0 or more")
     if config.lease_s < 1:
         raise ConfigError("lease-seconds must be at least 1")
     if config.db_patience_s < 0:

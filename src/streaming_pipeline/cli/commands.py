@@ -161,6 +161,13 @@ def process_tar(args: argparse.Namespace) -> int:
         transcriber_factory=Transcriber,
     )
     install_stop_handlers(worker.request_stop)
+
+    def stuck(reason: str) -> None:  # the watchdog's, when the stop did not end the run in time
+        worker.record_stuck(reason)
+        _requeue(config)
+
+    worker.control.on_stuck = stuck
+    worker.control.watch()
     lease = ArchiveLease(
         store,
         worker.key,
@@ -181,13 +188,19 @@ def process_tar(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(result.summary_line())
+    worker.control.over()
     if result.interrupted:
-        if config.slurm_job_id:
-            from ..run.slurm import SlurmClient, requeue_self
-
-            requeue_self(config.slurm_job_id, SlurmClient(environ()))
+        _requeue(config)
         return EXIT_INTERRUPTED
     return 0 if result.ok else 1
+
+
+def _requeue(config: PipelineConfig) -> None:
+    """A Slurm worker's job goes back to the queue (the next run resumes); elsewhere a rerun does."""
+    if config.slurm_job_id:
+        from ..run.slurm import SlurmClient, requeue_self
+
+        requeue_self(config.slurm_job_id, SlurmClient(environ()))
 
 
 def run_days(config: PipelineConfig, days: list[dt.date], executor: str, env: Mapping[str, str]) -> int:
@@ -472,6 +485,8 @@ def process_dataset(args: argparse.Namespace) -> int:
     store.init_schema()
     worker = DatasetWorker(config, job, store=store, transcriber_factory=Transcriber)
     install_stop_handlers(worker.request_stop)
+    worker.control.on_stuck = worker.record_stuck
+    worker.control.watch()
     try:
         result = worker.run()
     except LeaseLost as lost:  # the process that took the run over goes on
@@ -480,6 +495,7 @@ def process_dataset(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(result.summary_line())
+    worker.control.over()
     if result.state == "interrupted":
         return EXIT_INTERRUPTED
     return 0 if result.ok else 1

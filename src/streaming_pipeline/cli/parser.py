@@ -23,7 +23,11 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pipeline (flags override PIPELINE_* variables)")
     g.add_argument("--dsn", help="PostgreSQL DSN (PIPELINE_DSN, else DB_CREDS)")
     g.add_argument("--remote", help="destination: path, host:path or rsync://host[:port]/module/path")
-    g.add_argument("--scratch-dir", type=Path, help="per-job scratch root (PIPELINE_SCRATCH)")
+    g.add_argument(
+        "--scratch-dir",
+        type=Path,
+        help="scratch root (PIPELINE_SCRATCH); default: each job's own $TMPDIR/streaming-pipeline",
+    )
     g.add_argument("--model", help="model name or local CTranslate2 directory (PIPELINE_MODEL)")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"))
     g.add_argument("--compute-type", help="default: float16 on GPU, int8 on CPU")
@@ -64,6 +68,11 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
         "--transcribe-workers",
         type=int,
         help="threads preparing windows (batched) or files transcribed at once (1)",
+    )
+    g.add_argument(
+        "--max-restarts",
+        type=int,
+        help="requeues of an interrupted worker job before its archive ends failed (3)",
     )
     g.add_argument(
         "--lease-seconds", dest="lease_s", type=float, help="a worker's lease on its archive (120)"

@@ -29,17 +29,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import PipelineConfig
 from ..errors import ConversionError, DatasetError, TranscriptionError, UploadError
-from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
+from ..run.skeleton import StopControl, final_state
+from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import Stopwatch, TranscriberLike, put_unless_stopped
+from ..stages.pool import ConversionPool
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
 from ..state.lease import Lease, Owner, holder_is_gone, upload_gate
 from ..state.store import DatasetResume, ProgressStore, ShardCheckpoint
@@ -240,8 +241,7 @@ class DatasetWorker:
         self.destination = Destination.parse(config.remote)
         self.prefix = f"datasets/{job.output}"
         self.scratch = config.scratch_dir / "datasets" / job.output
-        self.stop = threading.Event()
-        self.stop_reason: str | None = None
+        self.control = StopControl(config.stop_grace)
         self._slots = threading.BoundedSemaphore(MAX_SHARDS_UPLOADING)
         self._errors: list[str] = []
         self.timers = Stopwatch()
@@ -259,9 +259,11 @@ class DatasetWorker:
 
     def request_stop(self, reason: str) -> None:
         """Safe from a signal handler: only sets flags."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        self.stop.set()
+        self.control.request(reason)
+
+    def record_stuck(self, reason: str) -> None:
+        """The watchdog's last word when the run did not end within the grace."""
+        self.store.finish_dataset_run(self.job.run, state="interrupted", error=reason)
 
     def run(self) -> DatasetResult:
         started = time.monotonic()
@@ -306,13 +308,9 @@ class DatasetWorker:
             raise
         finally:
             shutil.rmtree(self.scratch, ignore_errors=True)
-        errors = list(dict.fromkeys(self._errors))
-        if complete and not errors:
-            state, error = "done", None
-        elif self.stop_reason is not None and not errors:
-            state, error = "interrupted", self.stop_reason
-        else:
-            state, error = "failed", "; ".join(errors) or "stopped before the end of the source"
+        state, error = final_state(
+            complete=complete, stop_reason=self.control.reason, damage=None, errors=self._errors
+        )
         row = self.store.finish_dataset_run(self.job.run, state=state, error=error)
         self.timers.log()
         return DatasetResult(
@@ -335,7 +333,7 @@ class DatasetWorker:
         uploader = AsyncRsyncStorageManager.from_config(
             self.config, self.destination, max_concurrent=1, gate=upload_gate(self.store)
         )
-        pool = conversion_pool(self.config.num_workers)
+        pool = ConversionPool(self.config.num_workers, timeout=self.config.decode_timeout)
         rows: queue.Queue[_Row | _Boundary | BaseException | None] = queue.Queue(
             maxsize=self.config.stream_batch_size
         )
@@ -355,7 +353,7 @@ class DatasetWorker:
                 self.timers.add("wait_for_input", time.monotonic() - t0)
                 if isinstance(item, BaseException):
                     raise item
-                if item is None or self.stop_reason is not None or self._errors:
+                if item is None or self.control.requested or self._errors:
                     writer.abort()  # the open shard's rows are redone by the next run
                     break
                 if isinstance(item, _Row):
@@ -373,22 +371,23 @@ class DatasetWorker:
                     complete = True
                     break
         finally:
-            self.stop.set()
+            self.control.event.set()
             reader.join()
             decoder.close()
             self.timers.add("transcribe", decoder.stats().get("decoder_busy_s", 0.0))
             for pending in inflight:
                 pending.row.dst.unlink(missing_ok=True)
-            pool.shutdown(wait=True, cancel_futures=True)
-            wait = self.config.stop_grace if self.stop_reason else None
+            pool.close()
+            wait = self.control.remaining() if self.control.requested else None
             if not uploader.wait(timeout=wait):
                 self._errors.append(f"shard uploads still running after {wait:.0f}s")
+                uploader.abort(f"{self.control.reason} ended them after {wait:.0f}s")
             elif complete and not self._errors:
                 self._publish_card(uploader)
             uploader.close()
         return complete
 
-    def _read(self, source: Any, start_row: int, pool: ProcessPoolExecutor, rows: queue.Queue[Any]) -> None:
+    def _read(self, source: Any, start_row: int, pool: ConversionPool, rows: queue.Queue[Any]) -> None:
         job = self.job
         batch = job.upload_batch_size
         index = start_row
@@ -397,7 +396,7 @@ class DatasetWorker:
                 self._put(rows, _Boundary(index, None, last=True))
                 return
             iterator: Iterator[dict[str, Any]] = iter(source)
-            while not self.stop.is_set():
+            while not self.control.event.is_set():
                 t0 = time.monotonic()
                 try:
                     record = next(iterator, None)
@@ -425,7 +424,7 @@ class DatasetWorker:
             return
         self._put(rows, None)  # stopped before the end
 
-    def _stage(self, record: dict[str, Any], index: int, pool: ProcessPoolExecutor) -> _Row:
+    def _stage(self, record: dict[str, Any], index: int, pool: ConversionPool) -> _Row:
         job = self.job
         row_id = str(record[job.id_column]) if job.id_column else str(index)
         text = record.get(job.text_column) if job.text_column else None
@@ -441,7 +440,7 @@ class DatasetWorker:
         return _Row(index, row_id, text, src, dst, pool.submit(convert_to_flac, str(src), str(dst)))
 
     def _put(self, rows: queue.Queue[Any], item: Any) -> None:
-        put_unless_stopped(rows, item, self.stop)
+        put_unless_stopped(rows, item, self.control.event)
 
     def _submit(self, row: _Row, decoder: Decoder) -> _Pending:
         """Wait for the row's conversion, then hand it to the decoder unless it has a transcript."""
@@ -450,9 +449,9 @@ class DatasetWorker:
                 raise ConversionError(row.error or "no audio")
             t0 = time.monotonic()
             try:
-                info = row.future.result(timeout=self.config.decode_timeout)
-            except FutureTimeout:
-                raise ConversionError(f"decoding timed out after {self.config.decode_timeout:.0f}s") from None
+                info = row.future.result()  # the pool ends a conversion past --decode-timeout
+            except CancelledError:
+                raise ConversionError("the run stopped before its conversion") from None
             finally:
                 self.timers.add("convert_wait", time.monotonic() - t0)
                 if row.src is not None:
@@ -542,10 +541,10 @@ class DatasetWorker:
                 )
             elif job.state is not UploadState.DONE:
                 self._errors.append(f"upload of shard {checkpoint.shard} failed: {job.error}")
-                self.stop.set()
+                self.control.event.set()
         except Exception as exc:  # noqa: BLE001 - recorded; the run ends failed and resumes here
             self._errors.append(f"checkpoint of shard {checkpoint.shard} failed: {exc}")
-            self.stop.set()
+            self.control.event.set()
         finally:
             shutil.rmtree(job.source, ignore_errors=True)
             self._slots.release()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,15 +38,17 @@ from typing import Any
 from ..config import PipelineConfig, subtitle_formats
 from ..errors import ArchiveError, ConversionError, LeaseLost, PipelineError, StoreError, TranscriptionError
 from ..stages.archive import ArchiveReader, Batch, Member
-from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
+from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import Stopwatch, TranscriberLike, put_unless_stopped
+from ..stages.pool import ConversionPool
 from ..stages.subtitles import render as render_subtitles
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
 from ..state.lease import upload_gate
 from ..state.store import MemberRecord, ProgressStore, StageTiming
 from .day import archive_key
 from .gpu import GpuSampler
+from .skeleton import StopControl, final_state, limit_requeues
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +131,10 @@ class ArchiveWorker:
         slot: str,
         store: ProgressStore,
         transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
+        converter: Callable[..., AudioInfo] = convert_to_flac,
     ) -> None:
+        """`converter(src, dst, remove_source=True)` runs in a conversion process (a stand-in
+        there lets a test crash or hang one)."""
         self.config = config
         self.day = day
         self.archive_path = archive_path
@@ -136,8 +142,8 @@ class ArchiveWorker:
         self.store = store
         self.key = archive_key(day, archive_path, slot)
         self.transcriber_factory = transcriber_factory
-        self.stop = threading.Event()  # set by request_stop, and when the run ends (ends the reader)
-        self.stop_reason: str | None = None  # set only by request_stop: the run was interrupted
+        self.converter = converter
+        self.control = StopControl(config.stop_grace)
         self.destination = Destination.parse(config.remote)
         self._subtitle_formats = subtitle_formats(config.subtitles)
         # Per run: a worker that stalled past its lease and resumes never writes into the
@@ -159,11 +165,15 @@ class ArchiveWorker:
 
     # -- public -----------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
-        """Stop taking new work: finish the file being transcribed, upload what is transcribed,
-        leave the rest pending. Only sets flags, so it is safe from a signal handler."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        self.stop.set()
+        """Stop taking new work: upload what is transcribed within the grace, leave the rest
+        pending. Only sets flags, so it is safe from a signal handler."""
+        self.control.request(reason)
+
+    def record_stuck(self, reason: str) -> None:
+        """The watchdog's last word when the run did not end within the grace."""
+        self.store.finish_archive(
+            self.key.archive, state="interrupted", error=reason, wall_s=0.0, run_id=self._run_id
+        )
 
     def run(self) -> WorkerResult:
         """Raises LeaseLost, having written nothing more, when another worker took the archive."""
@@ -195,13 +205,14 @@ class ArchiveWorker:
         shutil.rmtree(self.slot_scratch, ignore_errors=True)
         self.job_scratch.mkdir(parents=True, exist_ok=True)
         self.destination.prepare()
-        pool = conversion_pool(self.config.num_workers)  # starts while the database and model load
+        # Started now: the processes import the decoders while the database and model load.
+        pool = ConversionPool(self.config.num_workers, timeout=self.config.decode_timeout)
         try:
             return self._run_with(pool, started)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close()
 
-    def _run_with(self, pool: ProcessPoolExecutor, started: float) -> WorkerResult:
+    def _run_with(self, pool: ConversionPool, started: float) -> WorkerResult:
         self._run_id = self.store.start_archive(
             self.key,
             path=str(self.archive_path),
@@ -223,7 +234,7 @@ class ArchiveWorker:
             if not staged.resolve().is_relative_to(stage_root.resolve()):
                 raise PipelineError(f"refusing to write outside scratch for {member.name!r}")
             flac = batch.directory / "converted" / f"{member.index:08d}.flac"
-            future = pool.submit(convert_to_flac, str(member.path), str(flac), remove_source=True)
+            future = pool.submit(self.converter, str(member.path), str(flac), remove_source=True)
             converting.append(_Conversion(member, flac, staged, future))
 
         def take_conversions() -> list[_Conversion]:
@@ -275,12 +286,12 @@ class ArchiveWorker:
                         break
                     raise item
                 ahead.release()  # the reader may start on the next batch
-                if self.stop_reason is not None:
+                if self.control.reason is not None:
                     self._release(item)
                     break
                 self._hand_over(handed, self._submit(item, decoder), finisher)
         finally:
-            self.stop.set()
+            self.control.event.set()
             producer.join()
             self._hand_over(handed, None, finisher)
             finisher.join()
@@ -288,18 +299,24 @@ class ArchiveWorker:
             self._record_decoder(decoder)
             self._gpu.stop()
             self._flush_gpu()
-            final_wait = self.config.upload_timeout * (self.config.upload_retries + 1)
-            if self.stop_reason is not None:
-                final_wait = self.config.stop_grace
-            if not uploader.wait(timeout=final_wait):
-                # Their members stay 'uploading'; a rerun uploads them again (rsync is idempotent).
-                self._upload_errors.append(f"uploads still running after {final_wait:.0f}s")
-            uploader.close()
+            self._end_uploads(uploader)
         if self._finisher_error is not None:
             raise self._finisher_error
         if self.store.lease_lost is not None:
             raise self.store.lease_lost
         return self._finish(reader, archive_error, started)
+
+    def _end_uploads(self, uploader: AsyncRsyncStorageManager) -> None:
+        """Wait for the queued uploads; a stopping run waits only within its grace, then ends
+        the rsyncs still running and withdraws the rest: their members stay pending for the
+        next run (rsync is idempotent)."""
+        final_wait = self.config.upload_timeout * (self.config.upload_retries + 1)
+        if self.control.requested:
+            final_wait = self.control.remaining()
+        if not uploader.wait(timeout=final_wait):
+            self._upload_errors.append(f"uploads still running after {final_wait:.0f}s")
+            uploader.abort(f"{self.control.reason or 'the run'} ended them after {final_wait:.0f}s")
+        uploader.close()
 
     def _timed(
         self, batch: int, stage: str, started: float, ended: float | None = None, **figures: Any
@@ -372,7 +389,7 @@ class ArchiveWorker:
     ) -> None:
         try:
             batches = reader.batches()
-            while not self.stop.is_set():
+            while not self.control.event.is_set():
                 if not ahead.acquire(timeout=0.5):
                     continue
                 t0, wall0 = time.monotonic(), time.time()
@@ -409,7 +426,7 @@ class ArchiveWorker:
         self._put(ready, None)
 
     def _put(self, ready: queue.Queue[Any], item: Any) -> None:
-        put_unless_stopped(ready, item, self.stop)
+        put_unless_stopped(ready, item, self.control.event)
 
     def _submit(self, prepared: _Prepared, decoder: Decoder) -> _Submitted:
         """Hand each member to the decoder as soon as its conversion is done; when the run is
@@ -419,24 +436,19 @@ class ArchiveWorker:
         submitted_at: float | None = None
         converted_at = prepared.extract_started
         for conversion in prepared.conversions:
-            if self.stop_reason is not None:
+            if self.control.reason is not None:
                 entries.append(_Entry(conversion))
                 continue
             member = conversion.member
             t0 = time.monotonic()
             try:
-                info = conversion.future.result(timeout=self.config.decode_timeout)
-            except FutureTimeout:
+                info = self._converted(conversion.future)
+            except CancelledError:  # the run is stopping: the member stays pending
+                entries.append(_Entry(conversion))
+                continue
+            except ConversionError as exc:  # a failure, its process's death or its timeout
                 if member.path is not None:
                     member.path.unlink(missing_ok=True)
-                timeout = self.config.decode_timeout
-                entries.append(
-                    _Entry(
-                        conversion, record=self._failed(member, f"decoding timed out after {timeout:.0f}s")
-                    )
-                )
-                continue
-            except ConversionError as exc:
                 entries.append(_Entry(conversion, record=self._failed(member, str(exc))))
                 continue
             finally:
@@ -452,6 +464,17 @@ class ArchiveWorker:
             members = len(prepared.conversions)
             self._timed(batch.number, "convert", prepared.extract_started, converted_at, members=members)
         return _Submitted(prepared.batch, entries, submitted_at)
+
+    def _converted(self, future: Future[AudioInfo]) -> AudioInfo:
+        """The conversion's outcome (the pool ends one past --decode-timeout); CancelledError
+        when the run is asked to stop first."""
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except FutureTimeout:
+                if self.control.requested:
+                    future.cancel()
+                    raise CancelledError from None
 
     def _hand_over(
         self, handed: queue.Queue[_Submitted | None], item: _Submitted | None, finisher: threading.Thread
@@ -478,7 +501,7 @@ class ArchiveWorker:
                 self._log_progress(item.batch, reader, uploader, started)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
             self._finisher_error = exc
-            self.stop.set()
+            self.control.event.set()
             decoder.cancel_pending()
 
     def _finish_batch(
@@ -505,7 +528,16 @@ class ArchiveWorker:
                 entry.conversion.flac.unlink(missing_ok=True)
                 records.append(self._failed(entry.conversion.member, str(exc)))
                 continue
-            records.append(self._stage(entry.conversion, entry.info, result))
+            try:
+                records.append(self._stage(entry.conversion, entry.info, result))
+            except OSError as exc:  # its outputs cannot be written: it fails alone
+                if exc.errno == errno.ENOSPC:
+                    raise
+                for path in (entry.conversion.flac, entry.conversion.staged):
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)
+                records.append(self._failed(entry.conversion.member, f"could not write its output: {exc}"))
+                continue
             audio_s += entry.info.output_duration_s
         if submitted.submitted_at is not None:
             transcribed = sum(r.status == "uploading" for r in records)
@@ -540,7 +572,7 @@ class ArchiveWorker:
                 try:
                     return future.result(timeout=0.5)
                 except FutureTimeout:
-                    if self.stop_reason is not None:
+                    if self.control.reason is not None:
                         decoder.cancel_pending()
         finally:
             self.timers.add("wait_for_transcript", time.monotonic() - t0)
@@ -680,18 +712,17 @@ class ArchiveWorker:
     def _finish(self, reader: ArchiveReader, archive_error: str | None, started: float) -> WorkerResult:
         wall = time.monotonic() - started
         summary = self.store.archive_summary(self.key.archive)
-        errors = [e for e in (archive_error, *self._upload_errors) if e]
-        complete = reader.completed and summary["pending"] == 0 and not errors and not self._counts["left"]
-        if complete:
-            state = "done"
-        elif self.stop_reason is not None:
-            state = "interrupted"
-            errors.insert(0, self.stop_reason)
-        else:
-            state = "failed"
-            if not reader.completed and not errors:
-                errors.append("stopped before the end of the archive")
-        error = "; ".join(dict.fromkeys(errors)) or None
+        complete = reader.completed and summary["pending"] == 0 and not self._counts["left"]
+        state, error = final_state(
+            complete=complete,
+            stop_reason=self.control.reason,
+            damage=archive_error,
+            errors=self._upload_errors,
+        )
+        if self.config.slurm_job_id:  # only a Slurm job requeues itself
+            state, error = limit_requeues(
+                state, error, restarts=self.config.slurm_restart_count, max_restarts=self.config.max_restarts
+            )
         self.store.finish_archive(
             self.key.archive,
             state=state,

@@ -79,6 +79,40 @@ def output_stems(name: str) -> Iterator[str]:
         n += 1
 
 
+class OutputNames:
+    """The output paths an archive's members were given so far. A member's files (FLAC, JSON,
+    subtitles) may be neither another member's file nor a folder that another's path needs:
+    `a.wav` is written as `a.flac`, so `a.flac/x.wav` goes to `a.flac~2/x.flac`."""
+
+    SUFFIXES = (".flac", ".json", ".srt", ".vtt")
+
+    def __init__(self) -> None:
+        self._files: set[int] = set()  # digests, as for names: ~100 bytes a member
+        self._folders: set[int] = set()
+
+    def take(self, name: str) -> str:
+        name = self._clear_folders(name)
+        for stem in output_stems(name):
+            files = [_digest(stem + suffix) for suffix in self.SUFFIXES]
+            if not any(f in self._files or f in self._folders for f in files):
+                break
+        self._files.update(files)
+        self._folders.update(_digest(f) for f in _folders(name))
+        return stem
+
+    def _clear_folders(self, name: str) -> str:
+        """`name` with each folder that is another member's file renamed `<folder>~2` (never a
+        file: every file ends in one of SUFFIXES)."""
+        while clash := next((f for f in _folders(name) if _digest(f) in self._files), None):
+            name = f"{clash}~2{name[len(clash) :]}"
+        return name
+
+
+def _folders(name: str) -> list[str]:
+    """The folders a path lies in, outermost first."""
+    return [str(p) for p in reversed(PurePosixPath(name).parents) if str(p) != "."]
+
+
 @dataclass
 class Batch:
     number: int
@@ -131,6 +165,52 @@ class _EndOfStream:
 
     def close(self) -> None:
         self._raw.close()
+
+
+class _Header(tarfile.TarInfo):
+    """A header that tells the stream why it ended: tarfile's `next()` takes a zero block, a bad
+    checksum and a stream cut inside a header alike for the end of the archive, and only the
+    first is one."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as exc:  # the outermost call (a pax header's) is recorded last
+            if isinstance(tar, _TarStream):
+                tar.header_error = exc
+            raise
+
+
+class _TarStream(tarfile.TarFile):
+    header_error: tarfile.HeaderError | None = None
+
+    def end_problem(self) -> str | None:
+        """Why the stream, where tarfile stopped, is not at the real end of the archive (None when
+        it is): the end-of-archive blocks with nothing but zeros after them, or the end of the
+        stream right after a member."""
+        error = self.header_error
+        if error is None or isinstance(error, tarfile.EmptyHeaderError):
+            return None
+        if isinstance(error, tarfile.EOFHeaderError):
+            while data := self.fileobj.read(COPY_CHUNK):
+                if data.strip(b"\0"):
+                    return f"data after the end-of-archive block at offset {self.offset}"
+            return None
+        if isinstance(error, tarfile.TruncatedHeaderError):
+            return f"the stream ends inside the header at offset {self.offset}"
+        return f"bad header at offset {self.offset} ({error})"
+
+
+def _open_stream(fileobj: BinaryIO) -> _TarStream:
+    """tarfile's stream reader over `fileobj`; the first header is read here, so whatever it
+    raises is damage too (a ValueError from a broken GNU sparse map, say), not a traceback."""
+    try:
+        return _TarStream.open(fileobj=fileobj, mode="r|", tarinfo=_Header)  # type: ignore[return-value]
+    except (tarfile.TarError, EOFError, lzma.LZMAError, OSError):
+        raise
+    except Exception as exc:
+        raise tarfile.HeaderError(f"malformed first header ({type(exc).__name__}: {exc})") from exc
 
 
 def _read_past(stream: tarfile.TarFile, info: tarfile.TarInfo) -> None:
@@ -226,7 +306,7 @@ class ArchiveReader:
         counter = _CountingReader(raw)
         # Digests, not names: duplicate detection costs ~100 bytes a member, not the names.
         names: set[int] = set()
-        outputs: dict[int, int] = {}
+        outputs = OutputNames()
         number = 0
         batch = self._new_batch(number)
         error: BaseException | None = None
@@ -235,7 +315,7 @@ class ArchiveReader:
             # decompressed buffer per 512-byte read, quadratic on compressible input (silence).
             with (
                 lzma.open(counter) as decompressed,  # type: ignore[arg-type]
-                tarfile.open(fileobj=_EndOfStream(decompressed), mode="r|") as stream,
+                _open_stream(_EndOfStream(decompressed)) as stream,  # type: ignore[arg-type]
             ):
                 headers = iter(stream)
                 while (info := self._next_header(headers)) is not None:
@@ -246,6 +326,8 @@ class ArchiveReader:
                         yield batch
                         number += 1
                         batch = self._new_batch(number)
+                if (problem := stream.end_problem()) is not None:
+                    raise tarfile.ReadError(problem)
             self.completed = True
         except (tarfile.TarError, EOFError, lzma.LZMAError, OSError) as exc:
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -287,7 +369,7 @@ class ArchiveReader:
         info: tarfile.TarInfo,
         batch: Batch,
         names: set[int],
-        outputs: dict[int, int],
+        outputs: OutputNames,
     ) -> None:
         if info.isdir():
             return
@@ -299,17 +381,16 @@ class ArchiveReader:
         if reason is None and _digest(normalise_name(info.name)) in names:
             reason = "duplicate member name"
         if reason is not None:
-            batch.rejected.append(_rejected(index, info, reason))
+            # Its own row even where its name is another member's (a symlink and a file of one name).
+            member = _rejected(index, info, reason, taken=_digest(escape_name(info.name)) in names)
+            names.add(_digest(member.name))
+            batch.rejected.append(member)
             _read_past(stream, info)
             return
         name = normalise_name(info.name)
         member = Member(index=index, name=name, size=info.size)
         names.add(_digest(name))
-        for stem in output_stems(name):  # the first output name no earlier member took
-            if _digest(stem) not in outputs:
-                break
-        member.output_stem = stem
-        outputs[_digest(stem)] = index
+        member.output_stem = outputs.take(name)
         if self.is_done(name):
             batch.skipped += 1
             _read_past(stream, info)
@@ -344,14 +425,14 @@ def _digest(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-def _rejected(index: int, info: tarfile.TarInfo, reason: str) -> Member:
+def _rejected(index: int, info: tarfile.TarInfo, reason: str, *, taken: bool = False) -> Member:
     """A rejected member, recorded under its escaped name. Where that cannot be its key (too long
-    for an index, or a name an earlier member has: a duplicate) the key is the escaped name cut
-    to MAX_KEY_CHARS plus `\\#<member index>` (no escaped name contains `\\#`), and the whole
-    escaped name goes to `full_name`."""
+    for an index, or a name an earlier member has: a duplicate, `taken`) the key is the escaped
+    name cut to MAX_KEY_CHARS plus `\\#<member index>` (no escaped name contains `\\#`), and
+    the whole escaped name goes to `full_name`."""
     escaped = escape_name(info.name)
     member = Member(index=index, name=escaped, size=info.size, reject_reason=reason)
-    if len(escaped) > MAX_KEY_CHARS or reason == "duplicate member name":
+    if len(escaped) > MAX_KEY_CHARS or reason == "duplicate member name" or taken:
         member.name = f"{escaped[:MAX_KEY_CHARS]}\\#{index}"
         member.full_name = escaped
     return member

@@ -7,8 +7,11 @@ temporary file and renames it at the end, so a partial file never has its final 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -113,20 +116,24 @@ class AsyncRsyncStorageManager:
         timeout: float,
         retries: int,
         backoff_max: float = 60.0,
-        sleep: Callable[[float], None] = time.sleep,
-        runner: Runner = subprocess.run,
+        sleep: Callable[[float], None] | None = None,
+        runner: Runner | None = None,
         gate: Callable[[], str | None] | None = None,
     ) -> None:
         """`gate`, asked before every rsync attempt: why this process may no longer write to the
         destination (a worker whose archive was taken over), or None. A job it stops is
-        WITHDRAWN, not retried."""
+        WITHDRAWN, not retried. `runner` stands in for subprocess.run (a test's rsync exit code);
+        by default rsync runs in a process group of its own, which `abort` ends."""
         self.destination = destination
         self._gate = gate
         self.timeout = timeout
         self.retries = retries
         self.backoff_max = backoff_max
-        self._sleep = sleep
-        self._run = runner
+        self._aborted = threading.Event()
+        self._abort_reason = ""
+        self._sleep = sleep or self._aborted.wait  # a backoff ends when the uploads are aborted
+        self._run = runner or self._run_group
+        self._running: set[subprocess.Popen[str]] = set()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="upload")
         self._lock = threading.Lock()
         self._jobs: list[UploadJob] = []
@@ -276,7 +283,9 @@ class AsyncRsyncStorageManager:
         )
 
     def _attempt(self, job: UploadJob) -> None:
-        reason = self._gate() if self._gate is not None else None
+        reason = self._abort_reason if self._aborted.is_set() else None
+        if reason is None and self._gate is not None:
+            reason = self._gate()
         if reason is not None:
             raise _Withdrawn(reason)
         job.attempts += 1
@@ -294,6 +303,8 @@ class AsyncRsyncStorageManager:
             ) from None
         except FileNotFoundError:
             raise UploadError("rsync is not installed", returncode=None, retryable=False) from None
+        if self._aborted.is_set() and proc.returncode not in ok:
+            raise _Withdrawn(self._abort_reason)
         if proc.returncode not in ok:
             message = " ".join((proc.stderr or "").split())[:500] or "no message"
             raise UploadError(
@@ -341,5 +352,45 @@ class AsyncRsyncStorageManager:
                 return False
         return True
 
+    def abort(self, reason: str) -> None:
+        """End the rsyncs running now (their process groups) and withdraw every upload not yet
+        done: a stopping run's grace is over. Their files stay where they were staged."""
+        with self._lock:
+            self._abort_reason = reason
+            self._aborted.set()
+            running = list(self._running)
+        for proc in running:
+            _end_group(proc)
+        if running:
+            log.warning("ended %d running rsync(s): %s", len(running), reason)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
+
+    def _run_group(
+        self, cmd: list[str], *, capture_output: bool, text: bool, timeout: float, check: bool
+    ) -> subprocess.CompletedProcess[str]:
+        """subprocess.run, in a process group of its own that `abort` (or the timeout) ends whole."""
+        with subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        ) as proc:
+            with self._lock:
+                self._running.add(proc)
+            try:
+                if self._aborted.is_set():
+                    _end_group(proc)
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _end_group(proc)
+                proc.communicate()
+                raise
+            finally:
+                with self._lock:
+                    self._running.discard(proc)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _end_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the process group `proc` leads (rsync and the children it forked)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)

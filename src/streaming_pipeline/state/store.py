@@ -90,6 +90,12 @@ class MemberRecord:
     timestamps: str | None = None  # none, segment or word
     subtitles: str | None = None  # the subtitle formats written beside the FLAC ("srt,vtt")
 
+    def __post_init__(self) -> None:
+        # A header may declare any size (2**66 in base-256); bigint holds what a disk can. The
+        # declared size is in the rejection's reason.
+        if self.size_bytes is not None and not -(2**63) <= self.size_bytes < 2**63:
+            object.__setattr__(self, "size_bytes", None)
+
 
 @dataclass(frozen=True)
 class StageTiming:
