@@ -90,3 +90,28 @@ def test_timestamps_and_subtitles_settings_round_trip_to_workers() -> None:
         build_config({"subtitles": "srt,ass"}, {})
     with pytest.raises(ConfigError, match="timestamps must be"):
         build_config({}, {"PIPELINE_TIMESTAMPS": "words"})
+
+
+def test_a_worker_job_uses_its_own_tmpdir_unless_a_scratch_dir_was_set() -> None:
+    """On a cluster TMPDIR is per job and the controller's is gone before its workers start: the
+    controller passes a scratch dir on only when the user set one."""
+    from streaming_pipeline.config import config_env
+
+    controller = build_config({}, {"TMPDIR": "/tmp/job_100"})
+    assert controller.scratch_dir == Path("/tmp/job_100/streaming-pipeline")
+    assert "PIPELINE_SCRATCH" not in config_env(controller)
+    worker = build_config({}, {**config_env(controller), "TMPDIR": "/tmp/job_101"})
+    assert worker.scratch_dir == Path("/tmp/job_101/streaming-pipeline")
+    chosen = build_config({}, {"PIPELINE_SCRATCH": "/scratch/me", "TMPDIR": "/tmp/job_100"})
+    assert config_env(chosen)["PIPELINE_SCRATCH"] == "/scratch/me"
+    assert build_config({}, {**config_env(chosen), "TMPDIR": "/tmp/job_101"}).scratch_dir == Path(
+        "/scratch/me"
+    )
+
+
+def test_restarts_come_from_slurm_and_their_cap_from_the_settings() -> None:
+    assert (build_config({}, {}).slurm_restart_count, build_config({}, {}).max_restarts) == (0, 3)
+    config = build_config({}, {"SLURM_RESTART_COUNT": "2", "PIPELINE_MAX_RESTARTS": "5"})
+    assert (config.slurm_restart_count, config.max_restarts) == (2, 5)
+    with pytest.raises(ConfigError, match="max-restarts"):
+        build_config({"max_restarts": -1}, {})

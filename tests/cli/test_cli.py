@@ -134,7 +134,7 @@ def test_truncated_archive_finishes_what_was_read(
     assert 0 < len(rows) < 9 and all(r["status"] == "done" for r in rows.values())
     assert all((tmp_path / "remote" / DAY / "12_30" / (m.rsplit(".", 1)[0] + ".flac")).exists() for m in rows)
     arch = _archive_row(pg_dsn)
-    assert arch["state"] == "failed" and "damaged" in arch["error"]
+    assert arch["state"] == "damaged" and "damaged" in arch["error"]
 
 
 @pytest.mark.slow
@@ -273,9 +273,47 @@ def test_real_archive_names_and_formats_each_get_their_status(
     assert status["holes.wav"][:2] == ("rejected", "sparse member (audio is never sparse)")
     assert "show/never-read.wav" not in status and "broken.wav" not in status
     (row,) = [_archive_row(pg_dsn)]
-    assert row["state"] == "failed"
+    assert row["state"] == "damaged"
     assert "damaged after 10 members: HeaderError: malformed member header (ValueError" in row["error"]
     assert set(tmp_path.iterdir()) <= before | {tmp_path / "remote", tmp_path / "scratch"}, (
         "nothing outside scratch"
     )
     assert not any((tmp_path / "scratch").rglob("*.*")), "scratch is emptied"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [2**66, 2**40], ids=["2^66", "2^40"])
+def test_a_1kb_archive_declaring_an_absurd_member_ends_damaged_in_seconds_with_exit_1(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, size: int, capsys
+) -> None:
+    """The second member's header declares `size` bytes (GNU base-256) that the stream does not
+    hold: the first member is done, the second has its row (bigint cannot hold 2^66: its size is
+    in the reason), and the worker ends `damaged` with exit 1 instead of spinning for ever."""
+    name, data = clips[0]
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        add_bytes(tar, name, data)
+        info = tarfile.TarInfo("huge.wav")
+        info.size = size
+        tar.fileobj.write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+        tar.fileobj.write(b"x" * 512)
+        tar.offset += 1024
+    archive = tmp_path / "input" / DAY / "12_30.tar.xz"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(lzma.compress(plain.getvalue()))
+    rc = main(
+        _args(
+            archive, pg_dsn, str(tmp_path / "remote"), tmp_path, tiny_model, "--max-member-bytes", "100000000"
+        )
+    )
+    assert rc == 1
+    rows = _rows(pg_dsn)
+    assert rows[name]["status"] == "done"
+    assert (
+        rows["huge.wav"]["status"] == "rejected"
+        and f"declared size {size} exceeds" in rows["huge.wav"]["error"]
+    )
+    assert rows["huge.wav"]["size_bytes"] == (size if size < 2**63 else None)
+    row = _archive_row(pg_dsn)
+    assert row["state"] == "damaged" and "damaged after 2 members" in row["error"]
+    assert "damaged" in capsys.readouterr().out

@@ -72,7 +72,11 @@ def test_day_fan_out_partial_failure_resubmit_and_single_rerun(
     _wait_gone(env, [day_row["array_job_id"], day_row["finalize_job_id"]])
 
     states = {r["slot"]: r for r in query(pg_dsn, "SELECT * FROM archive_status")}
-    assert {s: r["state"] for s, r in states.items()} == {"06_00": "done", "06_30": "done", "07_00": "failed"}
+    assert {s: r["state"] for s, r in states.items()} == {
+        "06_00": "done",
+        "06_30": "done",
+        "07_00": "damaged",
+    }
     assert states["06_00"]["slurm_job_id"] == f"{day_row['array_job_id']}_0"
     assert "is damaged after" in states["07_00"]["error"]
     assert query(pg_dsn, "SELECT state FROM days")[0]["state"] == "incomplete"

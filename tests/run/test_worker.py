@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -124,3 +126,76 @@ def test_members_whose_output_names_clash_each_get_an_outcome(
     assert all(
         (remote / rel).is_file() for rel in ("a.flac", "a.flac~2/x.flac", "a.flac~2/x.json", "a.flac.flac")
     )
+
+
+_STUCK_READER = """
+import sys, time
+from streaming_pipeline.stages import archive
+
+take = archive.ArchiveReader._take
+
+def stuck(self, stream, info, *rest):  # a reader stuck in a read Python cannot interrupt
+    if info.name == "stuck.wav":
+        open(sys.argv[1], "w").close()
+        time.sleep(3600)
+    return take(self, stream, info, *rest)
+
+archive.ArchiveReader._take = stuck
+from streaming_pipeline.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_whose_reader_is_stuck_exits_within_the_grace_after_one_sigterm(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, make_archive
+) -> None:
+    """The reader is a stand-in that blocks (the spinning read it stands for is fixed): one
+    SIGTERM, and the watchdog records the archive `interrupted` and ends the process at the
+    grace, where the run used to wait for the reader thread for ever."""
+    archive = make_archive([clips[0], ("stuck.wav", clips[1][1]), clips[2]])
+    marker = tmp_path / "reader-is-stuck"
+    env = {**os.environ, "PIPELINE_STOP_GRACE": "4"}
+    args = [
+        "process-tar", DAY, str(archive), "12_30", "--dsn", pg_dsn, "--remote", str(tmp_path / "remote"),
+        "--scratch-dir", str(tmp_path / "scratch"), "--model", str(tiny_model), "--device", "cpu",
+        "--num-workers", "1",
+    ]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", _STUCK_READER, str(marker), *args], env=env)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the reader never reached stuck.wav"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    rc = proc.wait(timeout=120)
+    assert rc == 75
+    assert time.monotonic() - signalled < 4 + 10  # the grace, plus the start of a loaded machine's exit
+    (row,) = query(pg_dsn, "SELECT state, error FROM archives")
+    assert row["state"] == "interrupted"
+    assert row["error"] == "still stopping 4s after stopped by SIGTERM (a stage is stuck)"
+
+
+def test_an_interrupted_job_past_max_restarts_ends_failed_instead_of_requeueing(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path
+) -> None:
+    (archive,) = make_day(tmp_path, ["12_30"], members=2)
+    store = ProgressStore(pg_dsn)
+    store.init_schema()
+    for restarts, expected in ((2, "interrupted"), (3, "failed")):
+        config = PipelineConfig(
+            dsn=pg_dsn, remote=str(tmp_path / "remote"), scratch_dir=tmp_path / "scratch",
+            model=str(tiny_model), device="cpu", num_workers=1, slurm_job_id="77_0",
+            slurm_restart_count=restarts, max_restarts=3,
+        )  # fmt: skip
+        worker = ArchiveWorker(
+            config, day=dt.date.fromisoformat(DAY), archive_path=archive, slot="12_30", store=store,
+            transcriber_factory=Transcriber,
+        )  # fmt: skip
+        worker.request_stop("stopped by SIGUSR1")  # before it starts: nothing is done
+        result = worker.run()
+        assert result.state == expected
+    store.close()
+    (row,) = query(pg_dsn, "SELECT state, error FROM archives")
+    assert row["state"] == "failed"
+    assert row["error"] == "stopped by SIGUSR1; requeued 3 times already (PIPELINE_MAX_RESTARTS=3)"

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import lzma
 import os
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from streaming_pipeline.errors import ArchiveError
 from streaming_pipeline.stages.archive import ArchiveReader
+from streaming_pipeline.state.store import MemberRecord
 
 from ..conftest import add_bytes
 
@@ -297,3 +299,144 @@ def test_a_member_declaring_more_than_the_stream_holds_ends_the_archive_as_damag
             rejected += [m.name for m in batch.rejected]
     assert time.monotonic() - started < 10
     assert members == ["first.wav"] and rejected == ["huge.wav"] and not reader.completed
+
+
+# -- archives made by GNU tar, then damaged: the stream must reach its real end ---------------
+
+
+def _gnu_tar(tmp_path: Path, files: dict[str, bytes], *extra: str) -> bytearray:
+    """An uncompressed archive made by GNU tar (the format broadcast archives come in)."""
+    src = tmp_path / "src"
+    for name, data in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    out = tmp_path / "gnu.tar"
+    subprocess.run(["tar", "--format=gnu", "-cf", str(out), "-C", str(src), *extra, *files], check=True)
+    return bytearray(out.read_bytes())
+
+
+def _xz(tmp_path: Path, data: bytes, name: str = "damaged.tar.xz") -> Path:
+    path = tmp_path / name
+    path.write_bytes(lzma.compress(bytes(data)))
+    return path
+
+
+def _outcome(path: Path, tmp_path: Path) -> tuple[list[str], list[str], str | None]:
+    reader = ArchiveReader(path, tmp_path / f"scratch-{path.name}", batch_size=2, max_member_bytes=10**6)
+    members, rejected, error = [], [], None
+    try:
+        for batch in reader.batches():
+            members += [m.name for m in batch.members]
+            rejected += [f"{m.name}: {m.reject_reason}" for m in batch.rejected]
+    except ArchiveError as exc:
+        error = str(exc)
+    assert reader.completed == (error is None)
+    return members, rejected, error
+
+
+THREE = {"a.wav": b"A" * 700, "b.wav": b"B" * 300, "c.wav": b"C" * 10}
+SECOND_HEADER = 512 + 1024  # a.wav's header and its 700 bytes in two blocks
+
+
+def test_a_gnu_tar_archive_read_to_its_end_is_complete(tmp_path: Path) -> None:
+    members, rejected, error = _outcome(_xz(tmp_path, _gnu_tar(tmp_path, THREE)), tmp_path)
+    assert (members, rejected, error) == (["a.wav", "b.wav", "c.wav"], [], None)
+
+
+def test_a_zeroed_checksum_in_the_second_header_is_damage_not_the_end(tmp_path: Path) -> None:
+    """tarfile's stream reader takes a bad checksum after the first member for the end of the
+    archive; GNU tar reports it (exit 2). The members after it were silently missing."""
+    data = _gnu_tar(tmp_path, THREE)
+    data[SECOND_HEADER + 148 : SECOND_HEADER + 156] = bytes(8)
+    (tmp_path / "bad.tar").write_bytes(bytes(data))
+    assert subprocess.run(["tar", "-tf", str(tmp_path / "bad.tar")], capture_output=True).returncode == 2
+    members, _, error = _outcome(_xz(tmp_path, data), tmp_path)
+    assert members == ["a.wav"]
+    assert (
+        error is not None
+        and f"damaged after 1 members: ReadError: bad header at offset {SECOND_HEADER}" in error
+    )
+
+
+def test_a_zeroed_second_header_with_members_after_it_is_damage(tmp_path: Path) -> None:
+    data = _gnu_tar(tmp_path, THREE)
+    data[SECOND_HEADER : SECOND_HEADER + 512] = bytes(512)  # looks like the end-of-archive block
+    members, _, error = _outcome(_xz(tmp_path, data), tmp_path)
+    assert members == ["a.wav"]
+    assert error is not None and f"data after the end-of-archive block at offset {SECOND_HEADER}" in error
+
+
+def test_a_stream_that_ends_after_a_member_without_end_blocks_is_complete(tmp_path: Path) -> None:
+    data = _gnu_tar(tmp_path, THREE)
+    end = SECOND_HEADER + 512 + 512 + 512 + 512  # b.wav (1 block), c.wav (1 block)
+    assert not data[end:].strip(b"\0")
+    members, _, error = _outcome(_xz(tmp_path, data[:end]), tmp_path)
+    assert (members, error) == (["a.wav", "b.wav", "c.wav"], None)
+    members, _, error = _outcome(_xz(tmp_path, data[: end - 505], "cut.tar.xz"), tmp_path)  # in c.wav
+    assert members == ["a.wav", "b.wav"] and error is not None and "damaged after 3 members" in error
+
+
+def test_a_damaged_sparse_map_in_the_first_member_is_damage_not_a_traceback(tmp_path: Path) -> None:
+    """The first header is read by tarfile.open, outside the loop that turned later header
+    errors into damage: a ValueError from the sparse map stopped the worker with a traceback."""
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        _pax_member(tar, "bad.wav", b"x" * 10, {"GNU.sparse.size": "100", "GNU.sparse.map": "0,abc"})
+        _pax_member(tar, "after.wav", b"RIFF-after")
+    members, _, error = _outcome(_xz(tmp_path, plain.getvalue()), tmp_path)
+    assert members == []
+    assert (
+        error is not None
+        and "damaged after 0 members: HeaderError: malformed first header (ValueError" in error
+    )
+
+
+def test_a_member_declaring_more_than_two_to_the_63_bytes_is_rejected_with_its_size(tmp_path: Path) -> None:
+    members, rejected = [], []
+    reader = ArchiveReader(
+        _xz(tmp_path, _declaring(2**64 + 5, tarfile.GNU_FORMAT)),
+        tmp_path / "s",
+        batch_size=9,
+        max_member_bytes=99,
+    )
+    with pytest.raises(ArchiveError, match="damaged after 2 members"):
+        for batch in reader.batches():
+            members += batch.members
+            rejected += batch.rejected
+    assert [m.name for m in members] == ["first.wav"]
+    (huge,) = rejected
+    assert huge.size == 2**64 + 5 and f"declared size {2**64 + 5} exceeds" in str(huge.reject_reason)
+    # PostgreSQL's bigint cannot hold it: its row says so in the reason, not in size_bytes.
+    assert MemberRecord(huge.name, "rejected", size_bytes=huge.size).size_bytes is None
+
+
+def test_a_symlink_and_a_file_of_one_name_each_get_their_own_key(tmp_path: Path) -> None:
+    for order in (["link", "file"], ["file", "link"]):
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for kind in order:
+                if kind == "link":
+                    add_bytes(tar, "a.wav", b"", type=tarfile.SYMTYPE, linkname="b.wav")
+                else:
+                    add_bytes(tar, "a.wav", b"RIFF-a")
+            add_bytes(tar, "b.wav", b"RIFF-b")
+        reader = ArchiveReader(
+            _xz(tmp_path, raw.getvalue(), f"{order[0]}.tar.xz"),
+            tmp_path / order[0],
+            batch_size=9,
+            max_member_bytes=99,
+        )
+        (batch,) = list(reader.batches())
+        keys = [m.name for m in batch.members] + [m.name for m in batch.rejected]
+        assert len(set(keys)) == 3, keys  # three members seen, three rows
+        if order[0] == "link":  # the first of a name keeps it; the file after is a duplicate
+            assert [m.name for m in batch.members] == ["b.wav"]
+            assert {m.name: m.reject_reason for m in batch.rejected} == {
+                "a.wav": "symbolic link to 'b.wav'",
+                "a.wav\\#1": "duplicate member name",
+            }
+        else:
+            assert [m.name for m in batch.members] == ["a.wav", "b.wav"]
+            assert {m.name: m.reject_reason for m in batch.rejected} == {
+                "a.wav\\#1": "symbolic link to 'b.wav'"
+            }

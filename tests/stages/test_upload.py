@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,3 +127,42 @@ def test_the_gate_is_asked_again_before_each_retry(tmp_path: Path) -> None:
     manager, calls = _scripted([12, 0], "host:/data/out", retries=3, gate=lambda: answers.pop(0))
     job = _upload(manager, _tree(tmp_path / "stage"))
     assert job.state is UploadState.WITHDRAWN and len(calls) == 1 and job.attempts == 1
+
+
+def test_abort_ends_an_rsync_hanging_on_a_stopped_daemon_and_withdraws_the_queued_ones(
+    tmp_path: Path, rsync_daemon: RsyncDaemon
+) -> None:
+    """The daemon is stopped (SIGSTOP): it accepts connections and never answers, so rsync
+    waits out its timeout, and the retries after it. A stopping run's grace ends that: abort
+    kills the running rsync's process group at once and withdraws what is queued."""
+    manager = AsyncRsyncStorageManager(
+        Destination.parse(rsync_daemon.url), max_concurrent=1, timeout=300, retries=5
+    )
+    finished: list[UploadJob] = []
+    stages = []
+    for n in range(3):
+        stage = tmp_path / f"stage-{n}"
+        (stage / "d").mkdir(parents=True)
+        (stage / "d" / f"{n}.flac").write_bytes(b"x" * 1000)
+        stages.append(stage)
+    assert rsync_daemon.proc is not None
+    rsync_daemon.proc.send_signal(signal.SIGSTOP)
+    try:
+        jobs = [manager.submit(stage, f"batch {n}", finished.append) for n, stage in enumerate(stages)]
+        deadline = time.monotonic() + 30
+        while not manager._running:  # rsync started and is waiting for the daemon
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert not manager.wait(timeout=1.0)
+        started = time.monotonic()
+        manager.abort("stopped by SIGUSR1 ended them after 1s")
+        assert manager.wait(timeout=60)
+        assert time.monotonic() - started < 30  # not the 300 s timeout, nor 5 attempts of it
+        manager.close()
+    finally:
+        rsync_daemon.proc.send_signal(signal.SIGCONT)
+    assert [j.state for j in jobs] == [UploadState.WITHDRAWN] * 3
+    assert {j.error for j in jobs} == {"stopped by SIGUSR1 ended them after 1s"}
+    assert jobs[0].attempts == 1 and jobs[1].attempts == jobs[2].attempts == 0
+    assert len(finished) == 3
+    assert not list(rsync_daemon.data.rglob("*.flac"))
