@@ -36,8 +36,26 @@ start_munge() {
     exit 1
 }
 
+write_job_scripts() {
+    # Like a cluster's: each job gets its own TMPDIR, made before its first task and deleted
+    # when it ends (a controller's TMPDIR is gone before the workers it submitted start).
+    mkdir -p "$dir/tmp"
+    cat >"$dir/task-prolog.sh" <<'SH'
+#!/bin/sh
+tmp="$(dirname "$0")/tmp/job_$SLURM_JOB_ID"
+mkdir -p "$tmp"
+echo "export TMPDIR=$tmp"
+SH
+    cat >"$dir/epilog.sh" <<'SH'
+#!/bin/sh
+rm -rf "$(dirname "$0")/tmp/job_$SLURM_JOB_ID"
+SH
+    chmod 755 "$dir/task-prolog.sh" "$dir/epilog.sh"
+}
+
 write_conf() {  # to $1
     mkdir -p "$dir/state" "$dir/spool"
+    write_job_scripts
     cat >"$1" <<CONF
 # written by scripts/slurm-local.sh
 ClusterName=streaming-local
@@ -55,6 +73,8 @@ SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd.log
+TaskProlog=$dir/task-prolog.sh
+Epilog=$dir/epilog.sh
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none

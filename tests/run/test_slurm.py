@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -203,3 +204,87 @@ def test_a_range_of_days_is_split_into_arrays_at_max_array_size_with_a_finalize_
     assert [r["array_job_id"] for r in query(pg_dsn, "SELECT * FROM days ORDER BY day")] == [
         r["array_job_id"] for r in rows
     ]
+
+
+def test_each_worker_job_scratches_in_its_own_tmpdir_after_the_controller_has_ended(
+    slurm: dict[str, str], tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path
+) -> None:
+    """The local Slurm's TaskProlog gives each job its own TMPDIR and its Epilog deletes it, as
+    a cluster does. The workers start after their controller job has ended (--begin), and each
+    writes under its own job's TMPDIR, not under the controller's (which is gone)."""
+    env = _env(slurm, tmp_path, pg_dsn, rsync_daemon.url, tiny_model)
+    del env["PIPELINE_SCRATCH"]
+    env["PIPELINE_WORKER_SBATCH_ARGS"] = f"{CPU_WORKER} --begin=now+20"
+    make_day(tmp_path, ["06_00", "06_30"], members=2)
+    controller = _sbatch(env, tmp_path, str(REPO / "hpc" / "process_day_streaming.sh"), DAY)
+    _wait_gone(env, [controller])
+    day_row = query(pg_dsn, "SELECT * FROM days WHERE day = %s", DAY)[0]
+    queued = subprocess.run(
+        ["squeue", "-h", "-o", "%T", "-j", day_row["array_job_id"]], env=env, capture_output=True, text=True
+    ).stdout.split()
+    assert queued and set(queued) == {"PENDING"}, "the workers must start after the controller ended"
+    _wait_gone(env, [day_row["array_job_id"], day_row["finalize_job_id"]])
+
+    assert {r["state"] for r in query(pg_dsn, "SELECT state FROM archives")} == {"done"}
+    assert query(pg_dsn, "SELECT count(*) AS n FROM audio_files WHERE status = 'done'")[0]["n"] == 4
+    scratches = []
+    for log in sorted((tmp_path / "logs").glob(f"stream_tar_{DAY}_*.out")):
+        found = re.search(r"scratch: (\S+)", log.read_text())
+        assert found, f"no scratch line in {log.name}"
+        scratches.append(Path(found.group(1)))
+    job_dirs = [re.search(r"/tmp/job_(\d+)/streaming-pipeline/", str(s)) for s in scratches]
+    assert len(scratches) == 2 and all(job_dirs), scratches
+    jobs = {m.group(1) for m in job_dirs if m}
+    assert len(jobs) == 2 and controller not in jobs  # one TMPDIR per worker job, none the controller's
+    assert not any(s.exists() for s in scratches), "each job's Epilog deleted its TMPDIR"
+
+
+def test_a_stop_while_the_destination_hangs_ends_within_the_grace_and_the_requeued_run_finishes(
+    slurm: dict[str, str], tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path
+) -> None:
+    """The rsync daemon stops answering (SIGSTOP) while the worker uploads; USR1 to the job: the
+    running rsync is ended after the grace, the archive recorded `interrupted` and the job
+    requeued, all within the grace plus 15 s (it used to wait out rsync's retries and be
+    killed at its limit, leaving the archive `running`). Then the daemon answers again and the
+    requeued run finishes every member."""
+    grace = 20
+    env = {**_env(slurm, tmp_path, pg_dsn, rsync_daemon.url, tiny_model), "PIPELINE_STOP_GRACE": str(grace)}
+    env["PIPELINE_UPLOAD_TIMEOUT"] = "600"
+    (archive,) = make_day(tmp_path, ["09_30"], members=6)
+    assert rsync_daemon.proc is not None
+    rsync_daemon.proc.send_signal(signal.SIGSTOP)
+    try:
+        job = _sbatch(
+            env, tmp_path, *CPU_WORKER.split(), str(REPO / "hpc" / "process_single_tar_streaming.sh"),
+            DAY, str(archive), "09_30",
+        )  # fmt: skip
+        log = tmp_path / "logs" / f"stream_tar_{DAY}_09_30_{job}.out"
+        deadline = time.monotonic() + 180
+        while "files) queued" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, "the worker never queued an upload"
+            time.sleep(0.5)
+        time.sleep(2)  # rsync has connected to the stopped daemon and waits
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
+        signalled = time.monotonic()
+        while _job_state(env, job) == "RUNNING":
+            assert time.monotonic() - signalled < grace + 15, "the job is still running past the grace"
+            time.sleep(0.5)
+        row = query(pg_dsn, "SELECT state, error FROM archives")[0]
+        assert row["state"] == "interrupted" and "stopped by SIGUSR1" in row["error"]
+    finally:
+        rsync_daemon.proc.send_signal(signal.SIGCONT)
+    _wait_gone(env, [job], timeout=400)
+    text = log.read_text()
+    assert re.search(r"ended \d running rsync\(s\): uploads still running at the end of the 20s grace", text)
+    assert "requeueing job" in text
+    assert text.count("=== start") == 2 and "(restart 1)" in text
+    row = query(pg_dsn, "SELECT * FROM archives")[0]
+    assert row["state"] == "done" and row["restarts"] == 1
+    members = query(pg_dsn, "SELECT member, status FROM audio_files")
+    assert len(members) == 6 and {m["status"] for m in members} == {"done"}
+    assert len(list((rsync_daemon.data / DAY / "09_30").rglob("*.flac"))) == 6
+
+
+def _job_state(env: dict[str, str], job: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-o", "%T", "-j", job], env=env, capture_output=True, text=True)
+    return out.stdout.strip() or "GONE"

@@ -36,7 +36,7 @@ from typing import Any
 
 from ..config import PipelineConfig
 from ..errors import ConversionError, DatasetError, TranscriptionError, UploadError
-from ..run.skeleton import StopControl, final_state
+from ..run.skeleton import StopControl, UploadSlots, final_state
 from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import Stopwatch, TranscriberLike, put_unless_stopped
@@ -242,7 +242,8 @@ class DatasetWorker:
         self.prefix = f"datasets/{job.output}"
         self.scratch = config.scratch_dir / "datasets" / job.output
         self.control = StopControl(config.stop_grace)
-        self._slots = threading.BoundedSemaphore(MAX_SHARDS_UPLOADING)
+        self._slots = UploadSlots(MAX_SHARDS_UPLOADING, self.control)
+        self._uploader: AsyncRsyncStorageManager | None = None
         self._errors: list[str] = []
         self.timers = Stopwatch()
         # One process per run: a lease on the run's row (state/lease.py), renewed on a heartbeat;
@@ -262,7 +263,10 @@ class DatasetWorker:
         self.control.request(reason)
 
     def record_stuck(self, reason: str) -> None:
-        """The watchdog's last word when the run did not end within the grace."""
+        """The watchdog's last word when the run did not end within the grace: no rsync of this
+        run outlives it."""
+        if self._uploader is not None:
+            self._uploader.abort(reason)
         self.store.finish_dataset_run(self.job.run, state="interrupted", error=reason)
 
     def run(self) -> DatasetResult:
@@ -333,6 +337,7 @@ class DatasetWorker:
         uploader = AsyncRsyncStorageManager.from_config(
             self.config, self.destination, max_concurrent=1, gate=upload_gate(self.store)
         )
+        self._uploader = uploader
         pool = ConversionPool(self.config.num_workers, timeout=self.config.decode_timeout)
         rows: queue.Queue[_Row | _Boundary | BaseException | None] = queue.Queue(
             maxsize=self.config.stream_batch_size
@@ -380,8 +385,9 @@ class DatasetWorker:
             pool.close()
             wait = self.control.remaining() if self.control.requested else None
             if not uploader.wait(timeout=wait):
-                self._errors.append(f"shard uploads still running after {wait:.0f}s")
-                uploader.abort(f"{self.control.reason} ended them after {wait:.0f}s")
+                late = f"shard uploads still running at the end of the {self.control.grace:.0f}s grace"
+                self._errors.append(late)
+                uploader.abort(late)
             elif complete and not self._errors:
                 self._publish_card(uploader)
             uploader.close()
@@ -521,8 +527,12 @@ class DatasetWorker:
             failures=tuple(shard.failures),
         )
         t0 = time.monotonic()
-        self._slots.acquire()  # at most two finished shards in scratch
+        taken = self._slots.take()  # at most two finished shards in scratch
         self.timers.add("wait_for_upload_slot", time.monotonic() - t0)
+        if not taken:  # stopping: the shard is written again by the next run
+            if closed is not None:
+                closed.path.unlink(missing_ok=True)
+            return
         stage = self.scratch / f"upload-{shard.number}"
         label = f"{self.prefix} shard {shard.number} ({checkpoint.rows} rows)"
         on_finish = functools.partial(self._uploaded, checkpoint=checkpoint)
@@ -547,7 +557,7 @@ class DatasetWorker:
             self.control.event.set()
         finally:
             shutil.rmtree(job.source, ignore_errors=True)
-            self._slots.release()
+            self._slots.give()
 
     def _publish_card(self, uploader: AsyncRsyncStorageManager) -> None:
         shards = [s for s in self.store.dataset_shards(self.job.run) if s["rows"] > 0]

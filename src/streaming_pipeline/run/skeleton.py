@@ -3,6 +3,7 @@ process-dataset.
 
     StopControl:     the stop request (signal-safe), and the deadline by which a stopping run
                      must be over even when a stage is stuck
+    UploadSlots:     how many finished batches may wait in scratch for their upload
     final_state:     how a run ends (done, interrupted, damaged, failed), one rule for both
     RunTally:        the run's counts, busy seconds and errors, written from several threads
 
@@ -120,6 +121,26 @@ class StopControl:
             recorder.start()
             recorder.join(WIND_DOWN_S)
         self._exit_now(EXIT_STUCK)
+
+
+class UploadSlots:
+    """At most `n` finished batches (or shards) in scratch, waiting for or during their upload.
+    A stopping run waits for a slot only within its grace: with a destination that hangs, a
+    slot may never come free."""
+
+    def __init__(self, n: int, control: StopControl) -> None:
+        self._free = threading.BoundedSemaphore(n)
+        self._control = control
+
+    def take(self) -> bool:
+        """True once a slot is this caller's; False when the stopping run's grace is spent."""
+        while not self._free.acquire(timeout=0.5):
+            if self._control.requested and self._control.remaining() <= 0:
+                return False
+        return True
+
+    def give(self) -> None:
+        self._free.release()
 
 
 class RunTally:

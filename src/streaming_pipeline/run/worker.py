@@ -48,7 +48,7 @@ from ..state.lease import upload_gate
 from ..state.store import MemberRecord, ProgressStore, StageTiming
 from .day import archive_key
 from .gpu import GpuSampler
-from .skeleton import StopControl, final_state, limit_requeues
+from .skeleton import StopControl, UploadSlots, final_state, limit_requeues
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +151,10 @@ class ArchiveWorker:
         self.slot_scratch = config.scratch_dir / day.isoformat() / slot
         self.job_scratch = self.slot_scratch / f"run-{socket.gethostname()}-{os.getpid()}"
         self.timers = Stopwatch()
-        self._upload_slots = threading.BoundedSemaphore(MAX_BATCHES_UPLOADING)
+        self._upload_slots = UploadSlots(MAX_BATCHES_UPLOADING, self.control)
         self._finisher_error: BaseException | None = None
         self._run_id: int | None = None
+        self._uploader: AsyncRsyncStorageManager | None = None
         self._gpu = GpuSampler("cpu")  # samples only on CUDA, from when the model is loaded
         self._timings: dict[int, list[StageTiming]] = {}  # batch -> stages timed so far (wall clock)
         self._timings_lock = threading.Lock()
@@ -170,7 +171,10 @@ class ArchiveWorker:
         self.control.request(reason)
 
     def record_stuck(self, reason: str) -> None:
-        """The watchdog's last word when the run did not end within the grace."""
+        """The watchdog's last word when the run did not end within the grace: no rsync of this
+        run outlives it (each runs in a process group of its own)."""
+        if self._uploader is not None:
+            self._uploader.abort(reason)
         self.store.finish_archive(
             self.key.archive, state="interrupted", error=reason, wall_s=0.0, run_id=self._run_id
         )
@@ -204,6 +208,7 @@ class ArchiveWorker:
         # Leftovers of earlier runs of this archive: killed, or fenced out by our lease.
         shutil.rmtree(self.slot_scratch, ignore_errors=True)
         self.job_scratch.mkdir(parents=True, exist_ok=True)
+        log.info("scratch: %s", self.job_scratch)
         self.destination.prepare()
         # Started now: the processes import the decoders while the database and model load.
         pool = ConversionPool(self.config.num_workers, timeout=self.config.decode_timeout)
@@ -258,6 +263,7 @@ class ArchiveWorker:
         self._gpu.start()
         gate = upload_gate(self.store)  # no rsync once the archive is another worker's
         uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination, gate=gate)
+        self._uploader = uploader
         ready: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=1)
         ahead = threading.Semaphore(1)  # batches read ahead of the one being handed over
         producer = threading.Thread(
@@ -310,12 +316,15 @@ class ArchiveWorker:
         """Wait for the queued uploads; a stopping run waits only within its grace, then ends
         the rsyncs still running and withdraws the rest: their members stay pending for the
         next run (rsync is idempotent)."""
-        final_wait = self.config.upload_timeout * (self.config.upload_retries + 1)
         if self.control.requested:
             final_wait = self.control.remaining()
+            late = f"uploads still running at the end of the {self.control.grace:.0f}s grace"
+        else:
+            final_wait = self.config.upload_timeout * (self.config.upload_retries + 1)
+            late = f"uploads still running after {final_wait:.0f}s"
         if not uploader.wait(timeout=final_wait):
-            self._upload_errors.append(f"uploads still running after {final_wait:.0f}s")
-            uploader.abort(f"{self.control.reason or 'the run'} ended them after {final_wait:.0f}s")
+            self._upload_errors.append(late)
+            uploader.abort(late)
         uploader.close()
 
     def _timed(
@@ -555,8 +564,14 @@ class ArchiveWorker:
             shutil.rmtree(batch.directory, ignore_errors=True)
             return
         t2 = time.monotonic()
-        self._upload_slots.acquire()  # bounded: at most N batches in scratch awaiting upload
+        taken = self._upload_slots.take()  # bounded: at most N batches in scratch awaiting upload
         self.timers.add("wait_for_upload_slot", time.monotonic() - t2)
+        if not taken:  # stopping, and no upload finished within the grace: the next run redoes them
+            self._count("left", len(to_upload))
+            self._flush_timings(batch.number)
+            shutil.rmtree(batch.directory, ignore_errors=True)
+            log.info("stopping: batch %d not uploaded (no upload slot within the grace)", batch.number)
+            return
         queued_at = time.time()
         uploader.submit(
             batch.directory / "stage",
@@ -640,7 +655,7 @@ class ArchiveWorker:
             log.error("could not record upload of batch %d: %s", batch.number, exc)
         finally:
             shutil.rmtree(batch.directory, ignore_errors=True)
-            self._upload_slots.release()
+            self._upload_slots.give()
 
     def _release(self, prepared: _Prepared) -> None:
         """Drop a converted batch unprocessed: its members stay pending for the next run."""

@@ -83,8 +83,7 @@ class ConversionPool:
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._slots = [
-            threading.Thread(target=self._slot, name=f"convert-{i}", daemon=True)
-            for i in range(workers)
+            threading.Thread(target=self._slot, name=f"convert-{i}", daemon=True) for i in range(workers)
         ]
         for slot in self._slots:
             slot.start()

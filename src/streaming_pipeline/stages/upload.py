@@ -224,7 +224,7 @@ class AsyncRsyncStorageManager:
                 job.attempts,
             )
         elif job.state is UploadState.WITHDRAWN:
-            log.warning("upload %s withdrawn before rsync: %s", job.label, job.error)
+            log.warning("upload %s withdrawn: %s", job.label, job.error)
         else:
             log.error("upload %s failed after %d attempt(s): %s", job.label, job.attempts, job.error)
         try:
