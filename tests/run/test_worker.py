@@ -199,3 +199,67 @@ def test_an_interrupted_job_past_max_restarts_ends_failed_instead_of_requeueing(
     (row,) = query(pg_dsn, "SELECT state, error FROM archives")
     assert row["state"] == "failed"
     assert row["error"] == "stopped by SIGUSR1; requeued 3 times already (PIPELINE_MAX_RESTARTS=3)"
+
+
+_POISON = """
+import os, signal, sys
+from streaming_pipeline.stages import transcribe
+
+real = transcribe.Transcriber.transcribe
+
+def transcribe_or_die(self, audio, *, archive, member):  # a decoder library's segfault
+    if member == "poison.wav":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, audio, archive=archive, member=member)
+
+transcribe.Transcriber.transcribe = transcribe_or_die
+from streaming_pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_member_that_kills_the_worker_twice_is_failed_on_the_third_run(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, make_archive
+) -> None:
+    """The whole worker dies (SIGKILL from a stand-in for the decoder's segfault) on one member.
+    Run 2 finds it (and the members decoded beside it) in flight when run 1 died: suspects, each
+    decoded alone, so run 2's death is charged to the poison member only. Run 3 fails it with
+    its reason and skips it; every other member is done."""
+    files = [clips[0], clips[1], ("poison.wav", clips[2][1]), clips[3], clips[4]]
+    archive = make_archive(files)
+    args = [
+        "process-tar", DAY, str(archive), "12_30", "--dsn", pg_dsn, "--remote", str(tmp_path / "remote"),
+        "--scratch-dir", str(tmp_path / "scratch"), "--model", str(tiny_model), "--device", "cpu",
+        "--num-workers", "1", "--decoder", "per-member", "--transcribe-workers", "2",
+        "--stream-batch-size", "2",
+    ]  # fmt: skip
+    runs = [
+        subprocess.run([sys.executable, "-c", _POISON, *args], capture_output=True, text=True, timeout=300)
+    ]
+    assert runs[0].returncode == -signal.SIGKILL
+    first = {r["member"]: r["crashed_runs"] for r in query(pg_dsn, "SELECT * FROM member_crashes")}
+    assert first == {} or set(first.values()) == {0}  # counted by the next run, which holds the archive
+    runs.append(
+        subprocess.run([sys.executable, "-c", _POISON, *args], capture_output=True, text=True, timeout=300)
+    )
+    assert runs[1].returncode == -signal.SIGKILL
+    crashed = {
+        r["member"]: r["crashed_runs"]
+        for r in query(pg_dsn, "SELECT * FROM member_crashes WHERE crashed_runs > 0")
+    }
+    assert crashed["poison.wav"] == 1  # run 2 counted run 1's death; its own is counted by run 3
+    runs.append(
+        subprocess.run([sys.executable, "-c", _POISON, *args], capture_output=True, text=True, timeout=300)
+    )
+    assert runs[2].returncode == 0, runs[2].stdout + runs[2].stderr
+    status = _statuses(pg_dsn)
+    assert status["poison.wav"] == ("failed", "crashed the worker in 2 runs")
+    assert {status[name][0] for name, _ in files if name != "poison.wav"} == {"done"}
+    crashed = {
+        r["member"]: r["crashed_runs"]
+        for r in query(pg_dsn, "SELECT * FROM member_crashes WHERE crashed_runs > 0")
+    }
+    assert crashed["poison.wav"] == 2 and all(n == 1 for m, n in crashed.items() if m != "poison.wav")
+    assert query(pg_dsn, "SELECT state FROM archives")[0]["state"] == "done"
+    assert "was being decoded when 2 runs of this archive died" in runs[2].stderr

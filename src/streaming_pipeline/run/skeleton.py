@@ -58,6 +58,18 @@ def limit_requeues(
     return "failed", f"{error}; requeued {restarts} times already (PIPELINE_MAX_RESTARTS={max_restarts})"
 
 
+# A member in flight when this many runs died is failed, not tried again.
+POISON_RUNS = 2
+
+
+def poison_members(crashes: dict[str, int]) -> tuple[dict[str, int], set[str]]:
+    """(members to fail, with their crashed runs; suspects) from the runs each member was in
+    flight for when its worker died. A suspect goes to the decoder alone, so that a second
+    death is charged to the member that caused it, not to the ones decoded beside it."""
+    poison = {member: runs for member, runs in crashes.items() if runs >= POISON_RUNS}
+    return poison, set(crashes) - set(poison)
+
+
 class StopControl:
     """A run's stop request. `request` only sets flags, so a signal handler may call it. Once a
     stop was requested the run has `grace` seconds: `remaining()` is what its cleanup may

@@ -48,7 +48,7 @@ from ..state.lease import upload_gate
 from ..state.store import MemberRecord, ProgressStore, StageTiming
 from .day import archive_key
 from .gpu import GpuSampler
-from .skeleton import StopControl, UploadSlots, final_state, limit_requeues
+from .skeleton import StopControl, UploadSlots, final_state, limit_requeues, poison_members
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,8 @@ class ArchiveWorker:
         self._finisher_error: BaseException | None = None
         self._run_id: int | None = None
         self._uploader: AsyncRsyncStorageManager | None = None
+        self._suspects: set[str] = set()  # in flight when an earlier run died: decoded alone
+        self._decoding: dict[str, Future[dict[str, Any]]] = {}  # handed to the decoder (main thread)
         self._gpu = GpuSampler("cpu")  # samples only on CUDA, from when the model is loaded
         self._timings: dict[int, list[StageTiming]] = {}  # batch -> stages timed so far (wall clock)
         self._timings_lock = threading.Lock()
@@ -227,9 +229,12 @@ class ArchiveWorker:
             slurm_job_id=self.config.slurm_job_id,
         )
         self._reconcile()
+        poison, self._suspects = poison_members(self.store.count_crashes(self.key.archive))
+        self._fail_poison(poison)
         done_before = self.store.done_members(self.key.archive)
         if done_before:
             log.info("resuming %s: %d members already done", self.key.archive, len(done_before))
+        skip = done_before | set(poison)
         converting: list[_Conversion] = []  # the batch being read; only the reader thread touches it
 
         def convert(member: Member, batch: Batch) -> None:
@@ -253,7 +258,7 @@ class ArchiveWorker:
             batch_size=self.config.stream_batch_size,
             max_member_bytes=self.config.max_member_bytes,
             max_members=self.config.max_members,
-            is_done=done_before.__contains__,
+            is_done=skip.__contains__,
             on_extracted=convert,
         )
         archive_error: str | None = None
@@ -443,6 +448,7 @@ class ArchiveWorker:
         entries = []
         batch = prepared.batch
         submitted_at: float | None = None
+        self._decoding = {m: f for m, f in self._decoding.items() if not f.done()}
         converted_at = prepared.extract_started
         for conversion in prepared.conversions:
             if self.control.reason is not None:
@@ -466,13 +472,42 @@ class ArchiveWorker:
             self.timers.add("convert", info.convert_s)
             t1 = time.monotonic()
             submitted_at = submitted_at or time.time()
+            suspect = member.name in self._suspects
+            if suspect:  # alone with the decoder: a death now is this member's
+                self._settle_decoding()
+            self.store.mark_in_flight(self.key.archive, [member.name])
             future = decoder.submit(load_16k(conversion.flac), archive=self.key.archive, member=member.name)
+            self._decoding[member.name] = future
+            if suspect:
+                self._settle_decoding()
             self.timers.add("wait_for_decoder", time.monotonic() - t1)
             entries.append(_Entry(conversion, info=info, future=future))
         if prepared.conversions:
             members = len(prepared.conversions)
             self._timed(batch.number, "convert", prepared.extract_started, converted_at, members=members)
         return _Submitted(prepared.batch, entries, submitted_at)
+
+    def _fail_poison(self, poison: dict[str, int]) -> None:
+        """Members in flight when earlier runs died, that often: failed, and skipped by the reader."""
+        for member, runs in poison.items():
+            log.error("member %r was being decoded when %d runs of this archive died: failed", member, runs)
+        self.store.record_members(
+            self.key,
+            [MemberRecord(m, "failed", error=f"crashed the worker in {n} runs") for m, n in poison.items()],
+        )
+        self._count("failed", len(poison))
+
+    def _settle_decoding(self) -> None:
+        """Wait until every member handed to the decoder is back (or the run stops), and say so."""
+        pending = list(self._decoding.items())
+        for _member, future in pending:
+            while not future.done() and not self.control.requested:
+                with contextlib.suppress(FutureTimeout, CancelledError, TranscriptionError):
+                    future.result(timeout=0.5)
+        back = [m for m, f in pending if f.done()]
+        for member in back:
+            del self._decoding[member]
+        self.store.clear_in_flight(self.key.archive, back)
 
     def _converted(self, future: Future[AudioInfo]) -> AudioInfo:
         """The conversion's outcome (the pool ends one past --decode-timeout); CancelledError
@@ -548,6 +583,8 @@ class ArchiveWorker:
                 records.append(self._failed(entry.conversion.member, f"could not write its output: {exc}"))
                 continue
             audio_s += entry.info.output_duration_s
+        decoded = [e.conversion.member.name for e in submitted.entries if e.future is not None]
+        self.store.clear_in_flight(self.key.archive, decoded)  # back from the decoder, alive
         if submitted.submitted_at is not None:
             transcribed = sum(r.status == "uploading" for r in records)
             self._timed(

@@ -525,6 +525,10 @@ class ProgressStore:
             cur.execute(sql, (state, error, wall_s, archive))
             if run_id is not None:
                 cur.execute(run_sql, (state, error, audio_s, run_id))
+            # An orderly end, whatever its state: no member of this run crashed it.
+            cur.execute(
+                "UPDATE member_crashes SET in_flight = false WHERE archive = %s AND in_flight", (archive,)
+            )
 
         self._transaction(finish, "finish archive", fenced=True)
 
@@ -720,6 +724,49 @@ class ProgressStore:
             return [row["member"] for row in cur.fetchall()]
 
         return self._transaction(mark, "mark done", fenced=True)
+
+    def mark_in_flight(self, archive: str, members: Sequence[str]) -> None:
+        """`members` go to the decoder: were the process to die now, they were in flight."""
+        sql = """
+            INSERT INTO member_crashes (archive, member, in_flight)
+            SELECT %s, m, true FROM unnest(%s::text[]) AS m
+            ON CONFLICT (archive, member) DO UPDATE SET in_flight = true
+        """
+        if members:
+            self._transaction(
+                lambda cur: cur.execute(sql, (archive, list(members))), "mark in flight", fenced=True
+            )
+
+    def clear_in_flight(self, archive: str, members: Sequence[str]) -> None:
+        """`members` came back from the decoder (transcribed or failed)."""
+        sql = (
+            "UPDATE member_crashes SET in_flight = false"
+            " WHERE archive = %s AND member = ANY(%s) AND in_flight"
+        )
+        if members:
+            self._transaction(
+                lambda cur: cur.execute(sql, (archive, list(members))), "clear in flight", fenced=True
+            )
+
+    def count_crashes(self, archive: str) -> dict[str, int]:
+        """At the start of a run that holds the archive: members still in flight belong to a run
+        that died; count it. Returns every member not done with the runs it crashed."""
+        count = (
+            "UPDATE member_crashes SET crashed_runs = crashed_runs + 1, in_flight = false"
+            " WHERE archive = %s AND in_flight"
+        )
+        read = """
+            SELECT c.member, c.crashed_runs FROM member_crashes c
+            LEFT JOIN audio_files f ON f.archive = c.archive AND f.member = c.member
+            WHERE c.archive = %s AND c.crashed_runs > 0 AND f.status IS DISTINCT FROM 'done'
+        """
+
+        def counted(cur: psycopg.Cursor[Any]) -> dict[str, int]:
+            cur.execute(count, (archive,))
+            cur.execute(read, (archive,))
+            return {row["member"]: int(row["crashed_runs"]) for row in cur.fetchall()}
+
+        return self._transaction(counted, "count crashes", fenced=True)
 
     def mark_failed(self, archive: str, members: Sequence[str], error: str) -> None:
         if not members:

@@ -16,3 +16,14 @@ SELECT day,
        sum(audio_hours) AS audio_hours,
        min(started_at) AS first_start, max(finished_at) AS last_finish
 FROM archive_status GROUP BY day;
+-- Members a worker was decoding when its process died (a decoder library's segfault, the OOM
+-- killer): `in_flight` is set while a member is with the decoder and cleared once its transcript
+-- is back (or the run ends in order); the next run counts each member still in flight in
+-- `crashed_runs`. A member in flight when two runs died is failed and skipped.
+CREATE TABLE IF NOT EXISTS member_crashes (
+    archive      text NOT NULL REFERENCES archives (archive) ON DELETE CASCADE,
+    member       text NOT NULL,
+    in_flight    boolean NOT NULL DEFAULT false,
+    crashed_runs integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (archive, member)
+);
