@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from streaming_pipeline.run.skeleton import EXIT_STUCK, StopControl, final_state, limit_requeues
+from streaming_pipeline.run.control import EXIT_STUCK, StopControl
+from streaming_pipeline.run.skeleton import final_state, limit_requeues, poison_members
 
 
 def test_final_state_one_rule_for_every_run() -> None:
@@ -81,3 +82,9 @@ def test_the_watchdog_lets_a_run_that_ended_in_time_be() -> None:
     assert control._watchdog is not None
     control._watchdog.join(10)
     assert not control._watchdog.is_alive() and codes == []
+
+
+def test_members_in_flight_when_two_runs_died_are_poison_the_others_suspects() -> None:
+    poison, suspects = poison_members({"a.wav": 2, "b.wav": 1, "c.wav": 3})
+    assert poison == {"a.wav": 2, "c.wav": 3} and suspects == {"b.wav"}
+    assert poison_members({}) == ({}, set())

@@ -9,9 +9,7 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +25,7 @@ from ..config import (
     parse_days,
 )
 from ..errors import ConfigError, PipelineError
+from ..run.control import StopSignals
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` must not load faster-whisper or psycopg
     from ..run.day import DayArchive, DayPlan
@@ -117,34 +116,12 @@ def preflight(config: PipelineConfig, archive: Path) -> None:
     local_model_dir(config.model)
 
 
-def install_stop_handlers(stop: Callable[[str], None], on_second: Callable[[], None] | None = None) -> None:
-    """USR1 (Slurm's time-limit warning), TERM and INT ask for a clean stop; a second one exits now.
-
-    The handler only sets flags (no pool shutdown, no locks, no logging from inside it).
-    """
-    fired: list[str] = []
-
-    def handler(signum: int, _frame: object) -> None:
-        name = signal.Signals(signum).name
-        if fired:
-            os.write(2, f"streaming-pipeline: second signal ({name}): exiting now\n".encode())
-            if on_second is not None:
-                on_second()
-            os._exit(128 + signum)
-        fired.append(name)
-        os.write(2, f"streaming-pipeline: {name}: finishing in-flight work, then stopping\n".encode())
-        stop(f"stopped by {name}")
-
-    for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
 def process_tar(args: argparse.Namespace) -> int:
     from ..errors import LeaseLost
     from ..run.day import check_slot
     from ..run.worker import ArchiveWorker
     from ..stages.transcribe import Transcriber
-    from ..state.lease import ArchiveBusy, ArchiveLease, Owner
+    from ..state.lease import ArchiveBusy
 
     day = parse_day(args.day)
     slot = check_slot(args.slot)
@@ -160,7 +137,7 @@ def process_tar(args: argparse.Namespace) -> int:
         store=store,
         transcriber_factory=Transcriber,
     )
-    install_stop_handlers(worker.request_stop)
+    StopSignals(worker.request_stop).install()
 
     def stuck(reason: str) -> None:  # the watchdog's, when the stop did not end the run in time
         worker.record_stuck(reason)
@@ -168,17 +145,8 @@ def process_tar(args: argparse.Namespace) -> int:
 
     worker.control.on_stuck = stuck
     worker.control.watch()
-    lease = ArchiveLease(
-        store,
-        worker.key,
-        path=str(worker.archive_path),
-        owner=Owner(config.slurm_job_id, socket.gethostname(), os.getpid()),
-        lease_s=config.lease_s,
-        on_lost=worker.request_stop,
-    )
     try:
-        with lease:
-            result = worker.run()
+        result = worker.run()
     except ArchiveBusy as busy:
         print(f"{busy}; not starting a second worker")
         return 0
@@ -319,7 +287,7 @@ def _run_local(
     from ..run.local_executor import LocalExecutor
 
     executor = LocalExecutor(config, env)
-    install_stop_handlers(lambda _reason: executor.stop(), on_second=executor.signal_workers)
+    StopSignals(lambda _reason: executor.stop(), on_second=executor.signal_workers).install()
     store.record_day(
         day,
         state="submitted",
@@ -484,7 +452,7 @@ def process_dataset(args: argparse.Namespace) -> int:
     store = _open_store(config, patient=True)
     store.init_schema()
     worker = DatasetWorker(config, job, store=store, transcriber_factory=Transcriber)
-    install_stop_handlers(worker.request_stop)
+    StopSignals(worker.request_stop).install()
     worker.control.on_stuck = worker.record_stuck
     worker.control.watch()
     try:

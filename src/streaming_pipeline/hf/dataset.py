@@ -36,13 +36,14 @@ from typing import Any
 
 from ..config import PipelineConfig
 from ..errors import ConversionError, DatasetError, TranscriptionError, UploadError
-from ..run.skeleton import StopControl, UploadSlots, final_state
+from ..run.control import UploadSlots
+from ..run.skeleton import RunTally, StagedRun
 from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
-from ..stages.flow import Stopwatch, TranscriberLike, put_unless_stopped
+from ..stages.flow import TranscriberLike, put_unless_stopped
 from ..stages.pool import ConversionPool
-from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
-from ..state.lease import Lease, Owner, holder_is_gone, upload_gate
+from ..stages.upload import AsyncRsyncStorageManager, UploadJob, UploadState
+from ..state.lease import Lease, Owner, holder_is_gone
 from ..state.store import DatasetResume, ProgressStore, ShardCheckpoint
 from .shards import Shard, ShardWriter, dataset_card, dataset_features, segment_rows
 
@@ -225,7 +226,10 @@ class DatasetResult:
         return line + (f"; error: {self.error}" if self.error else "")
 
 
-class DatasetWorker:
+class DatasetWorker(StagedRun):
+    """A dataset streamed from its source, row by row, into Parquet shards uploaded in order;
+    a resumed run continues after the last shard uploaded."""
+
     def __init__(
         self,
         config: PipelineConfig,
@@ -234,18 +238,12 @@ class DatasetWorker:
         store: ProgressStore,
         transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
     ) -> None:
-        self.config = config
+        super().__init__(config, store, RunTally())
         self.job = job
-        self.store = store
         self.transcriber_factory = transcriber_factory
-        self.destination = Destination.parse(config.remote)
         self.prefix = f"datasets/{job.output}"
         self.scratch = config.scratch_dir / "datasets" / job.output
-        self.control = StopControl(config.stop_grace)
         self._slots = UploadSlots(MAX_SHARDS_UPLOADING, self.control)
-        self._uploader: AsyncRsyncStorageManager | None = None
-        self._errors: list[str] = []
-        self.timers = Stopwatch()
         # One process per run: a lease on the run's row (state/lease.py), renewed on a heartbeat;
         # a process that lost it (stalled past it, taken over) stops and writes nothing more.
         self.owner = Owner(config.slurm_job_id, socket.gethostname(), os.getpid())
@@ -258,15 +256,7 @@ class DatasetWorker:
             table="dataset_runs",
         )
 
-    def request_stop(self, reason: str) -> None:
-        """Safe from a signal handler: only sets flags."""
-        self.control.request(reason)
-
-    def record_stuck(self, reason: str) -> None:
-        """The watchdog's last word when the run did not end within the grace: no rsync of this
-        run outlives it."""
-        if self._uploader is not None:
-            self._uploader.abort(reason)
+    def record_interrupted(self, reason: str) -> None:
         self.store.finish_dataset_run(self.job.run, state="interrupted", error=reason)
 
     def run(self) -> DatasetResult:
@@ -312,11 +302,9 @@ class DatasetWorker:
             raise
         finally:
             shutil.rmtree(self.scratch, ignore_errors=True)
-        state, error = final_state(
-            complete=complete, stop_reason=self.control.reason, damage=None, errors=self._errors
-        )
+        state, error = self.outcome(complete=complete)
         row = self.store.finish_dataset_run(self.job.run, state=state, error=error)
-        self.timers.log()
+        self.tally.timers.log()
         return DatasetResult(
             run=self.job.run,
             state=state,
@@ -327,17 +315,14 @@ class DatasetWorker:
             output=self.destination.url(self.prefix),
             wall_s=time.monotonic() - started,
             error=error,
-            stage_seconds=dict(self.timers.seconds),
+            stage_seconds=dict(self.tally.timers.seconds),
         )
 
     # -- stages ---------------------------------------------------------------------------
     def _pipeline(self, source: Any, start_row: int, first_shard: int) -> bool:
         decoder = open_decoder(self.transcriber_factory(self.config), self.config)
         # One upload thread: shards are checkpointed in order.
-        uploader = AsyncRsyncStorageManager.from_config(
-            self.config, self.destination, max_concurrent=1, gate=upload_gate(self.store)
-        )
-        self._uploader = uploader
+        uploader = self.open_uploads(max_concurrent=1)
         pool = ConversionPool(self.config.num_workers, timeout=self.config.decode_timeout)
         rows: queue.Queue[_Row | _Boundary | BaseException | None] = queue.Queue(
             maxsize=self.config.stream_batch_size
@@ -355,10 +340,10 @@ class DatasetWorker:
             while True:
                 t0 = time.monotonic()
                 item = rows.get()
-                self.timers.add("wait_for_input", time.monotonic() - t0)
+                self.tally.timers.add("wait_for_input", time.monotonic() - t0)
                 if isinstance(item, BaseException):
                     raise item
-                if item is None or self.control.requested or self._errors:
+                if item is None or self.control.requested or self.tally.errors():
                     writer.abort()  # the open shard's rows are redone by the next run
                     break
                 if isinstance(item, _Row):
@@ -378,17 +363,11 @@ class DatasetWorker:
         finally:
             self.control.event.set()
             reader.join()
-            decoder.close()
-            self.timers.add("transcribe", decoder.stats().get("decoder_busy_s", 0.0))
+            self.close_decoder(decoder)
             for pending in inflight:
                 pending.row.dst.unlink(missing_ok=True)
             pool.close()
-            wait = self.control.remaining() if self.control.requested else None
-            if not uploader.wait(timeout=wait):
-                late = f"shard uploads still running at the end of the {self.control.grace:.0f}s grace"
-                self._errors.append(late)
-                uploader.abort(late)
-            elif complete and not self._errors:
+            if self.end_uploads(None) and complete and not self.tally.errors():
                 self._publish_card(uploader)
             uploader.close()
         return complete
@@ -409,7 +388,7 @@ class DatasetWorker:
                 except Exception as exc:  # any failure of the source ends the run
                     reason = " ".join(str(exc).split())[:500] or type(exc).__name__
                     raise DatasetError(f"reading {job.source} failed at row {index}: {reason}") from exc
-                self.timers.add("read_source", time.monotonic() - t0)
+                self.tally.timers.add("read_source", time.monotonic() - t0)
                 if record is None:
                     self._put(rows, _Boundary(index, None, last=True))
                     return
@@ -459,7 +438,7 @@ class DatasetWorker:
             except CancelledError:
                 raise ConversionError("the run stopped before its conversion") from None
             finally:
-                self.timers.add("convert_wait", time.monotonic() - t0)
+                self.tally.timers.add("convert_wait", time.monotonic() - t0)
                 if row.src is not None:
                     row.src.unlink(missing_ok=True)
         except ConversionError as exc:
@@ -468,7 +447,7 @@ class DatasetWorker:
             return _Pending(row, info, result={"text": str(row.text), "language": None, "segments": []})
         t1 = time.monotonic()
         future = decoder.submit(load_16k(row.dst), archive=self.job.run, member=row.id)
-        self.timers.add("wait_for_decoder", time.monotonic() - t1)
+        self.tally.timers.add("wait_for_decoder", time.monotonic() - t1)
         return _Pending(row, info, future=future)
 
     def _write_finished(
@@ -487,7 +466,7 @@ class DatasetWorker:
                     except TranscriptionError as exc:
                         pending.error = str(exc)
                     finally:
-                        self.timers.add("wait_for_transcript", time.monotonic() - t0)
+                        self.tally.timers.add("wait_for_transcript", time.monotonic() - t0)
                 if pending.error is not None or pending.result is None or pending.info is None:
                     log.warning("row %d (id %s) failed: %s", row.index, row.id, pending.error)
                     shard.failures.append((row.index, row.id, pending.error or "no result"))
@@ -528,7 +507,7 @@ class DatasetWorker:
         )
         t0 = time.monotonic()
         taken = self._slots.take()  # at most two finished shards in scratch
-        self.timers.add("wait_for_upload_slot", time.monotonic() - t0)
+        self.tally.timers.add("wait_for_upload_slot", time.monotonic() - t0)
         if not taken:  # stopping: the shard is written again by the next run
             if closed is not None:
                 closed.path.unlink(missing_ok=True)
@@ -544,16 +523,16 @@ class DatasetWorker:
 
     def _uploaded(self, job: UploadJob, checkpoint: ShardCheckpoint) -> None:
         try:
-            if job.state is UploadState.DONE and not self._errors:
+            if job.state is UploadState.DONE and not self.tally.errors():
                 self.store.record_shard(self.job.run, checkpoint)
                 log.info(
                     "checkpoint: shard %d uploaded, %d source rows done", checkpoint.shard, checkpoint.end_row
                 )
             elif job.state is not UploadState.DONE:
-                self._errors.append(f"upload of shard {checkpoint.shard} failed: {job.error}")
+                self.tally.error(f"upload of shard {checkpoint.shard} failed: {job.error}")
                 self.control.event.set()
         except Exception as exc:  # noqa: BLE001 - recorded; the run ends failed and resumes here
-            self._errors.append(f"checkpoint of shard {checkpoint.shard} failed: {exc}")
+            self.tally.error(f"checkpoint of shard {checkpoint.shard} failed: {exc}")
             self.control.event.set()
         finally:
             shutil.rmtree(job.source, ignore_errors=True)
@@ -582,4 +561,4 @@ class DatasetWorker:
         try:
             uploader.put_text(card, f"{self.prefix}/README.md", self.scratch / "card")
         except UploadError as exc:
-            self._errors.append(str(exc))
+            self.tally.error(str(exc))

@@ -1,34 +1,31 @@
-"""What every run of the pipeline shares, whatever it reads: an archive's worker and
-process-dataset.
+"""The run both workers are made of, written once: an archive's worker (`worker.py`) and
+process-dataset (`hf/dataset.py`) describe their own work on top of it.
 
-    StopControl:     the stop request (signal-safe), and the deadline by which a stopping run
-                     must be over even when a stage is stuck
-    UploadSlots:     how many finished batches may wait in scratch for their upload
-    final_state:     how a run ends (done, interrupted, damaged, failed), one rule for both
+    StagedRun:       the stop control, the stages' supervised ends (conversion processes,
+                     decoder, uploads within the grace), the watchdog's last word, the outcome
     RunTally:        the run's counts, busy seconds and errors, written from several threads
+    final_state:     how a run ends (done, interrupted, damaged, failed), one rule for both
+    limit_requeues:  an interrupted job requeued too often ends failed
+    poison_members:  members in flight when earlier runs died, to fail or to decode alone
 
-The workers describe their own work; the supervised conversion pool (`stages/audio.py`) and the
-uploads' grace (`stages/upload.py`) are the other halves of the plumbing.
+How a stop reaches the run, and the grace it then has, is `control.py`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
+from ..config import PipelineConfig
+from ..stages.decoder import Decoder
 from ..stages.flow import Stopwatch
+from ..stages.upload import AsyncRsyncStorageManager, Destination
+from ..state.lease import upload_gate
+from ..state.store import ProgressStore
+from .control import StopControl
 
 log = logging.getLogger(__name__)
-
-# A stopping run must be over `grace` seconds after the stop request: its uploads get the grace
-# less this much, to end their rsyncs and record the run's state; a run still not over at the
-# grace (a stage stuck in C code: a reader in a spinning read, a decoder that never returns,
-# which Python cannot interrupt) is recorded by the watchdog and the process exits.
-WIND_DOWN_S = 5.0
-EXIT_STUCK = 75  # EX_TEMPFAIL: the run was stopped; its work stays for the next one
 
 
 def final_state(
@@ -70,93 +67,9 @@ def poison_members(crashes: dict[str, int]) -> tuple[dict[str, int], set[str]]:
     return poison, set(crashes) - set(poison)
 
 
-class StopControl:
-    """A run's stop request. `request` only sets flags, so a signal handler may call it. Once a
-    stop was requested the run has `grace` seconds: `remaining()` is what its cleanup may
-    still spend, and a watchdog ends the process at the grace if the run is not over by then
-    (after `on_stuck`, which records what it can)."""
-
-    def __init__(
-        self,
-        grace: float,
-        *,
-        exit_now: Callable[[int], None] = os._exit,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.grace = grace
-        self.event = threading.Event()  # also set when the run ends, to stop its threads
-        self.reason: str | None = None
-        self.on_stuck: Callable[[str], None] | None = None
-        self._requested_at: float | None = None
-        self._wake = threading.Event()
-        self._over = threading.Event()
-        self._exit_now = exit_now
-        self._clock = clock
-        self._watchdog: threading.Thread | None = None
-
-    @property
-    def requested(self) -> bool:
-        return self.reason is not None
-
-    def request(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-            self._requested_at = self._clock()
-        self.event.set()
-        self._wake.set()
-
-    def remaining(self, wind_down: float = WIND_DOWN_S) -> float:
-        """Seconds the stopping run's cleanup may still wait, keeping `wind_down` to record its end."""
-        if self._requested_at is None:
-            return float("inf")
-        return max(0.0, self._requested_at + self.grace - wind_down - self._clock())
-
-    def watch(self) -> None:
-        """Start the watchdog (once, before the run)."""
-        if self._watchdog is None:
-            self._watchdog = threading.Thread(target=self._watch, name="stop-watchdog", daemon=True)
-            self._watchdog.start()
-
-    def over(self) -> None:
-        """The run has recorded its end: nothing is left for the watchdog."""
-        self._over.set()
-        self._wake.set()
-
-    def _watch(self) -> None:
-        self._wake.wait()
-        if self._over.wait(self.remaining(wind_down=0.0)):
-            return
-        reason = f"still stopping {self.grace:.0f}s after {self.reason} (a stage is stuck)"
-        os.write(2, f"streaming-pipeline: {reason}: exiting\n".encode())
-        if self.on_stuck is not None:
-            recorder = threading.Thread(target=self.on_stuck, args=(reason,), daemon=True)
-            recorder.start()
-            recorder.join(WIND_DOWN_S)
-        self._exit_now(EXIT_STUCK)
-
-
-class UploadSlots:
-    """At most `n` finished batches (or shards) in scratch, waiting for or during their upload.
-    A stopping run waits for a slot only within its grace: with a destination that hangs, a
-    slot may never come free."""
-
-    def __init__(self, n: int, control: StopControl) -> None:
-        self._free = threading.BoundedSemaphore(n)
-        self._control = control
-
-    def take(self) -> bool:
-        """True once a slot is this caller's; False when the stopping run's grace is spent."""
-        while not self._free.acquire(timeout=0.5):
-            if self._control.requested and self._control.remaining() <= 0:
-                return False
-        return True
-
-    def give(self) -> None:
-        self._free.release()
-
-
 class RunTally:
-    """A run's bookkeeping: counts by outcome, busy seconds by stage, errors, from any thread."""
+    """A run's bookkeeping: counts by outcome, audio done, busy seconds by stage and errors,
+    written from the reader, main, finisher and upload threads."""
 
     def __init__(self, *names: str) -> None:
         self._lock = threading.Lock()
@@ -185,3 +98,71 @@ class RunTally:
     def __getitem__(self, what: str) -> int:
         with self._lock:
             return self._counts[what]
+
+
+class StagedRun:
+    """One run that feeds the stages: what both workers share. A subclass reads its source,
+    hands work to the conversion processes and the decoder and uploads the results; this class
+    owns how the run stops (`control`), how its uploads end (within the grace once a stop was
+    requested: the rsyncs still running are ended, the rest withdrawn), what the watchdog
+    records when a stage is stuck, and the rule that names the outcome."""
+
+    def __init__(self, config: PipelineConfig, store: ProgressStore, tally: RunTally) -> None:
+        self.config = config
+        self.store = store
+        self.tally = tally
+        self.destination = Destination.parse(config.remote)
+        self.control = StopControl(config.stop_grace)
+        self.uploader: AsyncRsyncStorageManager | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """Stop taking new work; upload what is done within the grace; leave the rest for the
+        next run. Only sets flags: safe from a signal handler."""
+        self.control.request(reason)
+
+    def record_stuck(self, reason: str) -> None:
+        """The watchdog's last word when the run is not over at the grace: no rsync of this run
+        outlives it (each runs in a process group of its own), and the run is interrupted."""
+        if self.uploader is not None:
+            self.uploader.abort(reason)
+        self.record_interrupted(reason)
+
+    def record_interrupted(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def open_uploads(self, *, max_concurrent: int | None = None) -> AsyncRsyncStorageManager:
+        """The run's uploader; its gate withdraws every rsync once the lease is another's."""
+        self.uploader = AsyncRsyncStorageManager.from_config(
+            self.config, self.destination, max_concurrent=max_concurrent, gate=upload_gate(self.store)
+        )
+        return self.uploader
+
+    def close_decoder(self, decoder: Decoder) -> None:
+        decoder.close()
+        stats = decoder.stats()
+        self.tally.timers.add("transcribe", stats.get("decoder_busy_s", 0.0))
+        log.info("decoder: %s", ", ".join(f"{k} {v:.4g}" for k, v in sorted(stats.items())))
+
+    def end_uploads(self, patience: float | None) -> bool:
+        """Wait for the queued uploads (`patience` seconds; None: as long as they take). A
+        stopping run waits only within its grace, then ends the rsyncs still running and
+        withdraws the rest: what they carried is redone by the next run (rsync is idempotent).
+        False, with the error in the tally, when uploads were ended."""
+        assert self.uploader is not None
+        if self.control.requested:
+            patience = self.control.remaining()
+        ended = self.uploader.wait(timeout=patience)
+        if not ended:
+            late = (
+                f"uploads still running at the end of the {self.control.grace:.0f}s grace"
+                if self.control.requested
+                else f"uploads still running after {patience:.0f}s"
+            )
+            self.tally.error(late)
+            self.uploader.abort(late)
+        return ended
+
+    def outcome(self, *, complete: bool, damage: str | None = None) -> tuple[str, str | None]:
+        return final_state(
+            complete=complete, stop_reason=self.control.reason, damage=damage, errors=self.tally.errors()
+        )

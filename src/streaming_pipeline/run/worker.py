@@ -40,15 +40,16 @@ from ..errors import ArchiveError, ConversionError, LeaseLost, PipelineError, St
 from ..stages.archive import ArchiveReader, Batch, Member
 from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
-from ..stages.flow import Stopwatch, TranscriberLike, put_unless_stopped
+from ..stages.flow import TranscriberLike, put_unless_stopped
 from ..stages.pool import ConversionPool
 from ..stages.subtitles import render as render_subtitles
-from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
-from ..state.lease import upload_gate
+from ..stages.upload import AsyncRsyncStorageManager, UploadJob, UploadState
+from ..state.lease import ArchiveLease, Owner
 from ..state.store import MemberRecord, ProgressStore, StageTiming
+from .control import UploadSlots
 from .day import archive_key
 from .gpu import GpuSampler
-from .skeleton import StopControl, UploadSlots, final_state, limit_requeues, poison_members
+from .skeleton import RunTally, StagedRun, limit_requeues, poison_members
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,50 @@ class WorkerResult:
         return line + (f"; error: {self.error}" if self.error else "")
 
 
-class ArchiveWorker:
+class ArchiveTally(RunTally):
+    """The run's bookkeeping, plus what an archive's run also records: each batch's stage
+    timings (written once the batch is uploaded) and the GPU's samples."""
+
+    def __init__(self) -> None:
+        # left: members a stop left for the next run (no row yet, so the database cannot tell)
+        super().__init__("done", "failed", "rejected", "skipped", "left")
+        self.gpu = GpuSampler("cpu")  # samples only on CUDA, from when the model is loaded
+        self._timings: dict[int, list[StageTiming]] = {}  # batch -> stages timed so far
+        self._timings_lock = threading.Lock()
+
+    def timed(
+        self, batch: int, stage: str, started: float, ended: float | None = None, **figures: Any
+    ) -> None:
+        """`stage` of `batch` ran from `started` until `ended` (unix times; now by default)."""
+        timing = StageTiming(batch, stage, started, ended or time.time(), **figures)
+        with self._timings_lock:
+            self._timings.setdefault(batch, []).append(timing)
+
+    def flush_timings(self, store: ProgressStore, run_id: int | None, batch: int) -> None:
+        """The batch's stage timings to PostgreSQL in one statement; never fails the run."""
+        with self._timings_lock:
+            timings = self._timings.pop(batch, [])
+        if run_id is None or not timings:
+            return
+        try:
+            store.record_stages(run_id, timings)
+        except StoreError as exc:
+            log.warning("stage timings of batch %d not recorded: %s", batch, exc)
+
+    def flush_gpu(self, store: ProgressStore, run_id: int | None) -> None:
+        samples = self.gpu.take()
+        if run_id is None or not samples:
+            return
+        try:
+            store.record_gpu_samples(run_id, samples)
+        except StoreError as exc:
+            log.warning("%d GPU samples not recorded: %s", len(samples), exc)
+
+
+class ArchiveWorker(StagedRun):
+    """One archive, read once from its start to its end: members extracted in batches,
+    converted, transcribed, recorded and uploaded; those done before are skipped."""
+
     def __init__(
         self,
         config: PipelineConfig,
@@ -135,54 +179,46 @@ class ArchiveWorker:
     ) -> None:
         """`converter(src, dst, remove_source=True)` runs in a conversion process (a stand-in
         there lets a test crash or hang one)."""
-        self.config = config
+        super().__init__(config, store, ArchiveTally())
+        self.tally: ArchiveTally
         self.day = day
         self.archive_path = archive_path
         self.slot = slot
-        self.store = store
         self.key = archive_key(day, archive_path, slot)
         self.transcriber_factory = transcriber_factory
         self.converter = converter
-        self.control = StopControl(config.stop_grace)
-        self.destination = Destination.parse(config.remote)
         self._subtitle_formats = subtitle_formats(config.subtitles)
         # Per run: a worker that stalled past its lease and resumes never writes into the
         # scratch of the run that took its archive over (on a shared or the same node).
         self.slot_scratch = config.scratch_dir / day.isoformat() / slot
         self.job_scratch = self.slot_scratch / f"run-{socket.gethostname()}-{os.getpid()}"
-        self.timers = Stopwatch()
         self._upload_slots = UploadSlots(MAX_BATCHES_UPLOADING, self.control)
         self._finisher_error: BaseException | None = None
         self._run_id: int | None = None
-        self._uploader: AsyncRsyncStorageManager | None = None
         self._suspects: set[str] = set()  # in flight when an earlier run died: decoded alone
         self._decoding: dict[str, Future[dict[str, Any]]] = {}  # handed to the decoder (main thread)
-        self._gpu = GpuSampler("cpu")  # samples only on CUDA, from when the model is loaded
-        self._timings: dict[int, list[StageTiming]] = {}  # batch -> stages timed so far (wall clock)
-        self._timings_lock = threading.Lock()
-        self._upload_errors: list[str] = []
-        self._audio_s = 0.0
-        # left: members a stop left for the next run (no row yet, so the database cannot tell)
-        self._counts = {"done": 0, "failed": 0, "rejected": 0, "skipped": 0, "left": 0}
-        self._counts_lock = threading.Lock()
 
     # -- public -----------------------------------------------------------------------------
-    def request_stop(self, reason: str) -> None:
-        """Stop taking new work: upload what is transcribed within the grace, leave the rest
-        pending. Only sets flags, so it is safe from a signal handler."""
-        self.control.request(reason)
-
-    def record_stuck(self, reason: str) -> None:
-        """The watchdog's last word when the run did not end within the grace: no rsync of this
-        run outlives it (each runs in a process group of its own)."""
-        if self._uploader is not None:
-            self._uploader.abort(reason)
+    def record_interrupted(self, reason: str) -> None:
         self.store.finish_archive(
             self.key.archive, state="interrupted", error=reason, wall_s=0.0, run_id=self._run_id
         )
 
     def run(self) -> WorkerResult:
-        """Raises LeaseLost, having written nothing more, when another worker took the archive."""
+        """Under the archive's lease (ArchiveBusy when a live worker holds it). Raises LeaseLost,
+        having written nothing more, when another worker took the archive over."""
+        lease = ArchiveLease(
+            self.store,
+            self.key,
+            path=str(self.archive_path),
+            owner=Owner(self.config.slurm_job_id, socket.gethostname(), os.getpid()),
+            lease_s=self.config.lease_s,
+            on_lost=self.request_stop,
+        )
+        with lease:
+            return self._run_held()
+
+    def _run_held(self) -> WorkerResult:
         started = time.monotonic()
         try:
             return self._run(started)
@@ -200,7 +236,7 @@ class ArchiveWorker:
                     error=error,
                     wall_s=time.monotonic() - started,
                     run_id=self._run_id,
-                    audio_s=self._audio_s,
+                    audio_s=self.tally.audio_s,
                 )
             except StoreError as store_exc:
                 log.error("could not record the failure of %s: %s", self.key.archive, store_exc)
@@ -264,11 +300,9 @@ class ArchiveWorker:
         archive_error: str | None = None
         transcriber = self.transcriber_factory(self.config)
         decoder = open_decoder(transcriber, self.config)
-        self._gpu = GpuSampler(getattr(getattr(transcriber, "device", None), "device", "cpu"))
-        self._gpu.start()
-        gate = upload_gate(self.store)  # no rsync once the archive is another worker's
-        uploader = AsyncRsyncStorageManager.from_config(self.config, self.destination, gate=gate)
-        self._uploader = uploader
+        self.tally.gpu = GpuSampler(getattr(getattr(transcriber, "device", None), "device", "cpu"))
+        self.tally.gpu.start()
+        uploader = self.open_uploads()
         ready: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=1)
         ahead = threading.Semaphore(1)  # batches read ahead of the one being handed over
         producer = threading.Thread(
@@ -287,7 +321,7 @@ class ArchiveWorker:
             while self._finisher_error is None:
                 wait_started = time.monotonic()
                 item = ready.get()
-                self.timers.add("wait_for_input", time.monotonic() - wait_started)
+                self.tally.timers.add("wait_for_input", time.monotonic() - wait_started)
                 if item is None:
                     break
                 if isinstance(item, BaseException):
@@ -306,64 +340,16 @@ class ArchiveWorker:
             producer.join()
             self._hand_over(handed, None, finisher)
             finisher.join()
-            decoder.close()
-            self._record_decoder(decoder)
-            self._gpu.stop()
-            self._flush_gpu()
-            self._end_uploads(uploader)
+            self.close_decoder(decoder)
+            self.tally.gpu.stop()
+            self.tally.flush_gpu(self.store, self._run_id)
+            self.end_uploads(self.config.upload_timeout * (self.config.upload_retries + 1))
+            uploader.close()
         if self._finisher_error is not None:
             raise self._finisher_error
         if self.store.lease_lost is not None:
             raise self.store.lease_lost
         return self._finish(reader, archive_error, started)
-
-    def _end_uploads(self, uploader: AsyncRsyncStorageManager) -> None:
-        """Wait for the queued uploads; a stopping run waits only within its grace, then ends
-        the rsyncs still running and withdraws the rest: their members stay pending for the
-        next run (rsync is idempotent)."""
-        if self.control.requested:
-            final_wait = self.control.remaining()
-            late = f"uploads still running at the end of the {self.control.grace:.0f}s grace"
-        else:
-            final_wait = self.config.upload_timeout * (self.config.upload_retries + 1)
-            late = f"uploads still running after {final_wait:.0f}s"
-        if not uploader.wait(timeout=final_wait):
-            self._upload_errors.append(late)
-            uploader.abort(late)
-        uploader.close()
-
-    def _timed(
-        self, batch: int, stage: str, started: float, ended: float | None = None, **figures: Any
-    ) -> None:
-        """Note that `stage` of `batch` ran from `started` until `ended` (unix times; now by default)."""
-        timing = StageTiming(batch, stage, started, ended or time.time(), **figures)
-        with self._timings_lock:
-            self._timings.setdefault(batch, []).append(timing)
-
-    def _flush_timings(self, batch: int) -> None:
-        """The batch's stage timings to PostgreSQL in one statement; never fails the run."""
-        with self._timings_lock:
-            timings = self._timings.pop(batch, [])
-        if self._run_id is None or not timings:
-            return
-        try:
-            self.store.record_stages(self._run_id, timings)
-        except StoreError as exc:
-            log.warning("stage timings of batch %d not recorded: %s", batch, exc)
-
-    def _flush_gpu(self) -> None:
-        samples = self._gpu.take()
-        if self._run_id is None or not samples:
-            return
-        try:
-            self.store.record_gpu_samples(self._run_id, samples)
-        except StoreError as exc:
-            log.warning("%d GPU samples not recorded: %s", len(samples), exc)
-
-    def _record_decoder(self, decoder: Decoder) -> None:
-        stats = decoder.stats()
-        self.timers.add("transcribe", stats.get("decoder_busy_s", 0.0))
-        log.info("decoder: %s", ", ".join(f"{k} {v:.4g}" for k, v in sorted(stats.items())))
 
     def _reconcile(self) -> None:
         """Members an earlier run uploaded but could not mark done (the database was down when
@@ -408,17 +394,17 @@ class ArchiveWorker:
                     continue
                 t0, wall0 = time.monotonic(), time.time()
                 batch = next(batches, None)
-                self.timers.add("extract", time.monotonic() - t0)
+                self.tally.timers.add("extract", time.monotonic() - t0)
                 if batch is None:
                     break
                 members = len(batch.members) + len(batch.rejected) + batch.skipped
-                self._timed(
+                self.tally.timed(
                     batch.number, "extract", wall0, members=members, bytes_read=batch.compressed_bytes_read
                 )
                 if batch.rejected:
                     for m in batch.rejected:
                         log.warning("rejected member %r: %s", m.name, m.reject_reason)
-                    self._count("rejected", len(batch.rejected))
+                    self.tally.count("rejected", len(batch.rejected))
                     self.store.record_members(
                         self.key,
                         [
@@ -432,7 +418,7 @@ class ArchiveWorker:
                             for m in batch.rejected
                         ],
                     )
-                self._count("skipped", batch.skipped)
+                self.tally.count("skipped", batch.skipped)
                 self._put(ready, _Prepared(batch, take_conversions(), wall0))
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
             self._put(ready, exc)
@@ -467,9 +453,9 @@ class ArchiveWorker:
                 entries.append(_Entry(conversion, record=self._failed(member, str(exc))))
                 continue
             finally:
-                self.timers.add("convert_wait", time.monotonic() - t0)
+                self.tally.timers.add("convert_wait", time.monotonic() - t0)
                 converted_at = time.time()
-            self.timers.add("convert", info.convert_s)
+            self.tally.timers.add("convert", info.convert_s)
             t1 = time.monotonic()
             submitted_at = submitted_at or time.time()
             suspect = member.name in self._suspects
@@ -480,11 +466,11 @@ class ArchiveWorker:
             self._decoding[member.name] = future
             if suspect:
                 self._settle_decoding()
-            self.timers.add("wait_for_decoder", time.monotonic() - t1)
+            self.tally.timers.add("wait_for_decoder", time.monotonic() - t1)
             entries.append(_Entry(conversion, info=info, future=future))
         if prepared.conversions:
             members = len(prepared.conversions)
-            self._timed(batch.number, "convert", prepared.extract_started, converted_at, members=members)
+            self.tally.timed(batch.number, "convert", prepared.extract_started, converted_at, members=members)
         return _Submitted(prepared.batch, entries, submitted_at)
 
     def _fail_poison(self, poison: dict[str, int]) -> None:
@@ -495,7 +481,7 @@ class ArchiveWorker:
             self.key,
             [MemberRecord(m, "failed", error=f"crashed the worker in {n} runs") for m, n in poison.items()],
         )
-        self._count("failed", len(poison))
+        self.tally.count("failed", len(poison))
 
     def _settle_decoding(self) -> None:
         """Wait until every member handed to the decoder is back (or the run stops), and say so."""
@@ -587,25 +573,25 @@ class ArchiveWorker:
         self.store.clear_in_flight(self.key.archive, decoded)  # back from the decoder, alive
         if submitted.submitted_at is not None:
             transcribed = sum(r.status == "uploading" for r in records)
-            self._timed(
+            self.tally.timed(
                 batch.number, "transcribe", submitted.submitted_at, members=transcribed, audio_s=audio_s
             )
         if left:
             self._cancel(left)
-            self._count("left", len(left))
+            self.tally.count("left", len(left))
             log.info("stopping: %d members of batch %d left for the next run", len(left), batch.number)
         to_upload = [(r.member, r.remote_path or "") for r in records if r.status == "uploading"]
         self.store.record_members(self.key, records)
         if not to_upload:
-            self._flush_timings(batch.number)
+            self.tally.flush_timings(self.store, self._run_id, batch.number)
             shutil.rmtree(batch.directory, ignore_errors=True)
             return
         t2 = time.monotonic()
         taken = self._upload_slots.take()  # bounded: at most N batches in scratch awaiting upload
-        self.timers.add("wait_for_upload_slot", time.monotonic() - t2)
+        self.tally.timers.add("wait_for_upload_slot", time.monotonic() - t2)
         if not taken:  # stopping, and no upload finished within the grace: the next run redoes them
-            self._count("left", len(to_upload))
-            self._flush_timings(batch.number)
+            self.tally.count("left", len(to_upload))
+            self.tally.flush_timings(self.store, self._run_id, batch.number)
             shutil.rmtree(batch.directory, ignore_errors=True)
             log.info("stopping: batch %d not uploaded (no upload slot within the grace)", batch.number)
             return
@@ -627,7 +613,7 @@ class ArchiveWorker:
                     if self.control.reason is not None:
                         decoder.cancel_pending()
         finally:
-            self.timers.add("wait_for_transcript", time.monotonic() - t0)
+            self.tally.timers.add("wait_for_transcript", time.monotonic() - t0)
 
     def _stage(self, conversion: _Conversion, info: AudioInfo, result: dict[str, Any]) -> MemberRecord:
         """The transcribed member's FLAC and JSON into the upload stage; its record."""
@@ -666,29 +652,27 @@ class ArchiveWorker:
     ) -> None:
         try:
             if job.state is UploadState.WITHDRAWN:  # the archive is another worker's now: write nothing
-                self._count("left", len(members))
+                self.tally.count("left", len(members))
                 return
-            self.timers.add("upload", job.finished - job.started)
+            self.tally.timers.add("upload", job.finished - job.started)
             started = max(queued_at, time.time() - (time.monotonic() - job.started))
             uploaded = len(members) if job.state is UploadState.DONE else 0
-            self._timed(
+            self.tally.timed(
                 batch.number, "upload", started, members=uploaded, audio_s=audio_s if uploaded else 0.0
             )
-            self._flush_timings(batch.number)
+            self.tally.flush_timings(self.store, self._run_id, batch.number)
             if job.state is UploadState.DONE:
                 self.store.mark_done(self.key.archive, members)
-                self._count("done", len(members))
-                with self._counts_lock:
-                    self._audio_s += audio_s
+                self.tally.count("done", len(members), audio_s=audio_s)
             else:
                 error = f"upload failed: {job.error}"
-                self._upload_errors.append(error)
+                self.tally.error(error)
                 self.store.mark_failed(self.key.archive, [m for m, _ in members], error)
-                self._count("failed", len(members))
+                self.tally.count("failed", len(members))
         except StoreError as exc:
             # The files are on the destination; a rerun finds them still 'uploading' and
             # uploads them again (rsync makes that idempotent).
-            self._upload_errors.append(str(exc))
+            self.tally.error(str(exc))
             log.error("could not record upload of batch %d: %s", batch.number, exc)
         finally:
             shutil.rmtree(batch.directory, ignore_errors=True)
@@ -697,7 +681,7 @@ class ArchiveWorker:
     def _release(self, prepared: _Prepared) -> None:
         """Drop a converted batch unprocessed: its members stay pending for the next run."""
         self._cancel(prepared.conversions)
-        self._count("left", len(prepared.conversions))
+        self.tally.count("left", len(prepared.conversions))
         shutil.rmtree(prepared.batch.directory, ignore_errors=True)
         log.info("stopping: batch %d left for the next run", prepared.batch.number)
 
@@ -715,20 +699,15 @@ class ArchiveWorker:
 
     def _failed(self, member: Member, reason: str) -> MemberRecord:
         log.warning("member %r failed: %s", member.name, reason)
-        self._count("failed", 1)
+        self.tally.count("failed", 1)
         return MemberRecord(member.name, "failed", size_bytes=member.size, error=reason)
-
-    def _count(self, what: str, n: int) -> None:
-        with self._counts_lock:
-            self._counts[what] += n
 
     def _log_progress(
         self, batch: Batch, reader: ArchiveReader, uploader: AsyncRsyncStorageManager, started: float
     ) -> None:
         elapsed = time.monotonic() - started
-        with self._counts_lock:
-            c = dict(self._counts)
-            audio_s = self._audio_s
+        c = self.tally.counts()
+        audio_s = self.tally.audio_s
         u = uploader.counts()
         share = 100.0 * batch.compressed_bytes_read / max(1, reader.compressed_size)
         eta = elapsed * (100.0 - share) / share if share > 0 else float("nan")
@@ -751,7 +730,7 @@ class ArchiveWorker:
             share,
             eta,
         )
-        self._flush_gpu()
+        self.tally.flush_gpu(self.store, self._run_id)
         try:
             self.store.update_archive_progress(
                 self.key.archive,
@@ -764,13 +743,8 @@ class ArchiveWorker:
     def _finish(self, reader: ArchiveReader, archive_error: str | None, started: float) -> WorkerResult:
         wall = time.monotonic() - started
         summary = self.store.archive_summary(self.key.archive)
-        complete = reader.completed and summary["pending"] == 0 and not self._counts["left"]
-        state, error = final_state(
-            complete=complete,
-            stop_reason=self.control.reason,
-            damage=archive_error,
-            errors=self._upload_errors,
-        )
+        complete = reader.completed and summary["pending"] == 0 and not self.tally["left"]
+        state, error = self.outcome(complete=complete, damage=archive_error)
         if self.config.slurm_job_id:  # only a Slurm job requeues itself
             state, error = limit_requeues(
                 state, error, restarts=self.config.slurm_restart_count, max_restarts=self.config.max_restarts
@@ -781,22 +755,22 @@ class ArchiveWorker:
             error=error,
             wall_s=wall,
             run_id=self._run_id,
-            audio_s=self._audio_s,
+            audio_s=self.tally.audio_s,
         )
         shutil.rmtree(self.job_scratch, ignore_errors=True)
         with contextlib.suppress(OSError):  # not empty: a stalled, fenced-out run's leftovers
             self.slot_scratch.rmdir()
-        self.timers.log()
+        self.tally.timers.log()
         return WorkerResult(
             archive=self.key.archive,
             state=state,
             done=summary["done"],
             failed=summary["failed"],
             rejected=summary["rejected"],
-            pending=summary["pending"] + self._counts["left"],
+            pending=summary["pending"] + self.tally["left"],
             audio_s=float(summary["audio_s"]),
-            run_audio_s=self._audio_s,
+            run_audio_s=self.tally.audio_s,
             wall_s=wall,
             error=error,
-            stage_seconds=dict(self.timers.seconds),
+            stage_seconds=dict(self.tally.timers.seconds),
         )
