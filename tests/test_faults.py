@@ -95,12 +95,22 @@ def test_sigkill_at_random_moments_then_the_rerun_finishes_each_member_exactly_o
 
     final = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, f"seed {seed}, kills at {kills}: {final.stdout}{final.stderr}"
-    rows = query(pg_dsn, "SELECT member, status FROM audio_files")
-    assert len(rows) == 10 and {r["status"] for r in rows} == {"done"}, f"seed {seed}, kills at {kills}"
+    rows = {r["member"]: r for r in query(pg_dsn, "SELECT member, status, error FROM audio_files")}
+    # A SIGKILL is what the kernel's OOM killer sends: a member with the decoder when two of the
+    # kills landed is failed as a poison member (issue 27); every other member is done, once.
+    poison = {r["member"] for r in query(pg_dsn, "SELECT member FROM member_crashes WHERE crashed_runs >= 2")}
+    assert len(rows) == 10 and len(poison) < len(kills), f"seed {seed}, kills at {kills}"
+    assert {m: r["status"] for m, r in rows.items() if m not in poison} == dict.fromkeys(
+        set(rows) - poison, "done"
+    )
+    assert {(r["status"], r["error"]) for m, r in rows.items() if m in poison} <= {
+        ("failed", "crashed the worker in 2 runs"),
+        ("failed", "crashed the worker in 3 runs"),
+    }
     _assert_done_means_uploaded(pg_dsn, rsync_daemon.url, rsync_daemon.data)
     on_destination = sorted(p.name for p in (rsync_daemon.data / DAY / "15_00").rglob("*") if p.is_file())
-    assert len([n for n in on_destination if n.endswith(".flac")]) == 10
-    assert len([n for n in on_destination if n.endswith(".json")]) == 10
+    assert len([n for n in on_destination if n.endswith(".flac")]) == 10 - len(poison)
+    assert len([n for n in on_destination if n.endswith(".json")]) == 10 - len(poison)
     assert not [n for n in on_destination if n.startswith(".")], "an rsync temporary file was left"
 
 

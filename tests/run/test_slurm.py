@@ -87,7 +87,7 @@ def test_day_fan_out_partial_failure_resubmit_and_single_rerun(
     assert "=== start" in text and "=== end" in text and "exit 0" in text
     assert "upload" in text and "done 3, failed 0" in text
     finalize_log = (logs / f"stream_day_{DAY}_finalize_{day_row['finalize_job_id']}.out").read_text()
-    assert "2 done" in finalize_log and "1 failed" in finalize_log
+    assert "2 done" in finalize_log and "1 damaged" in finalize_log
 
     # The broken archive is replaced; resubmitting the day submits only it.
     good[2].write_bytes(broken)

@@ -434,7 +434,7 @@ class ArchiveWorker(StagedRun):
         entries = []
         batch = prepared.batch
         submitted_at: float | None = None
-        self._decoding = {m: f for m, f in self._decoding.items() if not f.done()}
+        self._settle_decoding(wait=False)
         converted_at = prepared.extract_started
         for conversion in prepared.conversions:
             if self.control.reason is not None:
@@ -483,10 +483,11 @@ class ArchiveWorker(StagedRun):
         )
         self.tally.count("failed", len(poison))
 
-    def _settle_decoding(self) -> None:
-        """Wait until every member handed to the decoder is back (or the run stops), and say so."""
+    def _settle_decoding(self, *, wait: bool = True) -> None:
+        """Say which members handed to the decoder are back (a death now is not theirs); with
+        `wait`, first wait until all are (or the run stops)."""
         pending = list(self._decoding.items())
-        for _member, future in pending:
+        for _member, future in pending if wait else ():
             while not future.done() and not self.control.requested:
                 with contextlib.suppress(FutureTimeout, CancelledError, TranscriptionError):
                     future.result(timeout=0.5)

@@ -20,7 +20,7 @@
   const fmt = (x, d) => Number(x).toFixed(d);
   document.getElementById("generated").textContent = "generated " + D.generated + "; " + D.summary.runs + " worker runs";
   const S = D.summary;
-  card("summary", "archives done / failed / interrupted", S.archives_done + " / " + S.archives_failed + " / " + S.archives_interrupted);
+  card("summary", "archives done / failed / damaged / interrupted", S.archives_done + " / " + S.archives_failed + " / " + S.archives_damaged + " / " + S.archives_interrupted);
   card("summary", "members done", String(S.members_done));
   card("summary", "failed / rejected", S.members_failed + " / " + S.members_rejected);
   card("summary", "audio hours", fmt(S.audio_hours, 3));

@@ -171,9 +171,10 @@ def _shape(
             "archives": len(archives),
             "archives_done": states.get("done", 0),
             "archives_failed": states.get("failed", 0),
+            "archives_damaged": states.get("damaged", 0),
             "archives_interrupted": states.get("interrupted", 0),
             "archives_other": len(archives)
-            - sum(states.get(k, 0) for k in ("done", "failed", "interrupted")),
+            - sum(states.get(k, 0) for k in ("done", "failed", "damaged", "interrupted")),
             "runs": len(runs),
             "members_done": done,
             "members_failed": int(members["failed"]),
