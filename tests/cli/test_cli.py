@@ -317,3 +317,27 @@ def test_a_1kb_archive_declaring_an_absurd_member_ends_damaged_in_seconds_with_e
     row = _archive_row(pg_dsn)
     assert row["state"] == "damaged" and "damaged after 2 members" in row["error"]
     assert "damaged" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_symlink_and_a_file_of_one_name_each_get_a_row(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips
+) -> None:
+    """Both used to share the key `a.wav`: one row overwrote the other. The first of a name keeps
+    it; the second, a duplicate, gets its own key; every member seen has its outcome."""
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        add_bytes(tar, "a.wav", b"", type=tarfile.SYMTYPE, linkname="b.wav")
+        add_bytes(tar, "a.wav", clips[0][1])
+        add_bytes(tar, "b.wav", clips[1][1])
+    archive = tmp_path / "input" / DAY / "12_30.tar.xz"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(lzma.compress(plain.getvalue()))
+    assert main(_args(archive, pg_dsn, str(tmp_path / "remote"), tmp_path, tiny_model)) == 0
+    rows = {m: (r["status"], r["error"], r["full_name"]) for m, r in _rows(pg_dsn).items()}
+    assert rows == {
+        "a.wav": ("rejected", "symbolic link to 'b.wav'", None),
+        "a.wav\\#1": ("rejected", "duplicate member name", "a.wav"),
+        "b.wav": ("done", None, None),
+    }
+    assert _archive_row(pg_dsn)["state"] == "done"
