@@ -21,11 +21,9 @@ import functools
 import hashlib
 import logging
 import os
-import queue
 import re
 import shutil
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -37,10 +35,10 @@ from typing import Any
 from ..config import PipelineConfig
 from ..errors import ConversionError, DatasetError, TranscriptionError, UploadError
 from ..run.control import UploadSlots
-from ..run.skeleton import RunTally, StagedRun
+from ..run.skeleton import Feed, RunTally, StagedRun
 from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
-from ..stages.flow import TranscriberLike, put_unless_stopped
+from ..stages.flow import TranscriberLike
 from ..stages.pool import ConversionPool
 from ..stages.upload import AsyncRsyncStorageManager, UploadJob, UploadState
 from ..state.lease import Lease, Owner, holder_is_gone
@@ -324,23 +322,18 @@ class DatasetWorker(StagedRun):
         # One upload thread: shards are checkpointed in order.
         uploader = self.open_uploads(max_concurrent=1)
         pool = ConversionPool(self.config.num_workers, timeout=self.config.decode_timeout)
-        rows: queue.Queue[_Row | _Boundary | BaseException | None] = queue.Queue(
-            maxsize=self.config.stream_batch_size
+        feed: Feed[_Row | _Boundary] = Feed(
+            lambda put: self._read(source, start_row, pool, put), self, maxsize=self.config.stream_batch_size
         )
         writer = ShardWriter(dataset_features(), self.scratch / "shards", split=self.job.split)
         shard = _OpenShard(number=first_shard, first_row=start_row)
         writer.number = shard.number
-        reader = threading.Thread(
-            target=self._read, args=(source, start_row, pool, rows), name="reader", daemon=True
-        )
-        reader.start()
+        feed.start()
         inflight: deque[_Pending] = deque()  # handed to the decoder, in source order
         complete = False
         try:
             while True:
-                t0 = time.monotonic()
-                item = rows.get()
-                self.tally.timers.add("wait_for_input", time.monotonic() - t0)
+                item = feed.get()
                 if isinstance(item, BaseException):
                     raise item
                 if item is None or self.control.requested or self.tally.errors():
@@ -362,7 +355,7 @@ class DatasetWorker(StagedRun):
                     break
         finally:
             self.control.event.set()
-            reader.join()
+            feed.join()
             self.close_decoder(decoder)
             for pending in inflight:
                 pending.row.dst.unlink(missing_ok=True)
@@ -372,42 +365,41 @@ class DatasetWorker(StagedRun):
             uploader.close()
         return complete
 
-    def _read(self, source: Any, start_row: int, pool: ConversionPool, rows: queue.Queue[Any]) -> None:
+    def _read(
+        self, source: Any, start_row: int, pool: ConversionPool, put: Callable[[_Row | _Boundary], None]
+    ) -> None:
+        """The reader thread: each row's audio to scratch and to a conversion process, in source
+        order, with a boundary after every shard's last row (and after the last row of all)."""
         job = self.job
         batch = job.upload_batch_size
         index = start_row
-        try:
-            if job.limit is not None and index >= job.limit:
-                self._put(rows, _Boundary(index, None, last=True))
-                return
-            iterator: Iterator[dict[str, Any]] = iter(source)
-            while not self.control.event.is_set():
-                t0 = time.monotonic()
-                try:
-                    record = next(iterator, None)
-                except Exception as exc:  # any failure of the source ends the run
-                    reason = " ".join(str(exc).split())[:500] or type(exc).__name__
-                    raise DatasetError(f"reading {job.source} failed at row {index}: {reason}") from exc
-                self.tally.timers.add("read_source", time.monotonic() - t0)
-                if record is None:
-                    self._put(rows, _Boundary(index, None, last=True))
-                    return
-                if job.audio_column not in record:
-                    raise DatasetError(
-                        f"dataset {job.source} has no column {job.audio_column!r} (--audio-column); "
-                        f"columns: {list(record)}"
-                    )
-                self._put(rows, self._stage(record, index, pool))
-                index += 1
-                if job.limit is not None and index >= job.limit:
-                    self._put(rows, _Boundary(index, None, last=True))
-                    return
-                if (index - start_row) % batch == 0:
-                    self._put(rows, _Boundary(index, source.state_dict()))
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            self._put(rows, exc)
+        if job.limit is not None and index >= job.limit:
+            put(_Boundary(index, None, last=True))
             return
-        self._put(rows, None)  # stopped before the end
+        iterator: Iterator[dict[str, Any]] = iter(source)
+        while not self.control.event.is_set():
+            t0 = time.monotonic()
+            try:
+                record = next(iterator, None)
+            except Exception as exc:  # any failure of the source ends the run
+                reason = " ".join(str(exc).split())[:500] or type(exc).__name__
+                raise DatasetError(f"reading {job.source} failed at row {index}: {reason}") from exc
+            self.tally.timers.add("read_source", time.monotonic() - t0)
+            if record is None:
+                put(_Boundary(index, None, last=True))
+                return
+            if job.audio_column not in record:
+                raise DatasetError(
+                    f"dataset {job.source} has no column {job.audio_column!r} (--audio-column); "
+                    f"columns: {list(record)}"
+                )
+            put(self._stage(record, index, pool))
+            index += 1
+            if job.limit is not None and index >= job.limit:
+                put(_Boundary(index, None, last=True))
+                return
+            if (index - start_row) % batch == 0:
+                put(_Boundary(index, source.state_dict()))
 
     def _stage(self, record: dict[str, Any], index: int, pool: ConversionPool) -> _Row:
         job = self.job
@@ -423,9 +415,6 @@ class DatasetWorker(StagedRun):
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_bytes(data)
         return _Row(index, row_id, text, src, dst, pool.submit(convert_to_flac, str(src), str(dst)))
-
-    def _put(self, rows: queue.Queue[Any], item: Any) -> None:
-        put_unless_stopped(rows, item, self.control.event)
 
     def _submit(self, row: _Row, decoder: Decoder) -> _Pending:
         """Wait for the row's conversion, then hand it to the decoder unless it has a transcript."""

@@ -3,6 +3,7 @@ process-dataset (`hf/dataset.py`) describe their own work on top of it.
 
     StagedRun:       the stop control, the stages' supervised ends (conversion processes,
                      decoder, uploads within the grace), the watchdog's last word, the outcome
+    Feed:            the reader thread's hand-over to the main thread
     RunTally:        the run's counts, busy seconds and errors, written from several threads
     final_state:     how a run ends (done, interrupted, damaged, failed), one rule for both
     limit_requeues:  an interrupted job requeued too often ends failed
@@ -14,18 +15,23 @@ How a stop reaches the run, and the grace it then has, is `control.py`.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 from ..config import PipelineConfig
 from ..stages.decoder import Decoder
-from ..stages.flow import Stopwatch
+from ..stages.flow import Stopwatch, put_unless_stopped
 from ..stages.upload import AsyncRsyncStorageManager, Destination
 from ..state.lease import upload_gate
 from ..state.store import ProgressStore
 from .control import StopControl
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def final_state(
@@ -166,3 +172,44 @@ class StagedRun:
         return final_state(
             complete=complete, stop_reason=self.control.reason, damage=damage, errors=self.tally.errors()
         )
+
+
+class Feed(Generic[T]):
+    """The reader thread's hand-over to the main thread, through a bounded queue. `produce(put)`
+    runs in the thread; what it raises is handed over as an item (the main thread decides what
+    it means), and None follows its last item, or a stop."""
+
+    def __init__(
+        self, produce: Callable[[Callable[[T], None]], None], run: StagedRun, *, maxsize: int
+    ) -> None:
+        self._produce = produce
+        self._run_control = run.control
+        self._timers = run.tally.timers
+        self._queue: queue.Queue[T | BaseException | None] = queue.Queue(maxsize=maxsize)
+        self._thread = threading.Thread(target=self._read, name="reader", daemon=True)
+
+    def start(self) -> Feed[T]:
+        self._thread.start()
+        return self
+
+    def put(self, item: T | BaseException | None) -> None:
+        """To the main thread, unless the run stops first (then the item's work stays pending)."""
+        put_unless_stopped(self._queue, item, self._run_control.event)
+
+    def get(self) -> T | BaseException | None:
+        started = time.monotonic()
+        try:
+            return self._queue.get()
+        finally:
+            self._timers.add("wait_for_input", time.monotonic() - started)
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _read(self) -> None:
+        try:
+            self._produce(self.put)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
+            self.put(exc)
+            return
+        self.put(None)

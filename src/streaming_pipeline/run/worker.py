@@ -40,7 +40,7 @@ from ..errors import ArchiveError, ConversionError, LeaseLost, PipelineError, St
 from ..stages.archive import ArchiveReader, Batch, Member
 from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
-from ..stages.flow import TranscriberLike, put_unless_stopped
+from ..stages.flow import TranscriberLike
 from ..stages.pool import ConversionPool
 from ..stages.subtitles import render as render_subtitles
 from ..stages.upload import AsyncRsyncStorageManager, UploadJob, UploadState
@@ -49,7 +49,7 @@ from ..state.store import MemberRecord, ProgressStore, StageTiming
 from .control import UploadSlots
 from .day import archive_key
 from .gpu import GpuSampler
-from .skeleton import RunTally, StagedRun, limit_requeues, poison_members
+from .skeleton import Feed, RunTally, StagedRun, limit_requeues, poison_members
 
 log = logging.getLogger(__name__)
 
@@ -303,10 +303,9 @@ class ArchiveWorker(StagedRun):
         self.tally.gpu = GpuSampler(getattr(getattr(transcriber, "device", None), "device", "cpu"))
         self.tally.gpu.start()
         uploader = self.open_uploads()
-        ready: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=1)
         ahead = threading.Semaphore(1)  # batches read ahead of the one being handed over
-        producer = threading.Thread(
-            target=self._produce, args=(reader, take_conversions, ready, ahead), name="reader", daemon=True
+        feed: Feed[_Prepared] = Feed(
+            lambda put: self._produce(reader, take_conversions, put, ahead), self, maxsize=1
         )
         handed: queue.Queue[_Submitted | None] = queue.Queue(maxsize=1)
         finisher = threading.Thread(
@@ -315,13 +314,11 @@ class ArchiveWorker(StagedRun):
             name="finisher",
             daemon=True,
         )
-        producer.start()
+        feed.start()
         finisher.start()
         try:
             while self._finisher_error is None:
-                wait_started = time.monotonic()
-                item = ready.get()
-                self.tally.timers.add("wait_for_input", time.monotonic() - wait_started)
+                item = feed.get()
                 if item is None:
                     break
                 if isinstance(item, BaseException):
@@ -337,7 +334,7 @@ class ArchiveWorker(StagedRun):
                 self._hand_over(handed, self._submit(item, decoder), finisher)
         finally:
             self.control.event.set()
-            producer.join()
+            feed.join()
             self._hand_over(handed, None, finisher)
             finisher.join()
             self.close_decoder(decoder)
@@ -384,49 +381,43 @@ class ArchiveWorker(StagedRun):
         self,
         reader: ArchiveReader,
         take_conversions: Callable[[], list[_Conversion]],
-        ready: queue.Queue[_Prepared | BaseException | None],
+        put: Callable[[_Prepared], None],
         ahead: threading.Semaphore,
     ) -> None:
-        try:
-            batches = reader.batches()
-            while not self.control.event.is_set():
-                if not ahead.acquire(timeout=0.5):
-                    continue
-                t0, wall0 = time.monotonic(), time.time()
-                batch = next(batches, None)
-                self.tally.timers.add("extract", time.monotonic() - t0)
-                if batch is None:
-                    break
-                members = len(batch.members) + len(batch.rejected) + batch.skipped
-                self.tally.timed(
-                    batch.number, "extract", wall0, members=members, bytes_read=batch.compressed_bytes_read
+        """The reader thread: batch after batch, each as soon as its members are extracted (their
+        conversions already started), at most one ahead of the main thread."""
+        batches = reader.batches()
+        while not self.control.event.is_set():
+            if not ahead.acquire(timeout=0.5):
+                continue
+            t0, wall0 = time.monotonic(), time.time()
+            batch = next(batches, None)
+            self.tally.timers.add("extract", time.monotonic() - t0)
+            if batch is None:
+                break
+            members = len(batch.members) + len(batch.rejected) + batch.skipped
+            self.tally.timed(
+                batch.number, "extract", wall0, members=members, bytes_read=batch.compressed_bytes_read
+            )
+            if batch.rejected:
+                for m in batch.rejected:
+                    log.warning("rejected member %r: %s", m.name, m.reject_reason)
+                self.tally.count("rejected", len(batch.rejected))
+                self.store.record_members(
+                    self.key,
+                    [
+                        MemberRecord(
+                            m.name,
+                            "rejected",
+                            size_bytes=m.size,
+                            error=m.reject_reason,
+                            full_name=m.full_name,
+                        )
+                        for m in batch.rejected
+                    ],
                 )
-                if batch.rejected:
-                    for m in batch.rejected:
-                        log.warning("rejected member %r: %s", m.name, m.reject_reason)
-                    self.tally.count("rejected", len(batch.rejected))
-                    self.store.record_members(
-                        self.key,
-                        [
-                            MemberRecord(
-                                m.name,
-                                "rejected",
-                                size_bytes=m.size,
-                                error=m.reject_reason,
-                                full_name=m.full_name,
-                            )
-                            for m in batch.rejected
-                        ],
-                    )
-                self.tally.count("skipped", batch.skipped)
-                self._put(ready, _Prepared(batch, take_conversions(), wall0))
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
-            self._put(ready, exc)
-            return
-        self._put(ready, None)
-
-    def _put(self, ready: queue.Queue[Any], item: Any) -> None:
-        put_unless_stopped(ready, item, self.control.event)
+            self.tally.count("skipped", batch.skipped)
+            put(_Prepared(batch, take_conversions(), wall0))
 
     def _submit(self, prepared: _Prepared, decoder: Decoder) -> _Submitted:
         """Hand each member to the decoder as soon as its conversion is done; when the run is
