@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from streaming_pipeline.run.control import EXIT_STUCK, StopControl
-from streaming_pipeline.run.skeleton import final_state, limit_requeues, poison_members
+from streaming_pipeline.run.control import EXIT_STUCK, StopControl, UploadSlots
+from streaming_pipeline.run.skeleton import Feed, RunTally, final_state, limit_requeues, poison_members
 
 
 def test_final_state_one_rule_for_every_run() -> None:
@@ -88,3 +88,53 @@ def test_members_in_flight_when_two_runs_died_are_poison_the_others_suspects() -
     poison, suspects = poison_members({"a.wav": 2, "b.wav": 1, "c.wav": 3})
     assert poison == {"a.wav": 2, "c.wav": 3} and suspects == {"b.wav"}
     assert poison_members({}) == ({}, set())
+
+
+class _Run:
+    """What Feed needs of a run: its stop control and its stopwatch."""
+
+    def __init__(self, grace: float = 60.0) -> None:
+        self.control = StopControl(grace)
+        self.tally = RunTally()
+
+
+def test_the_feed_hands_over_items_then_none_and_a_readers_error_as_an_item() -> None:
+    run = _Run()
+
+    def produce(put) -> None:
+        for n in range(3):
+            put(n)
+
+    feed = Feed(produce, run, maxsize=1).start()  # type: ignore[arg-type]
+    assert [feed.get() for _ in range(4)] == [0, 1, 2, None]
+    feed.join()
+
+    def broken(put) -> None:
+        put("first")
+        raise ValueError("the source broke")
+
+    feed = Feed(broken, _Run(), maxsize=1).start()  # type: ignore[arg-type]
+    assert feed.get() == "first"
+    error = feed.get()
+    assert isinstance(error, ValueError) and str(error) == "the source broke"
+    feed.join()
+
+
+def test_a_stopped_run_ends_its_reader_even_when_nobody_takes_its_items() -> None:
+    run = _Run()
+    feed = Feed(lambda put: [put(n) for n in range(100)], run, maxsize=1).start()  # type: ignore[arg-type]
+    assert feed.get() == 0
+    run.control.request("stopped by SIGTERM")
+    feed.join()  # it returned: a full queue and a stop do not hold the reader
+
+
+def test_upload_slots_are_waited_for_only_within_a_stopping_runs_grace() -> None:
+    clock = _Clock()
+    control = StopControl(10.0, clock=clock)
+    slots = UploadSlots(1, control)
+    assert slots.take()
+    control.request("stopped by SIGUSR1")  # no slot comes free: the destination hangs
+    clock.now += 10.0
+    assert not slots.take()
+    slots.give()
+    assert slots.take()

@@ -19,7 +19,7 @@ def put_unless_stopped(q: queue.Queue[Any], item: Any, stop: threading.Event) ->
     the item's work stays pending for the next run)."""
     while True:
         try:
-            q.put(item, timeout=0.5)
+            q.put(item, block=not stop.is_set(), timeout=0.5)  # once stopped, no waiting at all
             return
         except queue.Full:
             if stop.is_set():
