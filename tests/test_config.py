@@ -7,6 +7,8 @@ import pytest
 from streaming_pipeline.config import build_config, parse_day
 from streaming_pipeline.errors import ConfigError
 
+from .conftest import REPO
+
 
 def test_flags_win_over_environment_which_wins_over_defaults() -> None:
     env = {
@@ -88,7 +90,7 @@ def test_timestamps_and_subtitles_settings_round_trip_to_workers() -> None:
         assert (rebuilt.timestamps, rebuilt.subtitles) == (chosen.timestamps, chosen.subtitles)
     with pytest.raises(ConfigError, match="subtitles: ass is not"):
         build_config({"subtitles": "srt,ass"}, {})
-    with pytest.raises(ConfigError, match="timestamps must be"):
+    with pytest.raises(ConfigError, match="--timestamps: 'words' is not one of none, segment, word"):
         build_config({}, {"PIPELINE_TIMESTAMPS": "words"})
 
 
@@ -115,3 +117,40 @@ def test_restarts_come_from_slurm_and_their_cap_from_the_settings() -> None:
     assert (config.slurm_restart_count, config.max_restarts) == (2, 5)
     with pytest.raises(ConfigError, match="max-restarts"):
         build_config({"max_restarts": -1}, {})
+
+
+def test_every_setting_is_declared_once_with_a_flag_or_a_reason_and_round_trips_to_workers() -> None:
+    """The declarations are the settings: the parser's flags, the variables and the checks are
+    generated from them, and every PIPELINE_* variable the README documents is one of them."""
+    import re
+    from dataclasses import MISSING
+
+    from streaming_pipeline.cli.parser import build_parser
+    from streaming_pipeline.config import config_env, setting_type, settings
+
+    declared = list(settings())
+    envs = {s.env for _, s in declared}
+    assert len(envs) == len(declared), "one variable per setting"
+    parser_help = build_parser()._subparsers._group_actions[0].choices["process-day"].format_help()  # type: ignore[union-attr]
+    examples = {int: "7", float: "7.5", bool: "0", Path: "/x/y", str: "x"}
+    for f, s in declared:
+        assert s.env.startswith("PIPELINE_") and s.help, f.name
+        assert s.flag or s.no_flag, f"{f.name}: a flag, or why not"
+        if s.flag:
+            assert s.flag in parser_help and s.env in parser_help, f.name
+        typ = setting_type(f)
+        value = s.choices[-1] if s.choices else examples[typ]
+        value = {"temperatures": "0.2", "subtitles": "vtt", "vad": "0", "offline": "1"}.get(f.name, value)
+        config = build_config({}, {s.env: value})
+        rebuilt = build_config({}, config_env(config))  # what a worker job rebuilds
+        assert (
+            getattr(rebuilt, f.name)
+            == getattr(config, f.name)
+            != (f.default if f.default is not MISSING else None)
+        ), f.name
+    # Unset settings are not passed on: a worker job resolves its own (its TMPDIR, say).
+    assert config_env(build_config({}, {"TMPDIR": "/tmp/job_1"})) == {}
+    documented = set(re.findall(r"PIPELINE_[A-Z_]+[A-Z]", (REPO / "README.md").read_text()))
+    not_settings = {"PIPELINE_CONTAINER_BINDS"}  # read by hpc/process_single_tar_streaming.sh itself
+    documented -= not_settings | {v for v in documented if v.startswith("PIPELINE_TEST_")}
+    assert documented <= envs, documented - envs

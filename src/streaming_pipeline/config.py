@@ -1,7 +1,10 @@
 """All settings in one frozen object, read once from CLI flags and PIPELINE_* variables.
 
-Nothing below the CLI reads the environment: the config is passed down explicitly, so a worker's
-behaviour is fully described by the object it was given (and by what it logs of it).
+Each setting is declared once, on its field: its PIPELINE_* variable, its flag (or why it has
+none), its help and its check (`setting(...)`). The parser's options (`cli/parser.py`), the
+environment a worker job gets (`config_env`) and validation are generated from those
+declarations. Nothing below the CLI reads the environment: the config is passed down, so a
+worker's behaviour is fully described by the object it was given (and by what it logs of it).
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ import datetime as dt
 import os
 import re
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,179 +24,407 @@ from .errors import ConfigError
 
 ENV_PREFIX = "PIPELINE_"
 
+Check = Callable[[Any], str | None]  # why a value is wrong, or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one field of PipelineConfig is set."""
+
+    env: str  # its PIPELINE_* variable
+    help: str
+    flag: str | None = None  # its command-line flag; None: see `no_flag`
+    no_flag: str | None = None  # why it has no flag
+    check: Check | None = None
+    choices: tuple[str, ...] | None = None
+    group: str = "pipeline"  # the flag's option group: pipeline (every run) or day (process-day)
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    env: str,
+    help: str,
+    flag: str | None = None,
+    no_flag: str | None = None,
+    check: Check | None = None,
+    choices: tuple[str, ...] | None = None,
+    group: str = "pipeline",
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A field of PipelineConfig declared with everything that sets it."""
+    if choices is not None and check is None:
+        check = one_of(*choices)
+    meta = {"setting": Setting(env, help, flag, no_flag, check, choices, group)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be at least {low:g}"
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else "must be more than 0"
+
+
+def one_of(*allowed: str) -> Check:
+    return lambda v: None if v in allowed else f"{v!r} is not one of {', '.join(allowed)}"
+
+
+def _message_of(parse: Callable[[Any], Any]) -> Check:
+    def check(value: Any) -> str | None:
+        try:
+            parse(value)
+        except ConfigError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
+def _default_scratch() -> Path:
+    return Path(tempfile.gettempdir()) / "streaming-pipeline"
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    dsn: str = ""
-    remote: str = ""
-    # Default: the process's own $TMPDIR/streaming-pipeline. Only a scratch dir the user set is
-    # passed on to worker jobs: on a cluster TMPDIR is per job (made by a TaskProlog, deleted by
-    # the Epilog), and the controller's is gone before its workers start.
-    scratch_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "streaming-pipeline")
-    scratch_explicit: bool = False  # set by build_config: --scratch-dir or PIPELINE_SCRATCH
-    model: str = "large-v3"
-    device: str = "auto"
-    compute_type: str = "default"
-    language: str | None = None
-    beam_size: int = 5
+    dsn: str = setting("", env="PIPELINE_DSN", flag="--dsn", help="PostgreSQL DSN (else DB_CREDS)")
+    remote: str = setting(
+        "",
+        env="PIPELINE_REMOTE",
+        flag="--remote",
+        help="destination: path, host:path or rsync://host[:port]/module/path",
+    )
+    # Only a scratch dir set explicitly is passed on to worker jobs: on a cluster TMPDIR is per
+    # job (made by a TaskProlog, deleted by the Epilog), and the controller's is gone before its
+    # workers start.
+    scratch_dir: Path = setting(
+        env="PIPELINE_SCRATCH",
+        flag="--scratch-dir",
+        help="scratch root (default: each job's own $TMPDIR/streaming-pipeline)",
+        factory=_default_scratch,
+    )
+    model: str = setting(
+        "large-v3", env="PIPELINE_MODEL", flag="--model", help="model name or local CTranslate2 directory"
+    )
+    device: str = setting(
+        "auto",
+        env="PIPELINE_DEVICE",
+        flag="--device",
+        help="auto: CUDA when CTranslate2 sees a GPU",
+        choices=("auto", "cuda", "cpu"),
+    )
+    compute_type: str = setting(
+        "default",
+        env="PIPELINE_COMPUTE_TYPE",
+        flag="--compute-type",
+        help="default: float16 on GPU, int8 on CPU",
+    )
+    language: str | None = setting(
+        None, env="PIPELINE_LANGUAGE", flag="--language", help="force a language (default: detect per file)"
+    )
+    beam_size: int = setting(
+        5, env="PIPELINE_BEAM_SIZE", flag="--beam-size", help="beam width", check=at_least(1)
+    )
     # Decoding temperatures: the next is tried when a window fails the quality thresholds.
-    temperatures: str = "0.0,0.2,0.4,0.6,0.8,1.0"
-    vad: bool = True
-    # How members reach the model (decoder.py): auto (the batched decoder), batched, per-member.
-    decoder: str = "auto"
-    # Time in the transcripts: none (a window is one segment), segment (timestamp tokens), word
-    # (also cross-attention word times).
-    timestamps: str = "segment"
-    # Subtitle files written beside each member's FLAC and JSON: "srt", "vtt", "srt,vtt", "none".
-    subtitles: str = "srt"
-    decode_batch_size: int = 0  # rows (speech chunks <= 30 s) per generate call; 0: 16 on CUDA, 8 on CPU
-    max_new_tokens: int | None = None  # cap on tokens decoded per window (None: the model's 448)
-    stream_batch_size: int = 200
-    process_batch_size: int = 100  # members in the transcription stage at once (their rows are packed)
-    num_workers: int = 10
-    max_concurrent_uploads: int = 8
-    upload_timeout: float = 120.0
-    upload_retries: int = 5
-    upload_backoff_max: float = 60.0
-    max_member_bytes: int = 4 * 1024**3
-    max_members: int = 1_000_000  # members of one archive beyond this are rejected
-    decode_timeout: float = 600.0
-    cpu_threads: int = 0
+    temperatures: str = setting(
+        "0.0,0.2,0.4,0.6,0.8,1.0",
+        env="PIPELINE_TEMPERATURES",
+        flag="--temperatures",
+        help="fallback decoding temperatures",
+        check=_message_of(lambda v: parse_temperatures(v)),
+    )
+    vad: bool = setting(True, env="PIPELINE_VAD", flag="--no-vad", help="no voice activity detection")
+    decoder: str = setting(
+        "auto",
+        env="PIPELINE_DECODER",
+        flag="--decoder",
+        help="batched: windows of many members per GPU call (auto); per-member: faster-whisper's transcribe",
+        choices=("auto", "batched", "per-member"),
+    )
+    timestamps: str = setting(
+        "segment",
+        env="PIPELINE_TIMESTAMPS",
+        flag="--timestamps",
+        help="time in the transcripts: sentence-sized segments (segment), also words (word), or one "
+        "segment per speech window (none)",
+        choices=("none", "segment", "word"),
+    )
+    subtitles: str = setting(
+        "srt",
+        env="PIPELINE_SUBTITLES",
+        flag="--subtitles",
+        help="subtitle files beside each FLAC: srt, vtt, srt,vtt or none (an empty variable: none)",
+        check=_message_of(lambda v: subtitle_formats(v)),
+    )
+    decode_batch_size: int = setting(
+        0,
+        env="PIPELINE_DECODE_BATCH_SIZE",
+        flag="--decode-batch-size",
+        help="windows per decoding call (0: 16 on CUDA, 8 on CPU)",
+        check=at_least(0),
+    )
+    max_new_tokens: int | None = setting(
+        None,
+        env="PIPELINE_MAX_NEW_TOKENS",
+        flag="--max-new-tokens",
+        help="tokens decoded per window at most (default: the model's limit)",
+        check=lambda v: None if v is None or 1 <= v <= 440 else "must be between 1 and 440",
+    )
+    stream_batch_size: int = setting(
+        200,
+        env="PIPELINE_STREAM_BATCH_SIZE",
+        flag="--stream-batch-size",
+        help="members per extracted batch",
+        check=at_least(1),
+    )
+    process_batch_size: int = setting(
+        100,
+        env="PIPELINE_PROCESS_BATCH_SIZE",
+        flag="--process-batch-size",
+        help="members in the decoder at once (their windows are packed together)",
+        check=at_least(1),
+    )
+    num_workers: int = setting(
+        10, env="PIPELINE_NUM_WORKERS", flag="--num-workers", help="conversion processes", check=at_least(1)
+    )
+    max_concurrent_uploads: int = setting(
+        8,
+        env="PIPELINE_MAX_CONCURRENT_UPLOADS",
+        flag="--max-concurrent-uploads",
+        help="rsync threads",
+        check=at_least(1),
+    )
+    upload_timeout: float = setting(
+        120.0,
+        env="PIPELINE_UPLOAD_TIMEOUT",
+        flag="--upload-timeout",
+        help="seconds per rsync attempt",
+        check=positive,
+    )
+    upload_retries: int = setting(
+        5,
+        env="PIPELINE_UPLOAD_RETRIES",
+        flag="--upload-retries",
+        help="attempts per upload",
+        check=at_least(1),
+    )
+    upload_backoff_max: float = setting(
+        60.0,
+        env="PIPELINE_UPLOAD_BACKOFF_MAX",
+        flag="--upload-backoff-max",
+        help="seconds between rsync attempts at most (the backoff doubles up to it)",
+        check=positive,
+    )
+    max_member_bytes: int = setting(
+        4 * 1024**3,
+        env="PIPELINE_MAX_MEMBER_BYTES",
+        flag="--max-member-bytes",
+        help="members declaring more bytes are rejected",
+        check=at_least(1),
+    )
+    max_members: int = setting(
+        1_000_000,
+        env="PIPELINE_MAX_MEMBERS",
+        flag="--max-members",
+        help="members of one archive past this are rejected",
+        check=at_least(1),
+    )
+    decode_timeout: float = setting(
+        600.0,
+        env="PIPELINE_DECODE_TIMEOUT",
+        flag="--decode-timeout",
+        help="seconds to convert one member; past it, its process is ended and replaced",
+        check=positive,
+    )
+    cpu_threads: int = setting(
+        0,
+        env="PIPELINE_CPU_THREADS",
+        flag="--cpu-threads",
+        help="CTranslate2 CPU threads (0: the library's default)",
+        check=at_least(0),
+    )
     # Batched decoder: threads preparing members (VAD, features) for the decode thread. Per-member
     # decoder: files transcribed at once (CTranslate2 workers).
-    transcribe_workers: int = 1
-    offline: bool = False  # never download a model by name (HF_HUB_OFFLINE is honoured as well)
-    stop_grace: float = 90.0  # after a stop signal: seconds left to finish in-flight uploads
+    transcribe_workers: int = setting(
+        1,
+        env="PIPELINE_TRANSCRIBE_WORKERS",
+        flag="--transcribe-workers",
+        help="threads preparing windows (batched) or files transcribed at once (per-member)",
+        check=at_least(1),
+    )
+    offline: bool = setting(
+        False,
+        env="PIPELINE_OFFLINE",
+        help="never download a model by name (HF_HUB_OFFLINE is honoured as well)",
+        no_flag="the image sets it for every command; `doctor --offline` is that command's own flag",
+    )
+    stop_grace: float = setting(
+        90.0,
+        env="PIPELINE_STOP_GRACE",
+        flag="--stop-grace",
+        help="seconds a stopped run has to end: uploads, then running rsyncs are ended",
+        check=positive,
+    )
     # A day's fan-out (process-day, the hpc/ scripts):
-    input_root: Path | None = None  # archives are <input_root>/<DATE>/<SLOT>.tar.xz
-    log_dir: Path = Path("logs")
-    max_parallel: int = 4  # archives processed at once (the job array's %T)
-    worker_sbatch_args: str = ""  # extra sbatch options for workers, e.g. "--gres=none --mem=2G"
-    container: str = ""  # Apptainer image the workers run in; empty: the submitting environment
-    hpc_dir: Path | None = None  # where hpc/*.sh are (default: this checkout's hpc/)
-    slurm_job_id: str | None = None  # from SLURM_ARRAY_JOB_ID_TASK or SLURM_JOB_ID, never a flag
-    slurm_restart_count: int = 0  # SLURM_RESTART_COUNT: how often this job was requeued
+    input_root: Path | None = setting(
+        None,
+        env="PIPELINE_INPUT_ROOT",
+        flag="--input-root",
+        help="archives are <root>/<DATE>/<SLOT>.tar.xz",
+        group="day",
+    )
+    log_dir: Path = setting(
+        Path("logs"), env="PIPELINE_LOG_DIR", flag="--log-dir", help="worker logs", group="day"
+    )
+    max_parallel: int = setting(
+        4,
+        env="PIPELINE_MAX_PARALLEL",
+        flag="--max-parallel",
+        help="archives at once",
+        check=at_least(1),
+        group="day",
+    )
+    worker_sbatch_args: str = setting(
+        "",
+        env="PIPELINE_WORKER_SBATCH_ARGS",
+        flag="--worker-sbatch-args",
+        help='extra sbatch options for workers; write --worker-sbatch-args="--gres=none"',
+        group="day",
+    )
+    container: str = setting(
+        "",
+        env="PIPELINE_CONTAINER",
+        flag="--container",
+        help="Apptainer image the workers run in (default: the submitting environment)",
+        group="day",
+    )
+    hpc_dir: Path | None = setting(
+        None,
+        env="PIPELINE_HPC_DIR",
+        flag="--hpc-dir",
+        help="folder of the hpc/*.sh scripts (default: this checkout's)",
+        group="day",
+    )
     # An interrupted worker requeues its job at most this often; then its archive ends failed
     # (a member that hangs the worker, or a node that kills it, must not loop for ever).
-    max_restarts: int = 3
+    max_restarts: int = setting(
+        3,
+        env="PIPELINE_MAX_RESTARTS",
+        flag="--max-restarts",
+        help="requeues of an interrupted worker job before its archive ends failed",
+        check=at_least(0),
+    )
     # A worker's hold on its archive: renewed every quarter of it; a dead worker's archive can be
     # claimed this long after its last renewal (at once by a rerun that sees it is dead).
-    lease_s: float = 120.0
+    lease_s: float = setting(
+        120.0,
+        env="PIPELINE_LEASE_S",
+        flag="--lease-seconds",
+        help="a worker's lease on its archive",
+        check=at_least(1),
+    )
     # How long a worker waits for a database connection slot (a full or restarting server)
     # before its run fails; waiting is not a failure.
-    db_patience_s: float = 1800.0
+    db_patience_s: float = setting(
+        1800.0,
+        env="PIPELINE_DB_PATIENCE",
+        flag="--db-patience",
+        help="seconds a worker waits for a database connection slot",
+        check=at_least(0),
+    )
+    # Not settings: what the job's environment says of it, and which settings were set.
+    slurm_job_id: str | None = None  # SLURM_ARRAY_JOB_ID_TASK or SLURM_JOB_ID
+    slurm_restart_count: int = 0  # SLURM_RESTART_COUNT: how often this job was requeued
+    explicit: frozenset[str] = frozenset()  # settings given by a flag, a variable or a command
 
     def redacted_dsn(self) -> str:
         return redact_dsn(self.dsn)
 
-
-_ENV_NAMES = {
-    "dsn": "PIPELINE_DSN",
-    "remote": "PIPELINE_REMOTE",
-    "scratch_dir": "PIPELINE_SCRATCH",
-    "model": "PIPELINE_MODEL",
-    "device": "PIPELINE_DEVICE",
-    "compute_type": "PIPELINE_COMPUTE_TYPE",
-    "language": "PIPELINE_LANGUAGE",
-    "beam_size": "PIPELINE_BEAM_SIZE",
-    "temperatures": "PIPELINE_TEMPERATURES",
-    "decoder": "PIPELINE_DECODER",
-    "timestamps": "PIPELINE_TIMESTAMPS",
-    "subtitles": "PIPELINE_SUBTITLES",
-    "decode_batch_size": "PIPELINE_DECODE_BATCH_SIZE",
-    "max_new_tokens": "PIPELINE_MAX_NEW_TOKENS",
-    "stream_batch_size": "PIPELINE_STREAM_BATCH_SIZE",
-    "process_batch_size": "PIPELINE_PROCESS_BATCH_SIZE",
-    "num_workers": "PIPELINE_NUM_WORKERS",
-    "max_concurrent_uploads": "PIPELINE_MAX_CONCURRENT_UPLOADS",
-    "upload_timeout": "PIPELINE_UPLOAD_TIMEOUT",
-    "upload_retries": "PIPELINE_UPLOAD_RETRIES",
-    "max_member_bytes": "PIPELINE_MAX_MEMBER_BYTES",
-    "max_members": "PIPELINE_MAX_MEMBERS",
-    "decode_timeout": "PIPELINE_DECODE_TIMEOUT",
-    "cpu_threads": "PIPELINE_CPU_THREADS",
-    "transcribe_workers": "PIPELINE_TRANSCRIBE_WORKERS",
-    "vad": "PIPELINE_VAD",
-    "offline": "PIPELINE_OFFLINE",
-    "stop_grace": "PIPELINE_STOP_GRACE",
-    "max_restarts": "PIPELINE_MAX_RESTARTS",
-    "input_root": "PIPELINE_INPUT_ROOT",
-    "log_dir": "PIPELINE_LOG_DIR",
-    "max_parallel": "PIPELINE_MAX_PARALLEL",
-    "worker_sbatch_args": "PIPELINE_WORKER_SBATCH_ARGS",
-    "container": "PIPELINE_CONTAINER",
-    "hpc_dir": "PIPELINE_HPC_DIR",
-    "lease_s": "PIPELINE_LEASE_S",
-    "db_patience_s": "PIPELINE_DB_PATIENCE",
-}
+    def with_settings(self, **values: Any) -> PipelineConfig:
+        """A copy with these settings set, as if given explicitly (a worker job gets them)."""
+        return replace(self, **values, explicit=self.explicit | set(values))
 
 
-def _coerce(name: str, raw: Any, typ: Any) -> Any:
-    if raw is None:
-        return None
-    text = str(raw)
+def settings() -> Iterator[tuple[Field[Any], Setting]]:
+    """Every declared setting, in declaration order."""
+    for f in fields(PipelineConfig):
+        declared = f.metadata.get("setting")
+        if declared is not None:
+            yield f, declared
+
+
+def setting_type(f: Field[Any]) -> type:
+    """The setting's value type (int for `int | None`)."""
+    hint = typing.get_type_hints(PipelineConfig)[f.name]
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _coerce(f: Field[Any], raw: Any, source: str) -> Any:
+    if raw is None or not isinstance(raw, str):
+        return raw
+    typ = setting_type(f)
     try:
-        if "Path" in str(typ):
-            return Path(text).expanduser()
-        if "bool" in str(typ):
-            if isinstance(raw, bool):
-                return raw
-            return text.lower() in ("1", "true", "yes", "on")
-        if "int" in str(typ) and "float" not in str(typ):
-            return int(text)
-        if "float" in str(typ):
-            return float(text)
+        if typ is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if typ is Path:
+            return Path(raw).expanduser()
+        return typ(raw)
     except ValueError:
-        raise ConfigError(f"{name}: {text!r} is not a valid value") from None
-    return text
+        raise ConfigError(f"{f.name} ({source}): {raw!r} is not a valid {typ.__name__}") from None
 
 
 def build_config(
     cli: Mapping[str, Any], env: Mapping[str, str], defaults: Mapping[str, Any] | None = None
 ) -> PipelineConfig:
     """CLI flags win over PIPELINE_* variables, which win over a command's own `defaults` (the
-    benchmark's small batches), which win over the dataclass defaults.
+    benchmark's small batches), which win over the declared defaults.
 
     The DSN also falls back to DB_CREDS, the variable users' monitoring commands already use.
     """
     values: dict[str, Any] = {}
-    types = {f.name: f.type for f in fields(PipelineConfig)}
-    for name, typ in types.items():
-        raw = cli.get(name)
-        if raw is None and name in _ENV_NAMES:
-            raw = env.get(_ENV_NAMES[name]) or None
-            if name == "subtitles" and env.get(_ENV_NAMES[name]) == "":
+    for f, declared in settings():
+        raw, source = cli.get(f.name), f"--{f.name}"
+        if raw is None:
+            raw, source = env.get(declared.env) or None, declared.env
+            if f.name == "subtitles" and env.get(declared.env) == "":
                 raw = "none"  # set but empty: no subtitles
-        if raw is None and name == "dsn":
-            raw = env.get("DB_CREDS") or None
+        if raw is None and f.name == "dsn":
+            raw, source = env.get("DB_CREDS") or None, "DB_CREDS"
         if raw is None and defaults:
-            raw = defaults.get(name)
+            raw, source = defaults.get(f.name), "default"
         if raw is not None:
-            values[name] = _coerce(name, raw, typ)
-    if "subtitles" in values:
-        values["subtitles"] = ",".join(subtitle_formats(values["subtitles"])) or "none"
-    values.setdefault("slurm_job_id", _slurm_job_id(env))
-    values["slurm_restart_count"] = _coerce("SLURM_RESTART_COUNT", env.get("SLURM_RESTART_COUNT") or 0, int)
-    values["scratch_explicit"] = "scratch_dir" in values
+            values[f.name] = _coerce(f, raw, source)
+    explicit = frozenset(values)
     if "scratch_dir" not in values:
         values["scratch_dir"] = Path(env.get("TMPDIR") or tempfile.gettempdir()) / "streaming-pipeline"
-    config = PipelineConfig(**values)
+    restarts = env.get("SLURM_RESTART_COUNT") or "0"
+    if not restarts.isdigit():
+        raise ConfigError(f"SLURM_RESTART_COUNT: {restarts!r} is not a number")
+    config = PipelineConfig(
+        **values, slurm_job_id=_slurm_job_id(env), slurm_restart_count=int(restarts), explicit=explicit
+    )
     _validate(config)
-    return config
+    return replace(config, subtitles=",".join(subtitle_formats(config.subtitles)) or "none")
 
 
 def config_env(config: PipelineConfig) -> dict[str, str]:
-    """The PIPELINE_* variables that rebuild `config` in a child process (a worker job).
+    """The PIPELINE_* variables that rebuild `config` in a child process (a worker job): the
+    settings given explicitly, never the submitting host's defaults (its TMPDIR, say).
 
     Workers get their settings through the environment, never argv, so that the DSN's password
     does not show in `ps`, `squeue` or `scontrol show job`.
     """
     env: dict[str, str] = {}
-    for name, var in _ENV_NAMES.items():
-        value = getattr(config, name)
-        if value is None or value == "" or (name == "scratch_dir" and not config.scratch_explicit):
-            continue  # a worker job's scratch defaults to its own TMPDIR
-        env[var] = str(value.resolve() if isinstance(value, Path) else value)
+    for f, declared in settings():
+        value = getattr(config, f.name)
+        if f.name not in config.explicit or value is None or value == "":
+            continue
+        env[declared.env] = str(value.resolve() if isinstance(value, Path) else value)
     return env
 
 
@@ -203,40 +436,10 @@ def _slurm_job_id(env: Mapping[str, str]) -> str | None:
 
 
 def _validate(config: PipelineConfig) -> None:
-    positive = (
-        "beam_size",
-        "stream_batch_size",
-        "process_batch_size",
-        "num_workers",
-        "transcribe_workers",
-        "max_concurrent_uploads",
-        "max_member_bytes",
-        "max_members",
-        "max_parallel",
-    )
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
-    if config.upload_timeout <= 0 or config.decode_timeout <= 0 or config.stop_grace <= 0:
-        raise ConfigError("timeouts must be positive")
-    if config.max_restarts < 0:
-        raise ConfigError("max-restarts must be 0 or more")
-    if config.lease_s < 1:
-        raise ConfigError("lease-seconds must be at least 1")
-    if config.db_patience_s < 0:
-        raise ConfigError("db-patience must be 0 or more seconds")
-    parse_temperatures(config.temperatures)
-    if config.decode_batch_size < 0:
-        raise ConfigError("decode-batch-size must be 0 (automatic) or more")
-    if config.max_new_tokens is not None and not 1 <= config.max_new_tokens <= 440:
-        raise ConfigError("max-new-tokens must be between 1 and 440")
-    if config.decoder not in ("auto", "batched", "per-member"):
-        raise ConfigError(f"decoder must be auto, batched or per-member, not {config.decoder!r}")
-    if config.timestamps not in ("none", "segment", "word"):
-        raise ConfigError(f"timestamps must be none, segment or word, not {config.timestamps!r}")
-    subtitle_formats(config.subtitles)
-    if config.device not in ("auto", "cuda", "cpu"):
-        raise ConfigError(f"device must be auto, cuda or cpu, not {config.device!r}")
+    for f, declared in settings():
+        problem = declared.check(getattr(config, f.name)) if declared.check is not None else None
+        if problem is not None:
+            raise ConfigError(f"{declared.flag or declared.env}: {problem}")
 
 
 def parse_temperatures(text: str) -> tuple[float, ...]:
@@ -246,7 +449,7 @@ def parse_temperatures(text: str) -> tuple[float, ...]:
     except ValueError:
         values = ()
     if not values or any(not 0.0 <= t <= 1.0 for t in values):
-        raise ConfigError(f"temperatures: {text!r} is not a comma-separated list of numbers in [0, 1]")
+        raise ConfigError(f"{text!r} is not a comma-separated list of numbers in [0, 1]")
     return values
 
 
@@ -258,7 +461,7 @@ def subtitle_formats(text: str) -> tuple[str, ...]:
     wanted = {part.strip().lower() for part in text.split(",")} - {"", "none"}
     unknown = wanted - set(SUBTITLE_FORMATS)
     if unknown:
-        raise ConfigError(f"subtitles: {', '.join(sorted(unknown))} is not srt, vtt or none")
+        raise ConfigError(f"{', '.join(sorted(unknown))} is not srt, vtt or none")
     return tuple(f for f in SUBTITLE_FORMATS if f in wanted)
 
 

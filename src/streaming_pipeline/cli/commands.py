@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -521,7 +520,7 @@ def bench(args: argparse.Namespace) -> int:
         defaults |= {"model": str(model_dir), "temperatures": "0"}  # see the demo
     config = build_config(cli, env, defaults)
     if not config.dsn:
-        config = replace(config, dsn=EmbeddedPostgres(work / "postgres").start())
+        config = config.with_settings(dsn=EmbeddedPostgres(work / "postgres").start())
     store = _open_store(config)
     store.init_schema()
     store.close()

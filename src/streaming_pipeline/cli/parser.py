@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import MISSING
 from pathlib import Path
 
 from .. import __version__
+from ..config import setting_type, settings
 
 DESCRIPTION = (
     "Turn a day of recorded broadcast audio (one .tar.xz archive per slot) into 16 kHz FLAC plus "
@@ -19,83 +21,31 @@ EPILOG = (
 )
 
 
+def _setting_options(p: argparse.ArgumentParser, group: str, title: str) -> None:
+    """The flags of the settings declared in `group` (config.py), with their variable and
+    default in the help."""
+    g = p.add_argument_group(title)
+    for f, declared in settings():
+        if declared.group != group or declared.flag is None:
+            continue
+        default = "" if f.default in (None, "", MISSING) else f", default {f.default}"
+        help_text = f"{declared.help} ({declared.env}{default})"
+        typ = setting_type(f)
+        if typ is bool:  # a switch that turns the default off (--no-vad)
+            g.add_argument(
+                declared.flag, dest=f.name, action="store_const", const=not f.default, help=help_text
+            )
+        else:
+            g.add_argument(declared.flag, dest=f.name, type=typ, choices=declared.choices, help=help_text)
+
+
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("pipeline (flags override PIPELINE_* variables)")
-    g.add_argument("--dsn", help="PostgreSQL DSN (PIPELINE_DSN, else DB_CREDS)")
-    g.add_argument("--remote", help="destination: path, host:path or rsync://host[:port]/module/path")
-    g.add_argument(
-        "--scratch-dir",
-        type=Path,
-        help="scratch root (PIPELINE_SCRATCH); default: each job's own $TMPDIR/streaming-pipeline",
-    )
-    g.add_argument("--model", help="model name or local CTranslate2 directory (PIPELINE_MODEL)")
-    g.add_argument("--device", choices=("auto", "cuda", "cpu"))
-    g.add_argument("--compute-type", help="default: float16 on GPU, int8 on CPU")
-    g.add_argument("--language", help="force a language (default: detect per file)")
-    g.add_argument("--beam-size", type=int)
-    g.add_argument("--temperatures", help="fallback decoding temperatures (0.0,0.2,0.4,0.6,0.8,1.0)")
-    g.add_argument("--no-vad", dest="vad", action="store_const", const=False)
-    g.add_argument(
-        "--decoder",
-        choices=("auto", "batched", "per-member"),
-        help="batched: windows of many members per GPU call (auto); per-member: faster-whisper's transcribe",
-    )
-    g.add_argument(
-        "--timestamps",
-        choices=("none", "segment", "word"),
-        help="time in the transcripts: sentence-sized segments (segment), also words (word), or "
-        "one segment per speech window (none) (PIPELINE_TIMESTAMPS)",
-    )
-    g.add_argument(
-        "--subtitles",
-        help="subtitle files beside each FLAC: srt, vtt, srt,vtt or none (srt) (PIPELINE_SUBTITLES)",
-    )
-    g.add_argument(
-        "--decode-batch-size", type=int, help="windows per decoding call (0: 16 on CUDA, 8 on CPU)"
-    )
-    g.add_argument("--max-new-tokens", type=int, help="tokens decoded per window at most (model's limit)")
-    g.add_argument("--stream-batch-size", type=int, help="members per extracted batch (200)")
-    g.add_argument("--process-batch-size", type=int, help="members being transcribed at once (100)")
-    g.add_argument("--num-workers", type=int, help="conversion processes (10)")
-    g.add_argument("--max-concurrent-uploads", type=int, help="rsync threads (8)")
-    g.add_argument("--upload-timeout", type=float, help="seconds per rsync attempt (120)")
-    g.add_argument("--upload-retries", type=int, help="attempts per upload (5)")
-    g.add_argument("--max-member-bytes", type=int, help="members declaring more are rejected")
-    g.add_argument("--max-members", type=int, help="members of one archive past this are rejected (1e6)")
-    g.add_argument("--decode-timeout", type=float, help="seconds to decode one member (600)")
-    g.add_argument("--cpu-threads", type=int, help="CTranslate2 CPU threads (0: library default)")
-    g.add_argument(
-        "--transcribe-workers",
-        type=int,
-        help="threads preparing windows (batched) or files transcribed at once (1)",
-    )
-    g.add_argument(
-        "--max-restarts",
-        type=int,
-        help="requeues of an interrupted worker job before its archive ends failed (3)",
-    )
-    g.add_argument(
-        "--lease-seconds", dest="lease_s", type=float, help="a worker's lease on its archive (120)"
-    )
-    g.add_argument(
-        "--db-patience",
-        dest="db_patience_s",
-        type=float,
-        help="seconds a worker waits for a database connection slot (1800)",
-    )
+    _setting_options(p, "pipeline", "pipeline (flags override PIPELINE_* variables)")
 
 
 def _day_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("day fan-out")
-    g.add_argument("--executor", choices=("slurm", "local"), default="slurm")
-    g.add_argument("--input-root", type=Path, help="archives are <root>/<DATE>/<SLOT>.tar.xz")
-    g.add_argument("--log-dir", type=Path, help="worker logs (PIPELINE_LOG_DIR, default ./logs)")
-    g.add_argument("--max-parallel", type=int, help="archives at once (PIPELINE_MAX_PARALLEL, 4)")
-    g.add_argument("--hpc-dir", type=Path, help="folder of the hpc/*.sh scripts (Slurm)")
-    g.add_argument(
-        "--worker-sbatch-args",
-        help='extra sbatch options for workers; write --worker-sbatch-args="--gres=none"',
-    )
+    p.add_argument("--executor", choices=("slurm", "local"), default="slurm")
+    _setting_options(p, "day", "day fan-out")
 
 
 def build_parser() -> argparse.ArgumentParser:

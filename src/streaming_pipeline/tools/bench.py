@@ -356,9 +356,7 @@ def run_process_tar(config: PipelineConfig, archive: Path, work: Path, dsn: str)
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    config = replace(
-        config, dsn=dsn, remote=str(work / "remote"), scratch_dir=work / "scratch", scratch_explicit=True
-    )
+    config = config.with_settings(dsn=dsn, remote=str(work / "remote"), scratch_dir=work / "scratch")
     store = ProgressStore(dsn)
     try:
         store.forget_archive(archive_key(DAY, archive, "bench").archive)
