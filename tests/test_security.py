@@ -64,6 +64,27 @@ def test_sql_text_interpolates_only_constant_column_lists() -> None:
                     raise AssertionError(f"{path.name}:{node.lineno}: SQL built with .format")
 
 
+# SQL outside state/, each with its reason; everything else the package asks PostgreSQL is in state/.
+SQL_OUTSIDE_STATE = {
+    "tools/scale.py": "the simulation's own trigger and tallies on its throwaway server",
+    "cli/commands.py": "the psql command the demo prints for the user to run",
+}
+
+
+def test_sql_lives_in_state() -> None:
+    package = REPO / "src" / "streaming_pipeline"
+    for path in SOURCES:
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith("state/") or rel in SQL_OUTSIDE_STATE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found = re.search(
+                    r"\bSELECT\s|\bINSERT INTO\b|\bUPDATE \w+ SET\b|\bDELETE FROM\b", node.value
+                )
+                assert found is None, f"{rel}:{node.lineno}: SQL outside state/: {node.value[:60]!r}"
+
+
 def test_rsync_never_takes_a_path_as_an_option(tmp_path: Path) -> None:
     """The commands the manager runs (recorded by a stand-in runner: only the argv matters here)."""
     seen: list[list[str]] = []

@@ -19,7 +19,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -458,15 +458,6 @@ class ProgressStore:
             return int(cur.fetchone()["id"])
 
         return self._transaction(start, "start archive", fenced=True)
-
-    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Rows of a read-only query (the day report's)."""
-
-        def read(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
-            cur.execute(sql, params)
-            return list(cur.fetchall())
-
-        return self._transaction(read, "read")
 
     def record_stages(self, run_id: int, stages: Sequence[StageTiming]) -> None:
         """A batch's stage timings, one round trip (the day report's timeline)."""
@@ -957,8 +948,8 @@ class ProgressStore:
 
         return self._transaction(finish, "finish dataset run", fenced=True)
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Read-only helper for status commands and tests."""
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+        """Rows of a read-only query (the report's, status commands', tests')."""
 
         def read(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
             cur.execute(sql, params)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..run.day import owner_label
+from ..state.reports import ReportQueries
 from ..state.store import ProgressStore
 
 log = logging.getLogger(__name__)
@@ -33,80 +34,25 @@ THROUGHPUT_BINS = 120
 TIMELINE_RESOLUTION = 600  # gaps shorter than the day's span / this are merged in the timeline
 STAGES = ("extract", "convert", "transcribe", "upload")
 
-_FILTER = "day = ANY(%(days)s) AND (%(archive)s::text IS NULL OR archive = %(archive)s)"
-_RUN_FILTER = "r.day = ANY(%(days)s) AND (%(archive)s::text IS NULL OR r.archive = %(archive)s)"
-
 
 def collect(store: ProgressStore, days: list[dt.date], archive: str | None = None) -> dict[str, Any]:
-    """Everything the report draws, aggregated (one query per view)."""
-    p = {"days": days, "archive": archive}
-    archives = store.fetch(
-        "SELECT archive, day, slot, state, done, failed, rejected, uploading, audio_hours, elapsed_s, host,"
-        " pid, restarts, slurm_job_id, live, lease_until, error FROM archive_status WHERE "
-        + _FILTER
-        + " ORDER BY day, slot",
-        p,
-    )
-    runs = store.fetch(
-        "SELECT id, archive, host, slurm_job_id, restarts, started_at, finished_at, state, error, audio_s"
-        " FROM archive_runs WHERE " + _FILTER + " ORDER BY started_at",
-        p,
-    )
-    stages = store.fetch(
-        "SELECT s.run_id, s.stage, s.started_at, s.ended_at, s.members, s.audio_s FROM batch_stages s"
-        " JOIN archive_runs r ON r.id = s.run_id WHERE "
-        + _RUN_FILTER
-        + " ORDER BY s.run_id, s.stage, s.started_at",
-        p,
-    )
-    gpu = store.fetch(
-        "SELECT r.host, date_trunc('minute', g.at) AS at, avg(g.busy) AS busy, max(g.memory_mb) AS memory_mb"
-        " FROM gpu_samples g JOIN archive_runs r ON r.id = g.run_id WHERE "
-        + _RUN_FILTER
-        + " GROUP BY 1, 2 ORDER BY 1, 2",
-        p,
-    )
-    members = store.fetch(
-        "SELECT count(*) FILTER (WHERE status = 'done') AS done,"
-        " count(*) FILTER (WHERE status = 'failed') AS failed,"
-        " count(*) FILTER (WHERE status = 'rejected') AS rejected,"
-        " count(*) FILTER (WHERE status = 'uploading') AS uploading,"
-        " coalesce(sum(duration_s) FILTER (WHERE status = 'done'), 0) AS audio_s,"
-        " count(*) FILTER (WHERE status = 'done' AND coalesce(transcript, '') = '') AS empty,"
-        " count(*) FILTER (WHERE status = 'done' AND fallback) AS fallback,"
-        " count(*) FILTER (WHERE status = 'done' AND timestamps IN ('segment', 'word')) AS timed,"
-        " count(*) FILTER (WHERE status = 'done' AND timestamps = 'word') AS worded,"
-        " count(*) FILTER (WHERE status = 'done' AND subtitles IS NOT NULL) AS subtitled,"
-        " max(duration_s) FILTER (WHERE status = 'done') AS longest"
-        " FROM audio_files WHERE " + _FILTER,
-        p,
-    )[0]
-    languages = store.fetch(
-        "SELECT coalesce(language, 'none') AS language, count(*) AS n FROM audio_files"
-        " WHERE status = 'done' AND " + _FILTER + " GROUP BY 1 ORDER BY 2 DESC",
-        p,
-    )
+    """Everything the report draws, aggregated (one query per view, state/reports.py)."""
+    q = ReportQueries(store, days, archive)
+    members = q.members()
     longest = float(members["longest"] or 1.0)
-    durations = store.fetch(
-        "SELECT width_bucket(duration_s, 0, %(longest)s, %(bins)s) AS bin, count(*) AS n FROM audio_files"
-        " WHERE status = 'done' AND " + _FILTER + " GROUP BY 1 ORDER BY 1",
-        {**p, "longest": longest * 1.0001, "bins": DURATION_BINS},
-    )
-    reasons = store.fetch(
-        "SELECT status, left(regexp_replace(coalesce(error, ''), '[0-9]+', 'N', 'g'), 160) AS reason,"
-        " count(*) AS n FROM audio_files WHERE status IN ('failed', 'rejected') AND "
-        + _FILTER
-        + " GROUP BY 1, 2 ORDER BY 3 DESC",
-        p,
-    )
-    failures = store.fetch(
-        "SELECT archive, member, status, error FROM audio_files WHERE status IN ('failed', 'rejected') AND "
-        + _FILTER
-        + " ORDER BY archive, member LIMIT %(cap)s",
-        {**p, "cap": MAX_FAILURE_ROWS},
-    )
     return _shape(
-        days, archive, archives, runs, stages, gpu, members, languages, durations, reasons, failures, longest
+        days,
+        archive,
+        q.archives(),
+        q.runs(),
+        q.stages(),
+        q.gpu(),
+        members,
+        q.languages(),
+        q.durations(longest * 1.0001, DURATION_BINS),
+        q.reasons(),
+        q.failures(MAX_FAILURE_ROWS),
+        longest,
     )
 
 
