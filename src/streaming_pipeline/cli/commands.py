@@ -433,6 +433,7 @@ def process_dataset(args: argparse.Namespace) -> int:
     from ..errors import LeaseLost
     from ..hf.dataset import DatasetJob, DatasetWorker, resolve_source
     from ..stages.transcribe import Transcriber, local_model_dir
+    from ..state.states import ArchiveState
 
     config = config_from(args)
     job = DatasetJob(
@@ -463,7 +464,7 @@ def process_dataset(args: argparse.Namespace) -> int:
         store.close()
     print(result.summary_line())
     worker.control.over()
-    if result.state == "interrupted":
+    if result.state == ArchiveState.INTERRUPTED:
         return EXIT_INTERRUPTED
     return 0 if result.ok else 1
 

@@ -42,6 +42,7 @@ from ..stages.flow import TranscriberLike
 from ..stages.pool import ConversionPool
 from ..stages.upload import AsyncRsyncStorageManager, UploadJob, UploadState
 from ..state.lease import Lease, Owner, holder_is_gone
+from ..state.states import ArchiveState
 from ..state.store import DatasetResume, ProgressStore, ShardCheckpoint
 from .shards import Shard, ShardWriter, dataset_card, dataset_features, segment_rows
 
@@ -214,7 +215,7 @@ class DatasetResult:
 
     @property
     def ok(self) -> bool:
-        return self.state == "done"
+        return self.state == ArchiveState.DONE
 
     def summary_line(self) -> str:
         line = (
@@ -255,7 +256,7 @@ class DatasetWorker(StagedRun):
         )
 
     def record_interrupted(self, reason: str) -> None:
-        self.store.finish_dataset_run(self.job.run, state="interrupted", error=reason)
+        self.store.finish_dataset_run(self.job.run, state=ArchiveState.INTERRUPTED, error=reason)
 
     def run(self) -> DatasetResult:
         started = time.monotonic()
@@ -296,7 +297,9 @@ class DatasetWorker(StagedRun):
         try:
             complete = self._pipeline(source, resume.rows_done, resume.shards_done)
         except BaseException as exc:
-            self.store.finish_dataset_run(self.job.run, state="failed", error=f"stopped by an error: {exc}")
+            self.store.finish_dataset_run(
+                self.job.run, state=ArchiveState.FAILED, error=f"stopped by an error: {exc}"
+            )
             raise
         finally:
             shutil.rmtree(self.scratch, ignore_errors=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..state.states import ArchiveState
 from ..state.store import ArchiveKey, ProgressStore
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def plan_day(store: ProgressStore, day: dt.date, archives: list[DayArchive]) -> 
     plan = DayPlan(day, archives)
     for archive in archives:
         row = rows[archive.key.archive]
-        if row["state"] == "done":
+        if row["state"] == ArchiveState.DONE:
             plan.done.append(archive)
         elif row["live"]:
             plan.busy.append((archive, row))
@@ -111,7 +112,7 @@ def day_report(store: ProgressStore, day: dt.date) -> dict[str, Any]:
     for r in rows:
         audio_s = float(r["audio_hours"] or 0) * 3600
         r["x_realtime"] = round(audio_s / r["elapsed_s"], 2) if r["elapsed_s"] else None
-        if r["state"] == "running" and not r["live"]:
+        if r["state"] == ArchiveState.RUNNING and not r["live"]:
             r["state"] = "running?"  # its lease expired: the worker died or stalled; claimable
     totals: dict[str, Any] = {
         "archives": len(rows),
@@ -122,7 +123,7 @@ def day_report(store: ProgressStore, day: dt.date) -> dict[str, Any]:
         "uploading": sum(r["uploading"] for r in rows),
         "audio_hours": round(sum(float(r["audio_hours"] or 0) for r in rows), 3),
     }
-    totals["complete"] = bool(rows) and totals["by_state"].get("done", 0) == len(rows)
+    totals["complete"] = bool(rows) and totals["by_state"].get(ArchiveState.DONE, 0) == len(rows)
     return {"day": day.isoformat(), "archives": rows, "totals": totals}
 
 

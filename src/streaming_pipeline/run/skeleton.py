@@ -26,6 +26,7 @@ from ..stages.decoder import Decoder
 from ..stages.flow import Stopwatch, put_unless_stopped
 from ..stages.upload import AsyncRsyncStorageManager, Destination
 from ..state.lease import upload_gate
+from ..state.states import ArchiveState
 from ..state.store import ProgressStore
 from .control import StopControl
 
@@ -36,29 +37,32 @@ T = TypeVar("T")
 
 def final_state(
     *, complete: bool, stop_reason: str | None, damage: str | None, errors: Iterable[str]
-) -> tuple[str, str | None]:
+) -> tuple[ArchiveState, str | None]:
     """(state, error) of a run that ended. `complete`: every item was read to the real end of its
     source and has its outcome. A stop request wins (the next run continues where this one
     stopped, whatever went wrong meanwhile); then damage of the source; then any error."""
     reasons = [e for e in dict.fromkeys(errors) if e]
     if complete and not reasons and damage is None:
-        return "done", None
+        return ArchiveState.DONE, None
     if stop_reason is not None:
-        return "interrupted", "; ".join([stop_reason, *reasons])
+        return ArchiveState.INTERRUPTED, "; ".join([stop_reason, *reasons])
     if damage is not None:
-        return "damaged", "; ".join([damage, *reasons])
-    return "failed", "; ".join(reasons) or "stopped before the end of its input"
+        return ArchiveState.DAMAGED, "; ".join([damage, *reasons])
+    return ArchiveState.FAILED, "; ".join(reasons) or "stopped before the end of its input"
 
 
 def limit_requeues(
-    state: str, error: str | None, *, restarts: int, max_restarts: int
-) -> tuple[str, str | None]:
+    state: ArchiveState, error: str | None, *, restarts: int, max_restarts: int
+) -> tuple[ArchiveState, str | None]:
     """An interrupted run of a job already requeued `max_restarts` times is not requeued again:
     it ends failed (submitit's max_num_timeout), so a worker that a member or a node keeps
     stopping does not loop for ever."""
-    if state != "interrupted" or restarts < max_restarts:
+    if state != ArchiveState.INTERRUPTED or restarts < max_restarts:
         return state, error
-    return "failed", f"{error}; requeued {restarts} times already (PIPELINE_MAX_RESTARTS={max_restarts})"
+    return (
+        ArchiveState.FAILED,
+        f"{error}; requeued {restarts} times already (PIPELINE_MAX_RESTARTS={max_restarts})",
+    )
 
 
 # A member in flight when this many runs died is failed, not tried again.
@@ -168,7 +172,7 @@ class StagedRun:
             self.uploader.abort(late)
         return ended
 
-    def outcome(self, *, complete: bool, damage: str | None = None) -> tuple[str, str | None]:
+    def outcome(self, *, complete: bool, damage: str | None = None) -> tuple[ArchiveState, str | None]:
         return final_state(
             complete=complete, stop_reason=self.control.reason, damage=damage, errors=self.tally.errors()
         )

@@ -45,6 +45,7 @@ from ..stages.pool import ConversionPool
 from ..stages.subtitles import render as render_subtitles
 from ..stages.upload import AsyncRsyncStorageManager, UploadJob, UploadState
 from ..state.lease import ArchiveLease, Owner
+from ..state.states import ArchiveState, MemberStatus
 from ..state.store import MemberRecord, ProgressStore, StageTiming
 from .control import UploadSlots
 from .day import archive_key
@@ -106,11 +107,11 @@ class WorkerResult:
 
     @property
     def ok(self) -> bool:
-        return self.state == "done"
+        return self.state == ArchiveState.DONE
 
     @property
     def interrupted(self) -> bool:
-        return self.state == "interrupted"
+        return self.state == ArchiveState.INTERRUPTED
 
     def summary_line(self) -> str:
         rt = self.run_audio_s / self.wall_s if self.wall_s > 0 else 0.0
@@ -201,7 +202,7 @@ class ArchiveWorker(StagedRun):
     # -- public -----------------------------------------------------------------------------
     def record_interrupted(self, reason: str) -> None:
         self.store.finish_archive(
-            self.key.archive, state="interrupted", error=reason, wall_s=0.0, run_id=self._run_id
+            self.key.archive, state=ArchiveState.INTERRUPTED, error=reason, wall_s=0.0, run_id=self._run_id
         )
 
     def run(self) -> WorkerResult:
@@ -232,7 +233,7 @@ class ArchiveWorker(StagedRun):
                 error = f"worker stopped by an error: {exc}"
                 self.store.finish_archive(
                     self.key.archive,
-                    state="failed",
+                    state=ArchiveState.FAILED,
                     error=error,
                     wall_s=time.monotonic() - started,
                     run_id=self._run_id,
@@ -408,7 +409,7 @@ class ArchiveWorker(StagedRun):
                     [
                         MemberRecord(
                             m.name,
-                            "rejected",
+                            MemberStatus.REJECTED,
                             size_bytes=m.size,
                             error=m.reject_reason,
                             full_name=m.full_name,
@@ -470,7 +471,10 @@ class ArchiveWorker(StagedRun):
             log.error("member %r was being decoded when %d runs of this archive died: failed", member, runs)
         self.store.record_members(
             self.key,
-            [MemberRecord(m, "failed", error=f"crashed the worker in {n} runs") for m, n in poison.items()],
+            [
+                MemberRecord(m, MemberStatus.FAILED, error=f"crashed the worker in {n} runs")
+                for m, n in poison.items()
+            ],
         )
         self.tally.count("failed", len(poison))
 
@@ -564,7 +568,7 @@ class ArchiveWorker(StagedRun):
         decoded = [e.conversion.member.name for e in submitted.entries if e.future is not None]
         self.store.clear_in_flight(self.key.archive, decoded)  # back from the decoder, alive
         if submitted.submitted_at is not None:
-            transcribed = sum(r.status == "uploading" for r in records)
+            transcribed = sum(r.status == MemberStatus.UPLOADING for r in records)
             self.tally.timed(
                 batch.number, "transcribe", submitted.submitted_at, members=transcribed, audio_s=audio_s
             )
@@ -572,7 +576,7 @@ class ArchiveWorker(StagedRun):
             self._cancel(left)
             self.tally.count("left", len(left))
             log.info("stopping: %d members of batch %d left for the next run", len(left), batch.number)
-        to_upload = [(r.member, r.remote_path or "") for r in records if r.status == "uploading"]
+        to_upload = [(r.member, r.remote_path or "") for r in records if r.status == MemberStatus.UPLOADING]
         self.store.record_members(self.key, records)
         if not to_upload:
             self.tally.flush_timings(self.store, self._run_id, batch.number)
@@ -624,7 +628,7 @@ class ArchiveWorker(StagedRun):
             conversion.staged.with_suffix(f".{fmt}").write_text(text, encoding="utf-8")
         return MemberRecord(
             member.name,
-            "uploading",
+            MemberStatus.UPLOADING,
             size_bytes=member.size,
             sample_rate=info.sample_rate,
             channels=info.channels,
@@ -692,7 +696,7 @@ class ArchiveWorker(StagedRun):
     def _failed(self, member: Member, reason: str) -> MemberRecord:
         log.warning("member %r failed: %s", member.name, reason)
         self.tally.count("failed", 1)
-        return MemberRecord(member.name, "failed", size_bytes=member.size, error=reason)
+        return MemberRecord(member.name, MemberStatus.FAILED, size_bytes=member.size, error=reason)
 
     def _log_progress(
         self, batch: Batch, reader: ArchiveReader, uploader: AsyncRsyncStorageManager, started: float

@@ -31,6 +31,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from ..config import describe_error, dsn_password
 from ..errors import ConfigError, LeaseLost, RunBusy, StoreError
+from .states import MemberStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,7 +75,7 @@ DAY_COLUMNS = frozenset(
 @dataclass(frozen=True)
 class MemberRecord:
     member: str
-    status: str
+    status: MemberStatus
     size_bytes: int | None = None
     sample_rate: int | None = None
     channels: int | None = None
