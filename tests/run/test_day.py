@@ -295,7 +295,7 @@ def test_a_dead_holder_elsewhere_is_taken_over_when_its_lease_expires(
     store = ProgressStore(pg_dsn)
     # A worker on a node that vanished: it claimed, and never renews; nothing here can tell.
     owner = Owner("5_0", "gone", 1).row()
-    token, _ = store.claim(key, path=str(archive), owner=owner, lease_s=3, may_take=lambda row: False)
+    token, _ = store.leases.claim(key, path=str(archive), owner=owner, lease_s=3, may_take=lambda row: False)
     assert token == 1
     store.close()
     argv = ["process-tar", DAY, str(archive), "11_30", *_options(tmp_path, pg_dsn, tiny_model)]

@@ -17,7 +17,9 @@ KEY = ArchiveKey("2025-01-25/12_30.tar.xz", dt.date(2025, 1, 25), "12_30")
 
 def _claim(store: ProgressStore, pid: int, lease_s: float) -> int:
     owner = {"slurm_job_id": None, "host": f"node{pid}", "pid": pid}
-    token, _ = store.claim(KEY, path="/x.tar.xz", owner=owner, lease_s=lease_s, may_take=lambda row: False)
+    token, _ = store.leases.claim(
+        KEY, path="/x.tar.xz", owner=owner, lease_s=lease_s, may_take=lambda row: False
+    )
     assert token is not None
     return token
 
@@ -33,7 +35,7 @@ def test_the_gate_opens_while_the_lease_is_ours_and_names_the_taker_once_it_is_n
     reason = gate()
     assert reason is not None and "to a job outside Slurm on node2 (pid 2)" in reason
     with pytest.raises(LeaseLost):  # and every later write of the stalled worker fails at once
-        stalled.update_archive_progress(KEY.archive, bytes_read=1, members_seen=1)
+        stalled.archives.progress(KEY.archive, bytes_read=1, members_seen=1)
     stalled.close()
     successor.close()
 

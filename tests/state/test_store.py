@@ -22,7 +22,7 @@ KEY = ArchiveKey("2025-01-25/12_30.tar.xz", dt.date(2025, 1, 25), "12_30")
 def _store(dsn: str) -> ProgressStore:
     store = ProgressStore(dsn)
     store.init_schema()
-    store.start_archive(KEY, path="/x.tar.xz", bytes_total=10, host="h", pid=1, slurm_job_id=None)
+    store.archives.start(KEY, path="/x.tar.xz", bytes_total=10, host="h", pid=1, slurm_job_id=None)
     return store
 
 
@@ -36,14 +36,14 @@ def test_schema_is_idempotent_and_users_query_works(pg_dsn: str) -> None:
 
 def test_done_is_never_downgraded(pg_dsn: str) -> None:
     store = _store(pg_dsn)
-    store.record_members(KEY, [MemberRecord("a.wav", "uploading"), MemberRecord("b.wav", "uploading")])
-    store.mark_done(KEY.archive, [("a.wav", "/r/a.flac")])
-    store.record_members(
+    store.members.record(KEY, [MemberRecord("a.wav", "uploading"), MemberRecord("b.wav", "uploading")])
+    store.members.mark_done(KEY.archive, [("a.wav", "/r/a.flac")])
+    store.members.record(
         KEY, [MemberRecord("a.wav", "failed", error="x"), MemberRecord("b.wav", "failed", error="y")]
     )
-    store.mark_failed(KEY.archive, ["a.wav"], "late failure")
-    assert store.done_members(KEY.archive) == {"a.wav"}
-    summary = store.archive_summary(KEY.archive)
+    store.members.mark_failed(KEY.archive, ["a.wav"], "late failure")
+    assert store.members.done(KEY.archive) == {"a.wav"}
+    summary = store.archives.summary(KEY.archive)
     assert (summary["done"], summary["failed"], summary["pending"]) == (1, 1, 0)
 
 
@@ -53,8 +53,8 @@ def test_reconnects_after_backend_is_terminated(pg_dsn: str) -> None:
     pid = store.query("SELECT pg_backend_pid() AS pid")[0]["pid"]
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    store.record_members(KEY, [MemberRecord("c.wav", "failed", error="x")])  # retried on a new connection
-    assert store.archive_summary(KEY.archive)["failed"] == 1
+    store.members.record(KEY, [MemberRecord("c.wav", "failed", error="x")])  # retried on a new connection
+    assert store.archives.summary(KEY.archive)["failed"] == 1
 
 
 class FakeClock:
@@ -152,18 +152,16 @@ def test_a_dataset_run_is_held_by_one_process_and_a_taken_over_one_is_fenced(pg_
     store = ProgressStore(pg_dsn)
     store.init_schema()
     run = dict(source="src", config_name=None, split="train", output="out", resume=False, lease_s=60)
-    first = store.start_dataset_run("r1", host="n1", pid=1, slurm_job_id="7_1", **run)
+    first = store.datasets.start("r1", host="n1", pid=1, slurm_job_id="7_1", **run)
     with pytest.raises(RunBusy, match="r1 is being processed by job 7_1 on n1"):
-        store.start_dataset_run("r1", host="n2", pid=2, slurm_job_id=None, **run)
+        store.datasets.start("r1", host="n2", pid=2, slurm_job_id=None, **run)
     # A requeued run of the same job takes it over at once (holder_is_gone decides that).
-    again = store.start_dataset_run(
-        "r1", host="n1", pid=3, slurm_job_id="7_1", may_take=lambda r: True, **run
-    )
+    again = store.datasets.start("r1", host="n1", pid=3, slurm_job_id="7_1", may_take=lambda r: True, **run)
     assert again.lease_token == first.lease_token + 1
     stale = ProgressStore(pg_dsn)
     stale.hold("r1", first.lease_token, table="dataset_runs")
     with pytest.raises(LeaseLost, match="lost the lease on r1 to job 7_1 on n1 \\(pid 3\\)"):
-        stale.finish_dataset_run("r1", state="done", error=None)
+        stale.datasets.finish("r1", state="done", error=None)
     assert store.query("SELECT state FROM dataset_runs")[0]["state"] == "running"
     stale.close()
     store.close()
@@ -207,3 +205,15 @@ def test_the_right_password_connects_and_a_wrong_one_fails_at_once_without_eithe
     assert "password authentication failed" in out.err + out.out
     for text in (out.err, out.out, caplog.text):
         assert "Wr0ng-battery" not in text and "Corr3ct-h0rse" not in text
+
+
+def test_each_class_in_state_describes_one_concern_in_under_250_lines() -> None:
+    import ast
+
+    from ..conftest import REPO
+
+    for path in sorted((REPO / "src" / "streaming_pipeline" / "state").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                assert lines <= 250, f"{path.name}: {node.name} is {lines} lines"

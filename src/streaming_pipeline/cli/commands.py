@@ -221,7 +221,7 @@ def _submit_slurm(
     sub = submit_days(config, todo, scripts=hpc_dir(config.hpc_dir), client=client)
     now = dt.datetime.now(dt.UTC)
     for plan in plans:
-        store.record_day(
+        store.days.record(
             plan.day,
             state="submitted",
             archives=len(plan.archives),
@@ -287,7 +287,7 @@ def _run_local(
 
     executor = LocalExecutor(config, env)
     StopSignals(lambda _reason: executor.stop(), on_second=executor.signal_workers).install()
-    store.record_day(
+    store.days.record(
         day,
         state="submitted",
         archives=len(plan.archives),

@@ -256,13 +256,13 @@ class DatasetWorker(StagedRun):
         )
 
     def record_interrupted(self, reason: str) -> None:
-        self.store.finish_dataset_run(self.job.run, state=ArchiveState.INTERRUPTED, error=reason)
+        self.store.datasets.finish(self.job.run, state=ArchiveState.INTERRUPTED, error=reason)
 
     def run(self) -> DatasetResult:
         started = time.monotonic()
         source = open_source(self.job, offline=self.config.offline)
         self.destination.prepare()
-        resume = self.store.start_dataset_run(
+        resume = self.store.datasets.start(
             self.job.run,
             source=self.job.source,
             config_name=self.job.name,
@@ -297,14 +297,14 @@ class DatasetWorker(StagedRun):
         try:
             complete = self._pipeline(source, resume.rows_done, resume.shards_done)
         except BaseException as exc:
-            self.store.finish_dataset_run(
+            self.store.datasets.finish(
                 self.job.run, state=ArchiveState.FAILED, error=f"stopped by an error: {exc}"
             )
             raise
         finally:
             shutil.rmtree(self.scratch, ignore_errors=True)
         state, error = self.outcome(complete=complete)
-        row = self.store.finish_dataset_run(self.job.run, state=state, error=error)
+        row = self.store.datasets.finish(self.job.run, state=state, error=error)
         self.tally.timers.log()
         return DatasetResult(
             run=self.job.run,
@@ -516,7 +516,7 @@ class DatasetWorker(StagedRun):
     def _uploaded(self, job: UploadJob, checkpoint: ShardCheckpoint) -> None:
         try:
             if job.state is UploadState.DONE and not self.tally.errors():
-                self.store.record_shard(self.job.run, checkpoint)
+                self.store.datasets.record_shard(self.job.run, checkpoint)
                 log.info(
                     "checkpoint: shard %d uploaded, %d source rows done", checkpoint.shard, checkpoint.end_row
                 )
@@ -531,7 +531,7 @@ class DatasetWorker(StagedRun):
             self._slots.give()
 
     def _publish_card(self, uploader: AsyncRsyncStorageManager) -> None:
-        shards = [s for s in self.store.dataset_shards(self.job.run) if s["rows"] > 0]
+        shards = [s for s in self.store.datasets.shards(self.job.run) if s["rows"] > 0]
         files = [s["remote_path"][len(self.destination.url(self.prefix)) + 1 :] for s in shards]
         card = dataset_card(
             dataset_features(),

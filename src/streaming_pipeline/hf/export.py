@@ -89,7 +89,7 @@ class DayExporter:
         audio_s = 0.0
         fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch")
         try:
-            chunks = self.store.iter_done_members(self.day, chunk=FETCH_ROWS)
+            chunks = self.store.members.iter_done(self.day, chunk=FETCH_ROWS)
             pending = self._fetch_next(fetcher, chunks, 0)
             number = 0
             while pending is not None:

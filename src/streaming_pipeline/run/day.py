@@ -92,8 +92,8 @@ def discover(input_root: Path | None, day: dt.date) -> list[DayArchive]:
 
 def plan_day(store: ProgressStore, day: dt.date, archives: list[DayArchive]) -> DayPlan:
     """Register the day's archives; everything not done and not held by a live worker is to do."""
-    store.register_archives(day, [(a.key, str(a.path), a.size) for a in archives])
-    rows = {r["archive"]: r for r in store.archive_status(day)}
+    store.days.register_archives(day, [(a.key, str(a.path), a.size) for a in archives])
+    rows = {r["archive"]: r for r in store.days.archive_status(day)}
     plan = DayPlan(day, archives)
     for archive in archives:
         row = rows[archive.key.archive]
@@ -108,7 +108,7 @@ def plan_day(store: ProgressStore, day: dt.date, archives: list[DayArchive]) -> 
 
 # -- reporting ---------------------------------------------------------------------------------
 def day_report(store: ProgressStore, day: dt.date) -> dict[str, Any]:
-    rows = [_plain(r) for r in store.archive_status(day)]
+    rows = [_plain(r) for r in store.days.archive_status(day)]
     for r in rows:
         audio_s = float(r["audio_hours"] or 0) * 3600
         r["x_realtime"] = round(audio_s / r["elapsed_s"], 2) if r["elapsed_s"] else None
@@ -217,5 +217,5 @@ def finalize_day(store: ProgressStore, day: dt.date, *, job_id: str | None) -> d
     }
     if job_id:
         fields["finalize_job_id"] = job_id
-    store.record_day(day, **fields)
+    store.days.record(day, **fields)
     return report

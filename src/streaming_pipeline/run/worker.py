@@ -149,7 +149,7 @@ class ArchiveTally(RunTally):
         if run_id is None or not timings:
             return
         try:
-            store.record_stages(run_id, timings)
+            store.archives.record_stages(run_id, timings)
         except StoreError as exc:
             log.warning("stage timings of batch %d not recorded: %s", batch, exc)
 
@@ -158,7 +158,7 @@ class ArchiveTally(RunTally):
         if run_id is None or not samples:
             return
         try:
-            store.record_gpu_samples(run_id, samples)
+            store.archives.record_gpu_samples(run_id, samples)
         except StoreError as exc:
             log.warning("%d GPU samples not recorded: %s", len(samples), exc)
 
@@ -201,7 +201,7 @@ class ArchiveWorker(StagedRun):
 
     # -- public -----------------------------------------------------------------------------
     def record_interrupted(self, reason: str) -> None:
-        self.store.finish_archive(
+        self.store.archives.finish(
             self.key.archive, state=ArchiveState.INTERRUPTED, error=reason, wall_s=0.0, run_id=self._run_id
         )
 
@@ -231,7 +231,7 @@ class ArchiveWorker(StagedRun):
             # Leave no 'running' row behind a crash: say what happened, then let the CLI report it.
             try:
                 error = f"worker stopped by an error: {exc}"
-                self.store.finish_archive(
+                self.store.archives.finish(
                     self.key.archive,
                     state=ArchiveState.FAILED,
                     error=error,
@@ -257,7 +257,7 @@ class ArchiveWorker(StagedRun):
             pool.close()
 
     def _run_with(self, pool: ConversionPool, started: float) -> WorkerResult:
-        self._run_id = self.store.start_archive(
+        self._run_id = self.store.archives.start(
             self.key,
             path=str(self.archive_path),
             bytes_total=self.archive_path.stat().st_size,
@@ -266,9 +266,9 @@ class ArchiveWorker(StagedRun):
             slurm_job_id=self.config.slurm_job_id,
         )
         self._reconcile()
-        poison, self._suspects = poison_members(self.store.count_crashes(self.key.archive))
+        poison, self._suspects = poison_members(self.store.members.count_crashes(self.key.archive))
         self._fail_poison(poison)
-        done_before = self.store.done_members(self.key.archive)
+        done_before = self.store.members.done(self.key.archive)
         if done_before:
             log.info("resuming %s: %d members already done", self.key.archive, len(done_before))
         skip = done_before | set(poison)
@@ -353,7 +353,7 @@ class ArchiveWorker(StagedRun):
         """Members an earlier run uploaded but could not mark done (the database was down when
         rsync finished) are marked done if their FLAC and JSON are on the destination: a rerun
         records them, it does not upload them again."""
-        uploading = self.store.uploading_members(self.key.archive)
+        uploading = self.store.members.uploading(self.key.archive)
         if not uploading:
             return
         wanted: dict[str, tuple[str, list[str]]] = {}
@@ -369,7 +369,7 @@ class ArchiveWorker(StagedRun):
         finally:
             checker.close()
         confirmed = [(m, remote) for m, (remote, files) in wanted.items() if present.issuperset(files)]
-        self.store.mark_done(self.key.archive, confirmed)
+        self.store.members.mark_done(self.key.archive, confirmed)
         log.info(
             "reconciled %s: %d of %d members left uploading by an earlier run are on the destination",
             self.key.archive,
@@ -404,7 +404,7 @@ class ArchiveWorker(StagedRun):
                 for m in batch.rejected:
                     log.warning("rejected member %r: %s", m.name, m.reject_reason)
                 self.tally.count("rejected", len(batch.rejected))
-                self.store.record_members(
+                self.store.members.record(
                     self.key,
                     [
                         MemberRecord(
@@ -453,7 +453,7 @@ class ArchiveWorker(StagedRun):
             suspect = member.name in self._suspects
             if suspect:  # alone with the decoder: a death now is this member's
                 self._settle_decoding()
-            self.store.mark_in_flight(self.key.archive, [member.name])
+            self.store.members.mark_in_flight(self.key.archive, [member.name])
             future = decoder.submit(load_16k(conversion.flac), archive=self.key.archive, member=member.name)
             self._decoding[member.name] = future
             if suspect:
@@ -469,7 +469,7 @@ class ArchiveWorker(StagedRun):
         """Members in flight when earlier runs died, that often: failed, and skipped by the reader."""
         for member, runs in poison.items():
             log.error("member %r was being decoded when %d runs of this archive died: failed", member, runs)
-        self.store.record_members(
+        self.store.members.record(
             self.key,
             [
                 MemberRecord(m, MemberStatus.FAILED, error=f"crashed the worker in {n} runs")
@@ -489,7 +489,7 @@ class ArchiveWorker(StagedRun):
         back = [m for m, f in pending if f.done()]
         for member in back:
             del self._decoding[member]
-        self.store.clear_in_flight(self.key.archive, back)
+        self.store.members.clear_in_flight(self.key.archive, back)
 
     def _converted(self, future: Future[AudioInfo]) -> AudioInfo:
         """The conversion's outcome (the pool ends one past --decode-timeout); CancelledError
@@ -566,7 +566,7 @@ class ArchiveWorker(StagedRun):
                 continue
             audio_s += entry.info.output_duration_s
         decoded = [e.conversion.member.name for e in submitted.entries if e.future is not None]
-        self.store.clear_in_flight(self.key.archive, decoded)  # back from the decoder, alive
+        self.store.members.clear_in_flight(self.key.archive, decoded)  # back from the decoder, alive
         if submitted.submitted_at is not None:
             transcribed = sum(r.status == MemberStatus.UPLOADING for r in records)
             self.tally.timed(
@@ -577,7 +577,7 @@ class ArchiveWorker(StagedRun):
             self.tally.count("left", len(left))
             log.info("stopping: %d members of batch %d left for the next run", len(left), batch.number)
         to_upload = [(r.member, r.remote_path or "") for r in records if r.status == MemberStatus.UPLOADING]
-        self.store.record_members(self.key, records)
+        self.store.members.record(self.key, records)
         if not to_upload:
             self.tally.flush_timings(self.store, self._run_id, batch.number)
             shutil.rmtree(batch.directory, ignore_errors=True)
@@ -658,12 +658,12 @@ class ArchiveWorker(StagedRun):
             )
             self.tally.flush_timings(self.store, self._run_id, batch.number)
             if job.state is UploadState.DONE:
-                self.store.mark_done(self.key.archive, members)
+                self.store.members.mark_done(self.key.archive, members)
                 self.tally.count("done", len(members), audio_s=audio_s)
             else:
                 error = f"upload failed: {job.error}"
                 self.tally.error(error)
-                self.store.mark_failed(self.key.archive, [m for m, _ in members], error)
+                self.store.members.mark_failed(self.key.archive, [m for m, _ in members], error)
                 self.tally.count("failed", len(members))
         except StoreError as exc:
             # The files are on the destination; a rerun finds them still 'uploading' and
@@ -728,7 +728,7 @@ class ArchiveWorker(StagedRun):
         )
         self.tally.flush_gpu(self.store, self._run_id)
         try:
-            self.store.update_archive_progress(
+            self.store.archives.progress(
                 self.key.archive,
                 bytes_read=batch.compressed_bytes_read,
                 members_seen=reader.members_seen,
@@ -738,14 +738,14 @@ class ArchiveWorker(StagedRun):
 
     def _finish(self, reader: ArchiveReader, archive_error: str | None, started: float) -> WorkerResult:
         wall = time.monotonic() - started
-        summary = self.store.archive_summary(self.key.archive)
+        summary = self.store.archives.summary(self.key.archive)
         complete = reader.completed and summary["pending"] == 0 and not self.tally["left"]
         state, error = self.outcome(complete=complete, damage=archive_error)
         if self.config.slurm_job_id:  # only a Slurm job requeues itself
             state, error = limit_requeues(
                 state, error, restarts=self.config.slurm_restart_count, max_restarts=self.config.max_restarts
             )
-        self.store.finish_archive(
+        self.store.archives.finish(
             self.key.archive,
             state=state,
             error=error,

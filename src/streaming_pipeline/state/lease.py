@@ -153,7 +153,7 @@ class Lease:
         assert self.token is not None
         while not self._stop.wait(self.heartbeat_s):
             try:
-                taken_by = self.store.renew(self.key, self.token, self.lease_s, table=self.table)
+                taken_by = self.store.leases.renew(self.key, self.token, self.lease_s, table=self.table)
             except StoreError as exc:
                 # Keep trying: a takeover, if it happens meanwhile, is caught by the fence.
                 log.warning("lease on %s not renewed: %s", self.key, exc)
@@ -178,7 +178,7 @@ class Lease:
         self.store.unhold()
         if lost is None:
             try:
-                self.store.release(self.key, self.token, table=self.table)
+                self.store.leases.release(self.key, self.token, table=self.table)
             except StoreError as exc:  # it expires by itself
                 log.warning(
                     "lease on %s not released (it expires in %.0f s): %s", self.key, self.lease_s, exc
@@ -209,7 +209,7 @@ class ArchiveLease(Lease):
         return self
 
     def acquire(self) -> None:
-        token, row = self.store.claim(
+        token, row = self.store.leases.claim(
             self.archive_key,
             path=self._path,
             owner=self.owner.row(),

@@ -247,7 +247,7 @@ def run_streaming(
     config = replace(config, remote=str(work / "remote"), scratch_dir=work / "scratch")
     store = ProgressStore(dsn)
     try:
-        store.forget_archive(archive_key(DAY, archive, "bench").archive)
+        store.archives.forget(archive_key(DAY, archive, "bench").archive)
         worker = ArchiveWorker(
             config,
             day=DAY,
@@ -359,7 +359,7 @@ def run_process_tar(config: PipelineConfig, archive: Path, work: Path, dsn: str)
     config = config.with_settings(dsn=dsn, remote=str(work / "remote"), scratch_dir=work / "scratch")
     store = ProgressStore(dsn)
     try:
-        store.forget_archive(archive_key(DAY, archive, "bench").archive)
+        store.archives.forget(archive_key(DAY, archive, "bench").archive)
     finally:
         store.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")} | config_env(config)

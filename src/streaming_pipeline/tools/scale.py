@@ -231,9 +231,9 @@ def worker_main(dsn: str, config: ScaleConfig, number: int) -> int:
     names = [f"member_{j:04d}.wav" for j in range(config.members)]
     try:
         while True:
-            claimed = store.claim_next(days, owner=owner.row(), lease_s=config.lease_s)
+            claimed = store.leases.claim_next(days, owner=owner.row(), lease_s=config.lease_s)
             if claimed is None:
-                if store.unfinished(days) == 0:
+                if store.leases.unfinished(days) == 0:
                     return 0
                 time.sleep(random.uniform(0.5, 1.5))  # the rest are held: wait for a lease to expire
                 continue
@@ -254,24 +254,26 @@ def _process(
     store: ProgressStore, key: ArchiveKey, names: list[str], config: ScaleConfig, owner: Owner
 ) -> None:
     started = time.monotonic()
-    run_id = store.start_archive(
+    run_id = store.archives.start(
         key, path=f"/synthetic/{key.archive}", bytes_total=0, host=owner.host, pid=owner.pid,
         slurm_job_id=owner.slurm_job_id,
     )  # fmt: skip
-    done = store.done_members(key.archive)
+    done = store.members.done(key.archive)
     todo = [n for n in names if n not in done]
     for first in range(0, len(todo), config.batch):
         batch = todo[first : first + config.batch]
         time.sleep(config.stage_s)  # SYNTHETIC: extract + convert + transcribe
         remote = [(m, f"/synthetic/out/{key.archive}/{m}.flac") for m in batch]
-        store.record_members(
+        store.members.record(
             key, [MemberRecord(m, "uploading", duration_s=1.0, remote_path=r) for m, r in remote]
         )
         time.sleep(config.stage_s)  # SYNTHETIC: the upload
-        store.mark_done(key.archive, remote)
-        store.update_archive_progress(key.archive, bytes_read=0, members_seen=len(done) + first + len(batch))
+        store.members.mark_done(key.archive, remote)
+        store.archives.progress(key.archive, bytes_read=0, members_seen=len(done) + first + len(batch))
     wall = time.monotonic() - started
-    store.finish_archive(key.archive, state="done", error=None, wall_s=wall, run_id=run_id, audio_s=len(todo))
+    store.archives.finish(
+        key.archive, state="done", error=None, wall_s=wall, run_id=run_id, audio_s=len(todo)
+    )
 
 
 def watch_server_connections(conn: psycopg.Connection[Any], stop: threading.Event, peak: list[int]) -> None:
@@ -304,7 +306,9 @@ def simulate(config: ScaleConfig, state_dir: Path | None = None, *, say: Any = p
             conn.execute(_AUDIT_SQL)
         keys = _keys(config)
         for day in _days(config):
-            setup.register_archives(day, [(k, f"/synthetic/{k.archive}", 0) for k in keys if k.day == day])
+            setup.days.register_archives(
+                day, [(k, f"/synthetic/{k.archive}", 0) for k in keys if k.day == day]
+            )
         setup.close()
         say(f"scale-sim: PostgreSQL max_connections={config.max_connections} at {direct}; "
             + ("workers connect to it directly" if config.direct
