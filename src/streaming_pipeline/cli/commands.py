@@ -257,7 +257,7 @@ def _settle(store: ProgressStore, plan: DayPlan, *, job_id: str | None) -> int:
         return 0
     report = finalize_day(store, plan.day, job_id=job_id)
     print(format_report(report))
-    return 0 if report["totals"]["complete"] else 1
+    return 0 if report.totals.complete else 1
 
 
 def _plural(n: int, noun: str) -> str:
@@ -301,7 +301,7 @@ def _run_local(
     report = finalize_day(store, day, job_id=None)
     print(format_report(report))
     _write_day_report(store, config, day)
-    if report["totals"]["complete"]:
+    if report.totals.complete:
         return 0
     return EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes.values() else 1
 
@@ -318,9 +318,9 @@ def status(args: argparse.Namespace) -> int:
         reports = [day_report(store, day) for day in days]
     finally:
         store.close()
-    recorded = [r for r in reports if r["archives"]]
+    recorded = [r for r in reports if r.archives]
     if args.json:
-        print(report_json(reports[0] if len(days) == 1 else {"days": reports}))
+        print(report_json(reports))
     elif not recorded:
         label = days_label(days)
         print(f"no archives recorded for {label} (submit with: streaming-pipeline process-day {label})")
@@ -332,10 +332,12 @@ def status(args: argparse.Namespace) -> int:
     else:
         for report in reports:
             print(format_day_line(report))
-        total = {k: sum(r["totals"][k] for r in recorded) for k in ("complete", "archives", "done", "failed")}
+        complete = sum(r.totals.complete for r in recorded)
+        archives = sum(r.totals.archives for r in recorded)
+        done, failed = sum(r.totals.done for r in recorded), sum(r.totals.failed for r in recorded)
         print(
-            f"{days_label(days)}: {len(recorded)} of {len(days)} days recorded, {total['complete']} complete;"
-            f" archives {total['archives']}, members done {total['done']}, failed {total['failed']}"
+            f"{days_label(days)}: {len(recorded)} of {len(days)} days recorded, {complete} complete;"
+            f" archives {archives}, members done {done}, failed {failed}"
         )
     return 0 if recorded else 1
 
@@ -363,7 +365,7 @@ def finalize_day(args: argparse.Namespace) -> int:
             report = finalize_day(store, day, job_id=config.slurm_job_id)
             _write_day_report(store, config, day)
             print(format_report(report) if len(days) == 1 else format_day_line(report), flush=True)
-            complete = complete and report["totals"]["complete"]
+            complete = complete and report.totals.complete
     finally:
         store.close()
     return 0 if complete else 1

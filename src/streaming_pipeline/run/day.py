@@ -10,7 +10,7 @@ import datetime as dt
 import decimal
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,24 +107,49 @@ def plan_day(store: ProgressStore, day: dt.date, archives: list[DayArchive]) -> 
 
 
 # -- reporting ---------------------------------------------------------------------------------
-def day_report(store: ProgressStore, day: dt.date) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DayTotals:
+    archives: int
+    by_state: dict[str, int]  # archives per state ("running?": a lease that expired)
+    done: int  # members
+    failed: int
+    rejected: int
+    uploading: int
+    audio_hours: float
+    complete: bool  # every archive done
+
+
+@dataclass(frozen=True)
+class DayReport:
+    """A day's archives (archive_status rows, as plain JSON values) and their totals."""
+
+    day: dt.date
+    archives: list[dict[str, Any]]
+    totals: DayTotals
+
+    def as_json(self) -> dict[str, Any]:
+        return {"day": self.day.isoformat(), "archives": self.archives, "totals": asdict(self.totals)}
+
+
+def day_report(store: ProgressStore, day: dt.date) -> DayReport:
     rows = [_plain(r) for r in store.days.archive_status(day)]
     for r in rows:
         audio_s = float(r["audio_hours"] or 0) * 3600
         r["x_realtime"] = round(audio_s / r["elapsed_s"], 2) if r["elapsed_s"] else None
         if r["state"] == ArchiveState.RUNNING and not r["live"]:
             r["state"] = "running?"  # its lease expired: the worker died or stalled; claimable
-    totals: dict[str, Any] = {
-        "archives": len(rows),
-        "by_state": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})},
-        "done": sum(r["done"] for r in rows),
-        "failed": sum(r["failed"] for r in rows),
-        "rejected": sum(r["rejected"] for r in rows),
-        "uploading": sum(r["uploading"] for r in rows),
-        "audio_hours": round(sum(float(r["audio_hours"] or 0) for r in rows), 3),
-    }
-    totals["complete"] = bool(rows) and totals["by_state"].get(ArchiveState.DONE, 0) == len(rows)
-    return {"day": day.isoformat(), "archives": rows, "totals": totals}
+    by_state = {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})}
+    totals = DayTotals(
+        archives=len(rows),
+        by_state=by_state,
+        done=sum(r["done"] for r in rows),
+        failed=sum(r["failed"] for r in rows),
+        rejected=sum(r["rejected"] for r in rows),
+        uploading=sum(r["uploading"] for r in rows),
+        audio_hours=round(sum(float(r["audio_hours"] or 0) for r in rows), 3),
+        complete=bool(rows) and by_state.get(ArchiveState.DONE, 0) == len(rows),
+    )
+    return DayReport(day, rows, totals)
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
@@ -138,17 +163,19 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def report_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=1, ensure_ascii=False)
+def report_json(reports: list[DayReport]) -> str:
+    """One day's report, or `{"days": [...]}` for several."""
+    data = reports[0].as_json() if len(reports) == 1 else {"days": [r.as_json() for r in reports]}
+    return json.dumps(data, indent=1, ensure_ascii=False)
 
 
-def format_report(report: dict[str, Any]) -> str:
+def format_report(report: DayReport) -> str:
     header = (
         "slot", "state", "done", "failed", "rejected", "hours", "x rt", "owner", "lease", "elapsed",
         "last error",
     )  # fmt: skip
     lines = [header]
-    for r in report["archives"]:
+    for r in report.archives:
         lines.append(
             (
                 r["slot"],
@@ -172,16 +199,16 @@ def format_report(report: dict[str, Any]) -> str:
     return text + "\n" + format_day_line(report)
 
 
-def format_day_line(report: dict[str, Any]) -> str:
+def format_day_line(report: DayReport) -> str:
     """The day's totals in one line (the last line of its report; a line per day for a range)."""
-    t = report["totals"]
-    if not t["archives"]:
-        return f"{report['day']}: no archives recorded"
-    states = ", ".join(f"{n} {s}" for s, n in t["by_state"].items())
+    t = report.totals
+    if not t.archives:
+        return f"{report.day}: no archives recorded"
+    states = ", ".join(f"{n} {s}" for s, n in t.by_state.items())
     return (
-        f"{report['day']}: {t['archives']} archives ({states}); members done {t['done']}, "
-        f"failed {t['failed']}, rejected {t['rejected']}, uploading {t['uploading']}; "
-        f"audio {t['audio_hours']:.3f} h"
+        f"{report.day}: {t.archives} archives ({states}); members done {t.done}, "
+        f"failed {t.failed}, rejected {t.rejected}, uploading {t.uploading}; "
+        f"audio {t.audio_hours:.3f} h"
     )
 
 
@@ -206,14 +233,14 @@ def _short(error: str | None, width: int = 80) -> str:
     return error if len(error) <= width else error[: width - 1] + "…"
 
 
-def finalize_day(store: ProgressStore, day: dt.date, *, job_id: str | None) -> dict[str, Any]:
+def finalize_day(store: ProgressStore, day: dt.date, *, job_id: str | None) -> DayReport:
     """Record the day's outcome (the finalize job's work) and return its report."""
     report = day_report(store, day)
     fields: dict[str, Any] = {
-        "state": "done" if report["totals"]["complete"] else "incomplete",
-        "archives": report["totals"]["archives"],
+        "state": "done" if report.totals.complete else "incomplete",
+        "archives": report.totals.archives,
         "finalized_at": dt.datetime.now(dt.UTC),
-        "summary": report["totals"],
+        "summary": asdict(report.totals),
     }
     if job_id:
         fields["finalize_job_id"] = job_id
