@@ -10,8 +10,7 @@ refused whichever table it goes to), and one object is the simplest way to hand 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from typing import Any
 
 from .archives import ArchiveTable
 from .claims import LeaseTable
@@ -37,26 +36,9 @@ __all__ = [
 class ProgressStore(Database):
     """The connection and the tables that write through it."""
 
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        attempts: int = 6,
-        backoff_max: float = 10.0,
-        patience: float = 15.0,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        connect_timeout: int = 10,
-    ) -> None:
-        super().__init__(
-            dsn,
-            attempts=attempts,
-            backoff_max=backoff_max,
-            patience=patience,
-            sleep=sleep,
-            clock=clock,
-            connect_timeout=connect_timeout,
-        )
+    def __init__(self, dsn: str, **options: Any) -> None:
+        """`options`: Database's (attempts, patience, backoff_max, sleep, clock, connect_timeout)."""
+        super().__init__(dsn, **options)
         self.archives = ArchiveTable(self)
         self.members = MemberTable(self)
         self.leases = LeaseTable(self)
