@@ -45,6 +45,14 @@ def _sbatch(env: dict[str, str], cwd: Path, *args: str) -> str:
     return out.stdout.strip().split(";")[0]
 
 
+def _wait_for_line(log: Path, text: str, timeout: float, failure: str) -> None:
+    """Until the job's log holds `text`."""
+    deadline = time.monotonic() + timeout
+    while text not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.5)
+
+
 def _wait_gone(env: dict[str, str], job_ids: list[str], timeout: float = 300) -> None:
     """Until none of the jobs (array tasks included) is pending or running."""
     deadline = time.monotonic() + timeout
@@ -139,10 +147,7 @@ def test_usr1_stops_cleanly_requeues_and_the_next_run_resumes(
         DAY, str(archive), "09_00",
     )  # fmt: skip
     log = tmp_path / "logs" / f"stream_tar_{DAY}_09_00_{job}.out"
-    deadline = time.monotonic() + 120
-    while "batch 0:" not in (log.read_text() if log.exists() else ""):
-        assert time.monotonic() < deadline, "worker never finished its first batch"
-        time.sleep(0.5)
+    _wait_for_line(log, "batch 0:", 120, "worker never finished its first batch")
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
     _wait_gone(env, [job], timeout=400)
 
@@ -259,10 +264,7 @@ def test_a_stop_while_the_destination_hangs_ends_within_the_grace_and_the_requeu
             DAY, str(archive), "09_30",
         )  # fmt: skip
         log = tmp_path / "logs" / f"stream_tar_{DAY}_09_30_{job}.out"
-        deadline = time.monotonic() + 180
-        while "files) queued" not in (log.read_text() if log.exists() else ""):
-            assert time.monotonic() < deadline, "the worker never queued an upload"
-            time.sleep(0.5)
+        _wait_for_line(log, "files) queued", 180, "the worker never queued an upload")
         time.sleep(2)  # rsync has connected to the stopped daemon and waits
         subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
         signalled = time.monotonic()
