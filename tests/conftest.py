@@ -37,6 +37,7 @@ RESULT_FIELDS = {
     "model",
     "archive",
     "member",
+    "provenance",
 }
 SEGMENT_FIELDS = {"start", "end", "text", "avg_logprob", "no_speech_prob", "temperature", "compression_ratio"}
 # All six fallback temperatures, one window per call: with the random model each window is decoded
@@ -211,6 +212,27 @@ def make_day(tmp_path: Path, slots: list[str], members: int, day: str = DAY) -> 
     return [
         write_tar_xz(tmp_path / "input" / day / f"{slot}.tar.xz", list(clip_files(members, seed=i)))
         for i, slot in enumerate(slots)
+    ]
+
+
+def worker_options(tmp_path: Path, dsn: str, model: Path) -> list[str]:
+    """The settings of a small, fast run on this machine (one conversion process, one thread)."""
+    return [
+        "--dsn", dsn, "--remote", str(tmp_path / "remote"), "--scratch-dir", str(tmp_path / "scratch"),
+        "--model", str(model), "--device", "cpu", "--beam-size", "1", "--num-workers", "1",
+        "--cpu-threads", "1", "--stream-batch-size", "2",
+    ]  # fmt: skip
+
+
+def local_day_options(tmp_path: Path) -> list[str]:
+    """A day's fan-out on this machine: the input under `tmp_path`, the workers' logs there."""
+    return [
+        "--executor",
+        "local",
+        "--input-root",
+        str(tmp_path / "input"),
+        "--log-dir",
+        str(tmp_path / "logs"),
     ]
 
 

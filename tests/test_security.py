@@ -66,7 +66,6 @@ def test_sql_text_interpolates_only_constant_column_lists() -> None:
 
 # SQL outside state/, each with its reason; everything else the package asks PostgreSQL is in state/.
 SQL_OUTSIDE_STATE = {
-    "tools/scale.py": "the simulation's own trigger and tallies on its throwaway server",
     "cli/commands.py": "the psql command the demo prints for the user to run",
 }
 

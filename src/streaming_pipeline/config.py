@@ -268,6 +268,24 @@ class PipelineConfig:
         help="seconds a stopped run has to end: uploads, then running rsyncs are ended",
         check=positive,
     )
+    # Re-transcription (`retranscribe`; its workers get these through the environment):
+    work: str = setting(
+        "process",
+        env="PIPELINE_WORK",
+        help="what an archive's worker does: process the archive, or re-transcribe its done members "
+        "from their FLACs on the destination",
+        no_flag="`retranscribe` sets it for the workers it starts",
+        choices=("process", "retranscribe"),
+        group="retranscribe",
+    )
+    only_model: str | None = setting(
+        None,
+        env="PIPELINE_ONLY_MODEL",
+        flag="--only-model",
+        help="re-transcribe only transcripts made by this model (as recorded: a directory's name or a "
+        "hub id)",
+        group="retranscribe",
+    )
     # A day's fan-out (process-day, the hpc/ scripts):
     input_root: Path | None = setting(
         None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -42,7 +43,9 @@ def _load(folder: Path) -> list[dict]:
 
 def _assert_matches_database(rows: list[dict], dsn: str) -> None:
     done = query(
-        dsn, "SELECT archive, member, transcript, language, duration_s FROM audio_files WHERE status = 'done'"
+        dsn,
+        "SELECT archive, member, transcript, language, duration_s, model, transcript_key FROM audio_files"
+        " WHERE status = 'done'",
     )
     assert len(rows) == len(done) > 0
     by_id = {f"{d['archive']}/{d['member']}": d for d in done}
@@ -51,6 +54,10 @@ def _assert_matches_database(rows: list[dict], dsn: str) -> None:
         expected = by_id[row["id"]]
         assert row["transcript"] == expected["transcript"]
         assert row["language"] == expected["language"]
+        made = json.loads(row["provenance"])  # what made the transcript, as the row in PostgreSQL says
+        assert (row["model"], made["model"], made["key"]) == (expected["model"],) * 2 + (
+            expected["transcript_key"],
+        )
         audio, rate = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
         assert rate == 16000 and audio.ndim == 1
         assert len(audio) / 16000 == pytest.approx(expected["duration_s"], abs=1e-3)

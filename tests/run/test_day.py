@@ -22,29 +22,18 @@ from streaming_pipeline.run.day import archive_key
 from streaming_pipeline.state.lease import ArchiveBusy, ArchiveLease, Owner
 from streaming_pipeline.state.store import ProgressStore
 
-from ..conftest import DAY, REPO, SLOW_DECODING, make_day, query
+from ..conftest import DAY, REPO, SLOW_DECODING, local_day_options, make_day, query, worker_options
 
 
 def _options(tmp_path: Path, dsn: str, model: Path) -> list[str]:
-    return [
-        "--dsn", dsn, "--remote", str(tmp_path / "remote"), "--scratch-dir", str(tmp_path / "scratch"),
-        "--model", str(model), "--device", "cpu", "--beam-size", "1", "--num-workers", "1",
-        "--cpu-threads", "1", "--stream-batch-size", "2",
-    ]  # fmt: skip
+    return worker_options(tmp_path, dsn, model)
 
 
 @pytest.mark.slow
 def test_local_day_then_status_and_json(tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys) -> None:
     make_day(tmp_path, ["06_00", "06_30"], members=2)
     dsn = f"{pg_dsn} password=hunter2-secret"  # trust auth ignores it; it must never be printed
-    day_args = [
-        "--executor",
-        "local",
-        "--input-root",
-        str(tmp_path / "input"),
-        "--log-dir",
-        str(tmp_path / "logs"),
-    ]
+    day_args = local_day_options(tmp_path)
     rc = main(["process-day", DAY, *day_args, "--max-parallel", "2", *_options(tmp_path, dsn, tiny_model)])
     out = capsys.readouterr()
     assert rc == 0, out
@@ -59,9 +48,11 @@ def test_local_day_then_status_and_json(tmp_path: Path, pg_dsn: str, tiny_model:
 
     assert main(["status", DAY, "--dsn", dsn]) == 0
     text = capsys.readouterr().out
-    header, *rows, total = text.strip().splitlines()
+    header, *rows, models, searchable, total = text.strip().splitlines()
     assert header.split()[:4] == ["slot", "state", "done", "failed"]
     assert [r.split()[:3] for r in rows] == [["06_00", "done", "2"], ["06_30", "done", "2"]]
+    assert re.fullmatch(r"transcripts: 4 by tiny-whisper \(settings [0-9a-f]{8}\)", models), models
+    assert re.fullmatch(r"searchable: \d+ segments of 4 members", searchable), searchable
     assert total.startswith(f"{DAY}: 2 archives (2 done)")
 
     assert main(["status", DAY, "--json", "--dsn", dsn]) == 0
@@ -159,6 +150,7 @@ def test_24_real_workers_on_a_server_with_12_slots_wait_for_one_instead_of_faili
     import psycopg
 
     from streaming_pipeline.state.embedded_pg import EmbeddedPostgres
+    from streaming_pipeline.state.simulation import ScaleAudit
     from streaming_pipeline.tools.scale import watch_server_connections
 
     state = Path(tempfile.mkdtemp(prefix="streaming-pipeline-test-pg12-"))  # reachable by `postgres`
@@ -166,7 +158,9 @@ def test_24_real_workers_on_a_server_with_12_slots_wait_for_one_instead_of_faili
     dsn = server.start()
     observer = psycopg.connect(dsn, autocommit=True)  # first: the workers fill the server
     peak, stop = [0], threading.Event()
-    watcher = threading.Thread(target=watch_server_connections, args=(observer, stop, peak), daemon=True)
+    watcher = threading.Thread(
+        target=watch_server_connections, args=(ScaleAudit(observer), stop, peak), daemon=True
+    )
     try:
         make_day(tmp_path, [f"{h:02d}_00" for h in range(24)], members=1)
         watcher.start()
@@ -379,3 +373,16 @@ def _spawned_children(pid: int) -> list[int]:
         ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True
     ).stdout
     return [int(line.split()[0]) for line in out.splitlines() if "spawn_main" in line]
+
+
+def test_a_day_report_is_typed_from_the_view_to_the_cli() -> None:
+    import typing
+
+    from streaming_pipeline.run.day import DayArchive, DayPlan, DayReport, day_report
+    from streaming_pipeline.state.days import DayTable
+    from streaming_pipeline.state.records import ArchiveStatus
+
+    assert typing.get_type_hints(DayTable.archive_status)["return"] == list[ArchiveStatus]
+    assert typing.get_type_hints(DayReport)["archives"] == list[ArchiveStatus]
+    assert typing.get_type_hints(day_report)["return"] is DayReport
+    assert typing.get_type_hints(DayPlan)["busy"] == list[tuple[DayArchive, ArchiveStatus]]

@@ -290,3 +290,47 @@ def test_a_stop_while_the_destination_hangs_ends_within_the_grace_and_the_requeu
 def _job_state(env: dict[str, str], job: str) -> str:
     out = subprocess.run(["squeue", "-h", "-o", "%T", "-j", job], env=env, capture_output=True, text=True)
     return out.stdout.strip() or "GONE"
+
+
+def test_retranscribe_fans_out_as_job_arrays_and_finalizes_the_day(
+    slurm: dict[str, str], tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys
+) -> None:
+    """A day made locally with one model, re-transcribed by Slurm workers with another."""
+    from streaming_pipeline.cli import main
+    from streaming_pipeline.tools.tiny_model import generate_tiny_model
+
+    from ..conftest import local_day_options, worker_options
+
+    make_day(tmp_path, ["06_00", "06_30"], members=2)
+    fast = ["--temperatures", "0"]
+    assert (
+        main(
+            [
+                "process-day",
+                DAY,
+                *local_day_options(tmp_path),
+                *worker_options(tmp_path, pg_dsn, tiny_model),
+                *fast,
+            ]
+        )
+        == 0
+    )
+    flacs = {p: p.stat().st_mtime_ns for p in (tmp_path / "remote").rglob("*.flac")}
+    other = generate_tiny_model(tmp_path / "tiny-other", seed=3)
+    capsys.readouterr()
+    rc = main([
+        "retranscribe", DAY, "--executor", "slurm", "--hpc-dir", str(REPO / "hpc"),
+        "--log-dir", str(tmp_path / "logs"), "--worker-sbatch-args", CPU_WORKER,
+        *worker_options(tmp_path, pg_dsn, other), *fast,
+    ])  # fmt: skip
+    assert rc == 0
+    assert "submitted 1 job array" in capsys.readouterr().out
+    day_row = query(pg_dsn, "SELECT * FROM days WHERE day = %s", DAY)[0]
+    assert day_row["executor"] == "slurm" and day_row["submitted"] == 2
+    _wait_gone(slurm, [day_row["array_job_id"], day_row["finalize_job_id"]])
+    assert {r["model"] for r in query(pg_dsn, "SELECT model FROM audio_files")} == {"tiny-other"}
+    assert len(query(pg_dsn, "SELECT 1 FROM transcript_history WHERE model = 'tiny-whisper'")) == 4
+    assert query(pg_dsn, "SELECT state FROM days")[0]["state"] == "done"
+    assert {p: p.stat().st_mtime_ns for p in flacs} == flacs
+    log = (tmp_path / "logs" / f"stream_tar_{DAY}_06_00_{day_row['array_job_id']}_0.out").read_text()
+    assert "re-transcribed 2, left as they were 0, failed 0" in log and "exit 0" in log

@@ -17,6 +17,7 @@ from streaming_pipeline.config import PipelineConfig
 from streaming_pipeline.run.worker import ArchiveWorker
 from streaming_pipeline.stages.audio import AudioInfo, convert_to_flac
 from streaming_pipeline.stages.transcribe import Transcriber
+from streaming_pipeline.stages.transcript import Transcript
 from streaming_pipeline.state.store import ProgressStore
 
 from ..conftest import DAY, make_day, query
@@ -30,7 +31,7 @@ class _BrokenTranscriber:
     def __init__(self, _config: PipelineConfig) -> None:
         pass
 
-    def transcribe(self, audio: Any, *, archive: str, member: str) -> dict[str, Any]:
+    def transcribe(self, audio: Any, *, archive: str, member: str) -> Transcript:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
 

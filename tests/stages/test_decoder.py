@@ -20,6 +20,7 @@ from streaming_pipeline.config import PipelineConfig
 from streaming_pipeline.stages.decoder import BatchedDecoder, decode_all, open_decoder
 from streaming_pipeline.stages.decoding import LOG_PROB_THRESHOLD, NO_SPEECH_THRESHOLD, speech_chunks
 from streaming_pipeline.stages.transcribe import Transcriber
+from streaming_pipeline.stages.transcript import Transcript
 from streaming_pipeline.tools.samples import clip_files
 
 from ..conftest import RESULT_FIELDS, SEGMENT_FIELDS
@@ -77,26 +78,26 @@ def test_batches_of_one_and_of_n_give_identical_text(tiny_model: Path, members) 
     assert one_stats["calls"] == one_stats["rows"]
     assert many_stats["calls"] < one_stats["calls"] / 2, "rows of different members share calls"
     for name, a, b in zip(names, one, many, strict=True):
-        assert a["member"] == b["member"] == name
-        assert (a["text"], a["language"], a["segments"]) == (b["text"], b["language"], b["segments"])
+        assert a.member == b.member == name
+        assert (a.text, a.language, a.segments) == (b.text, b.language, b.segments)
     long = many[-1]
-    assert len(long["segments"]) > 1
-    starts = [s["start"] for s in long["segments"]]
-    assert starts == sorted(starts) and long["segments"][-1]["end"] <= long["duration"] + 0.01
+    assert len(long.segments) > 1
+    starts = [s.start for s in long.segments]
+    assert starts == sorted(starts) and long.segments[-1].end <= long.duration + 0.01
     # Segments are in the member's own timeline: the pauses between clips are kept.
-    assert long["segments"][-1]["end"] > 0.8 * long["duration"]
+    assert long.segments[-1].end > 0.8 * long.duration
 
 
 def test_results_have_the_per_member_layout(tiny_model: Path, members) -> None:
     names, audio = members
     config = _config(tiny_model, decode_batch_size=4)
     (result,), _ = _decode(Transcriber(config), config, names[:1], audio[:1])
-    assert set(result) == RESULT_FIELDS
-    assert abs(result["duration"] - len(audio[0]) / RATE) < 1e-6
-    assert len(result["language"]) in (2, 3) and 0 < result["language_probability"] <= 1
-    for seg in result["segments"]:
-        assert set(seg) == SEGMENT_FIELDS
-        assert 0 <= seg["start"] <= seg["end"] <= result["duration"] + 0.01
+    assert set(result.as_json()) == RESULT_FIELDS
+    assert abs(result.duration - len(audio[0]) / RATE) < 1e-6
+    assert len(result.language) in (2, 3) and 0 < result.language_probability <= 1
+    for seg in result.segments:
+        assert set(seg.as_json()) == SEGMENT_FIELDS
+        assert 0 <= seg.start <= seg.end <= result.duration + 0.01
 
 
 def test_silence_and_noise_have_no_rows_and_an_empty_transcript(tiny_model: Path) -> None:
@@ -107,8 +108,8 @@ def test_silence_and_noise_have_no_rows_and_an_empty_transcript(tiny_model: Path
     results, stats = _decode(Transcriber(config), config, ["silence.wav", "noise.wav"], [silence, noise])
     assert stats["rows"] == 0
     for result in results:
-        assert result["text"] == "" and result["segments"] == []
-        assert result["language"] is None and result["duration"] == 20.0
+        assert result.text == "" and result.segments == ()
+        assert result.language is None and result.duration == 20.0
 
 
 def test_rows_that_fail_the_guards_are_decoded_again_batched_at_each_temperature(
@@ -124,8 +125,8 @@ def test_rows_that_fail_the_guards_are_decoded_again_batched_at_each_temperature
     assert stats["fallback_rows"] == 2 * stats["rows"]
     assert stats["calls"] < stats["rows_decoded"] / 3
     for result in results:
-        for seg in result["segments"]:
-            assert seg["temperature"] in (0.0, 0.5, 1.0) and seg["avg_logprob"] < -1
+        for seg in result.segments:
+            assert seg.temperature in (0.0, 0.5, 1.0) and seg.avg_logprob < -1
 
 
 class _OutOfMemoryAbove:
@@ -161,7 +162,7 @@ def test_out_of_memory_halves_the_batch_and_fails_no_member(tiny_model: Path, me
         stats = decoder.stats()
     finally:
         decoder.close()
-    assert [r["text"] for r in results] == [r["text"] for r in expected]
+    assert [r.text for r in results] == [r.text for r in expected]
     assert fake.refused >= 2 and stats["oom_halvings"] == fake.refused
     assert decoder._limit == 2
     warnings = [r for r in caplog.records if "out of GPU memory" in r.getMessage()]
@@ -195,9 +196,9 @@ def test_cuda_float16_packs_members_into_shared_calls(tiny_model: Path, members)
     transcriber = Transcriber(config)
     assert (transcriber.device.device, transcriber.device.compute_type) == ("cuda", "float16")
     results, stats = _decode(transcriber, config, names, audio)
-    assert [r["member"] for r in results] == names
+    assert [r.member for r in results] == names
     assert stats["rows_decoded"] / stats["calls"] > 1 and stats["oom_halvings"] == 0
-    assert all(r["language"] for r in results)
+    assert all(r.language for r in results)
 
 
 def test_speech_chunks_group_regions_up_to_the_window() -> None:
@@ -314,18 +315,18 @@ def _check_timed_outputs(remote: Path, db: dict[str, dict]) -> None:
     lengths = []
     for member in (m for m in db.values() if m["status"] == "done"):
         flac = remote / member["remote_path"].removeprefix(str(remote) + "/")
-        result = json.loads(flac.with_suffix(".json").read_text(encoding="utf-8"))
+        result = Transcript.from_json(json.loads(flac.with_suffix(".json").read_text(encoding="utf-8")))
         _check_times(result, member["duration_s"] + 1e-3)
-        lengths += [s["end"] - s["start"] for s in result["segments"]]
+        lengths += [s.end - s.start for s in result.segments]
         subtitles = flac.with_suffix(".srt")
-        assert subtitles.is_file() == bool(result["text"]), member["member"]
-        assert member["subtitles"] == ("srt" if result["text"] else None)
-        if result["text"]:
+        assert subtitles.is_file() == bool(result.text), member.member
+        assert member["subtitles"] == ("srt" if result.text else None)
+        if result.text:
             cues = list(srt.parse(subtitles.read_text(encoding="utf-8")))
             lines = " ".join(line for c in cues for line in c.content.split("\n"))
-            assert "".join(lines.split()) == "".join(result["text"].split()), member["member"]
-            if result["language"] not in ("zh", "ja"):
-                assert lines.split() == result["text"].split(), member["member"]
+            assert "".join(lines.split()) == "".join(result.text.split()), member.member
+            if result.language not in ("zh", "ja"):
+                assert lines.split() == result.text.split(), member.member
     median = float(np.median(lengths))
     print(f"segments: {len(lengths)}, median {median:.2f} s, longest {max(lengths):.2f} s")
     assert median <= 12.0, sorted(lengths)
@@ -352,9 +353,9 @@ def test_real_model_leaves_silence_and_noise_empty_without_vad(whisper_base: Pat
     }
     results, stats = _decode(Transcriber(config), config, list(clips), list(clips.values()))
     assert stats["rows"] == 3 and stats["calls"] >= 1
-    assert sum(bool(r["text"]) for r in results) <= 1, [r["text"] for r in results]
-    for segment in (s for r in results for s in r["segments"]):
-        assert segment["no_speech_prob"] <= NO_SPEECH_THRESHOLD or segment["avg_logprob"] > LOG_PROB_THRESHOLD
+    assert sum(bool(r.text) for r in results) <= 1, [r.text for r in results]
+    for segment in (s for r in results for s in r.segments):
+        assert segment.no_speech_prob <= NO_SPEECH_THRESHOLD or segment.avg_logprob > LOG_PROB_THRESHOLD
 
 
 class _FailsFirstCall:
@@ -433,15 +434,15 @@ def _timed_members(realspeech: Path) -> dict[str, np.ndarray]:
     }
 
 
-def _check_times(result: dict[str, Any], duration: float) -> None:
+def _check_times(result: Transcript, duration: float) -> None:
     previous_end = 0.0
-    for seg in result["segments"]:
-        assert previous_end <= seg["start"] <= seg["end"] <= duration, (result["member"], seg)
-        previous_end = seg["end"]
-        last = seg["start"]
-        for word in seg.get("words", ()):
-            assert last <= word["start"] <= word["end"] <= seg["end"], (result["member"], seg, word)
-            last = word["start"]
+    for seg in result.segments:
+        assert previous_end <= seg.start <= seg.end <= duration, (result.member, seg)
+        previous_end = seg.end
+        last = seg.start
+        for word in seg.words or ():
+            assert last <= word.start <= word.end <= seg.end, (result.member, seg, word)
+            last = word.start
 
 
 @pytest.mark.realmodel
@@ -466,13 +467,13 @@ def test_real_speech_segment_and_word_times_agree_with_faster_whisper(
     word_results, stats = _decode(transcriber, PipelineConfig(**base, timestamps="word"), names, audio)
     assert stats["align_s"] > 0
 
-    lengths = [s["end"] - s["start"] for r in segment_results for s in r["segments"]]
+    lengths = [s.end - s.start for r in segment_results for s in r.segments]
     assert float(np.median(lengths)) <= 12.0, lengths
     for result in segment_results + word_results:
-        assert result["text"], result["member"]
-        _check_times(result, durations[result["member"]])
-    long = next(r for r in word_results if r["member"] == "minutes_with_silences.wav")
-    assert long["segments"][0]["start"] >= 24.0, "the first speech starts after 25 s of silence"
+        assert result.text, result.member
+        _check_times(result, durations[result.member])
+    long = next(r for r in word_results if r.member == "minutes_with_silences.wav")
+    assert long.segments[0].start >= 24.0, "the first speech starts after 25 s of silence"
 
     model = WhisperModel(str(whisper_base), device="cpu", compute_type="int8")
     differences: list[float] = []
@@ -481,9 +482,9 @@ def test_real_speech_segment_and_word_times_agree_with_faster_whisper(
             clip, beam_size=5, vad_filter=True, word_timestamps=True, condition_on_previous_text=False
         )
         theirs = [w for s in segments for w in s.words or ()]
-        mine = [w for s in ours["segments"] for w in s["words"]]
+        mine = [w for s in ours.segments for w in s.words or ()]
         ref = [_normalise(w.word) or "_" for w in theirs]
-        hyp = [_normalise(w["word"]) or "_" for w in mine]
+        hyp = [_normalise(w.word) or "_" for w in mine]
         aligned = jiwer.process_words(" ".join(ref), " ".join(hyp))
         for chunk in aligned.alignments[0]:
             if chunk.type == "equal":
@@ -492,7 +493,7 @@ def test_real_speech_segment_and_word_times_agree_with_faster_whisper(
                     range(chunk.hyp_start_idx, chunk.hyp_end_idx),
                     strict=True,
                 ):
-                    differences.append(abs(theirs[i].start - mine[j]["start"]))
+                    differences.append(abs(theirs[i].start - mine[j].start))
         assert len(mine) >= 0.8 * len(theirs), name
     median = float(np.median(differences))
     print(f"word starts vs faster-whisper: median |diff| {median:.3f} s over {len(differences)} shared words")

@@ -11,10 +11,8 @@ from streaming_pipeline.stages.decoding import (
     FALLBACK_MAX_WAIT_CALLS,
     Attempt,
     RowQueue,
-    Segment,
     Span,
     SpeechTimeline,
-    Word,
     final_attempt,
     finalize_segments,
     is_silent,
@@ -25,6 +23,7 @@ from streaming_pipeline.stages.decoding import (
     time_words,
     words_from_alignment,
 )
+from streaming_pipeline.stages.transcript import Segment, Word
 
 TS = 50364  # <|0.00|> in Whisper's multilingual vocabulary
 EOT = 50257

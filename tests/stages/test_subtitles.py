@@ -9,6 +9,7 @@ import srt
 import webvtt
 
 from streaming_pipeline.stages.subtitles import MAX_CUE_S, MAX_LINE_CHARS, MAX_LINES, cues, render, wrap
+from streaming_pipeline.stages.transcript import Segment, Word
 
 TEXT = (
     "And so my fellow Americans, ask not what your country can do for you, ask what you can do "
@@ -16,17 +17,12 @@ TEXT = (
 )
 
 
-def worded(text: str, start: float, per_word: float) -> dict:
+def worded(text: str, start: float, per_word: float) -> Segment:
     words = [
-        {
-            "word": " " + w,
-            "start": start + i * per_word,
-            "end": start + (i + 1) * per_word - 0.05,
-            "probability": 1,
-        }
+        Word(start + i * per_word, start + (i + 1) * per_word - 0.05, " " + w, 1.0)
         for i, w in enumerate(text.split())
     ]
-    return {"start": words[0]["start"], "end": words[-1]["end"], "text": text, "words": words}
+    return Segment(words[0].start, words[-1].end, text, words=words)
 
 
 def seconds(clock: str) -> float:
@@ -34,7 +30,7 @@ def seconds(clock: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(secs)
 
 
-def parse_both(segments: list[dict]) -> tuple[list, list]:
+def parse_both(segments: list[Segment]) -> tuple[list, list]:
     files = render(segments, ("srt", "vtt"))
     return list(srt.parse(files["srt"])), webvtt.from_buffer(io.StringIO(files["vtt"])).captions
 
@@ -60,14 +56,14 @@ def test_cues_cut_at_word_times() -> None:
     segments = [worded(first + ".", 0.3, 0.35), worded(second, 12.0, 0.6)]
     parsed_srt, parsed_vtt = parse_both(segments)
     check_limits(parsed_srt, parsed_vtt, TEXT)
-    words = [w for s in segments for w in s["words"]]
-    starts = {round(w["start"], 3) for w in words}
+    words = [w for s in segments for w in s.words or ()]
+    starts = {round(w.start, 3) for w in words}
     assert all(round(s.start.total_seconds(), 3) in starts for s in parsed_srt), "each cue starts on a word"
     assert parsed_srt[0].start.total_seconds() == pytest.approx(0.3)
 
 
 def test_cues_without_words_share_the_segment_time_by_characters() -> None:
-    segments = [{"start": 1.0, "end": 16.0, "text": TEXT}, {"start": 20.0, "end": 21.5, "text": "Thank you."}]
+    segments = [Segment(1.0, 16.0, TEXT), Segment(20.0, 21.5, "Thank you.")]
     parsed_srt, parsed_vtt = parse_both(segments)
     check_limits(parsed_srt, parsed_vtt, TEXT + " Thank you.")
     assert parsed_srt[0].start.total_seconds() == 1.0
@@ -77,7 +73,7 @@ def test_cues_without_words_share_the_segment_time_by_characters() -> None:
 
 def test_no_speech_no_file_and_hostile_text_stays_text() -> None:
     assert render([], ("srt", "vtt")) == {}
-    files = render([{"start": 0.0, "end": 2.0, "text": "a --> b <i>c</i> & d"}], ("vtt",))
+    files = render([Segment(0.0, 2.0, "a --> b <i>c</i> & d")], ("vtt",))
     caption = webvtt.from_buffer(io.StringIO(files["vtt"])).captions[0]
     assert "-->" not in files["vtt"].split("\n", 3)[3]
     assert "<i>" not in files["vtt"] and "&lt;i&gt;c&lt;/i&gt;" in files["vtt"]
@@ -91,31 +87,20 @@ def test_wrap_balances_two_lines_or_refuses() -> None:
     assert abs(len(lines[0]) - len(lines[1])) <= 8
     assert wrap(("word " * 30).split()) is None
     assert wrap(["x" * 60]) == ["x" * 60], "one word longer than a line stands alone"
-    assert len(cues([{"start": 0.0, "end": 1.0, "text": "x" * 60 + " y"}])) == 2
+    assert len(cues([Segment(0.0, 1.0, "x" * 60 + " y")])) == 2
 
 
 def test_word_pieces_join_and_unspaced_text_is_cut_between_words() -> None:
     pieces = [(" He", 0.0, 0.2), (" was", 0.2, 0.4), (" ill", 0.4, 0.6), ("-disposed.", 0.6, 1.2)]
-    segment = {
-        "start": 0.0,
-        "end": 1.2,
-        "text": "He was ill-disposed.",
-        "words": [{"word": w, "start": a, "end": b, "probability": 1.0} for w, a, b in pieces],
-    }
+    segment = Segment(0.0, 1.2, "He was ill-disposed.", words=[Word(a, b, w, 1.0) for w, a, b in pieces])
     (cue,) = cues([segment])
     assert cue.text == "He was ill-disposed." and (cue.start, cue.end) == (0.0, 1.2)
     chinese = (
         "富士康在印度工廠出現大規模感染目前工廠產料以下降超過百分之五十這是一個很長的句子需要分成幾個字幕"
     )
-    zh = {
-        "start": 0.0,
-        "end": 6.0,
-        "text": chinese,
-        "words": [
-            {"word": ch, "start": i * 0.2, "end": (i + 1) * 0.2, "probability": 1.0}
-            for i, ch in enumerate(chinese)
-        ],
-    }
+    zh = Segment(
+        0.0, 6.0, chinese, words=[Word(i * 0.2, (i + 1) * 0.2, ch, 1.0) for i, ch in enumerate(chinese)]
+    )
     parsed = list(srt.parse(render([zh], ("srt",))["srt"]))
     assert len(parsed) >= 2
     assert "".join(s.content.replace("\n", "") for s in parsed) == chinese, "no spaces put into Chinese"

@@ -57,6 +57,12 @@ def test_bench_runs_every_variant_on_the_same_work(
     assert report["audio_s"] == pytest.approx(report["sequential_audio_s"], rel=1e-6)
     assert report["audio_s"] == pytest.approx(report["transcribe_only_audio_s"], rel=1e-6)
     assert report["audio_s"] == pytest.approx(report["per_member_audio_s"], rel=1e-6)
+    # Re-transcription from the FLACs made every member again, after each streaming round.
+    assert report["audio_s"] == pytest.approx(report["retranscribe_audio_s"], rel=1e-3)
+    assert len(report["all_wall_s"]["retranscribe"]) == 2 and "re-transcription" in printed
+    assert report["ratio_retranscribe_streaming"] == pytest.approx(
+        report["retranscribe_wall_s"] / report["streaming_wall_s"]
+    )
     assert report["ratio_streaming_per_member_throughput"] == pytest.approx(
         report["streaming_audio_s_per_wall_s"] / report["per_member_audio_s_per_wall_s"]
     )

@@ -20,7 +20,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "process-tar": commands.process_tar,
     "process-day": commands.process_day,
+    "retranscribe": commands.retranscribe,
     "status": commands.status,
+    "search": commands.search,
+    "index": commands.index,
     "finalize-day": commands.finalize_day,
     "report": commands.report,
     "export": commands.export,
@@ -32,6 +35,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": commands.demo,
     "bench": commands.bench,
     "scale-sim": commands.scale_sim,
+    "search-scale": commands.search_scale,
 }
 
 
@@ -55,7 +59,7 @@ def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, getattr(args, "log_file", None))
-    if args.command in ("doctor", "status") and not args.verbose:
+    if args.command in ("doctor", "status", "search") and not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)  # their output is the report
     try:
         return int(COMMANDS[args.command](args))

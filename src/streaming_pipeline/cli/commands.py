@@ -116,15 +116,25 @@ def preflight(config: PipelineConfig, archive: Path) -> None:
 
 
 def process_tar(args: argparse.Namespace) -> int:
-    from ..errors import LeaseLost
-    from ..run.day import check_slot
+    from ..run.day import archive_key, check_slot
+    from ..run.retranscribe import RetranscribeWorker
     from ..run.worker import ArchiveWorker
     from ..stages.transcribe import Transcriber
-    from ..state.lease import ArchiveBusy
 
     day = parse_day(args.day)
     slot = check_slot(args.slot)
     config = config_from(args)
+    if config.work == "retranscribe":  # a `retranscribe` worker: the FLACs are on the destination
+        store = _open_store(config, patient=True)
+        store.init_schema()
+        key = archive_key(day, args.archive, slot)
+        return _run_worker(
+            RetranscribeWorker(
+                config, key=key, path=str(args.archive), store=store, transcriber_factory=Transcriber
+            ),
+            config,
+            store,
+        )
     preflight(config, args.archive)
     store = _open_store(config, patient=True)
     store.init_schema()
@@ -136,6 +146,15 @@ def process_tar(args: argparse.Namespace) -> int:
         store=store,
         transcriber_factory=Transcriber,
     )
+    return _run_worker(worker, config, store)
+
+
+def _run_worker(worker: Any, config: PipelineConfig, store: ProgressStore) -> int:
+    """An archive's worker under stop signals and the watchdog: exit 0 (done, or another holds
+    the archive), 1 (failures), EXIT_INTERRUPTED (stopped; a Slurm job requeues itself)."""
+    from ..errors import LeaseLost
+    from ..state.lease import ArchiveBusy
+
     StopSignals(worker.request_stop).install()
 
     def stuck(reason: str) -> None:  # the watchdog's, when the stop did not end the run in time
@@ -160,6 +179,50 @@ def process_tar(args: argparse.Namespace) -> int:
         _requeue(config)
         return EXIT_INTERRUPTED
     return 0 if result.ok else 1
+
+
+def retranscribe(args: argparse.Namespace) -> int:
+    """`retranscribe DAYS`: the archives with members whose transcript was made another way go to
+    workers as in process-day (Slurm arrays or local processes, the same leases, logs and
+    finalize); each worker re-decodes those members from their FLACs on the destination."""
+    from ..run.day import DayArchive, DayPlan
+    from ..stages.provenance import planned
+    from ..state.records import ArchiveKey
+
+    days = parse_days(args.days)
+    config = config_from(args).with_settings(work="retranscribe")
+    made = planned(config)
+    store = _open_store(config)
+    try:
+        store.init_schema()
+        plans = []
+        total_members, total_hours = 0, 0.0
+        for day in days:
+            stale = store.transcripts.stale_archives(day, key=made.key, only_model=config.only_model)
+            members = sum(a.members for a in stale)
+            hours = sum(a.audio_hours for a in stale)
+            total_members, total_hours = total_members + members, total_hours + hours
+            print(
+                f"{day}: {members} members ({hours:.3f} h of audio) in {_plural(len(stale), 'archive')} "
+                f"to re-transcribe with {made.model} ({made.key})",
+                flush=True,
+            )
+            if args.dry_run:
+                for a in stale:
+                    print(f"  {a.slot}: {a.members} members, {a.audio_hours:.3f} h")
+            todo = [DayArchive(ArchiveKey(a.archive, a.day, a.slot), Path(a.path), 0) for a in stale]
+            if todo:
+                plans.append(DayPlan(day, todo, todo=todo))
+        if args.dry_run:
+            print(f"dry run: {total_members} members, {total_hours:.3f} h of audio; nothing done")
+            return 0
+        if not plans:
+            return 0
+        if args.executor == "local":
+            return _run_local_days(config, plans, store, environ())
+        return _submit_slurm(config, plans, store, environ())
+    finally:
+        store.close()
 
 
 def _requeue(config: PipelineConfig) -> None:
@@ -342,6 +405,75 @@ def status(args: argparse.Namespace) -> int:
     return 0 if recorded else 1
 
 
+def search(args: argparse.Namespace) -> int:
+    """Ranked segments where the query was said; 1 when there are none (as grep)."""
+    import shlex
+    import sys
+
+    from ..state.search_text import CLOSE, OPEN
+    from ..state.segments import CANDIDATES, SearchQuery
+
+    if args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    days = parse_days([args.days]) if args.days else []
+    query = SearchQuery(
+        args.query,
+        first_day=min(days) if days else None,
+        last_day=max(days) if days else None,
+        language=args.language.lower() if args.language else None,
+        archive=args.archive,
+        limit=args.limit,
+    )
+    store = _open_store(config_from(args))
+    try:  # read-only
+        _check_schema(store)
+        found = store.segments.search(query)
+    finally:
+        store.close()
+    hits = found.hits
+    bold = sys.stdout.isatty()
+    for hit in hits:
+        if args.json:
+            print(json.dumps(hit.as_json(), ensure_ascii=False))
+            continue
+        text = hit.highlight.replace(OPEN, "\x1b[1m").replace(CLOSE, "\x1b[0m") if bold else hit.highlight
+        where = f"{hit.day} {hit.slot} {shlex.quote(hit.member)}"
+        print(f"{where}  {_clock(hit.start)}-{_clock(hit.end)}  [{hit.language or '?'}]  {text}")
+        print(f"    {hit.player}")
+    if not hits and not args.json:
+        print(f"no segment matches {args.query!r}", file=sys.stderr)
+    if found.truncated:
+        print(
+            f"more than {CANDIDATES} segments match: these are the best of the first {CANDIDATES} found"
+            " (narrow the search: a phrase in quotes, --days, --language)",
+            file=sys.stderr,
+        )
+    return 0 if hits else 1
+
+
+def _clock(seconds: float) -> str:
+    minutes, s = divmod(seconds, 60)
+    return f"{int(minutes // 60)}:{int(minutes % 60):02d}:{s:04.1f}"
+
+
+def index(args: argparse.Namespace) -> int:
+    """Fill the searchable segments of days' done members from their JSON on the destination."""
+    from ..run.index import DayIndexer
+
+    config = config_from(args)
+    store = _open_store(config, patient=True)
+    left = 0
+    try:
+        store.init_schema()
+        for day in parse_days(args.days):
+            result = DayIndexer(config, store, day).run()
+            print(result.summary_line(), flush=True)
+            left += len(result.left)
+    finally:
+        store.close()
+    return 1 if left else 0
+
+
 def _check_schema(store: ProgressStore) -> None:
     from ..state.store import SCHEMA_VERSION
 
@@ -495,6 +627,16 @@ def scale_sim(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"FAILED: {problem}")
     return 1 if problems else 0
+
+
+def search_scale(args: argparse.Namespace) -> int:
+    from ..tools.search_scale import run_search_scale
+
+    if min(args.segments, args.days, args.queries) < 1:
+        raise ConfigError("--segments, --days and --queries must be at least 1")
+    result = run_search_scale(args.segments, args.days, args.queries, dsn=args.dsn)
+    print("\n".join(result.lines()))
+    return 0
 
 
 def bench(args: argparse.Namespace) -> int:

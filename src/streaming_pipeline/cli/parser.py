@@ -69,11 +69,40 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_options(p)
 
     p = sub.add_parser(
+        "retranscribe",
+        help="re-transcribe days' done members made with another model or settings, from their FLACs",
+    )
+    p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")
+    p.add_argument("--dry-run", action="store_true", help="print what would be done (members, audio hours)")
+    _setting_options(p, "retranscribe", "re-transcription")
+    _day_options(p)
+    _pipeline_options(p)
+
+    p = sub.add_parser(
         "status", help="one line per archive of a day and its totals; a line per day for several"
     )
     p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--dsn")
+
+    p = sub.add_parser(
+        "search", help="find where words or a phrase were said: ranked segments, to the second"
+    )
+    p.add_argument(
+        "query", help='words, "a phrase", or, -excluded (as in a web search; PostgreSQL websearch_to_tsquery)'
+    )
+    p.add_argument("--days", help="YYYY-MM-DD or a range YYYY-MM-DD..YYYY-MM-DD (default: all)")
+    p.add_argument("--language", help="only members in this detected language (Whisper's code: en, fr, zh)")
+    p.add_argument("--archive", help="only this archive (its key, e.g. 2025-01-25/12_30.tar.xz)")
+    p.add_argument("--limit", type=int, default=20, help="hits at most (20)")
+    p.add_argument("--json", action="store_true", help="one JSON object per hit, a line each")
+    p.add_argument("--dsn")
+
+    p = sub.add_parser(
+        "index", help="make days done before segments were recorded searchable, from their JSON files"
+    )
+    p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")
+    _pipeline_options(p)
 
     p = sub.add_parser("finalize-day", help="record each day's outcome, print its summary, write its report")
     p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")
@@ -154,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--direct", action="store_true", help="no PgBouncer: workers past the limit wait for a slot"
     )
     p.add_argument("--state-dir", type=Path, help="keep the servers' files here (default: a temp dir)")
+
+    p = sub.add_parser(
+        "search-scale", help="search over generated transcripts: insert rate, query latency, index size"
+    )
+    p.add_argument("--segments", type=int, default=1_000_000, help="segments to generate (1000000)")
+    p.add_argument("--days", type=int, default=31, help="days they spread over (31)")
+    p.add_argument("--queries", type=int, default=40, help="queries of each kind (40)")
+    p.add_argument("--dsn", help="an empty database to fill (default: an embedded PostgreSQL, removed after)")
 
     p = sub.add_parser("demo", help="generate a sample day and process it with embedded defaults")
     p.add_argument("--state-dir", type=Path, default=Path(".demo"))

@@ -40,11 +40,12 @@ from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import TranscriberLike
 from ..stages.pool import ConversionPool
+from ..stages.transcript import Transcript
 from ..stages.upload import AsyncRsyncStorageManager, UploadJob, UploadState
 from ..state.lease import Lease, Owner, holder_is_gone
 from ..state.states import ArchiveState
 from ..state.store import DatasetResume, ProgressStore, ShardCheckpoint
-from .shards import Shard, ShardWriter, dataset_card, dataset_features, segment_rows
+from .shards import Shard, ShardWriter, dataset_card, dataset_features, made_by_columns, segment_rows
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,8 @@ class _Pending:
 
     row: _Row
     info: AudioInfo | None = None
-    future: Future[dict[str, Any]] | None = None
-    result: dict[str, Any] | None = None
+    future: Future[Transcript] | None = None
+    result: Transcript | None = None
     error: str | None = None
 
 
@@ -436,7 +437,11 @@ class DatasetWorker(StagedRun):
         except ConversionError as exc:
             return _Pending(row, error=str(exc))
         if row.text:
-            return _Pending(row, info, result={"text": str(row.text), "language": None, "segments": []})
+            # The source's own transcript: no model, no language, no times.
+            given = Transcript(
+                self.job.run, row.id, "", None, 0.0, info.output_duration_s, text=str(row.text)
+            )
+            return _Pending(row, info, result=given)
         t1 = time.monotonic()
         future = decoder.submit(load_16k(row.dst), archive=self.job.run, member=row.id)
         self.tally.timers.add("wait_for_decoder", time.monotonic() - t1)
@@ -469,10 +474,11 @@ class DatasetWorker(StagedRun):
                         "id": row.id,
                         "audio": {"bytes": row.dst.read_bytes(), "path": f"{row.id}.flac"},
                         "duration_s": pending.info.output_duration_s,
-                        "language": result["language"],
-                        "transcript": result["text"],
+                        "language": result.language,
+                        "transcript": result.text,
+                        **made_by_columns(result),
                         "transcript_source": "model" if pending.future is not None else "source",
-                        "segments": segment_rows(result["segments"]),
+                        "segments": segment_rows(result.segments),
                     }
                 )
                 shard.last_id = row.id

@@ -22,9 +22,10 @@ from typing import Any
 
 from ..config import PipelineConfig
 from ..errors import ConfigError, DatasetError, UploadError
+from ..stages.transcript import Transcript
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
 from ..state.store import ProgressStore
-from .shards import Shard, ShardWriter, dataset_card, export_features, segment_rows
+from .shards import Shard, ShardWriter, dataset_card, export_features, made_by_columns, segment_rows
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class DayExporter:
 
     def _row(self, m: dict[str, Any], folder: Path) -> dict[str, Any]:
         flac = folder / m["relpath"]
-        sidecar = json.loads(flac.with_suffix(".json").read_text(encoding="utf-8"))
+        transcript = Transcript.from_json(json.loads(flac.with_suffix(".json").read_text(encoding="utf-8")))
         return {
             "id": f"{m['archive']}/{m['member']}",
             "day": self.day,
@@ -168,7 +169,8 @@ class DayExporter:
             "duration_s": m["duration_s"],
             "language": m["language"],
             "transcript": m["transcript"],
-            "segments": segment_rows(sidecar.get("segments", [])),
+            **made_by_columns(transcript),
+            "segments": segment_rows(transcript.segments),
         }
 
     # -- writing out ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ with `datasets.load_dataset(folder, streaming=True)` and nothing else.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError
 from ..stages.audio import TARGET_RATE
+from ..stages.transcript import Segment, Transcript
 
 if TYPE_CHECKING:
     from datasets import Features
@@ -52,16 +54,25 @@ SEGMENT_FIELDS = {"start": "float64", "end": "float64", "text": "string", "avg_l
 WORD_FIELDS = {"start": "float64", "end": "float64", "word": "string", "probability": "float64"}
 
 
-def segment_rows(segments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """faster-whisper segments (as the decoders return them) in the shards' layout; `words` is
-    empty unless the transcript was made with `--timestamps word`."""
+def segment_rows(segments: Sequence[Segment]) -> list[dict[str, Any]]:
+    """A transcript's segments in the shards' layout; `words` is empty unless the transcript was
+    made with `--timestamps word`."""
     return [
         {
-            **{k: s.get(k) for k in SEGMENT_FIELDS},
-            "words": [{k: w.get(k) for k in WORD_FIELDS} for w in s.get("words") or ()],
+            **{k: getattr(s, k) for k in SEGMENT_FIELDS},
+            "words": [{k: getattr(w, k) for k in WORD_FIELDS} for w in s.words or ()],
         }
         for s in segments
     ]
+
+
+def made_by_columns(transcript: Transcript) -> dict[str, Any]:
+    """The row's `model` and `provenance` (as JSON text: one column whatever the fields)."""
+    p = transcript.provenance
+    return {
+        "model": transcript.model or None,
+        "provenance": json.dumps(p.as_json(), sort_keys=True) if p is not None else None,
+    }
 
 
 def _features(leading: dict[str, Any], trailing: dict[str, Any]) -> Features:
@@ -76,6 +87,8 @@ def _features(leading: dict[str, Any], trailing: dict[str, Any]) -> Features:
             "duration_s": Value("float64"),
             "language": Value("string"),
             "transcript": Value("string"),
+            "model": Value("string"),
+            "provenance": Value("string"),  # JSON: what made the transcript (stages/provenance.py)
             **trailing,
             "segments": List(
                 {

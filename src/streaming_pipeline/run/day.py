@@ -7,16 +7,18 @@ submitted, what is skipped and what is reported follow one rule.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..state.records import ArchiveStatus
+from ..state.segments import Searchable
 from ..state.states import ArchiveState
 from ..state.store import ArchiveKey, ProgressStore
+from ..state.transcripts import ModelCount
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class DayPlan:
     day: dt.date
     archives: list[DayArchive]
     done: list[DayArchive] = field(default_factory=list)
-    busy: list[tuple[DayArchive, dict[str, Any]]] = field(default_factory=list)
+    busy: list[tuple[DayArchive, ArchiveStatus]] = field(default_factory=list)
     todo: list[DayArchive] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -49,8 +51,8 @@ class DayPlan:
         )
         for archive, row in self.busy:
             text += (
-                f"\n  {archive.slot}: running as job {row['slurm_job_id'] or '-'} on {row['host'] or '?'}"
-                f" (pid {row['pid'] or '?'}), lease {_duration(row['lease_left_s'])} left"
+                f"\n  {archive.slot}: running as job {row.slurm_job_id or '-'} on {row.host or '?'}"
+                f" (pid {row.pid or '?'}), lease {_duration(row.lease_left_s)} left"
             )
         return text
 
@@ -93,13 +95,13 @@ def discover(input_root: Path | None, day: dt.date) -> list[DayArchive]:
 def plan_day(store: ProgressStore, day: dt.date, archives: list[DayArchive]) -> DayPlan:
     """Register the day's archives; everything not done and not held by a live worker is to do."""
     store.days.register_archives(day, [(a.key, str(a.path), a.size) for a in archives])
-    rows = {r["archive"]: r for r in store.days.archive_status(day)}
+    rows = {r.archive: r for r in store.days.archive_status(day)}
     plan = DayPlan(day, archives)
     for archive in archives:
         row = rows[archive.key.archive]
-        if row["state"] == ArchiveState.DONE:
+        if row.state == ArchiveState.DONE:
             plan.done.append(archive)
-        elif row["live"]:
+        elif row.live:
             plan.busy.append((archive, row))
         else:
             plan.todo.append(archive)
@@ -121,46 +123,42 @@ class DayTotals:
 
 @dataclass(frozen=True)
 class DayReport:
-    """A day's archives (archive_status rows, as plain JSON values) and their totals."""
+    """A day's archives and their totals."""
 
     day: dt.date
-    archives: list[dict[str, Any]]
+    archives: list[ArchiveStatus]
     totals: DayTotals
+    models: list[ModelCount] = field(default_factory=list)  # what made the done members' transcripts
+    searchable: Searchable | None = None  # the done members' segments that `search` finds
 
     def as_json(self) -> dict[str, Any]:
-        return {"day": self.day.isoformat(), "archives": self.archives, "totals": asdict(self.totals)}
+        return {
+            "day": self.day.isoformat(),
+            "archives": [a.as_json() for a in self.archives],
+            "totals": asdict(self.totals),
+            "models": [asdict(m) for m in self.models],
+            "searchable": asdict(self.searchable) if self.searchable is not None else None,
+        }
 
 
 def day_report(store: ProgressStore, day: dt.date) -> DayReport:
-    rows = [_plain(r) for r in store.days.archive_status(day)]
-    for r in rows:
-        audio_s = float(r["audio_hours"] or 0) * 3600
-        r["x_realtime"] = round(audio_s / r["elapsed_s"], 2) if r["elapsed_s"] else None
-        if r["state"] == ArchiveState.RUNNING and not r["live"]:
-            r["state"] = "running?"  # its lease expired: the worker died or stalled; claimable
-    by_state = {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})}
+    rows = [
+        # its lease expired: the worker died or stalled; claimable
+        replace(r, state="running?") if r.state == ArchiveState.RUNNING and not r.live else r
+        for r in store.days.archive_status(day)
+    ]
+    by_state = {s: sum(r.state == s for r in rows) for s in sorted({r.state for r in rows})}
     totals = DayTotals(
         archives=len(rows),
         by_state=by_state,
-        done=sum(r["done"] for r in rows),
-        failed=sum(r["failed"] for r in rows),
-        rejected=sum(r["rejected"] for r in rows),
-        uploading=sum(r["uploading"] for r in rows),
-        audio_hours=round(sum(float(r["audio_hours"] or 0) for r in rows), 3),
+        done=sum(r.done for r in rows),
+        failed=sum(r.failed for r in rows),
+        rejected=sum(r.rejected for r in rows),
+        uploading=sum(r.uploading for r in rows),
+        audio_hours=round(sum(r.audio_hours for r in rows), 3),
         complete=bool(rows) and by_state.get(ArchiveState.DONE, 0) == len(rows),
     )
-    return DayReport(day, rows, totals)
-
-
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in row.items():
-        if isinstance(v, decimal.Decimal):
-            v = float(v)
-        elif isinstance(v, dt.datetime | dt.date):
-            v = v.isoformat()
-        out[k] = v
-    return out
+    return DayReport(day, rows, totals, store.transcripts.models(day), store.segments.searchable(day))
 
 
 def report_json(reports: list[DayReport]) -> str:
@@ -178,17 +176,17 @@ def format_report(report: DayReport) -> str:
     for r in report.archives:
         lines.append(
             (
-                r["slot"],
-                r["state"],
-                str(r["done"]),
-                str(r["failed"]),
-                str(r["rejected"]),
-                f"{float(r['audio_hours'] or 0):.3f}",
-                f"{r['x_realtime']:.1f}" if r["x_realtime"] is not None else "-",
-                owner_label(r),
-                f"{r['lease_left_s']:.0f}s" if r["live"] and r["lease_left_s"] is not None else "-",
-                _duration(r["elapsed_s"]),
-                _short(r["error"]),
+                r.slot,
+                r.state,
+                str(r.done),
+                str(r.failed),
+                str(r.rejected),
+                f"{r.audio_hours:.3f}",
+                f"{r.x_realtime:.1f}" if r.x_realtime is not None else "-",
+                r.owner,
+                f"{r.lease_left_s:.0f}s" if r.live and r.lease_left_s is not None else "-",
+                _duration(r.elapsed_s),
+                _short(r.error),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
@@ -196,7 +194,28 @@ def format_report(report: DayReport) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
         for line in lines
     )
-    return text + "\n" + format_day_line(report)
+    # the day's line stays last: scripts read a day's totals from the report's last line
+    return "\n".join([text, *format_transcripts(report), format_day_line(report)])
+
+
+def format_transcripts(report: DayReport) -> list[str]:
+    """`transcripts: 6 by tiny-b (settings 1a2b…), 2 by large-v2 (…)`: what made the day's; then
+    `searchable: N segments of M members` (and how many done members `index` has yet to fill)."""
+    if not report.models:
+        return []
+    parts = [
+        f"{m.members} by {m.model or 'an unrecorded model'}"
+        + (f" (settings {m.transcript_key[:8]})" if m.transcript_key else "")
+        for m in report.models
+    ]
+    lines = ["transcripts: " + ", ".join(parts)]
+    s = report.searchable
+    if s is not None and (s.members or s.unindexed):
+        todo = f"; {s.unindexed} done members not yet (streaming-pipeline index {report.day})"
+        lines.append(
+            f"searchable: {s.segments} segments of {s.members} members" + (todo if s.unindexed else "")
+        )
+    return lines
 
 
 def format_day_line(report: DayReport) -> str:
@@ -210,13 +229,6 @@ def format_day_line(report: DayReport) -> str:
         f"failed {t.failed}, rejected {t.rejected}, uploading {t.uploading}; "
         f"audio {t.audio_hours:.3f} h"
     )
-
-
-def owner_label(row: dict[str, Any]) -> str:
-    """`job@host` (a worker outside Slurm: `pid@host`) of the archive's last or current holder."""
-    if not row.get("host"):
-        return "-"
-    return f"{row.get('slurm_job_id') or row.get('pid') or '?'}@{row['host']}"
 
 
 def _duration(seconds: float | None) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import json
 import logging
 import os
 import queue
@@ -31,7 +30,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,8 @@ from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import TranscriberLike
 from ..stages.pool import ConversionPool
-from ..stages.subtitles import render as render_subtitles
+from ..stages.subtitles import write_beside
+from ..stages.transcript import Transcript
 from ..stages.upload import AsyncRsyncStorageManager, UploadJob, UploadState
 from ..state.lease import ArchiveLease, Owner
 from ..state.states import ArchiveState, MemberStatus
@@ -80,7 +80,7 @@ class _Entry:
 
     conversion: _Conversion
     info: AudioInfo | None = None
-    future: Future[dict[str, Any]] | None = None
+    future: Future[Transcript] | None = None
     record: MemberRecord | None = None
 
 
@@ -197,7 +197,7 @@ class ArchiveWorker(StagedRun):
         self._finisher_error: BaseException | None = None
         self._run_id: int | None = None
         self._suspects: set[str] = set()  # in flight when an earlier run died: decoded alone
-        self._decoding: dict[str, Future[dict[str, Any]]] = {}  # handed to the decoder (main thread)
+        self._decoding: dict[str, Future[Transcript]] = {}  # handed to the decoder (main thread)
 
     # -- public -----------------------------------------------------------------------------
     def record_interrupted(self, reason: str) -> None:
@@ -598,7 +598,7 @@ class ArchiveWorker(StagedRun):
             on_finish=lambda job: self._uploaded(job, batch, to_upload, audio_s, queued_at),
         )
 
-    def _result(self, future: Future[dict[str, Any]], decoder: Decoder) -> dict[str, Any]:
+    def _result(self, future: Future[Transcript], decoder: Decoder) -> Transcript:
         """The member's transcript; a stop request cancels what the decoder has not finished."""
         t0 = time.monotonic()
         try:
@@ -611,21 +611,13 @@ class ArchiveWorker(StagedRun):
         finally:
             self.tally.timers.add("wait_for_transcript", time.monotonic() - t0)
 
-    def _stage(self, conversion: _Conversion, info: AudioInfo, result: dict[str, Any]) -> MemberRecord:
+    def _stage(self, conversion: _Conversion, info: AudioInfo, result: Transcript) -> MemberRecord:
         """The transcribed member's FLAC and JSON into the upload stage; its record."""
         member = conversion.member
-        result.update(
-            source_sample_rate=info.sample_rate,
-            source_channels=info.channels,
-            source_duration=info.duration_s,
-            source_decoder=info.decoder,
-        )
+        result = replace(result, source=info.source())
         conversion.staged.parent.mkdir(parents=True, exist_ok=True)
         conversion.flac.replace(conversion.staged)
-        conversion.staged.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
-        subtitles = render_subtitles(result["segments"], self._subtitle_formats)
-        for fmt, text in subtitles.items():
-            conversion.staged.with_suffix(f".{fmt}").write_text(text, encoding="utf-8")
+        subtitles = write_beside(conversion.staged, result, self._subtitle_formats)
         return MemberRecord(
             member.name,
             MemberStatus.UPLOADING,
@@ -633,14 +625,11 @@ class ArchiveWorker(StagedRun):
             sample_rate=info.sample_rate,
             channels=info.channels,
             duration_s=info.output_duration_s,
-            transcript=result["text"],
-            language=result["language"],
-            language_probability=result["language_probability"],
             remote_path=self.destination.url(self._output_path(member)),
             decoder=info.decoder,
-            fallback=any(seg.get("temperature", 0.0) > 0 for seg in result["segments"]),
             timestamps=self.config.timestamps,
-            subtitles=",".join(subtitles) or None,
+            subtitles=subtitles,
+            **result.record_fields(),
         )
 
     def _uploaded(

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError
+from .transcript import SourceAudio
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class AudioInfo:
     @property
     def output_duration_s(self) -> float:
         return self.samples_16k / TARGET_RATE
+
+    def source(self) -> SourceAudio:
+        """What a transcript records of the audio it was made from."""
+        return SourceAudio(self.sample_rate, self.channels, self.duration_s, self.decoder)
 
 
 def exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:

@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,7 +47,6 @@ from .decoding import (
     WINDOW_S,
     Attempt,
     RowQueue,
-    Segment,
     Span,
     SpeechTimeline,
     final_attempt,
@@ -62,6 +61,8 @@ from .decoding import (
     words_from_alignment,
 )
 from .flow import TranscriberLike
+from .provenance import Provenance, describe
+from .transcript import Segment, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ class TranscriberModel(TranscriberLike, Protocol):
 
 
 class Decoder(Protocol):
-    def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[dict[str, Any]]: ...
+    provenance: Provenance  # what its transcripts are made with
+
+    def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[Transcript]: ...
 
     def cancel_pending(self) -> int: ...
 
@@ -119,8 +122,19 @@ def open_decoder(transcriber: TranscriberLike, config: PipelineConfig) -> Decode
     return PerMemberDecoder(transcriber, config)
 
 
-def _cancelled_future() -> Future[dict[str, Any]]:
-    future: Future[dict[str, Any]] = Future()
+def describe_decoder(transcriber: TranscriberLike, config: PipelineConfig, kind: str) -> Provenance:
+    device = getattr(transcriber, "device", None)
+    return describe(
+        config,
+        model_name=transcriber.model_name,
+        decoder=kind,
+        device=getattr(device, "device", "cpu"),
+        compute_type=getattr(device, "compute_type", "default"),
+    )
+
+
+def _cancelled_future() -> Future[Transcript]:
+    future: Future[Transcript] = Future()
     future.cancel()
     return future
 
@@ -136,17 +150,18 @@ class PerMemberDecoder:
 
     def __init__(self, transcriber: TranscriberLike, config: PipelineConfig) -> None:
         self._transcriber = transcriber
+        self.provenance = describe_decoder(transcriber, config, "per-member")
         workers = config.transcribe_workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="transcribe")
         # Members waiting for a thread hold their audio: keep that to one more per thread.
         self._slots = threading.BoundedSemaphore(2 * workers)
-        self._pending: set[Future[dict[str, Any]]] = set()
+        self._pending: set[Future[Transcript]] = set()
         self._lock = threading.Lock()
         self._stopping = False
         self._busy = 0.0
         self._members = 0
 
-    def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[dict[str, Any]]:
+    def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[Transcript]:
         self._slots.acquire()
         with self._lock:
             if self._stopping:
@@ -157,16 +172,17 @@ class PerMemberDecoder:
         future.add_done_callback(self._done)
         return future
 
-    def _run(self, audio: np.ndarray, archive: str, member: str) -> dict[str, Any]:
+    def _run(self, audio: np.ndarray, archive: str, member: str) -> Transcript:
         started = time.monotonic()
         try:
-            return self._transcriber.transcribe(audio, archive=archive, member=member)
+            result = self._transcriber.transcribe(audio, archive=archive, member=member)
+            return replace(result, provenance=self.provenance)
         finally:
             with self._lock:
                 self._busy += time.monotonic() - started
                 self._members += 1
 
-    def _done(self, future: Future[dict[str, Any]]) -> None:
+    def _done(self, future: Future[Transcript]) -> None:
         with self._lock:
             self._pending.discard(future)
         self._slots.release()
@@ -192,7 +208,7 @@ class _Member:
     archive: str
     name: str
     duration: float
-    future: Future[dict[str, Any]]
+    future: Future[Transcript]
     speech: list[dict[str, int]] = field(default_factory=list)  # VAD regions, in samples
     language: str | None = None
     language_probability: float = 0.0
@@ -236,6 +252,7 @@ class BatchedDecoder:
         from faster_whisper.vad import VadOptions
 
         self._transcriber = transcriber
+        self.provenance = describe_decoder(transcriber, config, "batched")
         self._whisper = transcriber.model  # faster_whisper.WhisperModel
         self._ct2 = self._whisper.model  # ctranslate2.models.Whisper
         self._multilingual = bool(self._ct2.is_multilingual)
@@ -292,13 +309,13 @@ class BatchedDecoder:
         )
 
     # -- public -----------------------------------------------------------------------------
-    def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[dict[str, Any]]:
+    def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[Transcript]:
         """Blocks while `process_batch_size` members are in flight; the future is cancelled when
         the decoder stops before the member is complete."""
         while not self._slots.acquire(timeout=1.0):
             if not self._thread.is_alive():  # never wait on a decoder that cannot free a slot
                 raise TranscriptionError("the decoder thread has stopped")
-        future: Future[dict[str, Any]] = Future()
+        future: Future[Transcript] = Future()
         m = _Member(archive, member, len(audio) / SAMPLE_RATE, future)
         if self._language is not None or not self._multilingual:
             m.language, m.language_probability = self._language or "en", 1.0
@@ -619,16 +636,16 @@ class BatchedDecoder:
         for seg in segments:
             timeline.restore(seg)  # back to the member's own timeline, silences included
         segments = finalize_segments(segments, m.duration)
-        result = {
-            "text": " ".join(s.text for s in segments).strip(),
-            "language": m.language,
-            "language_probability": m.language_probability,
-            "duration": m.duration,
-            "segments": [s.as_json() for s in segments],
-            "model": self._transcriber.model_name,
-            "archive": m.archive,
-            "member": m.name,
-        }
+        result = Transcript.of(
+            segments,
+            archive=m.archive,
+            member=m.name,
+            model=self._transcriber.model_name,
+            language=m.language,
+            language_probability=m.language_probability,
+            duration=m.duration,
+            provenance=self.provenance,
+        )
         with self._cond:
             self._members.discard(m)
             self._stats["members"] += 1
@@ -682,7 +699,7 @@ def _rows_of(encoded: Any, indices: list[int], total: int) -> Any:
 
 def decode_all(
     decoder: Decoder, audio: list[np.ndarray], names: list[str], archive: str = "bench"
-) -> list[dict[str, Any]]:
+) -> list[Transcript]:
     """Every clip through `decoder`, results in order (the benchmark's floor and the tests)."""
     futures = [decoder.submit(a, archive=archive, member=n) for a, n in zip(audio, names, strict=True)]
     return [f.result() for f in futures]

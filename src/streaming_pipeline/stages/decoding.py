@@ -22,6 +22,8 @@ import numpy as np
 # joins its word.
 from faster_whisper.transcribe import get_compression_ratio, merge_punctuations
 
+from .transcript import Segment, Word
+
 SAMPLE_RATE = 16000
 WINDOW_S = 30
 # faster-whisper's defaults for the guards of its sequential path.
@@ -194,51 +196,6 @@ class RowQueue:
 
 
 # -- timed segments ------------------------------------------------------------------------------
-@dataclass
-class Word:
-    start: float
-    end: float
-    word: str
-    probability: float
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "start": self.start,
-            "end": self.end,
-            "word": self.word,
-            "probability": round(float(self.probability), 4),
-        }
-
-
-@dataclass
-class Segment:
-    """A timed piece of a member's transcript, in faster-whisper's `Segment` shape."""
-
-    start: float
-    end: float
-    text: str
-    avg_logprob: float = 0.0
-    no_speech_prob: float = 0.0
-    temperature: float = 0.0
-    compression_ratio: float = 0.0
-    words: list[Word] | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        """The JSON's segment layout; `words` only when the decoder timed words."""
-        out: dict[str, Any] = {
-            "start": self.start,
-            "end": self.end,
-            "text": self.text,
-            "avg_logprob": self.avg_logprob,
-            "no_speech_prob": self.no_speech_prob,
-            "temperature": self.temperature,
-            "compression_ratio": self.compression_ratio,
-        }
-        if self.words is not None:
-            out["words"] = [w.as_json() for w in self.words]
-        return out
-
-
 @dataclass(frozen=True)
 class Span:
     """Text tokens between two timestamps of one window, in the window's own seconds."""

@@ -11,6 +11,8 @@ import queue
 import threading
 from typing import Any, Protocol
 
+from .transcript import Transcript
+
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +33,7 @@ class TranscriberLike(Protocol):
 
     model_name: str
 
-    def transcribe(self, audio: Any, *, archive: str, member: str) -> dict[str, Any]: ...
+    def transcribe(self, audio: Any, *, archive: str, member: str) -> Transcript: ...
 
 
 class Stopwatch:

@@ -11,9 +11,12 @@ cues' text, joined, is the transcript's text word for word.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+
+from .transcript import Segment, Transcript
 
 MAX_LINE_CHARS = 42
 MAX_LINES = 2
@@ -55,30 +58,30 @@ def wrap(words: Sequence[str], width: int = MAX_LINE_CHARS, joiner: str = " ") -
     return best[1] if best else None
 
 
-def _segment_tokens(segment: dict[str, Any]) -> tuple[list[_Token], str]:
+def _segment_tokens(segment: Segment) -> tuple[list[_Token], str]:
     """The segment's words with their times, and how they join: the aligned words (a piece
     without a leading space, like `-disposed`, joins the word before it), else its text's words
     with the segment's span shared out by characters. Text without spaces (Chinese, Japanese,
     Thai) is cut between the model's words and joined with nothing."""
-    text = segment["text"].strip()
-    joiner = " " if " " in text or not segment.get("words") else ""
-    words = segment.get("words")
+    text = segment.text.strip()
+    words = segment.words
+    joiner = " " if " " in text or not words else ""
     if words:
         tokens: list[_Token] = []
         for w in words:
-            piece = w["word"]
+            piece = w.word
             if not piece.strip():
                 continue
             if tokens and joiner and not piece.startswith(" "):
                 last = tokens[-1]
-                tokens[-1] = _Token(last.text + piece.strip(), last.start, max(last.end, w["end"]))
+                tokens[-1] = _Token(last.text + piece.strip(), last.start, max(last.end, w.end))
             else:
-                tokens.append(_Token(piece.strip(), w["start"], w["end"]))
+                tokens.append(_Token(piece.strip(), w.start, w.end))
         return tokens, joiner
     parts = text.split()
     if not parts:
         return [], joiner
-    start, end = float(segment["start"]), float(segment["end"])
+    start, end = segment.start, segment.end
     total = sum(len(p) + 1 for p in parts)
     tokens, used = [], 0
     for part in parts:
@@ -118,7 +121,7 @@ def _split(tokens: list[_Token], joiner: str) -> list[list[_Token]]:
     return cuts[::-1]
 
 
-def cues(segments: Iterable[dict[str, Any]]) -> list[Cue]:
+def cues(segments: Iterable[Segment]) -> list[Cue]:
     """Each segment's words cut into cues; a cue never spans two segments."""
     out: list[Cue] = []
     for segment in segments:
@@ -173,9 +176,19 @@ def to_vtt(items: Sequence[Cue]) -> str:
 WRITERS = {"srt": to_srt, "vtt": to_vtt}
 
 
-def render(segments: Iterable[dict[str, Any]], formats: Sequence[str]) -> dict[str, str]:
+def render(segments: Iterable[Segment], formats: Sequence[str]) -> dict[str, str]:
     """Each requested format's file text; nothing when the member has no speech."""
     items = cues(segments)
     if not items:
         return {}
     return {fmt: WRITERS[fmt](items) for fmt in formats}
+
+
+def write_beside(flac: Path, transcript: Transcript, formats: Sequence[str]) -> str | None:
+    """The member's JSON and subtitle files next to its FLAC (in a stage); the formats written,
+    as the member's row records them (`srt,vtt`), None without speech."""
+    flac.with_suffix(".json").write_text(json.dumps(transcript.as_json(), ensure_ascii=False, indent=1))
+    written = render(transcript.segments, formats)
+    for fmt, text in written.items():
+        flac.with_suffix(f".{fmt}").write_text(text, encoding="utf-8")
+    return ",".join(written) or None

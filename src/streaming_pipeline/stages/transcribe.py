@@ -24,10 +24,9 @@ from .decoding import (
     MAX_INITIAL_TIMESTAMP,
     PREPEND_PUNCTUATIONS,
     SAMPLE_RATE,
-    Segment,
-    Word,
     finalize_segments,
 )
+from .transcript import Segment, Transcript, Word
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class Transcriber:
             time.monotonic() - started,
         )
 
-    def transcribe(self, audio: np.ndarray, *, archive: str, member: str) -> dict[str, Any]:
+    def transcribe(self, audio: np.ndarray, *, archive: str, member: str) -> Transcript:
         """faster-whisper's own path, timed as `--timestamps` asks (the per-member decoder)."""
         mode = self.config.timestamps
         options: dict[str, Any] = {
@@ -128,14 +127,12 @@ class Transcriber:
         except Exception as exc:
             raise TranscriptionError(f"transcription failed: {exc}") from exc
         duration = len(audio) / SAMPLE_RATE
-        segs = finalize_segments(segs, duration)
-        return {
-            "text": " ".join(s.text for s in segs).strip(),
-            "language": info.language,
-            "language_probability": info.language_probability,
-            "duration": info.duration,
-            "segments": [s.as_json() for s in segs],
-            "model": self.model_name,
-            "archive": archive,
-            "member": member,
-        }
+        return Transcript.of(
+            finalize_segments(segs, duration),
+            archive=archive,
+            member=member,
+            model=self.model_name,
+            language=info.language,
+            language_probability=info.language_probability,
+            duration=info.duration,
+        )

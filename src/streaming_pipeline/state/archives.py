@@ -7,15 +7,12 @@ from typing import Any
 
 import psycopg
 
-from .db import Database
+from .db import Table
 from .records import ArchiveKey, StageTiming
 
 
-class ArchiveTable:
+class ArchiveTable(Table):
     """`archives`, `archive_runs`, `batch_stages`, `gpu_samples`: what a worker records of its archive."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
 
     def start(
         self, key: ArchiveKey, *, path: str, bytes_total: int, host: str, pid: int, slurm_job_id: str | None

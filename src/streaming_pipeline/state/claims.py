@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
-from .db import Database, leased_sql
+from .db import Table, leased_sql
 from .records import ArchiveKey
 
 
-class LeaseTable:
+class LeaseTable(Table):
     """The lease columns of `archives` and `dataset_runs` (lease.py holds and renews them)."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
 
     def claim(
         self,
@@ -43,46 +39,9 @@ class LeaseTable:
             row = cur.fetchone()
             if row["leased"] and not may_take(row):
                 return None, row
-            return self._take(cur, key.archive, owner, lease_s), row
+            return take_lease(cur, key.archive, owner, lease_s), row
 
         return self._db.transaction(claim, "claim archive")
-
-    def claim_next(
-        self, days: Sequence[dt.date], *, owner: dict[str, Any], lease_s: float
-    ) -> tuple[ArchiveKey, int] | None:
-        """The first archive of `days` that is not done and whose lease is free or expired,
-        claimed; None when there is none (all done, or all held). Claimers skip each other's
-        candidates (SKIP LOCKED) instead of queueing on them."""
-
-        def claim(cur: psycopg.Cursor[Any]) -> tuple[ArchiveKey, int] | None:
-            cur.execute(
-                """
-                SELECT archive, day, slot FROM archives
-                WHERE day = ANY(%s) AND state <> 'done' AND (lease_until IS NULL OR lease_until <= now())
-                ORDER BY day, slot, archive LIMIT 1 FOR UPDATE SKIP LOCKED
-                """,
-                (list(days),),
-            )
-            row = cur.fetchone()
-            if row is None:
-                return None
-            key = ArchiveKey(row["archive"], row["day"], row["slot"])
-            return key, self._take(cur, key.archive, owner, lease_s)
-
-        return self._db.transaction(claim, "claim next archive")
-
-    @staticmethod
-    def _take(cur: psycopg.Cursor[Any], archive: str, owner: dict[str, Any], lease_s: float) -> int:
-        cur.execute(
-            """
-            UPDATE archives SET lease_token = lease_token + 1,
-                   lease_until = now() + make_interval(secs => %s), heartbeat_at = now(),
-                   slurm_job_id = %s, host = %s, pid = %s
-            WHERE archive = %s RETURNING lease_token
-            """,
-            (lease_s, owner["slurm_job_id"], owner["host"], owner["pid"], archive),
-        )
-        return int(cur.fetchone()["lease_token"])
 
     def renew(
         self, key: str, token: int, lease_s: float, *, table: str = "archives"
@@ -110,9 +69,16 @@ class LeaseTable:
         sql = leased_sql(table, "UPDATE {table} SET lease_until = NULL WHERE {key} = %s AND lease_token = %s")
         self._db.transaction(lambda cur: cur.execute(sql, (key, token)), "release lease")
 
-    def unfinished(self, days: Sequence[dt.date]) -> int:
-        """Archives of `days` not done yet (held or not)."""
-        rows = self._db.query(
-            "SELECT count(*) AS n FROM archives WHERE day = ANY(%s) AND state <> 'done'", (list(days),)
-        )
-        return int(rows[0]["n"])
+
+def take_lease(cur: psycopg.Cursor[Any], archive: str, owner: dict[str, Any], lease_s: float) -> int:
+    """A new lease on a row the transaction has locked: the next token, the holder's identity."""
+    cur.execute(
+        """
+        UPDATE archives SET lease_token = lease_token + 1,
+               lease_until = now() + make_interval(secs => %s), heartbeat_at = now(),
+               slurm_job_id = %s, host = %s, pid = %s
+        WHERE archive = %s RETURNING lease_token
+        """,
+        (lease_s, owner["slurm_job_id"], owner["host"], owner["pid"], archive),
+    )
+    return int(cur.fetchone()["lease_token"])

@@ -8,15 +8,12 @@ from typing import Any
 import psycopg
 
 from ..errors import ConfigError, RunBusy, StoreError
-from .db import Database, describe_holder
+from .db import Table, describe_holder
 from .records import DatasetResume, ShardCheckpoint
 
 
-class DatasetTable:
+class DatasetTable(Table):
     """`dataset_runs`, `dataset_shards`, `dataset_failures`."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
 
     def start(
         self,

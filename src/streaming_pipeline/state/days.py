@@ -6,15 +6,12 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from .db import Database
-from .records import DAY_COLUMNS, ArchiveKey
+from .db import Table
+from .records import DAY_COLUMNS, ArchiveKey, ArchiveStatus
 
 
-class DayTable:
+class DayTable(Table):
     """`days`, and the `archive_status` view of a day."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
 
     def register_archives(self, day: dt.date, archives: Sequence[tuple[ArchiveKey, str, int]]) -> None:
         """Rows for a day's archives ((key, path, size)), so that status lists them before they start."""
@@ -26,8 +23,9 @@ class DayTable:
         rows = [(k.archive, k.day, k.slot, path, size) for k, path, size in archives]
         self._db.transaction(lambda cur: cur.executemany(sql, rows), "register archives")
 
-    def archive_status(self, day: dt.date) -> list[dict[str, Any]]:
-        return self._db.query("SELECT * FROM archive_status WHERE day = %s ORDER BY slot, archive", (day,))
+    def archive_status(self, day: dt.date) -> list[ArchiveStatus]:
+        rows = self._db.query("SELECT * FROM archive_status WHERE day = %s ORDER BY slot, archive", (day,))
+        return [ArchiveStatus.from_row(r) for r in rows]
 
     def record(self, day: dt.date, **fields: Any) -> None:
         """Upsert the day's row (state, counts, job ids, timestamps, summary) with the given fields."""

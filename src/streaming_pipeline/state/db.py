@@ -336,6 +336,14 @@ class Database:
         return self.transaction(read, "query")
 
 
+class Table:
+    """One concern's statements (a table or a few that belong together) over the shared
+    `Database`: its connection, lock, retries and fence are the same for every concern."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+
 def leased_sql(table: str, template: str) -> pgsql.Composed:
     """`template` with {table} and {key} filled in for a leased table (LEASED, never input)."""
     return pgsql.SQL(template).format(table=pgsql.Identifier(table), key=pgsql.Identifier(LEASED[table]))

@@ -101,8 +101,9 @@ def _pid_exists(pid: int) -> bool:
 
 
 class Lease:
-    """A lease already claimed (store.claim_next, start_dataset_run): `adopt(token)` fences the
-    store's writes with it and starts the heartbeat; `release()` gives it up."""
+    """A lease already claimed (the scale simulation's queue, a dataset run's start):
+    `adopt(token)` fences the store's writes with it and starts the heartbeat; `release()` gives
+    it up."""
 
     def __init__(
         self,

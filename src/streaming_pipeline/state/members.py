@@ -7,16 +7,19 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
-from .db import Database
+from .db import Database, Table
 from .records import MEMBER_COLUMNS, ArchiveKey, MemberRecord
+from .segments import SegmentTable
 
 
-class MemberTable:
+class MemberTable(Table):
     """One row per member; a row never goes back from `done`. Writes are one statement per batch."""
 
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    def __init__(self, db: Database, segments: SegmentTable) -> None:
+        super().__init__(db)
+        self._segments = segments
 
     def done(self, archive: str) -> set[str]:
         def read(cur: psycopg.Cursor[Any]) -> set[str]:
@@ -39,7 +42,8 @@ class MemberTable:
         ]
 
     def record(self, key: ArchiveKey, records: Sequence[MemberRecord]) -> None:
-        """Upsert a batch of member rows in one round trip; `done` rows are never overwritten."""
+        """Upsert a batch of member rows in one round trip, with the segments of those that carry
+        a transcript (searchable once the member is done); `done` rows are never overwritten."""
         if not records:
             return
         cols = ", ".join(MEMBER_COLUMNS)
@@ -50,12 +54,20 @@ class MemberTable:
             VALUES ({placeholders})
             ON CONFLICT (archive, member) DO UPDATE SET {updates}, updated_at = now()
             WHERE audio_files.status <> 'done'
+            RETURNING member
         """
-        rows = [
-            (key.day, key.slot, key.archive, r.member, *(getattr(r, c) for c in MEMBER_COLUMNS))
-            for r in records
-        ]
-        self._db.transaction(lambda cur: cur.executemany(sql, rows), "record members", fenced=True)
+        rows = [(key.day, key.slot, key.archive, r.member, *member_values(r)) for r in records]
+
+        def write(cur: psycopg.Cursor[Any]) -> None:
+            cur.executemany(sql, rows, returning=True)
+            written = set()
+            while True:
+                written.update(row["member"] for row in cur.fetchall())
+                if not cur.nextset():
+                    break
+            self._segments.write(cur, key.archive, [r for r in records if r.member in written])
+
+        self._db.transaction(write, "record members", fenced=True)
 
     def mark_done(self, archive: str, members: Iterable[tuple[str, str]]) -> list[str]:
         """Members whose upload rsync confirmed: (member, remote_path) pairs, one statement.
@@ -147,3 +159,9 @@ class MemberTable:
                 return
             yield rows
             after = (rows[-1]["archive"], rows[-1]["member"])
+
+
+def member_values(record: MemberRecord) -> list[Any]:
+    """`record`'s MEMBER_COLUMNS values as psycopg sends them (JSON as jsonb)."""
+    values = {c: getattr(record, c) for c in MEMBER_COLUMNS}
+    return [Jsonb(v) if c == "provenance" and v is not None else v for c, v in values.items()]

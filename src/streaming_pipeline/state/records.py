@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 from .states import MemberStatus
 
@@ -24,11 +25,40 @@ MEMBER_COLUMNS = (
     "fallback",
     "timestamps",
     "subtitles",
+    "model",
+    "provenance",
+    "transcript_key",
+    "transcribed_at",
+    "searchable_segments",
 )
 DAY_COLUMNS = frozenset(
     {"state", "archives", "submitted", "executor", "array_job_id", "finalize_job_id", "submitted_at",
      "finalized_at", "summary"}
 )  # fmt: skip
+
+
+class TimedWord(Protocol):
+    """A timed word as the decoders return it (stages/transcript.py's Word)."""
+
+    @property
+    def start(self) -> float: ...
+    @property
+    def end(self) -> float: ...
+    @property
+    def word(self) -> str: ...
+
+
+class TimedSegment(Protocol):
+    """A timed segment as the decoders return it (stages/transcript.py's Segment)."""
+
+    @property
+    def start(self) -> float: ...
+    @property
+    def end(self) -> float: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def words(self) -> Sequence[TimedWord] | None: ...
 
 
 @dataclass(frozen=True)
@@ -49,6 +79,13 @@ class MemberRecord:
     fallback: bool | None = None
     timestamps: str | None = None  # none, segment or word
     subtitles: str | None = None  # the subtitle formats written beside the FLAC ("srt,vtt")
+    model: str | None = None  # the model that made the transcript, as named
+    provenance: dict[str, Any] | None = None  # stages/provenance.py's Provenance.as_json()
+    transcript_key: str | None = None  # Provenance.key: equal when made the same way
+    transcribed_at: dt.datetime | None = None
+    searchable_segments: int | None = None  # how many of `segments` the search holds (state/segments.py)
+    # the transcript's segments, written to `segments` in the member row's transaction (no column)
+    segments: Sequence[TimedSegment] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         # A header may declare any size (2**66 in base-256); bigint holds what a disk can. The
@@ -100,3 +137,67 @@ class ArchiveKey:
     archive: str
     day: dt.date
     slot: str
+
+
+@dataclass(frozen=True)
+class ArchiveStatus:
+    """A row of the `archive_status` view: an archive's state, its members' counts and its last
+    or current holder, as `status`, the day plan and the finalize job read it."""
+
+    day: dt.date
+    slot: str
+    archive: str
+    state: str  # an ArchiveState; "running?" in a report when the lease expired
+    live: bool  # a lease that has not expired
+    done: int
+    failed: int
+    rejected: int
+    uploading: int
+    audio_hours: float
+    elapsed_s: float | None
+    members_seen: int | None
+    bytes_read: int | None
+    bytes_total: int | None
+    slurm_job_id: str | None
+    host: str | None
+    pid: int | None
+    restarts: int
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    heartbeat_at: dt.datetime | None
+    lease_until: dt.datetime | None
+    lease_token: int
+    lease_left_s: float | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ArchiveStatus:
+        """PostgreSQL's numerics as floats; a column the view gained and this type lacks is an error."""
+        values = dict(row)
+        for name in ("audio_hours", "elapsed_s", "lease_left_s"):
+            if values[name] is not None:
+                values[name] = float(values[name])
+        return cls(**values)
+
+    @property
+    def x_realtime(self) -> float | None:
+        """Audio seconds per wall second of its runs so far."""
+        return round(self.audio_hours * 3600 / self.elapsed_s, 2) if self.elapsed_s else None
+
+    @property
+    def owner(self) -> str:
+        return owner_label(self.host, self.slurm_job_id, self.pid)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in asdict(self).items():
+            out[name] = value.isoformat() if isinstance(value, dt.date) else value
+        out["x_realtime"] = self.x_realtime
+        return out
+
+
+def owner_label(host: str | None, slurm_job_id: str | None, pid: int | None) -> str:
+    """`job@host` (a worker outside Slurm: `pid@host`) of an archive's last or current holder."""
+    if not host:
+        return "-"
+    return f"{slurm_job_id or pid or '?'}@{host}"

@@ -79,6 +79,13 @@ class ReportQueries:
             " WHERE status = 'done' AND " + _FILTER + " GROUP BY 1 ORDER BY 2 DESC"
         )
 
+    def models(self) -> Rows:
+        """Done members per model and settings (what made the transcripts)."""
+        return self._rows(
+            "SELECT model, transcript_key, count(*) AS n, coalesce(sum(duration_s), 0) / 3600 AS hours"
+            " FROM audio_files WHERE status = 'done' AND " + _FILTER + " GROUP BY 1, 2 ORDER BY 3 DESC, 1"
+        )
+
     def durations(self, longest: float, bins: int) -> Rows:
         """Members done per duration bin of [0, longest]."""
         return self._rows(

@@ -2,7 +2,10 @@
 
 `ProgressStore` is the connection (db.py: transactions, retries, the lease fence) and carries one
 object per concern: `store.archives` (archives.py), `store.members` (members.py), `store.leases`
-(claims.py), `store.days` (days.py), `store.datasets` (datasets.py); the day report's queries are
+(claims.py), `store.days` (days.py), `store.datasets` (datasets.py), `store.transcripts`
+(transcripts.py: provenance, re-transcription, history), `store.segments` (segments.py: the
+searchable segments, written inside the members' and transcripts' transactions); the day
+report's queries are
 reports.py. Callers hold this one object rather than importing the pieces: every piece must work
 through the same connection, its lock and its fence (a write of a worker whose lease was taken is
 refused whichever table it goes to), and one object is the simplest way to hand them that.
@@ -19,6 +22,8 @@ from .days import DayTable
 from .db import SCHEMA_VERSION, Database, describe_holder, migrations
 from .members import MemberTable
 from .records import ArchiveKey, DatasetResume, MemberRecord, ShardCheckpoint, StageTiming
+from .segments import SegmentTable
+from .transcripts import TranscriptTable
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -40,7 +45,9 @@ class ProgressStore(Database):
         """`options`: Database's (attempts, patience, backoff_max, sleep, clock, connect_timeout)."""
         super().__init__(dsn, **options)
         self.archives = ArchiveTable(self)
-        self.members = MemberTable(self)
+        self.segments = SegmentTable(self)
+        self.members = MemberTable(self, self.segments)
         self.leases = LeaseTable(self)
         self.days = DayTable(self)
         self.datasets = DatasetTable(self)
+        self.transcripts = TranscriptTable(self, self.segments)

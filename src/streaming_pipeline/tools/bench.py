@@ -45,6 +45,7 @@ from ..config import PipelineConfig, config_env
 from ..errors import ConfigError, ConversionError, PipelineError, TranscriptionError
 from ..run.day import archive_key
 from ..run.gpu import GpuSampler
+from ..run.retranscribe import RetranscribeWorker
 from ..run.worker import ArchiveWorker
 from ..stages.archive import ArchiveReader, Member
 from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
@@ -190,7 +191,8 @@ def run_sequential(config: PipelineConfig, archive: Path, work: Path, transcribe
         except TranscriptionError as exc:
             log.warning("sequential: %s failed: %s", member.name, exc)
             continue
-        out.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
+        result = replace(result, source=info.source())
+        out.with_suffix(".json").write_text(json.dumps(result.as_json(), ensure_ascii=False, indent=1))
         audio_s += info.output_duration_s
     stages["transcribe"] = time.monotonic() - t
 
@@ -225,7 +227,7 @@ def run_transcribe_only(
     finally:
         decoder.close()
     if transcripts is not None:
-        transcripts.write_text(json.dumps([r["text"] for r in results], ensure_ascii=False))
+        transcripts.write_text(json.dumps([r.text for r in results], ensure_ascii=False))
     return Run(
         wall, sum(len(a) for a in audio) / 16000, {"transcribe": wall, **_decoder_figures(stats)}, figures
     )
@@ -263,6 +265,38 @@ def run_streaming(
     if not result.ok or result.failed:
         raise PipelineError(f"streaming run did not finish cleanly: {result.summary_line()}")
     return Run(result.wall_s, result.run_audio_s, dict(result.stage_seconds), figures)
+
+
+def run_retranscribe(
+    config: PipelineConfig, archive: Path, work: Path, transcriber: TranscriberLike, dsn: str, gpu: GpuSampler
+) -> Run:
+    """The streaming run's members (its destination, `work`) made again from their FLACs by the
+    same model. Only `--max-new-tokens` differs: 440 (the model's own limit) against unset, which
+    makes every transcript stale without changing what is decoded."""
+    from ..state.store import ProgressStore
+
+    config = replace(
+        config,
+        remote=str(work / "remote"),
+        scratch_dir=work / "scratch",
+        max_new_tokens=None if config.max_new_tokens is not None else 440,
+    )
+    store = ProgressStore(dsn)
+    try:
+        worker = RetranscribeWorker(
+            config,
+            key=archive_key(DAY, archive, "bench"),
+            path=str(archive),
+            store=store,
+            transcriber_factory=lambda _config: transcriber,
+        )
+        with gpu.sampling() as figures:
+            result = worker.run()
+    finally:
+        store.close()
+    if not result.ok or not result.counts.get("done"):
+        raise PipelineError(f"re-transcription did not finish cleanly: {result.summary_line()}")
+    return Run(result.wall_s, result.audio_s, result.stage_seconds, figures)
 
 
 def compare_conversion(sources: Sequence[Path], work: Path) -> dict[str, Any]:
@@ -401,6 +435,7 @@ def run_bench(
     streaming: list[Run] = []
     alone: list[Run] = []
     per_member: list[Run] = []
+    retranscribed: list[Run] = []
     timed: dict[str, list[Run]] = {f"timestamps_{mode}": [] for mode in TIMESTAMP_MODES}
     for round_number in range(plan.repeat):
         log.info("round %d of %d: sequential", round_number + 1, plan.repeat)
@@ -421,6 +456,10 @@ def run_bench(
         del audio
         log.info("round %d of %d: streaming", round_number + 1, plan.repeat)
         streaming.append(run_streaming(config, small, work / "streaming", transcriber, config.dsn, gpu))
+        log.info("round %d of %d: re-transcription from the FLACs", round_number + 1, plan.repeat)
+        retranscribed.append(
+            run_retranscribe(config, small, work / "streaming", transcriber, config.dsn, gpu)
+        )
     sources = sorted((work / "sequential" / "extract").rglob("*"))
     conversion = compare_conversion([p for p in sources if p.is_file()], work / "conversion")
     shutil.rmtree(work / "sequential" / "extract", ignore_errors=True)
@@ -440,6 +479,7 @@ def run_bench(
             "streaming": streaming,
             "transcribe_only": alone,
             "per_member": per_member,
+            "retranscribe": retranscribed,
             **timed,
         },
         conversion,
@@ -515,6 +555,7 @@ def _report(
         "ratio_streaming_transcribe_only_throughput": stream.audio_per_wall / floor.audio_per_wall,
         "ratio_streaming_per_member_throughput": stream.audio_per_wall / per_member.audio_per_wall,
         "ratio_transcribe_only_per_member_throughput": floor.audio_per_wall / per_member.audio_per_wall,
+        "ratio_retranscribe_streaming": median["retranscribe"].wall_s / stream.wall_s,
         "ratio_timestamps_segment_none": timed_wall["segment"] / timed_wall["none"],
         "ratio_timestamps_word_none": timed_wall["word"] / timed_wall["none"],
         "gpu_busy_streaming": (stream.gpu or {}).get("busy"),
@@ -570,6 +611,7 @@ def format_report(report: dict[str, Any]) -> str:
         ("streaming", f"streaming pipeline ({decoder} decoder)"),
         ("transcribe_only", f"{decoder} decoder alone (audio in memory)"),
         ("per_member", "per-member decoder alone (faster-whisper transcribe)"),
+        ("retranscribe", "re-transcription from the destination's FLACs"),
         *((f"timestamps_{m}", f"{decoder} decoder alone, --timestamps {m}") for m in TIMESTAMP_MODES),
     ]
     lines = [

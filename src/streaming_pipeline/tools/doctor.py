@@ -138,7 +138,7 @@ def _model(config: PipelineConfig, offline: bool) -> Check:
         return Check(
             "model", PASS,
             f"{transcriber.model_name} on {transcriber.device.device} ({transcriber.device.compute_type}): "
-            f"1 s of audio through the {decoder_kind(check)} decoder, language {result['language']}, "
+            f"1 s of audio through the {decoder_kind(check)} decoder, language {result.language}, "
             f"{time.monotonic() - started:.1f}s",
         )  # fmt: skip
 

@@ -91,6 +91,8 @@
   plot("durations", [{type: "bar", x: Q.durations.map(d => (d.from + d.to) / 2), y: Q.durations.map(d => d.n),
     width: Q.durations.map(d => d.to - d.from)}],
     {xaxis: {title: {text: "member duration, s"}}, yaxis: {title: {text: "members"}}, title: {text: "durations"}});
+  table("models", ["model", "settings", "members", "audio hours"],
+    Q.models.map(m => [m.model, m.settings, m.members, fmt(m.hours, 3)]));
   table("runs", ["run", "host", "job", "state", "started", "finished", "error"],
     D.runs.map(r => [r.label, r.host, r.job, r.state, r.started, r.finished, r.error]));
 

@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..run.day import owner_label
+from ..state.records import owner_label
 from ..state.reports import ReportQueries
 from ..state.store import ProgressStore
 
@@ -49,6 +49,7 @@ def collect(store: ProgressStore, days: list[dt.date], archive: str | None = Non
         q.gpu(),
         members,
         q.languages(),
+        q.models(),
         q.durations(longest * 1.0001, DURATION_BINS),
         q.reasons(),
         q.failures(MAX_FAILURE_ROWS),
@@ -65,6 +66,7 @@ def _shape(
     gpu: list[dict[str, Any]],
     members: dict[str, Any],
     languages: list[dict[str, Any]],
+    models: list[dict[str, Any]],
     durations: list[dict[str, Any]],
     reasons: list[dict[str, Any]],
     failures: list[dict[str, Any]],
@@ -103,7 +105,7 @@ def _shape(
             "elapsed_s": float(a["elapsed_s"] or 0.0),
             "stages": stage_seconds.get(a["archive"], dict.fromkeys(STAGES, 0.0)),
             # the current (live lease) or last worker, as `status` shows it
-            "owner": owner_label(a),
+            "owner": owner_label(a["host"], a["slurm_job_id"], a["pid"]),
             "lease_until": a["lease_until"].isoformat(timespec="seconds") if a["live"] else None,
         }
         for a in archives
@@ -147,6 +149,15 @@ def _shape(
         "failures_total": int(members["failed"]) + int(members["rejected"]),
         "quality": {
             "languages": [{"language": r["language"], "n": int(r["n"])} for r in languages],
+            "models": [
+                {
+                    "model": r["model"] or "(not recorded)",
+                    "settings": (r["transcript_key"] or "")[:8],
+                    "members": int(r["n"]),
+                    "hours": float(r["hours"]),
+                }
+                for r in models
+            ],
             "durations": [
                 {"from": (int(r["bin"]) - 1) * width, "to": int(r["bin"]) * width, "n": int(r["n"])}
                 for r in durations

@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,28 +40,13 @@ import psycopg
 from ..errors import ConfigError, LeaseLost
 from ..state.embedded_pg import EmbeddedPostgres, free_port
 from ..state.lease import Lease, Owner
+from ..state.simulation import ScaleAudit, SimulatedQueue
 from ..state.store import ArchiveKey, MemberRecord, ProgressStore
 
 log = logging.getLogger(__name__)
 
 FIRST_DAY = dt.date(2001, 1, 1)  # synthetic days, far from real ones
 ARCHIVES_PER_DAY = 50
-
-_AUDIT_SQL = """
-CREATE TABLE IF NOT EXISTS sim_done_log (
-    archive text NOT NULL, member text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-CREATE OR REPLACE FUNCTION sim_log_done() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.status = 'done' AND (TG_OP = 'INSERT' OR OLD.status <> 'done') THEN
-        INSERT INTO sim_done_log (archive, member) VALUES (NEW.archive, NEW.member);
-    END IF;
-    RETURN NEW;
-END $$;
-DROP TRIGGER IF EXISTS sim_done ON audio_files;
-CREATE TRIGGER sim_done AFTER INSERT OR UPDATE OF status ON audio_files
-    FOR EACH ROW EXECUTE FUNCTION sim_log_done();
-"""
 
 
 @dataclass(frozen=True)
@@ -140,27 +125,19 @@ def pgbouncer_binary() -> str:
     return found
 
 
+@dataclass
 class PgBouncer:
     """A private PgBouncer in transaction mode in front of one PostgreSQL database."""
 
-    def __init__(
-        self,
-        state_dir: Path,
-        server_port: int,
-        *,
-        pool_size: int,
-        max_client_conn: int,
-        dbname: str = "postgres",
-        server_host: str = "127.0.0.1",
-    ) -> None:
-        self.state_dir = state_dir
-        self.server_port = server_port
-        self.dbname = dbname
-        self.server_host = server_host
-        self.pool_size = pool_size
-        self.max_client_conn = max_client_conn
-        self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
+    state_dir: Path
+    server_port: int
+    _: KW_ONLY
+    pool_size: int
+    max_client_conn: int
+    dbname: str = "postgres"
+    server_host: str = "127.0.0.1"
+    port: int = field(default=0, init=False)  # once started
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     def start(self) -> str:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -229,11 +206,12 @@ def worker_main(dsn: str, config: ScaleConfig, number: int) -> int:
     owner = Owner(f"sim_{number}", socket.gethostname(), os.getpid())
     days = _days(config)
     names = [f"member_{j:04d}.wav" for j in range(config.members)]
+    queue = SimulatedQueue(store)
     try:
         while True:
-            claimed = store.leases.claim_next(days, owner=owner.row(), lease_s=config.lease_s)
+            claimed = queue.claim_next(days, owner=owner.row(), lease_s=config.lease_s)
             if claimed is None:
-                if store.leases.unfinished(days) == 0:
+                if queue.unfinished(days) == 0:
                     return 0
                 time.sleep(random.uniform(0.5, 1.5))  # the rest are held: wait for a lease to expire
                 continue
@@ -276,14 +254,11 @@ def _process(
     )
 
 
-def watch_server_connections(conn: psycopg.Connection[Any], stop: threading.Event, peak: list[int]) -> None:
-    """The most client backends the server had at once, sampled every 50 ms on `conn` (opened
-    before the workers: they may fill the server) until `stop`, into `peak[0]`."""
+def watch_server_connections(audit: ScaleAudit, stop: threading.Event, peak: list[int]) -> None:
+    """The most client backends the server had at once, sampled every 50 ms until `stop`, into
+    `peak[0]`."""
     while not stop.wait(0.05):
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
-        ).fetchone()
-        peak[0] = max(peak[0], int(row[0]) if row else 0)
+        peak[0] = max(peak[0], audit.client_backends())
 
 
 def simulate(config: ScaleConfig, state_dir: Path | None = None, *, say: Any = print) -> ScaleResult:
@@ -299,11 +274,8 @@ def simulate(config: ScaleConfig, state_dir: Path | None = None, *, say: Any = p
         pooled = direct if config.direct else bouncer.start()
         setup = ProgressStore(direct)
         setup.init_schema()
-        setup.query("SELECT 1")
         with psycopg.connect(direct, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS sim_done_log")
-            conn.execute("TRUNCATE archive_runs, audio_files, archives CASCADE")
-            conn.execute(_AUDIT_SQL)
+            ScaleAudit(conn).reset()
         keys = _keys(config)
         for day in _days(config):
             setup.days.register_archives(
@@ -328,9 +300,10 @@ def _run(config: ScaleConfig, direct: str, pooled: str, say: Any) -> ScaleResult
     ctx.set_forkserver_preload([__name__])
     # The observer's connection is opened first: without PgBouncer the workers fill the server.
     observer = psycopg.connect(direct, autocommit=True)
+    audit = ScaleAudit(observer)
     stop = threading.Event()
     peak = [0]
-    monitor = threading.Thread(target=watch_server_connections, args=(observer, stop, peak), daemon=True)
+    monitor = threading.Thread(target=watch_server_connections, args=(audit, stop, peak), daemon=True)
     monitor.start()
     started = time.monotonic()
     workers = [
@@ -341,7 +314,7 @@ def _run(config: ScaleConfig, direct: str, pooled: str, say: Any) -> ScaleResult
         worker.start()
     say(f"scale-sim: {config.workers} workers started in {time.monotonic() - started:.1f} s")
     pids = {w.pid: n for n, w in enumerate(workers) if w.pid is not None}
-    killed = _kill_some_mid_run(config, observer, pids, say)
+    killed = _kill_some_mid_run(config, audit, pids, say)
     failures: dict[int, int] = {}
     for number, worker in enumerate(workers):
         worker.join()
@@ -360,9 +333,7 @@ def _worker_process(dsn: str, config: ScaleConfig, number: int) -> None:
         raise SystemExit(code)
 
 
-def _kill_some_mid_run(
-    config: ScaleConfig, conn: psycopg.Connection[Any], pids: dict[int, int], say: Any
-) -> set[int]:
+def _kill_some_mid_run(config: ScaleConfig, audit: ScaleAudit, pids: dict[int, int], say: Any) -> set[int]:
     """Once about a third of the members are done, SIGKILL a share of the workers, each in the
     middle of an archive (its run started, its lease live: the lease stands until it expires).
 
@@ -374,17 +345,16 @@ def _kill_some_mid_run(
     if count == 0:
         return set()
     while True:
-        done = conn.execute("SELECT count(*) FROM sim_done_log").fetchone()[0]
+        done = audit.done_transitions()
         if done >= total // 3:
             break
         time.sleep(0.1)
-    holding = "SELECT pid FROM archives WHERE state = 'running' AND lease_until > now() AND pid = ANY(%s)"
     victims: set[int] = set()
     tried: set[int] = set()
     for _ in range(20):
         if len(victims) >= count:
             break
-        holders = [int(r[0]) for r in conn.execute(holding, (list(set(pids) - tried),))]
+        holders = list(audit.holding(list(set(pids) - tried)))
         random.shuffle(holders)
         frozen = holders[: count - len(victims)]
         if not frozen:
@@ -393,7 +363,7 @@ def _kill_some_mid_run(
             os.kill(pid, signal.SIGSTOP)
         tried.update(frozen)
         time.sleep(0.3)  # a COMMIT already sent lands; a stopped worker sends nothing more
-        still = {int(r[0]) for r in conn.execute(holding, (frozen,))}
+        still = audit.holding(frozen)
         for pid in frozen:
             os.kill(pid, signal.SIGKILL if pid in still else signal.SIGCONT)
         victims |= still
@@ -405,28 +375,10 @@ def _check(
     config: ScaleConfig, dsn: str, wall: float, killed: set[int], failures: dict[int, int], peak: int
 ) -> ScaleResult:
     with psycopg.connect(dsn, autocommit=True) as conn:
-
-        def one(sql: str, *params: Any) -> int:
-            row = conn.execute(sql, params).fetchone()
-            return int(row[0]) if row else 0
-
-        members_done = one("SELECT count(*) FROM audio_files WHERE status = 'done'")
-        transitions = one("SELECT count(*) FROM sim_done_log")
-        duplicates = one(
-            "SELECT count(*) FROM (SELECT 1 FROM sim_done_log GROUP BY archive, member HAVING count(*) > 1) d"
-        )
-        archives_done = one("SELECT count(*) FROM archives WHERE state = 'done'")
-        taken_over = one(
-            "SELECT count(DISTINCT archive) FROM archive_runs WHERE state = 'taken over' AND pid = ANY(%s)",
-            list(killed),
-        )
+        tally = ScaleAudit(conn).tally(list(killed))
     return ScaleResult(
         wall_s=wall,
-        members_done=members_done,
-        done_transitions=transitions,
-        duplicates=duplicates,
-        archives_done=archives_done,
-        taken_over=taken_over,
+        **asdict(tally),
         killed=len(killed),
         worker_failures=failures,
         peak_server_connections=peak,

@@ -1,0 +1,192 @@
+"""A member's transcript as it travels between modules, in faster-whisper's shape.
+
+`Word` and `Segment` are faster-whisper's (`transcribe.py`) with the fields the JSON keeps;
+`Transcript` is its `TranscriptionInfo` (language, probability, duration) with the segments and
+what the pipeline knows of the member (archive, member, model, source audio). The decoders return
+a `Transcript`; the worker writes `as_json()` next to the FLAC; the Parquet export and anything
+reading a sidecar back get the same type from `from_json`. Segments stay mutable: the decoder
+moves their times back to the member's timeline before they are handed on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .provenance import Provenance
+
+
+@dataclass
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "end": self.end,
+            "word": self.word,
+            "probability": round(float(self.probability), 4),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Word:
+        return cls(float(data["start"]), float(data["end"]), str(data["word"]), float(data["probability"]))
+
+
+@dataclass
+class Segment:
+    """A timed piece of a member's transcript, in faster-whisper's `Segment` shape."""
+
+    start: float
+    end: float
+    text: str
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    temperature: float = 0.0
+    compression_ratio: float = 0.0
+    words: list[Word] | None = None  # None unless the decoder timed words
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON's segment layout; `words` only when the decoder timed words."""
+        out = {k: v for k, v in asdict(self).items() if k != "words"}
+        if self.words is not None:
+            out["words"] = [w.as_json() for w in self.words]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Segment:
+        words = data.get("words")
+        return cls(
+            float(data["start"]),
+            float(data["end"]),
+            str(data["text"]),
+            float(data.get("avg_logprob", 0.0)),
+            float(data.get("no_speech_prob", 0.0)),
+            float(data.get("temperature", 0.0)),
+            float(data.get("compression_ratio", 0.0)),
+            [Word.from_json(w) for w in words] if words is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class SourceAudio:
+    """The member's audio as it was in the archive, before conversion to 16 kHz mono."""
+
+    sample_rate: int
+    channels: int
+    duration: float
+    decoder: str  # which library read it: soundfile or pyav
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One member's transcript; `text` is its segments' text joined."""
+
+    archive: str
+    member: str
+    model: str
+    language: str | None  # None when nothing was decoded (no speech) or the text came with the data
+    language_probability: float
+    duration: float  # seconds of 16 kHz audio the decoder saw
+    segments: tuple[Segment, ...] = ()
+    text: str = ""
+    source: SourceAudio | None = None
+    provenance: Provenance | None = None  # what made it (stages/provenance.py)
+
+    @classmethod
+    def of(
+        cls,
+        segments: Sequence[Segment],
+        *,
+        archive: str,
+        member: str,
+        model: str,
+        language: str | None,
+        language_probability: float,
+        duration: float,
+        provenance: Provenance | None = None,
+    ) -> Transcript:
+        """A decoder's result: the text is the segments' text, so the two cannot disagree."""
+        return cls(
+            archive,
+            member,
+            model,
+            language,
+            language_probability,
+            duration,
+            tuple(segments),
+            " ".join(s.text for s in segments).strip(),
+            provenance=provenance,
+        )
+
+    @property
+    def fallback(self) -> bool:
+        """Whether a window needed a temperature above zero (the quality guards failed at 0)."""
+        return any(s.temperature > 0 for s in self.segments)
+
+    def record_fields(self) -> dict[str, Any]:
+        """What a member's row records of its transcript and of what made it (MemberRecord's
+        fields)."""
+        p = self.provenance
+        return {
+            "transcript": self.text,
+            "language": self.language,
+            "language_probability": self.language_probability,
+            "fallback": self.fallback,
+            "model": self.model,
+            "provenance": p.as_json() if p is not None else None,
+            "transcript_key": p.key if p is not None else None,
+            "transcribed_at": dt.datetime.now(dt.UTC),
+            "segments": self.segments,  # made searchable with the row (state/segments.py)
+            "searchable_segments": len(self.segments),
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        """The sidecar JSON next to each FLAC (its layout is what users and `from_json` read)."""
+        out: dict[str, Any] = {
+            "text": self.text,
+            "language": self.language,
+            "language_probability": self.language_probability,
+            "duration": self.duration,
+            "segments": [s.as_json() for s in self.segments],
+            "model": self.model,
+            "archive": self.archive,
+            "member": self.member,
+        }
+        if self.source is not None:
+            out |= {f"source_{k}": v for k, v in asdict(self.source).items()}
+        if self.provenance is not None:
+            out["provenance"] = self.provenance.as_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Transcript:
+        """A sidecar read back (export, re-indexing); fields a JSON lacks take their defaults."""
+        source = None
+        if "source_sample_rate" in data:
+            source = SourceAudio(
+                int(data["source_sample_rate"]),
+                int(data["source_channels"]),
+                float(data["source_duration"]),
+                str(data["source_decoder"]),
+            )
+        return cls(
+            archive=str(data.get("archive", "")),
+            member=str(data.get("member", "")),
+            model=str(data.get("model", "")),
+            language=data.get("language"),
+            language_probability=float(data.get("language_probability") or 0.0),
+            duration=float(data.get("duration") or 0.0),
+            segments=tuple(Segment.from_json(s) for s in data.get("segments") or ()),
+            text=str(data.get("text", "")),
+            source=source,
+            provenance=Provenance.from_json(data["provenance"]) if data.get("provenance") else None,
+        )
+
+
+__all__ = ["Segment", "SourceAudio", "Transcript", "Word"]

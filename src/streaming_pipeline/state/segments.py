@@ -1,0 +1,316 @@
+"""Transcript segments in PostgreSQL under a full-text index: written with their member's row,
+searched by `streaming-pipeline search`, filled for older days by `index` (state/search_text.py
+says how text is indexed in each language)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .db import Table
+from .records import MemberRecord
+from .search_text import (
+    CLOSE,
+    CONFIGS,
+    OPEN,
+    bigram_query,
+    bigrams,
+    first_match,
+    highlight_unspaced,
+    player_command,
+    search_config,
+    word_time,
+)
+
+# One statement per batch: the rows come as parallel arrays, the member's day and language from
+# its row (which the same transaction has just written). `%(which)s` picks the members written.
+_INSERT = """
+    INSERT INTO segments (archive, member, seq, day, language, config, start_s, end_s, text,
+                          search_text, words)
+    SELECT f.archive, f.member, s.seq, f.day, f.language, s.config::regconfig, s.start_s, s.end_s,
+           s.text, s.search_text, s.words
+    FROM unnest(%(members)s::text[], %(seqs)s::int[], %(configs)s::text[], %(starts)s::real[],
+                %(ends)s::real[], %(texts)s::text[], %(search_texts)s::text[], %(words)s::jsonb[])
+         AS s(member, seq, config, start_s, end_s, text, search_text, words)
+    JOIN audio_files f ON f.archive = %(archive)s AND f.member = s.member
+    ON CONFLICT (archive, member, seq) DO NOTHING
+"""
+_DELETE = "DELETE FROM segments WHERE archive = %s AND member = ANY(%s)"
+
+# The query as each text-search configuration reads it; rows with an empty reading (only stop
+# words in that language) are left out.
+_PARSE = """
+    SELECT c.config::text AS config, c.bigram, t::text AS tsquery
+    FROM unnest(%(configs)s::regconfig[], %(bigram)s::bool[], %(texts)s::text[]) AS c(config, bigram, text),
+         LATERAL websearch_to_tsquery(c.config, c.text) AS t
+    WHERE numnode(t) > 0
+"""
+
+# `any_q` (every reading, OR-ed) arrives as a value, so the planner weighs it: a rare word goes
+# through the full-text index, a word in a third of all segments through the table in order, which
+# stops at CANDIDATES (the index would first list all of its matches). The candidates are then kept
+# where their member is done and their own language's reading matches, ranked, cut to the limit,
+# and only then highlighted.
+_SEARCH = """
+    WITH own AS (
+        SELECT * FROM unnest(%(configs)s::regconfig[], %(bigram)s::bool[], %(tsqueries)s::tsquery[])
+            AS o(config, bigram, own_q)
+    ), matched AS MATERIALIZED (
+        SELECT s.* FROM segments s
+        WHERE s.tsv @@ %(any_q)s::tsquery
+            AND (%(language)s::text IS NULL OR s.language = %(language)s)
+            AND (%(first)s::date IS NULL OR s.day >= %(first)s)
+            AND (%(last)s::date IS NULL OR s.day <= %(last)s)
+            AND (%(archive)s::text IS NULL OR s.archive = %(archive)s)
+        LIMIT %(candidates)s
+    ), ranked AS (
+        SELECT m.*, o.own_q, f.slot, f.remote_path, ts_rank_cd(m.tsv, o.own_q) AS rank
+        FROM matched m
+        JOIN own o ON o.config = m.config AND o.bigram = (m.search_text IS NOT NULL)
+        JOIN audio_files f USING (archive, member)
+        WHERE f.status = 'done' AND m.tsv @@ o.own_q
+        ORDER BY rank DESC, m.day, m.archive, m.member, m.seq LIMIT %(limit)s
+    )
+    SELECT day, slot, archive, member, seq, language, start_s, end_s, text, words, remote_path,
+           rank, search_text IS NOT NULL AS bigrams,
+           ts_headline(config, text, own_q, %(headline)s) AS highlight,
+           (SELECT count(*) FROM matched) AS candidates
+    FROM ranked ORDER BY rank DESC, day, archive, member, seq
+"""
+
+
+# Ranking reads every candidate's vector: a word in half of all segments would cost seconds. Past
+# this many matches the hits are the best of the first CANDIDATES found (SearchResult.truncated).
+CANDIDATES = 5000
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    text: str  # as users type it: words, "a phrase", or, -not (websearch_to_tsquery)
+    first_day: dt.date | None = None
+    last_day: dt.date | None = None
+    language: str | None = None
+    archive: str | None = None
+    limit: int = 20
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    day: dt.date
+    slot: str
+    archive: str
+    member: str
+    language: str | None
+    start: float  # the segment's
+    end: float
+    at: float  # where to play from: the matched word's start where words were timed, else `start`
+    text: str
+    highlight: str  # `text` with each match between « and »
+    remote_path: str  # the member's FLAC on the destination
+    rank: float
+
+    @property
+    def player(self) -> str:
+        """A line a person pastes into a shell to hear the hit."""
+        return shlex.join(player_command(self.remote_path, self.at))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "day": self.day.isoformat(), "slot": self.slot, "archive": self.archive,
+            "member": self.member, "language": self.language, "start": self.start, "end": self.end,
+            "at": self.at, "text": self.text, "highlight": self.highlight,
+            "remote_path": self.remote_path, "player": self.player, "rank": self.rank,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[SearchHit]
+    truncated: bool  # more segments matched than were ranked (CANDIDATES): narrow the query
+
+
+@dataclass(frozen=True)
+class Searchable:
+    """A day's done members as the search sees them."""
+
+    members: int  # whose segments are recorded
+    segments: int
+    unindexed: int  # done members whose segments are not (yet): `index DAY` fills them
+
+
+@dataclass(frozen=True)
+class Storage:
+    segments: int
+    table_bytes: int  # with its TOAST and its other indexes
+    index_bytes: int  # the full-text index
+
+
+@dataclass(frozen=True)
+class Unindexed:
+    archive: str
+    member: str
+    remote_path: str
+
+
+class SegmentTable(Table):
+    """`segments`: written inside the callers' transactions (members.record, transcripts.replace,
+    `index`), read by `search`."""
+
+    @functools.cached_property
+    def configs(self) -> frozenset[str]:
+        """The text-search configurations this server has."""
+        return frozenset(r["cfgname"] for r in self._db.query("SELECT cfgname FROM pg_ts_config"))
+
+    def write(self, cur: psycopg.Cursor[Any], archive: str, records: Sequence[MemberRecord]) -> None:
+        """`records`' segments in place of any the members had, in the caller's transaction (after
+        the members' rows are written: the segments take their day and language)."""
+        timed = [r for r in records if r.searchable_segments is not None]
+        if not timed:
+            return
+        cur.execute(_DELETE, (archive, [r.member for r in timed]))
+        columns: dict[str, list[Any]] = {
+            k: [] for k in ("members", "seqs", "configs", "starts", "ends", "texts", "search_texts", "words")
+        }
+        for r in timed:
+            config, bigram = search_config(r.language, self.configs)
+            for seq, s in enumerate(r.segments):
+                columns["members"].append(r.member)
+                columns["seqs"].append(seq)
+                columns["configs"].append(config)
+                columns["starts"].append(s.start)
+                columns["ends"].append(s.end)
+                columns["texts"].append(s.text)
+                columns["search_texts"].append(bigrams(s.text) if bigram else None)
+                words = s.words
+                columns["words"].append(
+                    Jsonb([[round(w.start, 2), round(w.end, 2), w.word] for w in words]) if words else None
+                )
+        if columns["members"]:
+            cur.execute(_INSERT, {"archive": archive, **columns})
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        bigram_text = bigram_query(query.text)
+        if query.language:
+            config, bigram = search_config(query.language, self.configs)
+            readings = [(config, bigram, bigram_text if bigram else query.text)]
+        else:
+            readings = [(c, False, query.text) for c in sorted(self.configs & _USED_CONFIGS)]
+            readings.append(("simple", True, bigram_text))
+        parsed = self._db.query(
+            _PARSE,
+            {
+                "configs": [c for c, _, _ in readings],
+                "bigram": [b for _, b, _ in readings],
+                "texts": [t for _, _, t in readings],
+            },
+        )
+        if not parsed:
+            return SearchResult([], truncated=False)
+        params = {
+            "configs": [r["config"] for r in parsed],
+            "bigram": [r["bigram"] for r in parsed],
+            "tsqueries": [r["tsquery"] for r in parsed],
+            # Most configurations read most words alike: each distinct reading once.
+            "any_q": " | ".join(f"({q})" for q in sorted({r["tsquery"] for r in parsed})),
+            "language": query.language,
+            "first": query.first_day,
+            "last": query.last_day,
+            "archive": query.archive,
+            "limit": query.limit,
+            "candidates": CANDIDATES,
+            "headline": f"HighlightAll=true, StartSel={OPEN}, StopSel={CLOSE}",
+        }
+        rows = self._db.query(_SEARCH, params)
+        truncated = bool(rows) and int(rows[0]["candidates"]) >= CANDIDATES
+        return SearchResult([_hit(row, query.text) for row in rows], truncated)
+
+    def settle(self) -> None:
+        """What autovacuum would do after a bulk load, now: the full-text index's pending list
+        merged and the planner's statistics fresh (search-scale, before it times queries)."""
+
+        def settle(cur: psycopg.Cursor[Any]) -> None:
+            cur.execute("SELECT gin_clean_pending_list('segments_tsv'::regclass)")
+            cur.execute("ANALYZE segments, audio_files")
+
+        self._db.transaction(settle, "settle segments")
+
+    def storage(self) -> Storage:
+        (row,) = self._db.query(
+            "SELECT count(*) AS n, pg_total_relation_size('segments') - pg_relation_size('segments_tsv')"
+            " AS table_bytes, pg_relation_size('segments_tsv') AS index_bytes FROM segments"
+        )
+        return Storage(int(row["n"]), int(row["table_bytes"]), int(row["index_bytes"]))
+
+    def searchable(self, day: dt.date) -> Searchable:
+        (row,) = self._db.query(
+            "SELECT count(searchable_segments) AS members,"
+            " coalesce(sum(searchable_segments), 0) AS segments,"
+            " count(*) FILTER (WHERE searchable_segments IS NULL) AS unindexed"
+            " FROM audio_files WHERE day = %s AND status = 'done'",
+            (day,),
+        )
+        return Searchable(int(row["members"]), int(row["segments"]), int(row["unindexed"]))
+
+    def unindexed(self, day: dt.date, after: tuple[str, str], limit: int) -> list[Unindexed]:
+        """The day's done members without recorded segments, in (archive, member) order after
+        `after` (keyset pages: each page is committed before the next is read)."""
+        rows = self._db.query(
+            "SELECT archive, member, remote_path FROM audio_files"
+            " WHERE day = %s AND status = 'done' AND searchable_segments IS NULL"
+            " AND remote_path IS NOT NULL AND (archive, member) > (%s, %s)"
+            " ORDER BY archive, member LIMIT %s",
+            (day, *after, limit),
+        )
+        return [Unindexed(r["archive"], r["member"], r["remote_path"]) for r in rows]
+
+    def index(self, archive: str, records: Sequence[MemberRecord]) -> list[MemberRecord]:
+        """Segments read back from the destination for done members that have none recorded, one
+        transaction; a member another `index` filled meanwhile is left as it is. Returns the
+        records this call filled."""
+        update = """
+            UPDATE audio_files SET searchable_segments = %s
+            WHERE archive = %s AND member = %s AND status = 'done' AND searchable_segments IS NULL
+        """
+
+        def fill(cur: psycopg.Cursor[Any]) -> list[MemberRecord]:
+            filled = []
+            for r in records:
+                cur.execute(update, (r.searchable_segments, archive, r.member))
+                if cur.rowcount:
+                    filled.append(r)
+            self.write(cur, archive, filled)
+            return filled
+
+        return self._db.transaction(fill, "index segments")
+
+
+# Every configuration a language maps to: a query without --language is parsed with each.
+_USED_CONFIGS = frozenset({"simple", *CONFIGS.values()})
+
+
+def _hit(row: dict[str, Any], query: str) -> SearchHit:
+    text = row["text"]
+    highlight = highlight_unspaced(text, query) if row["bigrams"] else row["highlight"]
+    start = float(row["start_s"])
+    at = word_time(text, row["words"], first_match(highlight))
+    return SearchHit(
+        day=row["day"],
+        slot=row["slot"],
+        archive=row["archive"],
+        member=row["member"],
+        language=row["language"],
+        start=round(start, 2),
+        end=round(float(row["end_s"]), 2),
+        at=round(at if at is not None else start, 2),
+        text=text,
+        highlight=highlight,
+        remote_path=row["remote_path"],
+        rank=round(float(row["rank"]), 4),
+    )

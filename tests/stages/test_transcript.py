@@ -1,0 +1,96 @@
+"""The transcript type: the JSON sidecar layout it writes, and reading it back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from streaming_pipeline.stages.transcript import Segment, SourceAudio, Transcript, Word
+
+
+def _transcript() -> Transcript:
+    segments = [
+        Segment(
+            0.5,
+            2.0,
+            "Ask not",
+            -0.2,
+            0.01,
+            0.0,
+            1.1,
+            [Word(0.5, 1.0, " Ask", 0.912345), Word(1.0, 2.0, " not", 0.8)],
+        ),
+        Segment(2.5, 4.0, "what your country", -0.4, 0.02, 0.4, 1.3, [Word(2.5, 4.0, " what", 0.7)]),
+    ]
+    return Transcript.of(
+        segments, archive="a.tar.xz", member="x/jfk.wav", model="whisper-base",
+        language="en", language_probability=0.98, duration=4.2,
+    )  # fmt: skip
+
+
+def test_text_is_the_segments_joined_and_fallback_is_any_temperature_above_zero() -> None:
+    t = _transcript()
+    assert t.text == "Ask not what your country"
+    assert t.fallback
+    assert not Transcript.of(
+        t.segments[:1],
+        archive="a",
+        member="m",
+        model="m",
+        language="en",
+        language_probability=1.0,
+        duration=1.0,
+    ).fallback
+
+
+def test_json_layout_and_round_trip() -> None:
+    t = _transcript()
+    sourced = replace(t, source=SourceAudio(44100, 2, 4.25, "soundfile"))
+    data = json.loads(json.dumps(sourced.as_json()))
+    assert list(data) == [
+        "text", "language", "language_probability", "duration", "segments", "model", "archive", "member",
+        "source_sample_rate", "source_channels", "source_duration", "source_decoder",
+    ]  # fmt: skip
+    assert data["segments"][0]["words"][0] == {
+        "start": 0.5,
+        "end": 1.0,
+        "word": " Ask",
+        "probability": 0.9123,
+    }
+    back = Transcript.from_json(data)
+    assert back.source == sourced.source and back.text == t.text and back.model == "whisper-base"
+    assert [s.as_json() for s in back.segments] == data["segments"]
+    assert "source_sample_rate" not in t.as_json()
+
+
+def test_segments_without_word_times_have_no_words_key() -> None:
+    data = Transcript.of(
+        [Segment(0.0, 1.0, "hello")], archive="a", member="m", model="m",
+        language=None, language_probability=0.0, duration=1.0,
+    ).as_json()  # fmt: skip
+    assert "words" not in data["segments"][0]
+    assert Transcript.from_json(data).segments[0].words is None
+
+
+def test_every_signature_that_carries_a_transcript_names_its_type() -> None:
+    """Decoders, the transcriber, the worker's staging, subtitles and the Parquet rows pass a
+    `Transcript` or its `Segment`s, never a dict that each side indexes by convention."""
+    import typing
+    from collections import abc
+    from concurrent.futures import Future
+
+    from streaming_pipeline.hf import dataset, shards
+    from streaming_pipeline.run import worker
+    from streaming_pipeline.stages import decoder, flow, subtitles, transcribe
+
+    def hints(fn: typing.Any) -> dict[str, typing.Any]:
+        return typing.get_type_hints(fn)
+
+    for submit in (decoder.Decoder.submit, decoder.BatchedDecoder.submit, decoder.PerMemberDecoder.submit):
+        assert hints(submit)["return"] == Future[Transcript]
+    for transcribe_fn in (flow.TranscriberLike.transcribe, transcribe.Transcriber.transcribe):
+        assert hints(transcribe_fn)["return"] is Transcript
+    assert hints(worker.ArchiveWorker._stage)["result"] is Transcript
+    assert hints(dataset._Pending)["result"] == Transcript | None
+    assert hints(subtitles.render)["segments"] == abc.Iterable[Segment]
+    assert hints(shards.segment_rows)["segments"] == abc.Sequence[Segment]

@@ -1,0 +1,144 @@
+"""Searchable segments against a real PostgreSQL: written with the member's row, found by language
+(stemming, phrases, web-search operators, Chinese as bigrams), at the matched word's second."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from streaming_pipeline.stages.transcript import Segment, Word
+from streaming_pipeline.state.records import MemberRecord
+from streaming_pipeline.state.search_text import (
+    bigram_query,
+    bigrams,
+    highlight_unspaced,
+    search_config,
+    word_time,
+)
+from streaming_pipeline.state.segments import SearchQuery
+from streaming_pipeline.state.store import ArchiveKey, ProgressStore
+
+from ..conftest import query
+
+DAY = dt.date(2025, 1, 25)
+KEY = ArchiveKey("2025-01-25/06_00.tar.xz", DAY, "06_00")
+LATER = ArchiveKey("2025-01-27/06_00.tar.xz", dt.date(2025, 1, 27), "06_00")
+
+
+def _words(text: str, start: float, step: float) -> list[Word]:
+    return [Word(start + i * step, start + (i + 1) * step, f" {w}", 0.9) for i, w in enumerate(text.split())]
+
+
+def _member(name: str, language: str, *segments: Segment) -> MemberRecord:
+    return MemberRecord(
+        name,
+        "uploading",
+        transcript=" ".join(s.text for s in segments),
+        language=language,
+        remote_path=f"/remote/2025-01-25/06_00/{name.replace('.wav', '.flac')}",
+        searchable_segments=len(segments),
+        segments=segments,
+    )
+
+
+@pytest.fixture
+def store(pg_dsn: str) -> ProgressStore:
+    store = ProgressStore(pg_dsn)
+    store.init_schema()
+    for key in (KEY, LATER):
+        store.archives.start(key, path="/x.tar.xz", bytes_total=10, host="h", pid=1, slurm_job_id=None)
+    jfk = "And so my fellow Americans, ask not what your country can do for you"
+    timed = Segment(2.0, 8.0, jfk, words=_words(jfk, 2.0, 0.5))
+    store.members.record(
+        KEY,
+        [
+            _member("jfk.wav", "en", Segment(0.0, 2.0, "Good evening."), timed),
+            _member("fr.wav", "fr", Segment(0.0, 2.5, "et c'est la dictée numéro un")),
+            _member("zh.wav", "zh", Segment(1.0, 4.3, "广州市房地产中介协会分析")),
+            _member("runners.wav", "en", Segment(5.0, 6.0, "The runners were running in the rain.")),
+        ],
+    )  # fmt: skip
+    store.members.mark_done(
+        KEY.archive, [(m, f"/remote/{m}") for m in ("jfk.wav", "fr.wav", "zh.wav", "runners.wav")]
+    )
+    store.members.record(LATER, [_member("late.wav", "en", Segment(3.0, 4.0, "Your country again."))])
+    store.members.mark_done(LATER.archive, [("late.wav", "/remote/late.flac")])
+    return store
+
+
+def _found(store: ProgressStore, text: str, **filters: object) -> list[tuple[str, float]]:
+    return [(h.member, h.at) for h in store.segments.search(SearchQuery(text, **filters)).hits]  # type: ignore[arg-type]
+
+
+def test_a_phrase_finds_its_member_at_the_matched_words_second(store: ProgressStore) -> None:
+    (hit,) = store.segments.search(SearchQuery('"ask not what your country"')).hits
+    assert (hit.member, hit.day, hit.slot, hit.start, hit.end) == ("jfk.wav", DAY, "06_00", 2.0, 8.0)
+    assert hit.at == 4.5  # "ask" is the fifth word: 2.0 + 4 * 0.5
+    assert "«ask» not what your «country»" in hit.highlight
+    assert hit.player == "ffplay -ss 4.5 /remote/jfk.wav"
+    # stemming (english): "run" finds "runners ... running"; a word said nowhere finds nothing
+    assert _found(store, "run") == [("runners.wav", 5.0)]
+    assert _found(store, "zeppelin") == []
+    # web-search operators: or, -excluded
+    assert {m for m, _ in _found(store, "country or rain")} == {"jfk.wav", "runners.wav", "late.wav"}
+    assert {m for m, _ in _found(store, "country -americans")} == {"late.wav"}
+
+
+def test_filters_by_day_language_and_archive_and_limits(store: ProgressStore) -> None:
+    assert {m for m, _ in _found(store, "country")} == {"jfk.wav", "late.wav"}
+    assert _found(store, "country", first_day=LATER.day, last_day=LATER.day) == [("late.wav", 3.0)]
+    assert _found(store, "country", archive=KEY.archive) == [("jfk.wav", 6.5)]
+    assert _found(store, "dictée numéro", language="fr") == [("fr.wav", 0.0)]
+    assert _found(store, "dictée", language="en") == []
+    assert len(store.segments.search(SearchQuery("country", limit=1)).hits) == 1
+
+
+def test_past_the_candidates_the_result_says_it_was_cut(store: ProgressStore, monkeypatch) -> None:
+    from streaming_pipeline.state import segments
+
+    assert not store.segments.search(SearchQuery("country or rain")).truncated  # 3 match
+    monkeypatch.setattr(segments, "CANDIDATES", 2)
+    found = store.segments.search(SearchQuery("country or rain"))
+    assert found.truncated and len(found.hits) == 2
+
+
+def test_chinese_is_found_inside_words_as_bigrams(store: ProgressStore) -> None:
+    (hit,) = store.segments.search(SearchQuery("房地产")).hits
+    assert (hit.member, hit.at, hit.language) == ("zh.wav", 1.0, "zh")
+    assert hit.highlight == "广州市«房地产»中介协会分析"
+    assert _found(store, "广州 协会") == [("zh.wav", 1.0)]  # both words, anywhere in the segment
+    assert _found(store, "上海") == []
+
+
+def test_only_done_members_are_found_and_a_rerecorded_member_replaces_its_segments(
+    store: ProgressStore, pg_dsn: str
+) -> None:
+    store.members.record(KEY, [_member("new.wav", "en", Segment(0.0, 1.0, "an uploading zeppelin"))])
+    assert _found(store, "zeppelin") == []  # not done yet: its FLAC may not be there
+    store.members.record(KEY, [_member("new.wav", "en", Segment(0.0, 1.0, "a zeppelin made again"))])
+    store.members.mark_done(KEY.archive, [("new.wav", "/remote/new.flac")])
+    assert _found(store, "zeppelin") == [("new.wav", 0.0)]
+    rows = query(pg_dsn, "SELECT text FROM segments WHERE member = 'new.wav'")
+    assert rows == [{"text": "a zeppelin made again"}]
+    # a done member is never re-recorded, its segments neither
+    store.members.record(KEY, [_member("new.wav", "en", Segment(0.0, 1.0, "something else"))])
+    assert query(pg_dsn, "SELECT text FROM segments WHERE member = 'new.wav'") == rows
+    searchable = store.segments.searchable(DAY)
+    assert (searchable.members, searchable.segments, searchable.unindexed) == (5, 6, 0)
+
+
+def test_search_config_bigrams_and_word_times() -> None:
+    have = {"simple", "english", "french"}
+    assert search_config("en", have) == ("english", False)
+    assert search_config("de", have) == ("simple", False)  # a server without german
+    assert search_config("xx", have) == ("simple", False)
+    assert search_config("ja", have) == ("simple", True)
+    assert bigrams("東京都 abc に") == "東京 京都 abc に"
+    assert bigram_query('東京都 -大阪 "京都"') == '"東京 京都" -"大阪" "京都"'
+    assert bigram_query("news東京都") == 'news "東京 京都"'
+    assert highlight_unspaced("東京都に行く", "京都") == "東«京都»に行く"
+    words = [[0.0, 0.5, " And"], [0.5, 1.0, " so"], [1.0, 1.4, " my"]]
+    assert word_time("And so my", words, 7) == 1.0
+    assert word_time("And so my", words, 0) == 0.0
+    assert word_time("And so my", None, 3) is None
