@@ -74,3 +74,18 @@ def test_close_ends_a_running_task_and_cancels_the_queued_ones() -> None:
     assert queued.cancelled()
     with pytest.raises(RuntimeError, match="closed"):
         pool.submit(_double, 2)
+
+
+def _spin(cpu_s: float) -> float:
+    """Burn `cpu_s` seconds of this process's CPU (not wall time: a loaded machine only delays it)."""
+    end = time.process_time() + cpu_s
+    while time.process_time() < end:
+        pass
+    return cpu_s
+
+
+def test_the_pool_counts_its_tasks_cpu_and_its_processes_start_up_apart() -> None:
+    with ConversionPool(2, timeout=60) as pool:
+        assert [f.result() for f in [pool.submit(_spin, 0.2) for _ in range(3)]] == [0.2] * 3
+        assert 0.6 <= pool.task_cpu_s < 0.9  # three tasks' CPU, from the processes that ran them
+        assert pool.process_cpu_s > pool.task_cpu_s  # their imports and warm-up as well

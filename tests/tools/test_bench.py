@@ -7,6 +7,7 @@ from a real run.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tarfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from streaming_pipeline.cli import main
+from streaming_pipeline.stages.flow import CPU_STAGES, STARTUP
 from streaming_pipeline.tools.bench import largest_batch_bytes, measure_process, repeat_archive
 
 from ..conftest import add_bytes
@@ -90,7 +92,26 @@ def test_bench_runs_every_variant_on_the_same_work(
     )
     assert report["peak_scratch_bytes"] > 0
     assert report["stream_batch_bytes"] > 0
-    assert [t["limit"] for t in report["targets"]] == [0.7, 1.25, 1.15, 1.35, 1.15, 2.0]
+    cores = len(os.sched_getaffinity(0))
+    limits = [0.7, 1.25, 1.15, 1.35, 1.15, 2.0, 150.0] + ([1.7] if cores > 1 else [])
+    assert [t["limit"] for t in report["targets"]] == limits
+
+    # The feed ceiling: the large archive (2 copies of each member) decoded one token a window,
+    # on one core and on all; each stage's CPU per audio hour, and the node it sizes.
+    feed = report["feed"]
+    assert [run["cores"] for run in feed["runs"]] == sorted({1, cores})
+    for run in feed["runs"]:
+        assert run["audio_s"] == pytest.approx(2 * report["audio_s"], rel=1e-3)
+        assert run["audio_s_per_wall_s"] == pytest.approx(run["audio_s"] / run["wall_s"])
+        assert run["startup_cpu_s"] > 0
+        stages = run["cpu_s_per_audio_hour"]
+        assert list(stages) == [s for s in CPU_STAGES if s != STARTUP]
+        for stage in ("reader", "conversion", "reload", "vad", "features", "outputs", "database", "upload"):
+            assert stages[stage] > 0, stage
+        assert run["cores_for_gpu_rate"] == pytest.approx(300 * sum(stages.values()) / 3600)
+        assert 0 < run["busy_cores"] <= run["cores"] + 0.5  # CPU seconds over wall seconds
+    assert feed["feed_ceiling"] == feed["runs"][-1]["audio_s_per_wall_s"] == report["feed_ceiling"]
+    assert "feed ceiling (decoding nearly free" in printed and "cores to keep a GPU decoding 300x" in printed
     for mode in ("none", "segment", "word"):
         assert report[f"timestamps_{mode}_audio_s"] == pytest.approx(report["audio_s"], rel=1e-6)
         assert f"batched decoder alone, --timestamps {mode}" in printed

@@ -165,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3, help="timed rounds; medians are reported (3)")
     p.add_argument("--work-dir", type=Path, default=Path(".bench"), help="inputs, scratch, outputs")
     p.add_argument("--json", type=Path, help="write the figures to this file")
+    p.add_argument(
+        "--gpu-rate", type=float, default=300.0,
+        help="x realtime of the GPU to size a node's cores for, from the feed ceiling (300)",
+    )  # fmt: skip
+    p.add_argument(
+        "--feed-only",
+        action="store_true",
+        help="only the feed ceiling (decoding nearly free), on 1 and all cores",
+    )
     _pipeline_options(p)
 
     p = sub.add_parser(

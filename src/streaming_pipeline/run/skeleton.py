@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 
 from ..config import PipelineConfig
 from ..stages.decoder import Decoder
-from ..stages.flow import Stopwatch, put_unless_stopped
+from ..stages.flow import CpuLedger, Stopwatch, put_unless_stopped
 from ..stages.upload import AsyncRsyncStorageManager, Destination
 from ..state.lease import upload_gate
 from ..state.states import ArchiveState
@@ -87,6 +87,7 @@ class RunTally:
         self._errors: list[str] = []
         self.audio_s = 0.0
         self.timers = Stopwatch()
+        self.cpu = CpuLedger()
 
     def count(self, what: str, n: int = 1, *, audio_s: float = 0.0) -> None:
         with self._lock:
@@ -151,6 +152,9 @@ class StagedRun:
         decoder.close()
         stats = decoder.stats()
         self.tally.timers.add("transcribe", stats.get("decoder_busy_s", 0.0))
+        for stage in ("vad", "features"):  # the batched decoder's; per-member decoding has no split
+            if f"{stage}_cpu_s" in stats:
+                self.tally.cpu.add(stage, stats[f"{stage}_cpu_s"])
         log.info("decoder: %s", ", ".join(f"{k} {v:.4g}" for k, v in sorted(stats.items())))
 
     def end_uploads(self, patience: float | None) -> bool:

@@ -39,7 +39,7 @@ from ..errors import ArchiveError, ConversionError, LeaseLost, PipelineError, St
 from ..stages.archive import ArchiveReader, Batch, Member
 from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
-from ..stages.flow import TranscriberLike
+from ..stages.flow import CpuTimes, TranscriberLike, split_cpu
 from ..stages.pool import ConversionPool
 from ..stages.subtitles import write_beside
 from ..stages.transcript import Transcript
@@ -104,6 +104,7 @@ class WorkerResult:
     wall_s: float
     error: str | None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_cpu_s: dict[str, float] = field(default_factory=dict)  # flow.split_cpu's
 
     @property
     def ok(self) -> bool:
@@ -250,11 +251,18 @@ class ArchiveWorker(StagedRun):
         log.info("scratch: %s", self.job_scratch)
         self.destination.prepare()
         # Started now: the processes import the decoders while the database and model load.
+        cpu, db_cpu = CpuTimes.now(), self.store.client_cpu_s
         pool = ConversionPool(self.config.num_workers, timeout=self.config.decode_timeout)
         try:
-            return self._run_with(pool, started)
+            result = self._run_with(pool, started)
         finally:
-            pool.close()
+            pool.close()  # its processes end here, so their CPU is in CpuTimes' children
+        self.tally.cpu.add("database", self.store.client_cpu_s - db_cpu)
+        split = split_cpu(
+            CpuTimes.now() - cpu, self.tally.cpu.snapshot(), pool.task_cpu_s, pool.process_cpu_s
+        )
+        log.info("CPU seconds by stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
+        return replace(result, stage_cpu_s=split)
 
     def _run_with(self, pool: ConversionPool, started: float) -> WorkerResult:
         self._run_id = self.store.archives.start(
@@ -392,7 +400,8 @@ class ArchiveWorker(StagedRun):
             if not ahead.acquire(timeout=0.5):
                 continue
             t0, wall0 = time.monotonic(), time.time()
-            batch = next(batches, None)
+            with self.tally.cpu.thread("reader"):
+                batch = next(batches, None)
             self.tally.timers.add("extract", time.monotonic() - t0)
             if batch is None:
                 break
@@ -454,7 +463,10 @@ class ArchiveWorker(StagedRun):
             if suspect:  # alone with the decoder: a death now is this member's
                 self._settle_decoding()
             self.store.members.mark_in_flight(self.key.archive, [member.name])
-            future = decoder.submit(load_16k(conversion.flac), archive=self.key.archive, member=member.name)
+            with self.tally.cpu.thread("reload"):  # the FLAC read back for the decoder
+                audio = load_16k(conversion.flac)
+            future = decoder.submit(audio, archive=self.key.archive, member=member.name)
+            del audio
             self._decoding[member.name] = future
             if suspect:
                 self._settle_decoding()
@@ -615,9 +627,10 @@ class ArchiveWorker(StagedRun):
         """The transcribed member's FLAC and JSON into the upload stage; its record."""
         member = conversion.member
         result = replace(result, source=info.source())
-        conversion.staged.parent.mkdir(parents=True, exist_ok=True)
-        conversion.flac.replace(conversion.staged)
-        subtitles = write_beside(conversion.staged, result, self._subtitle_formats)
+        with self.tally.cpu.thread("outputs"):
+            conversion.staged.parent.mkdir(parents=True, exist_ok=True)
+            conversion.flac.replace(conversion.staged)
+            subtitles = write_beside(conversion.staged, result, self._subtitle_formats)
         return MemberRecord(
             member.name,
             MemberStatus.UPLOADING,

@@ -290,6 +290,8 @@ class BatchedDecoder:
             "align_s": 0.0,
             "continued_rows": 0,
             "prep_s": 0.0,
+            "vad_cpu_s": 0.0,  # the prep threads' own CPU (time.thread_time) in Silero VAD
+            "features_cpu_s": 0.0,  # and in the log-Mel features
             "oom_halvings": 0,
         }
         # VAD and features for a GPU decoding ~250x realtime need more than one core (one prep
@@ -361,10 +363,12 @@ class BatchedDecoder:
     def _prepare(self, m: _Member, audio: np.ndarray) -> None:
         from faster_whisper.vad import get_speech_timestamps
 
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.thread_time()
+        vad_cpu = features_cpu = 0.0
         try:
             if self.config.vad:
                 m.speech = get_speech_timestamps(audio, self._vad)
+                vad_cpu = time.thread_time() - cpu
             else:
                 step = WINDOW_S * SAMPLE_RATE
                 m.speech = [
@@ -379,7 +383,9 @@ class BatchedDecoder:
             for index, regions in enumerate(chunks):
                 samples = np.concatenate([audio[r["start"] : r["end"]] for r in regions])
                 # As BatchedInferencePipeline: the extractor pads one frame past the audio.
+                cpu = time.thread_time()
                 features = self._whisper.feature_extractor(samples)[..., :-1]
+                features_cpu += time.thread_time() - cpu
                 row = _Row(m, index, features, offset / SAMPLE_RATE, len(samples) / SAMPLE_RATE)
                 offset += len(samples)
                 if not self._enqueue(row):
@@ -390,6 +396,8 @@ class BatchedDecoder:
             with self._cond:
                 self._preparing -= 1
                 self._stats["prep_s"] += time.monotonic() - started
+                self._stats["vad_cpu_s"] += vad_cpu
+                self._stats["features_cpu_s"] += features_cpu
                 self._cond.notify_all()
 
     def _enqueue(self, row: _Row) -> bool:

@@ -45,13 +45,15 @@ def _serve(conn: Connection, parent_pid: int) -> None:
         if task is None:
             return
         fn, args, kwargs = task
+        started = time.process_time()
         try:
             outcome: tuple[bool, Any] = (True, fn(*args, **kwargs))
         except ConversionError as exc:
             outcome = (False, exc)
         except Exception as exc:  # noqa: BLE001 - any failure fails its member, with its reason
             outcome = (False, ConversionError(f"{type(exc).__name__}: {exc}"))
-        conn.send(outcome)
+        ended = time.process_time()  # the task's CPU, and the process's so far (start-up included)
+        conn.send((*outcome, ended - started, ended))
 
 
 def _death(process: BaseProcess) -> str:
@@ -78,6 +80,8 @@ class ConversionPool:
     def __init__(self, workers: int, *, timeout: float) -> None:
         self.timeout = timeout
         self.replaced = 0  # processes ended by a death or a timeout (and replaced)
+        self.task_cpu_s = 0.0  # CPU seconds the tasks took, summed over the processes
+        self._process_cpu: dict[int, float] = {}  # pid -> its CPU seconds at its last answer
         self._context = multiprocessing.get_context("spawn")
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._closing = threading.Event()
@@ -94,6 +98,12 @@ class ConversionPool:
         task = _Task(fn, args, kwargs)
         self._tasks.put(task)
         return task.future
+
+    @property
+    def process_cpu_s(self) -> float:
+        """CPU seconds of the pool's processes as of their last answers (start-up included)."""
+        with self._lock:
+            return sum(self._process_cpu.values())
 
     def close(self) -> None:
         """Cancel what has not started and end every process now (running tasks fail)."""
@@ -162,7 +172,10 @@ class ConversionPool:
         while True:
             try:
                 if conn.poll(_POLL_S):
-                    ok, value = conn.recv()
+                    ok, value, task_cpu, process_cpu = conn.recv()
+                    with self._lock:
+                        self.task_cpu_s += task_cpu
+                        self._process_cpu[process.pid or 0] = process_cpu
                     if ok:
                         task.future.set_result(value)
                     else:

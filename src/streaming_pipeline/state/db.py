@@ -132,6 +132,9 @@ class Database:
         # Reader, transcriber, upload and heartbeat threads share one connection, one
         # transaction at a time.
         self._lock = threading.RLock()
+        # CPU seconds this process spent in transactions (the calling threads' own): what
+        # recording progress costs a worker, next to its other stages.
+        self.client_cpu_s = 0.0
 
     # -- connection handling -------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
@@ -165,6 +168,7 @@ class Database:
             raise fence.lost
 
         def once() -> T:
+            cpu = time.thread_time()
             conn = self._connect()
             try:
                 with conn.transaction(), conn.cursor() as cur:
@@ -174,6 +178,8 @@ class Database:
             except psycopg.OperationalError:
                 conn.close()  # drop it: the next attempt reconnects
                 raise
+            finally:
+                self.client_cpu_s += time.thread_time() - cpu  # under self._lock
 
         limit = attempts or self._attempts
         started = self._clock()

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from ..stages.archive import ArchiveReader, Member
 from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from ..stages.decoder import decode_all, decoder_kind, open_decoder
 from ..stages.decoding import TIMESTAMP_MODES
-from ..stages.flow import TranscriberLike
+from ..stages.flow import STARTUP, TranscriberLike
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadState
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,10 @@ TARGETS = (
     ("ratio_timestamps_word_none", 1.35, "max", "decoder wall, word <= 1.35 x none", ("cpu",)),
     ("ratio_rss_large_small", 1.15, "max", "peak RSS on k x N members <= 1.15 x on N", ("cpu", "cuda")),
     ("scratch_peak_batches", 2.0, "max", "scratch peak <= 2 stream batches", ("cpu", "cuda")),
+    # issue 26's, for the real recordings on 2 cores: the CPU side feeds >= 150x realtime, and a
+    # second core adds >= 0.7 of the first's rate
+    ("feed_ceiling", 150.0, "min", "feed ceiling >= 150x realtime", ("cpu", "cuda")),
+    ("ratio_feed_cores", 1.7, "min", "feed ceiling on all cores >= 1.7 x on one", ("cpu", "cuda")),
 )
 
 
@@ -91,6 +95,9 @@ class BenchPlan:
     large_factor: int = 4
     repeat: int = 3
     json_path: Path | None = None
+    gpu_rate: float = 300.0  # x realtime of the GPU the feed ceiling sizes a node for
+    feed_only: bool = False  # only the feed ceiling
+    feed_model: Path | None = None  # the model decoded with one token a window (the tiny one)
 
 
 @dataclass
@@ -101,10 +108,52 @@ class Run:
     audio_s: float
     stages: dict[str, float] = field(default_factory=dict)
     gpu: dict[str, float] | None = None  # NVML: mean busy share, peak memory (CUDA only)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by stage (flow.split_cpu)
 
     @property
     def audio_per_wall(self) -> float:
         return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class FeedCeiling:
+    """The pipeline with decoding made nearly free (one token a window), on `cores` cores: how
+    fast the CPU side can feed a GPU, and what each stage costs."""
+
+    cores: int
+    run: Run
+
+    @property
+    def cpu_s_per_audio_hour(self) -> dict[str, float]:
+        """What each stage costs per hour of audio; the conversion processes' start-up is paid
+        once a run, not per hour (`startup_cpu_s`)."""
+        return {k: v * 3600 / self.run.audio_s for k, v in self.run.cpu.items() if k != STARTUP}
+
+    @property
+    def startup_cpu_s(self) -> float:
+        return self.run.cpu.get(STARTUP, 0.0)
+
+    @property
+    def busy_cores(self) -> float:
+        return sum(self.run.cpu.values()) / self.run.wall_s
+
+    def cores_for(self, gpu_rate: float) -> float:
+        """Cores that keep a GPU decoding `gpu_rate` x realtime fed: the feed's CPU seconds per
+        audio second (decoding's own CPU side included, which the nearly free decode keeps small)
+        times the rate."""
+        return gpu_rate * sum(self.cpu_s_per_audio_hour.values()) / 3600
+
+    def as_json(self, gpu_rate: float) -> dict[str, Any]:
+        return {
+            "cores": self.cores,
+            "wall_s": self.run.wall_s,
+            "audio_s": self.run.audio_s,
+            "audio_s_per_wall_s": self.run.audio_per_wall,
+            "busy_cores": self.busy_cores,
+            "cpu_s_per_audio_hour": self.cpu_s_per_audio_hour,
+            "startup_cpu_s": self.startup_cpu_s,
+            "cores_for_gpu_rate": self.cores_for(gpu_rate),
+        }
 
 
 @dataclass
@@ -264,7 +313,79 @@ def run_streaming(
         store.close()
     if not result.ok or result.failed:
         raise PipelineError(f"streaming run did not finish cleanly: {result.summary_line()}")
-    return Run(result.wall_s, result.run_audio_s, dict(result.stage_seconds), figures)
+    return Run(result.wall_s, result.run_audio_s, dict(result.stage_seconds), figures, result.stage_cpu_s)
+
+
+@contextlib.contextmanager
+def pinned(cores: set[int]) -> Iterator[None]:
+    """Every thread of this process on `cores` (threads and processes started inside inherit it)."""
+    tids = [int(t) for t in os.listdir("/proc/self/task")]
+    before = {tid: os.sched_getaffinity(tid) for tid in tids}
+    for tid in tids:
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, cores)
+    try:
+        yield
+    finally:
+        for tid, mask in before.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, mask)
+
+
+def feed_config(config: PipelineConfig, model: Path, cores: int) -> PipelineConfig:
+    """The run that measures the feed: one decoded token a window, greedy, a conversion process
+    and a preparing thread per core; everything else as configured."""
+    return replace(
+        config,
+        model=str(model),
+        max_new_tokens=1,
+        temperatures="0",
+        num_workers=cores,
+        transcribe_workers=cores,
+        cpu_threads=1,
+    )
+
+
+def run_feed_ceiling(
+    config: PipelineConfig,
+    archive: Path,
+    work: Path,
+    transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
+    model: Path,
+    core_counts: Sequence[int],
+    repeat: int,
+) -> list[FeedCeiling]:
+    """The streaming run with decoding nearly free, pinned to 1, 2, ... cores; the median of
+    `repeat` rounds per count, the counts interleaved so that a machine's drift hits them alike."""
+    available = sorted(os.sched_getaffinity(0))
+    transcriber = transcriber_factory(feed_config(config, model, 1))
+    runs: dict[int, list[Run]] = {n: [] for n in core_counts}
+    for round_number in range(repeat):
+        for n in core_counts:
+            log.info("round %d of %d: feed ceiling on %d core(s)", round_number + 1, repeat, n)
+            with pinned(set(available[:n])):
+                runs[n].append(
+                    run_streaming(
+                        feed_config(config, model, n), archive, work / "feed", transcriber, config.dsn,
+                        GpuSampler("cpu", GPU_SAMPLE_INTERVAL_S),
+                    )
+                )  # fmt: skip
+    return [FeedCeiling(n, _median_run(runs[n])) for n in core_counts]
+
+
+def _feed_report(ceilings: Sequence[FeedCeiling], gpu_rate: float) -> dict[str, Any]:
+    widest = ceilings[-1]
+    report: dict[str, Any] = {
+        "gpu_rate": gpu_rate,
+        "runs": [c.as_json(gpu_rate) for c in ceilings],
+        "feed_ceiling": widest.run.audio_per_wall,
+        "feed_cores": widest.cores,
+        "cpu_s_per_audio_hour": widest.cpu_s_per_audio_hour,
+        "cores_for_gpu_rate": widest.cores_for(gpu_rate),
+    }
+    if len(ceilings) > 1:
+        report["ratio_feed_cores"] = widest.run.audio_per_wall / ceilings[0].run.audio_per_wall
+    return report
 
 
 def run_retranscribe(
@@ -428,6 +549,20 @@ def run_bench(
         log.info("writing %s (%d copies of every member)", large.name, plan.large_factor)
         repeat_archive(small, large, plan.large_factor)
 
+    feed: dict[str, Any] | None = None
+    if plan.feed_model is not None:
+        available = len(os.sched_getaffinity(0))
+        ceilings = run_feed_ceiling(  # the large archive: a run's start-up weighs little on it
+            config, large, work, transcriber_factory, plan.feed_model,
+            sorted({1, available}), plan.repeat,
+        )  # fmt: skip
+        feed = _feed_report(ceilings, plan.gpu_rate)
+    if plan.feed_only:
+        assert feed is not None, "the feed ceiling needs a model to decode with"
+        report = {"machine": _machine(), "archive": small.name, "repeat": plan.repeat, "feed": feed}
+        _write_json(plan, report)
+        return report
+
     transcriber = transcriber_factory(config)
     gpu = GpuSampler(getattr(getattr(transcriber, "device", None), "device", "cpu"), GPU_SAMPLE_INTERVAL_S)
     per_member_config = replace(config, decoder="per-member")
@@ -485,11 +620,16 @@ def run_bench(
         conversion,
         (peak_small, peak_large),
         batch_bytes,
+        feed,
     )
+    _write_json(plan, report)
+    return report
+
+
+def _write_json(plan: BenchPlan, report: dict[str, Any]) -> None:
     if plan.json_path is not None:
         plan.json_path.parent.mkdir(parents=True, exist_ok=True)
         plan.json_path.write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 def _median_run(runs: Sequence[Run]) -> Run:
@@ -506,6 +646,7 @@ def _report(
     conversion: dict[str, Any],
     peaks: tuple[ProcessPeak, ProcessPeak],
     batch_bytes: int,
+    feed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     median = {name: _median_run(variant) for name, variant in runs.items()}
     seq, stream, floor, per_member = (
@@ -575,9 +716,13 @@ def _report(
         report[f"{name}_wall_s"] = run.wall_s
         report[f"{name}_audio_s"] = run.audio_s
         report[f"{name}_audio_s_per_wall_s"] = run.audio_per_wall
+    if feed is not None:
+        report["feed"] = feed
+        report["feed_ceiling"] = feed["feed_ceiling"]
+        report["ratio_feed_cores"] = feed.get("ratio_feed_cores")
     report["targets"] = []
     for key, limit, sense, text, devices in TARGETS:
-        value = report[key]
+        value = report.get(key)
         if device not in devices or value is None:
             continue
         met = value <= limit if sense == "max" else value >= limit
@@ -602,8 +747,33 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def format_feed(feed: dict[str, Any]) -> list[str]:
+    """The feed ceiling's lines: per core count, then each stage's cost and the node's size."""
+    lines = [
+        "feed ceiling (decoding nearly free: one token a window):",
+        f"{'cores':>7} {'audio s/s':>10} {'busy cores':>11}",
+    ]
+    for run in feed["runs"]:
+        lines.append(f"{run['cores']:>7} {run['audio_s_per_wall_s']:>10.1f} {run['busy_cores']:>11.2f}")
+    if "ratio_feed_cores" in feed:
+        lines.append(f"{feed['feed_cores']} cores against 1: {feed['ratio_feed_cores']:.2f}x")
+    stages = feed["cpu_s_per_audio_hour"]
+    lines.append(
+        "CPU seconds per audio hour: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+        + f"; total {sum(stages.values()):.1f} (and once a run, conversion start-up "
+        + f"{feed['runs'][-1]['startup_cpu_s']:.1f} s)"
+    )
+    lines.append(
+        f"cores to keep a GPU decoding {feed['gpu_rate']:g}x realtime fed: {feed['cores_for_gpu_rate']:.1f}"
+    )
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The table `bench` prints."""
+    if "audio_s" not in report:  # --feed-only
+        return "\n".join([f"{report['archive']}: median of {report['repeat']}", *format_feed(report["feed"])])
     audio = report["audio_s"]
     decoder = report["settings"]["decoder"]
     rows = [
@@ -641,6 +811,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"peak scratch {report['peak_scratch_bytes'] / 1e6:.1f} MB "
         f"(largest stream batch {report['stream_batch_bytes'] / 1e6:.1f} MB)"
     )
+    if "feed" in report:
+        lines += ["", *format_feed(report["feed"])]
     lines.append("")
     for target in report["targets"]:
         mark = "met" if target["met"] else "MISSED"
