@@ -8,7 +8,15 @@ import time
 
 import pytest
 
-from streaming_pipeline.stages.flow import CPU_STAGES, STARTUP, CpuLedger, CpuTimes, split_cpu
+from streaming_pipeline.stages.flow import (
+    CPU_STAGES,
+    DECODING,
+    STARTUP,
+    CpuLedger,
+    CpuTimes,
+    native_threads_cpu,
+    split_cpu,
+)
 
 
 def _spin(cpu_s: float) -> None:
@@ -43,11 +51,32 @@ def test_the_split_gives_children_beyond_the_conversion_processes_to_upload_and_
 ):
     used = CpuTimes(own=10.0, children=7.0)
     measured = {"reader": 1.0, "reload": 0.5, "vad": 1.5, "features": 1.5, "outputs": 0.25, "database": 0.25}
-    split = split_cpu(used, measured, conversion_tasks_s=4.0, conversion_processes_s=5.5)
+    split = split_cpu(used, {**measured, DECODING: 3.0}, conversion_tasks_s=4.0, conversion_processes_s=5.5)
     assert list(split) == list(CPU_STAGES)
     assert split["conversion"] == 4.0 and split[STARTUP] == 1.5
     assert split["upload"] == pytest.approx(1.5)  # 7.0 of the children, less 5.5 of conversion
-    assert split["decoder and rest"] == pytest.approx(5.0)  # 10.0 less the 5.0 measured in-process
+    assert split[DECODING] == 3.0
+    assert split["rest"] == pytest.approx(2.0)  # 10.0 less the 5.0 measured in Python threads and 3.0 native
     assert sum(split.values()) == pytest.approx(used.own + used.children)
     # Measured by other clocks, the parts can exceed the whole a little: never a negative stage.
     assert min(split_cpu(CpuTimes(1.0, 0.5), measured, 0.4, 0.6).values()) >= 0.0
+
+
+def test_a_python_threads_cpu_is_not_counted_as_native() -> None:
+    """(CTranslate2's compute threads are: tests/tools/test_bench.py sees them decode.)"""
+    before = native_threads_cpu()
+    spun, release = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        _spin(0.3)
+        spun.set()
+        release.wait()
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    spun.wait()
+    try:
+        assert native_threads_cpu() - before < 0.1  # measured while the busy thread is alive
+    finally:
+        release.set()
+        thread.join()

@@ -643,7 +643,7 @@ def bench(args: argparse.Namespace) -> int:
     """Defaults fit a small machine and the generated model; flags and PIPELINE_* override them."""
     from ..stages.transcribe import Transcriber
     from ..state.embedded_pg import EmbeddedPostgres
-    from ..tools.bench import BenchPlan, format_report, run_bench
+    from ..tools.bench import FEED_MODEL, BenchPlan, format_report, run_bench
     from ..tools.tiny_model import generate_tiny_model
 
     if args.members < 1 or args.large_factor < 2 or args.repeat < 1:
@@ -651,9 +651,12 @@ def bench(args: argparse.Namespace) -> int:
     if args.gpu_rate <= 0:
         raise ConfigError("--gpu-rate must be above 0")
     work = args.work_dir.resolve()
-    tiny = work / "tiny-whisper"  # the feed ceiling decodes with it, one token a window
+    tiny = work / "tiny-whisper"
     if not (tiny / "model.bin").exists():
         generate_tiny_model(tiny)
+    feed_model = work / "feed-whisper"  # the cheapest Whisper the code path runs: the feed ceiling's
+    if not (feed_model / "model.bin").exists():
+        generate_tiny_model(feed_model, **FEED_MODEL)
     cli = {k: v for k, v in vars(args).items() if v is not None}
     env = dict(environ())
     defaults: dict[str, Any] = {
@@ -680,7 +683,7 @@ def bench(args: argparse.Namespace) -> int:
         json_path=args.json,
         gpu_rate=args.gpu_rate,
         feed_only=args.feed_only,
-        feed_model=tiny,
+        feed_model=feed_model,
     )
     print(format_report(run_bench(config, plan, Transcriber)))
     return 0

@@ -39,7 +39,7 @@ from ..errors import ArchiveError, ConversionError, LeaseLost, PipelineError, St
 from ..stages.archive import ArchiveReader, Batch, Member
 from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.decoder import Decoder, open_decoder
-from ..stages.flow import CpuTimes, TranscriberLike, split_cpu
+from ..stages.flow import DECODING, CpuTimes, TranscriberLike, native_threads_cpu, split_cpu
 from ..stages.pool import ConversionPool
 from ..stages.subtitles import write_beside
 from ..stages.transcript import Transcript
@@ -251,13 +251,14 @@ class ArchiveWorker(StagedRun):
         log.info("scratch: %s", self.job_scratch)
         self.destination.prepare()
         # Started now: the processes import the decoders while the database and model load.
-        cpu, db_cpu = CpuTimes.now(), self.store.client_cpu_s
+        cpu, db_cpu, native_cpu = CpuTimes.now(), self.store.client_cpu_s, native_threads_cpu()
         pool = ConversionPool(self.config.num_workers, timeout=self.config.decode_timeout)
         try:
             result = self._run_with(pool, started)
         finally:
             pool.close()  # its processes end here, so their CPU is in CpuTimes' children
         self.tally.cpu.add("database", self.store.client_cpu_s - db_cpu)
+        self.tally.cpu.add(DECODING, native_threads_cpu() - native_cpu)
         split = split_cpu(
             CpuTimes.now() - cpu, self.tally.cpu.snapshot(), pool.task_cpu_s, pool.process_cpu_s
         )

@@ -101,12 +101,34 @@ class CpuLedger:
             return dict(self.seconds)
 
 
+def native_threads_cpu() -> float:
+    """CPU seconds so far of this process's threads that Python did not start: CTranslate2's
+    compute threads and any library pool (BLAS). Linux only (0 elsewhere); 10 ms resolution."""
+    python = {t.native_id for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            if int(tid) in python:
+                continue
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # it ended meanwhile
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 STARTUP = "conversion start-up"  # the conversion processes' imports: once a run, not per member
 # The stages a node's cores are spent on, in the order `bench` prints them.
 CPU_STAGES = (
     "reader", "conversion", STARTUP, "reload", "vad", "features", "outputs", "database", "upload",
-    "decoder and rest",
+    "ctranslate2", "rest",
 )  # fmt: skip
+# What a GPU takes over: CTranslate2's compute threads (on CPU they decode; on a GPU they mostly
+# wait for the device). Not counted when sizing a GPU node's cores.
+DECODING = "ctranslate2"
 
 
 def split_cpu(
@@ -114,13 +136,15 @@ def split_cpu(
 ) -> dict[str, float]:
     """A run's CPU seconds by stage. `used`: the process's and its ended children's over the
     run; `measured`: the in-process stages timed in their threads (reader, reload, vad,
-    features, outputs, database); the conversion processes' CPU in their tasks and in all (start-up
-    included). What the children used beyond the conversion processes is rsync's (upload);
-    what the process used beyond its measured stages is the decoder's and everything else's."""
+    features, outputs, database) and CTranslate2's threads (ctranslate2); the conversion
+    processes' CPU in their tasks and in all (start-up included). What the children used beyond
+    the conversion processes is rsync's (upload); what the process used beyond its measured
+    stages is the rest (the main and decode threads' own work, the lease's heartbeat)."""
     split = {stage: max(0.0, measured.get(stage, 0.0)) for stage in CPU_STAGES}
     split["conversion"] = conversion_tasks_s
     split[STARTUP] = max(0.0, conversion_processes_s - conversion_tasks_s)
     split["upload"] = max(0.0, used.children - conversion_processes_s)
     in_process = sum(split[s] for s in ("reader", "reload", "vad", "features", "outputs", "database"))
-    split["decoder and rest"] = max(0.0, used.own - in_process)
+    split[DECODING] = min(max(0.0, measured.get(DECODING, 0.0)), max(0.0, used.own - in_process))
+    split["rest"] = max(0.0, used.own - in_process - split[DECODING])
     return split
