@@ -52,6 +52,10 @@ class Stopwatch:
         with self._lock:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self.seconds)
+
     def log(self) -> None:
         with self._lock:
             text = ", ".join(f"{k} {v:.1f}" for k, v in sorted(self.seconds.items()))
@@ -74,18 +78,10 @@ class CpuTimes:
         return CpuTimes(self.own - other.own, self.children - other.children)
 
 
-class CpuLedger:
+class CpuLedger(Stopwatch):
     """CPU seconds per stage, for sizing a node: how many cores keep a GPU fed. A stage measured
     in a thread counts that thread's CPU only (`time.thread_time`), so what a library does in
     threads of its own (a BLAS pool) stays with the process's unattributed rest."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def add(self, stage: str, seconds: float) -> None:
-        with self._lock:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
     @contextlib.contextmanager
     def thread(self, stage: str) -> Iterator[None]:
@@ -95,10 +91,6 @@ class CpuLedger:
             yield
         finally:
             self.add(stage, time.thread_time() - started)
-
-    def snapshot(self) -> dict[str, float]:
-        with self._lock:
-            return dict(self.seconds)
 
 
 def native_threads_cpu() -> float:
