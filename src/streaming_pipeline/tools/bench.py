@@ -101,7 +101,7 @@ class BenchPlan:
     json_path: Path | None = None
     gpu_rate: float = 300.0  # x realtime of the GPU the feed ceiling sizes a node for
     feed_only: bool = False  # only the feed ceiling
-    feed_model: Path | None = None  # the model decoded with one token a window (the tiny one)
+    feed_model: Path | None = None  # decoded one token a window: a FEED_MODEL-sized random Whisper
 
 
 @dataclass
