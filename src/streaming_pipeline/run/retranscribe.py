@@ -211,7 +211,7 @@ class RetranscribeWorker(StagedRun):
             if future is None:
                 continue
             try:
-                result = self._wait(future, decoder)
+                result = self.transcript(future, decoder)
             except CancelledError:
                 self.tally.count("left", 1)
                 continue
@@ -229,14 +229,6 @@ class RetranscribeWorker(StagedRun):
                 label=f"{self.key.archive} re-transcribed batch {number} ({len(records)} members)",
                 on_finish=lambda job: self._uploaded(job, records, audio_s),
             )
-
-    def _wait(self, future: Future[Transcript], decoder: Decoder) -> Transcript:
-        while True:
-            try:
-                return future.result(timeout=0.5)
-            except TimeoutError:
-                if self.control.requested:
-                    decoder.cancel_pending()
 
     def _stage(self, m: StaleMember, fetched: Path, stage: Path, result: Transcript) -> MemberRecord:
         """The new JSON (and subtitles) under the FLAC's own relative path; the JSON keeps the

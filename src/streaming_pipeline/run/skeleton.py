@@ -19,11 +19,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
 
 from ..config import PipelineConfig
 from ..stages.decoder import Decoder
 from ..stages.flow import CpuLedger, Stopwatch, put_unless_stopped
+from ..stages.transcript import Transcript
 from ..stages.upload import AsyncRsyncStorageManager, Destination
 from ..state.lease import upload_gate
 from ..state.states import ArchiveState
@@ -147,6 +150,19 @@ class StagedRun:
             self.config, self.destination, max_concurrent=max_concurrent, gate=upload_gate(self.store)
         )
         return self.uploader
+
+    def transcript(self, future: Future[Transcript], decoder: Decoder) -> Transcript:
+        """A member's transcript; a stop request cancels what the decoder has not finished."""
+        t0 = time.monotonic()
+        try:
+            while True:
+                try:
+                    return future.result(timeout=0.5)
+                except FutureTimeout:
+                    if self.control.requested:
+                        decoder.cancel_pending()
+        finally:
+            self.tally.timers.add("wait_for_transcript", time.monotonic() - t0)
 
     def close_decoder(self, decoder: Decoder) -> None:
         decoder.close()

@@ -559,7 +559,7 @@ class ArchiveWorker(StagedRun):
                 left.append(entry.conversion)
                 continue
             try:
-                result = self._result(entry.future, decoder)
+                result = self.transcript(entry.future, decoder)
             except CancelledError:
                 left.append(entry.conversion)
                 continue
@@ -610,19 +610,6 @@ class ArchiveWorker(StagedRun):
             label=f"{self.key.archive} batch {batch.number} ({len(to_upload)} files)",
             on_finish=lambda job: self._uploaded(job, batch, to_upload, audio_s, queued_at),
         )
-
-    def _result(self, future: Future[Transcript], decoder: Decoder) -> Transcript:
-        """The member's transcript; a stop request cancels what the decoder has not finished."""
-        t0 = time.monotonic()
-        try:
-            while True:
-                try:
-                    return future.result(timeout=0.5)
-                except FutureTimeout:
-                    if self.control.reason is not None:
-                        decoder.cancel_pending()
-        finally:
-            self.tally.timers.add("wait_for_transcript", time.monotonic() - t0)
 
     def _stage(self, conversion: _Conversion, info: AudioInfo, result: Transcript) -> MemberRecord:
         """The transcribed member's FLAC and JSON into the upload stage; its record."""

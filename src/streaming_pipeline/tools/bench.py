@@ -53,6 +53,7 @@ from ..stages.decoder import decode_all, decoder_kind, open_decoder
 from ..stages.decoding import TIMESTAMP_MODES
 from ..stages.flow import DECODING, STARTUP, TranscriberLike
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadState
+from ..state.store import ProgressStore
 
 log = logging.getLogger(__name__)
 
@@ -297,14 +298,12 @@ def _decoder_figures(stats: dict[str, float]) -> dict[str, float]:
 def run_streaming(
     config: PipelineConfig, archive: Path, work: Path, transcriber: TranscriberLike, dsn: str, gpu: GpuSampler
 ) -> Run:
-    from ..state.store import ProgressStore
-
     shutil.rmtree(work, ignore_errors=True)
     config = replace(config, remote=str(work / "remote"), scratch_dir=work / "scratch")
-    store = ProgressStore(dsn)
-    try:
+
+    def worker(store: ProgressStore) -> ArchiveWorker:
         store.archives.forget(archive_key(DAY, archive, "bench").archive)
-        worker = ArchiveWorker(
+        return ArchiveWorker(
             config,
             day=DAY,
             archive_path=archive,
@@ -312,13 +311,23 @@ def run_streaming(
             store=store,
             transcriber_factory=lambda _config: transcriber,
         )
-        with gpu.sampling() as figures:
-            result = worker.run()
-    finally:
-        store.close()
+
+    result, figures = _sampled(worker, dsn, gpu)
     if not result.ok or result.failed:
         raise PipelineError(f"streaming run did not finish cleanly: {result.summary_line()}")
     return Run(result.wall_s, result.run_audio_s, dict(result.stage_seconds), figures, result.stage_cpu_s)
+
+
+def _sampled(
+    worker: Callable[[ProgressStore], Any], dsn: str, gpu: GpuSampler
+) -> tuple[Any, dict[str, float]]:
+    """Run the worker `worker(store)` makes on its own store, with the GPU sampled meanwhile."""
+    store = ProgressStore(dsn)
+    try:
+        with gpu.sampling() as figures:
+            return worker(store).run(), figures
+    finally:
+        store.close()
 
 
 @contextlib.contextmanager
@@ -399,27 +408,23 @@ def run_retranscribe(
     """The streaming run's members (its destination, `work`) made again from their FLACs by the
     same model. Only `--max-new-tokens` differs: 440 (the model's own limit) against unset, which
     makes every transcript stale without changing what is decoded."""
-    from ..state.store import ProgressStore
-
     config = replace(
         config,
         remote=str(work / "remote"),
         scratch_dir=work / "scratch",
         max_new_tokens=None if config.max_new_tokens is not None else 440,
     )
-    store = ProgressStore(dsn)
-    try:
-        worker = RetranscribeWorker(
+
+    def worker(store: ProgressStore) -> RetranscribeWorker:
+        return RetranscribeWorker(
             config,
             key=archive_key(DAY, archive, "bench"),
             path=str(archive),
             store=store,
             transcriber_factory=lambda _config: transcriber,
         )
-        with gpu.sampling() as figures:
-            result = worker.run()
-    finally:
-        store.close()
+
+    result, figures = _sampled(worker, dsn, gpu)
     if not result.ok or not result.counts.get("done"):
         raise PipelineError(f"re-transcription did not finish cleanly: {result.summary_line()}")
     return Run(result.wall_s, result.audio_s, result.stage_seconds, figures)
@@ -512,8 +517,6 @@ def measure_process(argv: Sequence[str], env: dict[str, str], scratch: Path, log
 
 def run_process_tar(config: PipelineConfig, archive: Path, work: Path, dsn: str) -> ProcessPeak:
     """`process-tar` in a fresh interpreter, as a worker job runs it."""
-    from ..state.store import ProgressStore
-
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     config = config.with_settings(dsn=dsn, remote=str(work / "remote"), scratch_dir=work / "scratch")
