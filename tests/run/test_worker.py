@@ -61,7 +61,7 @@ CRASH = b"CRASH-this-process"
 HANG = b"HANG-this-process"
 
 
-def convert_or_misbehave(src: str, dst: str, *, remove_source: bool = False) -> AudioInfo:
+def convert_or_misbehave(src: str, dst: str, **options: bool) -> AudioInfo:
     """The real conversion, except for members whose bytes ask to kill their (real, spawned)
     process with SIGKILL or to hang: no public file reliably crashes libsndfile."""
     head = Path(src).read_bytes()[:32]
@@ -69,7 +69,7 @@ def convert_or_misbehave(src: str, dst: str, *, remove_source: bool = False) -> 
         os.kill(os.getpid(), signal.SIGKILL)
     if head.startswith(HANG):
         time.sleep(3600)
-    return convert_to_flac(src, dst, remove_source=remove_source)
+    return convert_to_flac(src, dst, **options)
 
 
 def _worker(tmp_path: Path, pg_dsn: str, archive: Path, model: Path, **settings: Any) -> ArchiveWorker:

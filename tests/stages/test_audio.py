@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from streaming_pipeline.errors import ConversionError
-from streaming_pipeline.stages.audio import MIN_SAMPLES, convert_to_flac
+from streaming_pipeline.stages.audio import MIN_SAMPLES, PCM_SCALE, convert_to_flac, load_16k, take_samples
 from streaming_pipeline.tools.samples import PYAV_VARIANTS
 
 
@@ -26,6 +26,37 @@ def test_every_generated_format_becomes_16k_mono_flac(tmp_path: Path, clips: lis
         assert abs(info.output_duration_s - original.duration) < 0.1
         assert out.frames == info.samples_16k
         assert not list(dst.parent.glob("*.part"))
+
+
+def test_kept_samples_are_the_flacs_bit_for_bit(tmp_path: Path, clips: list[tuple[str, bytes]]) -> None:
+    """The decoder gets the kept samples instead of the FLAC read back: they must be the same
+    array, for every format (resampled or not, stereo, 8 to 32 bits)."""
+    for name, data in clips:
+        src = tmp_path / Path(name).name
+        src.write_bytes(data)
+        dst = tmp_path / "out" / (src.stem + ".flac")
+        info = convert_to_flac(str(src), str(dst), keep_samples=True)
+        assert info.samples is not None and info.samples.dtype == np.int16
+        assert len(info.samples) == info.samples_16k
+        bare, audio = take_samples(info, dst)
+        assert bare.samples is None and bare == info  # nothing of the samples stays behind
+        read_back = load_16k(dst)
+        assert audio.dtype == read_back.dtype == np.float32
+        assert np.array_equal(audio, read_back), name
+    assert convert_to_flac(str(src), str(tmp_path / "plain.flac")).samples is None
+
+
+def test_quantised_as_libsndfile_would(tmp_path: Path) -> None:
+    """The FLACs hold what libsndfile made of the float samples before they were quantised here
+    (so the FLACs and transcripts did not change): rounding to nearest, halves to even, clipped
+    at full scale in both directions."""
+    rng = np.random.default_rng(3)
+    edges = np.array([1.0, -1.0, 1.5, -1.5, 0.5 / 32768, 1.5 / 32768, -2.5 / 32768, 32767.5 / 32768])
+    x = np.concatenate([rng.standard_normal(50_000) * 0.4, edges]).astype(np.float32)
+    sf.write(tmp_path / "libsndfile.flac", x, 16000, "PCM_16", format="FLAC")
+    theirs, _ = sf.read(tmp_path / "libsndfile.flac", dtype="int16")
+    ours = np.clip(np.rint(x * PCM_SCALE), -32768, 32767).astype(np.int16)
+    assert np.array_equal(ours, theirs)
 
 
 @pytest.mark.parametrize(
@@ -82,8 +113,9 @@ def test_what_libsndfile_cannot_open_is_decoded_by_pyav(tmp_path: Path, speech, 
     with pytest.raises(RuntimeError):
         sf.info(str(src))  # libsndfile really cannot
     dst = tmp_path / "out.flac"
-    info = convert_to_flac(str(src), str(dst))
+    info = convert_to_flac(str(src), str(dst), keep_samples=True)
     assert info.decoder == "pyav"
+    assert np.array_equal(take_samples(info, dst)[1], load_16k(dst))  # what the decoder gets
     assert info.channels == (6 if variant.layout == "5.1" else 2 if variant.layout == "stereo" else 1)
     out = sf.info(str(dst))
     assert (out.samplerate, out.channels, out.subtype) == (16000, 1, "PCM_16")

@@ -50,7 +50,7 @@ def test_the_split_gives_children_beyond_the_conversion_processes_to_upload_and_
     None
 ):
     used = CpuTimes(own=10.0, children=7.0)
-    measured = {"reader": 1.0, "reload": 0.5, "vad": 1.5, "features": 1.5, "outputs": 0.25, "database": 0.25}
+    measured = {"reader": 1.0, "samples": 0.5, "vad": 1.5, "features": 1.5, "outputs": 0.25, "database": 0.25}
     split = split_cpu(used, {**measured, DECODING: 3.0}, conversion_tasks_s=4.0, conversion_processes_s=5.5)
     assert list(split) == list(CPU_STAGES)
     assert split["conversion"] == 4.0 and split[STARTUP] == 1.5

@@ -109,7 +109,7 @@ def test_bench_runs_every_variant_on_the_same_work(
         for stage in (
             "reader",
             "conversion",
-            "reload",
+            "samples",
             "vad",
             "features",
             "outputs",

@@ -36,7 +36,7 @@ from ..config import PipelineConfig
 from ..errors import ConversionError, DatasetError, TranscriptionError, UploadError
 from ..run.control import UploadSlots
 from ..run.skeleton import Feed, RunTally, StagedRun
-from ..stages.audio import AudioInfo, convert_to_flac, load_16k
+from ..stages.audio import AudioInfo, convert_to_flac, take_samples
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import TranscriberLike
 from ..stages.pool import ConversionPool
@@ -418,7 +418,9 @@ class DatasetWorker(StagedRun):
         src = self.scratch / "rows" / f"{index}.src{suffix}"
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_bytes(data)
-        return _Row(index, row_id, text, src, dst, pool.submit(convert_to_flac, str(src), str(dst)))
+        return _Row(
+            index, row_id, text, src, dst, pool.submit(convert_to_flac, str(src), str(dst), keep_samples=True)
+        )
 
     def _submit(self, row: _Row, decoder: Decoder) -> _Pending:
         """Wait for the row's conversion, then hand it to the decoder unless it has a transcript."""
@@ -436,6 +438,7 @@ class DatasetWorker(StagedRun):
                     row.src.unlink(missing_ok=True)
         except ConversionError as exc:
             return _Pending(row, error=str(exc))
+        info, audio = take_samples(info, row.dst)
         if row.text:
             # The source's own transcript: no model, no language, no times.
             given = Transcript(
@@ -443,7 +446,7 @@ class DatasetWorker(StagedRun):
             )
             return _Pending(row, info, result=given)
         t1 = time.monotonic()
-        future = decoder.submit(load_16k(row.dst), archive=self.job.run, member=row.id)
+        future = decoder.submit(audio, archive=self.job.run, member=row.id)
         self.tally.timers.add("wait_for_decoder", time.monotonic() - t1)
         return _Pending(row, info, future=future)
 

@@ -37,7 +37,7 @@ from typing import Any
 from ..config import PipelineConfig, subtitle_formats
 from ..errors import ArchiveError, ConversionError, LeaseLost, PipelineError, StoreError, TranscriptionError
 from ..stages.archive import ArchiveReader, Batch, Member
-from ..stages.audio import AudioInfo, convert_to_flac, load_16k
+from ..stages.audio import AudioInfo, convert_to_flac, take_samples
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import DECODING, CpuTimes, TranscriberLike, native_threads_cpu, split_cpu
 from ..stages.pool import ConversionPool
@@ -179,8 +179,8 @@ class ArchiveWorker(StagedRun):
         transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
         converter: Callable[..., AudioInfo] = convert_to_flac,
     ) -> None:
-        """`converter(src, dst, remove_source=True)` runs in a conversion process (a stand-in
-        there lets a test crash or hang one)."""
+        """`converter(src, dst, remove_source=True, keep_samples=True)` runs in a conversion
+        process (a stand-in there lets a test crash or hang one)."""
         super().__init__(config, store, ArchiveTally())
         self.tally: ArchiveTally
         self.day = day
@@ -257,6 +257,7 @@ class ArchiveWorker(StagedRun):
             result = self._run_with(pool, started)
         finally:
             pool.close()  # its processes end here, so their CPU is in CpuTimes' children
+        self.tally.cpu.add("samples", pool.receive_cpu_s)  # a member's samples come with its answer
         self.tally.cpu.add("database", self.store.client_cpu_s - db_cpu)
         self.tally.cpu.add(DECODING, native_threads_cpu() - native_cpu)
         split = split_cpu(
@@ -290,7 +291,9 @@ class ArchiveWorker(StagedRun):
             if not staged.resolve().is_relative_to(stage_root.resolve()):
                 raise PipelineError(f"refusing to write outside scratch for {member.name!r}")
             flac = batch.directory / "converted" / f"{member.index:08d}.flac"
-            future = pool.submit(self.converter, str(member.path), str(flac), remove_source=True)
+            future = pool.submit(
+                self.converter, str(member.path), str(flac), remove_source=True, keep_samples=True
+            )
             converting.append(_Conversion(member, flac, staged, future))
 
         def take_conversions() -> list[_Conversion]:
@@ -464,8 +467,8 @@ class ArchiveWorker(StagedRun):
             if suspect:  # alone with the decoder: a death now is this member's
                 self._settle_decoding()
             self.store.members.mark_in_flight(self.key.archive, [member.name])
-            with self.tally.cpu.thread("reload"):  # the FLAC read back for the decoder
-                audio = load_16k(conversion.flac)
+            with self.tally.cpu.thread("samples"):  # the decoder's float32, from the kept 16-bit
+                info, audio = take_samples(info, conversion.flac)
             future = decoder.submit(audio, archive=self.key.archive, member=member.name)
             del audio
             self._decoding[member.name] = future

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,10 @@ TARGET_RATE = 16000
 # Whisper's feature extractor uses a 400-sample FFT window: anything shorter cannot be analysed.
 MIN_SAMPLES = 400
 BLOCK_FRAMES = 1 << 18
+# 16-bit PCM as libsndfile (1.2) converts float: x * 32768 rounded and clipped to int16, read
+# back as q / 32768. Done here, so that the samples the decoder gets are the FLAC's, bit for bit.
+PCM_SCALE = np.float32(0x8000)
+PCM_READ_SCALE = np.float32(1.0 / 0x8000)
 
 
 # Suffixes of headerless PCM: no decoder can know its rate or layout.
@@ -45,6 +49,9 @@ class AudioInfo:
     samples_16k: int
     convert_s: float = 0.0  # seconds the conversion took (in its pool process)
     decoder: str = "soundfile"  # which library read the source: soundfile or pyav
+    # The FLAC's own 16-bit samples, when asked for (`keep_samples`): the worker hands them to
+    # the decoder instead of reading the FLAC back. Taken with `take_samples`, never kept.
+    samples: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def output_duration_s(self) -> float:
@@ -91,21 +98,33 @@ def conversion_pool(workers: int) -> ProcessPoolExecutor:
     return pool
 
 
-def convert_to_flac(src: str, dst: str, *, remove_source: bool = False) -> AudioInfo:
+def convert_to_flac(
+    src: str, dst: str, *, remove_source: bool = False, keep_samples: bool = False
+) -> AudioInfo:
     """Convert one file; raises ConversionError with a reason a person can act on.
 
     `remove_source` deletes `src` as soon as it is read, converted or not: scratch then holds a
-    member's source only while it is being converted.
+    member's source only while it is being converted. `keep_samples` returns the samples written
+    (AudioInfo.samples), so that the decoder's input costs no second FLAC decode.
     """
     started = time.monotonic()
     try:
-        return replace(_convert(src, dst), convert_s=time.monotonic() - started)
+        return replace(_convert(src, dst, keep_samples), convert_s=time.monotonic() - started)
     finally:
         if remove_source:
             Path(src).unlink(missing_ok=True)
 
 
-def _convert(src: str, dst: str) -> AudioInfo:
+def take_samples(info: AudioInfo, flac: Path) -> tuple[AudioInfo, np.ndarray]:
+    """(info without its samples, the member's audio as the decoder takes it). The kept samples
+    are made float exactly as libsndfile reads the FLAC back (it holds the same 16-bit values);
+    without them (a converter that kept none), the FLAC is read back."""
+    if info.samples is None:
+        return info, load_16k(flac)
+    return replace(info, samples=None), info.samples.astype(np.float32) * PCM_READ_SCALE
+
+
+def _convert(src: str, dst: str, keep_samples: bool) -> AudioInfo:
     """soundfile first; PyAV for what libsndfile cannot open. A member neither reads fails with
     both reasons, in terms of the member (never its scratch path)."""
     import soundfile as sf
@@ -116,9 +135,10 @@ def _convert(src: str, dst: str) -> AudioInfo:
         sf_reason = _short(exc, src)
     else:
         with source:
-            return _write(dst, source.samplerate, source.channels, _soundfile_blocks(source), "soundfile")
+            blocks = _soundfile_blocks(source)
+            return _write(dst, source.samplerate, source.channels, blocks, "soundfile", keep_samples)
     try:
-        return _convert_pyav(src, dst)
+        return _convert_pyav(src, dst, keep_samples)
     except ConversionError as exc:
         av_reason = str(exc)
     if Path(src).suffix.lower() in RAW_SUFFIXES:
@@ -135,7 +155,7 @@ def _soundfile_blocks(source: Any) -> Iterator[np.ndarray]:
             return
 
 
-def _convert_pyav(src: str, dst: str) -> AudioInfo:
+def _convert_pyav(src: str, dst: str, keep_samples: bool) -> AudioInfo:
     """The first audio stream, decoded frame by frame into float32 blocks."""
     import av
 
@@ -164,12 +184,15 @@ def _convert_pyav(src: str, dst: str) -> AudioInfo:
             except av.error.FFmpegError as exc:
                 raise ConversionError(_short(exc, src)) from None
 
-        return _write(dst, rate, channels, blocks(), "pyav")
+        return _write(dst, rate, channels, blocks(), "pyav", keep_samples)
 
 
-def _write(dst: str, rate: int, channels: int, blocks: Iterator[np.ndarray], decoder: str) -> AudioInfo:
+def _write(
+    dst: str, rate: int, channels: int, blocks: Iterator[np.ndarray], decoder: str, keep_samples: bool
+) -> AudioInfo:
     """Blocks of (frames, channels) float32 → mono → soxr stream resample → 16-bit FLAC, written
-    under a temporary name and renamed when complete."""
+    under a temporary name and renamed when complete. Quantised here as libsndfile would
+    (`PCM_SCALE`), so that the kept samples are the FLAC's."""
     import soundfile as sf
     import soxr
 
@@ -180,6 +203,7 @@ def _write(dst: str, rate: int, channels: int, blocks: Iterator[np.ndarray], dec
         raise ConversionError(f"invalid header: {rate} Hz, {channels} channels")
     resampler = None if rate == TARGET_RATE else soxr.ResampleStream(rate, TARGET_RATE, 1, "float32", "HQ")
     decoded = written = 0
+    kept: list[np.ndarray] = []
     try:
         with sf.SoundFile(tmp_path, "w", TARGET_RATE, 1, "PCM_16", format="FLAC") as sink:
             for block in _with_last(blocks):
@@ -189,8 +213,11 @@ def _write(dst: str, rate: int, channels: int, blocks: Iterator[np.ndarray], dec
                 if resampler is not None:
                     mono = resampler.resample_chunk(np.ascontiguousarray(mono, dtype=np.float32), last=last)
                 if len(mono):
-                    sink.write(np.clip(mono, -1.0, 1.0))
-                    written += len(mono)
+                    pcm = np.clip(np.rint(mono * PCM_SCALE), -32768, 32767).astype(np.int16)
+                    sink.write(pcm)
+                    written += len(pcm)
+                    if keep_samples:
+                        kept.append(pcm)
     except ConversionError:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -204,7 +231,8 @@ def _write(dst: str, rate: int, channels: int, blocks: Iterator[np.ndarray], dec
         tmp_path.unlink(missing_ok=True)
         raise ConversionError(f"too short: {written} samples at 16 kHz, Whisper needs at least {MIN_SAMPLES}")
     tmp_path.replace(out_path)
-    return AudioInfo(rate, channels, decoded / rate, written, decoder=decoder)
+    samples = np.concatenate(kept) if keep_samples else None
+    return AudioInfo(rate, channels, decoded / rate, written, decoder=decoder, samples=samples)
 
 
 def _with_last(blocks: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, bool]]:

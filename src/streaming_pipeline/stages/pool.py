@@ -81,6 +81,7 @@ class ConversionPool:
         self.timeout = timeout
         self.replaced = 0  # processes ended by a death or a timeout (and replaced)
         self.task_cpu_s = 0.0  # CPU seconds the tasks took, summed over the processes
+        self.receive_cpu_s = 0.0  # CPU seconds this process spent taking their answers in
         self._process_cpu: dict[int, float] = {}  # pid -> its CPU seconds at its last answer
         self._context = multiprocessing.get_context("spawn")
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
@@ -172,8 +173,10 @@ class ConversionPool:
         while True:
             try:
                 if conn.poll(_POLL_S):
+                    received = time.thread_time()
                     ok, value, task_cpu, process_cpu = conn.recv()
                     with self._lock:
+                        self.receive_cpu_s += time.thread_time() - received
                         self.task_cpu_s += task_cpu
                         self._process_cpu[process.pid or 0] = process_cpu
                     if ok:
