@@ -16,7 +16,12 @@ import pytest
 
 from streaming_pipeline.cli import main
 from streaming_pipeline.stages.flow import CPU_STAGES, DECODING, STARTUP
-from streaming_pipeline.tools.bench import largest_batch_bytes, measure_process, repeat_archive
+from streaming_pipeline.tools.bench import (
+    largest_batch_bytes,
+    measure_process,
+    rate_once_full,
+    repeat_archive,
+)
 
 from ..conftest import add_bytes
 
@@ -122,7 +127,9 @@ def test_bench_runs_every_variant_on_the_same_work(
             300 * (sum(stages.values()) - stages[DECODING]) / 3600
         )
         assert 0 < run["busy_cores"] <= run["cores"] + 0.5  # CPU seconds over wall seconds
+        assert run["audio_s_per_wall_s_once_full"] > 0  # from the first batch done to the last
     assert feed["feed_ceiling"] == feed["runs"][-1]["audio_s_per_wall_s"] == report["feed_ceiling"]
+    assert feed["feed_ceiling_once_full"] == feed["runs"][-1]["audio_s_per_wall_s_once_full"]
     assert "feed ceiling (decoding nearly free" in printed and "cores to keep a GPU decoding 300x" in printed
     for mode in ("none", "segment", "word"):
         assert report[f"timestamps_{mode}_audio_s"] == pytest.approx(report["audio_s"], rel=1e-6)
@@ -135,6 +142,14 @@ def test_bench_runs_every_variant_on_the_same_work(
     )
     assert report["stage_busy_s"]["timestamps_word"]["decoder_align_s"] > 0
     assert "streaming wall <= 0.7 x sequential" in printed
+
+
+def test_rate_once_full_leaves_the_start_out() -> None:
+    # 10 s until the first batch (120 audio s) was done, then 60 audio s a second.
+    progress = [(10.0, 120.0), (12.0, 240.0), (14.0, 360.0), (16.0, 480.0)]
+    assert rate_once_full(progress) == pytest.approx(60.0)
+    assert rate_once_full(progress[:1]) is None and rate_once_full([]) is None
+    assert rate_once_full([(5.0, 1.0), (5.0, 2.0)]) is None  # no time between them
 
 
 def test_repeat_archive_and_batch_bytes(tmp_path: Path) -> None:

@@ -89,6 +89,9 @@ class RunTally:
         self._counts = dict.fromkeys(names, 0)
         self._errors: list[str] = []
         self.audio_s = 0.0
+        # (monotonic time, audio done so far) each time audio was done: how fast the run went
+        # once it was full, its start-up left out (`bench`'s feed ceiling).
+        self.progress: list[tuple[float, float]] = []
         self.timers = Stopwatch()
         self.cpu = CpuLedger()
 
@@ -96,6 +99,8 @@ class RunTally:
         with self._lock:
             self._counts[what] += n
             self.audio_s += audio_s
+            if audio_s:
+                self.progress.append((time.monotonic(), self.audio_s))
 
     def error(self, text: str) -> None:
         with self._lock:

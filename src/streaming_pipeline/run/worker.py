@@ -105,6 +105,7 @@ class WorkerResult:
     error: str | None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_cpu_s: dict[str, float] = field(default_factory=dict)  # flow.split_cpu's
+    progress: list[tuple[float, float]] = field(default_factory=list)  # (s since start, audio s done)
 
     @property
     def ok(self) -> bool:
@@ -762,4 +763,5 @@ class ArchiveWorker(StagedRun):
             wall_s=wall,
             error=error,
             stage_seconds=dict(self.tally.timers.seconds),
+            progress=[(at - started, audio) for at, audio in self.tally.progress],
         )

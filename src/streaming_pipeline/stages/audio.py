@@ -121,7 +121,9 @@ def take_samples(info: AudioInfo, flac: Path) -> tuple[AudioInfo, np.ndarray]:
     without them (a converter that kept none), the FLAC is read back."""
     if info.samples is None:
         return info, load_16k(flac)
-    return replace(info, samples=None), info.samples.astype(np.float32) * PCM_READ_SCALE
+    audio = info.samples.astype(np.float32)
+    audio *= PCM_READ_SCALE  # in place: one float32 copy of the member, not two
+    return replace(info, samples=None), audio
 
 
 def _convert(src: str, dst: str, keep_samples: bool) -> AudioInfo:

@@ -114,10 +114,25 @@ class Run:
     stages: dict[str, float] = field(default_factory=dict)
     gpu: dict[str, float] | None = None  # NVML: mean busy share, peak memory (CUDA only)
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by stage (flow.split_cpu)
+    progress: list[tuple[float, float]] = field(default_factory=list)  # (s since start, audio s done)
 
     @property
     def audio_per_wall(self) -> float:
         return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def audio_per_wall_once_full(self) -> float | None:
+        return rate_once_full(self.progress)
+
+
+def rate_once_full(progress: Sequence[tuple[float, float]]) -> float | None:
+    """Audio seconds per wall second from the first batch done to the last: the run's pace once
+    every stage has work, its start-up (processes, the first batch's way through) left out, its
+    tail kept. None with fewer than two batches done."""
+    if len(progress) < 2 or progress[-1][0] <= progress[0][0]:
+        return None
+    (t0, a0), (t1, a1) = progress[0], progress[-1]
+    return (a1 - a0) / (t1 - t0)
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,8 @@ class FeedCeiling:
     fast the CPU side can feed a GPU, and what each stage costs."""
 
     cores: int
-    run: Run
+    run: Run  # the median round (by wall time)
+    once_full: float | None = None  # the rounds' median rate_once_full
 
     @property
     def cpu_s_per_audio_hour(self) -> dict[str, float]:
@@ -155,6 +171,7 @@ class FeedCeiling:
             "wall_s": self.run.wall_s,
             "audio_s": self.run.audio_s,
             "audio_s_per_wall_s": self.run.audio_per_wall,
+            "audio_s_per_wall_s_once_full": self.once_full,
             "busy_cores": self.busy_cores,
             "cpu_s_per_audio_hour": self.cpu_s_per_audio_hour,
             "startup_cpu_s": self.startup_cpu_s,
@@ -315,7 +332,14 @@ def run_streaming(
     result, figures = _sampled(worker, dsn, gpu)
     if not result.ok or result.failed:
         raise PipelineError(f"streaming run did not finish cleanly: {result.summary_line()}")
-    return Run(result.wall_s, result.run_audio_s, dict(result.stage_seconds), figures, result.stage_cpu_s)
+    return Run(
+        result.wall_s,
+        result.run_audio_s,
+        dict(result.stage_seconds),
+        figures,
+        result.stage_cpu_s,
+        result.progress,
+    )
 
 
 def _sampled(
@@ -386,7 +410,12 @@ def run_feed_ceiling(
                         GpuSampler("cpu", GPU_SAMPLE_INTERVAL_S),
                     )
                 )  # fmt: skip
-    return [FeedCeiling(n, _median_run(runs[n])) for n in core_counts]
+    return [FeedCeiling(n, _median_run(runs[n]), _median_rate_once_full(runs[n])) for n in core_counts]
+
+
+def _median_rate_once_full(runs: Sequence[Run]) -> float | None:
+    rates = sorted(r for r in (run.audio_per_wall_once_full for run in runs) if r is not None)
+    return rates[len(rates) // 2] if rates else None
 
 
 def _feed_report(ceilings: Sequence[FeedCeiling], gpu_rate: float) -> dict[str, Any]:
@@ -395,6 +424,7 @@ def _feed_report(ceilings: Sequence[FeedCeiling], gpu_rate: float) -> dict[str, 
         "gpu_rate": gpu_rate,
         "runs": [c.as_json(gpu_rate) for c in ceilings],
         "feed_ceiling": widest.run.audio_per_wall,
+        "feed_ceiling_once_full": widest.once_full,
         "feed_cores": widest.cores,
         "cpu_s_per_audio_hour": widest.cpu_s_per_audio_hour,
         "cores_for_gpu_rate": widest.cores_for(gpu_rate),
@@ -761,10 +791,14 @@ def format_feed(feed: dict[str, Any]) -> list[str]:
     """The feed ceiling's lines: per core count, then each stage's cost and the node's size."""
     lines = [
         "feed ceiling (decoding nearly free: one token a window):",
-        f"{'cores':>7} {'audio s/s':>10} {'busy cores':>11}",
+        f"{'cores':>7} {'audio s/s':>10} {'once full':>10} {'busy cores':>11}",
     ]
     for run in feed["runs"]:
-        lines.append(f"{run['cores']:>7} {run['audio_s_per_wall_s']:>10.1f} {run['busy_cores']:>11.2f}")
+        full = run["audio_s_per_wall_s_once_full"]
+        full_text = f"{full:>10.1f}" if full is not None else f"{'-':>10}"
+        lines.append(
+            f"{run['cores']:>7} {run['audio_s_per_wall_s']:>10.1f} {full_text} {run['busy_cores']:>11.2f}"
+        )
     if "ratio_feed_cores" in feed:
         lines.append(f"{feed['feed_cores']} cores against 1: {feed['ratio_feed_cores']:.2f}x")
     stages = feed["cpu_s_per_audio_hour"]
