@@ -19,8 +19,10 @@ from streaming_pipeline.stages.flow import CPU_STAGES, DECODING, STARTUP
 from streaming_pipeline.tools.bench import (
     largest_batch_bytes,
     measure_process,
+    pinned,
     rate_once_full,
     repeat_archive,
+    with_children,
 )
 
 from ..conftest import add_bytes
@@ -38,8 +40,8 @@ def test_bench_runs_every_variant_on_the_same_work(
     work = tmp_path / "bench"
     report_path = tmp_path / "report.json"
     rc = main([
-        "bench", "--members", "6", "--repeat", "2", "--large-factor", "2", "--work-dir", str(work),
-        "--json", str(report_path), "--dsn", pg_dsn, "--model", str(tiny_model),
+        "bench", "--members", "6", "--repeat", "2", "--large-factor", "2", "--feed-factor", "2",
+        "--work-dir", str(work), "--json", str(report_path), "--dsn", pg_dsn, "--model", str(tiny_model),
         "--temperatures", "0", "--stream-batch-size", "2",
     ])  # fmt: skip
     assert rc == 0
@@ -101,7 +103,7 @@ def test_bench_runs_every_variant_on_the_same_work(
     limits = [0.7, 1.25, 1.15, 1.35, 1.15, 2.0, 150.0] + ([1.7] if cores > 1 else [])
     assert [t["limit"] for t in report["targets"]] == limits
 
-    # The feed ceiling: the large archive (2 copies of each member) decoded one token a window,
+    # The feed ceiling: an archive of 2 copies of each member (--feed-factor) decoded one token a window,
     # on one core and on all; each stage's CPU per audio hour, and the node it sizes.
     feed = report["feed"]
     assert [run["cores"] for run in feed["runs"]] == sorted({1, cores})
@@ -130,6 +132,9 @@ def test_bench_runs_every_variant_on_the_same_work(
         assert run["audio_s_per_wall_s_once_full"] > 0  # from the first batch done to the last
     assert feed["feed_ceiling"] == feed["runs"][-1]["audio_s_per_wall_s"] == report["feed_ceiling"]
     assert feed["feed_ceiling_once_full"] == feed["runs"][-1]["audio_s_per_wall_s_once_full"]
+    assert (feed["copies"], report["feed_factor"]) == (2, 2) and feed["audio_s"] == feed["runs"][-1][
+        "audio_s"
+    ]
     assert "feed ceiling (decoding nearly free" in printed and "cores to keep a GPU decoding 300x" in printed
     for mode in ("none", "segment", "word"):
         assert report[f"timestamps_{mode}_audio_s"] == pytest.approx(report["audio_s"], rel=1e-6)
@@ -150,6 +155,31 @@ def test_rate_once_full_leaves_the_start_out() -> None:
     assert rate_once_full(progress) == pytest.approx(60.0)
     assert rate_once_full(progress[:1]) is None and rate_once_full([]) is None
     assert rate_once_full([(5.0, 1.0), (5.0, 2.0)]) is None  # no time between them
+
+
+def test_pinned_takes_the_database_server_and_its_children_along() -> None:
+    """A shell stands in for the postmaster, its sleep for a backend; both are pinned with this
+    process's threads, and all get their own affinity back."""
+    import subprocess
+    import time
+
+    server = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(with_children(server.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = with_children(server.pid)
+        assert tree[0] == server.pid and len(tree) == 2
+        everywhere = os.sched_getaffinity(0)
+        one = {min(everywhere)}
+        with pinned(one, server.pid):
+            assert os.sched_getaffinity(0) == one
+            assert all(os.sched_getaffinity(pid) == one for pid in tree)
+        assert os.sched_getaffinity(0) == everywhere
+        assert all(os.sched_getaffinity(pid) == everywhere for pid in tree)
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_repeat_archive_and_batch_bytes(tmp_path: Path) -> None:

@@ -646,8 +646,10 @@ def bench(args: argparse.Namespace) -> int:
     from ..tools.bench import FEED_MODEL, BenchPlan, format_report, run_bench
     from ..tools.tiny_model import generate_tiny_model
 
-    if args.members < 1 or args.large_factor < 2 or args.repeat < 1:
-        raise ConfigError("--members and --repeat must be at least 1, --large-factor at least 2")
+    if args.members < 1 or args.large_factor < 2 or args.feed_factor < 1 or args.repeat < 1:
+        raise ConfigError(
+            "--members, --feed-factor and --repeat must be at least 1, --large-factor at least 2"
+        )
     if args.gpu_rate <= 0:
         raise ConfigError("--gpu-rate must be above 0")
     work = args.work_dir.resolve()
@@ -669,16 +671,21 @@ def bench(args: argparse.Namespace) -> int:
             generate_tiny_model(tiny)
         defaults |= {"model": str(tiny), "temperatures": "0"}  # see the demo
     config = build_config(cli, env, defaults)
+    server: int | None = None
     if not config.dsn:
-        config = config.with_settings(dsn=EmbeddedPostgres(work / "postgres").start())
+        embedded = EmbeddedPostgres(work / "postgres")
+        config = config.with_settings(dsn=embedded.start())
+        server = embedded.server_pid()
     store = _open_store(config)
     store.init_schema()
     store.close()
     plan = BenchPlan(
+        database_server=server,
         work_dir=work,
         members=args.members,
         archive=args.archive,
         large_factor=args.large_factor,
+        feed_factor=args.feed_factor,
         repeat=args.repeat,
         json_path=args.json,
         gpu_rate=args.gpu_rate,

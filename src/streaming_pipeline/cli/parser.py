@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", type=int, default=48, help="members of the synthetic archive (48)")
     p.add_argument("--archive", type=Path, help="benchmark this .tar.xz instead of a synthetic one")
     p.add_argument("--large-factor", type=int, default=4, help="memory run on this many copies (4)")
+    p.add_argument(
+        "--feed-factor", type=int, default=16, help="feed ceiling on this many copies of every member (16)"
+    )
     p.add_argument("--repeat", type=int, default=3, help="timed rounds; medians are reported (3)")
     p.add_argument("--work-dir", type=Path, default=Path(".bench"), help="inputs, scratch, outputs")
     p.add_argument("--json", type=Path, help="write the figures to this file")

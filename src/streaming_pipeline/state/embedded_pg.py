@@ -122,6 +122,14 @@ class EmbeddedPostgres:
         time.sleep(0.2)
         return self.dsn()
 
+    def server_pid(self) -> int | None:
+        """The postmaster's pid while it runs (the first line of its postmaster.pid)."""
+        try:
+            first = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+        except OSError:
+            return None
+        return int(first) if first.strip().isdigit() else None
+
     def stop(self) -> None:
         if self.running():
             self._run(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w")

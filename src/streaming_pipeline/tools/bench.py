@@ -98,6 +98,10 @@ class BenchPlan:
     members: int = 48
     archive: Path | None = None
     large_factor: int = 4
+    # Copies of every member for the feed ceiling: an archive long enough that a run's start-up
+    # (conversion processes, the first batch's way through the stages) weighs little on it.
+    feed_factor: int = 16
+    database_server: int | None = None  # the embedded PostgreSQL's postmaster: pinned with the feed
     repeat: int = 3
     json_path: Path | None = None
     gpu_rate: float = 300.0  # x realtime of the GPU the feed ceiling sizes a node for
@@ -355,19 +359,48 @@ def _sampled(
 
 
 @contextlib.contextmanager
-def pinned(cores: set[int]) -> Iterator[None]:
-    """Every thread of this process on `cores` (threads and processes started inside inherit it)."""
-    tids = [int(t) for t in os.listdir("/proc/self/task")]
-    before = {tid: os.sched_getaffinity(tid) for tid in tids}
+def pinned(cores: set[int], server: int | None = None) -> Iterator[None]:
+    """Every thread of this process on `cores` (threads and processes started inside inherit it),
+    and of `server` (the embedded PostgreSQL's postmaster) and its children: on one core the
+    database would otherwise run on another for free, which it cannot on all of them."""
+    tids = _threads(os.getpid()) + [t for pid in with_children(server) for t in _threads(pid)]
+    before: dict[int, set[int]] = {}
     for tid in tids:
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            before[tid] = os.sched_getaffinity(tid)
             os.sched_setaffinity(tid, cores)
     try:
         yield
     finally:
         for tid, mask in before.items():
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.sched_setaffinity(tid, mask)
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:  # it ended meanwhile
+        return []
+
+
+def with_children(pid: int | None) -> list[int]:
+    """`pid` and its children (PostgreSQL's server processes: backends fork from the postmaster,
+    so those a run connects later inherit its affinity)."""
+    if pid is None:
+        return []
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            children.append(int(entry))
+    return [pid, *children]
 
 
 def feed_config(config: PipelineConfig, model: Path, cores: int) -> PipelineConfig:
@@ -394,6 +427,7 @@ def run_feed_ceiling(
     model: Path,
     core_counts: Sequence[int],
     repeat: int,
+    database_server: int | None = None,
 ) -> list[FeedCeiling]:
     """The streaming run with decoding nearly free, pinned to 1, 2, ... cores; the median of
     `repeat` rounds per count, the counts interleaved so that a machine's drift hits them alike."""
@@ -403,7 +437,7 @@ def run_feed_ceiling(
     for round_number in range(repeat):
         for n in core_counts:
             log.info("round %d of %d: feed ceiling on %d core(s)", round_number + 1, repeat, n)
-            with pinned(set(available[:n])):
+            with pinned(set(available[:n]), database_server):
                 runs[n].append(
                     run_streaming(
                         feed_config(config, model, n), archive, work / "feed", transcriber, config.dsn,
@@ -418,10 +452,12 @@ def _median_rate_once_full(runs: Sequence[Run]) -> float | None:
     return rates[len(rates) // 2] if rates else None
 
 
-def _feed_report(ceilings: Sequence[FeedCeiling], gpu_rate: float) -> dict[str, Any]:
+def _feed_report(ceilings: Sequence[FeedCeiling], gpu_rate: float, copies: int) -> dict[str, Any]:
     widest = ceilings[-1]
     report: dict[str, Any] = {
         "gpu_rate": gpu_rate,
+        "copies": copies,  # of every member of the archive
+        "audio_s": widest.run.audio_s,
         "runs": [c.as_json(gpu_rate) for c in ceilings],
         "feed_ceiling": widest.run.audio_per_wall,
         "feed_ceiling_once_full": widest.once_full,
@@ -568,6 +604,15 @@ def run_process_tar(config: PipelineConfig, archive: Path, work: Path, dsn: str)
 
 
 # -- the whole benchmark -------------------------------------------------------------------------
+def _copies(small: Path, inputs: Path, factor: int) -> Path:
+    """`small` with every member `factor` times (written once, again when `small` changed)."""
+    large = inputs / f"{small.name.removesuffix('.tar.xz')}-x{factor}.tar.xz"
+    if not large.exists() or large.stat().st_mtime < small.stat().st_mtime:
+        log.info("writing %s (%d copies of every member)", large.name, factor)
+        repeat_archive(small, large, factor)
+    return large
+
+
 def run_bench(
     config: PipelineConfig, plan: BenchPlan, transcriber_factory: Callable[[PipelineConfig], TranscriberLike]
 ) -> dict[str, Any]:
@@ -584,25 +629,21 @@ def run_bench(
         if not small.exists():
             log.info("writing a synthetic archive of %d members", plan.members)
             synthetic_archive(small, plan.members)
-    large = inputs / f"{small.name.removesuffix('.tar.xz')}-x{plan.large_factor}.tar.xz"
-    if not large.exists() or large.stat().st_mtime < small.stat().st_mtime:
-        log.info("writing %s (%d copies of every member)", large.name, plan.large_factor)
-        repeat_archive(small, large, plan.large_factor)
-
     feed: dict[str, Any] | None = None
     if plan.feed_model is not None:
         available = len(os.sched_getaffinity(0))
-        ceilings = run_feed_ceiling(  # the large archive: a run's start-up weighs little on it
-            config, large, work, transcriber_factory, plan.feed_model,
-            sorted({1, available}), plan.repeat,
+        ceilings = run_feed_ceiling(
+            config, _copies(small, inputs, plan.feed_factor), work, transcriber_factory, plan.feed_model,
+            sorted({1, available}), plan.repeat, plan.database_server,
         )  # fmt: skip
-        feed = _feed_report(ceilings, plan.gpu_rate)
+        feed = _feed_report(ceilings, plan.gpu_rate, plan.feed_factor)
     if plan.feed_only:
         assert feed is not None, "the feed ceiling needs a model to decode with"
         report = {"machine": _machine(), "archive": small.name, "repeat": plan.repeat, "feed": feed}
         _write_json(plan, report)
         return report
 
+    large = _copies(small, inputs, plan.large_factor)
     transcriber = transcriber_factory(config)
     gpu = GpuSampler(getattr(getattr(transcriber, "device", None), "device", "cpu"), GPU_SAMPLE_INTERVAL_S)
     per_member_config = replace(config, decoder="per-member")
@@ -720,6 +761,7 @@ def _report(
         "archive_bytes": archive.stat().st_size,
         "members": plan.members if plan.archive is None else None,
         "large_factor": plan.large_factor,
+        "feed_factor": plan.feed_factor,
         "repeat": plan.repeat,
         "audio_s": stream.audio_s,
         "all_wall_s": {name: [r.wall_s for r in variant] for name, variant in runs.items()},
@@ -790,7 +832,8 @@ def _machine() -> dict[str, Any]:
 def format_feed(feed: dict[str, Any]) -> list[str]:
     """The feed ceiling's lines: per core count, then each stage's cost and the node's size."""
     lines = [
-        "feed ceiling (decoding nearly free: one token a window):",
+        f"feed ceiling (decoding nearly free: one token a window; {feed['copies']} copies of every"
+        f" member, {feed['audio_s'] / 60:.0f} min of audio):",
         f"{'cores':>7} {'audio s/s':>10} {'once full':>10} {'busy cores':>11}",
     ]
     for run in feed["runs"]:
