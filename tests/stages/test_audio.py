@@ -8,7 +8,14 @@ import pytest
 import soundfile as sf
 
 from streaming_pipeline.errors import ConversionError
-from streaming_pipeline.stages.audio import MIN_SAMPLES, PCM_SCALE, convert_to_flac, load_16k, take_samples
+from streaming_pipeline.stages.audio import (
+    BLOCK_FRAMES,
+    MIN_SAMPLES,
+    PCM_SCALE,
+    convert_to_flac,
+    load_16k,
+    take_samples,
+)
 from streaming_pipeline.tools.samples import PYAV_VARIANTS
 
 
@@ -36,14 +43,21 @@ def test_kept_samples_are_the_flacs_bit_for_bit(tmp_path: Path, clips: list[tupl
         src.write_bytes(data)
         dst = tmp_path / "out" / (src.stem + ".flac")
         info = convert_to_flac(str(src), str(dst), keep_samples=True)
-        assert info.samples is not None and info.samples.dtype == np.int16
-        assert len(info.samples) == info.samples_16k
+        assert info.samples is not None and {b.dtype for b in info.samples} == {np.dtype(np.int16)}
+        assert sum(len(b) for b in info.samples) == info.samples_16k
         bare, audio = take_samples(info, dst)
         assert bare.samples is None and bare == info  # nothing of the samples stays behind
         read_back = load_16k(dst)
         assert audio.dtype == read_back.dtype == np.float32
         assert np.array_equal(audio, read_back), name
     assert convert_to_flac(str(src), str(tmp_path / "plain.flac")).samples is None
+    # Longer than one read block, loud enough to clip: several blocks, joined in order.
+    long = tmp_path / "long.wav"
+    t = np.arange(BLOCK_FRAMES * 2 + 1234) / 44100
+    sf.write(long, (1.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100, subtype="FLOAT")
+    info = convert_to_flac(str(long), str(tmp_path / "long.flac"), keep_samples=True)
+    assert info.samples is not None and len(info.samples) == 3
+    assert np.array_equal(take_samples(info, tmp_path / "long.flac")[1], load_16k(tmp_path / "long.flac"))
 
 
 def test_quantised_as_libsndfile_would(tmp_path: Path) -> None:

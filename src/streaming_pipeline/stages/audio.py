@@ -49,9 +49,11 @@ class AudioInfo:
     samples_16k: int
     convert_s: float = 0.0  # seconds the conversion took (in its pool process)
     decoder: str = "soundfile"  # which library read the source: soundfile or pyav
-    # The FLAC's own 16-bit samples, when asked for (`keep_samples`): the worker hands them to
-    # the decoder instead of reading the FLAC back. Taken with `take_samples`, never kept.
-    samples: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # The FLAC's own 16-bit samples in the blocks they were written in, when asked for
+    # (`keep_samples`): the worker hands them to the decoder instead of reading the FLAC back.
+    # Blocks, so that no process holds a second whole copy to join them. Taken with
+    # `take_samples`, never kept.
+    samples: tuple[np.ndarray, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def output_duration_s(self) -> float:
@@ -121,8 +123,12 @@ def take_samples(info: AudioInfo, flac: Path) -> tuple[AudioInfo, np.ndarray]:
     without them (a converter that kept none), the FLAC is read back."""
     if info.samples is None:
         return info, load_16k(flac)
-    audio = info.samples.astype(np.float32)
-    audio *= PCM_READ_SCALE  # in place: one float32 copy of the member, not two
+    audio = np.empty(sum(len(block) for block in info.samples), dtype=np.float32)
+    at = 0
+    for block in info.samples:  # int16 -> float32 is exact
+        audio[at : at + len(block)] = block
+        at += len(block)
+    audio *= PCM_READ_SCALE
     return replace(info, samples=None), audio
 
 
@@ -233,7 +239,7 @@ def _write(
         tmp_path.unlink(missing_ok=True)
         raise ConversionError(f"too short: {written} samples at 16 kHz, Whisper needs at least {MIN_SAMPLES}")
     tmp_path.replace(out_path)
-    samples = np.concatenate(kept) if keep_samples else None
+    samples = tuple(kept) if keep_samples else None
     return AudioInfo(rate, channels, decoded / rate, written, decoder=decoder, samples=samples)
 
 
