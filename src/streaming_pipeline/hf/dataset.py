@@ -418,9 +418,9 @@ class DatasetWorker(StagedRun):
         src = self.scratch / "rows" / f"{index}.src{suffix}"
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_bytes(data)
-        return _Row(
-            index, row_id, text, src, dst, pool.submit(convert_to_flac, str(src), str(dst), keep_samples=True)
-        )
+        # A row with its own transcript is not decoded: its samples need not come back.
+        conversion = pool.submit(convert_to_flac, str(src), str(dst), keep_samples=not text)
+        return _Row(index, row_id, text, src, dst, conversion)
 
     def _submit(self, row: _Row, decoder: Decoder) -> _Pending:
         """Wait for the row's conversion, then hand it to the decoder unless it has a transcript."""
@@ -438,13 +438,13 @@ class DatasetWorker(StagedRun):
                     row.src.unlink(missing_ok=True)
         except ConversionError as exc:
             return _Pending(row, error=str(exc))
-        info, audio = take_samples(info, row.dst)
         if row.text:
             # The source's own transcript: no model, no language, no times.
             given = Transcript(
                 self.job.run, row.id, "", None, 0.0, info.output_duration_s, text=str(row.text)
             )
             return _Pending(row, info, result=given)
+        info, audio = take_samples(info, row.dst)
         t1 = time.monotonic()
         future = decoder.submit(audio, archive=self.job.run, member=row.id)
         self.tally.timers.add("wait_for_decoder", time.monotonic() - t1)
