@@ -96,6 +96,26 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 }
 
+up() {  # a controller answers on our port ($1: a slurm.conf naming it)
+    SLURM_CONF=$1 timeout 20 scontrol ping 2>/dev/null | grep -q "is UP"
+}
+
+ours() {  # the controller answering on our port runs with our slurm.conf (not a foreign Slurm's)
+    local config
+    config=$(SLURM_CONF=$1 timeout 20 scontrol show config 2>/dev/null) || return 1
+    grep -qE "^TaskProlog +=  *$dir/task-prolog.sh\$" <<<"$config" &&
+        grep -qE "^StateSaveLocation +=  *$dir/state\$" <<<"$config"
+}
+
+foreign() {  # a Slurm we did not start answers on our port: say so, and touch nothing of it
+    local prolog
+    prolog=$(SLURM_CONF=$1 timeout 20 scontrol show config 2>/dev/null | sed -n 's/^TaskProlog *= *//p')
+    echo "slurm-local: a Slurm controller this script did not start answers on 127.0.0.1:$ctld_port" \
+        "(TaskProlog=${prolog:-none}; ours is $dir/task-prolog.sh). Stop it, or start this one on" \
+        "other ports: SLURM_LOCAL_CTLD_PORT=6827 SLURM_LOCAL_SLURMD_PORT=6828 $0 start" >&2
+    exit 1
+}
+
 stop() {
     for daemon in slurmd slurmctld; do
         if [ -s "$dir/$daemon.pid" ]; then
@@ -112,18 +132,23 @@ start)
     command -v slurmctld >/dev/null || { echo "slurm-local: install slurm-wlm and munge" >&2; exit 1; }
     export SLURM_CONF=$conf
     write_conf "$conf.new"
-    if cmp -s "$conf" "$conf.new" && scontrol ping 2>/dev/null | grep -q "is UP"; then
+    if cmp -s "$conf" "$conf.new" && up "$conf"; then
         rm -f "$conf.new"
+        ours "$conf" || foreign "$conf"
         echo "$conf"
         exit 0
     fi
     stop  # not running, or running with another configuration
+    if up "$conf.new"; then  # still answering once ours are stopped: not ours
+        foreign "$conf.new"
+    fi
     start_munge
     mv "$conf.new" "$conf"
     slurmctld -f "$conf"
     slurmd -f "$conf" -N "$node"
     for _ in $(seq 100); do
         if sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
+            ours "$conf" || foreign "$conf"
             echo "$conf"
             exit 0
         fi

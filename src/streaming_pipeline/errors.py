@@ -40,6 +40,12 @@ class StoreError(PipelineError):
     """The progress database is unreachable or rejected a statement."""
 
 
+class RefusedValues(StoreError):
+    """The database refused a statement for the values it was given (SQLSTATE class 22, data
+    exception, or 54, a program limit such as a tsvector too long): the data's fault, not the
+    database's, so retrying the same values cannot help, and other rows can still be written."""
+
+
 class LeaseLost(StoreError):
     """Another worker took over the archive (this one stalled past its lease): this worker must
     stop without writing anything more. Not a failure of the archive, whose new holder goes on."""

@@ -86,7 +86,14 @@ def test_export_to_the_remote_through_the_rsync_daemon_loads_with_datasets(
     assert "data/train-00002.parquet" in (folder / "README.md").read_text()
     rows = _load(folder)
     _assert_matches_database(rows, pg_dsn)
-    assert any(s["words"] for r in rows for s in r["segments"]), "word times travel as nested columns"
+    # Word times travel as nested columns: the words of each sidecar, as they are (for any draw of
+    # the random model's weights, some of which time no word at all).
+    sidecars = [json.loads(p.read_text()) for p in (rsync_daemon.data / DAY).rglob("*.json")]
+    timed = {f"{j['archive']}/{j['member']}": [s.get("words", []) for s in j["segments"]] for j in sidecars}
+    assert len(timed) == len(rows)
+    for row in rows:
+        exported = [[(w["start"], w["end"], w["word"]) for w in s["words"]] for s in row["segments"]]
+        assert exported == [[(w["start"], w["end"], w["word"]) for w in ws] for ws in timed[row["id"]]]
     assert not list((tmp_path / "scratch").rglob("*.parquet")), "export left shards in scratch"
 
 

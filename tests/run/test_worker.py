@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from streaming_pipeline.config import PipelineConfig
 from streaming_pipeline.run.worker import ArchiveWorker
 from streaming_pipeline.stages.audio import AudioInfo, convert_to_flac
 from streaming_pipeline.stages.transcribe import Transcriber
-from streaming_pipeline.stages.transcript import Transcript
+from streaming_pipeline.stages.transcript import Segment, Transcript, Word
 from streaming_pipeline.state.store import ProgressStore
 
 from ..conftest import DAY, make_day, query
@@ -264,3 +265,59 @@ def test_a_member_that_kills_the_worker_twice_is_failed_on_the_third_run(
     assert crashed["poison.wav"] == 2 and all(n == 1 for m, n in crashed.items() if m != "poison.wav")
     assert query(pg_dsn, "SELECT state FROM archives")[0]["state"] == "done"
     assert "was being decoded when 2 runs of this archive died" in runs[2].stderr
+
+
+# -- a member's own values never fail another member's write ---------------------------------
+
+
+class _NulTranscriber:
+    """Stands in for a model whose words hold U+0000 (the tiny model's int8 kernels decode one on
+    some CPUs; byte-level BPE can in any model): clip_00000 through the constructors, clip_00001
+    also with a NUL put in after they made it safe, which only the database can still refuse."""
+
+    model_name = "nul-words"
+
+    def __init__(self, _config: PipelineConfig) -> None:
+        pass
+
+    def transcribe(self, audio: Any, *, archive: str, member: str) -> Transcript:
+        words = [Word(0.0, 0.5, " good", 0.9), Word(0.5, 1.0, " words", 0.9)]
+        if "clip_00000" in member or "clip_00001" in member:
+            words[0] = Word(0.0, 0.5, " go\x00od\x1b", 0.9)
+        if "clip_00001" in member:
+            words[1].word = " wor\x00ds"  # past the sanitiser, on purpose
+        segment = Segment(0.0, 1.0, "good words", words=words)
+        return Transcript.of(
+            [segment], archive=archive, member=member, model=self.model_name,
+            language="en", language_probability=1.0, duration=len(audio) / 16000,
+        )  # fmt: skip
+
+
+def test_nul_in_one_members_words_fails_that_member_alone(tmp_path: Path, pg_dsn: str) -> None:
+    (archive,) = make_day(tmp_path, ["12_30"], members=5)
+    store = ProgressStore(pg_dsn)
+    store.init_schema()
+    config = PipelineConfig(
+        dsn=pg_dsn, remote=str(tmp_path / "remote"), scratch_dir=tmp_path / "scratch", num_workers=1,
+        stream_batch_size=5, timestamps="word",
+    )  # fmt: skip
+    result = ArchiveWorker(
+        config, day=dt.date.fromisoformat(DAY), archive_path=archive, slot="12_30", store=store,
+        transcriber_factory=_NulTranscriber,
+    ).run()  # fmt: skip
+    store.close()
+
+    statuses = _statuses(pg_dsn)
+    bad = next(m for m in statuses if "clip_00001" in m)
+    assert statuses.pop(bad)[0] == "failed"
+    assert {s for s, _ in statuses.values()} == {"done"}, statuses
+    assert result.state == "done" and (result.done, result.failed) == (4, 1)
+    (row,) = query(pg_dsn, "SELECT error FROM audio_files WHERE member = %s", bad)
+    assert row["error"].startswith("its transcript could not be recorded")
+    remote = tmp_path / "remote" / DAY / "12_30"
+    sidecars = sorted(p.relative_to(remote).as_posix() for p in remote.rglob("*.json"))
+    assert len(sidecars) == 4 and not any("clip_00001" in p for p in sidecars)
+    assert not any("clip_00001" in p.name for p in remote.rglob("*"))  # nothing of it uploaded
+    first = next(remote.rglob("clip_00000*.json"))
+    words = [w["word"] for s in json.loads(first.read_text())["segments"] for w in s["words"]]
+    assert words == [" good", " words"]  # made safe where it was made: recorded and uploaded

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from streaming_pipeline.stages.transcript import Segment, SourceAudio, Transcript, Word
+from streaming_pipeline.stages.transcript import Segment, SourceAudio, Transcript, Word, clean_text, safe_text
 
 
 def _transcript() -> Transcript:
@@ -94,3 +94,30 @@ def test_every_signature_that_carries_a_transcript_names_its_type() -> None:
     assert hints(dataset._Pending)["result"] == Transcript | None
     assert hints(subtitles.render)["segments"] == abc.Iterable[Segment]
     assert hints(shards.segment_rows)["segments"] == abc.Sequence[Segment]
+
+
+# -- text every output can hold ------------------------------------------------------------------
+UNSAFE = "a\x00b\x1bc\x7fd\x85e\ud800f\udfffg"
+
+
+def test_safe_text_removes_control_characters_and_replaces_lone_surrogates() -> None:
+    assert safe_text(UNSAFE) == "abcde\ufffdf\ufffdg"
+    assert safe_text("tab\tand\nnewline stay") == "tab\tand\nnewline stay"
+    assert safe_text("already \ufffd replaced") == "already \ufffd replaced"
+    assert safe_text("\r\x0b\x0c") == ""
+    assert clean_text("  \x00 Hello \x00 ") == "Hello"
+    clean = "Grüße, 广州市, ¿qué? — «ok» 🎙"
+    assert safe_text(clean) is clean  # nothing else changes, not even the object
+
+
+def test_words_segments_and_transcripts_are_safe_however_they_are_made() -> None:
+    word = Word(0.0, 1.0, f" {UNSAFE}", 0.5)
+    segment = Segment(0.0, 1.0, UNSAFE, words=[word])
+    assert word.word == " abcde\ufffdf\ufffdg"
+    assert segment.text == "abcde\ufffdf\ufffdg"
+    made = Transcript(archive="a", member="m", model="m", language="en", language_probability=1.0,
+                      duration=1.0, segments=(segment,), text=UNSAFE)  # fmt: skip
+    assert made.text == "abcde\ufffdf\ufffdg"
+    back = Transcript.from_json(json.loads(json.dumps({**made.as_json(), "text": UNSAFE})))
+    assert back.text == made.text and back.segments[0].words[0].word == word.word
+    json.dumps(made.as_json(), ensure_ascii=False).encode("utf-8")  # no surrogate left to fail it

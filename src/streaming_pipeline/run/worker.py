@@ -41,7 +41,7 @@ from ..stages.audio import AudioInfo, convert_to_flac, take_samples
 from ..stages.decoder import Decoder, open_decoder
 from ..stages.flow import DECODING, CpuTimes, TranscriberLike, native_threads_cpu, split_cpu
 from ..stages.pool import ConversionPool
-from ..stages.subtitles import write_beside
+from ..stages.subtitles import remove_staged, write_beside
 from ..stages.transcript import Transcript
 from ..stages.upload import AsyncRsyncStorageManager, UploadJob, UploadState
 from ..state.lease import ArchiveLease, Owner
@@ -593,8 +593,17 @@ class ArchiveWorker(StagedRun):
             self._cancel(left)
             self.tally.count("left", len(left))
             log.info("stopping: %d members of batch %d left for the next run", len(left), batch.number)
-        to_upload = [(r.member, r.remote_path or "") for r in records if r.status == MemberStatus.UPLOADING]
-        self.store.members.record(self.key, records)
+        refused = {r.member for r in self.store.members.record(self.key, records)}
+        if refused:  # failed alone: its staged files must not go up with the batch
+            self.tally.count("failed", len(refused))
+            for entry in submitted.entries:
+                if entry.conversion.member.name in refused:
+                    remove_staged(entry.conversion.staged, self._subtitle_formats)
+        to_upload = [
+            (r.member, r.remote_path or "")
+            for r in records
+            if r.status == MemberStatus.UPLOADING and r.member not in refused
+        ]
         if not to_upload:
             self.tally.flush_timings(self.store, self._run_id, batch.number)
             shutil.rmtree(batch.directory, ignore_errors=True)

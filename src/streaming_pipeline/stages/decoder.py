@@ -62,7 +62,7 @@ from .decoding import (
 )
 from .flow import TranscriberLike
 from .provenance import Provenance, describe
-from .transcript import Segment, Transcript
+from .transcript import Segment, Transcript, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +137,6 @@ def _cancelled_future() -> Future[Transcript]:
     future: Future[Transcript] = Future()
     future.cancel()
     return future
-
-
-def clean_text(text: str) -> str:
-    """Decoded text without NUL characters: byte-level BPE can emit a 0x00 byte, which PostgreSQL
-    text cannot hold (it would fail the whole batch's write)."""
-    return text.replace("\x00", "").strip()
 
 
 class PerMemberDecoder:
@@ -717,7 +711,6 @@ __all__ = [
     "BatchedDecoder",
     "Decoder",
     "PerMemberDecoder",
-    "clean_text",
     "decode_all",
     "open_decoder",
 ]

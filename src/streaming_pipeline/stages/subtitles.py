@@ -192,3 +192,9 @@ def write_beside(flac: Path, transcript: Transcript, formats: Sequence[str]) -> 
     for fmt, text in written.items():
         flac.with_suffix(f".{fmt}").write_text(text, encoding="utf-8")
     return ",".join(written) or None
+
+
+def remove_staged(flac: Path, formats: Sequence[str]) -> None:
+    """A member's staged FLAC and what `write_beside` wrote next to it, gone from the stage."""
+    for path in (flac, flac.with_suffix(".json"), *(flac.with_suffix(f".{fmt}") for fmt in formats)):
+        path.unlink(missing_ok=True)

@@ -18,7 +18,6 @@ import numpy as np
 
 from ..config import PipelineConfig, parse_temperatures
 from ..errors import ConfigError, TranscriptionError
-from .decoder import clean_text
 from .decoding import (
     APPEND_PUNCTUATIONS,
     MAX_INITIAL_TIMESTAMP,
@@ -26,7 +25,7 @@ from .decoding import (
     SAMPLE_RATE,
     finalize_segments,
 )
-from .transcript import Segment, Transcript, Word
+from .transcript import Segment, Transcript, Word, clean_text
 
 log = logging.getLogger(__name__)
 

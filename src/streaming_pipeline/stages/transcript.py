@@ -11,11 +11,37 @@ moves their times back to the member's timeline before they are handed on.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .provenance import Provenance
+
+# What PostgreSQL's text and jsonb cannot hold (NUL), what no subtitle or page should carry (the
+# other C0 and C1 control characters and DEL; tab and newline stay), and what UTF-8 cannot encode
+# (lone surrogates, which a decoder's byte fallback or `surrogateescape` can leave in a str).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]+")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def safe_text(text: str) -> str:
+    """`text` that every output can hold: control characters removed, lone surrogates (an
+    invalid byte sequence) as U+FFFD. Text without them is returned as it is, byte for byte.
+
+    Every `Word`, `Segment` and `Transcript` passes its text through here when it is made, so the
+    JSON, subtitles, Parquet and PostgreSQL all see the same safe text, whichever decoder made it.
+    """
+    if _CONTROL.search(text) is not None:
+        text = _CONTROL.sub("", text)
+    if _SURROGATE.search(text) is not None:
+        text = _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def clean_text(text: str) -> str:
+    """A decoded window's or segment's text: safe, without the spaces around it."""
+    return safe_text(text).strip()
 
 
 @dataclass
@@ -24,6 +50,9 @@ class Word:
     end: float
     word: str
     probability: float
+
+    def __post_init__(self) -> None:
+        self.word = safe_text(self.word)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +79,9 @@ class Segment:
     temperature: float = 0.0
     compression_ratio: float = 0.0
     words: list[Word] | None = None  # None unless the decoder timed words
+
+    def __post_init__(self) -> None:
+        self.text = safe_text(self.text)
 
     def as_json(self) -> dict[str, Any]:
         """The JSON's segment layout; `words` only when the decoder timed words."""
@@ -97,6 +129,9 @@ class Transcript:
     text: str = ""
     source: SourceAudio | None = None
     provenance: Provenance | None = None  # what made it (stages/provenance.py)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", safe_text(self.text))
 
     @classmethod
     def of(
@@ -189,4 +224,4 @@ class Transcript:
         )
 
 
-__all__ = ["Segment", "SourceAudio", "Transcript", "Word"]
+__all__ = ["Segment", "SourceAudio", "Transcript", "Word", "clean_text", "safe_text"]

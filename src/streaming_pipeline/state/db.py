@@ -26,10 +26,11 @@ from psycopg.rows import dict_row
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
 from ..config import describe_error, dsn_password
-from ..errors import LeaseLost, StoreError
+from ..errors import LeaseLost, RefusedValues, StoreError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -89,6 +90,12 @@ def fatal_connection_error(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, psycopg.OperationalError) and any(t in text for t in _FATAL_TEXT)
+
+
+def refused_values(exc: BaseException) -> bool:
+    """The server refused the values of a statement (data exception, program limit exceeded),
+    not the statement or the connection."""
+    return isinstance(exc, psycopg.DataError | psycopg.errors.ProgramLimitExceeded)
 
 
 # Rows a worker can hold a lease on: table -> its key column (identifiers, never user input).
@@ -201,7 +208,11 @@ class Database:
             stop=give_up,
             wait=jittered,
             retry=retry_if_exception(
-                lambda e: isinstance(e, psycopg.OperationalError) and not fatal_connection_error(e)
+                lambda e: (
+                    isinstance(e, psycopg.OperationalError)
+                    and not fatal_connection_error(e)
+                    and not refused_values(e)
+                )
             ),
             before_sleep=lambda state: self._log_retry(what, state),
             sleep=self._sleep,
@@ -214,7 +225,8 @@ class Database:
             self._lose(fence, lost)
             raise
         except psycopg.Error as exc:
-            raise StoreError(f"database error during {what}: {self._scrub(exc)}") from None
+            error = RefusedValues if refused_values(exc) else StoreError
+            raise error(f"database error during {what}: {self._scrub(exc)}") from None
 
     def _log_retry(self, what: str, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -340,6 +352,29 @@ class Database:
             return list(cur.fetchall())
 
         return self.transaction(read, "query")
+
+
+def write_isolating(
+    records: Sequence[R], write: Callable[[Sequence[R]], T]
+) -> tuple[list[T], list[tuple[R, RefusedValues]]]:
+    """`write(records)` as one transaction; when the database refuses the values (one member's
+    transcript it cannot hold), each record is written alone instead, so that one record's values
+    never cost the others their write. Returns what the writes returned, and the records refused
+    with the reason. Any other error (the database down, the lease lost) is raised as it is."""
+    try:
+        return [write(records)], []
+    except RefusedValues as exc:
+        if len(records) == 1:
+            return [], [(records[0], exc)]
+        log.warning("%s; writing the %d rows one at a time", exc, len(records))
+    results: list[T] = []
+    refused: list[tuple[R, RefusedValues]] = []
+    for record in records:
+        try:
+            results.append(write([record]))
+        except RefusedValues as exc:
+            refused.append((record, exc))
+    return results, refused
 
 
 class Table:

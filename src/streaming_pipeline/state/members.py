@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from .db import Database, Table
+from ..errors import RefusedValues
+from .db import Database, Table, write_isolating
 from .records import MEMBER_COLUMNS, ArchiveKey, MemberRecord
 from .segments import SegmentTable
+from .states import MemberStatus
+
+log = logging.getLogger(__name__)
+# A refusal's reason, as a member's error records it: the server's message can quote the value.
+REASON_CHARS = 300
 
 
 class MemberTable(Table):
@@ -41,11 +48,32 @@ class MemberTable(Table):
             for r in rows
         ]
 
-    def record(self, key: ArchiveKey, records: Sequence[MemberRecord]) -> None:
+    def record(self, key: ArchiveKey, records: Sequence[MemberRecord]) -> list[MemberRecord]:
         """Upsert a batch of member rows in one round trip, with the segments of those that carry
-        a transcript (searchable once the member is done); `done` rows are never overwritten."""
+        a transcript (searchable once the member is done); `done` rows are never overwritten.
+
+        A member whose own values the database refuses is recorded `failed` with the reason
+        instead, and the batch's other members as they are. Returns those failed rows."""
         if not records:
-            return
+            return []
+        _, refused = write_isolating(records, lambda rows: self._write(key, rows))
+        failed = [
+            MemberRecord(
+                r.member,
+                MemberStatus.FAILED,
+                size_bytes=r.size_bytes,
+                full_name=r.full_name,
+                error=f"its transcript could not be recorded: {refusal_reason(exc)}",
+            )
+            for r, exc in refused
+        ]
+        for r in failed:
+            log.warning("member %r failed: %s", r.member, r.error)
+        if failed:
+            self._write(key, failed)
+        return failed
+
+    def _write(self, key: ArchiveKey, records: Sequence[MemberRecord]) -> None:
         cols = ", ".join(MEMBER_COLUMNS)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in MEMBER_COLUMNS)
         placeholders = ", ".join(["%s"] * (4 + len(MEMBER_COLUMNS)))
@@ -165,3 +193,9 @@ def member_values(record: MemberRecord) -> list[Any]:
     """`record`'s MEMBER_COLUMNS values as psycopg sends them (JSON as jsonb)."""
     values = {c: getattr(record, c) for c in MEMBER_COLUMNS}
     return [Jsonb(v) if c == "provenance" and v is not None else v for c, v in values.items()]
+
+
+def refusal_reason(exc: RefusedValues) -> str:
+    """The server's reason, short and printable (its message may quote the refused value)."""
+    text = "".join(c if c.isprintable() else " " for c in str(exc))
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"

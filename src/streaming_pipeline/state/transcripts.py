@@ -4,16 +4,19 @@ one while keeping the one it replaced (`transcript_history`), and what made a da
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-from .db import Database, Table
+from .db import Database, Table, write_isolating
 from .members import member_values
 from .records import MEMBER_COLUMNS, MemberRecord
 from .segments import SegmentTable
+
+log = logging.getLogger(__name__)
 
 # A member's transcript is stale for the current settings when its key differs; `only_model`
 # narrows that to transcripts made by one model (as named).
@@ -90,7 +93,8 @@ class TranscriptTable(Table):
     def replace(self, archive: str, records: Sequence[MemberRecord]) -> int:
         """New transcripts of done members, each replacing the current one, which moves to
         `transcript_history` (once: a member already holding this key is left as it is). One
-        fenced transaction; returns how many members changed."""
+        fenced transaction (a member whose new values the database refuses keeps its old
+        transcript, the others are replaced); returns how many members changed."""
         if not records:
             return 0
         keep = """
@@ -107,9 +111,12 @@ class TranscriptTable(Table):
             WHERE archive = %s AND member = %s AND status = 'done' AND transcript_key IS DISTINCT FROM %s
         """
 
-        def write(cur: psycopg.Cursor[Any]) -> int:
+        def write(rows: Sequence[MemberRecord]) -> int:
+            return self._db.transaction(lambda cur: replaced(cur, rows), "replace transcripts", fenced=True)
+
+        def replaced(cur: psycopg.Cursor[Any], rows: Sequence[MemberRecord]) -> int:
             changed = []
-            for r in records:
+            for r in rows:
                 values = dict(zip(MEMBER_COLUMNS, member_values(r), strict=True))
                 cur.execute(keep, (archive, r.member, r.transcript_key))
                 cur.execute(update, (*(values[c] for c in _REPLACED), archive, r.member, r.transcript_key))
@@ -118,7 +125,10 @@ class TranscriptTable(Table):
             self._segments.write(cur, archive, changed)  # the old segments go; history keeps the text
             return len(changed)
 
-        return self._db.transaction(write, "replace transcripts", fenced=True)
+        counts, refused = write_isolating(records, write)
+        for r, exc in refused:  # done, with its old transcript: left as it was
+            log.warning("%s: %s kept its transcript: the new one was refused (%s)", archive, r.member, exc)
+        return sum(counts)
 
     def models(self, day: dt.date) -> list[ModelCount]:
         rows = self._db.query(
