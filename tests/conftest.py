@@ -39,7 +39,9 @@ RESULT_FIELDS = {
     "member",
     "provenance",
 }
-SEGMENT_FIELDS = {"start", "end", "text", "avg_logprob", "no_speech_prob", "temperature", "compression_ratio"}
+SEGMENT_FIELDS = {
+    "start", "end", "text", "avg_logprob", "no_speech_prob", "temperature", "compression_ratio", "language",
+}  # fmt: skip
 # All six fallback temperatures, one window per call: with the random model each window is decoded
 # six times, alone, which keeps a worker busy long enough for a test to signal or kill it mid-run.
 SLOW_DECODING = ("--temperatures", "0.0,0.2,0.4,0.6,0.8,1.0", "--decode-batch-size", "1")
@@ -169,6 +171,22 @@ def realspeech() -> Path:
             f"no recorded speech at {REALSPEECH} (the team's shared folder is not beside this checkout)"
         )
     return REALSPEECH
+
+
+BROADCAST_SET = Path(
+    os.environ.get("PIPELINE_TEST_BROADCAST_SET")
+    or Path(__file__).resolve().parents[2] / "shared" / "broadcast-dev"
+)
+
+
+@pytest.fixture(scope="session")
+def broadcast_set() -> Path:
+    """Broadcast-like recordings (music, noise, dead air, speech over music, programmes) with a
+    manifest of speech spans and a reference scorer: PIPELINE_TEST_BROADCAST_SET, by default the
+    team's broadcast-dev folder beside the checkout."""
+    if not (BROADCAST_SET / "manifest.tsv").is_file():
+        pytest.skip(f"no broadcast-like recordings at {BROADCAST_SET} (set PIPELINE_TEST_BROADCAST_SET)")
+    return BROADCAST_SET
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import soxr
 
 from streaming_pipeline.config import PipelineConfig
 from streaming_pipeline.stages.decoder import BatchedDecoder, decode_all, open_decoder
-from streaming_pipeline.stages.decoding import LOG_PROB_THRESHOLD, NO_SPEECH_THRESHOLD, speech_chunks
+from streaming_pipeline.stages.decoding import LOG_PROB_THRESHOLD, NO_SPEECH_THRESHOLD
 from streaming_pipeline.stages.transcribe import Transcriber
 from streaming_pipeline.stages.transcript import Transcript
 from streaming_pipeline.tools.samples import clip_files
@@ -199,13 +199,6 @@ def test_cuda_float16_packs_members_into_shared_calls(tiny_model: Path, members)
     assert [r.member for r in results] == names
     assert stats["rows_decoded"] / stats["calls"] > 1 and stats["oom_halvings"] == 0
     assert all(r.language for r in results)
-
-
-def test_speech_chunks_group_regions_up_to_the_window() -> None:
-    regions = [{"start": s, "end": s + 10} for s in range(0, 100, 20)]
-    assert [len(c) for c in speech_chunks(regions, 25)] == [2, 2, 1]
-    assert [len(c) for c in speech_chunks([{"start": 0, "end": 99}], 25)] == [1]
-    assert list(speech_chunks([], 25)) == []
 
 
 # -- real Whisper weights ----------------------------------------------------------------------
@@ -499,3 +492,98 @@ def test_real_speech_segment_and_word_times_agree_with_faster_whisper(
     print(f"word starts vs faster-whisper: median |diff| {median:.3f} s over {len(differences)} shared words")
     assert len(differences) >= 150
     assert median <= 0.15
+
+
+# -- a broadcast programme: times and languages -------------------------------------------------------
+def _piece(path: Path, seconds: float | None = None, level_db: float = -20.0) -> np.ndarray:
+    samples = to_16k(path.read_bytes())
+    if seconds is not None:
+        samples = samples[: round(seconds * RATE)]
+    rms = float(np.sqrt(np.mean(samples**2))) or 1.0
+    return (samples * (10 ** (level_db / 20) / rms)).astype(np.float32)
+
+
+def _programme(
+    realspeech: Path, broadcast_set: Path
+) -> tuple[np.ndarray, list[tuple[float, float, str, str]]]:
+    """A programme in broadcast order: a jingle, English, 20 s of dead air (mains hum), Italian,
+    a running tap, English over a waltz, pink-noise dead air, Portuguese. Returns the audio and
+    its speech spans (start, end, language, reference)."""
+    rng = np.random.default_rng(0)
+    speech = {
+        "en1": (realspeech / "audio" / "wn_librispeech-1995-1837-0001.wav", "en"),
+        "it": (broadcast_set / "speech" / "pv_it.flac", "it"),
+        "en2": (realspeech / "audio" / "sb_LJ050-0131.wav", "en"),
+        "pt": (broadcast_set / "speech" / "pv_pt.flac", "pt"),
+    }
+    references = {r["file"]: r["reference"] for r in _manifest(realspeech)}
+    references |= {"pv_it.flac": "Sempre alla radio nacquero anche alcune sue canzoni o meglio ritmi."}
+    references |= {"pv_pt.flac": "Uma raposa velha não consegue aprender nenhum ofício."}
+    hum = (10 ** (-58 / 20) * np.sqrt(2) * np.sin(2 * np.pi * 50 * np.arange(20 * RATE) / RATE)).astype(
+        np.float32
+    )
+    pink = np.cumsum(rng.standard_normal(12 * RATE)).astype(np.float32)
+    pink = (
+        (pink - np.convolve(pink, np.ones(400) / 400, mode="same")) * 10 ** (-60 / 20) / (pink.std() or 1.0)
+    )
+    parts: list[np.ndarray] = []
+    spans: list[tuple[float, float, str, str]] = []
+
+    def add(samples: np.ndarray, key: str | None = None) -> None:
+        start = sum(len(p) for p in parts) / RATE
+        parts.append(samples.astype(np.float32))
+        parts.append(np.zeros(round(0.3 * RATE), np.float32))
+        if key is not None:
+            path, language = speech[key]
+            spans.append((start, start + len(samples) / RATE, language, references[path.name]))
+
+    add(_piece(broadcast_set / "music" / "m_vibeace_a.ogg", 6.0))
+    add(_piece(speech["en1"][0]), "en1")
+    add(hum)
+    add(_piece(speech["it"][0]), "it")
+    add(_piece(broadcast_set / "noise" / "n_tap_a.flac", 8.0, level_db=-28.0))
+    words = _piece(speech["en2"][0])
+    bed = _piece(broadcast_set / "music" / "m_sweetwaltz_a.ogg", len(words) / RATE, level_db=-32.0)
+    add(words + bed[: len(words)], "en2")  # speech over a music bed, 12 dB above it
+    add(pink.astype(np.float32))
+    add(_piece(speech["pt"][0]), "pt")
+    return np.concatenate(parts), spans
+
+
+@pytest.mark.realmodel
+@pytest.mark.slow
+@pytest.mark.parametrize("timestamps", ["segment", "word"])
+def test_a_programmes_sentences_are_at_their_own_time_in_their_own_language(
+    realspeech: Path, broadcast_set: Path, whisper_base: Path, timestamps: str
+) -> None:
+    """The broadcast guarantees with the defaults, in both timestamp modes: no segment lies over
+    the music, noise or dead air between sentences; each sentence's first segment starts within
+    1 s of it and its last ends within 1 s of it; each is decoded in its own language (not
+    translated into the programme's), and the member's language is the one most spoken."""
+    audio, spans = _programme(realspeech, broadcast_set)
+    config = PipelineConfig(model=str(whisper_base), device="cpu", timestamps=timestamps)
+    decoder = open_decoder(Transcriber(config), config)
+    try:
+        (result,) = decode_all(decoder, [audio], ["programme"])
+    finally:
+        decoder.close()
+    segments = result.segments
+    described = [(s.start, s.end, s.language, s.text) for s in segments]
+    assert result.language == "en", described
+    for seg in segments:
+        near = [sp for sp in spans if sp[0] - 1.0 <= seg.start and seg.end <= sp[1] + 1.0]
+        assert near, f"over non-speech: {seg.start:.2f}-{seg.end:.2f} {seg.text!r}; spans {spans}"
+        assert seg.language == near[0][2], (seg.text, seg.language, near[0][2])
+        assert (seg.words is not None) == (timestamps == "word")
+        for word in seg.words or ():
+            assert seg.start <= word.start <= word.end <= seg.end
+    for start, end, language, reference in spans:
+        inside = [s for s in segments if start - 1.0 <= s.start and s.end <= end + 1.0]
+        assert inside, f"lost: {reference!r}; got {described}"
+        assert abs(inside[0].start - start) <= 1.0 and abs(inside[-1].end - end) <= 1.0, (
+            start,
+            end,
+            described,
+        )
+        said = " ".join(s.text for s in inside)
+        assert _wer([_normalise(reference)], [_normalise(said)]) <= 30.0, (language, reference, said)

@@ -9,6 +9,8 @@ import pytest
 
 from streaming_pipeline.stages.decoding import (
     FALLBACK_MAX_WAIT_CALLS,
+    LANGUAGE_MIN_S,
+    PAUSE_SPLIT_S,
     Attempt,
     RowQueue,
     Span,
@@ -16,9 +18,14 @@ from streaming_pipeline.stages.decoding import (
     final_attempt,
     finalize_segments,
     is_silent,
+    main_language,
     make_attempt,
     needs_fallback,
+    row_language,
     seek_point,
+    speech_rows,
+    speech_segments,
+    split_at_pauses,
     split_by_timestamps,
     time_words,
     words_from_alignment,
@@ -234,3 +241,85 @@ def test_finalized_segments_are_ordered_disjoint_and_inside_the_member() -> None
         assert 0 <= seg.start <= seg.end <= 8.25
     assert out[1].as_json()["words"][0] == {"start": 4.5, "end": 4.5, "word": " late", "probability": 1.0}
     assert "words" not in out[0].as_json()
+
+
+# -- rows of contiguous speech and their languages -------------------------------------------------
+def test_speech_rows_join_only_short_gaps_and_keep_them_in_the_row() -> None:
+    regions = [{"start": 0, "end": 10}, {"start": 14, "end": 20}, {"start": 40, "end": 50}]
+    # gap 4 <= 5: one contiguous row (the pause kept in it); gap 20 > 5: a row of its own
+    assert speech_rows(regions, 100, 5) == [{"start": 0, "end": 20}, {"start": 40, "end": 50}]
+    # a row never grows past the window, and a region longer than it is cut to fit
+    assert speech_rows(regions, 15, 5) == [
+        {"start": 0, "end": 10},
+        {"start": 14, "end": 20},
+        {"start": 40, "end": 50},
+    ]
+    assert speech_rows([{"start": 0, "end": 35}], 15, 5) == [
+        {"start": 0, "end": 15}, {"start": 15, "end": 30}, {"start": 30, "end": 35},
+    ]  # fmt: skip
+    assert speech_rows([], 15, 5) == []
+
+
+def test_a_segment_never_spans_the_gap_between_two_rows() -> None:
+    """Rows end where the speech of a stretch ends: the way back to the member's timeline puts a
+    row's last segment (ending at the row's end) before the gap, and the next row's after it."""
+    rows = speech_rows([{"start": 16000, "end": 48000}, {"start": 160000, "end": 192000}], 480000, 16000)
+    timeline = SpeechTimeline(rows)
+    first = Segment(0.0, 2.0, "ends with its row")  # speech seconds 0-2: the first row, whole
+    second = Segment(2.0, 3.5, "the next stretch")
+    timeline.restore(first)
+    timeline.restore(second)
+    assert (first.start, first.end) == (1.0, 3.0)
+    assert (second.start, second.end) == (10.0, 11.5)
+
+
+def test_a_row_keeps_its_own_language_only_when_the_detection_is_sure_of_it() -> None:
+    anchor = ("en", 0.97)
+    assert row_language(("de", 0.93), 2.0, anchor) == ("de", 0.93)  # sure: a short German sentence
+    assert row_language(("ko", 0.6), LANGUAGE_MIN_S, anchor) == ("ko", 0.6)  # likely, long enough
+    assert row_language(("ko", 0.6), LANGUAGE_MIN_S - 0.5, anchor) == anchor  # likely but short
+    assert row_language(("nn", 0.3), 20.0, anchor) == anchor  # unsure however long
+    assert row_language(("en", 0.3), 1.0, anchor) == ("en", 0.3)  # agrees with its member
+    assert row_language(("ja", 0.2), 1.0, None) == ("ja", 0.2)  # the first row keeps its own
+
+
+def test_the_members_language_is_the_one_with_the_most_speech() -> None:
+    spoken = [("en", 10.0, 0.9), ("de", 4.0, 0.8), ("en", 5.0, 0.6), ("de", 12.0, 0.95), (None, 50.0, 0.0)]
+    language, probability = main_language(spoken)
+    assert language == "de" and probability == pytest.approx((4 * 0.8 + 12 * 0.95) / 16)
+    assert main_language([]) == (None, 0.0)
+
+
+# -- segments that follow the speech ---------------------------------------------------------------
+def _worded(*words: tuple[float, float, str]) -> Segment:
+    timed = [Word(a, b, w, 0.9) for a, b, w in words]
+    return Segment(0.0, 30.0, "".join(w for _, _, w in words).strip(), -0.2, 0.1, 0.0, 1.2, timed, "en")
+
+
+def test_a_segment_is_split_where_its_words_pause_and_each_part_spans_its_words() -> None:
+    seg = _worded((1.0, 1.4, " We"), (1.5, 2.0, " expect"), (2.0 + PAUSE_SPLIT_S + 0.01, 5.0, " turbulence."))
+    first, second = split_at_pauses(seg)
+    assert (first.start, first.end, first.text) == (1.0, 2.0, "We expect")
+    assert (second.start, second.end, second.text) == (2.0 + PAUSE_SPLIT_S + 0.01, 5.0, "turbulence.")
+    assert first.language == second.language == "en" and first.avg_logprob == seg.avg_logprob
+    # a pause of exactly the limit does not split, and a segment without words is kept whole
+    close = _worded((1.0, 2.0, " one"), (2.0 + PAUSE_SPLIT_S, 4.0, " two"))
+    assert split_at_pauses(close) == [close]
+    bare = Segment(0.0, 30.0, "no words")
+    assert split_at_pauses(bare) == [bare]
+
+
+def test_segment_mode_keeps_the_word_times_but_not_the_words() -> None:
+    """The window said 0-30 s; its words say 3.0-4.1 and 9.0-9.6: that is where the text goes."""
+
+    def member() -> list[Segment]:
+        return [_worded((3.0, 3.5, " Good"), (3.6, 4.1, " evening."), (9.0, 9.6, " Hello."))]
+
+    segment_mode = speech_segments(member(), 30.0, keep_words=False)
+    assert [(s.start, s.end, s.text, s.words) for s in segment_mode] == [
+        (3.0, 4.1, "Good evening.", None),
+        (9.0, 9.6, "Hello.", None),
+    ]
+    word_mode = speech_segments(member(), 30.0, keep_words=True)
+    assert [(s.start, s.end) for s in word_mode] == [(3.0, 4.1), (9.0, 9.6)]
+    assert [w.word for w in word_mode[0].words or []] == [" Good", " evening."]

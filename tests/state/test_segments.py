@@ -142,3 +142,30 @@ def test_search_config_bigrams_and_word_times() -> None:
     assert word_time("And so my", words, 7) == 1.0
     assert word_time("And so my", words, 0) == 0.0
     assert word_time("And so my", None, 3) is None
+
+
+def test_each_segment_is_searched_in_its_own_language(pg_dsn: str) -> None:
+    """An English programme with a German sentence: the German segment is stored as German and
+    stemmed by the german configuration ("Kindern" finds "Kinder"), the English ones as English;
+    the language filter reads the segment's language, not the member's."""
+    store = ProgressStore(pg_dsn)
+    store.init_schema()
+    key = ArchiveKey("2025-01-26/06_00.tar.xz", dt.date(2025, 1, 26), "06_00")
+    store.archives.start(key, path="/y.tar.xz", bytes_total=10, host="h", pid=1, slurm_job_id=None)
+    segments = (
+        Segment(0.0, 2.0, "The children were playing.", language="en"),
+        Segment(3.0, 5.0, "Die Kinder spielten im Garten.", language="de"),
+        Segment(6.0, 8.0, "Back to the studio.", language=None),  # the member's language
+    )
+    store.members.record(key, [_member("mixed.wav", "en", *segments)])
+    store.members.mark_done(key.archive, [("mixed.wav", "/remote/mixed.flac")])
+    rows = query(
+        pg_dsn, "SELECT seq, language, config::text FROM segments WHERE member = 'mixed.wav' ORDER BY seq"
+    )
+    assert [(r["seq"], r["language"], r["config"]) for r in rows] == [
+        (0, "en", "english"), (1, "de", "german"), (2, "en", "english"),
+    ]  # fmt: skip
+    assert _found(store, "Kindern") == [("mixed.wav", 3.0)]
+    assert _found(store, "Kindern", language="de") == [("mixed.wav", 3.0)]
+    assert _found(store, "studio", language="de") == []
+    assert _found(store, "studio", language="en") == [("mixed.wav", 6.0)]

@@ -100,7 +100,7 @@ def test_bench_runs_every_variant_on_the_same_work(
     assert report["peak_scratch_bytes"] > 0
     assert report["stream_batch_bytes"] > 0
     cores = len(os.sched_getaffinity(0))
-    limits = [0.7, 1.25, 1.15, 1.35, 1.15, 2.0, 150.0] + ([1.7] if cores > 1 else [])
+    limits = [0.7, 1.25, 1.35, 1.35, 1.15, 2.0, 150.0] + ([1.7] if cores > 1 else [])
     assert [t["limit"] for t in report["targets"]] == limits
 
     # The feed ceiling: an archive of 2 copies of each member (--feed-factor) decoded one token a window,

@@ -35,6 +35,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "make-sample-day": commands.make_sample_day,
     "demo": commands.demo,
     "bench": commands.bench,
+    "broadcast-score": commands.broadcast_score,
     "scale-sim": commands.scale_sim,
     "search-scale": commands.search_scale,
 }

@@ -696,6 +696,44 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def broadcast_score(args: argparse.Namespace) -> int:
+    """Real whisper-base weights unless --model says otherwise: a random model's words mean
+    nothing here."""
+    from ..state.embedded_pg import EmbeddedPostgres
+    from ..tools.broadcast import read_manifest, read_sidecars, run_set, score
+    from ..tools.whisper_base import real_model
+
+    set_dir = args.set_dir.resolve()
+    files = read_manifest(set_dir)
+    if args.transcripts is not None:
+        transcripts = read_sidecars(files, args.transcripts)
+        if not transcripts:
+            raise ConfigError(f"no JSON sidecar of the set's recordings under {args.transcripts}")
+        result = score(files, transcripts)
+        lines, figures = result.lines(), result.as_json()
+    else:
+        work = args.work_dir.resolve()
+        cli = {k: v for k, v in vars(args).items() if v is not None}
+        env = dict(environ())
+        defaults: dict[str, Any] = {"num_workers": 2, "max_concurrent_uploads": 2}
+        if not (cli.get("model") or env.get("PIPELINE_MODEL")):
+            defaults["model"] = str(real_model(env)[0])
+        config = build_config(cli, env, defaults)
+        if not config.dsn:
+            config = config.with_settings(dsn=EmbeddedPostgres(work / "postgres").start())
+        store = _open_store(config)
+        try:
+            store.init_schema()
+            run = run_set(config, set_dir, work, store)
+        finally:
+            store.close()
+        lines, figures = run.lines(), {**run.score.as_json(), "audio_s": run.audio_s, "wall_s": run.wall_s}
+    print("\n".join(lines))
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0
+
+
 def demo_excerpt(results: Path, members: int = 3, cue_lines: int = 8) -> str:
     """A few transcripts of the demo's day and the start of one SRT file, as a person would
     open them."""

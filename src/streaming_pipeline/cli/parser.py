@@ -180,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_options(p)
 
     p = sub.add_parser(
+        "broadcast-score",
+        help="a set of broadcast-like recordings through the pipeline: times, languages, inventions",
+    )
+    p.add_argument("set_dir", type=Path, help="a folder of recordings with their manifest.tsv")
+    p.add_argument(
+        "--transcripts", type=Path, help="score the JSON sidecars under this folder instead of running"
+    )
+    p.add_argument("--work-dir", type=Path, default=Path(".bench/broadcast"), help="archive, outputs")
+    p.add_argument("--json", type=Path, help="write the figures to this file")
+    _pipeline_options(p)
+
+    p = sub.add_parser(
         "scale-sim",
         help="N workers' claim/lease/record code against PostgreSQL behind PgBouncer (synthetic archives)",
     )

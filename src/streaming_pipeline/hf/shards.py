@@ -50,7 +50,7 @@ def parse_size(text: str) -> int:
 
 
 SEGMENT_FIELDS = {"start": "float64", "end": "float64", "text": "string", "avg_logprob": "float64",
-                  "no_speech_prob": "float64"}  # fmt: skip
+                  "no_speech_prob": "float64", "language": "string"}  # fmt: skip
 WORD_FIELDS = {"start": "float64", "end": "float64", "word": "string", "probability": "float64"}
 
 

@@ -2,10 +2,10 @@
 
 `BatchedDecoder` (the default) treats every member submitted to it as rows of one queue:
 
-    prep threads   Silero VAD -> speech chunks of at most 30 s (one row each) -> log-Mel features
+    prep threads   Silero VAD -> rows of contiguous speech of at most 30 s -> log-Mel features
     decode thread  packs rows of different members into one `generate` call (`decode_batch_size`
                    rows, the oldest row plus those nearest to it in length from a look-ahead
-                   window), detects each member's language from its own first row, applies
+                   window), chooses each row's language (decoding.row_language), applies
                    faster-whisper's quality guards per row and decodes the rows that failed
                    again at the next temperature, batched with other failures
 
@@ -16,10 +16,13 @@ this decoder follows its windowing (VAD chunks, features padded to 30 s) and the
 path's guards (`WhisperModel.generate_with_fallback`).
 
 Time (`--timestamps`): `none` decodes with `<|notimestamps|>` (a window is one segment);
-`segment` decodes with timestamp tokens and splits each row at them (decoding.split_by_timestamps);
-`word` also aligns the chosen tokens to the audio by cross-attention, one `Whisper.align` call
-per group of rows that share a start sequence, on the encoder output of the decoding call. Every
-time then returns from the speech-only timeline to the member's own. The policy (guards, the
+`segment` decodes with timestamp tokens and splits each row at them (decoding.split_by_timestamps),
+then aligns the chosen tokens to the audio by cross-attention, one `Whisper.align` call per
+group of rows that share a start sequence, on the encoder output of the decoding call: a
+segment starts at its first word and ends at its last, and is split where its words pause
+(decoding.speech_segments). `word` keeps those words. Every time then returns from the
+speech-only timeline to the member's own; a row never spans a gap VAD removed
+(decoding.speech_rows). The policy (guards, the
 choice among attempts, packing, splitting, word repairs, time mapping) is in decoding.py.
 
 `PerMemberDecoder` runs faster-whisper's own `WhisperModel.transcribe` on `transcribe_workers`
@@ -41,6 +44,7 @@ import numpy as np
 from ..config import PipelineConfig, parse_temperatures
 from ..errors import ConfigError, TranscriptionError
 from .decoding import (
+    JOIN_GAP_S,
     LOOKAHEAD_CALLS,
     MAX_INITIAL_TIMESTAMP_INDEX,
     SAMPLE_RATE,
@@ -50,12 +54,14 @@ from .decoding import (
     Span,
     SpeechTimeline,
     final_attempt,
-    finalize_segments,
     is_silent,
+    main_language,
     make_attempt,
+    row_language,
     row_segments,
     seek_point,
-    speech_chunks,
+    speech_rows,
+    speech_segments,
     split_by_timestamps,
     time_words,
     words_from_alignment,
@@ -203,9 +209,12 @@ class _Member:
     name: str
     duration: float
     future: Future[Transcript]
-    speech: list[dict[str, int]] = field(default_factory=list)  # VAD regions, in samples
+    speech: list[dict[str, int]] = field(default_factory=list)  # its rows' audio, in samples
+    # The first row's language (detected, forced, or English for an English-only model): what a
+    # row whose own detection is unsure is decoded in (decoding.row_language).
     language: str | None = None
     language_probability: float = 0.0
+    spoken: list[tuple[str | None, float, float]] = field(default_factory=list)  # rows with text
     rows: int = 0
     rows_left: int = 0
     # (row index, part) -> the row's segments; a part > 0 continues its row (decoding.seek_point)
@@ -223,6 +232,8 @@ class _Row:
     waited: int = 0  # calls since it was queued at this level
     attempts: list[Attempt] = field(default_factory=list)
     part: int = 0  # > 0: the rest of a row whose decode stopped early, decoded again
+    language: str | None = None  # the language it is decoded in, once its first call chose it
+    language_probability: float = 0.0
 
 
 @dataclass
@@ -258,6 +269,8 @@ class BatchedDecoder:
         self._timestamps = config.timestamps
         self._temperatures = parse_temperatures(config.temperatures)
         self._language = config.language
+        # A language per stretch of speech unless one is forced (or the model knows only English).
+        self._detect_per_row = self._multilingual and config.language is None
         if self._language is not None and self._multilingual:
             self._tokenizer(self._language)  # an unknown code is an error now, not per member
         self._vad = VadOptions(max_speech_duration_s=WINDOW_S, min_silence_duration_ms=160)
@@ -368,14 +381,14 @@ class BatchedDecoder:
                 m.speech = [
                     {"start": s, "end": min(s + step, len(audio))} for s in range(0, len(audio), step)
                 ]
-            chunks = list(speech_chunks(m.speech, WINDOW_S * SAMPLE_RATE))
-            m.rows = m.rows_left = len(chunks)
-            if not chunks:
+            m.speech = speech_rows(m.speech, WINDOW_S * SAMPLE_RATE, round(JOIN_GAP_S * SAMPLE_RATE))
+            m.rows = m.rows_left = len(m.speech)
+            if not m.speech:
                 self._complete(m)
                 return
             offset = 0
-            for index, regions in enumerate(chunks):
-                samples = np.concatenate([audio[r["start"] : r["end"]] for r in regions])
+            for index, region in enumerate(m.speech):
+                samples = audio[region["start"] : region["end"]]
                 # As BatchedInferencePipeline: the extractor pads one frame past the audio.
                 cpu = time.thread_time()
                 features = self._whisper.feature_extractor(samples)[..., :-1]
@@ -482,7 +495,9 @@ class BatchedDecoder:
         spans: dict[int, list[Span]] = {}
         for i, (row, outcome) in enumerate(zip(rows, outcomes, strict=True)):
             spans[i], outcome.continue_at = self._spans(row, outcome.final)
-        words = self._align(encoded, rows, spans) if self._timestamps == "word" else {}
+        # `segment` mode is timed by its words too (they are dropped in `_complete`): a timestamp
+        # token says where a window's text may lie, its words where it was spoken.
+        words = self._align(encoded, rows, spans) if self._timestamps != "none" else {}
         for i, row_spans in spans.items():
             final = outcomes[i].final
             if final is None or not row_spans:
@@ -493,10 +508,17 @@ class BatchedDecoder:
                 timed = words[i]
                 row_spans = [span for span, _ in timed]
                 outcomes[i].segments = row_segments(
-                    row_spans, texts, final, offset=row.offset, words=[w for _, w in timed]
+                    row_spans,
+                    texts,
+                    final,
+                    offset=row.offset,
+                    words=[w for _, w in timed],
+                    language=row.language,
                 )
             else:
-                outcomes[i].segments = row_segments(row_spans, texts, final, offset=row.offset)
+                outcomes[i].segments = row_segments(
+                    row_spans, texts, final, offset=row.offset, language=row.language
+                )
         return outcomes
 
     def _spans(self, row: _Row, final: Attempt | None) -> tuple[list[Span], float | None]:
@@ -523,7 +545,7 @@ class BatchedDecoder:
         groups: dict[str | None, list[int]] = {}
         for i, row_spans in spans.items():
             if any(s.tokens for s in row_spans):
-                language = rows[i].member.language if self._multilingual else None
+                language = rows[i].language if self._multilingual else None
                 groups.setdefault(language, []).append(i)
         out: dict[int, Any] = {}
         for language, indices in groups.items():
@@ -551,13 +573,8 @@ class BatchedDecoder:
 
         features = np.stack([pad_or_trim(r.features) for r in rows])
         encoded = self._whisper.encode(features)
-        if any(r.member.language is None for r in rows):
-            detected = self._ct2.detect_language(encoded)
-            for row, languages in zip(rows, detected, strict=True):
-                if row.index == 0 and row.member.language is None:
-                    token, probability = languages[0]
-                    row.member.language, row.member.language_probability = token[2:-2], probability
-        prompts = [self._prompt(r.member.language) for r in rows]
+        self._choose_languages(rows, encoded)
+        prompts = [self._prompt(r.language) for r in rows]
         max_length = self._whisper.max_length
         if self._max_new_tokens is not None:
             max_length = min(max_length, len(prompts[0]) + self._max_new_tokens)
@@ -587,6 +604,30 @@ class BatchedDecoder:
         )
         return encoded, results
 
+    def _choose_languages(self, rows: list[_Row], encoded: Any) -> None:
+        """Each row new to the decoder gets its language (decoding.row_language), its member's
+        first row first: that row's detection is what an unsure later row falls back to."""
+        new = sorted((r for r in rows if r.language is None), key=lambda r: r.index)
+        if not new:
+            return
+        detected: dict[int, tuple[str, float]] = {}
+        if any(r.member.language is None for r in new) or self._detect_per_row:
+            detected = {id(r): d[0] for r, d in zip(rows, self._ct2.detect_language(encoded), strict=True)}
+        for row in new:
+            m = row.member
+            if m.language is None:  # its first row (the queue packs no later one before it)
+                token, probability = detected[id(row)]
+                m.language, m.language_probability = token[2:-2], probability
+                row.language, row.language_probability = m.language, m.language_probability
+            elif self._detect_per_row:
+                token, probability = detected[id(row)]
+                anchor = (m.language, m.language_probability)
+                row.language, row.language_probability = row_language(
+                    (token[2:-2], probability), row.duration, anchor
+                )
+            else:
+                row.language, row.language_probability = m.language, m.language_probability
+
     def _settle(self, row: _Row, outcome: _Outcome, level: int) -> None:
         """A row's attempt recorded; the row requeued at the next temperature, or final."""
         row.attempts.append(outcome.attempt)
@@ -603,6 +644,8 @@ class BatchedDecoder:
                 self._cond.notify_all()
             return
         row.member.segments[(row.index, row.part)] = outcome.segments
+        if outcome.segments and row.part == 0:
+            row.member.spoken.append((row.language, row.duration, row.language_probability))
         if outcome.continue_at is not None:
             self._continue(row, outcome.continue_at)
             return
@@ -621,6 +664,8 @@ class BatchedDecoder:
             row.offset + at,
             row.duration - at,
             part=row.part + 1,
+            language=row.language,
+            language_probability=row.language_probability,
         )
         with self._cond:
             if self._stopping:  # no more calls: the member stays pending for the next run
@@ -637,14 +682,17 @@ class BatchedDecoder:
         segments = [seg for index in sorted(m.segments) for seg in m.segments[index]]
         for seg in segments:
             timeline.restore(seg)  # back to the member's own timeline, silences included
-        segments = finalize_segments(segments, m.duration)
+        segments = speech_segments(segments, m.duration, keep_words=self._timestamps == "word")
+        language, probability = main_language(m.spoken)
+        if language is None:  # no speech: what its first row was detected as
+            language, probability = m.language, m.language_probability
         result = Transcript.of(
             segments,
             archive=m.archive,
             member=m.name,
             model=self._transcriber.model_name,
-            language=m.language,
-            language_probability=m.language_probability,
+            language=language,
+            language_probability=probability,
             duration=m.duration,
             provenance=self.provenance,
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -98,20 +98,72 @@ def is_silent(attempt: Attempt) -> bool:
 
 
 # -- windows ------------------------------------------------------------------------------------
-def speech_chunks(regions: list[dict[str, int]], max_samples: int) -> Iterator[list[dict[str, int]]]:
-    """VAD regions grouped greedily into chunks of at most `max_samples` of speech, as
-    faster-whisper's `collect_chunks` groups them (a region longer than that is a chunk alone)."""
-    chunk: list[dict[str, int]] = []
-    samples = 0
+# VAD regions at most this far apart are decoded as one row of contiguous audio, the pause
+# included; a longer gap always ends a row. So a row never holds audio from both sides of a
+# gap, and no segment, word or cue of it can span one: times stay with the speech, and each
+# stretch of speech gets its own language.
+JOIN_GAP_S = 1.0
+
+
+def speech_rows(regions: Sequence[dict[str, int]], max_samples: int, join_gap: int) -> list[dict[str, int]]:
+    """The rows a member is decoded in, as contiguous [start, end) sample ranges: VAD regions
+    joined while the gap between them is at most `join_gap` samples and the row stays within
+    `max_samples`; a region longer than that is cut into pieces that fit."""
+    rows: list[dict[str, int]] = []
     for region in regions:
-        length = region["end"] - region["start"]
-        if chunk and samples + length > max_samples:
-            yield chunk
-            chunk, samples = [], 0
-        chunk.append(region)
-        samples += length
-    if chunk:
-        yield chunk
+        start, end = region["start"], region["end"]
+        if rows and start - rows[-1]["end"] <= join_gap and end - rows[-1]["start"] <= max_samples:
+            rows[-1] = {"start": rows[-1]["start"], "end": end}
+            continue
+        while end - start > max_samples:
+            rows.append({"start": start, "end": start + max_samples})
+            start += max_samples
+        rows.append({"start": start, "end": end})
+    return rows
+
+
+# -- a language for each stretch of speech ---------------------------------------------------------
+# A row is decoded in the language detected on it when the detection is sure (LANGUAGE_SURE), or
+# likely (LANGUAGE_LIKELY) on at least LANGUAGE_MIN_S of audio; otherwise in its member's first
+# row's language, so that a short or unclear stretch (a name, a laugh, a jingle) does not flip
+# the language on its own, while a whole sentence in another language keeps its own.
+LANGUAGE_SURE = 0.8
+LANGUAGE_LIKELY = 0.5
+LANGUAGE_MIN_S = 3.0
+LANGUAGE_RULE = (
+    f"per stretch of speech (rows joined over gaps <= {JOIN_GAP_S:g} s): the row's own language "
+    f"when p >= {LANGUAGE_SURE:g}, or p >= {LANGUAGE_LIKELY:g} over >= {LANGUAGE_MIN_S:g} s; "
+    "else the member's first row's"
+)
+
+
+def row_language(
+    detected: tuple[str, float], duration: float, anchor: tuple[str, float] | None
+) -> tuple[str, float]:
+    """The language (and its probability) a row is decoded in: its own `detected` one when the
+    detection is sure enough for a row of `duration` seconds, else the `anchor` (the member's
+    first row's detection; None for the first row itself, which keeps its own)."""
+    language, probability = detected
+    sure = probability >= LANGUAGE_SURE or (probability >= LANGUAGE_LIKELY and duration >= LANGUAGE_MIN_S)
+    if sure or anchor is None or anchor[0] == language:
+        return language, probability
+    return anchor
+
+
+def main_language(spoken: Sequence[tuple[str | None, float, float]]) -> tuple[str | None, float]:
+    """The member's language: the one with the most speech among (language, seconds,
+    probability) of its stretches, with its speech-weighted probability; (None, 0) without any."""
+    seconds: dict[str, float] = {}
+    weighted: dict[str, float] = {}
+    for language, duration, probability in spoken:
+        if language is None:
+            continue
+        seconds[language] = seconds.get(language, 0.0) + duration
+        weighted[language] = weighted.get(language, 0.0) + duration * probability
+    if not seconds:
+        return None, 0.0
+    best = max(seconds, key=lambda lang: (seconds[lang], weighted[lang]))
+    return best, weighted[best] / seconds[best] if seconds[best] > 0 else 0.0
 
 
 class RowLike(Protocol):
@@ -384,6 +436,40 @@ class SpeechTimeline:
             segment.end = self.original(segment.end, is_end=True)
 
 
+# A segment whose words are further apart than this is split there: a subtitle does not stay on
+# screen over a pause, and a quote cut from a segment's times holds no dead air.
+PAUSE_SPLIT_S = JOIN_GAP_S
+
+
+def split_at_pauses(segment: Segment, pause: float = PAUSE_SPLIT_S) -> list[Segment]:
+    """`segment` (with words) cut wherever one word ends more than `pause` seconds before the
+    next starts; each part's text is its words', and its times its first and last word's."""
+    words = segment.words
+    if not words or len(words) < 2:
+        return [segment]
+    groups: list[list[Word]] = [[words[0]]]
+    for previous, word in itertools.pairwise(words):
+        if word.start - previous.end > pause:
+            groups.append([])
+        groups[-1].append(word)
+    if len(groups) == 1:
+        return [segment]
+    return [
+        Segment(
+            group[0].start,
+            group[-1].end,
+            "".join(w.word for w in group).strip(),
+            segment.avg_logprob,
+            segment.no_speech_prob,
+            segment.temperature,
+            segment.compression_ratio,
+            group,
+            segment.language,
+        )
+        for group in groups
+    ]
+
+
 def finalize_segments(segments: list[Segment], duration: float) -> list[Segment]:
     """The guarantees every transcript keeps, whichever decoder made it: segments sorted, not
     overlapping, within [0, duration]; each word within its segment and after the previous word;
@@ -412,6 +498,18 @@ def finalize_segments(segments: list[Segment], duration: float) -> list[Segment]
     return out
 
 
+def speech_segments(segments: list[Segment], duration: float, *, keep_words: bool) -> list[Segment]:
+    """A member's segments (on its own timeline) as its transcript holds them: each split at
+    its pauses, made to keep `finalize_segments`'s guarantees, and without their words unless
+    `keep_words` (`segment` mode times its segments by their words, then drops the words)."""
+    parts = [part for segment in segments for part in split_at_pauses(segment)]
+    out = finalize_segments(parts, duration)
+    if not keep_words:
+        for segment in out:
+            segment.words = None
+    return out
+
+
 def row_segments(
     spans: Sequence[Span],
     texts: Sequence[str],
@@ -419,9 +517,10 @@ def row_segments(
     *,
     offset: float,
     words: Sequence[list[Word]] | None = None,
+    language: str | None = None,
 ) -> list[Segment]:
     """A window's spans as segments on the speech timeline (`offset`: speech seconds before the
-    window), with the window's quality figures, and its words where it was aligned."""
+    window), with the window's quality figures and language, and its words where it was aligned."""
     out = []
     for i, (span, text) in enumerate(zip(spans, texts, strict=True)):
         timed = None
@@ -437,6 +536,7 @@ def row_segments(
                 attempt.temperature,
                 attempt.compression_ratio,
                 timed,
+                language,
             )
         )
     return out

@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 KEY_FIELDS = (
     "model_id", "decoder", "beam_size", "temperatures", "vad", "timestamps", "language", "max_new_tokens",
+    "language_rule",
 )  # fmt: skip
+# What transcripts recorded before the rule was recorded were made with: one language a member.
+PER_MEMBER_RULE = "per member: detected on its first window"
 _CHUNK = 8 << 20
 
 
@@ -49,6 +52,7 @@ class Provenance:
     compute_type: str
     package_version: str
     faster_whisper_version: str
+    language_rule: str = PER_MEMBER_RULE  # how each segment's language was chosen
 
     @property
     def key(self) -> str:
@@ -144,7 +148,18 @@ def describe(
         compute_type=compute_type,
         package_version=__version__,
         faster_whisper_version=faster_whisper.__version__,
+        language_rule=language_rule(config, decoder),
     )
+
+
+def language_rule(config: PipelineConfig, decoder: str) -> str:
+    """How the segments' languages are chosen: forced, per stretch of speech (the batched
+    decoder), or once per member (faster-whisper's own `transcribe`)."""
+    from .decoding import LANGUAGE_RULE
+
+    if config.language:
+        return f"forced: {config.language}"
+    return LANGUAGE_RULE if decoder == "batched" else PER_MEMBER_RULE
 
 
 def planned(config: PipelineConfig) -> Provenance:

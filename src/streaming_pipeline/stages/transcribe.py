@@ -23,7 +23,7 @@ from .decoding import (
     MAX_INITIAL_TIMESTAMP,
     PREPEND_PUNCTUATIONS,
     SAMPLE_RATE,
-    finalize_segments,
+    speech_segments,
 )
 from .transcript import Segment, Transcript, Word, clean_text
 
@@ -101,7 +101,8 @@ class Transcriber:
             "vad_filter": self.config.vad,
             "max_new_tokens": self.config.max_new_tokens,
             "without_timestamps": mode == "none",
-            "word_timestamps": mode == "word",
+            # `segment` is timed by its words as in the batched decoder, which are then dropped.
+            "word_timestamps": mode != "none",
             "max_initial_timestamp": MAX_INITIAL_TIMESTAMP,
             "prepend_punctuations": PREPEND_PUNCTUATIONS,
             "append_punctuations": APPEND_PUNCTUATIONS,
@@ -117,9 +118,10 @@ class Transcriber:
                     s.no_speech_prob,
                     s.temperature,
                     s.compression_ratio,
-                    [Word(w.start, w.end, w.word, w.probability) for w in s.words or ()]
-                    if mode == "word"
+                    [Word(w.start, w.end, w.word, w.probability) for w in s.words]
+                    if s.words is not None
                     else None,
+                    info.language,
                 )
                 for s in segments
             ]
@@ -127,7 +129,7 @@ class Transcriber:
             raise TranscriptionError(f"transcription failed: {exc}") from exc
         duration = len(audio) / SAMPLE_RATE
         return Transcript.of(
-            finalize_segments(segs, duration),
+            speech_segments(segs, duration, keep_words=mode == "word"),
             archive=archive,
             member=member,
             model=self.model_name,

@@ -79,13 +79,16 @@ class Segment:
     temperature: float = 0.0
     compression_ratio: float = 0.0
     words: list[Word] | None = None  # None unless the decoder timed words
+    language: str | None = None  # the language it was decoded in (a member can hold several)
 
     def __post_init__(self) -> None:
         self.text = safe_text(self.text)
 
     def as_json(self) -> dict[str, Any]:
         """The JSON's segment layout; `words` only when the decoder timed words."""
-        out = {k: v for k, v in asdict(self).items() if k != "words"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("words", "language")}
+        if self.language is not None:
+            out["language"] = self.language
         if self.words is not None:
             out["words"] = [w.as_json() for w in self.words]
         return out
@@ -102,6 +105,7 @@ class Segment:
             float(data.get("temperature", 0.0)),
             float(data.get("compression_ratio", 0.0)),
             [Word.from_json(w) for w in words] if words is not None else None,
+            data.get("language"),
         )
 
 

@@ -34,11 +34,12 @@ from .search_text import (
 _INSERT = """
     INSERT INTO segments (archive, member, seq, day, language, config, start_s, end_s, text,
                           search_text, words)
-    SELECT f.archive, f.member, s.seq, f.day, f.language, s.config::regconfig, s.start_s, s.end_s,
-           s.text, s.search_text, s.words
-    FROM unnest(%(members)s::text[], %(seqs)s::int[], %(configs)s::text[], %(starts)s::real[],
-                %(ends)s::real[], %(texts)s::text[], %(search_texts)s::text[], %(words)s::jsonb[])
-         AS s(member, seq, config, start_s, end_s, text, search_text, words)
+    SELECT f.archive, f.member, s.seq, f.day, coalesce(s.language, f.language), s.config::regconfig,
+           s.start_s, s.end_s, s.text, s.search_text, s.words
+    FROM unnest(%(members)s::text[], %(seqs)s::int[], %(languages)s::text[], %(configs)s::text[],
+                %(starts)s::real[], %(ends)s::real[], %(texts)s::text[], %(search_texts)s::text[],
+                %(words)s::jsonb[])
+         AS s(member, seq, language, config, start_s, end_s, text, search_text, words)
     JOIN audio_files f ON f.archive = %(archive)s AND f.member = s.member
     ON CONFLICT (archive, member, seq) DO NOTHING
 """
@@ -176,13 +177,27 @@ class SegmentTable(Table):
             return
         cur.execute(_DELETE, (archive, [r.member for r in timed]))
         columns: dict[str, list[Any]] = {
-            k: [] for k in ("members", "seqs", "configs", "starts", "ends", "texts", "search_texts", "words")
+            k: []
+            for k in (
+                "members",
+                "seqs",
+                "languages",
+                "configs",
+                "starts",
+                "ends",
+                "texts",
+                "search_texts",
+                "words",
+            )
         }
         for r in timed:
-            config, bigram = search_config(r.language, self.configs)
             for seq, s in enumerate(r.segments):
+                # Each segment in its own language's configuration (a member can hold several).
+                language = s.language or r.language
+                config, bigram = search_config(language, self.configs)
                 columns["members"].append(r.member)
                 columns["seqs"].append(seq)
+                columns["languages"].append(language)
                 columns["configs"].append(config)
                 columns["starts"].append(s.start)
                 columns["ends"].append(s.end)

@@ -81,7 +81,8 @@ TARGETS = (
     ),
     ("ratio_streaming_per_member_throughput", 4.0, "min", "streaming audio s/s >= 4 x per-member", ("cuda",)),
     ("gpu_busy_streaming", 0.85, "min", "GPU busy >= 85% while streaming", ("cuda",)),
-    ("ratio_timestamps_segment_none", 1.15, "max", "decoder wall, segment <= 1.15 x none", ("cpu",)),
+    # `segment` is timed by aligned words as `word` is (issue 35), so it costs what `word` does
+    ("ratio_timestamps_segment_none", 1.35, "max", "decoder wall, segment <= 1.35 x none", ("cpu",)),
     ("ratio_timestamps_word_none", 1.35, "max", "decoder wall, word <= 1.35 x none", ("cpu",)),
     ("ratio_rss_large_small", 1.15, "max", "peak RSS on k x N members <= 1.15 x on N", ("cpu", "cuda")),
     ("scratch_peak_batches", 2.0, "max", "scratch peak <= 2 stream batches", ("cpu", "cuda")),
