@@ -93,9 +93,10 @@ def test_bench_runs_every_variant_on_the_same_work(
     assert {k.split("/bench/", 1)[1].removesuffix(".json"): v for k, v in streaming.items()} == alone
 
     # The process-tar runs: a Python process with CTranslate2 loaded, and scratch was used.
-    assert report["peak_rss_mb_large"] > 50 and report["peak_rss_mb_small"] > 50
-    assert report["ratio_rss_large_small"] == pytest.approx(
-        report["peak_rss_mb_large"] / report["peak_rss_mb_small"]
+    assert report["peak_pss_mb_large"] > 50 and report["peak_pss_mb_small"] > 50
+    assert report["peak_main_pss_mb_small"] <= report["peak_pss_mb_small"] <= report["peak_rss_mb_small"]
+    assert report["ratio_pss_large_small"] == pytest.approx(
+        report["peak_pss_mb_large"] / report["peak_pss_mb_small"]
     )
     assert report["peak_scratch_bytes"] > 0
     assert report["stream_batch_bytes"] > 0
@@ -208,9 +209,30 @@ def test_measure_process_sees_memory_and_scratch(tmp_path: Path) -> None:
     )
     peak = measure_process([sys.executable, "-c", program], {}, scratch, tmp_path / "log")
     assert peak.returncode == 0
-    assert 300 <= peak.peak_rss_mb < 400
-    assert peak.peak_main_rss_mb >= 300
+    assert 300 <= peak.peak_pss_mb < 400 and 300 <= peak.peak_rss_mb < 400
+    assert peak.peak_main_rss_mb >= 300 and peak.peak_main_pss_mb >= 300
     assert peak.peak_scratch_bytes == 20_000_000
+
+
+def test_a_forked_child_does_not_count_its_parents_pages_twice(tmp_path: Path) -> None:
+    """The worker forks rsync: while the child lives, summed RSS counts the 300 MB the two share
+    twice; PSS splits them between the two, so the tree's PSS stays ~300 MB."""
+    program = (
+        "import os, time\n"
+        "block = bytearray(300 * 1024 * 1024)\n"
+        "block[::4096] = b'x' * len(block[::4096])\n"
+        "r, w = os.pipe()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.close(r); os.write(w, b'1'); time.sleep(1.0); os._exit(0)\n"
+        "os.close(w); os.read(r, 1)\n"  # the child is alive from here on
+        "time.sleep(0.5)\n"
+        "os.waitpid(pid, 0)\n"
+    )
+    peak = measure_process([sys.executable, "-c", program], {}, tmp_path, tmp_path / "log")
+    assert peak.returncode == 0
+    assert peak.peak_rss_mb >= 550  # parent + child, each showing the shared 300 MB
+    assert 300 <= peak.peak_pss_mb < 400
 
 
 def test_missing_archive_is_one_line(tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys) -> None:
