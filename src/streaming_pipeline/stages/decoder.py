@@ -67,7 +67,7 @@ from .decoding import (
     words_from_alignment,
 )
 from .flow import TranscriberLike
-from .provenance import Provenance, describe
+from .provenance import Provenance, decoder_kind, describe
 from .transcript import Segment, Transcript, clean_text
 
 log = logging.getLogger(__name__)
@@ -109,13 +109,6 @@ class Decoder(Protocol):
     def stats(self) -> dict[str, float]: ...
 
     def close(self) -> None: ...
-
-
-def decoder_kind(config: PipelineConfig) -> str:
-    """`auto` is the batched decoder everywhere: on CPU it was not slower (README, Performance)."""
-    if config.decoder == "auto":
-        return "batched"
-    return config.decoder
 
 
 def open_decoder(transcriber: TranscriberLike, config: PipelineConfig) -> Decoder:

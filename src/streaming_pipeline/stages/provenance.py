@@ -17,59 +17,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from ..config import PipelineConfig, parse_temperatures
+from .transcript import KEY_FIELDS, PER_MEMBER_RULE, Provenance
+
+__all__ = ["KEY_FIELDS", "PER_MEMBER_RULE", "Provenance", "decoder_kind", "describe", "planned"]
 
 log = logging.getLogger(__name__)
 
-KEY_FIELDS = (
-    "model_id", "decoder", "beam_size", "temperatures", "vad", "timestamps", "language", "max_new_tokens",
-    "language_rule",
-)  # fmt: skip
-# What transcripts recorded before the rule was recorded were made with: one language a member.
-PER_MEMBER_RULE = "per member: detected on its first window"
 _CHUNK = 8 << 20
-
-
-@dataclass(frozen=True)
-class Provenance:
-    model: str  # as the user named it: a directory's name or a hub id
-    model_id: str  # sha256:<16 hex> of a local directory's files, or hub:<name>@<revision>
-    decoder: str  # batched or per-member
-    beam_size: int
-    temperatures: tuple[float, ...]
-    vad: bool
-    timestamps: str
-    language: str | None  # forced; None: detected per member
-    max_new_tokens: int | None
-    device: str
-    compute_type: str
-    package_version: str
-    faster_whisper_version: str
-    language_rule: str = PER_MEMBER_RULE  # how each segment's language was chosen
-
-    @property
-    def key(self) -> str:
-        """Equal for transcripts made by the same model with the same decoding settings."""
-        wanted = {name: getattr(self, name) for name in KEY_FIELDS}
-        text = json.dumps(wanted, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "temperatures": list(self.temperatures), "key": self.key}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Provenance:
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
-        values["temperatures"] = tuple(float(t) for t in values.get("temperatures", ()))
-        return cls(**values)
 
 
 def model_identity(model: str, local_dir: Path | None) -> str:
@@ -162,10 +121,16 @@ def language_rule(config: PipelineConfig, decoder: str) -> str:
     return LANGUAGE_RULE if decoder == "batched" else PER_MEMBER_RULE
 
 
+def decoder_kind(config: PipelineConfig) -> str:
+    """`auto` is the batched decoder everywhere: on CPU it was not slower (README, Performance)."""
+    if config.decoder == "auto":
+        return "batched"
+    return config.decoder
+
+
 def planned(config: PipelineConfig) -> Provenance:
     """What a worker given `config` will record, device aside, without loading the model (the
     `retranscribe` controller compares keys with it)."""
-    from .decoder import decoder_kind
     from .transcribe import local_model_dir
 
     local = local_model_dir(config.model)

@@ -11,12 +11,12 @@ moves their times back to the member's timeline before they are handed on.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
-
-from .provenance import Provenance
 
 # What PostgreSQL's text and jsonb cannot hold (NUL), what no subtitle or page should carry (the
 # other C0 and C1 control characters and DEL; tab and newline stay), and what UTF-8 cannot encode
@@ -42,6 +42,54 @@ def safe_text(text: str) -> str:
 def clean_text(text: str) -> str:
     """A decoded window's or segment's text: safe, without the spaces around it."""
     return safe_text(text).strip()
+
+
+# -- what made a transcript (built by provenance.describe) ----------------------------------------
+KEY_FIELDS = (
+    "model_id", "decoder", "beam_size", "temperatures", "vad", "timestamps", "language", "max_new_tokens",
+    "language_rule",
+)  # fmt: skip
+# What transcripts recorded before the rule was recorded were made with: one language a member.
+PER_MEMBER_RULE = "per member: detected on its first window"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What made a transcript (provenance.describe builds it from the settings and the loaded
+    model): kept here, below every module that makes or reads transcripts, so that none of them
+    imports the decoders to name it."""
+
+    model: str  # as the user named it: a directory's name or a hub id
+    model_id: str  # sha256:<16 hex> of a local directory's files, or hub:<name>@<revision>
+    decoder: str  # batched or per-member
+    beam_size: int
+    temperatures: tuple[float, ...]
+    vad: bool
+    timestamps: str
+    language: str | None  # forced; None: detected per member
+    max_new_tokens: int | None
+    device: str
+    compute_type: str
+    package_version: str
+    faster_whisper_version: str
+    language_rule: str = PER_MEMBER_RULE  # how each segment's language was chosen
+
+    @property
+    def key(self) -> str:
+        """Equal for transcripts made by the same model with the same decoding settings."""
+        wanted = {name: getattr(self, name) for name in KEY_FIELDS}
+        text = json.dumps(wanted, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "temperatures": list(self.temperatures), "key": self.key}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Provenance:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["temperatures"] = tuple(float(t) for t in values.get("temperatures", ()))
+        return cls(**values)
 
 
 @dataclass

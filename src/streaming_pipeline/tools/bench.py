@@ -49,9 +49,10 @@ from ..run.retranscribe import RetranscribeWorker
 from ..run.worker import ArchiveWorker
 from ..stages.archive import ArchiveReader, Member
 from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
-from ..stages.decoder import decode_all, decoder_kind, open_decoder
+from ..stages.decoder import decode_all, open_decoder
 from ..stages.decoding import TIMESTAMP_MODES
 from ..stages.flow import DECODING, STARTUP, TranscriberLike
+from ..stages.provenance import decoder_kind
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadState
 from ..state.store import ProgressStore
 

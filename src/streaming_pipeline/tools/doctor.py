@@ -120,7 +120,8 @@ def _gpu(require_gpu: bool) -> Check:
 def _model(config: PipelineConfig, offline: bool) -> Check:
     from dataclasses import replace
 
-    from ..stages.decoder import decode_all, decoder_kind, open_decoder
+    from ..stages.decoder import decode_all, open_decoder
+    from ..stages.provenance import decoder_kind
     from ..stages.transcribe import Transcriber
 
     def body() -> Check:
