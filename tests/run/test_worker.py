@@ -16,8 +16,8 @@ import pytest
 
 from streaming_pipeline.config import PipelineConfig
 from streaming_pipeline.run.worker import ArchiveWorker
+from streaming_pipeline.stages.asr.loader import Transcriber
 from streaming_pipeline.stages.audio import AudioInfo, convert_to_flac
-from streaming_pipeline.stages.transcribe import Transcriber
 from streaming_pipeline.stages.transcript import Segment, Transcript, Word
 from streaming_pipeline.state.store import ProgressStore
 
@@ -205,7 +205,7 @@ def test_an_interrupted_job_past_max_restarts_ends_failed_instead_of_requeueing(
 
 _POISON = """
 import os, signal, sys
-from streaming_pipeline.stages import transcribe
+from streaming_pipeline.stages.asr import loader as transcribe
 
 real = transcribe.Transcriber.transcribe
 

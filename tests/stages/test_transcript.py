@@ -81,14 +81,19 @@ def test_every_signature_that_carries_a_transcript_names_its_type() -> None:
 
     from streaming_pipeline.hf import dataset, shards
     from streaming_pipeline.run import worker
-    from streaming_pipeline.stages import decoder, flow, subtitles, transcribe
+    from streaming_pipeline.stages import subtitles
+    from streaming_pipeline.stages.asr import batched, loader, per_member, protocol
 
     def hints(fn: typing.Any) -> dict[str, typing.Any]:
         return typing.get_type_hints(fn)
 
-    for submit in (decoder.Decoder.submit, decoder.BatchedDecoder.submit, decoder.PerMemberDecoder.submit):
+    for submit in (
+        protocol.Decoder.submit,
+        batched.BatchedDecoder.submit,
+        per_member.PerMemberDecoder.submit,
+    ):
         assert hints(submit)["return"] == Future[Transcript]
-    for transcribe_fn in (flow.TranscriberLike.transcribe, transcribe.Transcriber.transcribe):
+    for transcribe_fn in (protocol.TranscriberLike.transcribe, loader.Transcriber.transcribe):
         assert hints(transcribe_fn)["return"] is Transcript
     assert hints(worker.ArchiveWorker._stage)["result"] is Transcript
     assert hints(dataset._Pending)["result"] == Transcript | None

@@ -9,8 +9,10 @@ import json
 import pytest
 
 from streaming_pipeline.errors import LeaseLost
-from streaming_pipeline.stages.decoding import (
+from streaming_pipeline.stages.asr.policy import (
     Attempt,
+)
+from streaming_pipeline.stages.asr.timing import (
     Span,
     SpeechTimeline,
     finalize_segments,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from streaming_pipeline.cli import main
-from streaming_pipeline.stages.flow import CPU_STAGES, DECODING, STARTUP
+from streaming_pipeline.stages.cpu import CPU_STAGES, DECODING, STARTUP
 from streaming_pipeline.tools.bench import (
     largest_batch_bytes,
     measure_process,

@@ -98,7 +98,7 @@ def init_db(args: argparse.Namespace) -> int:
 def preflight(config: PipelineConfig, archive: Path) -> None:
     """Everything that can be wrong with an invocation, checked before any work starts."""
     from ..stages.archive import ensure_writable_dir
-    from ..stages.transcribe import local_model_dir
+    from ..stages.asr.loader import local_model_dir
     from ..stages.upload import Destination
 
     if not archive.is_file():
@@ -119,7 +119,7 @@ def process_tar(args: argparse.Namespace) -> int:
     from ..run.day import archive_key, check_slot
     from ..run.retranscribe import RetranscribeWorker
     from ..run.worker import ArchiveWorker
-    from ..stages.transcribe import Transcriber
+    from ..stages.asr.loader import Transcriber
 
     day = parse_day(args.day)
     slot = check_slot(args.slot)
@@ -186,12 +186,13 @@ def retranscribe(args: argparse.Namespace) -> int:
     workers as in process-day (Slurm arrays or local processes, the same leases, logs and
     finalize); each worker re-decodes those members from their FLACs on the destination."""
     from ..run.day import DayArchive, DayPlan
-    from ..stages.provenance import planned
+    from ..stages.asr.options import DecodeOptions
+    from ..stages.asr.provenance import planned
     from ..state.records import ArchiveKey
 
     days = parse_days(args.days)
     config = config_from(args).with_settings(work="retranscribe")
-    made = planned(config)
+    made = planned(DecodeOptions.of(config))
     store = _open_store(config)
     try:
         store.init_schema()
@@ -566,7 +567,7 @@ def export(args: argparse.Namespace) -> int:
 def process_dataset(args: argparse.Namespace) -> int:
     from ..errors import LeaseLost
     from ..hf.dataset import DatasetJob, DatasetWorker, resolve_source
-    from ..stages.transcribe import Transcriber, local_model_dir
+    from ..stages.asr.loader import Transcriber, local_model_dir
     from ..state.states import ArchiveState
 
     config = config_from(args)
@@ -641,7 +642,7 @@ def search_scale(args: argparse.Namespace) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     """Defaults fit a small machine and the generated model; flags and PIPELINE_* override them."""
-    from ..stages.transcribe import Transcriber
+    from ..stages.asr.loader import Transcriber
     from ..state.embedded_pg import EmbeddedPostgres
     from ..tools.bench import FEED_MODEL, BenchPlan, format_report, run_bench
     from ..tools.tiny_model import generate_tiny_model

@@ -36,9 +36,10 @@ from ..config import PipelineConfig
 from ..errors import ConversionError, DatasetError, TranscriptionError, UploadError
 from ..run.control import UploadSlots
 from ..run.skeleton import Feed, RunTally, StagedRun
+from ..stages.asr.factory import open_decoder
+from ..stages.asr.options import DecodeOptions
+from ..stages.asr.protocol import Decoder, TranscriberLike
 from ..stages.audio import AudioInfo, convert_to_flac, take_samples
-from ..stages.decoder import Decoder, open_decoder
-from ..stages.flow import TranscriberLike
 from ..stages.pool import ConversionPool
 from ..stages.transcript import Transcript
 from ..stages.upload import AsyncRsyncStorageManager, UploadJob, UploadState
@@ -322,7 +323,7 @@ class DatasetWorker(StagedRun):
 
     # -- stages ---------------------------------------------------------------------------
     def _pipeline(self, source: Any, start_row: int, first_shard: int) -> bool:
-        decoder = open_decoder(self.transcriber_factory(self.config), self.config)
+        decoder = open_decoder(self.transcriber_factory(self.config), DecodeOptions.of(self.config))
         # One upload thread: shards are checkpointed in order.
         uploader = self.open_uploads(max_concurrent=1)
         pool = ConversionPool(self.config.num_workers, timeout=self.config.decode_timeout)

@@ -27,9 +27,10 @@ from typing import Any
 
 from ..config import PipelineConfig, subtitle_formats
 from ..errors import ConversionError, LeaseLost, TranscriptionError, UploadError
+from ..stages.asr.factory import open_decoder
+from ..stages.asr.options import DecodeOptions
+from ..stages.asr.protocol import Decoder, TranscriberLike
 from ..stages.audio import load_16k
-from ..stages.decoder import Decoder, open_decoder
-from ..stages.flow import TranscriberLike
 from ..stages.subtitles import write_beside
 from ..stages.transcript import Transcript
 from ..stages.upload import UploadJob, UploadState
@@ -128,7 +129,7 @@ class RetranscribeWorker(StagedRun):
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.job_scratch.mkdir(parents=True)
         transcriber: TranscriberLike = self.transcriber_factory(self.config)
-        decoder = open_decoder(transcriber, self.config)
+        decoder = open_decoder(transcriber, DecodeOptions.of(self.config))
         try:
             made = decoder.provenance
             todo = self.store.transcripts.stale(

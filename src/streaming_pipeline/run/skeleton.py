@@ -21,11 +21,11 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ..config import PipelineConfig
-from ..stages.decoder import Decoder
-from ..stages.flow import CpuLedger, Stopwatch, put_unless_stopped
+from ..stages.asr.protocol import Decoder
+from ..stages.cpu import CpuLedger, Stopwatch
 from ..stages.transcript import Transcript
 from ..stages.upload import AsyncRsyncStorageManager, Destination
 from ..state.lease import upload_gate
@@ -36,6 +36,18 @@ from .control import StopControl
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def put_unless_stopped(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
+    """Hand `item` to the consumer, unless the run stops first (then the consumer is gone and
+    the item's work stays pending for the next run)."""
+    while True:
+        try:
+            q.put(item, block=not stop.is_set(), timeout=0.5)  # once stopped, no waiting at all
+            return
+        except queue.Full:
+            if stop.is_set():
+                return
 
 
 def final_state(
@@ -172,11 +184,10 @@ class StagedRun:
     def close_decoder(self, decoder: Decoder) -> None:
         decoder.close()
         stats = decoder.stats()
-        self.tally.timers.add("transcribe", stats.get("decoder_busy_s", 0.0))
-        for stage in ("vad", "features"):  # the batched decoder's; per-member decoding has no split
-            if f"{stage}_cpu_s" in stats:
-                self.tally.cpu.add(stage, stats[f"{stage}_cpu_s"])
-        log.info("decoder: %s", ", ".join(f"{k} {v:.4g}" for k, v in sorted(stats.items())))
+        self.tally.timers.add("transcribe", stats.decoder_busy_s)
+        self.tally.cpu.add("vad", stats.vad_cpu_s)  # the batched decoder's; 0 for per-member decoding
+        self.tally.cpu.add("features", stats.features_cpu_s)
+        log.info("decoder: %s", ", ".join(f"{k} {v:.4g}" for k, v in sorted(stats.as_dict().items())))
 
     def end_uploads(self, patience: float | None) -> bool:
         """Wait for the queued uploads (`patience` seconds; None: as long as they take). A

@@ -37,9 +37,11 @@ from typing import Any
 from ..config import PipelineConfig, subtitle_formats
 from ..errors import ArchiveError, ConversionError, LeaseLost, PipelineError, StoreError, TranscriptionError
 from ..stages.archive import ArchiveReader, Batch, Member
+from ..stages.asr.factory import open_decoder
+from ..stages.asr.options import DecodeOptions
+from ..stages.asr.protocol import Decoder, TranscriberLike
 from ..stages.audio import AudioInfo, convert_to_flac, take_samples
-from ..stages.decoder import Decoder, open_decoder
-from ..stages.flow import DECODING, CpuTimes, TranscriberLike, native_threads_cpu, split_cpu
+from ..stages.cpu import DECODING, CpuTimes, native_threads_cpu, split_cpu
 from ..stages.pool import ConversionPool
 from ..stages.subtitles import remove_staged, write_beside
 from ..stages.transcript import Transcript
@@ -313,7 +315,7 @@ class ArchiveWorker(StagedRun):
         )
         archive_error: str | None = None
         transcriber = self.transcriber_factory(self.config)
-        decoder = open_decoder(transcriber, self.config)
+        decoder = open_decoder(transcriber, DecodeOptions.of(self.config))
         self.tally.gpu = GpuSampler(getattr(getattr(transcriber, "device", None), "device", "cpu"))
         self.tally.gpu.start()
         uploader = self.open_uploads()

@@ -48,11 +48,12 @@ from ..run.gpu import GpuSampler
 from ..run.retranscribe import RetranscribeWorker
 from ..run.worker import ArchiveWorker
 from ..stages.archive import ArchiveReader, Member
+from ..stages.asr.factory import decode_all, open_decoder
+from ..stages.asr.options import DecodeOptions
+from ..stages.asr.policy import TIMESTAMP_MODES
+from ..stages.asr.protocol import DecoderStats, TranscriberLike
 from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
-from ..stages.decoder import decode_all, open_decoder
-from ..stages.decoding import TIMESTAMP_MODES
-from ..stages.flow import DECODING, STARTUP, TranscriberLike
-from ..stages.provenance import decoder_kind
+from ..stages.cpu import DECODING, STARTUP
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadState
 from ..state.store import ProgressStore
 
@@ -300,7 +301,7 @@ def run_transcribe_only(
     """The configured decoder alone (`config.decoder`), as the pipeline calls it; with
     `transcripts`, the texts go to that JSON file (the tests compare them with the pipeline's)."""
     names = [f"{i:06d}" for i in range(len(audio))]
-    decoder = open_decoder(transcriber, config)
+    decoder = open_decoder(transcriber, DecodeOptions.of(config))
     try:
         with gpu.sampling() as figures:
             started = time.monotonic()
@@ -316,10 +317,10 @@ def run_transcribe_only(
     )
 
 
-def _decoder_figures(stats: dict[str, float]) -> dict[str, float]:
-    figures = {f"decoder_{k}": float(v) for k, v in stats.items() if k != "decoder_busy_s"}
-    if stats.get("calls"):
-        figures["decoder_rows_per_call"] = stats["rows_decoded"] / stats["calls"]
+def _decoder_figures(stats: DecoderStats) -> dict[str, float]:
+    figures = {f"decoder_{k}": float(v) for k, v in stats.as_dict().items() if k != "decoder_busy_s"}
+    if stats.calls:
+        figures["decoder_rows_per_call"] = stats.rows_decoded / stats.calls
     return figures
 
 
@@ -682,7 +683,12 @@ def run_bench(
         log.info("round %d of %d: sequential", round_number + 1, plan.repeat)
         sequential.append(run_sequential(config, small, work / "sequential", transcriber))
         audio = [load_16k(p) for p in sorted((work / "sequential" / "stage").rglob("*.flac"))]
-        log.info("round %d of %d: %s decoder alone", round_number + 1, plan.repeat, decoder_kind(config))
+        log.info(
+            "round %d of %d: %s decoder alone",
+            round_number + 1,
+            plan.repeat,
+            DecodeOptions.of(config).decoder,
+        )
         alone.append(run_transcribe_only(audio, transcriber, config, gpu, work / "transcribe-only.json"))
         log.info("round %d of %d: per-member decoder alone", round_number + 1, plan.repeat)
         per_member.append(run_transcribe_only(audio, transcriber, per_member_config, gpu))
@@ -768,7 +774,7 @@ def _report(
         "settings": {
             "device": config.device,
             "compute_type": config.compute_type,
-            "decoder": decoder_kind(config),
+            "decoder": DecodeOptions.of(config).decoder,
             "decode_batch_size": config.decode_batch_size,
             "process_batch_size": config.process_batch_size,
             "max_new_tokens": config.max_new_tokens,

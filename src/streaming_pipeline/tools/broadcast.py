@@ -320,7 +320,7 @@ def run_set(config: PipelineConfig, set_dir: Path, work: Path, store: ProgressSt
 
     from ..run.day import archive_key
     from ..run.worker import ArchiveWorker
-    from ..stages.transcribe import Transcriber
+    from ..stages.asr.loader import Transcriber
 
     files = read_manifest(set_dir)
     archive = pack_set(set_dir, files, work / "set.tar.xz")

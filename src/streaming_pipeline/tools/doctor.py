@@ -120,9 +120,9 @@ def _gpu(require_gpu: bool) -> Check:
 def _model(config: PipelineConfig, offline: bool) -> Check:
     from dataclasses import replace
 
-    from ..stages.decoder import decode_all, open_decoder
-    from ..stages.provenance import decoder_kind
-    from ..stages.transcribe import Transcriber
+    from ..stages.asr.factory import decode_all, open_decoder
+    from ..stages.asr.loader import Transcriber
+    from ..stages.asr.options import DecodeOptions
 
     def body() -> Check:
         started = time.monotonic()
@@ -130,8 +130,8 @@ def _model(config: PipelineConfig, offline: bool) -> Check:
         t = np.arange(16000, dtype=np.float32) / 16000
         audio = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         # Without VAD, so that the tone reaches the model through the configured decoder.
-        check = replace(config, vad=False, temperatures="0", max_new_tokens=16)
-        decoder = open_decoder(transcriber, check)
+        options = DecodeOptions.of(replace(config, vad=False, temperatures="0", max_new_tokens=16))
+        decoder = open_decoder(transcriber, options)
         try:
             (result,) = decode_all(decoder, [audio], ["1s-tone"], archive="doctor")
         finally:
@@ -139,7 +139,7 @@ def _model(config: PipelineConfig, offline: bool) -> Check:
         return Check(
             "model", PASS,
             f"{transcriber.model_name} on {transcriber.device.device} ({transcriber.device.compute_type}): "
-            f"1 s of audio through the {decoder_kind(check)} decoder, language {result.language}, "
+            f"1 s of audio through the {options.decoder} decoder, language {result.language}, "
             f"{time.monotonic() - started:.1f}s",
         )  # fmt: skip
 

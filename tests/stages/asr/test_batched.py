@@ -17,13 +17,16 @@ import soundfile as sf
 import soxr
 
 from streaming_pipeline.config import PipelineConfig
-from streaming_pipeline.stages.decoder import BatchedDecoder, decode_all, open_decoder
-from streaming_pipeline.stages.decoding import LOG_PROB_THRESHOLD, NO_SPEECH_THRESHOLD
-from streaming_pipeline.stages.transcribe import Transcriber
+from streaming_pipeline.stages.asr.batched import BatchedDecoder
+from streaming_pipeline.stages.asr.factory import decode_all, open_decoder
+from streaming_pipeline.stages.asr.loader import Transcriber
+from streaming_pipeline.stages.asr.options import DecodeOptions
+from streaming_pipeline.stages.asr.policy import LOG_PROB_THRESHOLD, NO_SPEECH_THRESHOLD
+from streaming_pipeline.stages.asr.protocol import DecoderStats
 from streaming_pipeline.stages.transcript import Transcript
 from streaming_pipeline.tools.samples import clip_files
 
-from ..conftest import RESULT_FIELDS, SEGMENT_FIELDS
+from ...conftest import RESULT_FIELDS, SEGMENT_FIELDS
 
 RATE = 16000
 
@@ -54,8 +57,10 @@ def _config(model: Path, **overrides: Any) -> PipelineConfig:
     return PipelineConfig(**{**settings, **overrides})
 
 
-def _decode(transcriber: Transcriber, config: PipelineConfig, names, audio) -> tuple[list[dict], dict]:
-    decoder = open_decoder(transcriber, config)
+def _decode(
+    transcriber: Transcriber, config: PipelineConfig, names, audio
+) -> tuple[list[Transcript], DecoderStats]:
+    decoder = open_decoder(transcriber, DecodeOptions.of(config))
     try:
         assert isinstance(decoder, BatchedDecoder)
         return decode_all(decoder, audio, names), decoder.stats()
@@ -74,9 +79,9 @@ def test_batches_of_one_and_of_n_give_identical_text(tiny_model: Path, members) 
         transcriber, PipelineConfig(**{**config.__dict__, "decode_batch_size": 8}), names, audio
     )
 
-    assert one_stats["rows"] == many_stats["rows"] > len(names), "the long member is several rows"
-    assert one_stats["calls"] == one_stats["rows"]
-    assert many_stats["calls"] < one_stats["calls"] / 2, "rows of different members share calls"
+    assert one_stats.rows == many_stats.rows > len(names), "the long member is several rows"
+    assert one_stats.calls == one_stats.rows
+    assert many_stats.calls < one_stats.calls / 2, "rows of different members share calls"
     for name, a, b in zip(names, one, many, strict=True):
         assert a.member == b.member == name
         assert (a.text, a.language, a.segments) == (b.text, b.language, b.segments)
@@ -106,7 +111,7 @@ def test_silence_and_noise_have_no_rows_and_an_empty_transcript(tiny_model: Path
     silence = np.zeros(20 * RATE, dtype=np.float32)
     noise = (0.1 * rng.standard_normal(20 * RATE)).astype(np.float32)
     results, stats = _decode(Transcriber(config), config, ["silence.wav", "noise.wav"], [silence, noise])
-    assert stats["rows"] == 0
+    assert stats.rows == 0
     for result in results:
         assert result.text == "" and result.segments == ()
         assert result.language is None and result.duration == 20.0
@@ -121,9 +126,9 @@ def test_rows_that_fail_the_guards_are_decoded_again_batched_at_each_temperature
     names, audio = members
     config = _config(tiny_model, decode_batch_size=8, temperatures="0,0.5,1")
     results, stats = _decode(Transcriber(config), config, names, audio)
-    assert stats["rows_decoded"] == 3 * stats["rows"]
-    assert stats["fallback_rows"] == 2 * stats["rows"]
-    assert stats["calls"] < stats["rows_decoded"] / 3
+    assert stats.rows_decoded == 3 * stats.rows
+    assert stats.fallback_rows == 2 * stats.rows
+    assert stats.calls < stats.rows_decoded / 3
     for result in results:
         for seg in result.segments:
             assert seg.temperature in (0.0, 0.5, 1.0) and seg.avg_logprob < -1
@@ -152,18 +157,18 @@ def test_out_of_memory_halves_the_batch_and_fails_no_member(tiny_model: Path, me
     transcriber = Transcriber(config)
     expected, _ = _decode(transcriber, config, names, audio)
 
-    decoder = BatchedDecoder(transcriber, config, device="cpu")
+    decoder = BatchedDecoder(transcriber, DecodeOptions.of(config), device="cpu")
     # Every call full (8 rows, or all there are): on a loaded machine a call that stopped waiting
     # for the prep threads could hold 2 rows or fewer and never meet the out-of-memory limit.
     decoder.fill_wait_s = 600.0
-    fake = decoder._ct2 = _OutOfMemoryAbove(decoder._ct2, rows=2)
+    fake = decoder._calls.ct2 = _OutOfMemoryAbove(decoder._calls.ct2, rows=2)
     try:
         results = decode_all(decoder, audio, names)
         stats = decoder.stats()
     finally:
         decoder.close()
     assert [r.text for r in results] == [r.text for r in expected]
-    assert fake.refused >= 2 and stats["oom_halvings"] == fake.refused
+    assert fake.refused >= 2 and stats.oom_halvings == fake.refused
     assert decoder._limit == 2
     warnings = [r for r in caplog.records if "out of GPU memory" in r.getMessage()]
     assert len(warnings) == 1, "logged once"
@@ -174,7 +179,7 @@ def test_a_stop_cancels_what_is_not_decoded(tiny_model: Path, members) -> None:
     config = _config(
         tiny_model, decode_batch_size=2, process_batch_size=50, temperatures="0,0.2,0.4,0.6,0.8,1"
     )
-    decoder = BatchedDecoder(Transcriber(config), config, device="cpu")
+    decoder = BatchedDecoder(Transcriber(config), DecodeOptions.of(config), device="cpu")
     futures = [decoder.submit(a, archive="a", member=n) for a, n in zip(audio * 3, names * 3, strict=True)]
     futures[0].result()
     cancelled = decoder.cancel_pending()
@@ -197,7 +202,7 @@ def test_cuda_float16_packs_members_into_shared_calls(tiny_model: Path, members)
     assert (transcriber.device.device, transcriber.device.compute_type) == ("cuda", "float16")
     results, stats = _decode(transcriber, config, names, audio)
     assert [r.member for r in results] == names
-    assert stats["rows_decoded"] / stats["calls"] > 1 and stats["oom_halvings"] == 0
+    assert stats.rows_decoded / stats.calls > 1 and stats.oom_halvings == 0
     assert all(r.language for r in results)
 
 
@@ -345,7 +350,7 @@ def test_real_model_leaves_silence_and_noise_empty_without_vad(whisper_base: Pat
         "white": (0.1 * rng.standard_normal(20 * RATE)).astype(np.float32),
     }
     results, stats = _decode(Transcriber(config), config, list(clips), list(clips.values()))
-    assert stats["rows"] == 3 and stats["calls"] >= 1
+    assert stats.rows == 3 and stats.calls >= 1
     assert sum(bool(r.text) for r in results) <= 1, [r.text for r in results]
     for segment in (s for r in results for s in r.segments):
         assert segment.no_speech_prob <= NO_SPEECH_THRESHOLD or segment.avg_logprob > LOG_PROB_THRESHOLD
@@ -373,8 +378,8 @@ def test_a_failed_call_fails_its_members_alone_and_decoding_goes_on(tiny_model: 
 
     names, audio = members
     config = _config(tiny_model, decode_batch_size=2)
-    decoder = BatchedDecoder(Transcriber(config), config, device="cpu")
-    decoder._ct2 = _FailsFirstCall(decoder._ct2)
+    decoder = BatchedDecoder(Transcriber(config), DecodeOptions.of(config), device="cpu")
+    decoder._calls.ct2 = _FailsFirstCall(decoder._calls.ct2)
     try:
         futures = [decoder.submit(a, archive="a", member=n) for a, n in zip(audio, names, strict=True)]
         outcomes = [f.exception(timeout=60) for f in futures]
@@ -458,7 +463,7 @@ def test_real_speech_segment_and_word_times_agree_with_faster_whisper(
     transcriber = Transcriber(PipelineConfig(**base))
     segment_results, _ = _decode(transcriber, PipelineConfig(**base, timestamps="segment"), names, audio)
     word_results, stats = _decode(transcriber, PipelineConfig(**base, timestamps="word"), names, audio)
-    assert stats["align_s"] > 0
+    assert stats.align_s > 0
 
     lengths = [s.end - s.start for r in segment_results for s in r.segments]
     assert float(np.median(lengths)) <= 12.0, lengths
@@ -562,7 +567,7 @@ def test_a_programmes_sentences_are_at_their_own_time_in_their_own_language(
     translated into the programme's), and the member's language is the one most spoken."""
     audio, spans = _programme(realspeech, broadcast_set)
     config = PipelineConfig(model=str(whisper_base), device="cpu", timestamps=timestamps)
-    decoder = open_decoder(Transcriber(config), config)
+    decoder = open_decoder(Transcriber(config), DecodeOptions.of(config))
     try:
         (result,) = decode_all(decoder, [audio], ["programme"])
     finally:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from streaming_pipeline.stages.flow import (
+from streaming_pipeline.stages.cpu import (
     CPU_STAGES,
     DECODING,
     STARTUP,

@@ -7,23 +7,25 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from streaming_pipeline.stages.decoding import (
+from streaming_pipeline.stages.asr.policy import (
     FALLBACK_MAX_WAIT_CALLS,
     LANGUAGE_MIN_S,
-    PAUSE_SPLIT_S,
     Attempt,
     RowQueue,
-    Span,
-    SpeechTimeline,
     final_attempt,
-    finalize_segments,
     is_silent,
     main_language,
     make_attempt,
     needs_fallback,
     row_language,
-    seek_point,
     speech_rows,
+)
+from streaming_pipeline.stages.asr.timing import (
+    PAUSE_SPLIT_S,
+    Span,
+    SpeechTimeline,
+    finalize_segments,
+    seek_point,
     speech_segments,
     split_at_pauses,
     split_by_timestamps,

@@ -1,11 +1,11 @@
-"""How converted members reach the model: one queue of windows across members, or one member at a time.
+"""The batched decoder: one queue of windows across members, decoded in shared calls.
 
-`BatchedDecoder` (the default) treats every member submitted to it as rows of one queue:
+`BatchedDecoder` treats every member submitted to it as rows of one queue:
 
     prep threads   Silero VAD -> rows of contiguous speech of at most 30 s -> log-Mel features
     decode thread  packs rows of different members into one `generate` call (`decode_batch_size`
                    rows, the oldest row plus those nearest to it in length from a look-ahead
-                   window), chooses each row's language (decoding.row_language), applies
+                   window), chooses each row's language (policy.row_language), applies
                    faster-whisper's quality guards per row and decodes the rows that failed
                    again at the next temperature, batched with other failures
 
@@ -16,17 +16,13 @@ this decoder follows its windowing (VAD chunks, features padded to 30 s) and the
 path's guards (`WhisperModel.generate_with_fallback`).
 
 Time (`--timestamps`): `none` decodes with `<|notimestamps|>` (a window is one segment);
-`segment` decodes with timestamp tokens and splits each row at them (decoding.split_by_timestamps),
-then aligns the chosen tokens to the audio by cross-attention, one `Whisper.align` call per
-group of rows that share a start sequence, on the encoder output of the decoding call: a
-segment starts at its first word and ends at its last, and is split where its words pause
-(decoding.speech_segments). `word` keeps those words. Every time then returns from the
+`segment` decodes with timestamp tokens and splits each row at them (timing.split_by_timestamps),
+then aligns the chosen tokens to the audio by cross-attention, one `align` call per group of
+rows that share a start sequence, on the encoder output of the decoding call: a segment starts
+at its first word and ends at its last, and is split where its words pause
+(timing.speech_segments). `word` keeps those words. Every time then returns from the
 speech-only timeline to the member's own; a row never spans a gap VAD removed
-(decoding.speech_rows). The policy (guards, the
-choice among attempts, packing, splitting, word repairs, time mapping) is in decoding.py.
-
-`PerMemberDecoder` runs faster-whisper's own `WhisperModel.transcribe` on `transcribe_workers`
-members at once: the reference path, and the one `--decoder per-member` selects.
+(policy.speech_rows). The model's calls are calls.py; the policy is policy.py and timing.py.
 """
 
 from __future__ import annotations
@@ -37,38 +33,39 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from ..config import PipelineConfig, parse_temperatures
-from ..errors import ConfigError, TranscriptionError
-from .decoding import (
+from ...errors import TranscriptionError
+from ..transcript import Segment, Transcript, clean_text
+from .calls import WhisperCalls
+from .options import DecodeOptions
+from .policy import (
     JOIN_GAP_S,
     LOOKAHEAD_CALLS,
-    MAX_INITIAL_TIMESTAMP_INDEX,
     SAMPLE_RATE,
     WINDOW_S,
     Attempt,
     RowQueue,
-    Span,
-    SpeechTimeline,
     final_attempt,
     is_silent,
     main_language,
     make_attempt,
     row_language,
+    speech_rows,
+)
+from .protocol import DecoderStats, TranscriberModel, cancelled_future
+from .provenance import of_transcriber
+from .timing import (
+    Span,
+    SpeechTimeline,
     row_segments,
     seek_point,
-    speech_rows,
     speech_segments,
     split_by_timestamps,
     time_words,
-    words_from_alignment,
 )
-from .flow import TranscriberLike
-from .provenance import Provenance, decoder_kind, describe
-from .transcript import Segment, Transcript, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +73,6 @@ log = logging.getLogger(__name__)
 FILL_WAIT_S = 0.5
 # Rows (features, ~1 MB each) queued at most, per row of a call.
 QUEUED_ROWS_PER_BATCH_ROW = 2 * LOOKAHEAD_CALLS
-# faster-whisper's sampling at a fallback temperature: the best of this many.
-BEST_OF = 5
-# CTranslate2's median filter over the alignment heads' attention (faster-whisper's default).
-MEDIAN_FILTER_WIDTH = 7
 # A row whose decode stopped this long before its end is decoded again from where it stopped,
 # as the sequential path seeks (a shorter tail is left: a whole padded window for it costs more
 # than the words it could hold).
@@ -88,112 +81,9 @@ MAX_PARTS = 8  # continuations of one row at most: a model that stops every seco
 MEL_FRAMES_PER_SECOND = 100
 # Rows per generate call when --decode-batch-size is 0: 16 on CUDA (the issue's H100 numbers:
 # 235x realtime at 16, 259 at 32, 277 at 64 for a large-v2-sized model); on CPU, measured by
-# `bench` on 2 cores with whisper-base (README, Performance).
+# `bench` on 2 cores with whisper-base (docs/performance.md).
 DEFAULT_BATCH = {"cuda": 16, "cpu": 8}
 PREP_THREADS_CUDA = 4
-
-
-class TranscriberModel(TranscriberLike, Protocol):
-    """What the batched decoder needs beyond `TranscriberLike`: the faster-whisper model itself."""
-
-    model: Any  # faster_whisper.WhisperModel
-
-
-class Decoder(Protocol):
-    provenance: Provenance  # what its transcripts are made with
-
-    def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[Transcript]: ...
-
-    def cancel_pending(self) -> int: ...
-
-    def stats(self) -> dict[str, float]: ...
-
-    def close(self) -> None: ...
-
-
-def open_decoder(transcriber: TranscriberLike, config: PipelineConfig) -> Decoder:
-    """The decoder `config` asks for, over a transcriber whose model is already loaded. A stand-in
-    transcriber without a faster-whisper model (tests of the worker's bookkeeping) gets the
-    per-member decoder."""
-    device = getattr(getattr(transcriber, "device", None), "device", "cpu")
-    if decoder_kind(config) == "batched" and getattr(transcriber, "model", None) is not None:
-        return BatchedDecoder(transcriber, config, device=device)
-    return PerMemberDecoder(transcriber, config)
-
-
-def describe_decoder(transcriber: TranscriberLike, config: PipelineConfig, kind: str) -> Provenance:
-    device = getattr(transcriber, "device", None)
-    return describe(
-        config,
-        model_name=transcriber.model_name,
-        decoder=kind,
-        device=getattr(device, "device", "cpu"),
-        compute_type=getattr(device, "compute_type", "default"),
-    )
-
-
-def _cancelled_future() -> Future[Transcript]:
-    future: Future[Transcript] = Future()
-    future.cancel()
-    return future
-
-
-class PerMemberDecoder:
-    """faster-whisper's own `transcribe`, `transcribe_workers` members at once."""
-
-    def __init__(self, transcriber: TranscriberLike, config: PipelineConfig) -> None:
-        self._transcriber = transcriber
-        self.provenance = describe_decoder(transcriber, config, "per-member")
-        workers = config.transcribe_workers
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="transcribe")
-        # Members waiting for a thread hold their audio: keep that to one more per thread.
-        self._slots = threading.BoundedSemaphore(2 * workers)
-        self._pending: set[Future[Transcript]] = set()
-        self._lock = threading.Lock()
-        self._stopping = False
-        self._busy = 0.0
-        self._members = 0
-
-    def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[Transcript]:
-        self._slots.acquire()
-        with self._lock:
-            if self._stopping:
-                self._slots.release()
-                return _cancelled_future()
-            future = self._pool.submit(self._run, audio, archive, member)
-            self._pending.add(future)
-        future.add_done_callback(self._done)
-        return future
-
-    def _run(self, audio: np.ndarray, archive: str, member: str) -> Transcript:
-        started = time.monotonic()
-        try:
-            result = self._transcriber.transcribe(audio, archive=archive, member=member)
-            return replace(result, provenance=self.provenance)
-        finally:
-            with self._lock:
-                self._busy += time.monotonic() - started
-                self._members += 1
-
-    def _done(self, future: Future[Transcript]) -> None:
-        with self._lock:
-            self._pending.discard(future)
-        self._slots.release()
-
-    def cancel_pending(self) -> int:
-        """Members not started stay pending; those being transcribed finish."""
-        with self._lock:
-            self._stopping = True
-            pending = list(self._pending)
-        return sum(f.cancel() for f in pending)
-
-    def stats(self) -> dict[str, float]:
-        with self._lock:
-            return {"decoder_busy_s": self._busy, "members": self._members}
-
-    def close(self) -> None:
-        self.cancel_pending()
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(eq=False)
@@ -204,7 +94,7 @@ class _Member:
     future: Future[Transcript]
     speech: list[dict[str, int]] = field(default_factory=list)  # its rows' audio, in samples
     # The first row's language (detected, forced, or English for an English-only model): what a
-    # row whose own detection is unsure is decoded in (decoding.row_language).
+    # row whose own detection is unsure is decoded in (policy.row_language).
     language: str | None = None
     language_probability: float = 0.0
     spoken: list[tuple[str | None, float, float]] = field(default_factory=list)  # rows with text
@@ -244,31 +134,18 @@ class _Outcome:
 class BatchedDecoder:
     """Rows (speech chunks of at most 30 s) of many members, decoded in shared `generate` calls."""
 
-    def __init__(self, transcriber: TranscriberModel, config: PipelineConfig, *, device: str) -> None:
-        from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import get_suppressed_tokens
+    def __init__(self, transcriber: TranscriberModel, options: DecodeOptions, *, device: str) -> None:
         from faster_whisper.vad import VadOptions
 
         self._transcriber = transcriber
-        self.provenance = describe_decoder(transcriber, config, "batched")
-        self._whisper = transcriber.model  # faster_whisper.WhisperModel
-        self._ct2 = self._whisper.model  # ctranslate2.models.Whisper
-        self._multilingual = bool(self._ct2.is_multilingual)
-        self._tokenizer_class = Tokenizer
-        self._tokenizers: dict[str | None, Any] = {}
-        self._decode_text = self._tokenizer(None if not self._multilingual else "en")
-        self._suppress = list(get_suppressed_tokens(self._decode_text, [-1]))
-        self.config = config
-        self._timestamps = config.timestamps
-        self._temperatures = parse_temperatures(config.temperatures)
-        self._language = config.language
+        self._options = options
+        self.provenance = of_transcriber(transcriber, options)
+        self._calls = WhisperCalls(transcriber.model, options)
+        self._text = self._calls.text  # decodes any row's tokens
         # A language per stretch of speech unless one is forced (or the model knows only English).
-        self._detect_per_row = self._multilingual and config.language is None
-        if self._language is not None and self._multilingual:
-            self._tokenizer(self._language)  # an unknown code is an error now, not per member
+        self._detect_per_row = self._calls.multilingual and options.language is None
         self._vad = VadOptions(max_speech_duration_s=WINDOW_S, min_silence_duration_ms=160)
-        self._max_new_tokens = config.max_new_tokens
-        self.batch_size = config.decode_batch_size or DEFAULT_BATCH.get(device, 8)
+        self.batch_size = options.decode_batch_size or DEFAULT_BATCH.get(device, 8)
         self._limit = self.batch_size  # lowered by CUDA out-of-memory errors
         self.fill_wait_s = FILL_WAIT_S
         self._cond = threading.Condition()
@@ -279,24 +156,11 @@ class BatchedDecoder:
         self._in_call: Counter[_Member] = Counter()  # rows of each member in the running call
         self._stopping = False
         self._closed = False
-        self._slots = threading.BoundedSemaphore(config.process_batch_size)
-        self._stats = {
-            "calls": 0,
-            "rows_decoded": 0,
-            "rows": 0,
-            "fallback_rows": 0,
-            "members": 0,
-            "decoder_busy_s": 0.0,
-            "align_s": 0.0,
-            "continued_rows": 0,
-            "prep_s": 0.0,
-            "vad_cpu_s": 0.0,  # the prep threads' own CPU (time.thread_time) in Silero VAD
-            "features_cpu_s": 0.0,  # and in the log-Mel features
-            "oom_halvings": 0,
-        }
+        self._slots = threading.BoundedSemaphore(options.members_in_flight)
+        self._stats = DecoderStats()  # written under `_cond`
         # VAD and features for a GPU decoding ~250x realtime need more than one core (one prep
         # thread does ~280x on this project's 2-core machine): at least 4 on CUDA.
-        self.prep_threads = max(config.transcribe_workers, PREP_THREADS_CUDA if device == "cuda" else 1)
+        self.prep_threads = max(options.workers, PREP_THREADS_CUDA if device == "cuda" else 1)
         self._prep = ThreadPoolExecutor(self.prep_threads, thread_name_prefix="decode-prep")
         self._thread = threading.Thread(target=self._loop, name="decoder", daemon=True)
         self._thread.start()
@@ -304,10 +168,10 @@ class BatchedDecoder:
             "batched decoder: %d rows per call, up to %d members in flight, %d prep threads, "
             "temperatures %s, timestamps %s",
             self.batch_size,
-            config.process_batch_size,
+            options.members_in_flight,
             self.prep_threads,
-            ",".join(f"{t:g}" for t in self._temperatures),
-            self._timestamps,
+            ",".join(f"{t:g}" for t in options.temperatures),
+            options.timestamps,
         )
 
     # -- public -----------------------------------------------------------------------------
@@ -319,12 +183,12 @@ class BatchedDecoder:
                 raise TranscriptionError("the decoder thread has stopped")
         future: Future[Transcript] = Future()
         m = _Member(archive, member, len(audio) / SAMPLE_RATE, future)
-        if self._language is not None or not self._multilingual:
-            m.language, m.language_probability = self._language or "en", 1.0
+        if self._options.language is not None or not self._calls.multilingual:
+            m.language, m.language_probability = self._options.language or "en", 1.0
         with self._cond:
             if self._stopping:
                 self._slots.release()
-                return _cancelled_future()
+                return cancelled_future()
             self._members.add(m)
             self._preparing += 1
         future.add_done_callback(lambda _f: self._slots.release())
@@ -342,9 +206,9 @@ class BatchedDecoder:
             self._cond.notify_all()
         return sum(m.future.cancel() for m in doomed)
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> DecoderStats:
         with self._cond:
-            return dict(self._stats)
+            return replace(self._stats)
 
     def close(self) -> None:
         self.cancel_pending()
@@ -366,7 +230,7 @@ class BatchedDecoder:
         started, cpu = time.monotonic(), time.thread_time()
         vad_cpu = features_cpu = 0.0
         try:
-            if self.config.vad:
+            if self._options.vad:
                 m.speech = get_speech_timestamps(audio, self._vad)
                 vad_cpu = time.thread_time() - cpu
             else:
@@ -382,9 +246,8 @@ class BatchedDecoder:
             offset = 0
             for index, region in enumerate(m.speech):
                 samples = audio[region["start"] : region["end"]]
-                # As BatchedInferencePipeline: the extractor pads one frame past the audio.
                 cpu = time.thread_time()
-                features = self._whisper.feature_extractor(samples)[..., :-1]
+                features = self._calls.features(samples)
                 features_cpu += time.thread_time() - cpu
                 row = _Row(m, index, features, offset / SAMPLE_RATE, len(samples) / SAMPLE_RATE)
                 offset += len(samples)
@@ -395,9 +258,9 @@ class BatchedDecoder:
         finally:
             with self._cond:
                 self._preparing -= 1
-                self._stats["prep_s"] += time.monotonic() - started
-                self._stats["vad_cpu_s"] += vad_cpu
-                self._stats["features_cpu_s"] += features_cpu
+                self._stats.prep_s += time.monotonic() - started
+                self._stats.vad_cpu_s += vad_cpu
+                self._stats.features_cpu_s += features_cpu
                 self._cond.notify_all()
 
     def _enqueue(self, row: _Row) -> bool:
@@ -408,7 +271,7 @@ class BatchedDecoder:
             if self._stopping or row.member.future.done():
                 return False
             self._queue.add(row)
-            self._stats["rows"] += 1
+            self._stats.rows += 1
             self._cond.notify_all()
         return True
 
@@ -453,8 +316,8 @@ class BatchedDecoder:
                 raise
             half = (len(rows) + 1) // 2
             with self._cond:
-                first = self._stats["oom_halvings"] == 0
-                self._stats["oom_halvings"] += 1
+                first = self._stats.oom_halvings == 0
+                self._stats.oom_halvings += 1
                 self._limit = min(self._limit, half)
             (log.warning if first else log.debug)(
                 "out of GPU memory with %d rows per call: %d from now on (%s)", len(rows), half, exc
@@ -463,10 +326,10 @@ class BatchedDecoder:
             self._decode(rows[half:], level)
             return
         with self._cond:
-            self._stats["calls"] += 1
-            self._stats["rows_decoded"] += len(rows)
-            self._stats["fallback_rows"] += len(rows) if level else 0
-            self._stats["decoder_busy_s"] += time.monotonic() - started
+            self._stats.calls += 1
+            self._stats.rows_decoded += len(rows)
+            self._stats.fallback_rows += len(rows) if level else 0
+            self._stats.decoder_busy_s += time.monotonic() - started
         for row, outcome in zip(rows, outcomes, strict=True):
             self._settle(row, outcome, level)
 
@@ -475,13 +338,13 @@ class BatchedDecoder:
         words on the same encoder output). Changes no row, so a call retried after an
         out-of-memory error starts from the same state."""
         encoded, results = self._generate(rows, level)
-        last = level + 1 == len(self._temperatures)
+        last = level + 1 == len(self._options.temperatures)
         outcomes = []
         for row, result in zip(rows, results, strict=True):
             tokens = list(result.sequences_ids[0])
-            text = self._decode_text.decode(tokens).strip()
+            text = self._text.decode(tokens).strip()
             attempt = make_attempt(
-                tokens, result.scores[0], result.no_speech_prob, text, self._temperatures[level]
+                tokens, result.scores[0], result.no_speech_prob, text, self._options.temperatures[level]
             )
             outcome = _Outcome(attempt, final_attempt([*row.attempts, attempt], last_temperature=last))
             outcomes.append(outcome)
@@ -490,13 +353,13 @@ class BatchedDecoder:
             spans[i], outcome.continue_at = self._spans(row, outcome.final)
         # `segment` mode is timed by its words too (they are dropped in `_complete`): a timestamp
         # token says where a window's text may lie, its words where it was spoken.
-        words = self._align(encoded, rows, spans) if self._timestamps != "none" else {}
+        words = self._align(encoded, rows, spans) if self._options.timestamps != "none" else {}
         for i, row_spans in spans.items():
             final = outcomes[i].final
             if final is None or not row_spans:
                 continue
             row = rows[i]
-            texts = [clean_text(self._decode_text.decode(list(s.tokens))) for s in row_spans]
+            texts = [clean_text(self._text.decode(list(s.tokens))) for s in row_spans]
             if i in words:
                 timed = words[i]
                 row_spans = [span for span, _ in timed]
@@ -521,10 +384,10 @@ class BatchedDecoder:
         then left to that continuation instead of being stretched to the window's end."""
         if final is None or is_silent(final) or not clean_text(final.text):
             return [], None
-        eot = self._decode_text.eot
-        if self._timestamps == "none":
+        eot = self._text.eot
+        if self._options.timestamps == "none":
             return [Span(0.0, row.duration, tuple(t for t in final.tokens if t < eot))], None
-        begin = self._decode_text.timestamp_begin
+        begin = self._text.timestamp_begin
         tokens, continue_at = list(final.tokens), None
         seek = seek_point(tokens, timestamp_begin=begin)
         if seek is not None and 0 < seek[0] <= row.duration - CONTINUE_MIN_S and row.part < MAX_PARTS:
@@ -538,86 +401,41 @@ class BatchedDecoder:
         groups: dict[str | None, list[int]] = {}
         for i, row_spans in spans.items():
             if any(s.tokens for s in row_spans):
-                language = rows[i].language if self._multilingual else None
-                groups.setdefault(language, []).append(i)
+                groups.setdefault(rows[i].language, []).append(i)
         out: dict[int, Any] = {}
         for language, indices in groups.items():
-            tokenizer = self._tokenizer(language)
             text_tokens = [[t for s in spans[i] for t in s.tokens] for i in indices]
-            results = self._ct2.align(
-                _rows_of(encoded, indices, len(rows)),
-                list(tokenizer.sot_sequence),
-                text_tokens,
-                [int(rows[i].features.shape[-1]) for i in indices],
-                median_filter_width=MEDIAN_FILTER_WIDTH,
-            )
-            for i, tokens, result in zip(indices, text_tokens, results, strict=True):
-                words, word_tokens = tokenizer.split_to_word_tokens([*tokens, tokenizer.eot])
-                alignment = words_from_alignment(
-                    words, word_tokens, result.alignments, result.text_token_probs
-                )
+            frames = [int(rows[i].features.shape[-1]) for i in indices]
+            alignments = self._calls.align(encoded, indices, len(rows), language, text_tokens, frames)
+            for i, alignment in zip(indices, alignments, strict=True):
                 out[i] = time_words(spans[i], alignment)
         with self._cond:
-            self._stats["align_s"] += time.monotonic() - started
+            self._stats.align_s += time.monotonic() - started
         return out
 
     def _generate(self, rows: list[_Row], level: int) -> tuple[Any, list[Any]]:
-        from faster_whisper.audio import pad_or_trim
-
-        features = np.stack([pad_or_trim(r.features) for r in rows])
-        encoded = self._whisper.encode(features)
+        encoded = self._calls.encode([r.features for r in rows])
         self._choose_languages(rows, encoded)
-        prompts = [self._prompt(r.language) for r in rows]
-        max_length = self._whisper.max_length
-        if self._max_new_tokens is not None:
-            max_length = min(max_length, len(prompts[0]) + self._max_new_tokens)
-        temperature = self._temperatures[level]
-        if temperature > 0:
-            sampling: dict[str, Any] = {
-                "beam_size": 1,
-                "num_hypotheses": BEST_OF,
-                "sampling_topk": 0,
-                "sampling_temperature": temperature,
-            }
-        else:
-            sampling = {"beam_size": self.config.beam_size, "patience": 1}
-        results = self._ct2.generate(
-            encoded,
-            prompts,
-            length_penalty=1,
-            repetition_penalty=1,
-            no_repeat_ngram_size=0,
-            max_length=max_length,
-            return_scores=True,
-            return_no_speech_prob=True,
-            max_initial_timestamp_index=MAX_INITIAL_TIMESTAMP_INDEX,
-            suppress_blank=True,
-            suppress_tokens=self._suppress,
-            **sampling,
-        )
-        return encoded, results
+        temperature = self._options.temperatures[level]
+        return encoded, self._calls.generate(encoded, [r.language for r in rows], temperature)
 
     def _choose_languages(self, rows: list[_Row], encoded: Any) -> None:
-        """Each row new to the decoder gets its language (decoding.row_language), its member's
+        """Each row new to the decoder gets its language (policy.row_language), its member's
         first row first: that row's detection is what an unsure later row falls back to."""
         new = sorted((r for r in rows if r.language is None), key=lambda r: r.index)
         if not new:
             return
         detected: dict[int, tuple[str, float]] = {}
         if any(r.member.language is None for r in new) or self._detect_per_row:
-            detected = {id(r): d[0] for r, d in zip(rows, self._ct2.detect_language(encoded), strict=True)}
+            detected = {id(r): d for r, d in zip(rows, self._calls.detect(encoded), strict=True)}
         for row in new:
             m = row.member
             if m.language is None:  # its first row (the queue packs no later one before it)
-                token, probability = detected[id(row)]
-                m.language, m.language_probability = token[2:-2], probability
+                m.language, m.language_probability = detected[id(row)]
                 row.language, row.language_probability = m.language, m.language_probability
             elif self._detect_per_row:
-                token, probability = detected[id(row)]
                 anchor = (m.language, m.language_probability)
-                row.language, row.language_probability = row_language(
-                    (token[2:-2], probability), row.duration, anchor
-                )
+                row.language, row.language_probability = row_language(detected[id(row)], row.duration, anchor)
             else:
                 row.language, row.language_probability = m.language, m.language_probability
 
@@ -666,8 +484,8 @@ class BatchedDecoder:
                 row.member.future.cancel()
                 return
             self._queue.add(rest)
-            self._stats["rows"] += 1
-            self._stats["continued_rows"] += 1
+            self._stats.rows += 1
+            self._stats.continued_rows += 1
             self._cond.notify_all()
 
     def _complete(self, m: _Member) -> None:
@@ -675,7 +493,7 @@ class BatchedDecoder:
         segments = [seg for index in sorted(m.segments) for seg in m.segments[index]]
         for seg in segments:
             timeline.restore(seg)  # back to the member's own timeline, silences included
-        segments = speech_segments(segments, m.duration, keep_words=self._timestamps == "word")
+        segments = speech_segments(segments, m.duration, keep_words=self._options.timestamps == "word")
         language, probability = main_language(m.spoken)
         if language is None:  # no speech: what its first row was detected as
             language, probability = m.language, m.language_probability
@@ -691,7 +509,7 @@ class BatchedDecoder:
         )
         with self._cond:
             self._members.discard(m)
-            self._stats["members"] += 1
+            self._stats.members += 1
         if not m.future.done():
             m.future.set_result(result)
 
@@ -704,54 +522,3 @@ class BatchedDecoder:
         for m in members:
             if not m.future.done():
                 m.future.set_exception(TranscriptionError(reason))
-
-    def _tokenizer(self, language: str | None) -> Any:
-        tokenizer = self._tokenizers.get(language)
-        if tokenizer is None:
-            try:
-                tokenizer = self._tokenizer_class(
-                    self._whisper.hf_tokenizer, self._multilingual, task="transcribe", language=language
-                )
-            except ValueError as exc:
-                raise ConfigError(f"language: {exc}") from None
-            self._tokenizers[language] = tokenizer
-        return tokenizer
-
-    def _prompt(self, language: str | None) -> list[int]:
-        """[sot, language, transcribe] (+ notimestamps with `--timestamps none`): one layout for
-        every row of a call, as CTranslate2 needs."""
-        tokenizer = self._tokenizer(language if self._multilingual else None)
-        if self._timestamps == "none":
-            return [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-        return list(tokenizer.sot_sequence)
-
-
-def _rows_of(encoded: Any, indices: list[int], total: int) -> Any:
-    """The encoder output of some rows of a call (for `align`, which takes one start sequence):
-    the call's own output when all rows share it, else a copy of those rows (through host memory
-    on a GPU; CTranslate2 moves it back to the model's device)."""
-    import ctranslate2
-
-    if indices == list(range(total)):
-        return encoded
-    if encoded.device != "cpu":
-        encoded = encoded.to_device(ctranslate2.Device.cpu)
-    rows = np.ascontiguousarray(np.asarray(encoded)[indices])
-    return ctranslate2.StorageView.from_array(rows)
-
-
-def decode_all(
-    decoder: Decoder, audio: list[np.ndarray], names: list[str], archive: str = "bench"
-) -> list[Transcript]:
-    """Every clip through `decoder`, results in order (the benchmark's floor and the tests)."""
-    futures = [decoder.submit(a, archive=archive, member=n) for a, n in zip(audio, names, strict=True)]
-    return [f.result() for f in futures]
-
-
-__all__ = [
-    "BatchedDecoder",
-    "Decoder",
-    "PerMemberDecoder",
-    "decode_all",
-    "open_decoder",
-]

@@ -21,10 +21,15 @@ import logging
 import os
 from pathlib import Path
 
-from ..config import PipelineConfig, parse_temperatures
-from .transcript import KEY_FIELDS, PER_MEMBER_RULE, Provenance
+from ... import __version__
+from ...errors import ConfigError
+from ..transcript import KEY_FIELDS, PER_MEMBER_RULE, Provenance
+from .loader import local_model_dir
+from .options import DecodeOptions
+from .policy import LANGUAGE_RULE
+from .protocol import TranscriberLike
 
-__all__ = ["KEY_FIELDS", "PER_MEMBER_RULE", "Provenance", "decoder_kind", "describe", "planned"]
+__all__ = ["KEY_FIELDS", "PER_MEMBER_RULE", "Provenance", "describe", "of_transcriber", "planned"]
 
 log = logging.getLogger(__name__)
 
@@ -79,65 +84,53 @@ def _hub_revision(name: str) -> str:
         return "unknown"
 
 
-def describe(
-    config: PipelineConfig, *, model_name: str, decoder: str, device: str, compute_type: str
-) -> Provenance:
-    """The provenance of what a decoder built from `config` makes (once per decoder)."""
+def describe(options: DecodeOptions, *, model_name: str, device: str, compute_type: str) -> Provenance:
+    """The provenance of what a decoder given `options` makes (once per decoder)."""
     import faster_whisper
 
-    from .. import __version__
-    from ..errors import ConfigError
-    from .transcribe import local_model_dir
-
     try:
-        local = local_model_dir(config.model)
+        local = local_model_dir(options.model)
     except ConfigError:  # a stand-in transcriber's configuration names no model directory
         local = None
     return Provenance(
         model=model_name,
-        model_id=model_identity(config.model, local),
-        decoder=decoder,
-        beam_size=config.beam_size,
-        temperatures=parse_temperatures(config.temperatures),
-        vad=config.vad,
-        timestamps=config.timestamps,
-        language=config.language,
-        max_new_tokens=config.max_new_tokens,
+        model_id=model_identity(options.model, local),
+        decoder=options.decoder,
+        beam_size=options.beam_size,
+        temperatures=options.temperatures,
+        vad=options.vad,
+        timestamps=options.timestamps,
+        language=options.language,
+        max_new_tokens=options.max_new_tokens,
         device=device,
         compute_type=compute_type,
         package_version=__version__,
         faster_whisper_version=faster_whisper.__version__,
-        language_rule=language_rule(config, decoder),
+        language_rule=language_rule(options),
     )
 
 
-def language_rule(config: PipelineConfig, decoder: str) -> str:
+def language_rule(options: DecodeOptions) -> str:
     """How the segments' languages are chosen: forced, per stretch of speech (the batched
     decoder), or once per member (faster-whisper's own `transcribe`)."""
-    from .decoding import LANGUAGE_RULE
-
-    if config.language:
-        return f"forced: {config.language}"
-    return LANGUAGE_RULE if decoder == "batched" else PER_MEMBER_RULE
+    if options.language:
+        return f"forced: {options.language}"
+    return LANGUAGE_RULE if options.decoder == "batched" else PER_MEMBER_RULE
 
 
-def decoder_kind(config: PipelineConfig) -> str:
-    """`auto` is the batched decoder everywhere: on CPU it was not slower (README, Performance)."""
-    if config.decoder == "auto":
-        return "batched"
-    return config.decoder
-
-
-def planned(config: PipelineConfig) -> Provenance:
-    """What a worker given `config` will record, device aside, without loading the model (the
+def planned(options: DecodeOptions) -> Provenance:
+    """What a worker given `options` will record, device aside, without loading the model (the
     `retranscribe` controller compares keys with it)."""
-    from .transcribe import local_model_dir
+    local = local_model_dir(options.model)
+    return describe(options, model_name=local.name if local else options.model, device="", compute_type="")
 
-    local = local_model_dir(config.model)
+
+def of_transcriber(transcriber: TranscriberLike, options: DecodeOptions) -> Provenance:
+    """The provenance of a decoder over `transcriber` (a stand-in has no device: CPU)."""
+    device = getattr(transcriber, "device", None)
     return describe(
-        config,
-        model_name=local.name if local else config.model,
-        decoder=decoder_kind(config),
-        device="",
-        compute_type="",
+        options,
+        model_name=transcriber.model_name,
+        device=getattr(device, "device", "cpu"),
+        compute_type=getattr(device, "compute_type", "default"),
     )

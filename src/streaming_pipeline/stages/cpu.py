@@ -1,7 +1,7 @@
-"""Plumbing shared by the runs that chain the stages: an archive's worker and process-dataset.
+"""Where a run's time and CPU go, by stage: for the logs, `bench`, and sizing a node's cores.
 
-Neither reaches into the other: both import their stopwatch, their hand-off between threads and
-the shape of a loaded model from here.
+Busy seconds are added from several threads (`Stopwatch`); CPU seconds are charged to a stage by
+the thread that spent them (`CpuLedger`), and the rest split by `split_cpu`.
 """
 
 from __future__ import annotations
@@ -9,36 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from .transcript import Transcript
 
 log = logging.getLogger(__name__)
-
-
-def put_unless_stopped(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
-    """Hand `item` to the consumer, unless the run stops first (then the consumer is gone and
-    the item's work stays pending for the next run)."""
-    while True:
-        try:
-            q.put(item, block=not stop.is_set(), timeout=0.5)  # once stopped, no waiting at all
-            return
-        except queue.Full:
-            if stop.is_set():
-                return
-
-
-class TranscriberLike(Protocol):
-    """A loaded model: `transcribe.Transcriber`, or a stand-in with the same surface."""
-
-    model_name: str
-
-    def transcribe(self, audio: Any, *, archive: str, member: str) -> Transcript: ...
 
 
 class Stopwatch:

@@ -1,6 +1,6 @@
 """faster-whisper, loaded once per job. `transcribe` is faster-whisper's own sequential path for
 one file (the per-member decoder and the reference the batched decoder is measured against); the
-batched decoder (decoder.py) drives the same model directly.
+batched decoder (batched.py) drives the same model directly (calls.py).
 
 Language is detected per file unless configured: nothing of one file's decoding state (language,
 previous text) is carried into the next.
@@ -16,16 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PipelineConfig, parse_temperatures
-from ..errors import ConfigError, TranscriptionError
-from .decoding import (
-    APPEND_PUNCTUATIONS,
-    MAX_INITIAL_TIMESTAMP,
-    PREPEND_PUNCTUATIONS,
-    SAMPLE_RATE,
-    speech_segments,
-)
-from .transcript import Segment, Transcript, Word, clean_text
+from ...config import PipelineConfig
+from ...errors import ConfigError, TranscriptionError
+from ..transcript import Segment, Transcript, Word, clean_text
+from .options import DecodeOptions
+from .policy import APPEND_PUNCTUATIONS, MAX_INITIAL_TIMESTAMP, PREPEND_PUNCTUATIONS, SAMPLE_RATE
+from .timing import speech_segments
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +60,28 @@ def local_model_dir(model: str) -> Path | None:
 
 
 class Transcriber:
+    """A faster-whisper model loaded once, and its own sequential `transcribe` (called from the
+    per-member decoder's threads)."""
+
     def __init__(self, config: PipelineConfig) -> None:
         from faster_whisper import WhisperModel
 
-        self.config = config
-        self.device = resolve_device(config.device, config.compute_type)
-        model_dir = local_model_dir(config.model)
+        self.options = options = DecodeOptions.of(config)
+        self.device = resolve_device(options.device, options.compute_type)
+        model_dir = local_model_dir(options.model)
         started = time.monotonic()
         try:
             self.model = WhisperModel(
-                str(model_dir) if model_dir else config.model,
+                str(model_dir) if model_dir else options.model,
                 device=self.device.device,
                 compute_type=self.device.compute_type,
-                cpu_threads=config.cpu_threads,
-                num_workers=config.transcribe_workers,
-                local_files_only=model_dir is not None or config.offline,
+                cpu_threads=options.cpu_threads,
+                num_workers=options.workers,
+                local_files_only=model_dir is not None or options.offline,
             )
         except Exception as exc:
-            raise TranscriptionError(f"cannot load model {config.model!r}: {exc}") from exc
-        self.model_name = model_dir.name if model_dir else config.model
+            raise TranscriptionError(f"cannot load model {options.model!r}: {exc}") from exc
+        self.model_name = model_dir.name if model_dir else options.model
         log.info(
             "model %s loaded on %s (%s) in %.1fs",
             self.model_name,
@@ -93,13 +92,13 @@ class Transcriber:
 
     def transcribe(self, audio: np.ndarray, *, archive: str, member: str) -> Transcript:
         """faster-whisper's own path, timed as `--timestamps` asks (the per-member decoder)."""
-        mode = self.config.timestamps
+        mode = self.options.timestamps
         options: dict[str, Any] = {
-            "language": self.config.language,
-            "beam_size": self.config.beam_size,
-            "temperature": list(parse_temperatures(self.config.temperatures)),
-            "vad_filter": self.config.vad,
-            "max_new_tokens": self.config.max_new_tokens,
+            "language": self.options.language,
+            "beam_size": self.options.beam_size,
+            "temperature": list(self.options.temperatures),
+            "vad_filter": self.options.vad,
+            "max_new_tokens": self.options.max_new_tokens,
             "without_timestamps": mode == "none",
             # `segment` is timed by its words as in the batched decoder, which are then dropped.
             "word_timestamps": mode != "none",
