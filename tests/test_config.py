@@ -27,13 +27,6 @@ def test_flags_win_over_environment_which_wins_over_defaults() -> None:
     assert build_config({}, {"PIPELINE_TEMPERATURES": "0"}).temperatures == "0"
 
 
-def test_slurm_job_id_comes_from_the_environment() -> None:
-    assert build_config({}, {}).slurm_job_id is None
-    assert build_config({}, {"SLURM_JOB_ID": "41"}).slurm_job_id == "41"
-    env = {"SLURM_JOB_ID": "43", "SLURM_ARRAY_JOB_ID": "42", "SLURM_ARRAY_TASK_ID": "7"}
-    assert build_config({}, env).slurm_job_id == "42_7"
-
-
 @pytest.mark.parametrize(
     ("cli", "env", "message"),
     [
@@ -111,10 +104,9 @@ def test_a_worker_job_uses_its_own_tmpdir_unless_a_scratch_dir_was_set() -> None
     )
 
 
-def test_restarts_come_from_slurm_and_their_cap_from_the_settings() -> None:
-    assert (build_config({}, {}).slurm_restart_count, build_config({}, {}).max_restarts) == (0, 3)
-    config = build_config({}, {"SLURM_RESTART_COUNT": "2", "PIPELINE_MAX_RESTARTS": "5"})
-    assert (config.slurm_restart_count, config.max_restarts) == (2, 5)
+def test_the_restart_cap_comes_from_the_settings() -> None:
+    assert build_config({}, {}).max_restarts == 3
+    assert build_config({}, {"PIPELINE_MAX_RESTARTS": "5"}).max_restarts == 5
     with pytest.raises(ConfigError, match="max-restarts"):
         build_config({"max_restarts": -1}, {})
 

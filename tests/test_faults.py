@@ -335,7 +335,8 @@ def test_a_lease_outlives_its_connection_and_the_heartbeat_renews_it(pg_dsn: str
     """The lease is a row, not a session: a killed backend costs the heartbeat a reconnect."""
     import datetime as dt
 
-    from streaming_pipeline.state.lease import ArchiveLease, Owner
+    from streaming_pipeline.state.lease import ArchiveLease
+    from streaming_pipeline.state.records import Owner
     from streaming_pipeline.state.store import ArchiveKey, ProgressStore
 
     store = ProgressStore(pg_dsn)

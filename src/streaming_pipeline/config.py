@@ -355,9 +355,7 @@ class PipelineConfig:
         help="seconds a worker waits for a database connection slot",
         check=at_least(0),
     )
-    # Not settings: what the job's environment says of it, and which settings were set.
-    slurm_job_id: str | None = None  # SLURM_ARRAY_JOB_ID_TASK or SLURM_JOB_ID
-    slurm_restart_count: int = 0  # SLURM_RESTART_COUNT: how often this job was requeued
+    # Not a setting: which settings were given (run/job_environment.py holds what Slurm says).
     explicit: frozenset[str] = frozenset()  # settings given by a flag, a variable or a command
 
     def redacted_dsn(self) -> str:
@@ -422,12 +420,7 @@ def build_config(
     explicit = frozenset(values)
     if "scratch_dir" not in values:
         values["scratch_dir"] = Path(env.get("TMPDIR") or tempfile.gettempdir()) / "streaming-pipeline"
-    restarts = env.get("SLURM_RESTART_COUNT") or "0"
-    if not restarts.isdigit():
-        raise ConfigError(f"SLURM_RESTART_COUNT: {restarts!r} is not a number")
-    config = PipelineConfig(
-        **values, slurm_job_id=_slurm_job_id(env), slurm_restart_count=int(restarts), explicit=explicit
-    )
+    config = PipelineConfig(**values, explicit=explicit)
     _validate(config)
     return replace(config, subtitles=",".join(subtitle_formats(config.subtitles)) or "none")
 
@@ -446,13 +439,6 @@ def config_env(config: PipelineConfig) -> dict[str, str]:
             continue
         env[declared.env] = str(value.resolve() if isinstance(value, Path) else value)
     return env
-
-
-def _slurm_job_id(env: Mapping[str, str]) -> str | None:
-    """Array tasks are named like squeue shows them (`<array job>_<task>`)."""
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env.get("SLURM_JOB_ID") or None
 
 
 def _validate(config: PipelineConfig) -> None:

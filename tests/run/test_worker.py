@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 
 from streaming_pipeline.config import PipelineConfig
+from streaming_pipeline.run.job_environment import JobEnvironment
 from streaming_pipeline.run.worker import ArchiveWorker
 from streaming_pipeline.stages.asr.loader import Transcriber
 from streaming_pipeline.stages.audio import AudioInfo, convert_to_flac
-from streaming_pipeline.stages.transcript import Segment, Transcript, Word
 from streaming_pipeline.state.store import ProgressStore
+from streaming_pipeline.transcript import Segment, Transcript, Word
 
 from ..conftest import DAY, make_day, query
 
@@ -187,12 +188,12 @@ def test_an_interrupted_job_past_max_restarts_ends_failed_instead_of_requeueing(
     for restarts, expected in ((2, "interrupted"), (3, "failed")):
         config = PipelineConfig(
             dsn=pg_dsn, remote=str(tmp_path / "remote"), scratch_dir=tmp_path / "scratch",
-            model=str(tiny_model), device="cpu", num_workers=1, slurm_job_id="77_0",
-            slurm_restart_count=restarts, max_restarts=3,
+            model=str(tiny_model), device="cpu", num_workers=1, max_restarts=3,
         )  # fmt: skip
+        job = JobEnvironment.of({"SLURM_JOB_ID": "77_0", "SLURM_RESTART_COUNT": str(restarts)})
         worker = ArchiveWorker(
             config, day=dt.date.fromisoformat(DAY), archive_path=archive, slot="12_30", store=store,
-            transcriber_factory=Transcriber,
+            transcriber_factory=Transcriber, job=job,
         )  # fmt: skip
         worker.request_stop("stopped by SIGUSR1")  # before it starts: nothing is done
         result = worker.run()

@@ -9,7 +9,7 @@ import srt
 import webvtt
 
 from streaming_pipeline.stages.subtitles import MAX_CUE_S, MAX_LINE_CHARS, MAX_LINES, cues, render, wrap
-from streaming_pipeline.stages.transcript import Segment, Word
+from streaming_pipeline.transcript import Segment, Word
 
 TEXT = (
     "And so my fellow Americans, ask not what your country can do for you, ask what you can do "

@@ -10,18 +10,16 @@ import pytest
 
 from streaming_pipeline.errors import LeaseLost
 from streaming_pipeline.state.lease import upload_gate
-from streaming_pipeline.state.store import ArchiveKey, ProgressStore
+from streaming_pipeline.state.store import ArchiveKey, Owner, ProgressStore
 
 KEY = ArchiveKey("2025-01-25/12_30.tar.xz", dt.date(2025, 1, 25), "12_30")
 
 
 def _claim(store: ProgressStore, pid: int, lease_s: float) -> int:
-    owner = {"slurm_job_id": None, "host": f"node{pid}", "pid": pid}
-    token, _ = store.leases.claim(
-        KEY, path="/x.tar.xz", owner=owner, lease_s=lease_s, may_take=lambda row: False
-    )
-    assert token is not None
-    return token
+    owner = Owner(None, f"node{pid}", pid)
+    claim = store.leases.claim(KEY, path="/x.tar.xz", owner=owner, lease_s=lease_s, may_take=lambda h: False)
+    assert claim.token is not None
+    return claim.token
 
 
 def test_the_gate_opens_while_the_lease_is_ours_and_names_the_taker_once_it_is_not(pg_dsn: str) -> None:

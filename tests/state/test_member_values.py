@@ -20,10 +20,10 @@ from streaming_pipeline.stages.asr.timing import (
     time_words,
 )
 from streaming_pipeline.stages.subtitles import render
-from streaming_pipeline.stages.transcript import Transcript, clean_text
-from streaming_pipeline.state.records import MemberRecord
+from streaming_pipeline.state.records import MemberRecord, Owner
 from streaming_pipeline.state.states import MemberStatus
 from streaming_pipeline.state.store import ArchiveKey, ProgressStore
+from streaming_pipeline.transcript import Transcript, clean_text
 
 from ..conftest import query
 
@@ -36,7 +36,7 @@ NUL, ESC, SURROGATE, REPLACED = "\x00", "\x1b", "\udc80", "\ufffd"
 def store(pg_dsn: str) -> ProgressStore:
     store = ProgressStore(pg_dsn)
     store.init_schema()
-    store.archives.start(KEY, path="/x.tar.xz", bytes_total=10, host="h", pid=1, slurm_job_id=None)
+    store.archives.start(KEY, path="/x.tar.xz", bytes_total=10, owner=Owner(None, "h", 1))
     return store
 
 
@@ -64,9 +64,7 @@ def _decoded(member: str) -> Transcript:
 
 
 def _record(t: Transcript) -> MemberRecord:
-    return MemberRecord(
-        t.member, MemberStatus.UPLOADING, remote_path=f"/r/{t.member}.flac", **t.record_fields()
-    )
+    return MemberRecord.transcribed(t.member, t, remote_path=f"/r/{t.member}.flac")
 
 
 def test_unsafe_decoded_text_is_made_safe_for_json_subtitles_and_postgresql(

@@ -7,8 +7,7 @@ import datetime as dt
 
 import pytest
 
-from streaming_pipeline.stages.transcript import Segment, Word
-from streaming_pipeline.state.records import MemberRecord
+from streaming_pipeline.state.records import MemberRecord, Owner
 from streaming_pipeline.state.search_text import (
     bigram_query,
     bigrams,
@@ -18,6 +17,7 @@ from streaming_pipeline.state.search_text import (
 )
 from streaming_pipeline.state.segments import SearchQuery
 from streaming_pipeline.state.store import ArchiveKey, ProgressStore
+from streaming_pipeline.transcript import Segment, Word
 
 from ..conftest import query
 
@@ -47,7 +47,7 @@ def store(pg_dsn: str) -> ProgressStore:
     store = ProgressStore(pg_dsn)
     store.init_schema()
     for key in (KEY, LATER):
-        store.archives.start(key, path="/x.tar.xz", bytes_total=10, host="h", pid=1, slurm_job_id=None)
+        store.archives.start(key, path="/x.tar.xz", bytes_total=10, owner=Owner(None, "h", 1))
     jfk = "And so my fellow Americans, ask not what your country can do for you"
     timed = Segment(2.0, 8.0, jfk, words=_words(jfk, 2.0, 0.5))
     store.members.record(
@@ -151,7 +151,7 @@ def test_each_segment_is_searched_in_its_own_language(pg_dsn: str) -> None:
     store = ProgressStore(pg_dsn)
     store.init_schema()
     key = ArchiveKey("2025-01-26/06_00.tar.xz", dt.date(2025, 1, 26), "06_00")
-    store.archives.start(key, path="/y.tar.xz", bytes_total=10, host="h", pid=1, slurm_job_id=None)
+    store.archives.start(key, path="/y.tar.xz", bytes_total=10, owner=Owner(None, "h", 1))
     segments = (
         Segment(0.0, 2.0, "The children were playing.", language="en"),
         Segment(3.0, 5.0, "Die Kinder spielten im Garten.", language="de"),

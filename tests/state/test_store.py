@@ -14,7 +14,7 @@ from streaming_pipeline.cli import main
 from streaming_pipeline.config import redact_dsn
 from streaming_pipeline.errors import StoreError
 from streaming_pipeline.state.embedded_pg import EmbeddedPostgres
-from streaming_pipeline.state.store import SCHEMA_VERSION, ArchiveKey, MemberRecord, ProgressStore
+from streaming_pipeline.state.store import SCHEMA_VERSION, ArchiveKey, MemberRecord, Owner, ProgressStore
 
 KEY = ArchiveKey("2025-01-25/12_30.tar.xz", dt.date(2025, 1, 25), "12_30")
 
@@ -22,7 +22,7 @@ KEY = ArchiveKey("2025-01-25/12_30.tar.xz", dt.date(2025, 1, 25), "12_30")
 def _store(dsn: str) -> ProgressStore:
     store = ProgressStore(dsn)
     store.init_schema()
-    store.archives.start(KEY, path="/x.tar.xz", bytes_total=10, host="h", pid=1, slurm_job_id=None)
+    store.archives.start(KEY, path="/x.tar.xz", bytes_total=10, owner=Owner(None, "h", 1))
     return store
 
 
@@ -44,7 +44,7 @@ def test_done_is_never_downgraded(pg_dsn: str) -> None:
     store.members.mark_failed(KEY.archive, ["a.wav"], "late failure")
     assert store.members.done(KEY.archive) == {"a.wav"}
     summary = store.archives.summary(KEY.archive)
-    assert (summary["done"], summary["failed"], summary["pending"]) == (1, 1, 0)
+    assert (summary.done, summary.failed, summary.pending) == (1, 1, 0)
 
 
 def test_reconnects_after_backend_is_terminated(pg_dsn: str) -> None:
@@ -54,7 +54,7 @@ def test_reconnects_after_backend_is_terminated(pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     store.members.record(KEY, [MemberRecord("c.wav", "failed", error="x")])  # retried on a new connection
-    assert store.archives.summary(KEY.archive)["failed"] == 1
+    assert store.archives.summary(KEY.archive).failed == 1
 
 
 class FakeClock:
@@ -152,11 +152,11 @@ def test_a_dataset_run_is_held_by_one_process_and_a_taken_over_one_is_fenced(pg_
     store = ProgressStore(pg_dsn)
     store.init_schema()
     run = dict(source="src", config_name=None, split="train", output="out", resume=False, lease_s=60)
-    first = store.datasets.start("r1", host="n1", pid=1, slurm_job_id="7_1", **run)
+    first = store.datasets.start("r1", owner=Owner("7_1", "n1", 1), **run)
     with pytest.raises(RunBusy, match="r1 is being processed by job 7_1 on n1"):
-        store.datasets.start("r1", host="n2", pid=2, slurm_job_id=None, **run)
+        store.datasets.start("r1", owner=Owner(None, "n2", 2), **run)
     # A requeued run of the same job takes it over at once (holder_is_gone decides that).
-    again = store.datasets.start("r1", host="n1", pid=3, slurm_job_id="7_1", may_take=lambda r: True, **run)
+    again = store.datasets.start("r1", owner=Owner("7_1", "n1", 3), may_take=lambda h: True, **run)
     assert again.lease_token == first.lease_token + 1
     stale = ProgressStore(pg_dsn)
     stale.hold("r1", first.lease_token, table="dataset_runs")

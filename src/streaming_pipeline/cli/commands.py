@@ -16,24 +16,22 @@ from typing import TYPE_CHECKING, Any
 from ..config import (
     PipelineConfig,
     build_config,
-    config_env,
     days_label,
-    dsn_password,
     environ,
     parse_day,
     parse_days,
 )
 from ..errors import ConfigError, PipelineError
-from ..run.control import StopSignals
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` must not load faster-whisper or psycopg
-    from ..run.day import DayArchive, DayPlan
+    from ..controller.days import Controller
+    from ..run.skeleton import StagedRun
     from ..state.store import ProgressStore
 
 log = logging.getLogger("streaming_pipeline")
 
 # process-tar / process-day stopped by a signal; a rerun (or Slurm's requeue) resumes.
-EXIT_INTERRUPTED = 75
+EXIT_INTERRUPTED = 75  # run/job.py's, which `--help` must not import
 
 
 def config_from(args: argparse.Namespace) -> PipelineConfig:
@@ -116,25 +114,27 @@ def preflight(config: PipelineConfig, archive: Path) -> None:
 
 
 def process_tar(args: argparse.Namespace) -> int:
-    from ..run.day import archive_key, check_slot
+    """One archive in this process (a Slurm array task, or the local executor's child)."""
+    from ..controller.day import check_slot
+    from ..run.job import run_as_job
+    from ..run.job_environment import JobEnvironment
     from ..run.retranscribe import RetranscribeWorker
     from ..run.worker import ArchiveWorker
     from ..stages.asr.loader import Transcriber
+    from ..state.records import ArchiveKey
 
     day = parse_day(args.day)
     slot = check_slot(args.slot)
     config = config_from(args)
+    job = JobEnvironment.of()
     if config.work == "retranscribe":  # a `retranscribe` worker: the FLACs are on the destination
         store = _open_store(config, patient=True)
         store.init_schema()
-        key = archive_key(day, args.archive, slot)
-        return _run_worker(
-            RetranscribeWorker(
-                config, key=key, path=str(args.archive), store=store, transcriber_factory=Transcriber
-            ),
-            config,
-            store,
+        key = ArchiveKey.of(day, args.archive, slot)
+        worker: StagedRun = RetranscribeWorker(
+            config, key=key, path=str(args.archive), store=store, transcriber_factory=Transcriber, job=job
         )
+        return run_as_job(worker, store, job)
     preflight(config, args.archive)
     store = _open_store(config, patient=True)
     store.init_schema()
@@ -145,234 +145,55 @@ def process_tar(args: argparse.Namespace) -> int:
         slot=slot,
         store=store,
         transcriber_factory=Transcriber,
+        job=job,
     )
-    return _run_worker(worker, config, store)
-
-
-def _run_worker(worker: Any, config: PipelineConfig, store: ProgressStore) -> int:
-    """An archive's worker under stop signals and the watchdog: exit 0 (done, or another holds
-    the archive), 1 (failures), EXIT_INTERRUPTED (stopped; a Slurm job requeues itself)."""
-    from ..errors import LeaseLost
-    from ..state.lease import ArchiveBusy
-
-    StopSignals(worker.request_stop).install()
-
-    def stuck(reason: str) -> None:  # the watchdog's, when the stop did not end the run in time
-        worker.record_stuck(reason)
-        _requeue(config)
-
-    worker.control.on_stuck = stuck
-    worker.control.watch()
-    try:
-        result = worker.run()
-    except ArchiveBusy as busy:
-        print(f"{busy}; not starting a second worker")
-        return 0
-    except LeaseLost as lost:  # its new holder finishes the archive
-        print(f"{lost}: stopped without writing more")
-        return 0
-    finally:
-        store.close()
-    print(result.summary_line())
-    worker.control.over()
-    if result.interrupted:
-        _requeue(config)
-        return EXIT_INTERRUPTED
-    return 0 if result.ok else 1
+    return run_as_job(worker, store, job)
 
 
 def retranscribe(args: argparse.Namespace) -> int:
-    """`retranscribe DAYS`: the archives with members whose transcript was made another way go to
-    workers as in process-day (Slurm arrays or local processes, the same leases, logs and
-    finalize); each worker re-decodes those members from their FLACs on the destination."""
-    from ..run.day import DayArchive, DayPlan
-    from ..stages.asr.options import DecodeOptions
-    from ..stages.asr.provenance import planned
-    from ..state.records import ArchiveKey
-
-    days = parse_days(args.days)
+    """`retranscribe DAYS`: stale transcripts made again by workers, as process-day fans out."""
     config = config_from(args).with_settings(work="retranscribe")
-    made = planned(DecodeOptions.of(config))
     store = _open_store(config)
     try:
         store.init_schema()
-        plans = []
-        total_members, total_hours = 0, 0.0
-        for day in days:
-            stale = store.transcripts.stale_archives(day, key=made.key, only_model=config.only_model)
-            members = sum(a.members for a in stale)
-            hours = sum(a.audio_hours for a in stale)
-            total_members, total_hours = total_members + members, total_hours + hours
-            print(
-                f"{day}: {members} members ({hours:.3f} h of audio) in {_plural(len(stale), 'archive')} "
-                f"to re-transcribe with {made.model} ({made.key})",
-                flush=True,
-            )
-            if args.dry_run:
-                for a in stale:
-                    print(f"  {a.slot}: {a.members} members, {a.audio_hours:.3f} h")
-            todo = [DayArchive(ArchiveKey(a.archive, a.day, a.slot), Path(a.path), 0) for a in stale]
-            if todo:
-                plans.append(DayPlan(day, todo, todo=todo))
-        if args.dry_run:
-            print(f"dry run: {total_members} members, {total_hours:.3f} h of audio; nothing done")
-            return 0
-        if not plans:
-            return 0
-        if args.executor == "local":
-            return _run_local_days(config, plans, store, environ())
-        return _submit_slurm(config, plans, store, environ())
+        return _controller(config, store, environ(), args.executor).retranscribe_days(
+            parse_days(args.days), dry_run=args.dry_run
+        )
     finally:
         store.close()
-
-
-def _requeue(config: PipelineConfig) -> None:
-    """A Slurm worker's job goes back to the queue (the next run resumes); elsewhere a rerun does."""
-    if config.slurm_job_id:
-        from ..run.slurm import SlurmClient, requeue_self
-
-        requeue_self(config.slurm_job_id, SlurmClient(environ()))
 
 
 def run_days(config: PipelineConfig, days: list[dt.date], executor: str, env: Mapping[str, str]) -> int:
-    """`process-day`: register each day's archives, then submit (Slurm: all days at once) or run
-    (local: day by day) what is not done. A day with nothing left to do is finalized now."""
-    from ..run.day import NoArchives, discover, plan_day
+    """`process-day`: the days' archives planned, then submitted or run here."""
+    from ..controller.days import find_days
 
-    found: dict[dt.date, list[DayArchive]] = {}
-    for day in days:
-        try:
-            found[day] = discover(config.input_root, day)
-        except NoArchives as exc:
-            if len(days) == 1:
-                raise
-            print(f"{day}: skipped: {exc}", flush=True)
-    if not found:
-        raise ConfigError(f"no archives for any of the {len(days)} days under {config.input_root}")
-    if executor == "local":
-        preflight(config, next(iter(found.values()))[0].path)
+    found = find_days(config.input_root, days)  # before the database: a wrong day changes nothing
     store = _open_store(config)
     try:
         store.init_schema()
-        plans = []
-        for day, archives in found.items():
-            plan = plan_day(store, day, archives)
-            print(plan.describe(), flush=True)
-            plans.append(plan)
-        if executor == "local":
-            return _run_local_days(config, plans, store, env)
-        rc = 0
-        for plan in plans:
-            if not plan.todo:
-                rc = rc or _settle(store, plan, job_id=config.slurm_job_id)
-        if any(plan.todo for plan in plans):
-            return _submit_slurm(config, [p for p in plans if p.todo], store, env)
-        return rc
+        return _controller(config, store, env, executor).run_days(found)
     finally:
         store.close()
 
 
-def _submit_slurm(
-    config: PipelineConfig, plans: list[DayPlan], store: ProgressStore, env: Mapping[str, str]
-) -> int:
-    from ..run.slurm import SlurmClient, hpc_dir, submit_days
+def _controller(
+    config: PipelineConfig, store: ProgressStore, env: Mapping[str, str], executor: str
+) -> Controller:
+    from ..controller.days import Controller
 
-    # The controller's own job variables must not leak into its workers' submissions; the
-    # settings travel as PIPELINE_* variables, which sbatch exports to the jobs.
-    clean_env = {k: v for k, v in env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
-    client = SlurmClient({**clean_env, **config_env(config)}, secrets=(dsn_password(config.dsn),))
-    todo = [archive for plan in plans for archive in plan.todo]
-    sub = submit_days(config, todo, scripts=hpc_dir(config.hpc_dir), client=client)
-    now = dt.datetime.now(dt.UTC)
-    for plan in plans:
-        store.days.record(
-            plan.day,
-            state="submitted",
-            archives=len(plan.archives),
-            submitted=len(plan.todo),
-            executor="slurm",
-            array_job_id=",".join(sub.arrays_of(plan.day)),
-            finalize_job_id=sub.finalize[plan.day],
-            submitted_at=now,
-            finalized_at=None,
-        )
-    logs = config.log_dir.resolve()
-    days = [plan.day for plan in plans]
-    jobs = ",".join([a.job_id for a in sub.arrays] + list(sub.finalize.values()))
-    pattern = f"stream_tar_{days[0]}_*.out" if len(days) == 1 else "stream_tar_*.out"
-    print(
-        f"submitted {_plural(len(sub.arrays), 'job array')} "
-        + ", ".join(f"{a.job_id} ({a.tasks} tasks)" for a in sub.arrays)
-        + f": {sub.tasks} archives of {_plural(len(days), 'day')}, at most {config.max_parallel} at a"
-        " time in all; finalize: "
-        + ", ".join(f"{job} ({day})" for day, job in sub.finalize.items())
-        + f"\n  squeue -j {jobs}\n  tail -f {logs}/{pattern}\n  streaming-pipeline status {days_label(days)}"
+    return Controller(
+        config,
+        store,
+        env,
+        executor,
+        on_day_finished=lambda day: _write_day_report(store, config, day),
+        preflight=lambda archive: preflight(config, archive),
     )
-    return 0
-
-
-def _settle(store: ProgressStore, plan: DayPlan, *, job_id: str | None) -> int:
-    """A day with nothing to submit: finalized now, unless workers elsewhere still hold some of
-    its archives (they record the outcome; finalizing now would call the day incomplete)."""
-    from ..run.day import day_report, finalize_day, format_report
-
-    if plan.busy:
-        print(format_report(day_report(store, plan.day)))
-        return 0
-    report = finalize_day(store, plan.day, job_id=job_id)
-    print(format_report(report))
-    return 0 if report.totals.complete else 1
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _run_local_days(
-    config: PipelineConfig, plans: list[DayPlan], store: ProgressStore, env: Mapping[str, str]
-) -> int:
-    """Day after day on this machine; a stop signal ends the run after the day it interrupted."""
-    rc = 0
-    for plan in plans:
-        code = (
-            _run_local(config, plan.day, plan, store, env) if plan.todo else _settle(store, plan, job_id=None)
-        )
-        if code == EXIT_INTERRUPTED:
-            return code
-        rc = rc or code
-    return rc
-
-
-def _run_local(
-    config: PipelineConfig, day: dt.date, plan: DayPlan, store: ProgressStore, env: Mapping[str, str]
-) -> int:
-    from ..run.day import finalize_day, format_report
-    from ..run.local_executor import LocalExecutor
-
-    executor = LocalExecutor(config, env)
-    StopSignals(lambda _reason: executor.stop(), on_second=executor.signal_workers).install()
-    store.days.record(
-        day,
-        state="submitted",
-        archives=len(plan.archives),
-        submitted=len(plan.todo),
-        executor="local",
-        submitted_at=dt.datetime.now(dt.UTC),
-        finalized_at=None,
-    )
-    print(f"logs: {config.log_dir.resolve()}/stream_tar_{day}_*_{executor.job_id}.out", flush=True)
-    codes = executor.run(day, plan.todo)
-    report = finalize_day(store, day, job_id=None)
-    print(format_report(report))
-    _write_day_report(store, config, day)
-    if report.totals.complete:
-        return 0
-    return EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes.values() else 1
 
 
 def status(args: argparse.Namespace) -> int:
     """A day: a line per archive and the totals. Several days: a line per day, and the totals."""
-    from ..run.day import day_report, format_day_line, format_report, report_json
+    from ..controller.day import day_report, format_day_line, format_report, report_json
 
     days = parse_days(args.days)
     config = config_from(args)
@@ -486,7 +307,8 @@ def _check_schema(store: ProgressStore) -> None:
 
 
 def finalize_day(args: argparse.Namespace) -> int:
-    from ..run.day import finalize_day, format_day_line, format_report
+    from ..controller.day import finalize_day, format_day_line, format_report
+    from ..run.job_environment import JobEnvironment
 
     config = config_from(args)
     days = parse_days(args.days)
@@ -495,7 +317,7 @@ def finalize_day(args: argparse.Namespace) -> int:
     try:
         store.init_schema()
         for day in days:
-            report = finalize_day(store, day, job_id=config.slurm_job_id)
+            report = finalize_day(store, day, job_id=JobEnvironment.of().job_id)
             _write_day_report(store, config, day)
             print(format_report(report) if len(days) == 1 else format_day_line(report), flush=True)
             complete = complete and report.totals.complete
@@ -565,10 +387,11 @@ def export(args: argparse.Namespace) -> int:
 
 
 def process_dataset(args: argparse.Namespace) -> int:
-    from ..errors import LeaseLost
-    from ..hf.dataset import DatasetJob, DatasetWorker, resolve_source
+    from ..hf.source import DatasetJob, resolve_source
+    from ..run.dataset import DatasetWorker
+    from ..run.job import run_as_job
+    from ..run.job_environment import JobEnvironment
     from ..stages.asr.loader import Transcriber, local_model_dir
-    from ..state.states import ArchiveState
 
     config = config_from(args)
     job = DatasetJob(
@@ -586,22 +409,9 @@ def process_dataset(args: argparse.Namespace) -> int:
     local_model_dir(config.model)
     store = _open_store(config, patient=True)
     store.init_schema()
-    worker = DatasetWorker(config, job, store=store, transcriber_factory=Transcriber)
-    StopSignals(worker.request_stop).install()
-    worker.control.on_stuck = worker.record_stuck
-    worker.control.watch()
-    try:
-        result = worker.run()
-    except LeaseLost as lost:  # the process that took the run over goes on
-        print(f"{lost}: stopped without writing more")
-        return 0
-    finally:
-        store.close()
-    print(result.summary_line())
-    worker.control.over()
-    if result.state == ArchiveState.INTERRUPTED:
-        return EXIT_INTERRUPTED
-    return 0 if result.ok else 1
+    environment = JobEnvironment.of()
+    worker = DatasetWorker(config, job, store=store, transcriber_factory=Transcriber, environment=environment)
+    return run_as_job(worker, store, environment, requeue=False)
 
 
 def scale_sim(args: argparse.Namespace) -> int:

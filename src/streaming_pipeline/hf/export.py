@@ -22,9 +22,9 @@ from typing import Any
 
 from ..config import PipelineConfig
 from ..errors import ConfigError, DatasetError, UploadError
-from ..stages.transcript import Transcript
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
 from ..state.store import ProgressStore
+from ..transcript import Transcript
 from .shards import Shard, ShardWriter, dataset_card, export_features, made_by_columns, segment_rows
 
 log = logging.getLogger(__name__)

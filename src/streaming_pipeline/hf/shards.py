@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError
 from ..stages.audio import TARGET_RATE
-from ..stages.transcript import Segment, Transcript
+from ..transcript import Segment, Transcript
 
 if TYPE_CHECKING:
     from datasets import Features

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import PipelineConfig
-from ..stages.transcript import Transcript
 from ..stages.upload import AsyncRsyncStorageManager, Destination
 from ..state.records import MemberRecord
 from ..state.segments import Unindexed
 from ..state.states import MemberStatus
 from ..state.store import ProgressStore
+from ..transcript import Transcript
 
 log = logging.getLogger(__name__)
 

@@ -14,16 +14,15 @@ or unreadable is reported and left as it was. The archive's own state is not tou
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
-import os
 import shutil
-import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..config import PipelineConfig, subtitle_formats
 from ..errors import ConversionError, LeaseLost, TranscriptionError, UploadError
@@ -32,23 +31,39 @@ from ..stages.asr.options import DecodeOptions
 from ..stages.asr.protocol import Decoder, TranscriberLike
 from ..stages.audio import load_16k
 from ..stages.subtitles import write_beside
-from ..stages.transcript import Transcript
 from ..stages.upload import UploadJob, UploadState
-from ..state.lease import ArchiveLease, Owner
+from ..state.lease import ArchiveLease
 from ..state.records import ArchiveKey, MemberRecord
 from ..state.states import MemberStatus
 from ..state.store import ProgressStore
 from ..state.transcripts import StaleMember
-from .skeleton import Feed, RunTally, StagedRun
+from ..transcript import Transcript
+from .engine import BatchEnd, Lifecycle, Outcome, Upload
+from .job_environment import JobEnvironment
+from .skeleton import RunTally, StagedRun
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Fetched:
-    members: list[StaleMember]
-    folder: Path  # the destination's tree, these members' FLACs only
-    missing: set[str]  # members whose FLAC the destination does not have
+    """A stale member whose FLAC was fetched into `folder` (the destination's tree) with its
+    batch's, or `missing` from the destination (reader thread)."""
+
+    member: StaleMember
+    batch: int
+    folder: Path
+    missing: bool
+
+
+@dataclass
+class _OpenBatch:
+    """The batch the finisher is staging (finisher thread only)."""
+
+    number: int
+    records: list[MemberRecord] = field(default_factory=list)
+    folders: set[Path] = field(default_factory=set)
+    audio_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +90,8 @@ class RetranscribeResult:
 
 
 class RetranscribeWorker(StagedRun):
-    """One archive's stale transcripts made again with the current model and settings."""
+    """One archive's stale transcripts made again with the current model and settings; `run`
+    is the run's main thread, its work (`RetranscribeWork`) names the others."""
 
     def __init__(
         self,
@@ -84,15 +100,17 @@ class RetranscribeWorker(StagedRun):
         key: ArchiveKey,
         path: str,
         store: ProgressStore,
-        transcriber_factory: Any,
+        transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
+        job: JobEnvironment | None = None,
     ) -> None:
         super().__init__(config, store, RunTally("done", "left", "failed"))
         self.key = key
         self.path = path
+        self.job = job or JobEnvironment.of()
         self.transcriber_factory = transcriber_factory
-        self._formats = subtitle_formats(config.subtitles)
+        self.formats = subtitle_formats(config.subtitles)
         self.scratch = config.scratch_dir / "retranscribe" / key.day.isoformat() / key.slot
-        self.job_scratch = self.scratch / f"run-{socket.gethostname()}-{os.getpid()}"
+        self.job_scratch = self.scratch / self.job.scratch_name
 
     def record_interrupted(self, reason: str) -> None:
         """Nothing to record: the members not done are still stale, which is what resumes them."""
@@ -103,7 +121,7 @@ class RetranscribeWorker(StagedRun):
             self.store,
             self.key,
             path=self.path,
-            owner=Owner(self.config.slurm_job_id, socket.gethostname(), os.getpid()),
+            owner=self.job.owner,
             lease_s=self.config.lease_s,
             on_lost=self.request_stop,
         )
@@ -111,8 +129,6 @@ class RetranscribeWorker(StagedRun):
         with lease:
             try:
                 self._run()
-            except LeaseLost:
-                raise
             finally:
                 shutil.rmtree(self.scratch, ignore_errors=True)
         return RetranscribeResult(
@@ -128,8 +144,7 @@ class RetranscribeWorker(StagedRun):
     def _run(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.job_scratch.mkdir(parents=True)
-        transcriber: TranscriberLike = self.transcriber_factory(self.config)
-        decoder = open_decoder(transcriber, DecodeOptions.of(self.config))
+        decoder = open_decoder(self.transcriber_factory(self.config), DecodeOptions.of(self.config))
         try:
             made = decoder.provenance
             todo = self.store.transcripts.stale(
@@ -152,89 +167,91 @@ class RetranscribeWorker(StagedRun):
     def _retranscribe(self, todo: list[StaleMember], decoder: Decoder) -> None:
         uploader = self.open_uploads(max_concurrent=1)
         batch = self.config.stream_batch_size
-        chunks = [todo[i : i + batch] for i in range(0, len(todo), batch)]
-        feed: Feed[_Fetched] = Feed(lambda put: self._fetch_all(chunks, put), self, maxsize=1).start()
+        work = RetranscribeWork(self, [todo[i : i + batch] for i in range(0, len(todo), batch)])
         try:
-            number = 0
-            while not self.control.requested:
-                item = feed.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                self._batch(item, number, decoder)
-                number += 1
+            Lifecycle(self, work, decoder, read_ahead=batch + 1, hand_ahead=batch).run_all()
         finally:
             self.end_uploads(None)
-            feed.join()
             uploader.close()
 
-    # -- the reader: FLACs from the destination -------------------------------------------------
-    def _fetch_all(self, chunks: list[list[StaleMember]], put: Any) -> None:
-        assert self.uploader is not None
-        for number, members in enumerate(chunks):
-            if self.control.requested:
+
+class RetranscribeWork:
+    """Stale members through the lifecycle; each method names the thread that runs it."""
+
+    def __init__(self, worker: RetranscribeWorker, chunks: list[list[StaleMember]]) -> None:
+        self.worker = worker
+        self.key = worker.key
+        self.tally = worker.tally
+        self.chunks = chunks
+        self._open: _OpenBatch | None = None  # finisher thread
+
+    # -- reader thread: FLACs from the destination -------------------------------------------
+    def produce(self, put: Callable[[_Fetched | BatchEnd[int]], None]) -> None:
+        """Per batch, its FLACs (and JSONs, for what the first run recorded of the source
+        audio) fetched from the destination in one rsync; the next is fetched while one decodes."""
+        worker, uploader = self.worker, self.worker.uploader
+        assert uploader is not None
+        for number, members in enumerate(self.chunks):
+            if worker.control.event.is_set():
                 return
-            folder = self.job_scratch / f"fetch-{number}"
-            relpaths = {m.member: self.destination.relpath(m.remote_path) for m in members}
-            # the FLACs, and the JSONs for what the first run recorded of the source audio
+            folder = worker.job_scratch / f"fetch-{number}"
+            relpaths = {m.member: worker.destination.relpath(m.remote_path) for m in members}
             wanted = [q for p in relpaths.values() for q in (p, str(Path(p).with_suffix(".json")))]
-            there = self.uploader.existing(wanted, self.job_scratch / f"check-{number}")
+            there = uploader.existing(wanted, worker.job_scratch / f"check-{number}")
             present = [p for p in wanted if p in there]
             t0 = time.monotonic()
             if present:
-                self.uploader.fetch(
-                    present, folder, label=f"{self.key.archive}: {len(members)} members' FLACs"
-                )
+                uploader.fetch(present, folder, label=f"{self.key.archive}: {len(members)} members' FLACs")
             self.tally.timers.add("fetch", time.monotonic() - t0)
-            missing = {m for m, p in relpaths.items() if p not in there}
-            put(_Fetched(members, folder, missing))
+            for m in members:
+                put(_Fetched(m, number, folder, missing=relpaths[m.member] not in there))
+            put(BatchEnd(number))
 
-    # -- decode, stage, upload --------------------------------------------------------------------
-    def _batch(self, fetched: _Fetched, number: int, decoder: Decoder) -> None:
-        futures: dict[str, Future[Transcript]] = {}
-        for m in fetched.members:
-            if m.member in fetched.missing:
-                self._leave(m, "its FLAC is not on the destination")
-                continue
-            flac = fetched.folder / self.destination.relpath(m.remote_path)
-            try:
-                audio = load_16k(flac)
-            except (ConversionError, OSError, RuntimeError) as exc:
-                self._leave(m, f"its FLAC on the destination cannot be read: {exc}")
-                continue
-            futures[m.member] = decoder.submit(audio, archive=self.key.archive, member=m.member)
-        stage = self.job_scratch / f"stage-{number}"
-        records: list[MemberRecord] = []
-        audio_s = 0.0
-        for m in fetched.members:
-            future = futures.get(m.member)
-            if future is None:
-                continue
-            try:
-                result = self.transcript(future, decoder)
-            except CancelledError:
-                self.tally.count("left", 1)
-                continue
-            except TranscriptionError as exc:
-                self.tally.error(f"{m.member}: {exc}")
-                self.tally.count("failed", 1)
-                continue
-            records.append(self._stage(m, fetched.folder, stage, result))
-            audio_s += m.duration_s
-        shutil.rmtree(fetched.folder, ignore_errors=True)
-        if records:
-            assert self.uploader is not None
-            self.uploader.submit(
-                stage,
-                label=f"{self.key.archive} re-transcribed batch {number} ({len(records)} members)",
-                on_finish=lambda job: self._uploaded(job, records, audio_s),
-            )
+    # -- main thread --------------------------------------------------------------------------
+    def submit(self, fetched: _Fetched, decoder: Decoder) -> Future[Transcript] | None:
+        """The FLAC's samples to the decoder; a member whose FLAC is missing or unreadable is
+        left as it was (None)."""
+        m = fetched.member
+        if fetched.missing:
+            self._leave(m, "its FLAC is not on the destination")
+            return None
+        flac = fetched.folder / self.worker.destination.relpath(m.remote_path)
+        try:
+            audio = load_16k(flac)
+        except (ConversionError, OSError, RuntimeError) as exc:
+            self._leave(m, f"its FLAC on the destination cannot be read: {exc}")
+            return None
+        return decoder.submit(audio, archive=self.key.archive, member=m.member)
+
+    def leave(self, fetched: _Fetched) -> None:
+        self.tally.count("left", 1)
+
+    def _leave(self, m: StaleMember, reason: str) -> None:
+        log.warning("%s: %s left as it was: %s", self.key.archive, m.member, reason)
+        self.tally.error(f"{m.member}: {reason}")
+        self.tally.count("left", 1)
+
+    # -- finisher thread ----------------------------------------------------------------------
+    def finish(self, fetched: _Fetched, outcome: Outcome) -> None:
+        if self._open is None:
+            self._open = _OpenBatch(fetched.batch)
+        opened = self._open
+        opened.folders.add(fetched.folder)
+        m = fetched.member
+        if isinstance(outcome, CancelledError):
+            self.tally.count("left", 1)
+        elif isinstance(outcome, TranscriptionError):
+            self.tally.error(f"{m.member}: {outcome}")
+            self.tally.count("failed", 1)
+        elif isinstance(outcome, Transcript):
+            stage = self.worker.job_scratch / f"stage-{opened.number}"
+            opened.records.append(self._stage(m, fetched.folder, stage, outcome))
+            opened.audio_s += m.duration_s
 
     def _stage(self, m: StaleMember, fetched: Path, stage: Path, result: Transcript) -> MemberRecord:
         """The new JSON (and subtitles) under the FLAC's own relative path; the JSON keeps the
         source audio's description the first run wrote."""
-        relpath = Path(self.destination.relpath(m.remote_path))
+        relpath = Path(self.worker.destination.relpath(m.remote_path))
         old = fetched / relpath.with_suffix(".json")
         if old.is_file():
             try:
@@ -244,21 +261,38 @@ class RetranscribeWorker(StagedRun):
                 pass
         target = stage / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
-        subtitles = write_beside(target, result, self._formats)  # the FLAC itself is not staged
-        return MemberRecord(
+        subtitles = write_beside(target, result, self.worker.formats)  # the FLAC itself is not staged
+        return MemberRecord.transcribed(
             m.member,
-            MemberStatus.DONE,
-            timestamps=self.config.timestamps,
+            result,
+            status=MemberStatus.DONE,
+            timestamps=self.worker.config.timestamps,
             subtitles=subtitles,
-            **result.record_fields(),
         )
 
-    def _uploaded(self, job: UploadJob, records: list[MemberRecord], audio_s: float) -> None:
+    def close(self, end: BatchEnd[int] | None) -> Upload | None:
+        """The batch's new JSONs and subtitles, to replace the old ones on the destination."""
+        opened, self._open = self._open, None
+        if opened is None:
+            return None
+        for folder in opened.folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        if not opened.records:
+            return None
+        stage = self.worker.job_scratch / f"stage-{opened.number}"
+        label = f"{self.key.archive} re-transcribed batch {opened.number} ({len(opened.records)} members)"
+        return Upload(stage, label, functools.partial(self._uploaded, opened, stage))
+
+    # -- upload thread ------------------------------------------------------------------------
+    def _uploaded(self, opened: _OpenBatch, stage: Path, job: UploadJob | None) -> None:
+        """The members' rows take the new transcripts once rsync confirmed them (the old ones
+        go to transcript_history), in one fenced transaction."""
+        records = opened.records
         try:
-            if job.state is UploadState.DONE:
-                changed = self.store.transcripts.replace(self.key.archive, records)
-                self.tally.count("done", changed, audio_s=audio_s)
-            elif job.state is UploadState.WITHDRAWN:
+            if job is not None and job.state is UploadState.DONE:
+                changed = self.worker.store.transcripts.replace(self.key.archive, records)
+                self.tally.count("done", changed, audio_s=opened.audio_s)
+            elif job is None or job.state is UploadState.WITHDRAWN:
                 self.tally.count("left", len(records))
             else:
                 self.tally.error(f"upload failed: {job.error}")
@@ -266,9 +300,4 @@ class RetranscribeWorker(StagedRun):
         except (UploadError, LeaseLost) as exc:
             self.tally.error(str(exc))
         finally:
-            shutil.rmtree(job.source, ignore_errors=True)
-
-    def _leave(self, m: StaleMember, reason: str) -> None:
-        log.warning("%s: %s left as it was: %s", self.key.archive, m.member, reason)
-        self.tally.error(f"{m.member}: {reason}")
-        self.tally.count("left", 1)
+            shutil.rmtree(stage, ignore_errors=True)

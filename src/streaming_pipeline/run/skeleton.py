@@ -1,11 +1,12 @@
-"""The run both workers are made of, written once: an archive's worker (`worker.py`) and
-process-dataset (`hf/dataset.py`) describe their own work on top of it.
+"""What every worker is made of, written once: the archive's (`worker.py`), re-transcription's
+(`retranscribe.py`) and process-dataset's (`dataset.py`) runs describe their own work on top of
+it, and the lifecycle (`engine.py`) runs that work.
 
-    StagedRun:       the stop control, the stages' supervised ends (conversion processes,
-                     decoder, uploads within the grace), the watchdog's last word, the outcome
+    StagedRun:       the stop control, the stages' supervised ends (decoder, uploads within the
+                     grace), the watchdog's last word, the outcome
     Feed:            the reader thread's hand-over to the main thread
     RunTally:        the run's counts, busy seconds and errors, written from several threads
-    final_state:     how a run ends (done, interrupted, damaged, failed), one rule for both
+    final_state:     how a run ends (done, interrupted, damaged, failed), one rule for all
     limit_requeues:  an interrupted job requeued too often ends failed
     poison_members:  members in flight when earlier runs died, to fail or to decode alone
 
@@ -21,16 +22,16 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..config import PipelineConfig
 from ..stages.asr.protocol import Decoder
 from ..stages.cpu import CpuLedger, Stopwatch
-from ..stages.transcript import Transcript
 from ..stages.upload import AsyncRsyncStorageManager, Destination
 from ..state.lease import upload_gate
 from ..state.states import ArchiveState
 from ..state.store import ProgressStore
+from ..transcript import Transcript
 from .control import StopControl
 
 log = logging.getLogger(__name__)
@@ -38,16 +39,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def put_unless_stopped(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
+def put_unless_stopped(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     """Hand `item` to the consumer, unless the run stops first (then the consumer is gone and
-    the item's work stays pending for the next run)."""
+    the item's work stays pending for the next run): False."""
     while True:
         try:
             q.put(item, block=not stop.is_set(), timeout=0.5)  # once stopped, no waiting at all
-            return
+            return True
         except queue.Full:
             if stop.is_set():
-                return
+                return False
 
 
 def final_state(
@@ -131,6 +132,16 @@ class RunTally:
             return self._counts[what]
 
 
+class RunResult(Protocol):
+    """What every worker's run returns (WorkerResult, RetranscribeResult, DatasetResult)."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def interrupted(self) -> bool: ...
+    def summary_line(self) -> str: ...
+
+
 class StagedRun:
     """One run that feeds the stages: what both workers share. A subclass reads its source,
     hands work to the conversion processes and the decoder and uploads the results; this class
@@ -157,6 +168,10 @@ class StagedRun:
         if self.uploader is not None:
             self.uploader.abort(reason)
         self.record_interrupted(reason)
+
+    def run(self) -> RunResult:
+        """The whole run, in the caller's thread (the run's main thread)."""
+        raise NotImplementedError
 
     def record_interrupted(self, reason: str) -> None:
         raise NotImplementedError
@@ -217,12 +232,19 @@ class StagedRun:
 class Feed(Generic[T]):
     """The reader thread's hand-over to the main thread, through a bounded queue. `produce(put)`
     runs in the thread; what it raises is handed over as an item (the main thread decides what
-    it means), and None follows its last item, or a stop."""
+    it means), and None follows its last item, or a stop. `on_drop(item)` (reader thread) gets
+    what could not be handed over because the run was stopping."""
 
     def __init__(
-        self, produce: Callable[[Callable[[T], None]], None], run: StagedRun, *, maxsize: int
+        self,
+        produce: Callable[[Callable[[T], None]], None],
+        run: StagedRun,
+        *,
+        maxsize: int,
+        on_drop: Callable[[T | BaseException | None], None] | None = None,
     ) -> None:
         self._produce = produce
+        self._on_drop = on_drop
         self._run_control = run.control
         self._timers = run.tally.timers
         self._queue: queue.Queue[T | BaseException | None] = queue.Queue(maxsize=maxsize)
@@ -234,7 +256,8 @@ class Feed(Generic[T]):
 
     def put(self, item: T | BaseException | None) -> None:
         """To the main thread, unless the run stops first (then the item's work stays pending)."""
-        put_unless_stopped(self._queue, item, self._run_control.event)
+        if not put_unless_stopped(self._queue, item, self._run_control.event) and self._on_drop:
+            self._on_drop(item)
 
     def get(self) -> T | BaseException | None:
         started = time.monotonic()
@@ -245,6 +268,17 @@ class Feed(Generic[T]):
 
     def join(self) -> None:
         self._thread.join()
+
+    def drain(self) -> list[T | BaseException]:
+        """What the reader handed over that nobody took (once it has ended)."""
+        left: list[T | BaseException] = []
+        while True:
+            try:
+                got = self._queue.get_nowait()
+            except queue.Empty:
+                return left
+            if got is not None:
+                left.append(got)
 
     def _read(self) -> None:
         try:

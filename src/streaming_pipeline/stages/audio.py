@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError
-from .transcript import SourceAudio
+from ..transcript import SourceAudio
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .transcript import Segment, Transcript
+from ..transcript import Segment, Transcript
 
 MAX_LINE_CHARS = 42
 MAX_LINES = 2

@@ -8,15 +8,13 @@ from typing import Any
 import psycopg
 
 from .db import Table
-from .records import ArchiveKey, StageTiming
+from .records import ArchiveKey, ArchiveSummary, Owner, StageTiming
 
 
 class ArchiveTable(Table):
     """`archives`, `archive_runs`, `batch_stages`, `gpu_samples`: what a worker records of its archive."""
 
-    def start(
-        self, key: ArchiveKey, *, path: str, bytes_total: int, host: str, pid: int, slurm_job_id: str | None
-    ) -> int:
+    def start(self, key: ArchiveKey, *, path: str, bytes_total: int, owner: Owner) -> int:
         """The archive taken by this worker; returns the id of this run (archive_runs)."""
         sql = """
             INSERT INTO archives (archive, day, slot, path, state, bytes_total, bytes_read,
@@ -29,7 +27,8 @@ class ArchiveTable(Table):
                 error = NULL, heartbeat_at = now(), updated_at = now(),
                 restarts = archives.restarts + (archives.started_at IS NOT NULL)::int
         """
-        params = (key.archive, key.day, key.slot, path, bytes_total, host, pid, slurm_job_id)
+        holder = (owner.host, owner.pid, owner.slurm_job_id)
+        params = (key.archive, key.day, key.slot, path, bytes_total, *holder)
         run_sql = """
             INSERT INTO archive_runs (archive, day, host, pid, slurm_job_id, restarts, lease_token)
             SELECT archive, day, host, pid, slurm_job_id, restarts, lease_token FROM archives
@@ -122,8 +121,8 @@ class ArchiveTable(Table):
 
         self._db.transaction(forget, "forget archive")
 
-    def summary(self, archive: str) -> dict[str, Any]:
-        def read(cur: psycopg.Cursor[Any]) -> dict[str, Any]:
+    def summary(self, archive: str) -> ArchiveSummary:
+        def read(cur: psycopg.Cursor[Any]) -> ArchiveSummary:
             cur.execute(
                 """
                 SELECT count(*) FILTER (WHERE status = 'done') AS done,
@@ -135,6 +134,9 @@ class ArchiveTable(Table):
                 """,
                 (archive,),
             )
-            return dict(cur.fetchone())
+            row = cur.fetchone()
+            return ArchiveSummary(
+                row["done"], row["failed"], row["rejected"], row["pending"], float(row["audio_s"])
+            )
 
         return self._db.transaction(read, "summary")

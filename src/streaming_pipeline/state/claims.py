@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from .db import Table, leased_sql
-from .records import ArchiveKey
+from .records import ArchiveKey, Claim, Holder, Owner
 
 
 class LeaseTable(Table):
@@ -19,14 +19,14 @@ class LeaseTable(Table):
         key: ArchiveKey,
         *,
         path: str,
-        owner: dict[str, Any],
+        owner: Owner,
         lease_s: float,
-        may_take: Callable[[dict[str, Any]], bool],
-    ) -> tuple[int | None, dict[str, Any]]:
-        """Take `key`'s lease if it is free, expired, or `may_take(row)` says its holder is gone:
-        (new token, row). Otherwise (None, the holder's row). One short transaction."""
+        may_take: Callable[[Holder], bool],
+    ) -> Claim:
+        """Take `key`'s lease if it is free, expired, or `may_take(holder)` says its holder is
+        gone. One short transaction."""
 
-        def claim(cur: psycopg.Cursor[Any]) -> tuple[int | None, dict[str, Any]]:
+        def claim(cur: psycopg.Cursor[Any]) -> Claim:
             cur.execute(
                 "INSERT INTO archives (archive, day, slot, path) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (archive) DO NOTHING",
@@ -37,16 +37,15 @@ class LeaseTable(Table):
                 (key.archive,),
             )  # claimers of one archive go one at a time; a fenced write in flight finishes first
             row = cur.fetchone()
-            if row["leased"] and not may_take(row):
-                return None, row
-            return take_lease(cur, key.archive, owner, lease_s), row
+            holder, leased = Holder.of(row), bool(row["leased"])
+            if leased and not may_take(holder):
+                return Claim(None, holder, leased)
+            return Claim(take_lease(cur, key.archive, owner, lease_s), holder, leased)
 
         return self._db.transaction(claim, "claim archive")
 
-    def renew(
-        self, key: str, token: int, lease_s: float, *, table: str = "archives"
-    ) -> dict[str, Any] | None:
-        """Extend the lease; None while it is still ours, else the row of whoever took it."""
+    def renew(self, key: str, token: int, lease_s: float, *, table: str = "archives") -> Holder | None:
+        """Extend the lease; None while it is still ours, else whoever took it."""
         beat = ", heartbeat_at = now()" if table == "archives" else ", updated_at = now()"
         update = leased_sql(
             table,
@@ -55,12 +54,12 @@ class LeaseTable(Table):
         )  # fmt: skip
         holder = leased_sql(table, "SELECT slurm_job_id, host, pid FROM {table} WHERE {key} = %s")
 
-        def renew(cur: psycopg.Cursor[Any]) -> dict[str, Any] | None:
+        def renew(cur: psycopg.Cursor[Any]) -> Holder | None:
             cur.execute(update, (lease_s, key, token))
             if cur.rowcount == 1:
                 return None
             cur.execute(holder, (key,))
-            return cur.fetchone() or {"slurm_job_id": None, "host": None, "pid": None}
+            return Holder.of(cur.fetchone())
 
         return self._db.transaction(renew, "renew lease")
 
@@ -70,7 +69,7 @@ class LeaseTable(Table):
         self._db.transaction(lambda cur: cur.execute(sql, (key, token)), "release lease")
 
 
-def take_lease(cur: psycopg.Cursor[Any], archive: str, owner: dict[str, Any], lease_s: float) -> int:
+def take_lease(cur: psycopg.Cursor[Any], archive: str, owner: Owner, lease_s: float) -> int:
     """A new lease on a row the transaction has locked: the next token, the holder's identity."""
     cur.execute(
         """
@@ -79,6 +78,6 @@ def take_lease(cur: psycopg.Cursor[Any], archive: str, owner: dict[str, Any], le
                slurm_job_id = %s, host = %s, pid = %s
         WHERE archive = %s RETURNING lease_token
         """,
-        (lease_s, owner["slurm_job_id"], owner["host"], owner["pid"], archive),
+        (lease_s, owner.slurm_job_id, owner.host, owner.pid, archive),
     )
     return int(cur.fetchone()["lease_token"])

@@ -8,8 +8,8 @@ from typing import Any
 import psycopg
 
 from ..errors import ConfigError, RunBusy, StoreError
-from .db import Table, describe_holder
-from .records import DatasetResume, ShardCheckpoint
+from .db import Table
+from .records import DatasetResume, DatasetTotals, Holder, Owner, ShardCheckpoint, ShardRow
 
 
 class DatasetTable(Table):
@@ -23,12 +23,10 @@ class DatasetTable(Table):
         config_name: str | None,
         split: str,
         output: str,
-        host: str,
-        pid: int,
-        slurm_job_id: str | None,
+        owner: Owner,
         resume: bool,
         lease_s: float = 120.0,
-        may_take: Callable[[dict[str, Any]], bool] = lambda row: False,
+        may_take: Callable[[Holder], bool] = lambda holder: False,
     ) -> DatasetResume:
         """Claim the run's row (its lease: one process per run) and return where to continue
         (nothing done for a new run). RunBusy while another live process holds it.
@@ -49,9 +47,9 @@ class DatasetTable(Table):
                 "SELECT *, lease_until > now() AS leased FROM dataset_runs WHERE run = %s FOR UPDATE", (run,)
             )
             row = cur.fetchone()
-            if row["leased"] and not may_take(row):
+            if row["leased"] and not may_take(Holder.of(row)):
                 raise RunBusy(
-                    f"{run} is being processed by {describe_holder(row)}; not starting a second one"
+                    f"{run} is being processed by {Holder.of(row).describe()}; not starting a second one"
                 )
             if row["shards_done"] > 0 and not resume:
                 raise _RunExists(row["shards_done"], row["rows_done"], row["state"])
@@ -67,7 +65,7 @@ class DatasetTable(Table):
                        lease_token = lease_token + 1, lease_until = now() + make_interval(secs => %s)
                 WHERE run = %s RETURNING lease_token
                 """,
-                (host, pid, slurm_job_id, lease_s, run),
+                (owner.host, owner.pid, owner.slurm_job_id, lease_s, run),
             )
             token = int(cur.fetchone()["lease_token"])
             return DatasetResume(
@@ -135,18 +133,24 @@ class DatasetTable(Table):
 
         self._db.transaction(record, "record shard", fenced=True)
 
-    def shards(self, run: str) -> list[dict[str, Any]]:
-        return self._db.query("SELECT * FROM dataset_shards WHERE run = %s ORDER BY shard", (run,))
+    def shards(self, run: str) -> list[ShardRow]:
+        rows = self._db.query(
+            "SELECT shard, rows, bytes, remote_path FROM dataset_shards WHERE run = %s ORDER BY shard", (run,)
+        )
+        return [ShardRow(r["shard"], r["rows"], r["bytes"], r["remote_path"]) for r in rows]
 
-    def finish(self, run: str, *, state: str, error: str | None) -> dict[str, Any]:
+    def finish(self, run: str, *, state: str, error: str | None) -> DatasetTotals:
         sql = """
             UPDATE dataset_runs SET state = %s, error = %s, finished_at = now(), updated_at = now()
             WHERE run = %s RETURNING *
         """
 
-        def finish(cur: psycopg.Cursor[Any]) -> dict[str, Any]:
+        def finish(cur: psycopg.Cursor[Any]) -> DatasetTotals:
             cur.execute(sql, (state, error, run))
-            return dict(cur.fetchone())
+            row = cur.fetchone()
+            return DatasetTotals(
+                row["rows_done"], row["rows_written"], row["rows_failed"], row["shards_done"]
+            )
 
         return self._db.transaction(finish, "finish dataset run", fenced=True)
 

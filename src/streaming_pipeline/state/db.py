@@ -27,6 +27,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_e
 
 from ..config import describe_error, dsn_password
 from ..errors import LeaseLost, RefusedValues, StoreError
+from .records import Holder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -275,7 +276,7 @@ class Database:
         cur.execute(leased_sql(fence.table, query), (fence.key,))
         row = cur.fetchone()
         if row is None or row["lease_token"] != fence.token:
-            holder = "nobody" if row is None else describe_holder(row)
+            holder = "nobody" if row is None else Holder.of(row).describe()
             raise LeaseLost(fence.key, holder)
 
     def _lose(self, fence: _Fence | None, lost: LeaseLost) -> None:
@@ -388,8 +389,3 @@ class Table:
 def leased_sql(table: str, template: str) -> pgsql.Composed:
     """`template` with {table} and {key} filled in for a leased table (LEASED, never input)."""
     return pgsql.SQL(template).format(table=pgsql.Identifier(table), key=pgsql.Identifier(LEASED[table]))
-
-
-def describe_holder(row: dict[str, Any]) -> str:
-    job = f"job {row['slurm_job_id']}" if row.get("slurm_job_id") else "a job outside Slurm"
-    return f"{job} on {row.get('host') or '?'} (pid {row.get('pid') or '?'})"

@@ -11,51 +11,26 @@ its archive for at most `lease_s` (at once when a rerun finds it dead, see `hold
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from ..errors import LeaseLost, StoreError
-from .store import ArchiveKey, ProgressStore, describe_holder
+from .records import Holder, Owner
+from .store import ArchiveKey, ProgressStore
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Owner:
-    slurm_job_id: str | None
-    host: str
-    pid: int
-
-    def row(self) -> dict[str, Any]:
-        return {"slurm_job_id": self.slurm_job_id, "host": self.host, "pid": self.pid}
-
-
-@dataclass(frozen=True)
-class Holder:
-    slurm_job_id: str | None
-    host: str | None
-    pid: int | None
-    lease_until: dt.datetime | None
-
-    def describe(self) -> str:
-        row = {"slurm_job_id": self.slurm_job_id, "host": self.host, "pid": self.pid}
-        until = f" (lease until {self.lease_until:%Y-%m-%d %H:%M:%S %Z})" if self.lease_until else ""
-        return describe_holder(row) + until
-
-
 class ArchiveBusy(Exception):
     def __init__(self, archive: str, holder: Holder) -> None:
-        super().__init__(f"{archive} is being processed by {holder.describe()}")
+        super().__init__(f"{archive} is being processed by {holder.describe_lease()}")
         self.archive = archive
         self.holder = holder
 
 
-def holder_is_gone(row: dict[str, Any], me: Owner) -> bool:
+def holder_is_gone(holder: Holder, me: Owner) -> bool:
     """Whether an unexpired lease's holder is certainly dead, so it can be taken at once.
 
     The same Slurm job: Slurm runs a job id once at a time, so a requeued run's predecessor is
@@ -63,11 +38,10 @@ def holder_is_gone(row: dict[str, Any], me: Owner) -> bool:
     (another node, a live pid) waits for the lease to expire. Taking over early is never unsafe,
     only wasteful: the old holder, if it lives, is fenced out of every write.
     """
-    if me.slurm_job_id and row.get("slurm_job_id") == me.slurm_job_id:
+    if me.slurm_job_id and holder.slurm_job_id == me.slurm_job_id:
         return True
-    if row.get("host") == me.host and row.get("pid"):
-        pid = int(row["pid"])
-        return pid == me.pid or not _pid_exists(pid)
+    if holder.host == me.host and holder.pid:
+        return holder.pid == me.pid or not _pid_exists(holder.pid)
     return False
 
 
@@ -137,7 +111,7 @@ class Lease:
         log.info(
             "holding %s (%s, lease %d, %.0f s, renewed every %.0f s)",
             self.key,
-            describe_holder(self.owner.row()),
+            self.owner.describe(),
             token,
             self.lease_s,
             self.heartbeat_s,
@@ -160,7 +134,7 @@ class Lease:
                 log.warning("lease on %s not renewed: %s", self.key, exc)
                 continue
             if taken_by is not None:
-                self.store.lease_is_lost(LeaseLost(self.key, describe_holder(taken_by)))
+                self.store.lease_is_lost(LeaseLost(self.key, taken_by.describe()))
                 return
 
     def _lost(self, lost: LeaseLost) -> None:
@@ -210,17 +184,15 @@ class ArchiveLease(Lease):
         return self
 
     def acquire(self) -> None:
-        token, row = self.store.leases.claim(
+        claim = self.store.leases.claim(
             self.archive_key,
             path=self._path,
-            owner=self.owner.row(),
+            owner=self.owner,
             lease_s=self.lease_s,
-            may_take=lambda row: holder_is_gone(row, self.owner),
+            may_take=lambda holder: holder_is_gone(holder, self.owner),
         )
-        if token is None:
-            raise ArchiveBusy(
-                self.key, Holder(row["slurm_job_id"], row["host"], row["pid"], row["lease_until"])
-            )
-        if row["leased"]:
-            log.warning("%s: took over from %s, which is gone", self.key, describe_holder(row))
-        self.adopt(token)
+        if claim.token is None:
+            raise ArchiveBusy(self.key, claim.holder)
+        if claim.was_leased:
+            log.warning("%s: took over from %s, which is gone", self.key, claim.holder.describe())
+        self.adopt(claim.token)

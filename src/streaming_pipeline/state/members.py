@@ -192,7 +192,9 @@ class MemberTable(Table):
 def member_values(record: MemberRecord) -> list[Any]:
     """`record`'s MEMBER_COLUMNS values as psycopg sends them (JSON as jsonb)."""
     values = {c: getattr(record, c) for c in MEMBER_COLUMNS}
-    return [Jsonb(v) if c == "provenance" and v is not None else v for c, v in values.items()]
+    if record.provenance is not None:
+        values["provenance"] = Jsonb(record.provenance.as_json())
+    return list(values.values())
 
 
 def refusal_reason(exc: RefusedValues) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
+from ..transcript import Provenance, Transcript
 from .states import MemberStatus
 
 MEMBER_COLUMNS = (
@@ -38,7 +40,7 @@ DAY_COLUMNS = frozenset(
 
 
 class TimedWord(Protocol):
-    """A timed word as the decoders return it (stages/transcript.py's Word)."""
+    """A timed word as the decoders return it (transcript.py's Word)."""
 
     @property
     def start(self) -> float: ...
@@ -49,7 +51,7 @@ class TimedWord(Protocol):
 
 
 class TimedSegment(Protocol):
-    """A timed segment as the decoders return it (stages/transcript.py's Segment)."""
+    """A timed segment as the decoders return it (transcript.py's Segment)."""
 
     @property
     def start(self) -> float: ...
@@ -82,12 +84,42 @@ class MemberRecord:
     timestamps: str | None = None  # none, segment or word
     subtitles: str | None = None  # the subtitle formats written beside the FLAC ("srt,vtt")
     model: str | None = None  # the model that made the transcript, as named
-    provenance: dict[str, Any] | None = None  # stages/provenance.py's Provenance.as_json()
-    transcript_key: str | None = None  # Provenance.key: equal when made the same way
+    provenance: Provenance | None = None  # what made the transcript (jsonb: Provenance.as_json())
     transcribed_at: dt.datetime | None = None
     searchable_segments: int | None = None  # how many of `segments` the search holds (state/segments.py)
     # the transcript's segments, written to `segments` in the member row's transaction (no column)
     segments: Sequence[TimedSegment] = field(default=(), repr=False)
+
+    @property
+    def transcript_key(self) -> str | None:
+        """Provenance.key: equal for transcripts made the same way."""
+        return self.provenance.key if self.provenance is not None else None
+
+    @classmethod
+    def transcribed(
+        cls,
+        member: str,
+        transcript: Transcript,
+        *,
+        status: MemberStatus = MemberStatus.UPLOADING,
+        **fields: Any,
+    ) -> MemberRecord:
+        """A member's row with its transcript and what made it; `fields` are the rest of its
+        columns (size, audio, remote path...)."""
+        return cls(
+            member,
+            status,
+            transcript=transcript.text,
+            language=transcript.language,
+            language_probability=transcript.language_probability,
+            fallback=transcript.fallback,
+            model=transcript.model,
+            provenance=transcript.provenance,
+            transcribed_at=dt.datetime.now(dt.UTC),
+            segments=transcript.segments,  # made searchable with the row (state/segments.py)
+            searchable_segments=len(transcript.segments),
+            **fields,
+        )
 
     def __post_init__(self) -> None:
         # A header may declare any size (2**66 in base-256); bigint holds what a disk can. The
@@ -139,6 +171,88 @@ class ArchiveKey:
     archive: str
     day: dt.date
     slot: str
+
+    @classmethod
+    def of(cls, day: dt.date, archive_path: Path, slot: str) -> ArchiveKey:
+        """An archive is named by its day and file name (`2025-01-25/06_00.tar.xz`)."""
+        return cls(archive=f"{day.isoformat()}/{archive_path.name}", day=day, slot=slot)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A process that holds, or asks for, a lease (run/job_environment.py builds it)."""
+
+    slurm_job_id: str | None
+    host: str
+    pid: int
+
+    def describe(self) -> str:
+        job = f"job {self.slurm_job_id}" if self.slurm_job_id else "a job outside Slurm"
+        return f"{job} on {self.host or '?'} (pid {self.pid or '?'})"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who a row's lease names: its last or current holder, as the row records it."""
+
+    slurm_job_id: str | None
+    host: str | None
+    pid: int | None
+    lease_until: dt.datetime | None = None
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any] | None) -> Holder:
+        row = row or {}
+        return cls(row.get("slurm_job_id"), row.get("host"), row.get("pid"), row.get("lease_until"))
+
+    def describe(self) -> str:
+        job = f"job {self.slurm_job_id}" if self.slurm_job_id else "a job outside Slurm"
+        return f"{job} on {self.host or '?'} (pid {self.pid or '?'})"
+
+    def describe_lease(self) -> str:
+        until = f" (lease until {self.lease_until:%Y-%m-%d %H:%M:%S %Z})" if self.lease_until else ""
+        return self.describe() + until
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What claiming a lease found: the new token (None: a live holder keeps it), the row's
+    holder before the claim, and whether that holder's lease had not expired."""
+
+    token: int | None
+    holder: Holder
+    was_leased: bool
+
+
+@dataclass(frozen=True)
+class ArchiveSummary:
+    """An archive's members by outcome, and the audio done (the worker's result reads it)."""
+
+    done: int
+    failed: int
+    rejected: int
+    pending: int
+    audio_s: float
+
+
+@dataclass(frozen=True)
+class DatasetTotals:
+    """A dataset run's row once finished."""
+
+    rows_done: int
+    rows_written: int
+    rows_failed: int
+    shards_done: int
+
+
+@dataclass(frozen=True)
+class ShardRow:
+    """An uploaded shard as `dataset_shards` records it."""
+
+    shard: int
+    rows: int
+    bytes: int
+    remote_path: str
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import psycopg
 
 from .claims import take_lease
 from .db import Table
-from .records import ArchiveKey
+from .records import ArchiveKey, Owner
 
 _AUDIT_SQL = """
 CREATE TABLE IF NOT EXISTS sim_done_log (
@@ -42,7 +42,7 @@ class SimulatedQueue(Table):
     """The next archive of some days for a simulated worker."""
 
     def claim_next(
-        self, days: Sequence[dt.date], *, owner: dict[str, Any], lease_s: float
+        self, days: Sequence[dt.date], *, owner: Owner, lease_s: float
     ) -> tuple[ArchiveKey, int] | None:
         """The first archive of `days` that is not done and whose lease is free or expired,
         claimed; None when there is none (all done, or all held). Claimers skip each other's

@@ -19,9 +19,9 @@ from .archives import ArchiveTable
 from .claims import LeaseTable
 from .datasets import DatasetTable
 from .days import DayTable
-from .db import SCHEMA_VERSION, Database, describe_holder, migrations
+from .db import SCHEMA_VERSION, Database, migrations
 from .members import MemberTable
-from .records import ArchiveKey, DatasetResume, MemberRecord, ShardCheckpoint, StageTiming
+from .records import ArchiveKey, DatasetResume, Holder, MemberRecord, Owner, ShardCheckpoint, StageTiming
 from .segments import SegmentTable
 from .transcripts import TranscriptTable
 
@@ -29,11 +29,12 @@ __all__ = [
     "SCHEMA_VERSION",
     "ArchiveKey",
     "DatasetResume",
+    "Holder",
     "MemberRecord",
+    "Owner",
     "ProgressStore",
     "ShardCheckpoint",
     "StageTiming",
-    "describe_holder",
     "migrations",
 ]
 

@@ -43,7 +43,6 @@ import numpy as np
 
 from ..config import PipelineConfig, config_env
 from ..errors import ConfigError, ConversionError, PipelineError, TranscriptionError
-from ..run.day import archive_key
 from ..run.gpu import GpuSampler
 from ..run.retranscribe import RetranscribeWorker
 from ..run.worker import ArchiveWorker
@@ -55,6 +54,7 @@ from ..stages.asr.protocol import DecoderStats, TranscriberLike
 from ..stages.audio import AudioInfo, conversion_pool, convert_to_flac, load_16k
 from ..stages.cpu import DECODING, STARTUP
 from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadState
+from ..state.records import ArchiveKey
 from ..state.store import ProgressStore
 
 log = logging.getLogger(__name__)
@@ -331,7 +331,7 @@ def run_streaming(
     config = replace(config, remote=str(work / "remote"), scratch_dir=work / "scratch")
 
     def worker(store: ProgressStore) -> ArchiveWorker:
-        store.archives.forget(archive_key(DAY, archive, "bench").archive)
+        store.archives.forget(ArchiveKey.of(DAY, archive, "bench").archive)
         return ArchiveWorker(
             config,
             day=DAY,
@@ -494,7 +494,7 @@ def run_retranscribe(
     def worker(store: ProgressStore) -> RetranscribeWorker:
         return RetranscribeWorker(
             config,
-            key=archive_key(DAY, archive, "bench"),
+            key=ArchiveKey.of(DAY, archive, "bench"),
             path=str(archive),
             store=store,
             transcriber_factory=lambda _config: transcriber,
@@ -616,7 +616,7 @@ def run_process_tar(config: PipelineConfig, archive: Path, work: Path, dsn: str)
     config = config.with_settings(dsn=dsn, remote=str(work / "remote"), scratch_dir=work / "scratch")
     store = ProgressStore(dsn)
     try:
-        store.archives.forget(archive_key(DAY, archive, "bench").archive)
+        store.archives.forget(ArchiveKey.of(DAY, archive, "bench").archive)
     finally:
         store.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")} | config_env(config)

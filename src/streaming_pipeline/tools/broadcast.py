@@ -318,9 +318,9 @@ def run_set(config: PipelineConfig, set_dir: Path, work: Path, store: ProgressSt
     import shutil
     from dataclasses import replace
 
-    from ..run.day import archive_key
     from ..run.worker import ArchiveWorker
     from ..stages.asr.loader import Transcriber
+    from ..state.records import ArchiveKey
 
     files = read_manifest(set_dir)
     archive = pack_set(set_dir, files, work / "set.tar.xz")
@@ -329,7 +329,7 @@ def run_set(config: PipelineConfig, set_dir: Path, work: Path, store: ProgressSt
     shutil.rmtree(work / "scratch", ignore_errors=True)
     config = replace(config, remote=str(remote), scratch_dir=work / "scratch")
     day = dt.date(2000, 1, 2)
-    store.archives.forget(archive_key(day, archive, "broadcast").archive)
+    store.archives.forget(ArchiveKey.of(day, archive, "broadcast").archive)
     started = time.monotonic()
     result = ArchiveWorker(
         config, day=day, archive_path=archive, slot="broadcast", store=store, transcriber_factory=Transcriber

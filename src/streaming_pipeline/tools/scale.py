@@ -39,7 +39,8 @@ import psycopg
 
 from ..errors import ConfigError, LeaseLost
 from ..state.embedded_pg import EmbeddedPostgres, free_port
-from ..state.lease import Lease, Owner
+from ..state.lease import Lease
+from ..state.records import Owner
 from ..state.simulation import ScaleAudit, SimulatedQueue
 from ..state.store import ArchiveKey, MemberRecord, ProgressStore
 
@@ -209,7 +210,7 @@ def worker_main(dsn: str, config: ScaleConfig, number: int) -> int:
     queue = SimulatedQueue(store)
     try:
         while True:
-            claimed = queue.claim_next(days, owner=owner.row(), lease_s=config.lease_s)
+            claimed = queue.claim_next(days, owner=owner, lease_s=config.lease_s)
             if claimed is None:
                 if queue.unfinished(days) == 0:
                     return 0
@@ -232,10 +233,7 @@ def _process(
     store: ProgressStore, key: ArchiveKey, names: list[str], config: ScaleConfig, owner: Owner
 ) -> None:
     started = time.monotonic()
-    run_id = store.archives.start(
-        key, path=f"/synthetic/{key.archive}", bytes_total=0, host=owner.host, pid=owner.pid,
-        slurm_job_id=owner.slurm_job_id,
-    )  # fmt: skip
+    run_id = store.archives.start(key, path=f"/synthetic/{key.archive}", bytes_total=0, owner=owner)
     done = store.members.done(key.archive)
     todo = [n for n in names if n not in done]
     for first in range(0, len(todo), config.batch):

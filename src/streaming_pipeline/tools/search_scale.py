@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..stages.transcript import Segment
 from ..state.embedded_pg import EmbeddedPostgres
 from ..state.segments import SearchQuery
-from ..state.store import ArchiveKey, MemberRecord, ProgressStore
+from ..state.store import ArchiveKey, MemberRecord, Owner, ProgressStore
+from ..transcript import Segment
 
 FIRST_DAY = dt.date(2001, 1, 1)  # synthetic days, far from real ones
 SEGMENTS_PER_MEMBER = 20
@@ -117,9 +117,7 @@ def _record_cost(store: ProgressStore, text: _Text, rounds: int) -> dict[str, li
         order = ("with", "without") if r % 2 else ("without", "with")
         for kind in order:
             key = ArchiveKey(f"{day}/{kind}{r:02d}.tar.xz", day, f"{kind}{r:02d}")
-            store.archives.start(
-                key, path=f"/in/{key.archive}", bytes_total=0, host="h", pid=0, slurm_job_id=None
-            )
+            store.archives.start(key, path=f"/in/{key.archive}", bytes_total=0, owner=Owner(None, "h", 0))
             records = [
                 MemberRecord(
                     f"m{m:04d}.wav", "uploading", language="en", remote_path=f"/remote/{key.archive}/m{m}",
@@ -176,9 +174,7 @@ def _run(
         todo = min(per_day, members - d * per_day)
         for a in range(-(-todo // MEMBERS_PER_ARCHIVE)):
             key = ArchiveKey(f"{day}/{a:04d}.tar.xz", day, f"{a:04d}")
-            store.archives.start(
-                key, path=f"/in/{key.archive}", bytes_total=0, host="h", pid=0, slurm_job_id=None
-            )
+            store.archives.start(key, path=f"/in/{key.archive}", bytes_total=0, owner=Owner(None, "h", 0))
             names = [f"m{m:04d}.wav" for m in range(min(MEMBERS_PER_ARCHIVE, todo - a * MEMBERS_PER_ARCHIVE))]
             for i in range(0, len(names), BATCH):
                 records = []

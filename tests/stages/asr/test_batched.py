@@ -23,8 +23,8 @@ from streaming_pipeline.stages.asr.loader import Transcriber
 from streaming_pipeline.stages.asr.options import DecodeOptions
 from streaming_pipeline.stages.asr.policy import LOG_PROB_THRESHOLD, NO_SPEECH_THRESHOLD
 from streaming_pipeline.stages.asr.protocol import DecoderStats
-from streaming_pipeline.stages.transcript import Transcript
 from streaming_pipeline.tools.samples import clip_files
+from streaming_pipeline.transcript import Transcript
 
 from ...conftest import RESULT_FIELDS, SEGMENT_FIELDS
 

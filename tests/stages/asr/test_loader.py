@@ -45,6 +45,6 @@ def test_transcript_structure_and_silence(tiny_model: Path) -> None:
 def test_nul_bytes_never_reach_the_transcript() -> None:
     """Byte-level BPE can decode a 0x00 byte (the random model did, in CI); PostgreSQL text can't
     hold it, so one such file used to fail its whole batch's write."""
-    from streaming_pipeline.stages.transcript import clean_text
+    from streaming_pipeline.transcript import clean_text
 
     assert clean_text(" ab\x00c \x00") == "abc"

@@ -32,7 +32,7 @@ from streaming_pipeline.stages.asr.timing import (
     time_words,
     words_from_alignment,
 )
-from streaming_pipeline.stages.transcript import Segment, Word
+from streaming_pipeline.transcript import Segment, Word
 
 TS = 50364  # <|0.00|> in Whisper's multilingual vocabulary
 EOT = 50257

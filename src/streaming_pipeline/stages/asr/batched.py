@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import TranscriptionError
-from ..transcript import Segment, Transcript, clean_text
+from ...transcript import Segment, Transcript, clean_text
 from .calls import WhisperCalls
 from .options import DecodeOptions
 from .policy import (

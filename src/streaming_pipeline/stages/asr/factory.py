@@ -6,7 +6,7 @@ from typing import cast
 
 import numpy as np
 
-from ..transcript import Transcript
+from ...transcript import Transcript
 from .batched import BatchedDecoder
 from .options import DecodeOptions
 from .per_member import PerMemberDecoder

@@ -18,7 +18,7 @@ import numpy as np
 
 from ...config import PipelineConfig
 from ...errors import ConfigError, TranscriptionError
-from ..transcript import Segment, Transcript, Word, clean_text
+from ...transcript import Segment, Transcript, Word, clean_text
 from .options import DecodeOptions
 from .policy import APPEND_PUNCTUATIONS, MAX_INITIAL_TIMESTAMP, PREPEND_PUNCTUATIONS, SAMPLE_RATE
 from .timing import speech_segments

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..transcript import Transcript
+from ...transcript import Transcript
 from .options import DecodeOptions
 from .protocol import DecoderStats, TranscriberLike, cancelled_future
 from .provenance import of_transcriber

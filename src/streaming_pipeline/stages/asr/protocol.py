@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..transcript import Provenance, Transcript
+from ...transcript import Provenance, Transcript
 
 
 class TranscriberLike(Protocol):

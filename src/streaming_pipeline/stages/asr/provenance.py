@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ... import __version__
 from ...errors import ConfigError
-from ..transcript import KEY_FIELDS, PER_MEMBER_RULE, Provenance
+from ...transcript import KEY_FIELDS, PER_MEMBER_RULE, Provenance
 from .loader import local_model_dir
 from .options import DecodeOptions
 from .policy import LANGUAGE_RULE

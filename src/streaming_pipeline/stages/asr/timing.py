@@ -19,7 +19,7 @@ import numpy as np
 # Whisper's own rule, a plain function: how punctuation joins its word.
 from faster_whisper.transcribe import merge_punctuations
 
-from ..transcript import Segment, Word
+from ...transcript import Segment, Word
 from .policy import (
     APPEND_PUNCTUATIONS,
     ENCODER_FRAMES_PER_SECOND,

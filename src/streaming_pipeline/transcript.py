@@ -10,7 +10,6 @@ moves their times back to the member's timeline before they are handed on.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import re
@@ -215,23 +214,6 @@ class Transcript:
     def fallback(self) -> bool:
         """Whether a window needed a temperature above zero (the quality guards failed at 0)."""
         return any(s.temperature > 0 for s in self.segments)
-
-    def record_fields(self) -> dict[str, Any]:
-        """What a member's row records of its transcript and of what made it (MemberRecord's
-        fields)."""
-        p = self.provenance
-        return {
-            "transcript": self.text,
-            "language": self.language,
-            "language_probability": self.language_probability,
-            "fallback": self.fallback,
-            "model": self.model,
-            "provenance": p.as_json() if p is not None else None,
-            "transcript_key": p.key if p is not None else None,
-            "transcribed_at": dt.datetime.now(dt.UTC),
-            "segments": self.segments,  # made searchable with the row (state/segments.py)
-            "searchable_segments": len(self.segments),
-        }
 
     def as_json(self) -> dict[str, Any]:
         """The sidecar JSON next to each FLAC (its layout is what users and `from_json` read)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from streaming_pipeline.stages.transcript import Segment, SourceAudio, Transcript, Word, clean_text, safe_text
+from streaming_pipeline.transcript import Segment, SourceAudio, Transcript, Word, clean_text, safe_text
 
 
 def _transcript() -> Transcript:
@@ -79,8 +79,8 @@ def test_every_signature_that_carries_a_transcript_names_its_type() -> None:
     from collections import abc
     from concurrent.futures import Future
 
-    from streaming_pipeline.hf import dataset, shards
-    from streaming_pipeline.run import worker
+    from streaming_pipeline.hf import shards
+    from streaming_pipeline.run import archive_work, dataset, engine
     from streaming_pipeline.stages import subtitles
     from streaming_pipeline.stages.asr import batched, loader, per_member, protocol
 
@@ -95,8 +95,9 @@ def test_every_signature_that_carries_a_transcript_names_its_type() -> None:
         assert hints(submit)["return"] == Future[Transcript]
     for transcribe_fn in (protocol.TranscriberLike.transcribe, loader.Transcriber.transcribe):
         assert hints(transcribe_fn)["return"] is Transcript
-    assert hints(worker.ArchiveWorker._stage)["result"] is Transcript
-    assert hints(dataset._Pending)["result"] == Transcript | None
+    assert hints(archive_work.ArchiveWork._stage)["result"] is Transcript
+    assert hints(dataset._Row)["given"] == Transcript | None
+    assert Transcript in typing.get_args(engine.Outcome)
     assert hints(subtitles.render)["segments"] == abc.Iterable[Segment]
     assert hints(shards.segment_rows)["segments"] == abc.Sequence[Segment]
 

@@ -1,7 +1,7 @@
-"""Slurm: submitting days as job arrays (split at MaxArraySize) plus a finalize job per day, and
-requeueing a stopped worker.
+"""Slurm: submitting days as job arrays (split at MaxArraySize) plus a finalize job per day (a
+stopped worker requeues itself: run/job.py).
 
-Everything that knows about sbatch/scontrol is here; the hpc/*.sh scripts only resolve their
+Everything that submits to Slurm is here; the hpc/*.sh scripts only resolve their
 arguments and call the package. Commands are argument lists; settings reach the jobs through the
 environment sbatch exports (PIPELINE_*), so a DSN's password never shows in `squeue` or `ps`.
 """
@@ -77,9 +77,6 @@ class SlurmClient:
         """Submit; returns the job id (`--parsable` prints `id[;cluster]`)."""
         out = self._call(["sbatch", "--parsable", *options, "--", str(script), *script_args])
         return out.split(";", 1)[0]
-
-    def requeue(self, job_id: str) -> None:
-        self._call(["scontrol", "requeue", job_id])
 
     def max_array_size(self) -> int:
         """The cluster's MaxArraySize (`scontrol show config`): an array holds at most this many
@@ -169,9 +166,3 @@ def submit_days(
         finalize[day] = client.sbatch(finalize_options, scripts / FINALIZE_SCRIPT, [day.isoformat()])
         log.info("finalize job %s for %s runs after %s", finalize[day], day, after)
     return Submission(arrays, finalize)
-
-
-def requeue_self(job_id: str, client: SlurmClient) -> None:
-    """`scontrol requeue` this job: Slurm ends this run and starts the job again later."""
-    log.info("requeueing job %s", job_id)
-    client.requeue(job_id)

@@ -18,8 +18,8 @@ import pytest
 
 from streaming_pipeline.cli import main
 from streaming_pipeline.config import build_config, config_env
-from streaming_pipeline.run.day import archive_key
-from streaming_pipeline.state.lease import ArchiveBusy, ArchiveLease, Owner
+from streaming_pipeline.state.lease import ArchiveBusy, ArchiveLease
+from streaming_pipeline.state.records import ArchiveKey, Owner
 from streaming_pipeline.state.store import ProgressStore
 
 from ..conftest import DAY, REPO, SLOW_DECODING, local_day_options, make_day, query, worker_options
@@ -227,7 +227,7 @@ def test_a_second_worker_on_a_held_archive_names_the_holder_and_does_nothing(
     tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys
 ) -> None:
     (archive,) = make_day(tmp_path, ["10_00"], members=1)
-    key = archive_key(dt.date.fromisoformat(DAY), archive, "10_00")
+    key = ArchiveKey.of(dt.date.fromisoformat(DAY), archive, "10_00")
     main(["init-db", "--dsn", pg_dsn])
     store = ProgressStore(pg_dsn)
     holder = ArchiveLease(store, key, path=str(archive), owner=Owner("977_3", "node42", 4242), lease_s=60)
@@ -257,10 +257,10 @@ def test_a_killed_holder_on_this_node_is_taken_over_at_once(
     script = (
         "import os, socket, sys, time, datetime as dt\n"
         "from pathlib import Path\n"
-        "from streaming_pipeline.run.day import archive_key\n"
+        "from streaming_pipeline.state.records import ArchiveKey\n"
         "from streaming_pipeline.state.lease import ArchiveLease, Owner\n"
         "from streaming_pipeline.state.store import ProgressStore\n"
-        "key = archive_key(dt.date(2025, 1, 25), Path(sys.argv[2]), '11_00')\n"
+        "key = ArchiveKey.of(dt.date(2025, 1, 25), Path(sys.argv[2]), '11_00')\n"
         "owner = Owner(None, socket.gethostname(), os.getpid())\n"
         "store = ProgressStore(sys.argv[1])\n"
         "ArchiveLease(store, key, path=sys.argv[2], owner=owner, lease_s=600).acquire()\n"
@@ -284,12 +284,12 @@ def test_a_dead_holder_elsewhere_is_taken_over_when_its_lease_expires(
     tmp_path: Path, pg_dsn: str, tiny_model: Path, capsys
 ) -> None:
     (archive,) = make_day(tmp_path, ["11_30"], members=1)
-    key = archive_key(dt.date.fromisoformat(DAY), archive, "11_30")
+    key = ArchiveKey.of(dt.date.fromisoformat(DAY), archive, "11_30")
     main(["init-db", "--dsn", pg_dsn])
     store = ProgressStore(pg_dsn)
     # A worker on a node that vanished: it claimed, and never renews; nothing here can tell.
-    owner = Owner("5_0", "gone", 1).row()
-    token, _ = store.leases.claim(key, path=str(archive), owner=owner, lease_s=3, may_take=lambda row: False)
+    owner = Owner("5_0", "gone", 1)
+    token = store.leases.claim(key, path=str(archive), owner=owner, lease_s=3, may_take=lambda h: False).token
     assert token == 1
     store.close()
     argv = ["process-tar", DAY, str(archive), "11_30", *_options(tmp_path, pg_dsn, tiny_model)]
@@ -378,7 +378,7 @@ def _spawned_children(pid: int) -> list[int]:
 def test_a_day_report_is_typed_from_the_view_to_the_cli() -> None:
     import typing
 
-    from streaming_pipeline.run.day import DayArchive, DayPlan, DayReport, day_report
+    from streaming_pipeline.controller.day import DayArchive, DayPlan, DayReport, day_report
     from streaming_pipeline.state.days import DayTable
     from streaming_pipeline.state.records import ArchiveStatus
 

@@ -68,10 +68,6 @@ def check_slot(slot: str) -> str:
     return slot
 
 
-def archive_key(day: dt.date, archive_path: Path, slot: str) -> ArchiveKey:
-    return ArchiveKey(archive=f"{day.isoformat()}/{archive_path.name}", day=day, slot=slot)
-
-
 def discover(input_root: Path | None, day: dt.date) -> list[DayArchive]:
     """`<input_root>/<DATE>/*.tar.xz`, the slot being the file name without `.tar.xz`."""
     if input_root is None:
@@ -88,7 +84,7 @@ def discover(input_root: Path | None, day: dt.date) -> list[DayArchive]:
         if any(c in str(path) for c in "\t\n\r"):
             raise ConfigError(f"archive path with a tab or newline: {str(path)!r}")
         slot = check_slot(path.name.removesuffix(ARCHIVE_SUFFIX))
-        archives.append(DayArchive(archive_key(day, path, slot), path, path.stat().st_size))
+        archives.append(DayArchive(ArchiveKey.of(day, path, slot), path, path.stat().st_size))
     return archives
 
 
