@@ -9,6 +9,8 @@ python3 -m ruff check src tests
 python3 -m ruff format --check src tests
 # The layering declared in pyproject.toml (import-linter): imports only go down.
 python3 -c "from importlinter.cli import lint_imports_command; lint_imports_command()"
+# Types of the whole package (pyproject.toml's [tool.mypy]).
+python3 -m mypy
 if [ "$(id -u)" -eq 0 ]; then
     SLURM_CONF=$(scripts/slurm-local.sh start)
     export SLURM_CONF PIPELINE_TEST_REQUIRE_SLURM=1

@@ -66,7 +66,7 @@ def test_sql_text_interpolates_only_constant_column_lists() -> None:
 
 # SQL outside state/, each with its reason; everything else the package asks PostgreSQL is in state/.
 SQL_OUTSIDE_STATE = {
-    "cli/commands.py": "the psql command the demo prints for the user to run",
+    "cli/tooling.py": "the psql command the demo prints for the user to run",
 }
 
 

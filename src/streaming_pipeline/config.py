@@ -9,9 +9,7 @@ worker's behaviour is fully described by the object it was given (and by what it
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import re
 import tempfile
 import types
 import typing
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .redaction import redact_dsn
 
 ENV_PREFIX = "PIPELINE_"
 
@@ -469,81 +468,6 @@ def subtitle_formats(text: str) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"{', '.join(sorted(unknown))} is not srt, vtt or none")
     return tuple(f for f in SUBTITLE_FORMATS if f in wanted)
-
-
-def parse_day(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"bad date {text!r}: expected YYYY-MM-DD") from None
-
-
-MAX_DAYS = 3660  # ten years: a typo'd range fails instead of submitting a century
-
-
-def parse_days(specs: str | list[str] | tuple[str, ...]) -> list[dt.date]:
-    """Days and ranges, as arguments or comma-separated: `2025-01-01..2025-01-31 2025-02-03`.
-    Sorted, each once."""
-    items = [specs] if isinstance(specs, str) else list(specs)
-    days: set[dt.date] = set()
-    for item in (part.strip() for spec in items for part in spec.split(",")):
-        if not item:
-            continue
-        first, sep, last = item.partition("..")
-        start, end = parse_day(first), parse_day(last) if sep else parse_day(first)
-        if end < start:
-            raise ConfigError(f"{item}: the range ends before it starts")
-        if (end - start).days >= MAX_DAYS:
-            raise ConfigError(f"{item}: more than {MAX_DAYS} days")
-        days.update(start + dt.timedelta(days=i) for i in range((end - start).days + 1))
-    if not days:
-        raise ConfigError("no day given: YYYY-MM-DD, YYYY-MM-DD..YYYY-MM-DD, or several")
-    if len(days) > MAX_DAYS:
-        raise ConfigError(f"more than {MAX_DAYS} days")
-    return sorted(days)
-
-
-def days_label(days: list[dt.date]) -> str:
-    """`2025-01-25`, or `2025-01-01..2025-01-31` for a contiguous range, else first..last+N."""
-    if len(days) == 1:
-        return days[0].isoformat()
-    label = f"{days[0].isoformat()}..{days[-1].isoformat()}"
-    contiguous = (days[-1] - days[0]).days + 1 == len(days)
-    return label if contiguous else f"{label}_{len(days)}days"
-
-
-_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_PASSWORD_URI = re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)")
-
-
-def redact_dsn(dsn: str) -> str:
-    """Replace the password in a libpq key=value string or URI with ***."""
-    text = _PASSWORD_KV.sub(r"\1***", dsn)
-    return _PASSWORD_URI.sub(r"\1***\3", text)
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Redact DSN-shaped passwords and any known secret from an arbitrary message."""
-    out = redact_dsn(text)
-    for secret in secrets:
-        if secret:
-            out = out.replace(secret, "***")
-    return out
-
-
-def describe_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
-    """An exception as one line, with passwords (DSN-shaped or known) replaced by ***."""
-    return redact(" ".join(str(exc).split()) or type(exc).__name__, secrets)
-
-
-def dsn_password(dsn: str) -> str:
-    """The password in a DSN, so that messages from libpq can be scrubbed of it too."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        return str(conninfo_to_dict(dsn).get("password") or "")
-    except Exception:  # noqa: BLE001 - an unparsable DSN has no password we can find
-        return ""
 
 
 def environ() -> Mapping[str, str]:

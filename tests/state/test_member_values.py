@@ -41,7 +41,7 @@ def store(pg_dsn: str) -> ProgressStore:
 
 
 def _decoded(member: str) -> Transcript:
-    """A window's output through the batched decoder's own policy, as `_infer` and `_complete`
+    """A window's output through the batched decoder's own policy, as `RowCall.infer` and `_complete`
     call it: spans and their texts, the aligned words, the speech timeline, the final repairs."""
     spans = [Span(0.0, 1.5, (1, 2, 3)), Span(1.5, 3.0, (4, 5))]
     texts = [clean_text(f" Hello{NUL} there{ESC}"), clean_text(f"wor{SURROGATE}ld {REPLACED}")]

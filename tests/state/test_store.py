@@ -11,9 +11,10 @@ import psycopg
 import pytest
 
 from streaming_pipeline.cli import main
-from streaming_pipeline.config import redact_dsn
 from streaming_pipeline.errors import StoreError
+from streaming_pipeline.redaction import redact_dsn
 from streaming_pipeline.state.embedded_pg import EmbeddedPostgres
+from streaming_pipeline.state.records import DatasetRun
 from streaming_pipeline.state.store import SCHEMA_VERSION, ArchiveKey, MemberRecord, Owner, ProgressStore
 
 KEY = ArchiveKey("2025-01-25/12_30.tar.xz", dt.date(2025, 1, 25), "12_30")
@@ -151,12 +152,13 @@ def test_a_dataset_run_is_held_by_one_process_and_a_taken_over_one_is_fenced(pg_
 
     store = ProgressStore(pg_dsn)
     store.init_schema()
-    run = dict(source="src", config_name=None, split="train", output="out", resume=False, lease_s=60)
-    first = store.datasets.start("r1", owner=Owner("7_1", "n1", 1), **run)
+    spec = DatasetRun("r1", source="src", config_name=None, split="train", output="out")
+    run = dict(resume=False, lease_s=60)
+    first = store.datasets.start(spec, owner=Owner("7_1", "n1", 1), **run)
     with pytest.raises(RunBusy, match="r1 is being processed by job 7_1 on n1"):
-        store.datasets.start("r1", owner=Owner(None, "n2", 2), **run)
+        store.datasets.start(spec, owner=Owner(None, "n2", 2), **run)
     # A requeued run of the same job takes it over at once (holder_is_gone decides that).
-    again = store.datasets.start("r1", owner=Owner("7_1", "n1", 3), may_take=lambda h: True, **run)
+    again = store.datasets.start(spec, owner=Owner("7_1", "n1", 3), may_take=lambda h: True, **run)
     assert again.lease_token == first.lease_token + 1
     stale = ProgressStore(pg_dsn)
     stale.hold("r1", first.lease_token, table="dataset_runs")

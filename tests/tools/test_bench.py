@@ -16,14 +16,8 @@ import pytest
 
 from streaming_pipeline.cli import main
 from streaming_pipeline.stages.cpu import CPU_STAGES, DECODING, STARTUP
-from streaming_pipeline.tools.bench import (
-    largest_batch_bytes,
-    measure_process,
-    pinned,
-    rate_once_full,
-    repeat_archive,
-    with_children,
-)
+from streaming_pipeline.tools.bench_memory import measure_process, pinned, with_children
+from streaming_pipeline.tools.bench_runs import largest_batch_bytes, rate_once_full, repeat_archive
 
 from ..conftest import add_bytes
 

@@ -1,5 +1,6 @@
 """`streaming-pipeline`: the command line, the only place that reads the environment or sets up
-logging. parser.py defines the arguments, commands.py what each command does."""
+logging. parser.py defines the arguments; commands.py (the work), reading.py (the progress
+database) and tooling.py (measurements, the demo) what each command does."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import PipelineError
-from . import commands
+from . import commands, reading, tooling
 from .parser import build_parser
 
 log = logging.getLogger("streaming_pipeline")
@@ -22,28 +23,32 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "process-tar": commands.process_tar,
     "process-day": commands.process_day,
     "retranscribe": commands.retranscribe,
-    "status": commands.status,
-    "search": commands.search,
-    "index": commands.index,
-    "finalize-day": commands.finalize_day,
-    "report": commands.report,
-    "export": commands.export,
+    "status": reading.status,
+    "search": reading.search,
+    "index": reading.index,
+    "finalize-day": reading.finalize_day,
+    "report": reading.report,
+    "export": reading.export,
     "process-dataset": commands.process_dataset,
     "doctor": commands.doctor,
     "init-db": commands.init_db,
     "make-tiny-model": commands.make_tiny_model,
     "make-sample-day": commands.make_sample_day,
-    "demo": commands.demo,
-    "bench": commands.bench,
-    "broadcast-score": commands.broadcast_score,
-    "scale-sim": commands.scale_sim,
-    "search-scale": commands.search_scale,
+    "demo": tooling.demo,
+    "bench": tooling.bench,
+    "broadcast-score": tooling.broadcast_score,
+    "scale-sim": tooling.scale_sim,
+    "search-scale": tooling.search_scale,
 }
+
+
+# The CLI's own log handler, replaced when logging is configured again (tests call main twice).
+HANDLER_NAME = "streaming_pipeline"
 
 
 def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_streaming_pipeline", False)]:
+    for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
         root.removeHandler(old)
         old.close()
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
@@ -51,7 +56,7 @@ def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    handler._streaming_pipeline = True  # type: ignore[attr-defined]
+    handler.set_name(HANDLER_NAME)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("faster_whisper", "httpx", "urllib3", "filelock"):

@@ -9,8 +9,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import PipelineConfig, config_env, days_label, dsn_password
+from ..config import PipelineConfig, config_env
+from ..days import days_label
 from ..errors import ConfigError
+from ..redaction import dsn_password
 from ..run.control import StopSignals
 from ..run.job import EXIT_INTERRUPTED
 from ..run.job_environment import JobEnvironment

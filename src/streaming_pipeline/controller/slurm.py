@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import PipelineConfig, redact
+from ..config import PipelineConfig
 from ..errors import ConfigError, PipelineError
+from ..redaction import redact
 from .day import DayArchive
 
 log = logging.getLogger(__name__)

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from ..state.records import ArchiveKey, MemberRecord, StageTiming
 from ..state.states import MemberStatus
 from ..state.store import ProgressStore
 from ..transcript import Transcript
+from .control import result_unless_stopped, wait_unless_stopped
 from .engine import BatchEnd, Outcome, Upload
 from .gpu import GpuSampler
 from .skeleton import RunTally, StagedRun
@@ -125,7 +124,7 @@ class ArchiveRun:
     run_id: int
     started: float  # monotonic time the run started
     converter: Callable[..., AudioInfo]
-    subtitle_formats: list[str]
+    subtitle_formats: tuple[str, ...]
 
 
 class ArchiveWork:
@@ -266,22 +265,19 @@ class ArchiveWork:
     def _converted(self, future: Future[AudioInfo]) -> AudioInfo:
         """The conversion's outcome (the pool ends one past --decode-timeout); CancelledError
         when the run is asked to stop first."""
-        while True:
-            try:
-                return future.result(timeout=0.5)
-            except FutureTimeout:
-                if self.run.control.requested:
-                    future.cancel()
-                    raise CancelledError from None
+
+        def give_up() -> None:
+            future.cancel()
+            raise CancelledError
+
+        return result_unless_stopped(future, self.run.control, give_up)
 
     def settle_decoding(self, *, wait: bool = True) -> None:
         """Say which members handed to the decoder are back (a death now is not theirs); with
         `wait`, first wait until all are (or the run stops)."""
         pending = list(self._decoding.items())
-        for _member, future in pending if wait else ():
-            while not future.done() and not self.run.control.requested:
-                with contextlib.suppress(FutureTimeout, CancelledError, TranscriptionError):
-                    future.result(timeout=0.5)
+        if wait:
+            wait_unless_stopped([f for _, f in pending], self.run.control)
         back = [m for m, f in pending if f.done()]
         for member in back:
             del self._decoding[member]
@@ -343,7 +339,7 @@ class ArchiveWork:
         if opened is None:
             if end is not None:  # nothing of it to convert: skipped or rejected members only
                 self._drop(end.value)
-                self.log_progress(end.value, self.reader)
+                log_progress(self.of, end.value, self.reader)
             return None
         batch = opened.batch
         self._time(opened)
@@ -365,11 +361,11 @@ class ArchiveWork:
             for r in opened.records
             if r.status == MemberStatus.UPLOADING and r.member not in refused
         ]
-        self.log_progress(batch, self.reader)
+        log_progress(self.of, batch, self.reader)
         if not to_upload:
             self._drop(batch)
             return None
-        on_finish = functools.partial(self._uploaded, batch, to_upload, opened.audio_s, time.time())
+        on_finish = BatchUpload(self.of, batch, to_upload, opened.audio_s, time.time()).finished
         label = f"{self.key.archive} batch {batch.number} ({len(to_upload)} files)"
         return Upload(batch.directory / "stage", label, on_finish)
 
@@ -401,86 +397,89 @@ class ArchiveWork:
         self.tally.count("failed", 1)
         return MemberRecord(member.name, MemberStatus.FAILED, size_bytes=member.size, error=reason)
 
-    def log_progress(self, batch: Batch, reader: ArchiveReader) -> None:
-        """At each batch's end: the log line and the archive row's progress."""
-        elapsed = time.monotonic() - self.of.started
-        c = self.tally.counts()
-        audio_s = self.tally.audio_s
-        assert self.run.uploader is not None
-        u = self.run.uploader.counts()
-        share = 100.0 * batch.compressed_bytes_read / max(1, reader.compressed_size)
-        eta = elapsed * (100.0 - share) / share if share > 0 else float("nan")
-        log.info(
-            "batch %d: %d members seen (done %d, failed %d, rejected %d, skipped %d), "
-            "audio %.3f h, %.1fx realtime, uploads queued=%d running=%d done=%d failed=%d, "
-            "archive %.1f%% read, eta %.0fs",
-            batch.number,
-            reader.members_seen,
-            c["done"],
-            c["failed"],
-            c["rejected"],
-            c["skipped"],
-            audio_s / 3600,
-            audio_s / elapsed if elapsed > 0 else 0.0,
-            u["queued"],
-            u["running"],
-            u["done"],
-            u["failed"],
-            share,
-            eta,
-        )
-        self.tally.flush_gpu(self.store, self.of.run_id)
-        try:
-            self.store.archives.progress(
-                self.key.archive,
-                bytes_read=batch.compressed_bytes_read,
-                members_seen=reader.members_seen,
-            )
-        except StoreError as exc:
-            log.warning("progress not recorded: %s", exc)
 
-    # -- upload thread ----------------------------------------------------------------------
-    def _uploaded(
-        self,
-        batch: Batch,
-        members: list[tuple[str, str]],
-        audio_s: float,
-        queued_at: float,
-        job: UploadJob | None,
-    ) -> None:
-        """The batch's members done once rsync confirmed them, or failed."""
+@dataclass(frozen=True)
+class BatchUpload:
+    """A batch on its way to the destination; `finished` runs in an upload thread once rsync
+    ended: the batch's members are done once rsync confirmed them, or failed."""
+
+    of: ArchiveRun
+    batch: Batch
+    members: list[tuple[str, str]]  # (member, remote path)
+    audio_s: float
+    queued_at: float  # unix time
+
+    def finished(self, job: UploadJob | None) -> None:
+        tally, batch = self.of.tally, self.batch
         try:
             if job is None:  # stopping, no upload slot within the grace: the next run redoes them
-                self.tally.count("left", len(members))
+                tally.count("left", len(self.members))
                 log.info("stopping: batch %d not uploaded (no upload slot within the grace)", batch.number)
             elif job.state is UploadState.WITHDRAWN:  # the archive is another's now: write nothing
-                self.tally.count("left", len(members))
+                tally.count("left", len(self.members))
             else:
-                self._record_upload(batch, members, audio_s, queued_at, job)
+                self._record(job)
         finally:
-            self.tally.flush_timings(self.store, self.of.run_id, batch.number)
+            tally.flush_timings(self.of.run.store, self.of.run_id, batch.number)
             shutil.rmtree(batch.directory, ignore_errors=True)
 
-    def _record_upload(
-        self, batch: Batch, members: list[tuple[str, str]], audio_s: float, queued_at: float, job: UploadJob
-    ) -> None:
+    def _record(self, job: UploadJob) -> None:
+        tally, members, store, archive = self.of.tally, self.members, self.of.run.store, self.of.key.archive
         try:
-            self.tally.timers.add("upload", job.finished - job.started)
-            started = max(queued_at, time.time() - (time.monotonic() - job.started))
+            tally.timers.add("upload", job.finished - job.started)
+            started = max(self.queued_at, time.time() - (time.monotonic() - job.started))
             uploaded = len(members) if job.state is UploadState.DONE else 0
-            self.tally.timed(
-                batch.number, "upload", started, members=uploaded, audio_s=audio_s if uploaded else 0.0
-            )
+            audio_s = self.audio_s if uploaded else 0.0
+            tally.timed(self.batch.number, "upload", started, members=uploaded, audio_s=audio_s)
             if job.state is UploadState.DONE:
-                self.store.members.mark_done(self.key.archive, members)
-                self.tally.count("done", len(members), audio_s=audio_s)
+                store.members.mark_done(archive, members)
+                tally.count("done", len(members), audio_s=self.audio_s)
             else:
                 error = f"upload failed: {job.error}"
-                self.tally.error(error)
-                self.store.members.mark_failed(self.key.archive, [m for m, _ in members], error)
-                self.tally.count("failed", len(members))
+                tally.error(error)
+                store.members.mark_failed(archive, [m for m, _ in members], error)
+                tally.count("failed", len(members))
         except StoreError as exc:
             # The files are on the destination; a rerun finds them still 'uploading' and
             # uploads them again (rsync makes that idempotent).
-            self.tally.error(str(exc))
-            log.error("could not record upload of batch %d: %s", batch.number, exc)
+            tally.error(str(exc))
+            log.error("could not record upload of batch %d: %s", self.batch.number, exc)
+
+
+def log_progress(of: ArchiveRun, batch: Batch, reader: ArchiveReader) -> None:
+    """At each batch's end: the log line and the archive row's progress."""
+    elapsed = time.monotonic() - of.started
+    c = of.tally.counts()
+    audio_s = of.tally.audio_s
+    assert of.run.uploader is not None
+    u = of.run.uploader.counts()
+    share = 100.0 * batch.compressed_bytes_read / max(1, reader.compressed_size)
+    eta = elapsed * (100.0 - share) / share if share > 0 else float("nan")
+    log.info(
+        "batch %d: %d members seen (done %d, failed %d, rejected %d, skipped %d), "
+        "audio %.3f h, %.1fx realtime, uploads queued=%d running=%d done=%d failed=%d, "
+        "archive %.1f%% read, eta %.0fs",
+        batch.number,
+        reader.members_seen,
+        c["done"],
+        c["failed"],
+        c["rejected"],
+        c["skipped"],
+        audio_s / 3600,
+        audio_s / elapsed if elapsed > 0 else 0.0,
+        u["queued"],
+        u["running"],
+        u["done"],
+        u["failed"],
+        share,
+        eta,
+    )
+    of.tally.flush_gpu(of.run.store, of.run_id)
+    try:
+        of.run.store.archives.progress(
+            of.key.archive,
+            bytes_read=batch.compressed_bytes_read,
+            members_seen=reader.members_seen,
+        )
+    except StoreError as exc:
+        log.warning("progress not recorded: %s", exc)

@@ -6,6 +6,7 @@ within that grace.
     StopControl:  the stop request (signal-safe), the grace it starts, and the watchdog that ends
                   a run still not over at the grace (a stage stuck where Python cannot reach)
     UploadSlots:  finished batches waiting in scratch for their upload, waited for within the grace
+    result_unless_stopped, wait_unless_stopped: a future waited for, looking at the stop request
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from concurrent.futures import Future
 from types import FrameType
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# How often a wait looks at the stop request (every wait of the run's threads is this long at most).
+POLL_S = 0.5
 
 # A stopping run must be over `grace` seconds after the stop request: its uploads get the grace
 # less this much, to end their rsyncs and record the run's state; a run still not over at the
@@ -128,10 +137,28 @@ class UploadSlots:
 
     def take(self) -> bool:
         """True once a slot is this caller's; False when the stopping run's grace is spent."""
-        while not self._free.acquire(timeout=0.5):
+        while not self._free.acquire(timeout=POLL_S):
             if self._control.requested and self._control.remaining() <= 0:
                 return False
         return True
 
     def give(self) -> None:
         self._free.release()
+
+
+def result_unless_stopped(future: Future[T], control: StopControl, on_stop: Callable[[], object]) -> T:
+    """The future's result; once a stop is requested, `on_stop()` runs at each look (it may
+    cancel what the future waits for, or raise to give up)."""
+    while True:
+        try:
+            return future.result(timeout=POLL_S)
+        except futures.TimeoutError:
+            if control.requested:
+                on_stop()
+
+
+def wait_unless_stopped(pending: Iterable[Future[T]], control: StopControl) -> None:
+    """Until every future is done, or a stop is requested."""
+    waiting = set(pending)
+    while waiting and not control.requested:
+        waiting = futures.wait(waiting, timeout=POLL_S).not_done

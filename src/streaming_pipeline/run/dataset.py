@@ -41,7 +41,7 @@ from ..stages.audio import AudioInfo, convert_to_flac, take_samples
 from ..stages.pool import ConversionPool
 from ..stages.upload import UploadJob, UploadState
 from ..state.lease import Lease, holder_is_gone
-from ..state.records import DatasetResume, ShardCheckpoint
+from ..state.records import DatasetResume, DatasetRun, ShardCheckpoint
 from ..state.states import ArchiveState
 from ..state.store import ProgressStore
 from ..transcript import Transcript
@@ -150,12 +150,11 @@ class DatasetWorker(StagedRun):
         started = time.monotonic()
         source = open_source(self.job, offline=self.config.offline)
         self.destination.prepare()
+        spec = DatasetRun(
+            self.job.run, self.job.source, self.job.name, self.job.split, self.destination.url(self.prefix)
+        )
         resume = self.store.datasets.start(
-            self.job.run,
-            source=self.job.source,
-            config_name=self.job.name,
-            split=self.job.split,
-            output=self.destination.url(self.prefix),
+            spec,
             owner=self.owner,
             resume=self.job.resume,
             lease_s=self.config.lease_s,
@@ -268,6 +267,9 @@ class DatasetWork:
         self.writer = ShardWriter(dataset_features(), worker.scratch / "shards", split=self.job.split)
         self.writer.number = first_shard
         self._shard = _OpenShard(number=first_shard, first_row=start_row)  # finisher thread
+        # A row the stop cancelled: neither its shard nor any later one is checkpointed (shards
+        # are checkpointed in order), so the next run writes them again (finisher thread).
+        self._cut = False
 
     # -- reader thread ----------------------------------------------------------------------
     def produce(self, put: Callable[[_Row | BatchEnd[_Boundary]], None]) -> None:
@@ -367,6 +369,9 @@ class DatasetWork:
     def finish(self, row: _Row, outcome: Outcome) -> None:
         """Append the row to the open shard, or list it among the shard's failures."""
         try:
+            if isinstance(outcome, CancelledError) or self._cut:
+                self._cut = True
+                return
             result = outcome if isinstance(outcome, Transcript) else row.given
             if isinstance(outcome, Exception):
                 row.error = str(outcome) or type(outcome).__name__
@@ -394,7 +399,7 @@ class DatasetWork:
         """The shard the boundary ends, to upload; at a stop, the open shard is dropped (its
         rows are redone by the next run). A shard whose rows all failed has no file; its (empty)
         upload still goes through the queue, so that checkpoints stay in order."""
-        if end is None:
+        if end is None or self._cut:
             self.writer.abort()
             return None
         boundary, shard = end.value, self._shard

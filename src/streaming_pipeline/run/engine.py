@@ -29,7 +29,7 @@ from ..errors import TranscriptionError
 from ..stages.asr.protocol import Decoder
 from ..stages.upload import UploadJob
 from ..transcript import Transcript
-from .control import UploadSlots
+from .control import POLL_S, UploadSlots
 from .skeleton import Feed, StagedRun
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,8 @@ class Lifecycle(Generic[I, B]):
         self.run = run
         self.work = work
         self.decoder = decoder
-        self.complete = False  # the reader reached the end of its source
+        self.complete = False  # every item was read, handed over and has its outcome
+        self._left_any = False  # an item went back to the work, or the stop cancelled its decoding
         self._feed: Feed[I | BatchEnd[B]] = Feed(work.produce, run, maxsize=read_ahead, on_drop=self._dropped)
         self._handed: queue.Queue[_Handed[I] | BatchEnd[B] | None] = queue.Queue(maxsize=hand_ahead)
         self._slots = UploadSlots(MAX_BATCHES_UPLOADING, run.control)
@@ -118,8 +119,9 @@ class Lifecycle(Generic[I, B]):
         self._finisher_error: BaseException | None = None
 
     def run_all(self) -> bool:
-        """The main thread's loop; True when every item was read and handed over (the run is
-        complete if nothing failed). Raises what the reader or the finisher raised."""
+        """The main thread's loop; True when every item was read and has its outcome, none left
+        for the next run (the run is complete if nothing failed). Raises what the reader or the
+        finisher raised."""
         control = self.run.control
         self._feed.start()
         self._finisher.start()
@@ -136,7 +138,7 @@ class Lifecycle(Generic[I, B]):
                 try:
                     future = self.work.submit(got, self.decoder)
                 except CancelledError:
-                    self.work.leave(got)
+                    self._left(got)
                     continue
                 self._hand(_Handed(got, future))
             else:
@@ -150,10 +152,12 @@ class Lifecycle(Generic[I, B]):
             self._finisher.join()
         if self._finisher_error is not None:
             raise self._finisher_error
+        self.complete = self.complete and not self._left_any
         return self.complete
 
     def _left(self, got: I | BatchEnd[B] | BaseException) -> None:
         if not isinstance(got, BatchEnd | BaseException):
+            self._left_any = True
             self.work.leave(got)
 
     def _dropped(self, got: I | BatchEnd[B] | BaseException | None) -> None:
@@ -165,7 +169,7 @@ class Lifecycle(Generic[I, B]):
         """To the finisher, unless it has died (its error ends the run)."""
         while self._finisher.is_alive():
             try:
-                self._handed.put(handed, timeout=0.5)
+                self._handed.put(handed, timeout=POLL_S)
                 return
             except queue.Full:
                 continue
@@ -189,7 +193,10 @@ class Lifecycle(Generic[I, B]):
             return None
         try:
             return self.run.transcript(future, self.decoder)
-        except (TranscriptionError, CancelledError) as exc:
+        except TranscriptionError as exc:
+            return exc
+        except CancelledError as exc:
+            self._left_any = True
             return exc
 
     def _upload(self, upload: Upload | None) -> None:

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, Protocol, TypeVar
 
 from ..config import PipelineConfig
@@ -32,7 +31,7 @@ from ..state.lease import upload_gate
 from ..state.states import ArchiveState
 from ..state.store import ProgressStore
 from ..transcript import Transcript
-from .control import StopControl
+from .control import POLL_S, StopControl, result_unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ def put_unless_stopped(q: queue.Queue[Any], item: Any, stop: threading.Event) ->
     the item's work stays pending for the next run): False."""
     while True:
         try:
-            q.put(item, block=not stop.is_set(), timeout=0.5)  # once stopped, no waiting at all
+            q.put(item, block=not stop.is_set(), timeout=POLL_S)  # once stopped, no waiting at all
             return True
         except queue.Full:
             if stop.is_set():
@@ -187,12 +186,7 @@ class StagedRun:
         """A member's transcript; a stop request cancels what the decoder has not finished."""
         t0 = time.monotonic()
         try:
-            while True:
-                try:
-                    return future.result(timeout=0.5)
-                except FutureTimeout:
-                    if self.control.requested:
-                        decoder.cancel_pending()
+            return result_unless_stopped(future, self.control, decoder.cancel_pending)
         finally:
             self.tally.timers.add("wait_for_transcript", time.monotonic() - t0)
 

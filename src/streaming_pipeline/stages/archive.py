@@ -20,7 +20,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Self, cast
 
 from ..errors import ArchiveError, ScratchFullError
 
@@ -167,13 +167,19 @@ class _EndOfStream:
         self._raw.close()
 
 
+# Why tarfile's stream reader stopped: CPython's tarfile defines these, its stubs do not.
+_EMPTY_HEADER: type[tarfile.HeaderError] = vars(tarfile)["EmptyHeaderError"]
+_EOF_HEADER: type[tarfile.HeaderError] = vars(tarfile)["EOFHeaderError"]
+_TRUNCATED_HEADER: type[tarfile.HeaderError] = vars(tarfile)["TruncatedHeaderError"]
+
+
 class _Header(tarfile.TarInfo):
     """A header that tells the stream why it ended: tarfile's `next()` takes a zero block, a bad
     checksum and a stream cut inside a header alike for the end of the archive, and only the
     first is one."""
 
     @classmethod
-    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, tar: tarfile.TarFile) -> Self:
         try:
             return super().fromtarfile(tar)
         except tarfile.HeaderError as exc:  # the outermost call (a pax header's) is recorded last
@@ -184,20 +190,21 @@ class _Header(tarfile.TarInfo):
 
 class _TarStream(tarfile.TarFile):
     header_error: tarfile.HeaderError | None = None
+    members: list[tarfile.TarInfo]  # tarfile's cache of the headers read (not in its stubs)
 
     def end_problem(self) -> str | None:
         """Why the stream, where tarfile stopped, is not at the real end of the archive (None when
         it is): the end-of-archive blocks with nothing but zeros after them, or the end of the
         stream right after a member."""
         error = self.header_error
-        if error is None or isinstance(error, tarfile.EmptyHeaderError):
+        if error is None or isinstance(error, _EMPTY_HEADER):
             return None
-        if isinstance(error, tarfile.EOFHeaderError):
+        if isinstance(error, _EOF_HEADER):
             while data := self.fileobj.read(COPY_CHUNK):
                 if data.strip(b"\0"):
                     return f"data after the end-of-archive block at offset {self.offset}"
             return None
-        if isinstance(error, tarfile.TruncatedHeaderError):
+        if isinstance(error, _TRUNCATED_HEADER):
             return f"the stream ends inside the header at offset {self.offset}"
         return f"bad header at offset {self.offset} ({error})"
 
@@ -206,7 +213,7 @@ def _open_stream(fileobj: BinaryIO) -> _TarStream:
     """tarfile's stream reader over `fileobj`; the first header is read here, so whatever it
     raises is damage too (a ValueError from a broken GNU sparse map, say), not a traceback."""
     try:
-        return _TarStream.open(fileobj=fileobj, mode="r|", tarinfo=_Header)  # type: ignore[return-value]
+        return _TarStream.open(fileobj=fileobj, mode="r|", tarinfo=_Header)
     except (tarfile.TarError, EOFError, lzma.LZMAError, OSError):
         raise
     except Exception as exc:
@@ -314,8 +321,8 @@ class ArchiveReader:
             # lzma.open decompresses in bounded chunks; tarfile's own "r|xz" re-slices its whole
             # decompressed buffer per 512-byte read, quadratic on compressible input (silence).
             with (
-                lzma.open(counter) as decompressed,  # type: ignore[arg-type]
-                _open_stream(_EndOfStream(decompressed)) as stream,  # type: ignore[arg-type]
+                lzma.open(cast(BinaryIO, counter)) as decompressed,  # it reads, and counts
+                _open_stream(cast(BinaryIO, _EndOfStream(cast(BinaryIO, decompressed)))) as stream,
             ):
                 headers = iter(stream)
                 while (info := self._next_header(headers)) is not None:

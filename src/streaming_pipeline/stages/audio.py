@@ -10,12 +10,10 @@ seconds. Runs in worker processes.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -84,20 +82,6 @@ def warm_up() -> None:
     import av  # noqa: F401
     import soundfile  # noqa: F401
     import soxr  # noqa: F401
-
-
-def conversion_pool(workers: int) -> ProcessPoolExecutor:
-    """Processes for convert_to_flac, started now (they import the decoders while the caller loads
-    its model). Spawned, not forked: the parent has threads and database connections."""
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=exit_with_parent,
-        initargs=(os.getpid(),),
-    )
-    for _ in range(workers):
-        pool.submit(warm_up)
-    return pool
 
 
 def convert_to_flac(
@@ -172,7 +156,7 @@ def _convert_pyav(src: str, dst: str, keep_samples: bool) -> AudioInfo:
     except Exception as exc:  # noqa: BLE001 - PyAV's errors are many FFmpeg error types
         raise ConversionError(_short(exc, src)) from None
     with container:
-        stream = next((s for s in container.streams if s.type == "audio"), None)
+        stream = next(iter(container.streams.audio), None)
         if stream is None:
             raise ConversionError("no audio stream")
         context = stream.codec_context

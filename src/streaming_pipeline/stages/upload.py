@@ -131,7 +131,8 @@ class AsyncRsyncStorageManager:
         self.backoff_max = backoff_max
         self._aborted = threading.Event()
         self._abort_reason = ""
-        self._sleep = sleep or self._aborted.wait  # a backoff ends when the uploads are aborted
+        # a backoff ends when the uploads are aborted
+        self._sleep: Callable[[float], object] = sleep or self._aborted.wait
         self._run = runner or self._run_group
         self._running: set[subprocess.Popen[str]] = set()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="upload")
@@ -278,9 +279,12 @@ class AsyncRsyncStorageManager:
             wait=wait_exponential(multiplier=1, min=1, max=self.backoff_max),
             retry=retry_if_exception(lambda e: isinstance(e, UploadError) and e.retryable),
             before_sleep=lambda state: self._log_retry(label, state),
-            sleep=self._sleep,
+            sleep=self._backoff,
             reraise=True,
         )
+
+    def _backoff(self, seconds: float) -> None:
+        self._sleep(seconds)
 
     def _attempt(self, job: UploadJob) -> None:
         reason = self._abort_reason if self._aborted.is_set() else None

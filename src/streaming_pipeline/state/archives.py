@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from .db import Table
+from .db import Table, one
 from .records import ArchiveKey, ArchiveSummary, Owner, StageTiming
 
 
@@ -44,7 +44,7 @@ class ArchiveTable(Table):
             )
             cur.execute(sql, params)
             cur.execute(run_sql, (key.archive,))
-            return int(cur.fetchone()["id"])
+            return int(one(cur)["id"])
 
         return self._db.transaction(start, "start archive", fenced=True)
 
@@ -134,7 +134,7 @@ class ArchiveTable(Table):
                 """,
                 (archive,),
             )
-            row = cur.fetchone()
+            row = one(cur)
             return ArchiveSummary(
                 row["done"], row["failed"], row["rejected"], row["pending"], float(row["audio_s"])
             )

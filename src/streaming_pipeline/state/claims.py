@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from .db import Table, leased_sql
+from .db import Table, leased_sql, one
 from .records import ArchiveKey, Claim, Holder, Owner
 
 
@@ -36,7 +36,7 @@ class LeaseTable(Table):
                 "SELECT *, lease_until > now() AS leased FROM archives WHERE archive = %s FOR UPDATE",
                 (key.archive,),
             )  # claimers of one archive go one at a time; a fenced write in flight finishes first
-            row = cur.fetchone()
+            row = one(cur)
             holder, leased = Holder.of(row), bool(row["leased"])
             if leased and not may_take(holder):
                 return Claim(None, holder, leased)
@@ -80,4 +80,4 @@ def take_lease(cur: psycopg.Cursor[Any], archive: str, owner: Owner, lease_s: fl
         """,
         (lease_s, owner.slurm_job_id, owner.host, owner.pid, archive),
     )
-    return int(cur.fetchone()["lease_token"])
+    return int(one(cur)["lease_token"])

@@ -8,8 +8,8 @@ from typing import Any
 import psycopg
 
 from ..errors import ConfigError, RunBusy, StoreError
-from .db import Table
-from .records import DatasetResume, DatasetTotals, Holder, Owner, ShardCheckpoint, ShardRow
+from .db import Table, one
+from .records import DatasetResume, DatasetRun, DatasetTotals, Holder, Owner, ShardCheckpoint, ShardRow
 
 
 class DatasetTable(Table):
@@ -17,12 +17,8 @@ class DatasetTable(Table):
 
     def start(
         self,
-        run: str,
+        spec: DatasetRun,
         *,
-        source: str,
-        config_name: str | None,
-        split: str,
-        output: str,
         owner: Owner,
         resume: bool,
         lease_s: float = 120.0,
@@ -35,18 +31,20 @@ class DatasetTable(Table):
         would write its first shards again next to what a reader may already use.
         """
 
+        run = spec.run
+
         def start(cur: psycopg.Cursor[Any]) -> DatasetResume:
             cur.execute(
                 """
                 INSERT INTO dataset_runs (run, source, config_name, split, output)
                 VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run) DO NOTHING
                 """,
-                (run, source, config_name, split, output),
+                (run, spec.source, spec.config_name, spec.split, spec.output),
             )
             cur.execute(
                 "SELECT *, lease_until > now() AS leased FROM dataset_runs WHERE run = %s FOR UPDATE", (run,)
             )
-            row = cur.fetchone()
+            row = one(cur)
             if row["leased"] and not may_take(Holder.of(row)):
                 raise RunBusy(
                     f"{run} is being processed by {Holder.of(row).describe()}; not starting a second one"
@@ -58,16 +56,7 @@ class DatasetTable(Table):
                 (run, row["shards_done"] - 1),
             )
             shard = cur.fetchone()
-            cur.execute(
-                """
-                UPDATE dataset_runs SET state = 'running', host = %s, pid = %s, slurm_job_id = %s,
-                       started_at = now(), finished_at = NULL, error = NULL, updated_at = now(),
-                       lease_token = lease_token + 1, lease_until = now() + make_interval(secs => %s)
-                WHERE run = %s RETURNING lease_token
-                """,
-                (owner.host, owner.pid, owner.slurm_job_id, lease_s, run),
-            )
-            token = int(cur.fetchone()["lease_token"])
+            token = _take_run(cur, run, owner, lease_s)
             return DatasetResume(
                 rows_done=row["rows_done"],
                 shards_done=row["shards_done"],
@@ -147,7 +136,7 @@ class DatasetTable(Table):
 
         def finish(cur: psycopg.Cursor[Any]) -> DatasetTotals:
             cur.execute(sql, (state, error, run))
-            row = cur.fetchone()
+            row = one(cur)
             return DatasetTotals(
                 row["rows_done"], row["rows_written"], row["rows_failed"], row["shards_done"]
             )
@@ -159,3 +148,17 @@ class _RunExists(Exception):
     def __init__(self, shards: int, rows: int, state: str) -> None:
         super().__init__()
         self.shards, self.rows, self.state = shards, rows, state
+
+
+def _take_run(cur: psycopg.Cursor[Any], run: str, owner: Owner, lease_s: float) -> int:
+    """The run's row, locked by the caller, taken by `owner`: its new lease token."""
+    cur.execute(
+        """
+        UPDATE dataset_runs SET state = 'running', host = %s, pid = %s, slurm_job_id = %s,
+               started_at = now(), finished_at = NULL, error = NULL, updated_at = now(),
+               lease_token = lease_token + 1, lease_until = now() + make_interval(secs => %s)
+        WHERE run = %s RETURNING lease_token
+        """,
+        (owner.host, owner.pid, owner.slurm_job_id, lease_s, run),
+    )
+    return int(one(cur)["lease_token"])

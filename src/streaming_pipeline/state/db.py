@@ -25,8 +25,8 @@ from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
-from ..config import describe_error, dsn_password
 from ..errors import LeaseLost, RefusedValues, StoreError
+from ..redaction import describe_error, dsn_password
 from .records import Holder
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,19 @@ class Database:
             finally:
                 self.client_cpu_s += time.thread_time() - cpu  # under self._lock
 
-        limit = attempts or self._attempts
+        try:
+            with self._lock:
+                return self._retrying(what, attempts or self._attempts)(once)
+        except LeaseLost as lost:
+            self._lose(fence, lost)
+            raise
+        except psycopg.Error as exc:
+            error = RefusedValues if refused_values(exc) else StoreError
+            raise error(f"database error during {what}: {self._scrub(exc)}") from None
+
+    def _retrying(self, what: str, limit: int) -> Retrying:
+        """Transient errors retried with capped, jittered backoff: `limit` attempts, or for as
+        long as the patience lasts while the database has no connection slot free."""
         started = self._clock()
 
         def give_up(state: RetryCallState) -> bool:
@@ -205,7 +217,7 @@ class Database:
             left = self._patience - (self._clock() - started)
             return max(0.05, min(backoff(state), max(left, 0.05)))
 
-        retrying = Retrying(
+        return Retrying(
             stop=give_up,
             wait=jittered,
             retry=retry_if_exception(
@@ -219,15 +231,6 @@ class Database:
             sleep=self._sleep,
             reraise=True,
         )
-        try:
-            with self._lock:
-                return retrying(once)
-        except LeaseLost as lost:
-            self._lose(fence, lost)
-            raise
-        except psycopg.Error as exc:
-            error = RefusedValues if refused_values(exc) else StoreError
-            raise error(f"database error during {what}: {self._scrub(exc)}") from None
 
     def _log_retry(self, what: str, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -316,10 +319,10 @@ class Database:
 
         def read(cur: psycopg.Cursor[Any]) -> int:
             cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present")
-            if not cur.fetchone()["present"]:
+            if not one(cur)["present"]:
                 return 0
             cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_version")
-            return int(cur.fetchone()["v"])
+            return int(one(cur)["v"])
 
         return self.transaction(read, "schema version")
 
@@ -333,7 +336,7 @@ class Database:
                 " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_version")
-            current = int(cur.fetchone()["v"])
+            current = int(one(cur)["v"])
             for version, sql in sorted(migrations().items()):
                 if version > current:
                     cur.execute(sql)
@@ -349,7 +352,7 @@ class Database:
         """Rows of a read-only query (the report's, status commands', tests')."""
 
         def read(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
-            cur.execute(sql, params)  # type: ignore[arg-type]
+            cur.execute(sql, params)
             return list(cur.fetchall())
 
         return self.transaction(read, "query")
@@ -384,6 +387,14 @@ class Table:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+
+
+def one(cur: psycopg.Cursor[Any]) -> dict[str, Any]:
+    """The row of a statement that always returns one (an aggregate, RETURNING, a locked row)."""
+    row = cur.fetchone()
+    if row is None:
+        raise StoreError("the database returned no row where one is always expected")
+    return dict(row)
 
 
 def leased_sql(table: str, template: str) -> pgsql.Composed:

@@ -88,7 +88,7 @@ class MemberTable(Table):
 
         def write(cur: psycopg.Cursor[Any]) -> None:
             cur.executemany(sql, rows, returning=True)
-            written = set()
+            written: set[str] = set()
             while True:
                 written.update(row["member"] for row in cur.fetchall())
                 if not cur.nextset():

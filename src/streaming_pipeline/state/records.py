@@ -236,6 +236,17 @@ class ArchiveSummary:
 
 
 @dataclass(frozen=True)
+class DatasetRun:
+    """A process-dataset run as its row names it: the source read and where its shards go."""
+
+    run: str
+    source: str
+    config_name: str | None
+    split: str
+    output: str
+
+
+@dataclass(frozen=True)
 class DatasetTotals:
     """A dataset run's row once finished."""
 

@@ -103,7 +103,7 @@ def word_time(text: str, words: Sequence[Sequence[object]] | None, offset: int |
             continue
         cursor = at + len(token)
         if cursor > offset:
-            return float(start)  # type: ignore[arg-type]
+            return float(start) if isinstance(start, int | float) else None
     return None
 
 

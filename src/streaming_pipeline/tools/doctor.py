@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PipelineConfig, describe_error, dsn_password
+from ..config import PipelineConfig
 from ..errors import PipelineError
+from ..redaction import describe_error, dsn_password
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 PROBE_DIR = ".streaming-pipeline-doctor"

@@ -74,66 +74,12 @@ def _shape(
 ) -> dict[str, Any]:
     run_by_id = {r["id"]: r for r in runs}
     labels = _run_labels(runs)
-    timeline = _timeline(stages, run_by_id, labels)
-    starts = [r["started_at"] for r in runs]
-    ends = [r["finished_at"] or r["started_at"] for r in runs]
-    wall_s = (max(ends) - min(starts)).total_seconds() if runs else 0.0
-    audio_s = float(members["audio_s"] or 0.0)
-    gpu_hosts = {g["host"] for g in gpu}
-    gpu_hours = (
-        sum(
-            ((r["finished_at"] or r["started_at"]) - r["started_at"]).total_seconds()
-            for r in runs
-            if r["host"] in gpu_hosts
-        )
-        / 3600
-    )
-    states = defaultdict(int)
-    for a in archives:
-        states[a["state"]] += 1
-    stage_seconds: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(STAGES, 0.0))
-    for s in stages:
-        run = run_by_id.get(s["run_id"])
-        if run is not None:
-            stage_seconds[run["archive"]][s["stage"]] += (s["ended_at"] - s["started_at"]).total_seconds()
-    per_archive = [
-        {
-            "archive": a["archive"],
-            "slot": a["slot"],
-            "state": a["state"],
-            "xrt": float(a["audio_hours"] or 0) * 3600 / float(a["elapsed_s"]) if a["elapsed_s"] else 0.0,
-            "elapsed_s": float(a["elapsed_s"] or 0.0),
-            "stages": stage_seconds.get(a["archive"], dict.fromkeys(STAGES, 0.0)),
-            # the current (live lease) or last worker, as `status` shows it
-            "owner": owner_label(a["host"], a["slurm_job_id"], a["pid"]),
-            "lease_until": a["lease_until"].isoformat(timespec="seconds") if a["live"] else None,
-        }
-        for a in archives
-    ]
-    done = int(members["done"])
-    width = longest / DURATION_BINS
+    per_archive = _per_archive(archives, stages, run_by_id)
     return {
         "title": _title(days, archive),
         "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "summary": {
-            "archives": len(archives),
-            "archives_done": states.get("done", 0),
-            "archives_failed": states.get("failed", 0),
-            "archives_damaged": states.get("damaged", 0),
-            "archives_interrupted": states.get("interrupted", 0),
-            "archives_other": len(archives)
-            - sum(states.get(k, 0) for k in ("done", "failed", "damaged", "interrupted")),
-            "runs": len(runs),
-            "members_done": done,
-            "members_failed": int(members["failed"]),
-            "members_rejected": int(members["rejected"]),
-            "members_uploading": int(members["uploading"]),
-            "audio_hours": audio_s / 3600,
-            "wall_hours": wall_s / 3600,
-            "xrt": audio_s / wall_s if wall_s else 0.0,
-            "gpu_hours": gpu_hours,
-        },
-        "timeline": timeline,
+        "summary": _summary(archives, runs, gpu, members),
+        "timeline": _timeline(stages, run_by_id, labels),
         "throughput": _throughput(stages, runs),
         "per_archive": per_archive,
         "slowest": sorted(per_archive, key=lambda a: -a["elapsed_s"])[:5],
@@ -147,29 +93,7 @@ def _shape(
             for f in failures
         ],
         "failures_total": int(members["failed"]) + int(members["rejected"]),
-        "quality": {
-            "languages": [{"language": r["language"], "n": int(r["n"])} for r in languages],
-            "models": [
-                {
-                    "model": r["model"] or "(not recorded)",
-                    "settings": (r["transcript_key"] or "")[:8],
-                    "members": int(r["n"]),
-                    "hours": float(r["hours"]),
-                }
-                for r in models
-            ],
-            "durations": [
-                {"from": (int(r["bin"]) - 1) * width, "to": int(r["bin"]) * width, "n": int(r["n"])}
-                for r in durations
-                if r["bin"] is not None
-            ],
-            "empty_share": int(members["empty"]) / done if done else 0.0,
-            "fallback_share": int(members["fallback"]) / done if done else 0.0,
-            # Timed: sentence-sized segments with real times (--timestamps segment or word).
-            "timed_share": int(members["timed"]) / done if done else 0.0,
-            "word_share": int(members["worded"]) / done if done else 0.0,
-            "subtitled_share": int(members["subtitled"]) / done if done else 0.0,
-        },
+        "quality": _quality(members, languages, models, durations, longest),
         "runs": [
             {
                 "label": labels[r["id"]],
@@ -183,6 +107,107 @@ def _shape(
             }
             for r in runs
         ],
+    }
+
+
+def _summary(
+    archives: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    gpu: list[dict[str, Any]],
+    members: dict[str, Any],
+) -> dict[str, Any]:
+    starts = [r["started_at"] for r in runs]
+    ends = [r["finished_at"] or r["started_at"] for r in runs]
+    wall_s = (max(ends) - min(starts)).total_seconds() if runs else 0.0
+    audio_s = float(members["audio_s"] or 0.0)
+    gpu_hosts = {g["host"] for g in gpu}
+    gpu_s = sum(
+        ((r["finished_at"] or r["started_at"]) - r["started_at"]).total_seconds()
+        for r in runs
+        if r["host"] in gpu_hosts
+    )
+    states: defaultdict[str, int] = defaultdict(int)
+    for a in archives:
+        states[a["state"]] += 1
+    named = ("done", "failed", "damaged", "interrupted")
+    return {
+        "archives": len(archives),
+        "archives_done": states.get("done", 0),
+        "archives_failed": states.get("failed", 0),
+        "archives_damaged": states.get("damaged", 0),
+        "archives_interrupted": states.get("interrupted", 0),
+        "archives_other": len(archives) - sum(states.get(k, 0) for k in named),
+        "runs": len(runs),
+        "members_done": int(members["done"]),
+        "members_failed": int(members["failed"]),
+        "members_rejected": int(members["rejected"]),
+        "members_uploading": int(members["uploading"]),
+        "audio_hours": audio_s / 3600,
+        "wall_hours": wall_s / 3600,
+        "xrt": audio_s / wall_s if wall_s else 0.0,
+        "gpu_hours": gpu_s / 3600,
+    }
+
+
+def _per_archive(
+    archives: list[dict[str, Any]], stages: list[dict[str, Any]], run_by_id: dict[Any, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    stage_seconds: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(STAGES, 0.0))
+    for s in stages:
+        run = run_by_id.get(s["run_id"])
+        if run is not None:
+            stage_seconds[run["archive"]][s["stage"]] += (s["ended_at"] - s["started_at"]).total_seconds()
+    return [
+        {
+            "archive": a["archive"],
+            "slot": a["slot"],
+            "state": a["state"],
+            "xrt": float(a["audio_hours"] or 0) * 3600 / float(a["elapsed_s"]) if a["elapsed_s"] else 0.0,
+            "elapsed_s": float(a["elapsed_s"] or 0.0),
+            "stages": stage_seconds.get(a["archive"], dict.fromkeys(STAGES, 0.0)),
+            # the current (live lease) or last worker, as `status` shows it
+            "owner": owner_label(a["host"], a["slurm_job_id"], a["pid"]),
+            "lease_until": a["lease_until"].isoformat(timespec="seconds") if a["live"] else None,
+        }
+        for a in archives
+    ]
+
+
+def _quality(
+    members: dict[str, Any],
+    languages: list[dict[str, Any]],
+    models: list[dict[str, Any]],
+    durations: list[dict[str, Any]],
+    longest: float,
+) -> dict[str, Any]:
+    done = int(members["done"])
+    width = longest / DURATION_BINS
+
+    def share(column: str) -> float:
+        return int(members[column]) / done if done else 0.0
+
+    return {
+        "languages": [{"language": r["language"], "n": int(r["n"])} for r in languages],
+        "models": [
+            {
+                "model": r["model"] or "(not recorded)",
+                "settings": (r["transcript_key"] or "")[:8],
+                "members": int(r["n"]),
+                "hours": float(r["hours"]),
+            }
+            for r in models
+        ],
+        "durations": [
+            {"from": (int(r["bin"]) - 1) * width, "to": int(r["bin"]) * width, "n": int(r["n"])}
+            for r in durations
+            if r["bin"] is not None
+        ],
+        "empty_share": share("empty"),
+        "fallback_share": share("fallback"),
+        # Timed: sentence-sized segments with real times (--timestamps segment or word).
+        "timed_share": share("timed"),
+        "word_share": share("worded"),
+        "subtitled_share": share("subtitled"),
     }
 
 

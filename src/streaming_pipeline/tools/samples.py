@@ -14,10 +14,13 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast
 
 import numpy as np
 
 from ..errors import ConfigError
+
+XzPreset = Literal[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,8 @@ def encode_pyav(samples: np.ndarray, rate: int, variant: PyavVariant) -> bytes:
     audio = samples if rate == variant.rate else soxr.resample(samples, rate, variant.rate)
     buf = io.BytesIO()
     with av.open(buf, "w", format=variant.container) as out:
-        stream = out.add_stream(variant.codec, rate=variant.rate, layout=variant.layout)
+        added = out.add_stream(variant.codec, rate=variant.rate, layout=variant.layout)
+        stream = cast("av.AudioStream", added)
         stream.codec_context.bit_rate = 12200 if variant.codec == "libopencore_amrnb" else 96000
         channels = stream.codec_context.layout.nb_channels
         planar = np.repeat(audio[None, :].astype(np.float32), channels, axis=0)
@@ -140,11 +144,11 @@ def clip_files(count: int, *, seed: int = 0) -> Iterable[tuple[str, bytes]]:
         yield f"{folder}/clip_{i:05d}{variant.suffix}", encode(samples, rate, variant)
 
 
-def write_tar_xz(path: Path, files: Iterable[tuple[str, bytes]], *, preset: int = 1) -> Path:
+def write_tar_xz(path: Path, files: Iterable[tuple[str, bytes]], *, preset: XzPreset = 1) -> Path:
     """Pack (name, data) pairs into a .tar.xz, written to a temporary name then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    with tarfile.open(tmp, "w:xz", preset=preset) as tar:
+    with tarfile.open(tmp, mode="w:xz", preset=preset) as tar:
         for name, data in files:
             info = tarfile.TarInfo(name)
             info.size = len(data)

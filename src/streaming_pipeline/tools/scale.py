@@ -42,6 +42,7 @@ from ..state.embedded_pg import EmbeddedPostgres, free_port
 from ..state.lease import Lease
 from ..state.records import Owner
 from ..state.simulation import ScaleAudit, SimulatedQueue
+from ..state.states import MemberStatus
 from ..state.store import ArchiveKey, MemberRecord, ProgressStore
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def _process(
         time.sleep(config.stage_s)  # SYNTHETIC: extract + convert + transcribe
         remote = [(m, f"/synthetic/out/{key.archive}/{m}.flac") for m in batch]
         store.members.record(
-            key, [MemberRecord(m, "uploading", duration_s=1.0, remote_path=r) for m, r in remote]
+            key, [MemberRecord(m, MemberStatus.UPLOADING, duration_s=1.0, remote_path=r) for m, r in remote]
         )
         time.sleep(config.stage_s)  # SYNTHETIC: the upload
         store.members.mark_done(key.archive, remote)

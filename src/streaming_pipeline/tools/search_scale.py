@@ -26,6 +26,7 @@ import numpy as np
 
 from ..state.embedded_pg import EmbeddedPostgres
 from ..state.segments import SearchQuery
+from ..state.states import MemberStatus
 from ..state.store import ArchiveKey, MemberRecord, Owner, ProgressStore
 from ..transcript import Segment
 
@@ -85,7 +86,7 @@ class _Text:
 
     def __init__(self, rng: np.random.Generator, vocabulary: int = 50_000) -> None:
         self.rng = rng
-        words = set()
+        words: set[str] = set()
         while len(words) < vocabulary:
             n = int(rng.integers(2, 5))
             words.add("".join(_SYLLABLES[int(i)] for i in rng.integers(0, len(_SYLLABLES), n)))
@@ -120,7 +121,8 @@ def _record_cost(store: ProgressStore, text: _Text, rounds: int) -> dict[str, li
             store.archives.start(key, path=f"/in/{key.archive}", bytes_total=0, owner=Owner(None, "h", 0))
             records = [
                 MemberRecord(
-                    f"m{m:04d}.wav", "uploading", language="en", remote_path=f"/remote/{key.archive}/m{m}",
+                    f"m{m:04d}.wav", MemberStatus.UPLOADING, language="en",
+                    remote_path=f"/remote/{key.archive}/m{m}",
                     searchable_segments=len(segs) if kind == "with" else None,
                     segments=segs if kind == "with" else (),
                 )
@@ -158,17 +160,16 @@ def run_search_scale(
                 server.stop()
 
 
-def _run(
-    store: ProgressStore, total: int, days: int, queries: int, rng: np.random.Generator
-) -> SearchScaleResult:
-    text = _Text(rng)
+def _fill(
+    store: ProgressStore, text: _Text, total: int, days: int, queries: int, rng: np.random.Generator
+) -> list[str]:
+    """`total` segments over `days` days, recorded as a worker records them; English phrases
+    taken from them for the phrase queries."""
     langs = [lang for lang, _ in LANGUAGES]
     lang_cdf = np.cumsum([share for _, share in LANGUAGES])
     members = total // SEGMENTS_PER_MEMBER
     per_day = -(-members // days)
-    started = time.monotonic()
     phrases: list[str] = []
-    chinese: list[str] = []
     for d in range(days):
         day = FIRST_DAY + dt.timedelta(days=d)
         todo = min(per_day, members - d * per_day)
@@ -186,21 +187,22 @@ def _run(
                     ]
                     if language == "en" and len(phrases) < queries:
                         phrases.append(" ".join(segs[0].text.split()[2:4]))
-                    if language == "zh" and len(chinese) < queries:
-                        chinese.append(segs[0].text[3:5])
                     records.append(
                         MemberRecord(
-                            name, "uploading", language=language, remote_path=f"/remote/{key.archive}/{name}",
+                            name, MemberStatus.UPLOADING, language=language,
+                            remote_path=f"/remote/{key.archive}/{name}",
                             searchable_segments=len(segs), segments=segs,
                         )
                     )  # fmt: skip
                 store.members.record(key, records)
                 store.members.mark_done(key.archive, [(r.member, r.remote_path or "") for r in records])
-    insert_s = time.monotonic() - started
-    store.segments.settle()
-    size = store.segments.storage()
-    result = SearchScaleResult(size.segments, days, insert_s, size.table_bytes, size.index_bytes)
-    kinds = {
+    return phrases
+
+
+def _query_kinds(
+    text: _Text, phrases: list[str], queries: int, rng: np.random.Generator
+) -> dict[str, list[str]]:
+    return {
         "word, ranks 1-10": [text.words[int(i)] for i in rng.integers(0, 10, queries)],
         "word, ranks 100-1000": [text.words[int(i)] for i in rng.integers(100, 1000, queries)],
         "word, ranks > 1000": [text.words[int(i)] for i in rng.integers(1000, len(text.words), queries)],
@@ -213,6 +215,19 @@ def _run(
             "".join(text.hanzi[int(i)] for i in rng.integers(0, 50, 2)) for _ in range(queries)
         ],
     }
+
+
+def _run(
+    store: ProgressStore, total: int, days: int, queries: int, rng: np.random.Generator
+) -> SearchScaleResult:
+    text = _Text(rng)
+    started = time.monotonic()
+    phrases = _fill(store, text, total, days, queries, rng)
+    insert_s = time.monotonic() - started
+    store.segments.settle()
+    size = store.segments.storage()
+    result = SearchScaleResult(size.segments, days, insert_s, size.table_bytes, size.index_bytes)
+    kinds = _query_kinds(text, phrases, queries, rng)
     for kind, texts in kinds.items():
         result.latencies_ms[kind], result.hits[kind] = [], []
         for q in texts:

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,10 +95,10 @@ def _write_tokenizer(path: Path, text_tokens: list[str]) -> None:
     tokenizer.save(str(path))
 
 
-def _fill_attention(spec: object, rng: np.random.Generator, d: int, fused: int) -> None:
+def _fill_attention(spec: Any, rng: np.random.Generator, d: int, fused: int) -> None:
     """fused: 3 for self-attention (qkv in one matrix), 2 for cross-attention (q, then kv)."""
-    _norm(spec.layer_norm, d)  # type: ignore[attr-defined]
-    linears = spec.linear  # type: ignore[attr-defined]
+    _norm(spec.layer_norm, d)
+    linears = spec.linear
     if fused == 3:
         _linear(linears[0], rng, 3 * d, d)
         _linear(linears[1], rng, d, d)
@@ -107,20 +108,20 @@ def _fill_attention(spec: object, rng: np.random.Generator, d: int, fused: int) 
         _linear(linears[2], rng, d, d)
 
 
-def _fill_ffn(spec: object, rng: np.random.Generator, d: int) -> None:
-    _norm(spec.layer_norm, d)  # type: ignore[attr-defined]
-    _linear(spec.linear_0, rng, 4 * d, d)  # type: ignore[attr-defined]
-    _linear(spec.linear_1, rng, d, 4 * d)  # type: ignore[attr-defined]
+def _fill_ffn(spec: Any, rng: np.random.Generator, d: int) -> None:
+    _norm(spec.layer_norm, d)
+    _linear(spec.linear_0, rng, 4 * d, d)
+    _linear(spec.linear_1, rng, d, 4 * d)
 
 
-def _linear(spec: object, rng: np.random.Generator, out_dim: int, in_dim: int) -> None:
-    spec.weight = (rng.standard_normal((out_dim, in_dim)) / np.sqrt(in_dim)).astype(np.float32)  # type: ignore[attr-defined]
-    spec.bias = np.zeros(out_dim, dtype=np.float32)  # type: ignore[attr-defined]
+def _linear(spec: Any, rng: np.random.Generator, out_dim: int, in_dim: int) -> None:
+    spec.weight = (rng.standard_normal((out_dim, in_dim)) / np.sqrt(in_dim)).astype(np.float32)
+    spec.bias = np.zeros(out_dim, dtype=np.float32)
 
 
-def _norm(spec: object, d: int) -> None:
-    spec.gamma = np.ones(d, dtype=np.float32)  # type: ignore[attr-defined]
-    spec.beta = np.zeros(d, dtype=np.float32)  # type: ignore[attr-defined]
+def _norm(spec: Any, d: int) -> None:
+    spec.gamma = np.ones(d, dtype=np.float32)
+    spec.beta = np.zeros(d, dtype=np.float32)
 
 
 def generate_tiny_model(
@@ -143,38 +144,10 @@ def generate_tiny_model(
     text_tokens = _text_vocabulary()
     vocabulary = text_tokens + special_tokens()
     vocabulary += [f"<|{i * 0.02:.2f}|>" for i in range(TIMESTAMP_TOKENS)]
-    vocab_size = len(vocabulary)
 
     spec = whisper_spec.WhisperSpec(layers, heads, layers, heads)
-    enc = spec.encoder
-    enc.conv1.weight = (rng.standard_normal((d, N_MELS, 3)) / np.sqrt(3 * N_MELS)).astype(np.float32)
-    enc.conv1.bias = np.zeros(d, dtype=np.float32)
-    enc.conv2.weight = (rng.standard_normal((d, d, 3)) / np.sqrt(3 * d)).astype(np.float32)
-    enc.conv2.bias = np.zeros(d, dtype=np.float32)
-    enc.position_encodings.encodings = (0.1 * rng.standard_normal((ENCODER_POSITIONS, d))).astype(np.float32)
-    _norm(enc.layer_norm, d)
-    for layer in enc.layer:
-        _fill_attention(layer.self_attention, rng, d, fused=3)
-        _fill_ffn(layer.ffn, rng, d)
-
-    dec = spec.decoder
-    dec.embeddings.weight = rng.standard_normal((vocab_size, d)).astype(np.float32)
-    dec.position_encodings.encodings = (0.1 * rng.standard_normal((DECODER_POSITIONS, d))).astype(np.float32)
-    _norm(dec.layer_norm, d)
-    _linear(dec.projection, rng, vocab_size, d)
-    # Random logits never favour <|endoftext|>, so every window would decode to the length cap
-    # through all temperature fallbacks. A bias keeps noise transcripts short and tests fast.
-    dec.projection.bias[TEXT_TOKENS] = eot_bias
-    # With timestamps on, a window whose timestamp tokens together outweigh the likeliest text
-    # token must emit a timestamp: 1501 random timestamp logits always do, and every window would
-    # decode to a lone timestamp and no text. Pulled down, they only sometimes win, so noise
-    # transcripts have text and, now and then, timestamp pairs that split a window.
-    dec.projection.bias[len(vocabulary) - TIMESTAMP_TOKENS :] = timestamp_bias
-    for layer in dec.layer:
-        _fill_attention(layer.self_attention, rng, d, fused=3)
-        _fill_attention(layer.attention, rng, d, fused=2)
-        _fill_ffn(layer.ffn, rng, d)
-
+    _fill_encoder(spec.encoder, rng, d)
+    _fill_decoder(spec.decoder, rng, d, len(vocabulary), eot_bias=eot_bias, timestamp_bias=timestamp_bias)
     eot = TEXT_TOKENS
     lang_ids = [vocabulary.index(f"<|{code}|>") for code in LANGUAGES]
     spec.config.suppress_ids = []
@@ -187,16 +160,46 @@ def generate_tiny_model(
     spec.save(str(output_dir))
 
     _write_tokenizer(output_dir / "tokenizer.json", text_tokens)
-    (output_dir / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "feature_size": N_MELS,
-                "sampling_rate": 16000,
-                "hop_length": 160,
-                "chunk_length": 30,
-                "n_fft": 400,
-            }
-        )
-    )
+    preprocessor = {
+        "feature_size": N_MELS,
+        "sampling_rate": 16000,
+        "hop_length": 160,
+        "chunk_length": 30,
+        "n_fft": 400,
+    }
+    (output_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     log.info("wrote tiny random Whisper model to %s", output_dir)
     return output_dir
+
+
+def _fill_encoder(enc: Any, rng: np.random.Generator, d: int) -> None:
+    enc.conv1.weight = (rng.standard_normal((d, N_MELS, 3)) / np.sqrt(3 * N_MELS)).astype(np.float32)
+    enc.conv1.bias = np.zeros(d, dtype=np.float32)
+    enc.conv2.weight = (rng.standard_normal((d, d, 3)) / np.sqrt(3 * d)).astype(np.float32)
+    enc.conv2.bias = np.zeros(d, dtype=np.float32)
+    enc.position_encodings.encodings = (0.1 * rng.standard_normal((ENCODER_POSITIONS, d))).astype(np.float32)
+    _norm(enc.layer_norm, d)
+    for layer in enc.layer:
+        _fill_attention(layer.self_attention, rng, d, fused=3)
+        _fill_ffn(layer.ffn, rng, d)
+
+
+def _fill_decoder(
+    dec: Any, rng: np.random.Generator, d: int, vocab_size: int, *, eot_bias: float, timestamp_bias: float
+) -> None:
+    dec.embeddings.weight = rng.standard_normal((vocab_size, d)).astype(np.float32)
+    dec.position_encodings.encodings = (0.1 * rng.standard_normal((DECODER_POSITIONS, d))).astype(np.float32)
+    _norm(dec.layer_norm, d)
+    _linear(dec.projection, rng, vocab_size, d)
+    # Random logits never favour <|endoftext|>, so every window would decode to the length cap
+    # through all temperature fallbacks. A bias keeps noise transcripts short and tests fast.
+    dec.projection.bias[TEXT_TOKENS] = eot_bias
+    # With timestamps on, a window whose timestamp tokens together outweigh the likeliest text
+    # token must emit a timestamp: 1501 random timestamp logits always do, and every window would
+    # decode to a lone timestamp and no text. Pulled down, they only sometimes win, so noise
+    # transcripts have text and, now and then, timestamp pairs that split a window.
+    dec.projection.bias[vocab_size - TIMESTAMP_TOKENS :] = timestamp_bias
+    for layer in dec.layer:
+        _fill_attention(layer.self_attention, rng, d, fused=3)
+        _fill_attention(layer.attention, rng, d, fused=2)
+        _fill_ffn(layer.ffn, rng, d)

@@ -32,13 +32,12 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
 from ...errors import TranscriptionError
-from ...transcript import Segment, Transcript, clean_text
+from ...transcript import Transcript
 from .calls import WhisperCalls
 from .options import DecodeOptions
 from .policy import (
@@ -46,25 +45,16 @@ from .policy import (
     LOOKAHEAD_CALLS,
     SAMPLE_RATE,
     WINDOW_S,
-    Attempt,
     RowQueue,
-    final_attempt,
-    is_silent,
     main_language,
-    make_attempt,
-    row_language,
     speech_rows,
 )
 from .protocol import DecoderStats, TranscriberModel, cancelled_future
 from .provenance import of_transcriber
+from .rows import Member, Outcome, Row, RowCall
 from .timing import (
-    Span,
     SpeechTimeline,
-    row_segments,
-    seek_point,
     speech_segments,
-    split_by_timestamps,
-    time_words,
 )
 
 log = logging.getLogger(__name__)
@@ -76,59 +66,12 @@ QUEUED_ROWS_PER_BATCH_ROW = 2 * LOOKAHEAD_CALLS
 # A row whose decode stopped this long before its end is decoded again from where it stopped,
 # as the sequential path seeks (a shorter tail is left: a whole padded window for it costs more
 # than the words it could hold).
-CONTINUE_MIN_S = 1.0
-MAX_PARTS = 8  # continuations of one row at most: a model that stops every second cannot loop
 MEL_FRAMES_PER_SECOND = 100
 # Rows per generate call when --decode-batch-size is 0: 16 on CUDA (the issue's H100 numbers:
 # 235x realtime at 16, 259 at 32, 277 at 64 for a large-v2-sized model); on CPU, measured by
 # `bench` on 2 cores with whisper-base (docs/performance.md).
 DEFAULT_BATCH = {"cuda": 16, "cpu": 8}
 PREP_THREADS_CUDA = 4
-
-
-@dataclass(eq=False)
-class _Member:
-    archive: str
-    name: str
-    duration: float
-    future: Future[Transcript]
-    speech: list[dict[str, int]] = field(default_factory=list)  # its rows' audio, in samples
-    # The first row's language (detected, forced, or English for an English-only model): what a
-    # row whose own detection is unsure is decoded in (policy.row_language).
-    language: str | None = None
-    language_probability: float = 0.0
-    spoken: list[tuple[str | None, float, float]] = field(default_factory=list)  # rows with text
-    rows: int = 0
-    rows_left: int = 0
-    # (row index, part) -> the row's segments; a part > 0 continues its row (decoding.seek_point)
-    segments: dict[tuple[int, int], list[Segment]] = field(default_factory=dict)
-
-
-@dataclass(eq=False)
-class _Row:
-    member: _Member
-    index: int  # the chunk's place in its member
-    features: np.ndarray  # log-Mel, unpadded
-    offset: float  # seconds of speech before it (faster-whisper's collected-chunks timeline)
-    duration: float  # seconds of speech in it
-    level: int = 0  # index into the temperatures
-    waited: int = 0  # calls since it was queued at this level
-    attempts: list[Attempt] = field(default_factory=list)
-    part: int = 0  # > 0: the rest of a row whose decode stopped early, decoded again
-    language: str | None = None  # the language it is decoded in, once its first call chose it
-    language_probability: float = 0.0
-
-
-@dataclass
-class _Outcome:
-    """What one call made of one row: the new attempt, and the attempt the row keeps with its
-    segments (speech-timeline seconds) once it is final, and where in the row decoding goes on
-    when the kept attempt stopped short of the row's end."""
-
-    attempt: Attempt
-    final: Attempt | None = None
-    segments: list[Segment] = field(default_factory=list)
-    continue_at: float | None = None
 
 
 class BatchedDecoder:
@@ -141,9 +84,7 @@ class BatchedDecoder:
         self._options = options
         self.provenance = of_transcriber(transcriber, options)
         self._calls = WhisperCalls(transcriber.model, options)
-        self._text = self._calls.text  # decodes any row's tokens
-        # A language per stretch of speech unless one is forced (or the model knows only English).
-        self._detect_per_row = self._calls.multilingual and options.language is None
+        self._rows = RowCall(self._calls, options)
         self._vad = VadOptions(max_speech_duration_s=WINDOW_S, min_silence_duration_ms=160)
         self.batch_size = options.decode_batch_size or DEFAULT_BATCH.get(device, 8)
         self._limit = self.batch_size  # lowered by CUDA out-of-memory errors
@@ -152,8 +93,8 @@ class BatchedDecoder:
         self._queue = RowQueue()
         self._preparing = 0  # members handed to the prep threads and not yet all queued
         self._max_queued = max(QUEUED_ROWS_PER_BATCH_ROW * self.batch_size, 64)
-        self._members: set[_Member] = set()
-        self._in_call: Counter[_Member] = Counter()  # rows of each member in the running call
+        self._members: set[Member] = set()
+        self._in_call: Counter[Member] = Counter()  # rows of each member in the running call
         self._stopping = False
         self._closed = False
         self._slots = threading.BoundedSemaphore(options.members_in_flight)
@@ -182,7 +123,7 @@ class BatchedDecoder:
             if not self._thread.is_alive():  # never wait on a decoder that cannot free a slot
                 raise TranscriptionError("the decoder thread has stopped")
         future: Future[Transcript] = Future()
-        m = _Member(archive, member, len(audio) / SAMPLE_RATE, future)
+        m = Member(archive, member, len(audio) / SAMPLE_RATE, future)
         if self._options.language is not None or not self._calls.multilingual:
             m.language, m.language_probability = self._options.language or "en", 1.0
         with self._cond:
@@ -224,7 +165,7 @@ class BatchedDecoder:
             m.future.cancel()
 
     # -- preparation (prep threads) -----------------------------------------------------------
-    def _prepare(self, m: _Member, audio: np.ndarray) -> None:
+    def _prepare(self, m: Member, audio: np.ndarray) -> None:
         from faster_whisper.vad import get_speech_timestamps
 
         started, cpu = time.monotonic(), time.thread_time()
@@ -249,7 +190,7 @@ class BatchedDecoder:
                 cpu = time.thread_time()
                 features = self._calls.features(samples)
                 features_cpu += time.thread_time() - cpu
-                row = _Row(m, index, features, offset / SAMPLE_RATE, len(samples) / SAMPLE_RATE)
+                row = Row(m, index, features, offset / SAMPLE_RATE, len(samples) / SAMPLE_RATE)
                 offset += len(samples)
                 if not self._enqueue(row):
                     return
@@ -263,7 +204,7 @@ class BatchedDecoder:
                 self._stats.features_cpu_s += features_cpu
                 self._cond.notify_all()
 
-    def _enqueue(self, row: _Row) -> bool:
+    def _enqueue(self, row: Row) -> bool:
         """False when the member was cancelled (stop) and its remaining rows are not needed."""
         with self._cond:
             while self._rows_held() >= self._max_queued and not self._stopping:
@@ -307,10 +248,10 @@ class BatchedDecoder:
         fresh = len(self._queue.fresh)
         return not self._queue.has_fallback() and 0 < fresh < self._limit and self._preparing > 0
 
-    def _decode(self, rows: list[_Row], level: int) -> None:
+    def _decode(self, rows: list[Row], level: int) -> None:
         started = time.monotonic()
         try:
-            outcomes = self._infer(rows, level)
+            outcomes = self._rows.infer(rows, level)
         except RuntimeError as exc:
             if "out of memory" not in str(exc).lower() or len(rows) == 1:
                 raise
@@ -330,116 +271,11 @@ class BatchedDecoder:
             self._stats.rows_decoded += len(rows)
             self._stats.fallback_rows += len(rows) if level else 0
             self._stats.decoder_busy_s += time.monotonic() - started
+            self._stats.align_s = self._rows.align_s
         for row, outcome in zip(rows, outcomes, strict=True):
             self._settle(row, outcome, level)
 
-    def _infer(self, rows: list[_Row], level: int) -> list[_Outcome]:
-        """One call: decode the rows, judge each attempt, time the final ones (and align their
-        words on the same encoder output). Changes no row, so a call retried after an
-        out-of-memory error starts from the same state."""
-        encoded, results = self._generate(rows, level)
-        last = level + 1 == len(self._options.temperatures)
-        outcomes = []
-        for row, result in zip(rows, results, strict=True):
-            tokens = list(result.sequences_ids[0])
-            text = self._text.decode(tokens).strip()
-            attempt = make_attempt(
-                tokens, result.scores[0], result.no_speech_prob, text, self._options.temperatures[level]
-            )
-            outcome = _Outcome(attempt, final_attempt([*row.attempts, attempt], last_temperature=last))
-            outcomes.append(outcome)
-        spans: dict[int, list[Span]] = {}
-        for i, (row, outcome) in enumerate(zip(rows, outcomes, strict=True)):
-            spans[i], outcome.continue_at = self._spans(row, outcome.final)
-        # `segment` mode is timed by its words too (they are dropped in `_complete`): a timestamp
-        # token says where a window's text may lie, its words where it was spoken.
-        words = self._align(encoded, rows, spans) if self._options.timestamps != "none" else {}
-        for i, row_spans in spans.items():
-            final = outcomes[i].final
-            if final is None or not row_spans:
-                continue
-            row = rows[i]
-            texts = [clean_text(self._text.decode(list(s.tokens))) for s in row_spans]
-            if i in words:
-                timed = words[i]
-                row_spans = [span for span, _ in timed]
-                outcomes[i].segments = row_segments(
-                    row_spans,
-                    texts,
-                    final,
-                    offset=row.offset,
-                    words=[w for _, w in timed],
-                    language=row.language,
-                )
-            else:
-                outcomes[i].segments = row_segments(
-                    row_spans, texts, final, offset=row.offset, language=row.language
-                )
-        return outcomes
-
-    def _spans(self, row: _Row, final: Attempt | None) -> tuple[list[Span], float | None]:
-        """The kept attempt's text as timed spans of its window (none for silence or no text),
-        and the second of the window to decode again from when the model stopped at least
-        `CONTINUE_MIN_S` before its end (the sequential path's seek): its unfinished text is
-        then left to that continuation instead of being stretched to the window's end."""
-        if final is None or is_silent(final) or not clean_text(final.text):
-            return [], None
-        eot = self._text.eot
-        if self._options.timestamps == "none":
-            return [Span(0.0, row.duration, tuple(t for t in final.tokens if t < eot))], None
-        begin = self._text.timestamp_begin
-        tokens, continue_at = list(final.tokens), None
-        seek = seek_point(tokens, timestamp_begin=begin)
-        if seek is not None and 0 < seek[0] <= row.duration - CONTINUE_MIN_S and row.part < MAX_PARTS:
-            continue_at, tokens = seek[0], tokens[: seek[1]]
-        return split_by_timestamps(tokens, timestamp_begin=begin, eot=eot, duration=row.duration), continue_at
-
-    def _align(self, encoded: Any, rows: list[_Row], spans: dict[int, list[Span]]) -> dict[int, Any]:
-        """Words of the rows that are final in this call, from the decoding call's encoder output:
-        one `align` call per start sequence (language), each row with its own frame count."""
-        started = time.monotonic()
-        groups: dict[str | None, list[int]] = {}
-        for i, row_spans in spans.items():
-            if any(s.tokens for s in row_spans):
-                groups.setdefault(rows[i].language, []).append(i)
-        out: dict[int, Any] = {}
-        for language, indices in groups.items():
-            text_tokens = [[t for s in spans[i] for t in s.tokens] for i in indices]
-            frames = [int(rows[i].features.shape[-1]) for i in indices]
-            alignments = self._calls.align(encoded, indices, len(rows), language, text_tokens, frames)
-            for i, alignment in zip(indices, alignments, strict=True):
-                out[i] = time_words(spans[i], alignment)
-        with self._cond:
-            self._stats.align_s += time.monotonic() - started
-        return out
-
-    def _generate(self, rows: list[_Row], level: int) -> tuple[Any, list[Any]]:
-        encoded = self._calls.encode([r.features for r in rows])
-        self._choose_languages(rows, encoded)
-        temperature = self._options.temperatures[level]
-        return encoded, self._calls.generate(encoded, [r.language for r in rows], temperature)
-
-    def _choose_languages(self, rows: list[_Row], encoded: Any) -> None:
-        """Each row new to the decoder gets its language (policy.row_language), its member's
-        first row first: that row's detection is what an unsure later row falls back to."""
-        new = sorted((r for r in rows if r.language is None), key=lambda r: r.index)
-        if not new:
-            return
-        detected: dict[int, tuple[str, float]] = {}
-        if any(r.member.language is None for r in new) or self._detect_per_row:
-            detected = {id(r): d for r, d in zip(rows, self._calls.detect(encoded), strict=True)}
-        for row in new:
-            m = row.member
-            if m.language is None:  # its first row (the queue packs no later one before it)
-                m.language, m.language_probability = detected[id(row)]
-                row.language, row.language_probability = m.language, m.language_probability
-            elif self._detect_per_row:
-                anchor = (m.language, m.language_probability)
-                row.language, row.language_probability = row_language(detected[id(row)], row.duration, anchor)
-            else:
-                row.language, row.language_probability = m.language, m.language_probability
-
-    def _settle(self, row: _Row, outcome: _Outcome, level: int) -> None:
+    def _settle(self, row: Row, outcome: Outcome, level: int) -> None:
         """A row's attempt recorded; the row requeued at the next temperature, or final."""
         row.attempts.append(outcome.attempt)
         if outcome.final is None:
@@ -464,11 +300,11 @@ class BatchedDecoder:
         if row.member.rows_left == 0:
             self._complete(row.member)
 
-    def _continue(self, row: _Row, at: float) -> None:
+    def _continue(self, row: Row, at: float) -> None:
         """The rest of a row after `at` (its window's seconds) as a row of its own, queued at
         once (the decode thread must not wait on the prep threads' backpressure)."""
         frame = round(at * MEL_FRAMES_PER_SECOND)
-        rest = _Row(
+        rest = Row(
             row.member,
             row.index,
             row.features[..., frame:],
@@ -488,7 +324,7 @@ class BatchedDecoder:
             self._stats.continued_rows += 1
             self._cond.notify_all()
 
-    def _complete(self, m: _Member) -> None:
+    def _complete(self, m: Member) -> None:
         timeline = SpeechTimeline(m.speech)
         segments = [seg for index in sorted(m.segments) for seg in m.segments[index]]
         for seg in segments:
@@ -513,7 +349,7 @@ class BatchedDecoder:
         if not m.future.done():
             m.future.set_result(result)
 
-    def _fail(self, members: list[_Member], reason: str) -> None:
+    def _fail(self, members: list[Member], reason: str) -> None:
         with self._cond:
             for m in members:
                 self._members.discard(m)
