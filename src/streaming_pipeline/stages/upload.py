@@ -159,17 +159,18 @@ class AsyncRsyncStorageManager:
         )
 
     def rsync_command(self, source: Path) -> list[str]:
-        cmd = [
-            "rsync",
-            "--recursive",
-            "--times",
-            "--chmod=D755,F644",
-            f"--timeout={max(1, int(self.timeout))}",
-        ]
+        """The upload of the staged tree `source` to the destination."""
+        options = ["--recursive", "--times", "--chmod=D755,F644"]
+        return self._rsync(options, f"{source.resolve()}/", self.destination.url())
+
+    def _rsync(self, options: Sequence[str], source: str, target: str) -> list[str]:
+        """Every rsync this manager runs: its options, the I/O (and a daemon's connect) timeout,
+        then `--`, so that neither path can ever be taken for an option; both are ours (absolute
+        scratch paths, the parsed destination)."""
+        cmd = ["rsync", *options, f"--timeout={max(1, int(self.timeout))}"]
         if self.destination.is_daemon:
             cmd.append(f"--contimeout={max(1, int(min(self.timeout, 30)))}")
-        # Source is an absolute path we built; `--` keeps the destination from ever being an option.
-        return [*cmd, "--", f"{source.resolve()}/", self.destination.url()]
+        return [*cmd, "--", source, target]
 
     def submit(self, source: Path, label: str, on_finish: Callable[[UploadJob], None]) -> UploadJob:
         with self._lock:
@@ -239,12 +240,9 @@ class AsyncRsyncStorageManager:
         rsync with the upload's retry policy (export reads back what the workers uploaded)."""
         target.mkdir(parents=True, exist_ok=True)
         listing = target.with_name(f".{target.name}.files")
-        listing.write_bytes(b"".join(p.encode() + b"\0" for p in relpaths))
-        cmd = ["rsync", "--times", "--from0", f"--files-from={listing}"]
-        cmd.append(f"--timeout={max(1, int(self.timeout))}")
-        if self.destination.is_daemon:
-            cmd.append(f"--contimeout={max(1, int(min(self.timeout, 30)))}")
-        cmd += ["--", self.destination.url(), f"{target.resolve()}/"]
+        _write_listing(listing, relpaths)
+        options = ["--times", "--from0", f"--files-from={listing}"]
+        cmd = self._rsync(options, self.destination.url(), f"{target.resolve()}/")
         try:
             self._retrying(label)(self._execute, cmd)
         finally:
@@ -255,20 +253,10 @@ class AsyncRsyncStorageManager:
         lists what exists; missing files make rsync exit 23, which is the answer, not an error)."""
         workdir.mkdir(parents=True, exist_ok=True)
         listing = workdir / "files"
-        listing.write_bytes(b"".join(p.encode() + b"\0" for p in relpaths))
+        _write_listing(listing, relpaths)
         (workdir / "empty").mkdir(exist_ok=True)
-        cmd = [
-            "rsync",
-            "--dry-run",
-            "--from0",
-            f"--files-from={listing}",
-            "--out-format=%n",
-            "--8-bit-output",
-        ]
-        cmd.append(f"--timeout={max(1, int(self.timeout))}")
-        if self.destination.is_daemon:
-            cmd.append(f"--contimeout={max(1, int(min(self.timeout, 30)))}")
-        cmd += ["--", self.destination.url(), f"{(workdir / 'empty').resolve()}/"]
+        options = ["--dry-run", "--from0", f"--files-from={listing}", "--out-format=%n", "--8-bit-output"]
+        cmd = self._rsync(options, self.destination.url(), f"{(workdir / 'empty').resolve()}/")
         out: list[str] = []
         self._retrying("existence check")(lambda: out.append(self._execute(cmd, ok=(0, 23))))
         return {line for line in out[-1].splitlines() if line and not line.endswith("/")} & set(relpaths)
@@ -398,3 +386,8 @@ def _end_group(proc: subprocess.Popen[str]) -> None:
     """SIGKILL the process group `proc` leads (rsync and the children it forked)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _write_listing(path: Path, relpaths: Sequence[str]) -> None:
+    """An rsync --files-from list, NUL-separated (--from0): any name is one entry."""
+    path.write_bytes(b"".join(p.encode() + b"\0" for p in relpaths))
