@@ -47,7 +47,7 @@ from ..state.store import ProgressStore
 from ..transcript import Transcript
 from .engine import BatchEnd, Lifecycle, Outcome, Upload
 from .job_environment import JobEnvironment
-from .skeleton import RunTally, StagedRun
+from .skeleton import EndedIn, RunTally, StagedRun
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class _OpenShard:
 
 
 @dataclass
-class DatasetResult:
+class DatasetResult(EndedIn):
     run: str
     state: str
     rows_done: int
@@ -96,14 +96,6 @@ class DatasetResult:
     wall_s: float
     error: str | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.state == ArchiveState.DONE
-
-    @property
-    def interrupted(self) -> bool:
-        return self.state == ArchiveState.INTERRUPTED
 
     def summary_line(self) -> str:
         line = (

@@ -141,6 +141,20 @@ class RunResult(Protocol):
     def summary_line(self) -> str: ...
 
 
+class EndedIn:
+    """A run's result named by the state it ended in (an archive's run, a dataset's)."""
+
+    state: str
+
+    @property
+    def ok(self) -> bool:
+        return self.state == ArchiveState.DONE
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state == ArchiveState.INTERRUPTED
+
+
 class StagedRun:
     """One run that feeds the stages: what both workers share. A subclass reads its source,
     hands work to the conversion processes and the decoder and uploads the results; this class

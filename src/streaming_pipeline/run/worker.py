@@ -36,13 +36,13 @@ from .archive_work import ArchiveRun, ArchiveTally, ArchiveWork
 from .engine import Lifecycle
 from .gpu import GpuSampler
 from .job_environment import JobEnvironment
-from .skeleton import StagedRun, limit_requeues, poison_members
+from .skeleton import EndedIn, StagedRun, limit_requeues, poison_members
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class WorkerResult:
+class WorkerResult(EndedIn):
     archive: str
     state: str
     done: int
@@ -56,14 +56,6 @@ class WorkerResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_cpu_s: dict[str, float] = field(default_factory=dict)  # flow.split_cpu's
     progress: list[tuple[float, float]] = field(default_factory=list)  # (s since start, audio s done)
-
-    @property
-    def ok(self) -> bool:
-        return self.state == ArchiveState.DONE
-
-    @property
-    def interrupted(self) -> bool:
-        return self.state == ArchiveState.INTERRUPTED
 
     def summary_line(self) -> str:
         rt = self.run_audio_s / self.wall_s if self.wall_s > 0 else 0.0
