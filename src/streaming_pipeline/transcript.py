@@ -179,7 +179,7 @@ class Transcript:
     segments: tuple[Segment, ...] = ()
     text: str = ""
     source: SourceAudio | None = None
-    provenance: Provenance | None = None  # what made it (stages/provenance.py)
+    provenance: Provenance | None = None  # what made it (stages/asr/provenance.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text", safe_text(self.text))

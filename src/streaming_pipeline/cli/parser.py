@@ -1,4 +1,5 @@
-"""The command line's arguments: every command's flags, and nothing that runs them (commands.py)."""
+"""The command line's arguments: every command's flags, and nothing that runs them (that is
+commands.py, reading.py and tooling.py)."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def _features(leading: dict[str, Any], trailing: dict[str, Any]) -> Features:
             "language": Value("string"),
             "transcript": Value("string"),
             "model": Value("string"),
-            "provenance": Value("string"),  # JSON: what made the transcript (stages/provenance.py)
+            "provenance": Value("string"),  # JSON: what made the transcript (stages/asr/provenance.py)
             **trailing,
             "segments": List(
                 {

@@ -54,7 +54,7 @@ class WorkerResult(EndedIn):
     wall_s: float
     error: str | None
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    stage_cpu_s: dict[str, float] = field(default_factory=dict)  # flow.split_cpu's
+    stage_cpu_s: dict[str, float] = field(default_factory=dict)  # stages/cpu.split_cpu's
     progress: list[tuple[float, float]] = field(default_factory=list)  # (s since start, audio s done)
 
     def summary_line(self) -> str:

@@ -55,7 +55,7 @@ class Run:
     audio_s: float
     stages: dict[str, float] = field(default_factory=dict)
     gpu: dict[str, float] | None = None  # NVML: mean busy share, peak memory (CUDA only)
-    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by stage (flow.split_cpu)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by stage (stages/cpu.split_cpu)
     progress: list[tuple[float, float]] = field(default_factory=list)  # (s since start, audio s done)
 
     @property
