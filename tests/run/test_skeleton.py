@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from streaming_pipeline.run.control import EXIT_STUCK, StopControl, UploadSlots
+from streaming_pipeline.run.control import EXIT_INTERRUPTED, StopControl, UploadSlots
 from streaming_pipeline.run.skeleton import Feed, RunTally, final_state, limit_requeues, poison_members
 
 
@@ -69,7 +69,7 @@ def test_the_watchdog_records_and_exits_when_a_stopping_run_is_stuck() -> None:
     control.watch()
     control.request("stopped by SIGTERM")
     assert exited.wait(30)
-    assert codes == [EXIT_STUCK]
+    assert codes == [EXIT_INTERRUPTED]
     assert recorded == ["still stopping 0s after stopped by SIGTERM (a stage is stuck)"]
 
 

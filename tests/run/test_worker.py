@@ -193,7 +193,7 @@ def test_an_interrupted_job_past_max_restarts_ends_failed_instead_of_requeueing(
         job = JobEnvironment.of({"SLURM_JOB_ID": "77_0", "SLURM_RESTART_COUNT": str(restarts)})
         worker = ArchiveWorker(
             config, day=dt.date.fromisoformat(DAY), archive_path=archive, slot="12_30", store=store,
-            transcriber_factory=Transcriber, job=job,
+            transcriber_factory=Transcriber, environment=job,
         )  # fmt: skip
         worker.request_stop("stopped by SIGUSR1")  # before it starts: nothing is done
         result = worker.run()

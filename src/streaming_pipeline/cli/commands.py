@@ -76,7 +76,12 @@ def process_tar(args: argparse.Namespace) -> int:
         store.init_schema()
         key = ArchiveKey.of(day, args.archive, slot)
         worker: StagedRun = RetranscribeWorker(
-            config, key=key, path=str(args.archive), store=store, transcriber_factory=Transcriber, job=job
+            config,
+            key=key,
+            path=str(args.archive),
+            store=store,
+            transcriber_factory=Transcriber,
+            environment=job,
         )
         return run_as_job(worker, store, job)
     preflight(config, args.archive)
@@ -89,7 +94,7 @@ def process_tar(args: argparse.Namespace) -> int:
         slot=slot,
         store=store,
         transcriber_factory=Transcriber,
-        job=job,
+        environment=job,
     )
     return run_as_job(worker, store, job)
 

@@ -20,9 +20,6 @@ if TYPE_CHECKING:  # imported lazily at run time: `--help` must not load faster-
 
 log = logging.getLogger(__name__)
 
-# process-tar / process-day stopped by a signal; a rerun (or Slurm's requeue) resumes.
-EXIT_INTERRUPTED = 75  # run/job.py's, which `--help` must not import
-
 
 def config_from(args: argparse.Namespace) -> PipelineConfig:
     return build_config({k: v for k, v in vars(args).items() if v is not None}, environ())

@@ -13,8 +13,7 @@ from ..config import PipelineConfig, config_env
 from ..days import days_label
 from ..errors import ConfigError
 from ..redaction import dsn_password
-from ..run.control import StopSignals
-from ..run.job import EXIT_INTERRUPTED
+from ..run.control import EXIT_INTERRUPTED, StopSignals
 from ..run.job_environment import JobEnvironment
 from ..stages.asr.options import DecodeOptions
 from ..stages.asr.provenance import planned
@@ -83,9 +82,10 @@ class Controller:
         if self.executor == "local":
             return self._run_local_days(plans)
         rc = 0
+        job_id = JobEnvironment.of(self.env).job_id  # this process finalizes: within Slurm, its job
         for plan in plans:
-            if not plan.todo:  # finalized by this process: within a Slurm job, that job
-                rc = rc or self._settle(plan, job_id=JobEnvironment.of(self.env).job_id)
+            if not plan.todo:
+                rc = rc or self._settle(plan, job_id=job_id)
         if any(plan.todo for plan in plans):
             return self._submit_slurm([p for p in plans if p.todo])
         return rc

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArchiveError, ConversionError, PipelineError, StoreError, TranscriptionError
+from ..errors import ArchiveError, ConversionError, PipelineError, StoreError
 from ..stages.archive import ArchiveReader, Batch, Member
 from ..stages.asr.protocol import Decoder
 from ..stages.audio import AudioInfo, take_samples
@@ -292,11 +292,11 @@ class ArchiveWork:
         assert opened.batch is conversion.batch, "a batch's end comes before the next batch's members"
         opened.conversions.append(conversion)
         member = conversion.member
-        if conversion.failed is not None or conversion.info is None:
-            opened.records.append(conversion.failed or self.failed(member, "no conversion"))
+        if conversion.failed is not None:  # settled by `submit`: its conversion failed
+            opened.records.append(conversion.failed)
         elif isinstance(outcome, CancelledError):
             opened.left.append(conversion)
-        elif isinstance(outcome, TranscriptionError) or outcome is None:
+        elif not isinstance(outcome, Transcript) or conversion.info is None:
             conversion.flac.unlink(missing_ok=True)
             opened.records.append(self.failed(member, str(outcome)))
         else:
@@ -345,9 +345,7 @@ class ArchiveWork:
         self._time(opened)
         decoded = [c.member.name for c in opened.conversions if c.submitted_at is not None]
         self.store.members.clear_in_flight(self.key.archive, decoded)  # back from the decoder, alive
-        if opened.left:
-            for conversion in opened.left:
-                conversion.future.cancel()
+        if opened.left:  # converted, but the stop cancelled their decoding
             self.tally.count("left", len(opened.left))
             log.info("stopping: %d members of batch %d left for the next run", len(opened.left), batch.number)
         refused = {r.member for r in self.store.members.record(self.key, opened.records)}

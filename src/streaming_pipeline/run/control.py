@@ -31,7 +31,9 @@ POLL_S = 0.5
 # grace (a stage stuck in C code: a reader in a spinning read, a decoder that never returns,
 # which Python cannot interrupt) is recorded by the watchdog and the process exits.
 WIND_DOWN_S = 5.0
-EXIT_STUCK = 75  # EX_TEMPFAIL: the run was stopped; its work stays for the next one
+# EX_TEMPFAIL: the run was stopped (by a signal, or by the watchdog); its work stays for the next
+# run, which Slurm's requeue or a rerun starts.
+EXIT_INTERRUPTED = 75
 
 
 class StopSignals:
@@ -123,7 +125,7 @@ class StopControl:
             recorder = threading.Thread(target=self.on_stuck, args=(reason,), daemon=True)
             recorder.start()
             recorder.join(WIND_DOWN_S)
-        self._exit_now(EXIT_STUCK)
+        self._exit_now(EXIT_INTERRUPTED)
 
 
 class UploadSlots:

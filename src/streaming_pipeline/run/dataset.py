@@ -256,8 +256,8 @@ class DatasetWork:
         self.source = source
         self.pool = pool
         self.start_row = start_row
-        self.writer = ShardWriter(dataset_features(), worker.scratch / "shards", split=self.job.split)
-        self.writer.number = first_shard
+        shards = worker.scratch / "shards"
+        self.writer = ShardWriter(dataset_features(), shards, split=self.job.split, first_number=first_shard)
         self._shard = _OpenShard(number=first_shard, first_row=start_row)  # finisher thread
         # A row the stop cancelled: neither its shard nor any later one is checkpointed (shards
         # are checkpointed in order), so the next run writes them again (finisher thread).
@@ -399,7 +399,7 @@ class DatasetWork:
             return None
         closed = self.writer.close_shard()
         self._shard = _OpenShard(number=shard.number + 1, first_row=boundary.end_row)
-        self.writer.number = self._shard.number
+        self.writer.number = self._shard.number  # a shard of failed rows only has a number, no file
         prefix, destination = self.worker.prefix, self.worker.destination
         relpath = f"{prefix}/{closed.relpath}" if closed is not None else ""
         checkpoint = ShardCheckpoint(

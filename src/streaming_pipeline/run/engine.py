@@ -15,7 +15,6 @@ closes the open batch (`work.close(None)`) and its upload still runs within the 
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -32,11 +31,8 @@ from ..transcript import Transcript
 from .control import POLL_S, UploadSlots
 from .skeleton import Feed, StagedRun
 
-log = logging.getLogger(__name__)
-
 I = TypeVar("I")  # noqa: E741 - an item of the work
 B = TypeVar("B")  # the work's description of a batch
-I_contra = TypeVar("I_contra", contravariant=True)
 
 # Finished batches (or shards) that may sit in scratch waiting for, or during, their upload.
 MAX_BATCHES_UPLOADING = 2
@@ -110,7 +106,6 @@ class Lifecycle(Generic[I, B]):
         self.run = run
         self.work = work
         self.decoder = decoder
-        self.complete = False  # every item was read, handed over and has its outcome
         self._left_any = False  # an item went back to the work, or the stop cancelled its decoding
         self._feed: Feed[I | BatchEnd[B]] = Feed(work.produce, run, maxsize=read_ahead, on_drop=self._dropped)
         self._handed: queue.Queue[_Handed[I] | BatchEnd[B] | None] = queue.Queue(maxsize=hand_ahead)
@@ -123,6 +118,7 @@ class Lifecycle(Generic[I, B]):
         for the next run (the run is complete if nothing failed). Raises what the reader or the
         finisher raised."""
         control = self.run.control
+        read_all = False
         self._feed.start()
         self._finisher.start()
         try:
@@ -142,7 +138,7 @@ class Lifecycle(Generic[I, B]):
                     continue
                 self._hand(_Handed(got, future))
             else:
-                self.complete = not control.event.is_set()
+                read_all = not control.event.is_set()
         finally:
             control.event.set()  # the reader stops
             self._feed.join()
@@ -152,8 +148,7 @@ class Lifecycle(Generic[I, B]):
             self._finisher.join()
         if self._finisher_error is not None:
             raise self._finisher_error
-        self.complete = self.complete and not self._left_any
-        return self.complete
+        return read_all and not self._left_any
 
     def _left(self, got: I | BatchEnd[B] | BaseException) -> None:
         if not isinstance(got, BatchEnd | BaseException):

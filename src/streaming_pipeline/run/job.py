@@ -10,14 +10,11 @@ import subprocess
 from ..errors import LeaseLost
 from ..state.lease import ArchiveBusy
 from ..state.store import ProgressStore
-from .control import StopSignals
+from .control import EXIT_INTERRUPTED, StopSignals
 from .job_environment import JobEnvironment
 from .skeleton import StagedRun
 
 log = logging.getLogger(__name__)
-
-# process-tar / process-day stopped by a signal; a rerun (or Slurm's requeue) resumes.
-EXIT_INTERRUPTED = 75
 
 
 def run_as_job(worker: StagedRun, store: ProgressStore, job: JobEnvironment, *, requeue: bool = True) -> int:

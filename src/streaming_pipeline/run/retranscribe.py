@@ -62,7 +62,6 @@ class _OpenBatch:
 
     number: int
     records: list[MemberRecord] = field(default_factory=list)
-    folders: set[Path] = field(default_factory=set)
     audio_s: float = 0.0
 
 
@@ -101,16 +100,16 @@ class RetranscribeWorker(StagedRun):
         path: str,
         store: ProgressStore,
         transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
-        job: JobEnvironment | None = None,
+        environment: JobEnvironment | None = None,
     ) -> None:
         super().__init__(config, store, RunTally("done", "left", "failed"))
         self.key = key
         self.path = path
-        self.job = job or JobEnvironment.of()
+        self.environment = environment or JobEnvironment.of()
         self.transcriber_factory = transcriber_factory
         self.formats = subtitle_formats(config.subtitles)
         self.scratch = config.scratch_dir / "retranscribe" / key.day.isoformat() / key.slot
-        self.job_scratch = self.scratch / self.job.scratch_name
+        self.job_scratch = self.scratch / self.environment.scratch_name
 
     def record_interrupted(self, reason: str) -> None:
         """Nothing to record: the members not done are still stale, which is what resumes them."""
@@ -121,7 +120,7 @@ class RetranscribeWorker(StagedRun):
             self.store,
             self.key,
             path=self.path,
-            owner=self.job.owner,
+            owner=self.environment.owner,
             lease_s=self.config.lease_s,
             on_lost=self.request_stop,
         )
@@ -194,10 +193,10 @@ class RetranscribeWork:
         for number, members in enumerate(self.chunks):
             if worker.control.event.is_set():
                 return
-            folder = worker.job_scratch / f"fetch-{number}"
+            folder = self._dir("fetch", number)
             relpaths = {m.member: worker.destination.relpath(m.remote_path) for m in members}
             wanted = [q for p in relpaths.values() for q in (p, str(Path(p).with_suffix(".json")))]
-            there = uploader.existing(wanted, worker.job_scratch / f"check-{number}")
+            there = uploader.existing(wanted, self._dir("check", number))
             present = [p for p in wanted if p in there]
             t0 = time.monotonic()
             if present:
@@ -236,7 +235,6 @@ class RetranscribeWork:
         if self._open is None:
             self._open = _OpenBatch(fetched.batch)
         opened = self._open
-        opened.folders.add(fetched.folder)
         m = fetched.member
         if isinstance(outcome, CancelledError):
             self.tally.count("left", 1)
@@ -244,8 +242,7 @@ class RetranscribeWork:
             self.tally.error(f"{m.member}: {outcome}")
             self.tally.count("failed", 1)
         elif isinstance(outcome, Transcript):
-            stage = self.worker.job_scratch / f"stage-{opened.number}"
-            opened.records.append(self._stage(m, fetched.folder, stage, outcome))
+            opened.records.append(self._stage(m, fetched.folder, self._dir("stage", opened.number), outcome))
             opened.audio_s += m.duration_s
 
     def _stage(self, m: StaleMember, fetched: Path, stage: Path, result: Transcript) -> MemberRecord:
@@ -275,13 +272,17 @@ class RetranscribeWork:
         opened, self._open = self._open, None
         if opened is None:
             return None
-        for folder in opened.folders:
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(self._dir("fetch", opened.number), ignore_errors=True)
         if not opened.records:
             return None
-        stage = self.worker.job_scratch / f"stage-{opened.number}"
+        stage = self._dir("stage", opened.number)
         label = f"{self.key.archive} re-transcribed batch {opened.number} ({len(opened.records)} members)"
         return Upload(stage, label, functools.partial(self._uploaded, opened, stage))
+
+    def _dir(self, what: str, batch: int) -> Path:
+        """A batch's scratch folder: `fetch` (its FLACs from the destination), `stage` (its new
+        JSONs), `check` (the existence check's)."""
+        return self.worker.job_scratch / f"{what}-{batch}"
 
     # -- upload thread ------------------------------------------------------------------------
     def _uploaded(self, opened: _OpenBatch, stage: Path, job: UploadJob | None) -> None:

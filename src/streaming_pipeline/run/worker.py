@@ -81,7 +81,7 @@ class ArchiveWorker(StagedRun):
         store: ProgressStore,
         transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
         converter: Callable[..., AudioInfo] = convert_to_flac,
-        job: JobEnvironment | None = None,
+        environment: JobEnvironment | None = None,
     ) -> None:
         """`converter(src, dst, remove_source=True, keep_samples=True)` runs in a conversion
         process (a stand-in there lets a test crash or hang one)."""
@@ -91,14 +91,14 @@ class ArchiveWorker(StagedRun):
         self.archive_path = archive_path
         self.slot = slot
         self.key = ArchiveKey.of(day, archive_path, slot)
-        self.job = job or JobEnvironment.of()
+        self.environment = environment or JobEnvironment.of()
         self.transcriber_factory = transcriber_factory
         self.converter = converter
         self.subtitle_formats = subtitle_formats(config.subtitles)
         # Per run: a worker that stalled past its lease and resumes never writes into the
         # scratch of the run that took its archive over (on a shared or the same node).
         self.slot_scratch = config.scratch_dir / day.isoformat() / slot
-        self.job_scratch = self.slot_scratch / self.job.scratch_name
+        self.job_scratch = self.slot_scratch / self.environment.scratch_name
         self.run_id: int | None = None
         self._started = time.monotonic()
 
@@ -114,7 +114,7 @@ class ArchiveWorker(StagedRun):
             self.store,
             self.key,
             path=str(self.archive_path),
-            owner=self.job.owner,
+            owner=self.environment.owner,
             lease_s=self.config.lease_s,
             on_lost=self.request_stop,
         )
@@ -171,7 +171,7 @@ class ArchiveWorker(StagedRun):
             self.key,
             path=str(self.archive_path),
             bytes_total=self.archive_path.stat().st_size,
-            owner=self.job.owner,
+            owner=self.environment.owner,
         )
         self._reconcile()
         poison, suspects = poison_members(self.store.members.count_crashes(self.key.archive))
@@ -258,9 +258,9 @@ class ArchiveWorker(StagedRun):
         summary = self.store.archives.summary(self.key.archive)
         complete = reader.completed and summary.pending == 0 and not self.tally["left"]
         state, error = self.outcome(complete=complete, damage=archive_error)
-        if self.job.in_slurm:  # only a Slurm job requeues itself
+        if self.environment.in_slurm:  # only a Slurm job requeues itself
             state, error = limit_requeues(
-                state, error, restarts=self.job.restarts, max_restarts=self.config.max_restarts
+                state, error, restarts=self.environment.restarts, max_restarts=self.config.max_restarts
             )
         self.store.archives.finish(
             self.key.archive,

@@ -45,10 +45,9 @@ class DatasetTable(Table):
                 "SELECT *, lease_until > now() AS leased FROM dataset_runs WHERE run = %s FOR UPDATE", (run,)
             )
             row = one(cur)
-            if row["leased"] and not may_take(Holder.of(row)):
-                raise RunBusy(
-                    f"{run} is being processed by {Holder.of(row).describe()}; not starting a second one"
-                )
+            holder = Holder.of(row)
+            if row["leased"] and not may_take(holder):
+                raise RunBusy(f"{run} is being processed by {holder.describe()}; not starting a second one")
             if row["shards_done"] > 0 and not resume:
                 raise _RunExists(row["shards_done"], row["rows_done"], row["state"])
             cur.execute(

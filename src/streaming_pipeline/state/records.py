@@ -187,8 +187,7 @@ class Owner:
     pid: int
 
     def describe(self) -> str:
-        job = f"job {self.slurm_job_id}" if self.slurm_job_id else "a job outside Slurm"
-        return f"{job} on {self.host or '?'} (pid {self.pid or '?'})"
+        return Holder(self.slurm_job_id, self.host, self.pid).describe()
 
 
 @dataclass(frozen=True)

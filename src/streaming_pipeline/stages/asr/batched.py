@@ -148,8 +148,8 @@ class BatchedDecoder:
         return sum(m.future.cancel() for m in doomed)
 
     def stats(self) -> DecoderStats:
-        with self._cond:
-            return replace(self._stats)
+        with self._cond:  # align_s: a float only the decode thread writes (rows.RowCall)
+            return replace(self._stats, align_s=self._rows.align_s)
 
     def close(self) -> None:
         self.cancel_pending()
@@ -271,7 +271,6 @@ class BatchedDecoder:
             self._stats.rows_decoded += len(rows)
             self._stats.fallback_rows += len(rows) if level else 0
             self._stats.decoder_busy_s += time.monotonic() - started
-            self._stats.align_s = self._rows.align_s
         for row, outcome in zip(rows, outcomes, strict=True):
             self._settle(row, outcome, level)
 
