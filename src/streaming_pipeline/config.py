@@ -36,7 +36,7 @@ class Setting:
     no_flag: str | None = None  # why it has no flag
     check: Check | None = None
     choices: tuple[str, ...] | None = None
-    group: str = "pipeline"  # the flag's option group: pipeline (every run) or day (process-day)
+    group: str = "pipeline"  # the flag's option group: pipeline (every run), day (process-day), serve
 
 
 def setting(
@@ -354,6 +354,28 @@ class PipelineConfig:
         help="seconds a worker waits for a database connection slot",
         check=at_least(0),
     )
+    # The web view (`serve`): off loopback it refuses to start without a token.
+    host: str = setting("127.0.0.1", env="PIPELINE_SERVE_HOST", flag="--host", help="address", group="serve")
+    port: int = setting(8750, env="PIPELINE_SERVE_PORT", flag="--port", help="port", group="serve")
+    audio_root: Path | None = setting(
+        None,
+        env="PIPELINE_AUDIO_ROOT",
+        flag="--audio-root",
+        help="where the destination's files are mounted here (default: a local --remote itself)",
+        group="serve",
+    )
+    token: str = setting(
+        "", env="PIPELINE_SERVE_TOKEN", help="the token every request must carry", group="serve",
+        no_flag="a flag's value shows in `ps`: set the variable or --token-file",
+    )  # fmt: skip
+    token_file: Path | None = setting(
+        None, env="PIPELINE_SERVE_TOKEN_FILE", flag="--token-file", help="a file holding the token",
+        group="serve",
+    )  # fmt: skip
+    audio_cache_mb: int = setting(
+        2048, env="PIPELINE_AUDIO_CACHE_MB", flag="--audio-cache-mb", check=at_least(1), group="serve",
+        help="files fetched from an rsync destination are kept up to this size, least recently used out",
+    )  # fmt: skip
     # Not a setting: which settings were given (run/job_environment.py holds what Slurm says).
     explicit: frozenset[str] = frozenset()  # settings given by a flag, a variable or a command
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "retranscribe": commands.retranscribe,
     "status": reading.status,
     "search": reading.search,
+    "serve": reading.serve,
     "index": reading.index,
     "finalize-day": reading.finalize_day,
     "report": reading.report,

@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsn")
 
     p = sub.add_parser(
+        "serve", help="a read-only web view: search, listen and read along, the days as they run"
+    )
+    p.add_argument("--dsn", help="PostgreSQL DSN (PIPELINE_DSN; a role with SELECT is enough)")
+    p.add_argument("--remote", help="the destination the workers uploaded to (PIPELINE_REMOTE)")
+    p.add_argument("--scratch-dir", dest="scratch_dir", type=Path, help="where remote files are cached")
+    _setting_options(p, "serve", "web view")
+
+    p = sub.add_parser(
         "index", help="make days done before segments were recorded searchable, from their JSON files"
     )
     p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")

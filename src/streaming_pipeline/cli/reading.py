@@ -182,3 +182,10 @@ def export(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The web view, until interrupted."""
+    from ..web.server import serve
+
+    return serve(config_from(args))

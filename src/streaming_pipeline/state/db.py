@@ -114,7 +114,9 @@ class _Fence:
 
 class Database:
     """`attempts`: tries of a transaction that failed mid-way (a dropped connection); `patience`:
-    seconds to wait for a connection slot (a full or restarting server) before giving up."""
+    seconds to wait for a connection slot (a full or restarting server) before giving up.
+    `read_only`: every transaction is READ ONLY and its statements end after
+    `statement_timeout_ms` (the web view's: set per transaction, so PgBouncer can pool it)."""
 
     def __init__(
         self,
@@ -126,8 +128,14 @@ class Database:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         connect_timeout: int = 10,
+        read_only: bool = False,
+        statement_timeout_ms: int = 0,
     ) -> None:
         self._dsn = dsn
+        self._begin = ""
+        if read_only:
+            timeout = int(statement_timeout_ms)
+            self._begin = f"SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {timeout}"
         self._secret = dsn_password(dsn)
         self._attempts = attempts
         self._backoff_max = backoff_max
@@ -180,6 +188,8 @@ class Database:
             conn = self._connect()
             try:
                 with conn.transaction(), conn.cursor() as cur:
+                    if self._begin:
+                        cur.execute(self._begin)
                     if fence is not None:
                         self._check_fence(cur, fence)
                     return work(cur)

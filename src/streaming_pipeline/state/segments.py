@@ -72,14 +72,16 @@ _SEARCH = """
             AND (%(archive)s::text IS NULL OR s.archive = %(archive)s)
         LIMIT %(candidates)s
     ), ranked AS (
-        SELECT m.*, o.own_q, f.slot, f.remote_path, ts_rank_cd(m.tsv, o.own_q) AS rank
+        SELECT m.*, o.own_q, f.id AS member_id, f.slot, f.remote_path, ts_rank_cd(m.tsv, o.own_q) AS rank
         FROM matched m
         JOIN own o ON o.config = m.config AND o.bigram = (m.search_text IS NOT NULL)
         JOIN audio_files f USING (archive, member)
         WHERE f.status = 'done' AND m.tsv @@ o.own_q
-        ORDER BY rank DESC, m.day, m.archive, m.member, m.seq LIMIT %(limit)s
+            AND (%(slot)s::text IS NULL OR f.slot = %(slot)s)
+            AND (%(model)s::text IS NULL OR f.model = %(model)s)
+        ORDER BY rank DESC, m.day, m.archive, m.member, m.seq LIMIT %(limit)s OFFSET %(offset)s
     )
-    SELECT day, slot, archive, member, seq, language, start_s, end_s, text, words, remote_path,
+    SELECT member_id, day, slot, archive, member, seq, language, start_s, end_s, text, words, remote_path,
            rank, search_text IS NOT NULL AS bigrams,
            ts_headline(config, text, own_q, %(headline)s) AS highlight,
            (SELECT count(*) FROM matched) AS candidates
@@ -99,7 +101,10 @@ class SearchQuery:
     last_day: dt.date | None = None
     language: str | None = None
     archive: str | None = None
+    slot: str | None = None
+    model: str | None = None  # as recorded: a directory's name or a hub id
     limit: int = 20
+    offset: int = 0  # hits skipped: the page after `offset // limit` pages
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class SearchHit:
     highlight: str  # `text` with each match between « and »
     remote_path: str  # the member's FLAC on the destination
     rank: float
+    member_id: int = 0  # its row (audio_files.id): the web view's link
 
     @property
     def player(self) -> str:
@@ -238,7 +244,10 @@ class SegmentTable(Table):
             "first": query.first_day,
             "last": query.last_day,
             "archive": query.archive,
+            "slot": query.slot,
+            "model": query.model,
             "limit": query.limit,
+            "offset": query.offset,
             "candidates": CANDIDATES,
             "headline": f"HighlightAll=true, StartSel={OPEN}, StopSel={CLOSE}",
         }
@@ -328,4 +337,5 @@ def _hit(row: dict[str, Any], query: str) -> SearchHit:
         highlight=highlight,
         remote_path=row["remote_path"],
         rank=round(float(row["rank"]), 4),
+        member_id=int(row["member_id"]),
     )

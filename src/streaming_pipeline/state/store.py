@@ -3,7 +3,8 @@
 `ProgressStore` is the connection (db.py: transactions, retries, the lease fence) and carries one
 object per concern: `store.archives` (archives.py), `store.members` (members.py), `store.leases`
 (claims.py), `store.days` (days.py), `store.datasets` (datasets.py), `store.transcripts`
-(transcripts.py: provenance, re-transcription, history), `store.segments` (segments.py: the
+(transcripts.py: provenance, re-transcription, history), `store.browse` (browse.py: the web
+view's reads), `store.segments` (segments.py: the
 searchable segments, written inside the members' and transcripts' transactions); the day
 report's queries are
 reports.py. Callers hold this one object rather than importing the pieces: every piece must work
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from .archives import ArchiveTable
+from .browse import BrowseQueries
 from .claims import LeaseTable
 from .datasets import DatasetTable
 from .days import DayTable
@@ -52,3 +54,4 @@ class ProgressStore(Database):
         self.days = DayTable(self)
         self.datasets = DatasetTable(self)
         self.transcripts = TranscriptTable(self, self.segments)
+        self.browse = BrowseQueries(self)  # the web view's reads

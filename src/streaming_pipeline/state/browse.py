@@ -1,0 +1,201 @@
+"""What the web view reads: the days at a glance, one member with its transcript, provenance and
+history. Read-only statements; the web view's role needs only SELECT (README: a read-only role)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from ..transcript import Provenance
+from .db import Table
+
+# One row per day from the archive_status view, with the day's searchable segments.
+_DAYS = """
+    SELECT s.day, count(*) AS archives,
+           jsonb_object_agg(s.state, s.n) AS by_state,
+           sum(s.done) AS done, sum(s.failed) AS failed, sum(s.rejected) AS rejected,
+           sum(s.audio_hours) AS audio_hours, sum(s.elapsed_s) AS elapsed_s,
+           (SELECT coalesce(sum(searchable_segments), 0) FROM audio_files f
+             WHERE f.day = s.day AND f.status = 'done') AS segments
+    FROM (
+        SELECT day, CASE WHEN state = 'running' AND NOT live THEN 'running?' ELSE state END AS state,
+               count(*) AS n, sum(done) AS done, sum(failed) AS failed, sum(rejected) AS rejected,
+               sum(audio_hours) AS audio_hours, sum(elapsed_s) AS elapsed_s
+        FROM archive_status
+        WHERE (%(first)s::date IS NULL OR day >= %(first)s) AND (%(last)s::date IS NULL OR day <= %(last)s)
+        GROUP BY 1, 2
+    ) s
+    GROUP BY s.day ORDER BY s.day DESC LIMIT %(limit)s
+"""
+
+_MEMBER = """
+    SELECT id, day, slot, archive, member, status, duration_s, size_bytes, language,
+           language_probability, model, provenance, transcribed_at, remote_path, timestamps,
+           subtitles, error, searchable_segments, transcript
+    FROM audio_files WHERE id = %s
+"""
+
+
+@dataclass(frozen=True)
+class DayRow:
+    """A day on the web view's first page."""
+
+    day: dt.date
+    archives: int
+    by_state: dict[str, int]  # "running?": a lease that expired
+    done: int
+    failed: int
+    rejected: int
+    audio_hours: float
+    x_realtime: float | None  # audio seconds per second its archives' runs took
+    segments: int  # searchable
+
+
+@dataclass(frozen=True)
+class TimedText:
+    """A segment or a word: what the player highlights and seeks to."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class SegmentView:
+    start: float
+    end: float
+    text: str
+    language: str | None
+    words: tuple[TimedText, ...]
+
+
+@dataclass(frozen=True)
+class PastTranscript:
+    """One that re-transcription replaced (transcript_history)."""
+
+    model: str | None
+    provenance: Provenance | None
+    language: str | None
+    transcribed_at: dt.datetime | None
+    replaced_at: dt.datetime
+    text: str | None
+
+
+@dataclass(frozen=True)
+class MemberView:
+    id: int
+    day: dt.date
+    slot: str
+    archive: str
+    member: str
+    status: str
+    duration_s: float | None
+    size_bytes: int | None
+    language: str | None
+    language_probability: float | None
+    model: str | None
+    provenance: Provenance | None
+    transcribed_at: dt.datetime | None
+    remote_path: str | None
+    timestamps: str | None
+    subtitles: tuple[str, ...]  # the subtitle formats beside its FLAC
+    error: str | None
+    indexed: bool  # its segments are recorded (else they are read from its JSON)
+    transcript: str | None
+
+
+def _provenance(value: Any) -> Provenance | None:
+    return Provenance.from_json(value) if isinstance(value, dict) else None
+
+
+class BrowseQueries(Table):
+    """The web view's reads (any thread: each call is one read-only transaction)."""
+
+    def days(
+        self, first: dt.date | None = None, last: dt.date | None = None, limit: int = 400
+    ) -> list[DayRow]:
+        rows = self._db.query(_DAYS, {"first": first, "last": last, "limit": limit})
+        return [
+            DayRow(
+                day=r["day"],
+                archives=int(r["archives"]),
+                by_state={k: int(v) for k, v in sorted(r["by_state"].items())},
+                done=int(r["done"]),
+                failed=int(r["failed"]),
+                rejected=int(r["rejected"]),
+                audio_hours=float(r["audio_hours"]),
+                x_realtime=round(float(r["audio_hours"]) * 3600 / float(r["elapsed_s"]), 1)
+                if r["elapsed_s"]
+                else None,
+                segments=int(r["segments"]),
+            )
+            for r in rows
+        ]
+
+    def member(self, member_id: int) -> MemberView | None:
+        rows = self._db.query(_MEMBER, (member_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return MemberView(
+            id=int(r["id"]),
+            day=r["day"],
+            slot=r["slot"],
+            archive=r["archive"],
+            member=r["member"],
+            status=r["status"],
+            duration_s=r["duration_s"],
+            size_bytes=r["size_bytes"],
+            language=r["language"],
+            language_probability=r["language_probability"],
+            model=r["model"],
+            provenance=_provenance(r["provenance"]),
+            transcribed_at=r["transcribed_at"],
+            remote_path=r["remote_path"],
+            timestamps=r["timestamps"],
+            subtitles=tuple(f for f in (r["subtitles"] or "").split(",") if f and f != "none"),
+            error=r["error"],
+            indexed=r["searchable_segments"] is not None,
+            transcript=r["transcript"],
+        )
+
+    def segments(self, archive: str, member: str) -> list[SegmentView]:
+        """A member's recorded segments in order, with their words where they were timed."""
+        rows = self._db.query(
+            "SELECT start_s, end_s, text, language, words FROM segments"
+            " WHERE archive = %s AND member = %s ORDER BY seq",
+            (archive, member),
+        )
+        return [
+            SegmentView(
+                float(r["start_s"]),
+                float(r["end_s"]),
+                r["text"],
+                r["language"],
+                tuple(TimedText(float(w[0]), float(w[1]), str(w[2])) for w in r["words"] or ()),
+            )
+            for r in rows
+        ]
+
+    def history(self, archive: str, member: str) -> list[PastTranscript]:
+        """The transcripts re-transcription replaced, newest first."""
+        rows = self._db.query(
+            "SELECT model, provenance, language, transcribed_at, replaced_at, transcript"
+            " FROM transcript_history WHERE archive = %s AND member = %s ORDER BY id DESC",
+            (archive, member),
+        )
+        return [
+            PastTranscript(
+                r["model"], _provenance(r["provenance"]), r["language"], r["transcribed_at"],
+                r["replaced_at"], r["transcript"],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    def models(self) -> list[str]:
+        """The models the done members' transcripts were made by (the search's filter)."""
+        rows = self._db.query(
+            "SELECT DISTINCT model FROM audio_files WHERE status = 'done' AND model IS NOT NULL ORDER BY 1"
+        )
+        return [r["model"] for r in rows]

@@ -1,0 +1,220 @@
+"""The web view's routes: search, a member's page and files, the days and a day as it runs.
+
+Handlers are plain functions, so Starlette runs each in its thread pool; each borrows a
+read-only store from the pool for its queries. Pages are Jinja2 templates with autoescaping:
+whatever comes from an archive or a transcript is text in them, never markup.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import logging
+import queue
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from ..controller.day import day_report
+from ..errors import StoreError
+from ..state.browse import SegmentView, TimedText
+from ..state.store import ProgressStore
+from ..tools.report import collect, render
+from ..transcript import Transcript
+from . import views
+from .files import SUFFIXES, MemberFiles
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+STATEMENT_TIMEOUT_MS = 5000
+MEDIA_TYPES = {"flac": "audio/flac", "json": "application/json", "srt": "text/plain", "vtt": "text/vtt"}
+
+
+class StorePool:
+    """Read-only stores for the request threads: a store is one connection running one
+    transaction at a time, so each request borrows one of `size`."""
+
+    def __init__(self, dsn: str, size: int = 4) -> None:
+        self._free: queue.Queue[ProgressStore] = queue.Queue()
+        for _ in range(size):
+            store = ProgressStore(
+                dsn, read_only=True, statement_timeout_ms=STATEMENT_TIMEOUT_MS, attempts=2, patience=5.0
+            )
+            self._free.put(store)
+        self._all = list(self._free.queue)
+
+    @contextmanager
+    def borrow(self) -> Iterator[ProgressStore]:
+        store = self._free.get(timeout=60)
+        try:
+            yield store
+        finally:
+            self._free.put(store)
+
+    def close(self) -> None:
+        for store in self._all:
+            store.close()
+
+
+@dataclass(frozen=True)
+class Where:
+    """How the page names the destination, without a password or a local path."""
+
+    label: str
+    remote: bool
+
+
+class WebView:
+    """The routes over a store pool and the member files (request threads)."""
+
+    def __init__(self, pool: StorePool, files: MemberFiles, where: Where) -> None:
+        self.pool = pool
+        self.files = files
+        self.where = where
+        self.templates = Jinja2Templates(directory=HERE / "templates")
+        env = self.templates.env
+        env.filters["clock"] = views.clock
+        env.filters["marked"] = views.marked
+        env.globals["play_from"] = views.play_from
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/", self.home),
+            Route("/search", self.search),
+            Route("/member/{member_id:int}", self.member),
+            Route("/member/{member_id:int}/{kind:str}", self.member_file),
+            Route("/days/{day:str}", self.day),
+            Route("/days/{day:str}/report", self.day_report),
+            Route("/api/days/{day:str}", self.day_json),
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        ]
+        handlers = {StoreError: self._store_down, HTTPException: self._http_error}
+        return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+
+    def _page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+        return self.templates.TemplateResponse(request, name, {"where": self.where, **context}, status)
+
+    # -- search ----------------------------------------------------------------------------------
+    def home(self, request: Request) -> Response:
+        with self.pool.borrow() as store:
+            days = store.browse.days()
+            models = store.browse.models()
+        return self._page(request, "home.html", form=views.SearchForm(), days=days, models=models)
+
+    def search(self, request: Request) -> Response:
+        form = views.SearchForm.of(request.query_params)
+        hits, more, truncated = [], False, False
+        with self.pool.borrow() as store:
+            models = store.browse.models()
+            if form.text and form.problem is None:
+                found = store.segments.search(form.query())
+                hits, truncated = found.hits[: views.PAGE], found.truncated
+                more = len(found.hits) > views.PAGE
+        return self._page(
+            request, "search.html", form=form, hits=hits, more=more, truncated=truncated, models=models,
+            status=400 if form.problem else 200,
+        )  # fmt: skip
+
+    # -- a member ----------------------------------------------------------------------------------
+    def member(self, request: Request) -> Response:
+        with self.pool.borrow() as store:
+            member = store.browse.member(request.path_params["member_id"])
+            if member is None:
+                raise HTTPException(404, "no such member")
+            segments = store.browse.segments(member.archive, member.member) if member.indexed else []
+            history = store.browse.history(member.archive, member.member)
+        audio = member.remote_path is not None and self.files.has(member.remote_path, "flac")
+        if not member.indexed and member.remote_path is not None:
+            segments = self._segments_from_json(member.remote_path)
+        downloads = [k for k in ("flac", "json", *member.subtitles) if k in SUFFIXES] if audio else []
+        return self._page(
+            request, "member.html", member=member, segments=segments, history=history, audio=audio,
+            downloads=downloads, words=any(s.words for s in segments), status=200 if audio else 404,
+        )  # fmt: skip
+
+    def _segments_from_json(self, remote_path: str) -> list[SegmentView]:
+        """A member done before segments were recorded: its transcript read from its JSON."""
+        path = self.files.path(remote_path, "json")
+        if path is None:
+            return []
+        try:
+            transcript = Transcript.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: its JSON cannot be read: %s", remote_path, exc)
+            return []
+        return [
+            SegmentView(s.start, s.end, s.text, s.language,
+                        tuple(TimedText(w.start, w.end, w.word) for w in s.words or ()))
+            for s in transcript.segments
+        ]  # fmt: skip
+
+    def member_file(self, request: Request) -> Response:
+        kind = request.path_params["kind"]
+        if kind not in SUFFIXES:
+            raise HTTPException(404, "no such file")
+        with self.pool.borrow() as store:
+            member = store.browse.member(request.path_params["member_id"])
+        if member is None or member.remote_path is None:
+            raise HTTPException(404, "no such member")
+        path = self.files.path(member.remote_path, kind)
+        if path is None:
+            raise HTTPException(404, f"the member's {kind} file is not there")
+        name = Path(member.member).stem + SUFFIXES[kind] if "download" in request.query_params else None
+        return FileResponse(path, media_type=MEDIA_TYPES[kind], filename=name)
+
+    # -- days --------------------------------------------------------------------------------------
+    def day(self, request: Request) -> Response:
+        day = self._day(request)
+        with self.pool.borrow() as store:
+            report = day_report(store, day)
+        if not report.archives:
+            raise HTTPException(404, f"no archives recorded for {day}")
+        return self._page(request, "day.html", day=views.day_json(report), columns=views.COLUMNS)
+
+    def day_json(self, request: Request) -> Response:
+        day = self._day(request)
+        with self.pool.borrow() as store:
+            report = day_report(store, day)
+        return JSONResponse(views.day_json(report))
+
+    def day_report(self, request: Request) -> Response:
+        """The day's HTML report, made now. Its scripts are inline, so this page's policy allows
+        exactly those (by their hashes) and nothing else."""
+        day = self._day(request)
+        with self.pool.borrow() as store:
+            page = render(collect(store, [day]))
+        hashes = " ".join(
+            "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+            for body in re.findall(r"<script>(.*?)</script>", page, flags=re.S)
+        )
+        policy = f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; img-src data:"
+        return HTMLResponse(page, headers={"content-security-policy": policy})
+
+    @staticmethod
+    def _day(request: Request) -> dt.date:
+        day = views.parse_day(request.path_params["day"])
+        if day is None:
+            raise HTTPException(404, "not a day")
+        return day
+
+    def _http_error(self, request: Request, exc: HTTPException) -> Response:
+        return self._page(request, "error.html", status=exc.status_code, message=exc.detail)
+
+    def _store_down(self, request: Request, exc: Exception) -> Response:
+        log.error("%s: %s", request.url.path, exc)
+        message = "The progress database cannot be read now."
+        return self._page(request, "error.html", status=503, message=message)
