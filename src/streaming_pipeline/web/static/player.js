@@ -57,6 +57,7 @@
   const start = parseFloat(params.get("t"));
   function begin() {
     if (Number.isFinite(start) && start >= 0) audio.currentTime = start;
+    document.body.dataset.begun = "1";
     if (params.get("play") === "1") {
       audio.play().catch(() => { document.body.dataset.autoplay = "refused"; });
     }
