@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from streaming_pipeline.cli import main
@@ -147,3 +148,46 @@ def test_off_loopback_a_token_is_required_and_checked(tmp_path: Path, pg_dsn: st
     assert "HttpOnly" in headers["set-cookie"] and "SameSite=Strict" in headers["set-cookie"]
     assert server.get("/", {"Cookie": cookie})[0] == 200
     assert token not in server.log.read_text()  # the access log leaves the token out
+
+
+@pytest.mark.slow
+def test_a_read_only_role_serves_an_rsync_destination(tmp_path: Path, pg_dsn: str, tiny_model: Path, clips,
+                                                      rsync_daemon, server_stops) -> None:  # fmt: skip
+    """The README's read-only role is all the server needs; an rsync destination's files are
+    fetched on demand into the cache, and played with Range requests from there."""
+    process_day(tmp_path, pg_dsn, tiny_model, clips, remote=rsync_daemon.url)
+    role = f"viewer_{tmp_path.name[-12:].replace('-', '_').lower()}"
+    dbname = pg_dsn.rsplit("dbname=", 1)[1]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        for statement in README_GRANTS:
+            conn.execute(statement.replace("viewer", f'"{role}"').replace("pipeline", f'"{dbname}"'))
+    viewer = pg_dsn.replace("user=postgres", f"user={role}")
+    try:
+        server = serve(tmp_path, viewer, rsync_daemon.url, "--audio-cache-mb", "1")
+        server_stops.append(server)
+        plain = clips[2][0]
+        mid = member_id(pg_dsn, plain)
+        status, _, body = server.get(f"/member/{mid}")
+        assert status == 200 and b'<audio id="player"' in body
+        relpath = query(pg_dsn, "SELECT remote_path FROM audio_files WHERE id = %s", mid)[0]["remote_path"]
+        flac = (rsync_daemon.data / relpath.split("/archive/", 1)[1]).read_bytes()
+        status, _, body = server.get(f"/member/{mid}/flac", {"Range": "bytes=10-99"})
+        assert status == 206 and body == flac[10:100]
+        assert list((tmp_path / "serve-scratch" / "web-cache").rglob("*.flac"))
+        assert server.get("/search?q=a")[0] == 200 and server.get(f"/days/{DAY}")[0] == 200
+    finally:
+        for s in server_stops:
+            s.proc.terminate()
+            s.proc.wait(timeout=20)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
+
+
+# The read-only role as the README grants it (docs: the web view).
+README_GRANTS = [
+    "GRANT CONNECT ON DATABASE pipeline TO viewer",
+    "GRANT USAGE ON SCHEMA public TO viewer",
+    "GRANT SELECT ON ALL TABLES IN SCHEMA public TO viewer",
+]
