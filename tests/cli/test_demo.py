@@ -33,6 +33,7 @@ def test_demo_prints_real_words_and_subtitles(
     spoken = ("morning", "news", "weather", "coast", "traffic", "music", "bulletin", "studio", "bonjour")
     assert sum(word in transcripts for word in spoken) >= 2, out
     assert ".srt:" in out and " --> " in out
+    assert "streaming-pipeline serve --remote" in out and "http://127.0.0.1:8750/days/" in out
     srt = sorted((tmp_path / "demo" / "remote").rglob("*.srt"))
     assert srt and all(p.with_suffix(".flac").is_file() for p in srt)
 

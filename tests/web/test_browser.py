@@ -95,7 +95,9 @@ def test_hostile_names_render_as_text(tmp_path: Path, pg_dsn: str, tiny_model: P
     # The random model cannot be made to say markup: one segment's text is set to it here.
     hostile_text = '<script>alert(4)</script> "quoted" & <b onmouseover=alert(5)>bold</b>'
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("UPDATE segments SET text = %s WHERE member = %s", (hostile_text, HOSTILE[0]))
+        conn.execute(
+            "UPDATE segments SET text = %s, words = NULL WHERE member = %s", (hostile_text, HOSTILE[0])
+        )
     server = serve(tmp_path, pg_dsn, str(remote))
     server_stops.append(server)
 

@@ -16,6 +16,7 @@ import pytest
 
 from streaming_pipeline.cli import main
 from streaming_pipeline.tools.samples import write_tar_xz
+from streaming_pipeline.web.views import MEDIA_CHUNK
 
 from ..conftest import DAY, query, worker_options
 from .conftest import member_id, serve
@@ -67,6 +68,9 @@ def test_pages_files_and_what_a_url_cannot_reach(tmp_path: Path, pg_dsn: str, ti
     assert headers["content-range"] == f"bytes 100-1099/{len(flac)}"
     status, _, body = server.get(f"/member/{mid}/flac")
     assert status == 200 and body == flac
+    # What a browser asks as it seeks (`bytes=N-`) is answered with a chunk: it asks for the next.
+    status, headers, body = server.get(f"/member/{mid}/flac", {"Range": "bytes=100-"})
+    assert status == 206 and body == flac[100 : 100 + MEDIA_CHUNK]
 
     # Downloads carry the member's name; subtitles as asked.
     status, headers, body = server.get(f"/member/{mid}/json?download=1")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 
-from streaming_pipeline.web.views import MAX_PAGE, MAX_QUERY, SearchForm, clock, marked, play_from
+from streaming_pipeline.web.views import (
+    MAX_PAGE,
+    MAX_QUERY,
+    SearchForm,
+    capped_range,
+    clock,
+    marked,
+    play_from,
+)
 
 
 def test_a_highlight_is_cut_into_text_and_marks() -> None:
@@ -37,3 +45,10 @@ def test_the_search_form_is_bounded_and_checked() -> None:
 def test_times() -> None:
     assert clock(3723.9) == "1:02:03" and clock(63) == "1:03" and clock(None) == "-"
     assert play_from(0.4) == 0.0 and play_from(12.5) == 11.5
+
+
+def test_an_open_ended_range_is_answered_with_a_chunk() -> None:
+    assert capped_range("bytes=1000-", 500) == "bytes=1000-1499"
+    assert capped_range("bytes=0-99", 500) == "bytes=0-99"
+    assert capped_range("bytes=-500", 500) == "bytes=-500"  # the last 500 bytes, as asked
+    assert capped_range("bytes=0-1,5-", 500) == "bytes=0-1,5-"

@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=31, help="days they spread over (31)")
     p.add_argument("--queries", type=int, default=40, help="queries of each kind (40)")
     p.add_argument("--dsn", help="an empty database to fill (default: an embedded PostgreSQL, removed after)")
+    p.add_argument(
+        "--http", action="store_true", help="also through `serve`: search, member pages, a seek in an hour"
+    )
 
     p = sub.add_parser("demo", help="generate a sample day and process it with embedded defaults")
     p.add_argument("--state-dir", type=Path, default=Path(".demo"))

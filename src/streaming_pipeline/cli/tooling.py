@@ -48,7 +48,7 @@ def search_scale(args: argparse.Namespace) -> int:
 
     if min(args.segments, args.days, args.queries) < 1:
         raise ConfigError("--segments, --days and --queries must be at least 1")
-    result = run_search_scale(args.segments, args.days, args.queries, dsn=args.dsn)
+    result = run_search_scale(args.segments, args.days, args.queries, dsn=args.dsn, http=args.http)
     print("\n".join(result.lines()))
     return 0
 
@@ -223,4 +223,6 @@ def demo(args: argparse.Namespace) -> int:
     query = "SELECT slot, status, count(*) FROM audio_files GROUP BY 1, 2"
     print(f'progress: psql "{config.redacted_dsn()}" -c "{query}"')
     print(f"status:   PIPELINE_DSN='{config.redacted_dsn()}' streaming-pipeline status {day}")
+    serve = f"PIPELINE_DSN='{config.redacted_dsn()}' streaming-pipeline serve --remote {config.remote}"
+    print(f"browse:   {serve}\n          then open http://127.0.0.1:{config.port}/days/{day}")
     return rc

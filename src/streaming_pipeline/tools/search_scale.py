@@ -29,6 +29,7 @@ from ..state.segments import SearchQuery
 from ..state.states import MemberStatus
 from ..state.store import ArchiveKey, MemberRecord, Owner, ProgressStore
 from ..transcript import Segment
+from .web_scale import WebScaleResult, add_members, measure, measure_seek, serving, write_hour_flac
 
 FIRST_DAY = dt.date(2001, 1, 1)  # synthetic days, far from real ones
 SEGMENTS_PER_MEMBER = 20
@@ -49,6 +50,8 @@ class SearchScaleResult:
     hits: dict[str, list[int]] = field(default_factory=dict)
     # members.record of one BATCH, the same members with and without their segments, interleaved
     record_ms: dict[str, list[float]] = field(default_factory=dict)
+    web: WebScaleResult | None = None  # --http: the same month through `serve`
+    kinds: dict[str, list[str]] = field(default_factory=dict)  # the queries of each kind
 
     def lines(self) -> list[str]:
         per_million = 1_000_000 / max(1, self.segments)
@@ -74,6 +77,8 @@ class SearchScaleResult:
                 f"{bare:.1f} ms without segments, {timed:.1f} ms with {SEGMENTS_PER_MEMBER} each "
                 f"(+{(timed - bare) / BATCH:.2f} ms a member)"
             )
+        if self.web is not None:
+            out += self.web.lines()
         return out
 
 
@@ -142,9 +147,15 @@ def _zipf_cdf(n: int) -> np.ndarray:
 
 
 def run_search_scale(
-    segments: int = 1_000_000, days: int = 31, queries: int = 40, dsn: str | None = None, seed: int = 7
+    segments: int = 1_000_000,
+    days: int = 31,
+    queries: int = 40,
+    dsn: str | None = None,
+    seed: int = 7,
+    http: bool = False,
 ) -> SearchScaleResult:
-    """Generate, insert and query; an embedded PostgreSQL in a temporary folder unless `dsn`."""
+    """Generate, insert and query; an embedded PostgreSQL in a temporary folder unless `dsn`.
+    `http`: then the same queries, member pages and a seek through `serve` (web_scale.py)."""
     with tempfile.TemporaryDirectory(prefix="streaming-pipeline-search-scale-") as tmp:
         server = None
         if dsn is None:
@@ -154,14 +165,38 @@ def run_search_scale(
         try:
             store = ProgressStore(dsn)
             store.init_schema()
-            return _run(store, segments, days, queries, np.random.default_rng(seed))
+            remote = Path(tmp) / "remote" if http else None
+            result = _run(store, segments, days, queries, np.random.default_rng(seed), remote)
+            if remote is not None:
+                result.web = _web(store, dsn, remote, result.kinds, Path(tmp))
+            store.close()
+            return result
         finally:
             if server is not None:
                 server.stop()
 
 
+def _web(
+    store: ProgressStore, dsn: str, remote: Path, kinds: dict[str, list[str]], tmp: Path
+) -> WebScaleResult:
+    write_hour_flac(tmp / "hour.flac")
+    hour_id, members = add_members(store, remote, tmp / "hour.flac", sample=40)
+    store.segments.settle()
+    with serving(dsn, remote, tmp / "serve.log") as host:
+        web = measure(host, kinds, members, hour_id)
+        web.hour_flac_bytes = next(remote.rglob("programme.flac")).stat().st_size
+        measure_seek(host, hour_id, web, tmp)
+    return web
+
+
 def _fill(
-    store: ProgressStore, text: _Text, total: int, days: int, queries: int, rng: np.random.Generator
+    store: ProgressStore,
+    text: _Text,
+    total: int,
+    days: int,
+    queries: int,
+    rng: np.random.Generator,
+    remote: Path | None = None,
 ) -> list[str]:
     """`total` segments over `days` days, recorded as a worker records them; English phrases
     taken from them for the phrase queries."""
@@ -190,7 +225,7 @@ def _fill(
                     records.append(
                         MemberRecord(
                             name, MemberStatus.UPLOADING, language=language,
-                            remote_path=f"/remote/{key.archive}/{name}",
+                            remote_path=f"{remote or '/remote'}/{key.archive}/{name}",
                             searchable_segments=len(segs), segments=segs,
                         )
                     )  # fmt: skip
@@ -218,16 +253,21 @@ def _query_kinds(
 
 
 def _run(
-    store: ProgressStore, total: int, days: int, queries: int, rng: np.random.Generator
+    store: ProgressStore,
+    total: int,
+    days: int,
+    queries: int,
+    rng: np.random.Generator,
+    remote: Path | None = None,
 ) -> SearchScaleResult:
     text = _Text(rng)
     started = time.monotonic()
-    phrases = _fill(store, text, total, days, queries, rng)
+    phrases = _fill(store, text, total, days, queries, rng, remote)
     insert_s = time.monotonic() - started
     store.segments.settle()
     size = store.segments.storage()
     result = SearchScaleResult(size.segments, days, insert_s, size.table_bytes, size.index_bytes)
-    kinds = _query_kinds(text, phrases, queries, rng)
+    kinds = result.kinds = _query_kinds(text, phrases, queries, rng)
     for kind, texts in kinds.items():
         result.latencies_ms[kind], result.hits[kind] = [], []
         for q in texts:
@@ -236,5 +276,4 @@ def _run(
             result.latencies_ms[kind].append((time.perf_counter() - t0) * 1000)
             result.hits[kind].append(len(hits))
     result.record_ms = _record_cost(store, text, rounds=10)
-    store.close()
     return result

@@ -14,6 +14,7 @@ import json
 import logging
 import queue
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import Receive, Scope, Send
 
 from ..controller.day import day_report
 from ..errors import StoreError
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 STATEMENT_TIMEOUT_MS = 5000
+MODELS_TTL_S = 60.0  # the search form's list of models is read at most this often
 MEDIA_TYPES = {"flac": "audio/flac", "json": "application/json", "srt": "text/plain", "vtt": "text/vtt"}
 
 
@@ -70,6 +73,19 @@ class StorePool:
             store.close()
 
 
+class MediaResponse(FileResponse):
+    """A file for the page's audio element: an open-ended Range is answered with a chunk
+    (views.capped_range), so seeking in an hour-long member fetches that chunk, not the rest of
+    the file in flight."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (k, views.capped_range(v.decode("latin-1")).encode() if k == b"range" else v)
+            for k, v in scope["headers"]
+        ]
+        await super().__call__({**scope, "headers": headers}, receive, send)
+
+
 @dataclass(frozen=True)
 class Where:
     """How the page names the destination, without a password or a local path."""
@@ -90,6 +106,7 @@ class WebView:
         env.filters["clock"] = views.clock
         env.filters["marked"] = views.marked
         env.globals["play_from"] = views.play_from
+        self._models: tuple[float, list[str]] = (-MODELS_TTL_S, [])
 
     def app(self) -> Starlette:
         routes = [
@@ -112,14 +129,14 @@ class WebView:
     def home(self, request: Request) -> Response:
         with self.pool.borrow() as store:
             days = store.browse.days()
-            models = store.browse.models()
+            models = self._models_of(store)
         return self._page(request, "home.html", form=views.SearchForm(), days=days, models=models)
 
     def search(self, request: Request) -> Response:
         form = views.SearchForm.of(request.query_params)
         hits, more, truncated = [], False, False
         with self.pool.borrow() as store:
-            models = store.browse.models()
+            models = self._models_of(store)
             if form.text and form.problem is None:
                 found = store.segments.search(form.query())
                 hits, truncated = found.hits[: views.PAGE], found.truncated
@@ -128,6 +145,14 @@ class WebView:
             request, "search.html", form=form, hits=hits, more=more, truncated=truncated, models=models,
             status=400 if form.problem else 200,
         )  # fmt: skip
+
+    def _models_of(self, store: ProgressStore) -> list[str]:
+        """The models of done members: a scan of every member, so read once a minute, not per search."""
+        read_at, models = self._models
+        if time.monotonic() - read_at > MODELS_TTL_S:
+            models = store.browse.models()
+            self._models = (time.monotonic(), models)
+        return models
 
     # -- a member ----------------------------------------------------------------------------------
     def member(self, request: Request) -> Response:
@@ -173,8 +198,10 @@ class WebView:
         path = self.files.path(member.remote_path, kind)
         if path is None:
             raise HTTPException(404, f"the member's {kind} file is not there")
-        name = Path(member.member).stem + SUFFIXES[kind] if "download" in request.query_params else None
-        return FileResponse(path, media_type=MEDIA_TYPES[kind], filename=name)
+        if "download" in request.query_params:
+            name = Path(member.member).stem + SUFFIXES[kind]
+            return FileResponse(path, media_type=MEDIA_TYPES[kind], filename=name)
+        return MediaResponse(path, media_type=MEDIA_TYPES[kind])
 
     # -- days --------------------------------------------------------------------------------------
     def day(self, request: Request) -> Response:
