@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(rsync xz-utils espeak-ng sox libsndfile1 postgresql pgbouncer util-linux chromium)
+packages=(rsync xz-utils espeak-ng sox libsndfile1 postgresql pgbouncer util-linux chromium chromium-driver)
 if [ "${1:-}" = --slurm ]; then packages+=(slurm-wlm munge); fi
 missing=()
 for pkg in "${packages[@]}"; do

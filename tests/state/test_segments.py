@@ -92,6 +92,14 @@ def test_filters_by_day_language_and_archive_and_limits(store: ProgressStore) ->
     assert _found(store, "dictée numéro", language="fr") == [("fr.wav", 0.0)]
     assert _found(store, "dictée", language="en") == []
     assert len(store.segments.search(SearchQuery("country", limit=1)).hits) == 1
+    # the web view's: slot, model (as recorded), pages
+    assert {m for m, _ in _found(store, "country", slot="06_00")} == {"jfk.wav", "late.wav"}
+    assert _found(store, "country", slot="07_00") == []
+    assert _found(store, "country", model="large-v3") == []  # these members recorded no model
+    first, second = (store.segments.search(SearchQuery("country", limit=1, offset=n)).hits for n in (0, 1))
+    assert len(first) == len(second) == 1 and first[0].member != second[0].member
+    assert store.segments.search(SearchQuery("country", limit=1, offset=2)).hits == []
+    assert first[0].member_id > 0
 
 
 def test_past_the_candidates_the_result_says_it_was_cut(store: ProgressStore, monkeypatch) -> None:
