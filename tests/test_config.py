@@ -125,7 +125,7 @@ def test_every_setting_is_declared_once_with_a_flag_or_a_reason_and_round_trips_
     envs = {s.env for _, s in declared}
     assert len(envs) == len(declared), "one variable per setting"
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    parser_help = "".join(commands[c].format_help() for c in ("process-day", "retranscribe"))
+    parser_help = "".join(commands[c].format_help() for c in ("process-day", "retranscribe", "serve"))
     examples = {int: "7", float: "7.5", bool: "0", Path: "/x/y", str: "x"}
     for f, s in declared:
         assert s.env.startswith("PIPELINE_") and s.help, f.name

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "serve", help="a read-only web view: search, listen and read along, the days as they run"
     )
-    p.add_argument("--dsn", help="PostgreSQL DSN (PIPELINE_DSN; a role with SELECT is enough)")
+    p.add_argument("--dsn", help="PostgreSQL DSN (PIPELINE_DSN; a read-only role is enough)")
     p.add_argument("--remote", help="the destination the workers uploaded to (PIPELINE_REMOTE)")
     p.add_argument("--scratch-dir", dest="scratch_dir", type=Path, help="where remote files are cached")
     _setting_options(p, "serve", "web view")

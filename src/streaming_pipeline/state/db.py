@@ -112,11 +112,16 @@ class _Fence:
     lost: LeaseLost | None = None
 
 
+def _read_only(timeout_ms: int) -> str:
+    """What each transaction of a read-only store starts with."""
+    return f"SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {int(timeout_ms)}"
+
+
 class Database:
     """`attempts`: tries of a transaction that failed mid-way (a dropped connection); `patience`:
     seconds to wait for a connection slot (a full or restarting server) before giving up.
-    `read_only`: every transaction is READ ONLY and its statements end after
-    `statement_timeout_ms` (the web view's: set per transaction, so PgBouncer can pool it)."""
+    `read_only_ms`: every transaction READ ONLY, a statement ended after that many ms (the web
+    view's; set per transaction, so PgBouncer can pool it)."""
 
     def __init__(
         self,
@@ -128,14 +133,10 @@ class Database:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         connect_timeout: int = 10,
-        read_only: bool = False,
-        statement_timeout_ms: int = 0,
+        read_only_ms: int | None = None,
     ) -> None:
         self._dsn = dsn
-        self._begin = ""
-        if read_only:
-            timeout = int(statement_timeout_ms)
-            self._begin = f"SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {timeout}"
+        self._begin = "" if read_only_ms is None else _read_only(read_only_ms)
         self._secret = dsn_password(dsn)
         self._attempts = attempts
         self._backoff_max = backoff_max

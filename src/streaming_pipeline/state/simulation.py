@@ -1,4 +1,5 @@
-"""The SQL of the scale simulation (tools/scale.py) and nothing else uses.
+"""The SQL that only the measurements use: the scale simulation (tools/scale.py) and the web
+view's (tools/web_scale.py).
 
 Real workers are handed their archive by an executor; the simulation's hundreds of workers take
 the next free one from a shared queue (`SimulatedQueue`, through the real lease code). Its audit
@@ -124,3 +125,21 @@ class ScaleAudit:
     def _one(self, sql: str, *params: Any) -> int:
         row = self._conn.execute(sql, params).fetchone()
         return int(row[0]) if row else 0
+
+
+class MeasuredMembers(Table):
+    """The members whose pages `search-scale --http` times (tools/web_scale.py)."""
+
+    def ids(self, archive: str) -> list[int]:
+        return [
+            int(r["id"]) for r in self._db.query("SELECT id FROM audio_files WHERE archive = %s", (archive,))
+        ]
+
+    def sample(self, excluding: str, limit: int) -> list[tuple[int, str]]:
+        """`limit` done members outside `excluding`, the same ones each run: (id, remote_path)."""
+        rows = self._db.query(
+            "SELECT id, remote_path FROM audio_files WHERE status = 'done' AND archive <> %s"
+            " ORDER BY md5(id::text) LIMIT %s",
+            (excluding, limit),
+        )
+        return [(int(r["id"]), r["remote_path"]) for r in rows]

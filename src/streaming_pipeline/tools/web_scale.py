@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..state.embedded_pg import free_port
+from ..state.simulation import MeasuredMembers
 from ..state.states import MemberStatus
 from ..state.store import ArchiveKey, MemberRecord, Owner, ProgressStore
 from ..transcript import Segment
@@ -114,21 +115,16 @@ def add_members(store: ProgressStore, remote: Path, hour_flac: Path, sample: int
     )  # fmt: skip
     store.members.record(key, [record])
     store.members.mark_done(key.archive, [(record.member, record.remote_path or "")])
-    (hour_id,) = (
-        int(r["id"]) for r in store.query("SELECT id FROM audio_files WHERE archive = %s", (key.archive,))
-    )
-    rows = store.query(
-        "SELECT id, remote_path FROM audio_files WHERE status = 'done' AND archive <> %s"
-        " ORDER BY md5(id::text) LIMIT %s",
-        (key.archive, sample),
-    )
+    measured = MeasuredMembers(store)
+    (hour_id,) = measured.ids(key.archive)
+    rows = measured.sample(key.archive, sample)
     short = remote / "short.flac"
     _cut(target, short, seconds=20)
-    for r in rows:
-        path = Path(r["remote_path"]).with_suffix(".flac")
+    for _, remote_path in rows:
+        path = Path(remote_path).with_suffix(".flac")
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(short, path)
-    return hour_id, [int(r["id"]) for r in rows]
+    return hour_id, [member_id for member_id, _ in rows]
 
 
 def _cut(source: Path, target: Path, seconds: int) -> None:

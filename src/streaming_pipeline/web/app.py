@@ -54,9 +54,7 @@ class StorePool:
     def __init__(self, dsn: str, size: int = 4) -> None:
         self._free: queue.Queue[ProgressStore] = queue.Queue()
         for _ in range(size):
-            store = ProgressStore(
-                dsn, read_only=True, statement_timeout_ms=STATEMENT_TIMEOUT_MS, attempts=2, patience=5.0
-            )
+            store = ProgressStore(dsn, read_only_ms=STATEMENT_TIMEOUT_MS, attempts=2, patience=5.0)
             self._free.put(store)
         self._all = list(self._free.queue)
 
