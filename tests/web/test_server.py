@@ -195,3 +195,14 @@ README_GRANTS = [
     "GRANT USAGE ON SCHEMA public TO viewer",
     "GRANT SELECT ON ALL TABLES IN SCHEMA public TO viewer",
 ]
+
+
+def test_a_database_it_cannot_read_is_one_clear_line(tmp_path: Path, pg_dsn: str) -> None:
+    nowhere = pg_dsn.rsplit("dbname=", 1)[0] + "dbname=nowhere password=never-shown-pw"
+    for dsn, said in ((pg_dsn, "run streaming-pipeline init-db"), (nowhere, "nowhere")):
+        refused = subprocess.run(
+            [sys.executable, "-m", "streaming_pipeline", "serve", "--dsn", dsn, "--remote", str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode != 0 and said in refused.stderr, refused.stderr
+        assert "never-shown-pw" not in refused.stderr and "Traceback" not in refused.stderr

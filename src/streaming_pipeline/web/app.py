@@ -31,9 +31,9 @@ from starlette.templating import Jinja2Templates
 from starlette.types import Receive, Scope, Send
 
 from ..controller.day import day_report
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..state.browse import SegmentView, TimedText
-from ..state.store import ProgressStore
+from ..state.store import SCHEMA_VERSION, ProgressStore
 from ..tools.report import collect, render
 from ..transcript import Transcript
 from . import views
@@ -57,6 +57,16 @@ class StorePool:
             store = ProgressStore(dsn, read_only_ms=STATEMENT_TIMEOUT_MS, attempts=2, patience=5.0)
             self._free.put(store)
         self._all = list(self._free.queue)
+
+    def check(self) -> None:
+        """A wrong DSN, a missing database or an old schema: one clear line, before serving."""
+        with self.borrow() as store:
+            store.check()
+            version = store.schema_version()
+        if version < SCHEMA_VERSION:
+            raise ConfigError(
+                f"schema at version {version}, not {SCHEMA_VERSION}: run streaming-pipeline init-db"
+            )
 
     @contextmanager
     def borrow(self) -> Iterator[ProgressStore]:

@@ -57,6 +57,11 @@ def build(config: PipelineConfig) -> tuple[Guard, StorePool]:
     token = token_of(config)
     files, where = member_files(config)
     pool = StorePool(config.dsn)
+    try:
+        pool.check()
+    except Exception:
+        pool.close()
+        raise
     view = WebView(pool, files, where)
     return Guard(view.app(), token=token, loopback=is_loopback(config.host)), pool
 
