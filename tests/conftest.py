@@ -160,23 +160,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_tiny_model(tmp_path_factory.mktemp("model") / "tiny-whisper", seed=seed)
 
 
-REALSPEECH = Path(__file__).resolve().parents[2] / "shared" / "realspeech"
+SHARED = Path(__file__).resolve().parents[2] / "shared"  # the team's folder beside the checkout
+REALSPEECH = Path(os.environ.get("PIPELINE_TEST_REALSPEECH") or SHARED / "realspeech")
 
 
 @pytest.fixture(scope="session")
 def realspeech() -> Path:
-    """Recorded speech with reference transcripts (../shared/realspeech, beside the checkout)."""
+    """Recorded speech with reference transcripts (docs/tests.md): PIPELINE_TEST_REALSPEECH, by
+    default the realspeech folder of the shared folder beside the checkout."""
     if not (REALSPEECH / "manifest.tsv").is_file():
-        pytest.skip(
-            f"no recorded speech at {REALSPEECH} (the team's shared folder is not beside this checkout)"
-        )
+        pytest.skip(f"no recorded speech at {REALSPEECH} (set PIPELINE_TEST_REALSPEECH)")
     return REALSPEECH
 
 
-BROADCAST_SET = Path(
-    os.environ.get("PIPELINE_TEST_BROADCAST_SET")
-    or Path(__file__).resolve().parents[2] / "shared" / "broadcast-dev"
-)
+BROADCAST_SET = Path(os.environ.get("PIPELINE_TEST_BROADCAST_SET") or SHARED / "broadcast-dev")
 
 
 @pytest.fixture(scope="session")

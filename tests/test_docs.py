@@ -1,0 +1,105 @@
+"""The README and docs/ stay true: the README is short and starts with the two commands, every
+relative link resolves (to a file, and to a heading where it names one), every `--flag` and
+`PIPELINE_*` name they mention exists, the settings' table is what the declarations generate,
+and the project speaks of itself alone."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from streaming_pipeline.cli.parser import build_parser
+from streaming_pipeline.config import settings
+from streaming_pipeline.tools.settings_doc import BEGIN, END, settings_table
+
+from .conftest import REPO
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# Other programs' flags the pages show in their commands (sbatch, srun, rsync, apptainer, pip,
+# pytest, chromium, psql, ffplay, tar, xz, scontrol, the hpc scripts' own sbatch lines).
+OTHER_PROGRAMS = {
+    "--array", "--dependency", "--signal", "--requeue", "--gres", "--cpus-per-task", "--mem", "--time",
+    "--test-only", "--parsable", "--export", "--nv", "--bind", "--fakeroot", "--build-arg", "--from0",
+    "--files-from", "--timeout", "--contimeout", "--times", "--recursive", "--chmod", "--dry-run",
+    "--out-format", "--8-bit-output", "--no-sandbox", "--headless", "--dump-dom", "--screenshot",
+    "--user-data-dir", "--host-resolver-rules", "--proxy-server", "--window-size", "--disable-gpu",
+    "--autoplay-policy", "--mute-audio", "--disable-dev-shm-usage", "--daemon", "--no-detach", "--config",
+    "--port", "--address", "--strict-markers", "--no-deps", "--disable-pip-version-check", "--slurm",
+    "--ntasks", "--nodes", "--partition", "--account", "--job-name", "--output", "--error", "--wrap",
+    "--threads", "--format", "--help", "--version", "--verbose", "--partial", "--delete", "--inplace",
+}  # fmt: skip
+NOT_SETTINGS = {"PIPELINE_CONTAINER_BINDS"}  # read by hpc/process_single_tar_streaming.sh itself
+
+
+def _flags(parser: argparse.ArgumentParser) -> set[str]:
+    found = {s for a in parser._actions for s in a.option_strings}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _flags(sub)
+    return found
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    return {_slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
+def test_the_readme_is_short_and_starts_with_the_two_commands() -> None:
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 250, len(lines)
+    assert lines[0] == "```bash" and lines[3] == "```"
+    assert lines[1].startswith("scripts/demo.sh ") and lines[2].startswith("scripts/test.sh ")
+    for page in sorted((REPO / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in "\n".join(lines), f"the README's contents lack {page.name}"
+
+
+def test_every_relative_link_resolves() -> None:
+    broken = []
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path) if path else page
+            if not resolved.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken
+
+
+def test_every_flag_and_variable_they_name_exists() -> None:
+    flags = _flags(build_parser())
+    variables = {s.env for _, s in settings()}
+    unknown = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for flag in set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]", text)):
+            if flag not in flags and flag not in OTHER_PROGRAMS:
+                unknown.append(f"{page.name}: {flag}")
+        for name in set(re.findall(r"PIPELINE_[A-Z0-9_]*[A-Z0-9]", text)):
+            if name not in variables and name not in NOT_SETTINGS and not name.startswith("PIPELINE_TEST_"):
+                unknown.append(f"{page.name}: {name}")
+    assert not unknown, sorted(unknown)
+
+
+def test_the_settings_table_is_generated_from_the_declarations() -> None:
+    page = (REPO / "docs" / "settings.md").read_text(encoding="utf-8")
+    generated = page.partition(BEGIN)[2].partition(END)[0].strip()
+    assert generated == settings_table(), "run: python -m streaming_pipeline.tools.settings_doc"
+
+
+def test_the_project_speaks_of_itself_alone() -> None:
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for phrase in ("../shared", "lent to", "this task", "session that"):
+            assert phrase not in text, f"{page.name}: {phrase!r}"
