@@ -18,7 +18,7 @@ from streaming_pipeline.cli import main
 from streaming_pipeline.tools.samples import write_tar_xz
 from streaming_pipeline.web.views import MEDIA_CHUNK
 
-from ..conftest import DAY, query, worker_options
+from ..conftest import DAY, local_day_options, query, worker_options
 from .conftest import member_id, serve
 
 HOSTILE = ['studio/"><script>alert(1)</script>.wav', 'studio/it\'s "quoted" <img src=x onerror=alert(2)>.wav']
@@ -206,3 +206,19 @@ def test_a_database_it_cannot_read_is_one_clear_line(tmp_path: Path, pg_dsn: str
         )  # fmt: skip
         assert refused.returncode != 0 and said in refused.stderr, refused.stderr
         assert "never-shown-pw" not in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_member_page_shows_what_made_its_transcript_and_what_it_replaced(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, server_stops
+) -> None:
+    remote = process_day(tmp_path, pg_dsn, tiny_model, clips)
+    options = [*worker_options(tmp_path, pg_dsn, tiny_model), *local_day_options(tmp_path)]
+    options[options.index("--beam-size") + 1] = "2"  # other settings: every transcript is stale
+    assert main(["retranscribe", DAY, "--timestamps", "word", "--subtitles", "srt,vtt", *options]) == 0
+    server = serve(tmp_path, pg_dsn, str(remote))
+    server_stops.append(server)
+    page = server.get(f"/member/{member_id(pg_dsn, clips[2][0])}")[2].decode()
+    now, _, replaced = page.partition("Transcripts it replaced")
+    assert "tiny-whisper" in now and "batched, beam 2" in now  # the provenance of the current one
+    assert replaced and "(batched, beam 1)" in replaced and "replaced 20" in replaced

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 STATEMENT_TIMEOUT_MS = 5000
+BORROW_TIMEOUT_S = 30.0  # a request waits this long for a free connection, then is answered 503
 MODELS_TTL_S = 60.0  # the search form's list of models is read at most this often
 MEDIA_TYPES = {"flac": "audio/flac", "json": "application/json", "srt": "text/plain", "vtt": "text/vtt"}
 
@@ -70,7 +71,10 @@ class StorePool:
 
     @contextmanager
     def borrow(self) -> Iterator[ProgressStore]:
-        store = self._free.get(timeout=60)
+        try:
+            store = self._free.get(timeout=BORROW_TIMEOUT_S)
+        except queue.Empty:
+            raise StoreError(f"every database connection was busy for {BORROW_TIMEOUT_S:.0f} s") from None
         try:
             yield store
         finally:
