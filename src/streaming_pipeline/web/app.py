@@ -100,10 +100,9 @@ class MediaResponse(FileResponse):
 
 @dataclass(frozen=True)
 class Where:
-    """How the page names the destination, without a password or a local path."""
+    """How the pages name the destination (its spec, or where it is mounted): never a password."""
 
     label: str
-    remote: bool
 
 
 class WebView:

@@ -42,12 +42,12 @@ def member_files(config: PipelineConfig) -> tuple[MemberFiles, Where]:
     destination = Destination.parse(config.remote)
     label = redact_dsn(destination.spec) if "@" in destination.spec else destination.spec
     if config.audio_root is not None:
-        return LocalFiles(destination, config.audio_root), Where(f"{label} (at {config.audio_root})", False)
+        return LocalFiles(destination, config.audio_root), Where(f"{label} (at {config.audio_root})")
     if destination.is_local:
-        return LocalFiles(destination, Path(destination.spec)), Where(label, False)
+        return LocalFiles(destination, Path(destination.spec)), Where(label)
     rsync = AsyncRsyncStorageManager.from_config(config, destination, max_concurrent=1)
     cache = RsyncCache(destination, config.scratch_dir / "web-cache", config.audio_cache_mb * 1024**2, rsync)
-    return cache, Where(label, True)
+    return cache, Where(label)
 
 
 def build(config: PipelineConfig) -> tuple[Guard, StorePool]:
