@@ -6,7 +6,6 @@ elsewhere)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,10 +14,12 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from streaming_pipeline.state.embedded_pg import free_port
+from streaming_pipeline.tools.web_scale import NoBrowser, headless_chromium
 
 from ..conftest import DAY, query
 
@@ -86,24 +87,14 @@ def server_stops() -> Iterator[list[Served]]:
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[object]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_exe = shutil.which("chromedriver")
-    if chromium is None or driver_exe is None:
-        pytest.fail("chromium and chromium-driver are not installed (scripts/install-deps.sh installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--autoplay-policy=no-user-gesture-required", "--mute-audio", "--window-size=1280,900",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=driver_exe), options=options)
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Every host but 127.0.0.1 unresolvable: an asset from elsewhere would fail to load."""
+    try:
+        driver = headless_chromium(
+            tmp_path, "--window-size=1280,900", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
+        )
+    except NoBrowser as exc:
+        pytest.fail(str(exc))
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()

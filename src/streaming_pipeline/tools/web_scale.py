@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -196,27 +197,41 @@ def measure(
     return result
 
 
-def measure_seek(host: str, hour_id: int, result: WebScaleResult, workdir: Path) -> None:
-    """Headless Chromium opens the hour-long member at ?t=1800&play=1; its network events say
-    how many bytes of the FLAC came before it played there."""
-    chromium, driver_exe = shutil.which("chromium"), shutil.which("chromedriver")
+class NoBrowser(Exception):
+    """Headless Chromium cannot be driven here; the message says what to install."""
+
+
+def headless_chromium(workdir: Path, *flags: str, performance_log: bool = False) -> Any:
+    """Debian's chromium driven by Selenium through chromium-driver (never a downloaded driver),
+    headless, muted, allowed to play without a gesture, its profile in `workdir`."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        result.seek_note = "selenium is not installed (pip install -e '.[test]')"
-        return
+        raise NoBrowser("selenium is not installed (pip install -e '.[test]')") from None
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_exe = shutil.which("chromedriver")
     if chromium is None or driver_exe is None:
-        result.seek_note = "chromium and chromium-driver are not installed (scripts/install-deps.sh)"
-        return
+        raise NoBrowser("chromium and chromium-driver are not installed (scripts/install-deps.sh)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--mute-audio", "--autoplay-policy=no-user-gesture-required",
-                 f"--user-data-dir={workdir / 'chromium'}"):  # fmt: skip
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--mute-audio",
+                 "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={workdir / 'chromium'}",
+                 *flags):  # fmt: skip
         options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=driver_exe), options=options)
+    if performance_log:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    return webdriver.Chrome(service=Service(executable_path=driver_exe), options=options)
+
+
+def measure_seek(host: str, hour_id: int, result: WebScaleResult, workdir: Path) -> None:
+    """Headless Chromium opens the hour-long member at ?t=1800&play=1; its network events say
+    how many bytes of the FLAC came before it played there."""
+    try:
+        driver = headless_chromium(workdir, performance_log=True)
+    except NoBrowser as exc:
+        result.seek_note = str(exc)
+        return
     try:
         started = time.perf_counter()
         driver.get(f"http://{host}/member/{hour_id}?t=1800&play=1")
