@@ -57,9 +57,12 @@
   const start = parseFloat(params.get("t"));
   function begin() {
     if (Number.isFinite(start) && start >= 0) audio.currentTime = start;
-    document.body.dataset.begun = "1";
+    document.body.dataset.begunAt = String(audio.currentTime);  // where it was put, before playing
     if (params.get("play") === "1") {
-      audio.play().catch(() => { document.body.dataset.autoplay = "refused"; });
+      audio.play().catch(() => {  // the browser wants a gesture on this page first
+        document.body.dataset.autoplay = "refused";
+        document.getElementById("press-play").hidden = false;
+      });
     }
     tick();
   }
