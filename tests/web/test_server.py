@@ -53,7 +53,14 @@ def test_pages_files_and_what_a_url_cannot_reach(tmp_path: Path, pg_dsn: str, ti
     server_stops.append(server)
 
     status, headers, body = server.get("/")
-    assert status == 200 and DAY in body.decode()
+    home = body.decode()
+    # The day's row: archives by state, members done/failed/rejected, hours, x realtime, segments, report.
+    row = re.search(rf'<tr>\s*<td><a href="/days/{DAY}">.*?</tr>', home, flags=re.S)
+    assert status == 200 and row is not None, home[-3000:]
+    cells = [
+        re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(0), re.S)
+    ]
+    assert cells[1:5] == ["done 1", "4", "0", "1"] and cells[7] == "4" and cells[8] == "report", cells
     policy = headers["content-security-policy"]
     assert (
         "script-src 'self'" in policy and "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
