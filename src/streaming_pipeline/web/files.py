@@ -52,7 +52,8 @@ def sibling(relpath: str, kind: str) -> str:
 
 
 class LocalFiles:
-    """A destination on a local path, or mounted here at `root` (--audio-root)."""
+    """A destination on a local path, or mounted here at `root` (--audio-root). Holds no state:
+    any request thread."""
 
     def __init__(self, destination: Destination, root: Path) -> None:
         self._destination = destination
