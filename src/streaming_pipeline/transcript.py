@@ -84,6 +84,11 @@ class Provenance:
         return {**asdict(self), "temperatures": list(self.temperatures), "key": self.key}
 
     @classmethod
+    def stored(cls, value: Any) -> Provenance | None:
+        """The jsonb column's value: None where none was recorded (transcripts made before it was)."""
+        return cls.from_json(value) if isinstance(value, dict) else None
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> Provenance:
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in names}

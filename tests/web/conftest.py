@@ -5,10 +5,7 @@ elsewhere)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from streaming_pipeline.state.embedded_pg import free_port
-from streaming_pipeline.tools.web_scale import NoBrowser, headless_chromium
+from streaming_pipeline.tools.web_scale import NoBrowser, headless_chromium, start_serve
 
 from ..conftest import DAY, query
 
@@ -46,32 +42,13 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def serve(
-    tmp_path: Path, dsn: str, remote: str, *options: str, host: str = "127.0.0.1",
-    connect: str = "127.0.0.1", env: dict[str, str] | None = None,
-) -> Served:  # fmt: skip
-    """`streaming-pipeline serve` in a process of its own, once it answers."""
-    port = free_port()
-    log = tmp_path / f"serve-{port}.log"
-    scratch = str(tmp_path / "serve-scratch")
-    cmd = [sys.executable, "-m", "streaming_pipeline", "serve", "--dsn", dsn, "--remote", remote,
-           "--host", host, "--port", str(port), "--scratch-dir", scratch, *options]  # fmt: skip
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    proc = subprocess.Popen(
-        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**environment, **(env or {})}
-    )
-    served = Served(f"http://{connect}:{port}", proc, log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            served.get("/static/app.css")
-            return served
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"serve did not answer: {log.read_text()[-3000:]}")
+def serve(tmp_path: Path, dsn: str, remote: str, *options: str, **where: Any) -> Served:
+    """`streaming-pipeline serve` in a process of its own, once it answers (tools/web_scale.py's
+    start_serve; `where`: its host, connect and env)."""
+    log = tmp_path / f"serve-{len(list(tmp_path.glob('serve-*.log')))}.log"
+    scratch = ["--scratch-dir", str(tmp_path / "serve-scratch")]
+    proc, address = start_serve(dsn, remote, log, *scratch, *options, **where)
+    return Served(f"http://{address}", proc, log)
 
 
 @pytest.fixture

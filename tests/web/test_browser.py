@@ -146,13 +146,13 @@ def test_the_day_page_follows_a_local_run(tmp_path: Path, pg_dsn: str, tiny_mode
         os.kill(worker, signal.SIGSTOP)
         browser.get(f"{server.url}/days/{DAY}")
         browser.execute_script("window.sameDocument = true")
-        state = browser.find_element(By.CSS_SELECTOR, "#archives tbody td.c2")
+        state = browser.find_element(By.CSS_SELECTOR, "#archives tbody td.state")
         assert state.text == "running"
         wait(browser, lambda d: int(d.execute_script("return document.body.dataset.polls")) >= 1)
         os.kill(worker, signal.SIGCONT)
         wait(browser, lambda d: d.execute_script("return document.body.dataset.complete") == "true", 240)
-        assert browser.find_element(By.CSS_SELECTOR, "#archives tbody td.c2").text == "done"
-        assert browser.find_element(By.CSS_SELECTOR, "#archives tbody td.c4").text == "4"
+        assert browser.find_element(By.CSS_SELECTOR, "#archives tbody td.state").text == "done"
+        assert browser.find_element(By.CSS_SELECTOR, "#archives tbody td.c3").text == "4"
         assert browser.execute_script("return window.sameDocument") is True  # updated, not reloaded
         assert run.wait(timeout=240) == 0
     finally:

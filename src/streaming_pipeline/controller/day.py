@@ -137,7 +137,9 @@ class DayReport:
         }
 
 
-def day_report(store: ProgressStore, day: dt.date) -> DayReport:
+def day_report(store: ProgressStore, day: dt.date, *, transcripts: bool = True) -> DayReport:
+    """`transcripts`: also what made the day's transcripts and how many segments are searchable
+    (two scans of the day's members: the web view's day page, polled, leaves them out)."""
     rows = [
         # its lease expired: the worker died or stalled; claimable
         replace(r, state="running?") if r.state == ArchiveState.RUNNING and not r.live else r
@@ -154,6 +156,8 @@ def day_report(store: ProgressStore, day: dt.date) -> DayReport:
         audio_hours=round(sum(r.audio_hours for r in rows), 3),
         complete=bool(rows) and by_state.get(ArchiveState.DONE, 0) == len(rows),
     )
+    if not transcripts:
+        return DayReport(day, rows, totals)
     return DayReport(day, rows, totals, store.transcripts.models(day), store.segments.searchable(day))
 
 
@@ -163,28 +167,34 @@ def report_json(reports: list[DayReport]) -> str:
     return json.dumps(data, indent=1, ensure_ascii=False)
 
 
+STATUS_COLUMNS = (
+    "slot", "state", "done", "failed", "rejected", "hours", "x rt", "owner", "lease", "elapsed", "last error",
+)  # fmt: skip
+
+
+def status_cells(r: ArchiveStatus) -> tuple[str, ...]:
+    """An archive's row as `status` prints it (STATUS_COLUMNS; the web view's day page too)."""
+    return (
+        r.slot,
+        r.state,
+        str(r.done),
+        str(r.failed),
+        str(r.rejected),
+        f"{r.audio_hours:.3f}",
+        f"{r.x_realtime:.1f}" if r.x_realtime is not None else "-",
+        r.owner,
+        f"{r.lease_left_s:.0f}s" if r.live and r.lease_left_s is not None else "-",
+        _duration(r.elapsed_s),
+        r.error or "",
+    )
+
+
 def format_report(report: DayReport) -> str:
-    header = (
-        "slot", "state", "done", "failed", "rejected", "hours", "x rt", "owner", "lease", "elapsed",
-        "last error",
-    )  # fmt: skip
-    lines = [header]
+    header = STATUS_COLUMNS
+    lines: list[tuple[str, ...]] = [header]
     for r in report.archives:
-        lines.append(
-            (
-                r.slot,
-                r.state,
-                str(r.done),
-                str(r.failed),
-                str(r.rejected),
-                f"{r.audio_hours:.3f}",
-                f"{r.x_realtime:.1f}" if r.x_realtime is not None else "-",
-                r.owner,
-                f"{r.lease_left_s:.0f}s" if r.live and r.lease_left_s is not None else "-",
-                _duration(r.elapsed_s),
-                _short(r.error),
-            )
-        )
+        *cells, error = status_cells(r)
+        lines.append((*cells, _short(error)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     text = "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]

@@ -1,5 +1,6 @@
-"""What the web view reads: the days at a glance, one member with its transcript, provenance and
-history. Read-only statements; the web view's role needs only SELECT (README: a read-only role)."""
+"""What the web view reads: the days at a glance, one member with its transcript and provenance
+(the transcripts it replaced are transcripts.py's `history`). Read-only statements: the web
+view's role needs only SELECT (docs/web.md: a read-only role)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import subtitle_formats
 from ..transcript import Provenance
 from .db import Table
+from .records import x_realtime
 
 # One row per day from the archive_status view, with the day's searchable segments.
 _DAYS = """
@@ -71,18 +74,6 @@ class SegmentView:
 
 
 @dataclass(frozen=True)
-class PastTranscript:
-    """One that re-transcription replaced (transcript_history)."""
-
-    model: str | None
-    provenance: Provenance | None
-    language: str | None
-    transcribed_at: dt.datetime | None
-    replaced_at: dt.datetime
-    text: str | None
-
-
-@dataclass(frozen=True)
 class MemberView:
     id: int
     day: dt.date
@@ -105,8 +96,8 @@ class MemberView:
     transcript: str | None
 
 
-def _provenance(value: Any) -> Provenance | None:
-    return Provenance.from_json(value) if isinstance(value, dict) else None
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 class BrowseQueries(Table):
@@ -125,9 +116,7 @@ class BrowseQueries(Table):
                 failed=int(r["failed"]),
                 rejected=int(r["rejected"]),
                 audio_hours=float(r["audio_hours"]),
-                x_realtime=round(float(r["audio_hours"]) * 3600 / float(r["elapsed_s"]), 1)
-                if r["elapsed_s"]
-                else None,
+                x_realtime=x_realtime(float(r["audio_hours"]), _float(r["elapsed_s"])),
                 segments=int(r["segments"]),
             )
             for r in rows
@@ -150,11 +139,11 @@ class BrowseQueries(Table):
             language=r["language"],
             language_probability=r["language_probability"],
             model=r["model"],
-            provenance=_provenance(r["provenance"]),
+            provenance=Provenance.stored(r["provenance"]),
             transcribed_at=r["transcribed_at"],
             remote_path=r["remote_path"],
             timestamps=r["timestamps"],
-            subtitles=tuple(f for f in (r["subtitles"] or "").split(",") if f and f != "none"),
+            subtitles=subtitle_formats(r["subtitles"] or ""),
             error=r["error"],
             indexed=r["searchable_segments"] is not None,
             transcript=r["transcript"],
@@ -177,21 +166,6 @@ class BrowseQueries(Table):
             )
             for r in rows
         ]
-
-    def history(self, archive: str, member: str) -> list[PastTranscript]:
-        """The transcripts re-transcription replaced, newest first."""
-        rows = self._db.query(
-            "SELECT model, provenance, language, transcribed_at, replaced_at, transcript"
-            " FROM transcript_history WHERE archive = %s AND member = %s ORDER BY id DESC",
-            (archive, member),
-        )
-        return [
-            PastTranscript(
-                r["model"], _provenance(r["provenance"]), r["language"], r["transcribed_at"],
-                r["replaced_at"], r["transcript"],
-            )
-            for r in rows
-        ]  # fmt: skip
 
     def models(self) -> list[str]:
         """The models the done members' transcripts were made by (the search's filter)."""

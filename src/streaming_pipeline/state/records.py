@@ -307,8 +307,7 @@ class ArchiveStatus:
 
     @property
     def x_realtime(self) -> float | None:
-        """Audio seconds per wall second of its runs so far."""
-        return round(self.audio_hours * 3600 / self.elapsed_s, 2) if self.elapsed_s else None
+        return x_realtime(self.audio_hours, self.elapsed_s)
 
     @property
     def owner(self) -> str:
@@ -320,6 +319,11 @@ class ArchiveStatus:
             out[name] = value.isoformat() if isinstance(value, dt.date) else value
         out["x_realtime"] = self.x_realtime
         return out
+
+
+def x_realtime(audio_hours: float, elapsed_s: float | None) -> float | None:
+    """Audio seconds per wall second of the runs so far (an archive's, a day's archives')."""
+    return round(audio_hours * 3600 / elapsed_s, 2) if elapsed_s else None
 
 
 def owner_label(host: str | None, slurm_job_id: str | None, pid: int | None) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from ..transcript import Provenance
 from .db import Database, Table, write_isolating
 from .members import member_values
 from .records import MEMBER_COLUMNS, MemberRecord
@@ -55,6 +56,18 @@ class ModelCount:
     transcript_key: str | None
     members: int
     audio_hours: float
+
+
+@dataclass(frozen=True)
+class PastTranscript:
+    """One that re-transcription replaced (transcript_history)."""
+
+    model: str | None
+    provenance: Provenance | None
+    language: str | None
+    transcribed_at: dt.datetime | None
+    replaced_at: dt.datetime
+    text: str | None
 
 
 class TranscriptTable(Table):
@@ -142,9 +155,17 @@ class TranscriptTable(Table):
             for r in rows
         ]
 
-    def history(self, archive: str, member: str) -> Iterator[dict[str, Any]]:
-        """A member's earlier transcripts, oldest first."""
-        yield from self._db.query(
-            "SELECT * FROM transcript_history WHERE archive = %s AND member = %s ORDER BY id",
+    def history(self, archive: str, member: str) -> list[PastTranscript]:
+        """The transcripts re-transcription replaced, newest first (a member's web page)."""
+        rows = self._db.query(
+            "SELECT model, provenance, language, transcribed_at, replaced_at, transcript"
+            " FROM transcript_history WHERE archive = %s AND member = %s ORDER BY id DESC",
             (archive, member),
         )
+        return [
+            PastTranscript(
+                r["model"], Provenance.stored(r["provenance"]), r["language"], r["transcribed_at"],
+                r["replaced_at"], r["transcript"],
+            )
+            for r in rows
+        ]  # fmt: skip

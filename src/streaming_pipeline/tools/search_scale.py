@@ -225,7 +225,7 @@ def _fill(
                     records.append(
                         MemberRecord(
                             name, MemberStatus.UPLOADING, language=language,
-                            remote_path=f"{remote or '/remote'}/{key.archive}/{name}",
+                            remote_path=f"{remote or '/remote'}/{day}/{key.slot}/{name[:-4]}.flac",
                             searchable_segments=len(segs), segments=segs,
                         )
                     )  # fmt: skip

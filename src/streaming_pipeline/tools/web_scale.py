@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -122,7 +123,7 @@ def add_members(store: ProgressStore, remote: Path, hour_flac: Path, sample: int
     short = remote / "short.flac"
     _cut(target, short, seconds=20)
     for _, remote_path in rows:
-        path = Path(remote_path).with_suffix(".flac")
+        path = Path(remote_path)  # where a worker would have put it
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(short, path)
     return hour_id, [member_id for member_id, _ in rows]
@@ -135,25 +136,47 @@ def _cut(source: Path, target: Path, seconds: int) -> None:
     sf.write(target, data, rate, subtype="PCM_16", format="FLAC")
 
 
+def start_serve(
+    dsn: str,
+    remote: str,
+    log: Path,
+    *options: str,
+    host: str = "127.0.0.1",
+    connect: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`streaming-pipeline serve` as users run it, in a process of its own with this process's
+    environment less its PIPELINE_* settings (plus `env`), once it answers: the process and the
+    address to reach it at (`connect`:port)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "streaming_pipeline", "serve", "--dsn", dsn, "--remote", remote,
+           "--host", host, "--port", str(port), *options]  # fmt: skip
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**environment, **(env or {})})
+    address = f"{connect}:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        probe = http.client.HTTPConnection(address, timeout=5)
+        try:
+            probe.connect()  # uvicorn listens once the application has started
+            return proc, address
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                said = log.read_text()[-3000:]
+                raise RuntimeError(f"serve did not start (exit {proc.poll()}): {said}") from None
+            time.sleep(0.1)
+        finally:
+            probe.close()
+
+
 @contextmanager
 def serving(dsn: str, remote: Path, log: Path) -> Iterator[str]:
-    """`streaming-pipeline serve` as users run it, until the block ends; yields its address."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "streaming_pipeline", "serve", "--dsn", dsn, "--remote", str(remote),
-           "--port", str(port)]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    """`serve` until the block ends; yields its address."""
+    proc, address = start_serve(dsn, str(remote), log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _get(f"127.0.0.1:{port}", "/static/app.css")
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"serve did not start: {log.read_text()[-2000:]}") from None
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
+        yield address
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -53,11 +53,11 @@ class StorePool:
     transaction at a time, so each request borrows one of `size`."""
 
     def __init__(self, dsn: str, size: int = 4) -> None:
+        options = {"read_only_ms": STATEMENT_TIMEOUT_MS, "attempts": 2, "patience": 5.0}
+        self._all = [ProgressStore(dsn, **options) for _ in range(size)]
         self._free: queue.Queue[ProgressStore] = queue.Queue()
-        for _ in range(size):
-            store = ProgressStore(dsn, read_only_ms=STATEMENT_TIMEOUT_MS, attempts=2, patience=5.0)
+        for store in self._all:
             self._free.put(store)
-        self._all = list(self._free.queue)
 
     def check(self) -> None:
         """A wrong DSN, a missing database or an old schema: one clear line, before serving."""
@@ -117,6 +117,7 @@ class WebView:
         env.filters["clock"] = views.clock
         env.filters["marked"] = views.marked
         env.globals["play_from"] = views.play_from
+        env.globals["PAGE"] = views.PAGE
         self._models: tuple[float, list[str]] = (-MODELS_TTL_S, [])
 
     def app(self) -> Starlette:
@@ -172,7 +173,7 @@ class WebView:
             if member is None:
                 raise HTTPException(404, "no such member")
             segments = store.browse.segments(member.archive, member.member) if member.indexed else []
-            history = store.browse.history(member.archive, member.member)
+            history = store.transcripts.history(member.archive, member.member)
         audio = member.remote_path is not None and self.files.has(member.remote_path, "flac")
         if not member.indexed and member.remote_path is not None:
             segments = self._segments_from_json(member.remote_path)
@@ -218,15 +219,15 @@ class WebView:
     def day(self, request: Request) -> Response:
         day = self._day(request)
         with self.pool.borrow() as store:
-            report = day_report(store, day)
+            report = day_report(store, day, transcripts=False)
         if not report.archives:
             raise HTTPException(404, f"no archives recorded for {day}")
-        return self._page(request, "day.html", day=views.day_json(report), columns=views.COLUMNS)
+        return self._page(request, "day.html", day=views.day_json(report))
 
     def day_json(self, request: Request) -> Response:
         day = self._day(request)
         with self.pool.borrow() as store:
-            report = day_report(store, day)
+            report = day_report(store, day, transcripts=False)
         return JSONResponse(views.day_json(report))
 
     def day_report(self, request: Request) -> Response:

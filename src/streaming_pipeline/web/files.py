@@ -111,12 +111,13 @@ class RsyncCache:
                 return target
             fetching = self._fetching.setdefault(relpath, threading.Lock())
         with fetching:  # a second request for the same file waits for the first's fetch
-            if not target.is_file() and not self._fetch(relpath):
-                return None
+            fetched = target.is_file() or self._fetch(relpath)
             with self._lock:
+                self._fetching.pop(relpath, None)
+                if not fetched:
+                    return None
                 self._sizes[relpath] = target.stat().st_size
                 self._sizes.move_to_end(relpath)
-                self._fetching.pop(relpath, None)
                 self._evict(keep=relpath)
         return target
 

@@ -40,7 +40,7 @@ def token_of(config: PipelineConfig) -> str:
 
 def member_files(config: PipelineConfig) -> tuple[MemberFiles, Where]:
     destination = Destination.parse(config.remote)
-    label = redact_dsn(destination.spec) if "@" in destination.spec else destination.spec
+    label = redact_dsn(destination.spec)  # a password in an rsync:// URL shows as ***
     if config.audio_root is not None:
         return LocalFiles(destination, config.audio_root), Where(f"{label} (at {config.audio_root})")
     if destination.is_local:

@@ -9,13 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..controller.day import STATUS_COLUMNS, DayReport, format_day_line, status_cells
 from ..days import parse_days
 from ..errors import ConfigError
 from ..state.search_text import CLOSE, OPEN
 from ..state.segments import SearchQuery
 
 if TYPE_CHECKING:
-    from ..controller.day import DayReport
     from ..state.records import ArchiveStatus
 
 PAGE = 20  # hits a page
@@ -124,26 +124,22 @@ def parse_day(text: str) -> dt.date | None:
         return None
 
 
-COLUMNS = ("slot", "archive", "state", "read", "done", "failed", "rejected", "audio hours", "x realtime",
-           "owner", "lease", "last error")  # fmt: skip
+# `status`'s columns (controller/day.py), with how much of the archive was read after its state.
+COLUMNS = (*STATUS_COLUMNS[:2], "read", *STATUS_COLUMNS[2:])
 
 
 def archive_cells(a: ArchiveStatus) -> list[str]:
     """A day page's row of an archive, as text (the page's first rendering and its updates)."""
+    slot, state, *rest = status_cells(a)
     read = f"{100 * (a.bytes_read or 0) / a.bytes_total:.1f}%" if a.bytes_total else "-"
-    lease = f"{a.lease_left_s:.0f}s" if a.live and a.lease_left_s is not None else "-"
-    x_rt = f"{a.x_realtime:.1f}" if a.x_realtime is not None else "-"
-    return [a.slot, a.archive, a.state, read, str(a.done), str(a.failed), str(a.rejected),
-            f"{a.audio_hours:.3f}", x_rt, a.owner, lease, a.error or ""]  # fmt: skip
+    return [slot, state, read, *rest]
 
 
 def day_json(report: DayReport) -> dict[str, Any]:
-    t = report.totals
-    states = ", ".join(f"{state} {n}" for state, n in t.by_state.items())
     return {
         "day": report.day.isoformat(),
-        "totals": f"{t.archives} archives ({states}); members done {t.done}, failed {t.failed}, "
-        f"rejected {t.rejected}; {t.audio_hours:.3f} audio hours",
-        "complete": t.complete,
+        "totals": format_day_line(report),
+        "complete": report.totals.complete,
+        "columns": COLUMNS,
         "archives": [archive_cells(a) for a in report.archives],
     }

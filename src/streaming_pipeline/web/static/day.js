@@ -3,6 +3,7 @@
 (() => {
   const body = document.body;
   const day = body.dataset.day;
+  const stateColumn = Number(body.dataset.stateColumn);
   const rows = document.querySelector("#archives tbody");
   const totals = document.getElementById("totals");
   const updated = document.getElementById("updated");
@@ -14,7 +15,7 @@
       const tr = document.createElement("tr");
       cells.forEach((text, i) => {
         const td = document.createElement("td");
-        td.className = "c" + i + (i === 2 ? " state " + text.replace("?", "-lost") : "");
+        td.className = "c" + i + (i === stateColumn ? " state " + text.replace("?", "-lost") : "");
         td.textContent = text;
         tr.appendChild(td);
       });
