@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from streaming_pipeline.stages.upload import AsyncRsyncStorageManager, Destination
+from streaming_pipeline.destination import Destination, Rsync
 from streaming_pipeline.state.embedded_pg import EmbeddedPostgres
 from streaming_pipeline.tools.samples import write_tar_xz
 
@@ -139,10 +139,7 @@ def test_an_interrupted_upload_never_leaves_a_file_under_its_final_name(
     big = stage / DAY / "17_00" / "long.flac"
     big.parent.mkdir(parents=True)
     big.write_bytes(os.urandom(8 * 1024**2))
-    manager = AsyncRsyncStorageManager(
-        Destination.parse(rsync_daemon.url), max_concurrent=1, timeout=30, retries=1
-    )
-    cmd = manager.rsync_command(stage)
+    cmd = Rsync(Destination.parse(rsync_daemon.url), timeout=30, retries=1).send_command(stage)
     cmd.insert(cmd.index("--"), "--bwlimit=1024")  # 1 MB/s: still copying when killed
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target_dir = rsync_daemon.data / DAY / "17_00"
@@ -153,7 +150,6 @@ def test_an_interrupted_upload_never_leaves_a_file_under_its_final_name(
     proc.wait()
     time.sleep(1.0)
     assert not (target_dir / "long.flac").exists()
-    manager.close()
 
 
 @pytest.fixture

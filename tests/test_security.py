@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from streaming_pipeline.cli import main
-from streaming_pipeline.stages.upload import AsyncRsyncStorageManager, Destination
+from streaming_pipeline.destination import Destination, Rsync
+from streaming_pipeline.stages.upload import Uploads
 
 from .conftest import DAY, REPO, SLOW_DECODING, make_day, query
 
@@ -92,19 +93,14 @@ def test_rsync_never_takes_a_path_as_an_option(tmp_path: Path) -> None:
         seen.append(cmd)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    manager = AsyncRsyncStorageManager(
-        Destination.parse("rsync://127.0.0.1:1/module/path"),
-        max_concurrent=1,
-        timeout=5,
-        retries=1,
-        runner=record,
-    )
+    rsync = Rsync(Destination.parse("rsync://127.0.0.1:1/module/path"), timeout=5, retries=1, runner=record)
+    manager = Uploads(rsync, max_concurrent=1)
     stage = tmp_path / "-stage"  # even a scratch dir that starts with '-'
     stage.mkdir()
     manager.submit(stage, label="x", on_finish=lambda _job: None)
     manager.wait()
-    manager.fetch(["-e/evil.flac"], tmp_path / "-fetch", label="x")
-    manager.existing(["-e/evil.flac"], tmp_path / "-check")
+    rsync.fetch(["-e/evil.flac"], tmp_path / "-fetch", label="x")
+    rsync.existing(["-e/evil.flac"], tmp_path / "-check")
     manager.close()
     assert len(seen) == 3
     for cmd in seen:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from streaming_pipeline.stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
+from streaming_pipeline.destination import Destination, Rsync
+from streaming_pipeline.stages.upload import UploadJob, Uploads, UploadState
 
 from ..conftest import RsyncDaemon
 
@@ -21,7 +22,7 @@ def _tree(root: Path) -> Path:
     return root
 
 
-def _upload(manager: AsyncRsyncStorageManager, source: Path) -> UploadJob:
+def _upload(manager: Uploads, source: Path) -> UploadJob:
     finished = threading.Event()
     seen: list[UploadJob] = []
     manager.submit(source, "test", lambda job: (seen.append(job), finished.set()))
@@ -38,7 +39,7 @@ def test_upload_to_local_path_and_daemon(tmp_path: Path, rsync_daemon: RsyncDaem
         dest.prepare()
     else:
         dest, root = Destination.parse(rsync_daemon.url), rsync_daemon.data
-    manager = AsyncRsyncStorageManager(dest, max_concurrent=2, timeout=30, retries=2)
+    manager = Uploads(Rsync(dest, timeout=30, retries=2), max_concurrent=2)
     job = _upload(manager, source)
     manager.close()
     assert job.state is UploadState.DONE and job.attempts == 1
@@ -49,7 +50,7 @@ def test_upload_to_local_path_and_daemon(tmp_path: Path, rsync_daemon: RsyncDaem
 def test_dead_daemon_is_retried_with_backoff_then_fails(tmp_path: Path) -> None:
     sleeps: list[float] = []
     dest = Destination.parse("rsync://127.0.0.1:9/archive")  # nothing listens on the discard port
-    manager = AsyncRsyncStorageManager(dest, max_concurrent=1, timeout=5, retries=3, sleep=sleeps.append)
+    manager = Uploads(Rsync(dest, timeout=5, retries=3, sleep=sleeps.append), max_concurrent=1)
     job = _upload(manager, _tree(tmp_path / "stage"))
     manager.close()
     assert job.state is UploadState.FAILED
@@ -60,7 +61,7 @@ def test_dead_daemon_is_retried_with_backoff_then_fails(tmp_path: Path) -> None:
 
 def _scripted(
     codes: list[int], spec: str, retries: int, gate: Callable[[], str | None] | None = None
-) -> tuple[AsyncRsyncStorageManager, list[list[str]]]:
+) -> tuple[Uploads, list[list[str]]]:
     """A manager whose rsync is a fake returning `codes` in turn: a real rsync cannot be made
     to exit with a chosen code on demand."""
     calls: list[list[str]] = []
@@ -69,15 +70,8 @@ def _scripted(
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, codes.pop(0), "", "rsync: simulated failure")
 
-    manager = AsyncRsyncStorageManager(
-        Destination.parse(spec),
-        max_concurrent=1,
-        timeout=5,
-        retries=retries,
-        runner=runner,
-        sleep=lambda s: None,
-        gate=gate,
-    )
+    rsync = Rsync(Destination.parse(spec), timeout=5, retries=retries, runner=runner, sleep=lambda s: None)
+    manager = Uploads(rsync, max_concurrent=1, gate=gate)
     return manager, calls
 
 
@@ -111,8 +105,8 @@ def test_a_closed_gate_withdraws_the_upload_before_rsync_runs(tmp_path: Path) ->
     local path, and the destination stays empty."""
     dest = Destination.parse(str(tmp_path / "remote"))
     dest.prepare()
-    manager = AsyncRsyncStorageManager(
-        dest, max_concurrent=1, timeout=30, retries=3, gate=lambda: "lost the lease on a to pid 2"
+    manager = Uploads(
+        Rsync(dest, timeout=30, retries=3), max_concurrent=1, gate=lambda: "lost the lease on a to pid 2"
     )
     job = _upload(manager, _tree(tmp_path / "stage"))
     manager.close()
@@ -135,9 +129,7 @@ def test_abort_ends_an_rsync_hanging_on_a_stopped_daemon_and_withdraws_the_queue
     """The daemon is stopped (SIGSTOP): it accepts connections and never answers, so rsync
     waits out its timeout, and the retries after it. A stopping run's grace ends that: abort
     kills the running rsync's process group at once and withdraws what is queued."""
-    manager = AsyncRsyncStorageManager(
-        Destination.parse(rsync_daemon.url), max_concurrent=1, timeout=300, retries=5
-    )
+    manager = Uploads(Rsync(Destination.parse(rsync_daemon.url), timeout=300, retries=5), max_concurrent=1)
     finished: list[UploadJob] = []
     stages = []
     for n in range(3):
@@ -150,7 +142,7 @@ def test_abort_ends_an_rsync_hanging_on_a_stopped_daemon_and_withdraws_the_queue
     try:
         jobs = [manager.submit(stage, f"batch {n}", finished.append) for n, stage in enumerate(stages)]
         deadline = time.monotonic() + 30
-        while not manager._running:  # rsync started and is waiting for the daemon
+        while not manager.rsync.running:  # rsync started and is waiting for the daemon
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert not manager.wait(timeout=1.0)

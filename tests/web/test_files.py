@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streaming_pipeline.stages.upload import AsyncRsyncStorageManager, Destination
+from streaming_pipeline.destination import Destination, Rsync
 from streaming_pipeline.web.files import LocalFiles, RsyncCache, inside
 
 
@@ -30,7 +30,7 @@ def test_an_rsync_destination_is_cached_least_recently_used_first(tmp_path: Path
         (rsync_daemon.data / "day").mkdir(exist_ok=True)
         (rsync_daemon.data / "day" / f"{name}.flac").write_bytes(name.encode() * 400)
     destination = Destination.parse(rsync_daemon.url)
-    rsync = AsyncRsyncStorageManager(destination, max_concurrent=1, timeout=30, retries=2)
+    rsync = Rsync(destination, timeout=30, retries=2)
     cache = RsyncCache(destination, tmp_path / "cache", 1000, rsync)
     url = destination.url
 
@@ -47,4 +47,3 @@ def test_an_rsync_destination_is_cached_least_recently_used_first(tmp_path: Path
     # A server started again finds what it had, in the order it was used.
     again = RsyncCache(destination, tmp_path / "cache", 1000, rsync)
     assert again.size == cache.size
-    rsync.close()

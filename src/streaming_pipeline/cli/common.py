@@ -43,9 +43,9 @@ def open_store(config: PipelineConfig, *, patient: bool = False) -> ProgressStor
 
 def preflight(config: PipelineConfig, archive: Path) -> None:
     """Everything that can be wrong with an invocation, checked before any work starts."""
+    from ..destination import Destination
     from ..stages.archive import ensure_writable_dir
     from ..stages.asr.loader import local_model_dir
-    from ..stages.upload import Destination
 
     if not archive.is_file():
         raise ConfigError(f"no such archive: {archive}")

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PipelineConfig
+from ..destination import Rsync
 from ..errors import ConfigError, DatasetError, UploadError
-from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadJob, UploadState
+from ..stages.upload import UploadJob, Uploads, UploadState
 from ..state.store import ProgressStore
 from ..transcript import Transcript
 from .shards import Shard, ShardWriter, dataset_card, export_features, made_by_columns, segment_rows
@@ -62,10 +63,11 @@ class DayExporter:
         self.out = out
         self.shard_rows = shard_rows
         self.shard_size = shard_size
-        self.destination = Destination.parse(config.remote)
         self.scratch = config.scratch_dir / "export" / day.isoformat()
         self.prefix = f"{day.isoformat()}/parquet"  # under the destination, without --out
-        self.rsync = AsyncRsyncStorageManager.from_config(config, self.destination, max_concurrent=1)
+        self.uploads = Uploads.of(config, max_concurrent=1)
+        self.rsync: Rsync = self.uploads.rsync
+        self.destination = self.rsync.destination
         self._slots = threading.BoundedSemaphore(MAX_SHARDS_UPLOADING)
         self._errors: list[str] = []
         self._shards: list[Shard] = []
@@ -108,15 +110,15 @@ class DayExporter:
                 raise DatasetError(f"no done members for {self.day}: nothing to export")
             if not self._errors:
                 writer.close_shard()
-            self.rsync.wait()
+            self.uploads.wait()
             if self._errors:
                 raise UploadError("; ".join(self._errors), returncode=None, retryable=False)
             files = [s.relpath for s in self._shards]
             self._publish_card(self._card(files, rows, audio_s), files)
         finally:
             fetcher.shutdown(wait=True, cancel_futures=True)
-            self.rsync.wait()
-            self.rsync.close()
+            self.uploads.wait()
+            self.uploads.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
         log.info("exported %d rows of %s in %d shards to %s", rows, self.day, len(files), self.output)
         return ExportResult(self.day, self.output, rows, files, audio_s)
@@ -181,7 +183,7 @@ class DayExporter:
         self._slots.acquire()  # at most two finished shards in scratch
         relpath = f"{self.prefix}/{shard.relpath}"
         stage = self.scratch / f"upload-{shard.number}"
-        self.rsync.submit_file(shard.path, relpath, stage, label=relpath, on_finish=self._uploaded)
+        self.uploads.submit_file(shard.path, relpath, stage, label=relpath, on_finish=self._uploaded)
 
     def _uploaded(self, job: UploadJob) -> None:
         if job.state is not UploadState.DONE:
@@ -197,4 +199,4 @@ class DayExporter:
                 if f"data/{stale.name}" not in keep:  # a previous, larger export's
                     stale.unlink()
             return
-        self.rsync.put_text(card, f"{self.prefix}/README.md", self.scratch / "card")
+        self.uploads.put_text(card, f"{self.prefix}/README.md", self.scratch / "card")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import PipelineConfig
-from ..stages.upload import AsyncRsyncStorageManager, Destination
+from ..destination import Rsync
 from ..state.records import MemberRecord
 from ..state.segments import Unindexed
 from ..state.states import MemberStatus
@@ -48,8 +48,8 @@ class DayIndexer:
     def __init__(self, config: PipelineConfig, store: ProgressStore, day: dt.date) -> None:
         self.store = store
         self.day = day
-        self.destination = Destination.parse(config.remote)
-        self.rsync = AsyncRsyncStorageManager.from_config(config, self.destination, max_concurrent=1)
+        self.rsync = Rsync.of(config)
+        self.destination = self.rsync.destination
         self.scratch = config.scratch_dir / "index" / day.isoformat()
 
     def run(self) -> IndexResult:
@@ -63,7 +63,6 @@ class DayIndexer:
                 self._page(page, self.scratch / f"page-{number}", result)
                 number += 1
         finally:
-            self.rsync.close()
             shutil.rmtree(self.scratch, ignore_errors=True)
         for reason in result.left:
             log.warning("%s: not indexed: %s", self.day, reason)

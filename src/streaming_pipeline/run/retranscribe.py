@@ -196,11 +196,13 @@ class RetranscribeWork:
             folder = self._dir("fetch", number)
             relpaths = {m.member: worker.destination.relpath(m.remote_path) for m in members}
             wanted = [q for p in relpaths.values() for q in (p, str(Path(p).with_suffix(".json")))]
-            there = uploader.existing(wanted, self._dir("check", number))
+            there = uploader.rsync.existing(wanted, self._dir("check", number))
             present = [p for p in wanted if p in there]
             t0 = time.monotonic()
             if present:
-                uploader.fetch(present, folder, label=f"{self.key.archive}: {len(members)} members' FLACs")
+                uploader.rsync.fetch(
+                    present, folder, label=f"{self.key.archive}: {len(members)} members' FLACs"
+                )
             self.tally.timers.add("fetch", time.monotonic() - t0)
             for m in members:
                 put(_Fetched(m, number, folder, missing=relpaths[m.member] not in there))

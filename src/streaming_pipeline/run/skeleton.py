@@ -24,9 +24,10 @@ from concurrent.futures import Future
 from typing import Any, Generic, Protocol, TypeVar
 
 from ..config import PipelineConfig
+from ..destination import Destination
 from ..stages.asr.protocol import Decoder
 from ..stages.cpu import CpuLedger, Stopwatch
-from ..stages.upload import AsyncRsyncStorageManager, Destination
+from ..stages.upload import Uploads
 from ..state.lease import upload_gate
 from ..state.states import ArchiveState
 from ..state.store import ProgressStore
@@ -168,7 +169,7 @@ class StagedRun:
         self.tally = tally
         self.destination = Destination.parse(config.remote)
         self.control = StopControl(config.stop_grace)
-        self.uploader: AsyncRsyncStorageManager | None = None
+        self.uploader: Uploads | None = None
 
     def request_stop(self, reason: str) -> None:
         """Stop taking new work; upload what is done within the grace; leave the rest for the
@@ -189,11 +190,9 @@ class StagedRun:
     def record_interrupted(self, reason: str) -> None:
         raise NotImplementedError
 
-    def open_uploads(self, *, max_concurrent: int | None = None) -> AsyncRsyncStorageManager:
+    def open_uploads(self, *, max_concurrent: int | None = None) -> Uploads:
         """The run's uploader; its gate withdraws every rsync once the lease is another's."""
-        self.uploader = AsyncRsyncStorageManager.from_config(
-            self.config, self.destination, max_concurrent=max_concurrent, gate=upload_gate(self.store)
-        )
+        self.uploader = Uploads.of(self.config, max_concurrent=max_concurrent, gate=upload_gate(self.store))
         return self.uploader
 
     def transcript(self, future: Future[Transcript], decoder: Decoder) -> Transcript:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import PipelineConfig, subtitle_formats
+from ..destination import Rsync
 from ..errors import LeaseLost, StoreError
 from ..stages.archive import ArchiveReader
 from ..stages.asr.factory import open_decoder
@@ -27,7 +28,6 @@ from ..stages.asr.protocol import TranscriberLike
 from ..stages.audio import AudioInfo, convert_to_flac
 from ..stages.cpu import DECODING, CpuTimes, native_threads_cpu, split_cpu
 from ..stages.pool import ConversionPool
-from ..stages.upload import AsyncRsyncStorageManager
 from ..state.lease import ArchiveLease
 from ..state.records import ArchiveKey
 from ..state.states import ArchiveState, MemberStatus
@@ -223,13 +223,9 @@ class ArchiveWorker(StagedRun):
             flac = Path(self.destination.relpath(remote))
             files = [flac, flac.with_suffix(".json"), *(flac.with_suffix(f".{fmt}") for fmt in subtitles)]
             wanted[member] = (remote, [str(f) for f in files])
-        checker = AsyncRsyncStorageManager.from_config(self.config, self.destination, max_concurrent=1)
-        try:
-            present = checker.existing(
-                [p for _, files in wanted.values() for p in files], self.job_scratch / "reconcile"
-            )
-        finally:
-            checker.close()
+        present = Rsync.of(self.config).existing(
+            [p for _, files in wanted.values() for p in files], self.job_scratch / "reconcile"
+        )
         confirmed = [(m, remote) for m, (remote, files) in wanted.items() if present.issuperset(files)]
         self.store.members.mark_done(self.key.archive, confirmed)
         log.info(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..config import PipelineConfig, config_env
+from ..destination import Destination, Rsync
 from ..errors import ConfigError, ConversionError, PipelineError, TranscriptionError
 from ..run.gpu import GpuSampler
 from ..run.retranscribe import RetranscribeWorker
@@ -31,7 +32,7 @@ from ..stages.asr.protocol import DecoderStats, TranscriberLike
 from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.cpu import DECODING, STARTUP
 from ..stages.pool import ConversionPool
-from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadState
+from ..stages.upload import Uploads, UploadState
 from ..state.records import ArchiveKey
 from ..state.store import ProgressStore
 from .bench_memory import GPU_SAMPLE_INTERVAL_S, ProcessPeak, _sampled, measure_process, pinned
@@ -205,7 +206,8 @@ def run_sequential(config: PipelineConfig, archive: Path, work: Path, transcribe
     stages["transcribe"] = time.monotonic() - t
 
     t = time.monotonic()
-    uploader = AsyncRsyncStorageManager.from_config(config, destination, max_concurrent=1)
+    rsync = Rsync(destination, timeout=config.upload_timeout, retries=config.upload_retries)
+    uploader = Uploads(rsync, max_concurrent=1)
     job = uploader.submit(stage, label="sequential: all files", on_finish=lambda _job: None)
     uploader.wait()
     uploader.close()

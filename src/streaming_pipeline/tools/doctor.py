@@ -171,7 +171,8 @@ def _database(config: PipelineConfig) -> Check:
 
 def _destination(config: PipelineConfig) -> Check:
     """A real round trip: upload a small file, read it back, compare, remove it."""
-    from ..stages.upload import AsyncRsyncStorageManager, Destination, UploadState
+    from ..destination import Destination, Rsync
+    from ..stages.upload import Uploads, UploadState
 
     def body() -> Check:
         destination = Destination.parse(config.remote)
@@ -183,7 +184,7 @@ def _destination(config: PipelineConfig) -> Check:
             stage = Path(tmp) / "stage"
             (stage / PROBE_DIR / probe_id).mkdir(parents=True)
             (stage / PROBE_DIR / probe_id / "probe.txt").write_bytes(payload)
-            uploader = AsyncRsyncStorageManager(destination, max_concurrent=1, timeout=timeout, retries=1)
+            uploader = Uploads(Rsync(destination, timeout=timeout, retries=1), max_concurrent=1)
             try:
                 job = uploader.submit(stage, label="doctor probe", on_finish=lambda _job: None)
                 uploader.wait(timeout=timeout * 2)

@@ -15,8 +15,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
+from ..destination import Destination, Rsync
 from ..errors import UploadError
-from ..stages.upload import AsyncRsyncStorageManager, Destination
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ class RsyncCache:
     """Files of a remote destination fetched into `folder` when asked for, at most `limit_bytes`
     kept: the least recently used go first. Any request thread; one fetch per file at a time."""
 
-    def __init__(
-        self, destination: Destination, folder: Path, limit_bytes: int, rsync: AsyncRsyncStorageManager
-    ) -> None:
+    def __init__(self, destination: Destination, folder: Path, limit_bytes: int, rsync: Rsync) -> None:
         self._destination = destination
         self._folder = folder
         self._limit = limit_bytes

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 from ..config import PipelineConfig
+from ..destination import Destination, Rsync
 from ..errors import ConfigError
 from ..redaction import redact_dsn
-from ..stages.upload import AsyncRsyncStorageManager, Destination
 from .access import Guard, is_loopback
 from .app import StorePool, WebView, Where
 from .files import LocalFiles, MemberFiles, RsyncCache
@@ -45,7 +45,7 @@ def member_files(config: PipelineConfig) -> tuple[MemberFiles, Where]:
         return LocalFiles(destination, config.audio_root), Where(f"{label} (at {config.audio_root})")
     if destination.is_local:
         return LocalFiles(destination, Path(destination.spec)), Where(label)
-    rsync = AsyncRsyncStorageManager.from_config(config, destination, max_concurrent=1)
+    rsync = Rsync.of(config)
     cache = RsyncCache(destination, config.scratch_dir / "web-cache", config.audio_cache_mb * 1024**2, rsync)
     return cache, Where(label)
 

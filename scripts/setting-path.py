@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Which modules of the package a setting passes through: every module whose code names it as an
+attribute (`config.timestamps`, `options.timestamps`), a keyword (`timestamps=...`) or a parameter.
+
+    python3 scripts/setting-path.py timestamps
+    python3 scripts/setting-path.py --decode-options
+
+`--decode-options` counts the modules that touch any of the decoding settings (the fields of
+`DecodeOptions` that come from the settings) or the options record itself. The count is the
+figure a refactoring that decides each setting once should shrink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "streaming_pipeline"
+DECODE_SETTINGS = (
+    "beam_size",
+    "temperatures",
+    "vad",
+    "timestamps",
+    "max_new_tokens",
+    "decode_batch_size",
+    "DecodeOptions",
+    "decode_options",
+)
+
+
+def names_in(tree: ast.AST) -> set[str]:
+    """Attribute names, keyword names, parameter names and bare names used in `tree`."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.keyword) and node.arg:
+            found.add(node.arg)
+        elif isinstance(node, ast.arg):
+            found.add(node.arg)
+        elif isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.alias):
+            found.add(node.asname or node.name.rsplit(".", 1)[-1])
+    return found
+
+
+def modules_naming(wanted: set[str]) -> list[str]:
+    hits = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if wanted & names_in(ast.parse(path.read_text(encoding="utf-8"))):
+            hits.append(str(path.relative_to(PACKAGE.parent)))
+    return hits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="setting or attribute names")
+    parser.add_argument("--decode-options", action="store_true", help="the decoding settings together")
+    parser.add_argument("--list", action="store_true", help="print the modules, not only their count")
+    args = parser.parse_args()
+    wanted = set(args.names) | (set(DECODE_SETTINGS) if args.decode_options else set())
+    if not wanted:
+        parser.error("name a setting, or --decode-options")
+    hits = modules_naming(wanted)
+    if args.list:
+        print("\n".join(hits))
+    print(f"{len(hits)} modules name {', '.join(sorted(wanted))}")
+
+
+if __name__ == "__main__":
+    main()
