@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .member_files import SUBTITLE_KINDS
 from .redaction import redact_dsn
 
 ENV_PREFIX = "PIPELINE_"
@@ -480,7 +481,7 @@ def parse_temperatures(text: str) -> tuple[float, ...]:
     return values
 
 
-SUBTITLE_FORMATS = ("srt", "vtt")
+SUBTITLE_FORMATS = tuple(kind.value for kind in SUBTITLE_KINDS)
 
 
 def subtitle_formats(text: str) -> tuple[str, ...]:

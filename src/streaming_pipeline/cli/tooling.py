@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import build_config, environ
 from ..days import parse_day
 from ..errors import ConfigError
+from ..member_files import FileKind, MemberFiles
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` must not load faster-whisper or psycopg
     pass
@@ -153,19 +154,21 @@ def demo_excerpt(results: Path, members: int = 3, cue_lines: int = 8) -> str:
     """A few transcripts of the demo's day and the start of one SRT file, as a person would
     open them."""
     lines = ["", "transcripts:"]
-    shown: list[Path] = []
-    for sidecar in sorted(results.rglob("*.json")):
-        text = json.loads(sidecar.read_text(encoding="utf-8")).get("text") or ""
+    shown: list[MemberFiles] = []
+    for flac in sorted(results.rglob(f"*{FileKind.FLAC.suffix}")):
+        files = MemberFiles.of_flac(flac.relative_to(results))
+        sidecar = results / files.json
+        text = json.loads(sidecar.read_text(encoding="utf-8")).get("text") if sidecar.is_file() else None
         if text:
-            lines.append(f"  {sidecar.relative_to(results).with_suffix('')}: {text}")
-            shown.append(sidecar)
+            lines.append(f"  {files.stem}: {text}")
+            shown.append(files)
         if len(shown) == members:
             break
-    subtitles = [s.with_suffix(".srt") for s in shown if s.with_suffix(".srt").is_file()]
+    subtitles = [s.name(FileKind.SRT) for s in shown if (results / s.name(FileKind.SRT)).is_file()]
     if subtitles:
-        lines += ["", f"{subtitles[0].relative_to(results)}:"]
-        srt = subtitles[0].read_text(encoding="utf-8").splitlines()[:cue_lines]
-        lines += [f"  {line}" for line in srt]
+        lines += ["", f"{subtitles[0]}:"]
+        cues = (results / subtitles[0]).read_text(encoding="utf-8").splitlines()[:cue_lines]
+        lines += [f"  {line}" for line in cues]
     return "\n".join(lines)
 
 

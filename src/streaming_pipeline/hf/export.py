@@ -23,6 +23,7 @@ from typing import Any
 from ..config import PipelineConfig
 from ..destination import Rsync
 from ..errors import ConfigError, DatasetError, UploadError
+from ..member_files import MemberFiles
 from ..stages.upload import UploadJob, Uploads, UploadState
 from ..state.store import ProgressStore
 from ..transcript import Transcript
@@ -154,13 +155,14 @@ class DayExporter:
         for m in members:
             flac = self.destination.relpath(m["remote_path"])
             m["relpath"] = flac
-            relpaths += [flac, str(Path(flac).with_suffix(".json"))]
+            relpaths += MemberFiles.of_flac(flac).names()
         self.rsync.fetch(relpaths, folder, label=f"read back {len(members)} members")
         return members, folder
 
     def _row(self, m: dict[str, Any], folder: Path) -> dict[str, Any]:
         flac = folder / m["relpath"]
-        transcript = Transcript.from_json(json.loads(flac.with_suffix(".json").read_text(encoding="utf-8")))
+        sidecar = folder / MemberFiles.of_flac(m["relpath"]).json
+        transcript = Transcript.from_json(json.loads(sidecar.read_text(encoding="utf-8")))
         return {
             "id": f"{m['archive']}/{m['member']}",
             "day": self.day,

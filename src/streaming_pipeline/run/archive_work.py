@@ -29,8 +29,8 @@ from ..errors import ArchiveError, ConversionError, PipelineError, StoreError
 from ..stages.archive import ArchiveReader, Batch, Member
 from ..stages.asr.protocol import Decoder
 from ..stages.audio import AudioInfo, take_samples
+from ..stages.outputs import remove_staged, write_beside
 from ..stages.pool import ConversionPool
-from ..stages.subtitles import remove_staged, write_beside
 from ..stages.upload import UploadJob, UploadState
 from ..state.records import ArchiveKey, MemberRecord, StageTiming
 from ..state.states import MemberStatus

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..config import PipelineConfig
 from ..destination import Rsync
+from ..member_files import MemberFiles
 from ..state.records import MemberRecord
 from ..state.segments import Unindexed
 from ..state.states import MemberStatus
@@ -103,4 +104,4 @@ class DayIndexer:
 
 
 def _sidecar(flac: str) -> str:
-    return str(Path(flac).with_suffix(".json"))
+    return MemberFiles.of_flac(flac).json

@@ -26,11 +26,12 @@ from pathlib import Path
 
 from ..config import PipelineConfig, subtitle_formats
 from ..errors import ConversionError, LeaseLost, TranscriptionError, UploadError
+from ..member_files import MemberFiles
 from ..stages.asr.factory import open_decoder
 from ..stages.asr.options import DecodeOptions
 from ..stages.asr.protocol import Decoder, TranscriberLike
 from ..stages.audio import load_16k
-from ..stages.subtitles import write_beside
+from ..stages.outputs import write_beside
 from ..stages.upload import UploadJob, UploadState
 from ..state.lease import ArchiveLease
 from ..state.records import ArchiveKey, MemberRecord
@@ -195,7 +196,7 @@ class RetranscribeWork:
                 return
             folder = self._dir("fetch", number)
             relpaths = {m.member: worker.destination.relpath(m.remote_path) for m in members}
-            wanted = [q for p in relpaths.values() for q in (p, str(Path(p).with_suffix(".json")))]
+            wanted = [q for p in relpaths.values() for q in MemberFiles.of_flac(p).names()]
             there = uploader.rsync.existing(wanted, self._dir("check", number))
             present = [p for p in wanted if p in there]
             t0 = time.monotonic()
@@ -251,7 +252,7 @@ class RetranscribeWork:
         """The new JSON (and subtitles) under the FLAC's own relative path; the JSON keeps the
         source audio's description the first run wrote."""
         relpath = Path(self.worker.destination.relpath(m.remote_path))
-        old = fetched / relpath.with_suffix(".json")
+        old = fetched / MemberFiles.of_flac(relpath).json
         if old.is_file():
             try:
                 source = Transcript.from_json(json.loads(old.read_text())).source

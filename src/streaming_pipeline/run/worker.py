@@ -21,6 +21,7 @@ from pathlib import Path
 from ..config import PipelineConfig, subtitle_formats
 from ..destination import Rsync
 from ..errors import LeaseLost, StoreError
+from ..member_files import MemberFiles
 from ..stages.archive import ArchiveReader
 from ..stages.asr.factory import open_decoder
 from ..stages.asr.options import DecodeOptions
@@ -220,9 +221,10 @@ class ArchiveWorker(StagedRun):
             return
         wanted: dict[str, tuple[str, list[str]]] = {}
         for member, remote, subtitles in uploading:
-            flac = Path(self.destination.relpath(remote))
-            files = [flac, flac.with_suffix(".json"), *(flac.with_suffix(f".{fmt}") for fmt in subtitles)]
-            wanted[member] = (remote, [str(f) for f in files])
+            wanted[member] = (
+                remote,
+                MemberFiles.of_flac(self.destination.relpath(remote), subtitles).names(),
+            )
         present = Rsync.of(self.config).existing(
             [p for _, files in wanted.values() for p in files], self.job_scratch / "reconcile"
         )

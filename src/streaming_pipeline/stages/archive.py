@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Self, cast
 
 from ..errors import ArchiveError, ScratchFullError
+from ..member_files import SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class OutputNames:
     subtitles) may be neither another member's file nor a folder that another's path needs:
     `a.wav` is written as `a.flac`, so `a.flac/x.wav` goes to `a.flac~2/x.flac`."""
 
-    SUFFIXES = (".flac", ".json", ".srt", ".vtt")
+    SUFFIXES = SUFFIXES
 
     def __init__(self) -> None:
         self._files: set[int] = set()  # digests, as for names: ~100 bytes a member

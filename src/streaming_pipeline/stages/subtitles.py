@@ -11,12 +11,10 @@ cues' text, joined, is the transcript's text word for word.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..transcript import Segment, Transcript
+from ..transcript import Segment
 
 MAX_LINE_CHARS = 42
 MAX_LINES = 2
@@ -182,19 +180,3 @@ def render(segments: Iterable[Segment], formats: Sequence[str]) -> dict[str, str
     if not items:
         return {}
     return {fmt: WRITERS[fmt](items) for fmt in formats}
-
-
-def write_beside(flac: Path, transcript: Transcript, formats: Sequence[str]) -> str | None:
-    """The member's JSON and subtitle files next to its FLAC (in a stage); the formats written,
-    as the member's row records them (`srt,vtt`), None without speech."""
-    flac.with_suffix(".json").write_text(json.dumps(transcript.as_json(), ensure_ascii=False, indent=1))
-    written = render(transcript.segments, formats)
-    for fmt, text in written.items():
-        flac.with_suffix(f".{fmt}").write_text(text, encoding="utf-8")
-    return ",".join(written) or None
-
-
-def remove_staged(flac: Path, formats: Sequence[str]) -> None:
-    """A member's staged FLAC and what `write_beside` wrote next to it, gone from the stage."""
-    for path in (flac, flac.with_suffix(".json"), *(flac.with_suffix(f".{fmt}") for fmt in formats)):
-        path.unlink(missing_ok=True)

@@ -32,12 +32,13 @@ from starlette.types import Receive, Scope, Send
 
 from ..controller.day import day_report
 from ..errors import ConfigError, StoreError
+from ..member_files import FileKind
 from ..state.browse import SegmentView, TimedText
 from ..state.store import SCHEMA_VERSION, ProgressStore
 from ..tools.report import collect, render
 from ..transcript import Transcript
 from . import views
-from .files import SUFFIXES, MemberFiles
+from .files import FileSource
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ HERE = Path(__file__).parent
 STATEMENT_TIMEOUT_MS = 5000
 BORROW_TIMEOUT_S = 30.0  # a request waits this long for a free connection, then is answered 503
 MODELS_TTL_S = 60.0  # the search form's list of models is read at most this often
-MEDIA_TYPES = {"flac": "audio/flac", "json": "application/json", "srt": "text/plain", "vtt": "text/vtt"}
 
 
 class StorePool:
@@ -108,7 +108,7 @@ class Where:
 class WebView:
     """The routes over a store pool and the member files (request threads)."""
 
-    def __init__(self, pool: StorePool, files: MemberFiles, where: Where) -> None:
+    def __init__(self, pool: StorePool, files: FileSource, where: Where) -> None:
         self.pool = pool
         self.files = files
         self.where = where
@@ -174,10 +174,11 @@ class WebView:
                 raise HTTPException(404, "no such member")
             segments = store.browse.segments(member.archive, member.member) if member.indexed else []
             history = store.transcripts.history(member.archive, member.member)
-        audio = member.remote_path is not None and self.files.has(member.remote_path, "flac")
+        audio = member.remote_path is not None and self.files.has(member.remote_path, FileKind.FLAC)
         if not member.indexed and member.remote_path is not None:
             segments = self._segments_from_json(member.remote_path)
-        downloads = [k for k in ("flac", "json", *member.subtitles) if k in SUFFIXES] if audio else []
+        kinds = {k.value for k in FileKind}
+        downloads = [k for k in ("flac", "json", *member.subtitles) if k in kinds] if audio else []
         return self._page(
             request, "member.html", member=member, segments=segments, history=history, audio=audio,
             downloads=downloads, words=any(s.words for s in segments), status=200 if audio else 404,
@@ -185,7 +186,7 @@ class WebView:
 
     def _segments_from_json(self, remote_path: str) -> list[SegmentView]:
         """A member done before segments were recorded: its transcript read from its JSON."""
-        path = self.files.path(remote_path, "json")
+        path = self.files.path(remote_path, FileKind.JSON)
         if path is None:
             return []
         try:
@@ -200,9 +201,10 @@ class WebView:
         ]  # fmt: skip
 
     def member_file(self, request: Request) -> Response:
-        kind = request.path_params["kind"]
-        if kind not in SUFFIXES:
-            raise HTTPException(404, "no such file")
+        try:
+            kind = FileKind(request.path_params["kind"])
+        except ValueError:
+            raise HTTPException(404, "no such file") from None
         with self.pool.borrow() as store:
             member = store.browse.member(request.path_params["member_id"])
         if member is None or member.remote_path is None:
@@ -211,9 +213,9 @@ class WebView:
         if path is None:
             raise HTTPException(404, f"the member's {kind} file is not there")
         if "download" in request.query_params:
-            name = Path(member.member).stem + SUFFIXES[kind]
-            return FileResponse(path, media_type=MEDIA_TYPES[kind], filename=name)
-        return MediaResponse(path, media_type=MEDIA_TYPES[kind])
+            name = Path(member.member).stem + kind.suffix
+            return FileResponse(path, media_type=kind.media_type, filename=name)
+        return MediaResponse(path, media_type=kind.media_type)
 
     # -- days --------------------------------------------------------------------------------------
     def day(self, request: Request) -> Response:

@@ -17,22 +17,23 @@ from typing import Protocol
 
 from ..destination import Destination, Rsync
 from ..errors import UploadError
+from ..member_files import FileKind, MemberFiles
 
 log = logging.getLogger(__name__)
 
-# What lies beside a member's FLAC, by the name the web view gives it.
-SUFFIXES = {"flac": ".flac", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
 # rsync's exit when a listed file is not there ("some files could not be transferred").
 _MISSING = 23
 
 
-class MemberFiles(Protocol):
-    def path(self, remote_path: str, kind: str) -> Path | None:
-        """The local file of the member whose FLAC is `remote_path`, of `kind` (SUFFIXES), or
+class FileSource(Protocol):
+    """Where the web view gets a member's files: a local path, or an rsync cache."""
+
+    def path(self, remote_path: str, kind: FileKind) -> Path | None:
+        """The local file of the member whose FLAC is `remote_path`, of `kind`, or
         None when it is not there (or would lie outside the root)."""
         ...
 
-    def has(self, remote_path: str, kind: str) -> bool:
+    def has(self, remote_path: str, kind: FileKind) -> bool:
         """Whether that file is there, without fetching it."""
         ...
 
@@ -46,9 +47,9 @@ def inside(root: Path, relpath: str) -> Path | None:
     return path if path.is_relative_to(base) and path != base else None
 
 
-def sibling(relpath: str, kind: str) -> str:
+def sibling(relpath: str, kind: FileKind) -> str:
     """The relative path of the member's `kind` file, from its FLAC's."""
-    return str(Path(relpath).with_suffix(SUFFIXES[kind]))
+    return MemberFiles.of_flac(relpath).name(FileKind(kind))
 
 
 class LocalFiles:
@@ -59,7 +60,7 @@ class LocalFiles:
         self._destination = destination
         self._root = root
 
-    def path(self, remote_path: str, kind: str) -> Path | None:
+    def path(self, remote_path: str, kind: FileKind) -> Path | None:
         try:
             relpath = self._destination.relpath(remote_path)
         except UploadError:
@@ -67,7 +68,7 @@ class LocalFiles:
         path = inside(self._root, sibling(relpath, kind))
         return path if path is not None and path.is_file() else None
 
-    def has(self, remote_path: str, kind: str) -> bool:
+    def has(self, remote_path: str, kind: FileKind) -> bool:
         return self.path(remote_path, kind) is not None
 
 
@@ -95,7 +96,7 @@ class RsyncCache:
         with self._lock:
             return sum(self._sizes.values())
 
-    def path(self, remote_path: str, kind: str) -> Path | None:
+    def path(self, remote_path: str, kind: FileKind) -> Path | None:
         try:
             relpath = sibling(self._destination.relpath(remote_path), kind)
         except UploadError:
@@ -119,7 +120,7 @@ class RsyncCache:
                 self._evict(keep=relpath)
         return target
 
-    def has(self, remote_path: str, kind: str) -> bool:
+    def has(self, remote_path: str, kind: FileKind) -> bool:
         try:
             relpath = sibling(self._destination.relpath(remote_path), kind)
         except UploadError:

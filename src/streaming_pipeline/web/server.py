@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..redaction import redact_dsn
 from .access import Guard, is_loopback
 from .app import StorePool, WebView, Where
-from .files import LocalFiles, MemberFiles, RsyncCache
+from .files import FileSource, LocalFiles, RsyncCache
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def token_of(config: PipelineConfig) -> str:
     return token
 
 
-def member_files(config: PipelineConfig) -> tuple[MemberFiles, Where]:
+def file_source(config: PipelineConfig) -> tuple[FileSource, Where]:
     destination = Destination.parse(config.remote)
     label = redact_dsn(destination.spec)  # a password in an rsync:// URL shows as ***
     if config.audio_root is not None:
@@ -55,7 +55,7 @@ def build(config: PipelineConfig) -> tuple[Guard, StorePool]:
     if not config.dsn:
         raise ConfigError("no database: set --dsn or PIPELINE_DSN")
     token = token_of(config)
-    files, where = member_files(config)
+    files, where = file_source(config)
     pool = StorePool(config.dsn)
     try:
         pool.check()
