@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from streaming_pipeline.config import build_config
+from streaming_pipeline.config import Timestamps, build_config
 from streaming_pipeline.days import parse_day
 from streaming_pipeline.errors import ConfigError
 
@@ -73,12 +73,15 @@ def test_timestamps_and_subtitles_settings_round_trip_to_workers() -> None:
     from streaming_pipeline.config import config_env
 
     default = build_config({}, {})
-    assert (default.timestamps, default.subtitles) == ("segment", "srt")
+    assert (default.timestamps, default.subtitles) == (Timestamps.SEGMENT, ("srt",))
+    assert default.timestamps is Timestamps.SEGMENT, "an enum member, never a string to compare"
     config = build_config({}, {"PIPELINE_TIMESTAMPS": "word", "PIPELINE_SUBTITLES": "VTT, srt"})
-    assert (config.timestamps, config.subtitles) == ("word", "srt,vtt")
+    assert (config.timestamps, config.subtitles) == (Timestamps.WORD, ("srt", "vtt"))
+    assert config_env(config)["PIPELINE_SUBTITLES"] == "srt,vtt"
     none = build_config({}, {"PIPELINE_SUBTITLES": ""})
-    assert none.subtitles == "none", "set but empty: no subtitles"
-    assert build_config({"subtitles": "none"}, {}).subtitles == "none"
+    assert none.subtitles == (), "set but empty: no subtitles"
+    assert build_config({"subtitles": "none"}, {}).subtitles == ()
+    assert config_env(none)["PIPELINE_SUBTITLES"] == "none"
     for chosen in (config, none):
         rebuilt = build_config({}, config_env(chosen))  # what a worker job rebuilds
         assert (rebuilt.timestamps, rebuilt.subtitles) == (chosen.timestamps, chosen.subtitles)
@@ -133,8 +136,8 @@ def test_every_setting_is_declared_once_with_a_flag_or_a_reason_and_round_trips_
         if s.flag:
             assert s.flag in parser_help and s.env in parser_help, f.name
         typ = setting_type(f)
-        value = s.choices[-1] if s.choices else examples[typ]
-        value = {"temperatures": "0.2", "subtitles": "vtt", "vad": "0", "offline": "1"}.get(f.name, value)
+        overrides = {"temperatures": "0.2", "subtitles": "vtt", "vad": "0", "offline": "1"}
+        value = overrides.get(f.name) or (s.choices[-1] if s.choices else examples[typ])
         config = build_config({}, {s.env: value})
         rebuilt = build_config({}, config_env(config))  # what a worker job rebuilds
         assert (

@@ -9,6 +9,7 @@ worker's behaviour is fully described by the object it was given (and by what it
 
 from __future__ import annotations
 
+import enum
 import os
 import tempfile
 import types
@@ -38,6 +39,8 @@ class Setting:
     check: Check | None = None
     choices: tuple[str, ...] | None = None
     group: str = "pipeline"  # the flag's option group: pipeline (every run), day (process-day), serve
+    parse: Callable[[str], Any] | None = None  # text to value, where the type alone cannot
+    show: Callable[[Any], str] = str  # value to text: the variable a worker job gets
 
 
 def setting(
@@ -51,11 +54,13 @@ def setting(
     choices: tuple[str, ...] | None = None,
     group: str = "pipeline",
     factory: Callable[[], Any] | None = None,
+    parse: Callable[[str], Any] | None = None,
+    show: Callable[[Any], str] = str,
 ) -> Any:
     """A field of PipelineConfig declared with everything that sets it."""
     if choices is not None and check is None:
         check = one_of(*choices)
-    meta = {"setting": Setting(env, help, flag, no_flag, check, choices, group)}
+    meta = {"setting": Setting(env, help, flag, no_flag, check, choices, group, parse, show)}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -82,6 +87,14 @@ def _message_of(parse: Callable[[Any], Any]) -> Check:
         return None
 
     return check
+
+
+class Timestamps(enum.StrEnum):
+    """Time in the transcripts (--timestamps)."""
+
+    NONE = "none"  # one segment per speech window
+    SEGMENT = "segment"  # sentence-sized segments, timed by their words (which are then dropped)
+    WORD = "word"  # those segments, and their words
 
 
 def _default_scratch() -> Path:
@@ -144,20 +157,21 @@ class PipelineConfig:
         help="batched: windows of many members per GPU call (auto); per-member: faster-whisper's transcribe",
         choices=("auto", "batched", "per-member"),
     )
-    timestamps: str = setting(
-        "segment",
+    timestamps: Timestamps = setting(
+        Timestamps.SEGMENT,
         env="PIPELINE_TIMESTAMPS",
         flag="--timestamps",
         help="time in the transcripts: sentence-sized segments (segment), also words (word), or one "
         "segment per speech window (none)",
-        choices=("none", "segment", "word"),
+        choices=tuple(Timestamps),
     )
-    subtitles: str = setting(
-        "srt",
+    subtitles: tuple[str, ...] = setting(
+        ("srt",),
         env="PIPELINE_SUBTITLES",
         flag="--subtitles",
         help="subtitle files beside each FLAC: srt, vtt, srt,vtt or none (an empty variable: none)",
-        check=_message_of(lambda v: subtitle_formats(v)),
+        parse=lambda v: subtitle_formats(v),
+        show=lambda v: ",".join(v) or "none",
     )
     decode_batch_size: int = setting(
         0,
@@ -404,11 +418,19 @@ def setting_type(f: Field[Any]) -> type:
     return hint
 
 
-def _coerce(f: Field[Any], raw: Any, source: str) -> Any:
+def _coerce(f: Field[Any], declared: Setting, raw: Any, source: str) -> Any:
     if raw is None or not isinstance(raw, str):
         return raw
-    typ = setting_type(f)
+    if declared.parse is not None:
+        try:
+            return declared.parse(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{declared.flag or declared.env}: {exc}") from None
+    typ: Any = setting_type(f)
     try:
+        if issubclass(typ, enum.Enum):  # a value that is none of them: the check says which are
+            members: dict[str, Any] = {m.value: m for m in typ}
+            return members.get(raw, raw)
         if typ is bool:
             return raw.strip().lower() in ("1", "true", "yes", "on")
         if typ is Path:
@@ -438,13 +460,13 @@ def build_config(
         if raw is None and defaults:
             raw, source = defaults.get(f.name), "default"
         if raw is not None:
-            values[f.name] = _coerce(f, raw, source)
+            values[f.name] = _coerce(f, declared, raw, source)
     explicit = frozenset(values)
     if "scratch_dir" not in values:
         values["scratch_dir"] = Path(env.get("TMPDIR") or tempfile.gettempdir()) / "streaming-pipeline"
     config = PipelineConfig(**values, explicit=explicit)
     _validate(config)
-    return replace(config, subtitles=",".join(subtitle_formats(config.subtitles)) or "none")
+    return config
 
 
 def config_env(config: PipelineConfig) -> dict[str, str]:
@@ -459,7 +481,7 @@ def config_env(config: PipelineConfig) -> dict[str, str]:
         value = getattr(config, f.name)
         if f.name not in config.explicit or value is None or value == "":
             continue
-        env[declared.env] = str(value.resolve() if isinstance(value, Path) else value)
+        env[declared.env] = declared.show(value.resolve() if isinstance(value, Path) else value)
     return env
 
 

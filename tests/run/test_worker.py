@@ -18,6 +18,8 @@ from streaming_pipeline.config import PipelineConfig
 from streaming_pipeline.run.job_environment import JobEnvironment
 from streaming_pipeline.run.worker import ArchiveWorker
 from streaming_pipeline.stages.asr.loader import Transcriber
+from streaming_pipeline.stages.asr.options import DecodeOptions, LoadOptions
+from streaming_pipeline.stages.asr.protocol import CPU
 from streaming_pipeline.stages.audio import AudioInfo, convert_to_flac
 from streaming_pipeline.state.store import ProgressStore
 from streaming_pipeline.transcript import Segment, Transcript, Word
@@ -30,10 +32,12 @@ class _BrokenTranscriber:
 
     model_name = "broken"
 
-    def __init__(self, _config: PipelineConfig) -> None:
+    device = CPU
+
+    def __init__(self, _options: LoadOptions) -> None:
         pass
 
-    def transcribe(self, audio: Any, *, archive: str, member: str) -> Transcript:
+    def transcribe(self, audio: Any, _options: DecodeOptions, *, archive: str, member: str) -> Transcript:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
 
@@ -210,10 +214,10 @@ from streaming_pipeline.stages.asr import loader as transcribe
 
 real = transcribe.Transcriber.transcribe
 
-def transcribe_or_die(self, audio, *, archive, member):  # a decoder library's segfault
+def transcribe_or_die(self, audio, options, *, archive, member):  # a decoder library's segfault
     if member == "poison.wav":
         os.kill(os.getpid(), signal.SIGKILL)
-    return real(self, audio, archive=archive, member=member)
+    return real(self, audio, options, archive=archive, member=member)
 
 transcribe.Transcriber.transcribe = transcribe_or_die
 from streaming_pipeline.cli import main
@@ -278,10 +282,12 @@ class _NulTranscriber:
 
     model_name = "nul-words"
 
-    def __init__(self, _config: PipelineConfig) -> None:
+    device = CPU
+
+    def __init__(self, _options: LoadOptions) -> None:
         pass
 
-    def transcribe(self, audio: Any, *, archive: str, member: str) -> Transcript:
+    def transcribe(self, audio: Any, _options: DecodeOptions, *, archive: str, member: str) -> Transcript:
         words = [Word(0.0, 0.5, " good", 0.9), Word(0.5, 1.0, " words", 0.9)]
         if "clip_00000" in member or "clip_00001" in member:
             words[0] = Word(0.0, 0.5, " go\x00od\x1b", 0.9)

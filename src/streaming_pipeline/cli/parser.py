@@ -29,7 +29,7 @@ def _setting_options(p: argparse.ArgumentParser, group: str, title: str) -> None
     for f, declared in settings():
         if declared.group != group or declared.flag is None:
             continue
-        default = "" if f.default in (None, "", MISSING) else f", default {f.default}"
+        default = "" if f.default in (None, "", MISSING) else f", default {declared.show(f.default)}"
         help_text = f"{declared.help} ({declared.env}{default})"
         typ = setting_type(f)
         if typ is bool:  # a switch that turns the default off (--no-vad)
@@ -37,7 +37,8 @@ def _setting_options(p: argparse.ArgumentParser, group: str, title: str) -> None
                 declared.flag, dest=f.name, action="store_const", const=not f.default, help=help_text
             )
         else:
-            g.add_argument(declared.flag, dest=f.name, type=typ, choices=declared.choices, help=help_text)
+            kind = str if declared.parse is not None else typ  # parsed with the rest of the settings
+            g.add_argument(declared.flag, dest=f.name, type=kind, choices=declared.choices, help=help_text)
 
 
 def _pipeline_options(p: argparse.ArgumentParser) -> None:

@@ -329,7 +329,6 @@ class ArchiveWork:
             duration_s=info.output_duration_s,
             remote_path=self.run.destination.url(self.output_path(member)),
             decoder=info.decoder,
-            timestamps=self.run.config.timestamps,
             subtitles=subtitles,
         )
 

@@ -36,7 +36,7 @@ from ..hf.shards import Shard, ShardWriter, dataset_card, dataset_features, made
 from ..hf.source import DatasetJob, audio_payload, open_source
 from ..stages.asr.factory import open_decoder
 from ..stages.asr.options import DecodeOptions
-from ..stages.asr.protocol import Decoder, TranscriberLike
+from ..stages.asr.protocol import Decoder, TranscriberFactory
 from ..stages.audio import AudioInfo, convert_to_flac, take_samples
 from ..stages.pool import ConversionPool
 from ..stages.upload import UploadJob, UploadState
@@ -115,12 +115,13 @@ class DatasetWorker(StagedRun):
         job: DatasetJob,
         *,
         store: ProgressStore,
-        transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
+        transcriber_factory: TranscriberFactory,
         environment: JobEnvironment | None = None,
     ) -> None:
         super().__init__(config, store, RunTally())
         self.job = job
         self.transcriber_factory = transcriber_factory
+        self.options = DecodeOptions.of(config)  # decided once for the run, passed down
         self.prefix = f"datasets/{job.output}"
         self.scratch = config.scratch_dir / "datasets" / job.output
         # One process per run: a lease on the run's row (state/lease.py), renewed on a heartbeat;
@@ -197,7 +198,7 @@ class DatasetWorker(StagedRun):
         )
 
     def _pipeline(self, source: Any, resume: DatasetResume) -> bool:
-        decoder = open_decoder(self.transcriber_factory(self.config), DecodeOptions.of(self.config))
+        decoder = open_decoder(self.transcriber_factory(self.options.load), self.options)
         uploader = self.open_uploads(max_concurrent=1)  # one upload thread: shards in order
         pool = ConversionPool(self.config.num_workers, timeout=self.config.decode_timeout)
         work = DatasetWork(self, source, pool, start_row=resume.rows_done, first_shard=resume.shards_done)

@@ -24,12 +24,12 @@ from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import PipelineConfig, subtitle_formats
+from ..config import PipelineConfig
 from ..errors import ConversionError, LeaseLost, TranscriptionError, UploadError
 from ..member_files import MemberFiles
 from ..stages.asr.factory import open_decoder
 from ..stages.asr.options import DecodeOptions
-from ..stages.asr.protocol import Decoder, TranscriberLike
+from ..stages.asr.protocol import Decoder, TranscriberFactory
 from ..stages.audio import load_16k
 from ..stages.outputs import write_beside
 from ..stages.upload import UploadJob, UploadState
@@ -100,7 +100,7 @@ class RetranscribeWorker(StagedRun):
         key: ArchiveKey,
         path: str,
         store: ProgressStore,
-        transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
+        transcriber_factory: TranscriberFactory,
         environment: JobEnvironment | None = None,
     ) -> None:
         super().__init__(config, store, RunTally("done", "left", "failed"))
@@ -108,7 +108,8 @@ class RetranscribeWorker(StagedRun):
         self.path = path
         self.environment = environment or JobEnvironment.of()
         self.transcriber_factory = transcriber_factory
-        self.formats = subtitle_formats(config.subtitles)
+        self.options = DecodeOptions.of(config)  # decided once for the run, passed down
+        self.formats = config.subtitles
         self.scratch = config.scratch_dir / "retranscribe" / key.day.isoformat() / key.slot
         self.job_scratch = self.scratch / self.environment.scratch_name
 
@@ -144,7 +145,7 @@ class RetranscribeWorker(StagedRun):
     def _run(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.job_scratch.mkdir(parents=True)
-        decoder = open_decoder(self.transcriber_factory(self.config), DecodeOptions.of(self.config))
+        decoder = open_decoder(self.transcriber_factory(self.options.load), self.options)
         try:
             made = decoder.provenance
             todo = self.store.transcripts.stale(
@@ -266,7 +267,6 @@ class RetranscribeWork:
             m.member,
             result,
             status=MemberStatus.DONE,
-            timestamps=self.worker.config.timestamps,
             subtitles=subtitles,
         )
 

@@ -18,14 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..config import PipelineConfig, subtitle_formats
+from ..config import PipelineConfig
 from ..destination import Rsync
 from ..errors import LeaseLost, StoreError
 from ..member_files import MemberFiles
 from ..stages.archive import ArchiveReader
 from ..stages.asr.factory import open_decoder
 from ..stages.asr.options import DecodeOptions
-from ..stages.asr.protocol import TranscriberLike
+from ..stages.asr.protocol import TranscriberFactory
 from ..stages.audio import AudioInfo, convert_to_flac
 from ..stages.cpu import DECODING, CpuTimes, native_threads_cpu, split_cpu
 from ..stages.pool import ConversionPool
@@ -80,7 +80,7 @@ class ArchiveWorker(StagedRun):
         archive_path: Path,
         slot: str,
         store: ProgressStore,
-        transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
+        transcriber_factory: TranscriberFactory,
         converter: Callable[..., AudioInfo] = convert_to_flac,
         environment: JobEnvironment | None = None,
     ) -> None:
@@ -94,8 +94,9 @@ class ArchiveWorker(StagedRun):
         self.key = ArchiveKey.of(day, archive_path, slot)
         self.environment = environment or JobEnvironment.of()
         self.transcriber_factory = transcriber_factory
+        self.options = DecodeOptions.of(config)  # decided once for the run, passed down
         self.converter = converter
-        self.subtitle_formats = subtitle_formats(config.subtitles)
+        self.subtitle_formats = config.subtitles
         # Per run: a worker that stalled past its lease and resumes never writes into the
         # scratch of the run that took its archive over (on a shared or the same node).
         self.slot_scratch = config.scratch_dir / day.isoformat() / slot
@@ -193,9 +194,8 @@ class ArchiveWorker(StagedRun):
             self.subtitle_formats,
         )
         work = ArchiveWork(of, pool, skip=skip.__contains__, suspects=suspects)
-        transcriber = self.transcriber_factory(self.config)
-        decoder = open_decoder(transcriber, DecodeOptions.of(self.config))
-        self.tally.gpu = GpuSampler(getattr(getattr(transcriber, "device", None), "device", "cpu"))
+        decoder = open_decoder(self.transcriber_factory(self.options.load), self.options)
+        self.tally.gpu = GpuSampler(decoder.device.device)
         self.tally.gpu.start()
         uploader = self.open_uploads()
         batch = self.config.stream_batch_size

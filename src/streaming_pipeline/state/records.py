@@ -115,6 +115,7 @@ class MemberRecord:
             fallback=transcript.fallback,
             model=transcript.model,
             provenance=transcript.provenance,
+            timestamps=transcript.provenance.timestamps if transcript.provenance else None,
             transcribed_at=dt.datetime.now(dt.UTC),
             segments=transcript.segments,  # made searchable with the row (state/segments.py)
             searchable_segments=len(transcript.segments),

@@ -28,17 +28,16 @@ import logging
 import os
 import platform
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import PipelineConfig
+from ..config import PipelineConfig, Timestamps
 from ..errors import ConfigError
 from ..run.gpu import GpuSampler
-from ..stages.asr.options import DecodeOptions
-from ..stages.asr.policy import TIMESTAMP_MODES
-from ..stages.asr.protocol import TranscriberLike
+from ..stages.asr.options import DecodeOptions, LoadOptions
+from ..stages.asr.protocol import TranscriberFactory, TranscriberLike
 from ..stages.audio import load_16k
 from .bench_memory import GPU_SAMPLE_INTERVAL_S, ProcessPeak
 from .bench_runs import (
@@ -104,7 +103,7 @@ class BenchPlan:
 
 
 def run_bench(
-    config: PipelineConfig, plan: BenchPlan, transcriber_factory: Callable[[PipelineConfig], TranscriberLike]
+    config: PipelineConfig, plan: BenchPlan, transcriber_factory: TranscriberFactory
 ) -> dict[str, Any]:
     work = plan.work_dir.resolve()
     inputs = work / "inputs"
@@ -125,8 +124,8 @@ def run_bench(
         return report
 
     large = copies_of(small, inputs, plan.large_factor)
-    transcriber = transcriber_factory(config)
-    device = getattr(getattr(transcriber, "device", None), "device", "cpu")
+    transcriber = transcriber_factory(LoadOptions.of(config))
+    device = transcriber.device.device
     runs = _rounds(config, plan, small, work, transcriber, GpuSampler(device, GPU_SAMPLE_INTERVAL_S))
     sources = sorted((work / "sequential" / "extract").rglob("*"))
     conversion = compare_conversion([p for p in sources if p.is_file()], work / "conversion")
@@ -167,7 +166,7 @@ def _rounds(
     """`plan.repeat` rounds, each variant once per round in turn: the machine's drift falls on
     every variant alike, and the report compares their medians."""
     names = ["sequential", "streaming", "transcribe_only", "per_member", "retranscribe"]
-    runs: dict[str, list[Run]] = {name: [] for name in names + [f"timestamps_{m}" for m in TIMESTAMP_MODES]}
+    runs: dict[str, list[Run]] = {name: [] for name in names + [f"timestamps_{m}" for m in Timestamps]}
     decoder = DecodeOptions.of(config).decoder
     for n in range(1, plan.repeat + 1):
         log.info("round %d of %d: sequential", n, plan.repeat)
@@ -180,7 +179,7 @@ def _rounds(
         runs["per_member"].append(
             run_transcribe_only(audio, transcriber, replace(config, decoder="per-member"), gpu)
         )
-        for mode in TIMESTAMP_MODES:
+        for mode in Timestamps:
             if mode == config.timestamps:  # the decoder-alone run above
                 runs[f"timestamps_{mode}"].append(alone)
                 continue
@@ -219,7 +218,7 @@ def _report(
     seq, stream, floor, per_member = (
         median[k] for k in ("sequential", "streaming", "transcribe_only", "per_member")
     )
-    timed_wall = {mode: median[f"timestamps_{mode}"].wall_s for mode in TIMESTAMP_MODES}
+    timed_wall = {mode: median[f"timestamps_{mode}"].wall_s for mode in Timestamps}
     report: dict[str, Any] = {
         "machine": _machine(),
         "device": device,
@@ -238,7 +237,7 @@ def _report(
             "streaming": stream.stages,
             "transcribe_only": floor.stages,
             "per_member": per_member.stages,
-            **{f"timestamps_{m}": median[f"timestamps_{m}"].stages for m in TIMESTAMP_MODES},
+            **{f"timestamps_{m}": median[f"timestamps_{m}"].stages for m in Timestamps},
         },
         "gpu": {name: run.gpu for name, run in median.items() if run.gpu},
         "ratio_streaming_sequential": stream.wall_s / seq.wall_s,
@@ -247,8 +246,8 @@ def _report(
         "ratio_streaming_per_member_throughput": stream.audio_per_wall / per_member.audio_per_wall,
         "ratio_transcribe_only_per_member_throughput": floor.audio_per_wall / per_member.audio_per_wall,
         "ratio_retranscribe_streaming": median["retranscribe"].wall_s / stream.wall_s,
-        "ratio_timestamps_segment_none": timed_wall["segment"] / timed_wall["none"],
-        "ratio_timestamps_word_none": timed_wall["word"] / timed_wall["none"],
+        "ratio_timestamps_segment_none": timed_wall[Timestamps.SEGMENT] / timed_wall[Timestamps.NONE],
+        "ratio_timestamps_word_none": timed_wall[Timestamps.WORD] / timed_wall[Timestamps.NONE],
         "gpu_busy_streaming": (stream.gpu or {}).get("busy"),
         "conversion": conversion,
         **_memory(peaks, batch_bytes),
@@ -360,7 +359,7 @@ def format_report(report: dict[str, Any]) -> str:
         ("transcribe_only", f"{decoder} decoder alone (audio in memory)"),
         ("per_member", "per-member decoder alone (faster-whisper transcribe)"),
         ("retranscribe", "re-transcription from the destination's FLACs"),
-        *((f"timestamps_{m}", f"{decoder} decoder alone, --timestamps {m}") for m in TIMESTAMP_MODES),
+        *((f"timestamps_{m}", f"{decoder} decoder alone, --timestamps {m}") for m in Timestamps),
     ]
     lines = [
         f"{report['archive']}: {audio:.0f} s of audio; model {report['model']} on {report['device']}; "

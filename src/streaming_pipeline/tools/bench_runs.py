@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,8 @@ from ..run.retranscribe import RetranscribeWorker
 from ..run.worker import ArchiveWorker
 from ..stages.archive import ArchiveReader, Member
 from ..stages.asr.factory import decode_all, open_decoder
-from ..stages.asr.options import DecodeOptions
-from ..stages.asr.protocol import DecoderStats, TranscriberLike
+from ..stages.asr.options import DecodeOptions, LoadOptions
+from ..stages.asr.protocol import DecoderStats, TranscriberFactory, TranscriberLike
 from ..stages.audio import AudioInfo, convert_to_flac, load_16k
 from ..stages.cpu import DECODING, STARTUP
 from ..stages.pool import ConversionPool
@@ -194,9 +194,10 @@ def run_sequential(config: PipelineConfig, archive: Path, work: Path, transcribe
 
     t = time.monotonic()
     audio_s = 0.0
+    options = DecodeOptions.of(config)
     for member, out, info in converted:
         try:
-            result = transcriber.transcribe(load_16k(out), archive=archive.name, member=member.name)
+            result = transcriber.transcribe(load_16k(out), options, archive=archive.name, member=member.name)
         except TranscriptionError as exc:
             log.warning("sequential: %s failed: %s", member.name, exc)
             continue
@@ -300,7 +301,7 @@ def run_feed_ceiling(
     config: PipelineConfig,
     archive: Path,
     work: Path,
-    transcriber_factory: Callable[[PipelineConfig], TranscriberLike],
+    transcriber_factory: TranscriberFactory,
     model: Path,
     core_counts: Sequence[int],
     repeat: int,
@@ -309,7 +310,7 @@ def run_feed_ceiling(
     """The streaming run with decoding nearly free, pinned to 1, 2, ... cores; the median of
     `repeat` rounds per count, the counts interleaved so that a machine's drift hits them alike."""
     available = sorted(os.sched_getaffinity(0))
-    transcriber = transcriber_factory(feed_config(config, model, 1))
+    transcriber = transcriber_factory(LoadOptions.of(feed_config(config, model, 1)))
     runs: dict[int, list[Run]] = {n: [] for n in core_counts}
     for round_number in range(repeat):
         for n in core_counts:

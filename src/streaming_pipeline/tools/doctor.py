@@ -123,11 +123,11 @@ def _model(config: PipelineConfig, offline: bool) -> Check:
 
     from ..stages.asr.factory import decode_all, open_decoder
     from ..stages.asr.loader import Transcriber
-    from ..stages.asr.options import DecodeOptions
+    from ..stages.asr.options import DecodeOptions, LoadOptions
 
     def body() -> Check:
         started = time.monotonic()
-        transcriber = Transcriber(replace(config, offline=offline or config.offline))
+        transcriber = Transcriber(LoadOptions.of(replace(config, offline=offline or config.offline)))
         t = np.arange(16000, dtype=np.float32) / 16000
         audio = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         # Without VAD, so that the tone reaches the model through the configured decoder.

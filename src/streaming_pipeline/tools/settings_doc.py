@@ -28,7 +28,7 @@ def settings_table() -> str:
     rows = ["| flag | variable | default | for | what |", "|---|---|---|---|---|"]
     for f, s in settings():
         default = f.default if f.default is not MISSING else None
-        shown = "" if default in (None, "") else f"`{default}`"
+        shown = "" if default in (None, "") else f"`{s.show(default)}`"
         if f.name == "scratch_dir":
             shown = "`$TMPDIR/streaming-pipeline` of each job"
         flag = f"`{s.flag}`" if s.flag else f"— ({_cell(s.no_flag or '')})"

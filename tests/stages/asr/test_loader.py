@@ -7,6 +7,7 @@ import numpy as np
 
 from streaming_pipeline.config import PipelineConfig
 from streaming_pipeline.stages.asr.loader import Transcriber
+from streaming_pipeline.stages.asr.options import DecodeOptions, LoadOptions
 from streaming_pipeline.tools.samples import speak
 
 from ...conftest import RESULT_FIELDS, SEGMENT_FIELDS
@@ -17,7 +18,7 @@ def test_tiny_model_is_a_complete_multilingual_whisper(tiny_model: Path) -> None
     assert len(config["lang_ids"]) == 99
     assert len(json.loads((tiny_model / "vocabulary.json").read_text())) == 51865
     assert (tiny_model / "model.bin").stat().st_size < 8 * 1024 * 1024
-    t = Transcriber(PipelineConfig(model=str(tiny_model), device="cpu", beam_size=1))
+    t = Transcriber(LoadOptions.of(PipelineConfig(model=str(tiny_model), device="cpu")))
     assert t.model.model.is_multilingual  # language detection really runs
     assert t.device.compute_type == "int8"
 
@@ -25,10 +26,11 @@ def test_tiny_model_is_a_complete_multilingual_whisper(tiny_model: Path) -> None
 def test_transcript_structure_and_silence(tiny_model: Path) -> None:
     import soxr
 
-    t = Transcriber(PipelineConfig(model=str(tiny_model), device="cpu", beam_size=2))
+    config = PipelineConfig(model=str(tiny_model), device="cpu", beam_size=2)
+    t, options = Transcriber(LoadOptions.of(config)), DecodeOptions.of(config)
     speech, rate = speak("Testing one two three, this is the streaming pipeline.")
     audio = soxr.resample(speech, rate, 16000).astype(np.float32)
-    result = t.transcribe(audio, archive="a.tar.xz", member="x/y.wav")
+    result = t.transcribe(audio, options, archive="a.tar.xz", member="x/y.wav")
     # the decoders attach what made a transcript (test_decoder); the model wrapper alone does not know
     assert set(result.as_json()) == RESULT_FIELDS - {"provenance"}
     assert result.member == "x/y.wav" and result.model == "tiny-whisper"
@@ -38,7 +40,7 @@ def test_transcript_structure_and_silence(tiny_model: Path) -> None:
         assert set(seg.as_json()) == SEGMENT_FIELDS
         assert seg.start <= seg.end
 
-    silent = t.transcribe(np.zeros(30 * 16000, dtype=np.float32), archive="a", member="s.wav")
+    silent = t.transcribe(np.zeros(30 * 16000, dtype=np.float32), options, archive="a", member="s.wav")
     assert silent.text == "" and silent.segments == ()
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from ...errors import TranscriptionError
 from ...transcript import Transcript
 from .calls import WhisperCalls
-from .options import DecodeOptions
+from .options import DecodeOptions, Timestamps
 from .policy import (
     JOIN_GAP_S,
     LOOKAHEAD_CALLS,
@@ -77,11 +77,13 @@ PREP_THREADS_CUDA = 4
 class BatchedDecoder:
     """Rows (speech chunks of at most 30 s) of many members, decoded in shared `generate` calls."""
 
-    def __init__(self, transcriber: TranscriberModel, options: DecodeOptions, *, device: str) -> None:
+    def __init__(self, transcriber: TranscriberModel, options: DecodeOptions) -> None:
         from faster_whisper.vad import VadOptions
 
         self._transcriber = transcriber
         self._options = options
+        self.device = transcriber.device
+        device = self.device.device
         self.provenance = of_transcriber(transcriber, options)
         self._calls = WhisperCalls(transcriber.model, options)
         self._rows = RowCall(self._calls, options)
@@ -328,7 +330,9 @@ class BatchedDecoder:
         segments = [seg for index in sorted(m.segments) for seg in m.segments[index]]
         for seg in segments:
             timeline.restore(seg)  # back to the member's own timeline, silences included
-        segments = speech_segments(segments, m.duration, keep_words=self._options.timestamps == "word")
+        segments = speech_segments(
+            segments, m.duration, keep_words=self._options.timestamps is Timestamps.WORD
+        )
         language, probability = main_language(m.spoken)
         if language is None:  # no speech: what its first row was detected as
             language, probability = m.language, m.language_probability

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError
-from .options import DecodeOptions
+from .options import DecodeOptions, Timestamps
 from .policy import MAX_INITIAL_TIMESTAMP_INDEX
 from .timing import words_from_alignment
 
@@ -129,7 +129,7 @@ class WhisperCalls:
         """[sot, language, transcribe] (+ notimestamps with `--timestamps none`): one layout for
         every row of a call, as CTranslate2 needs."""
         tokenizer = self.tokenizer(language if self.multilingual else None)
-        if self._options.timestamps == "none":
+        if self._options.timestamps is Timestamps.NONE:
             return [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         return list(tokenizer.sot_sequence)
 

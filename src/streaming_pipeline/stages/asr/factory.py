@@ -18,8 +18,7 @@ def open_decoder(transcriber: TranscriberLike, options: DecodeOptions) -> Decode
     faster-whisper model (tests of the workers' bookkeeping) gets the per-member decoder."""
     model = getattr(transcriber, "model", None)
     if options.decoder == "batched" and model is not None:
-        device = getattr(getattr(transcriber, "device", None), "device", "cpu")
-        return BatchedDecoder(cast(TranscriberModel, transcriber), options, device=device)
+        return BatchedDecoder(cast(TranscriberModel, transcriber), options)
     return PerMemberDecoder(transcriber, options)
 
 

@@ -10,26 +10,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...config import PipelineConfig
 from ...errors import ConfigError, TranscriptionError
 from ...transcript import Segment, Transcript, Word, clean_text
-from .options import DecodeOptions
+from .options import DecodeOptions, LoadOptions, Timestamps
 from .policy import APPEND_PUNCTUATIONS, MAX_INITIAL_TIMESTAMP, PREPEND_PUNCTUATIONS, SAMPLE_RATE
+from .protocol import Device
 from .timing import speech_segments
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Device:
-    device: str
-    compute_type: str
 
 
 def resolve_device(device: str, compute_type: str) -> Device:
@@ -60,13 +53,12 @@ def local_model_dir(model: str) -> Path | None:
 
 
 class Transcriber:
-    """A faster-whisper model loaded once, and its own sequential `transcribe` (called from the
-    per-member decoder's threads)."""
+    """A faster-whisper model loaded once (from what loading needs alone, as `WhisperModel`
+    is), and its own sequential `transcribe` (called from the per-member decoder's threads)."""
 
-    def __init__(self, config: PipelineConfig) -> None:
+    def __init__(self, options: LoadOptions) -> None:
         from faster_whisper import WhisperModel
 
-        self.options = options = DecodeOptions.of(config)
         self.device = resolve_device(options.device, options.compute_type)
         model_dir = local_model_dir(options.model)
         started = time.monotonic()
@@ -90,24 +82,26 @@ class Transcriber:
             time.monotonic() - started,
         )
 
-    def transcribe(self, audio: np.ndarray, *, archive: str, member: str) -> Transcript:
-        """faster-whisper's own path, timed as `--timestamps` asks (the per-member decoder)."""
-        mode = self.options.timestamps
-        options: dict[str, Any] = {
-            "language": self.options.language,
-            "beam_size": self.options.beam_size,
-            "temperature": list(self.options.temperatures),
-            "vad_filter": self.options.vad,
-            "max_new_tokens": self.options.max_new_tokens,
-            "without_timestamps": mode == "none",
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions, *, archive: str, member: str
+    ) -> Transcript:
+        """faster-whisper's own path, decoded and timed as `options` ask (the per-member decoder)."""
+        mode = options.timestamps
+        kwargs: dict[str, Any] = {
+            "language": options.language,
+            "beam_size": options.beam_size,
+            "temperature": list(options.temperatures),
+            "vad_filter": options.vad,
+            "max_new_tokens": options.max_new_tokens,
+            "without_timestamps": mode is Timestamps.NONE,
             # `segment` is timed by its words as in the batched decoder, which are then dropped.
-            "word_timestamps": mode != "none",
+            "word_timestamps": mode is not Timestamps.NONE,
             "max_initial_timestamp": MAX_INITIAL_TIMESTAMP,
             "prepend_punctuations": PREPEND_PUNCTUATIONS,
             "append_punctuations": APPEND_PUNCTUATIONS,
         }
         try:
-            segments, info = self.model.transcribe(audio, condition_on_previous_text=False, **options)
+            segments, info = self.model.transcribe(audio, condition_on_previous_text=False, **kwargs)
             segs = [
                 Segment(
                     s.start,
@@ -128,7 +122,7 @@ class Transcriber:
             raise TranscriptionError(f"transcription failed: {exc}") from exc
         duration = len(audio) / SAMPLE_RATE
         return Transcript.of(
-            speech_segments(segs, duration, keep_words=mode == "word"),
+            speech_segments(segs, duration, keep_words=mode is Timestamps.WORD),
             archive=archive,
             member=member,
             model=self.model_name,

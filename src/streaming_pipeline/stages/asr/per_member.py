@@ -25,7 +25,9 @@ class PerMemberDecoder:
 
     def __init__(self, transcriber: TranscriberLike, options: DecodeOptions) -> None:
         self._transcriber = transcriber
-        self.provenance = of_transcriber(transcriber, replace(options, decoder="per-member"))
+        self._options = options = replace(options, decoder="per-member")
+        self.device = transcriber.device
+        self.provenance = of_transcriber(transcriber, options)
         workers = options.workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="transcribe")
         # Members waiting for a thread hold their audio: keep that to one more per thread.
@@ -50,7 +52,7 @@ class PerMemberDecoder:
     def _run(self, audio: np.ndarray, archive: str, member: str) -> Transcript:
         started = time.monotonic()
         try:
-            result = self._transcriber.transcribe(audio, archive=archive, member=member)
+            result = self._transcriber.transcribe(audio, self._options, archive=archive, member=member)
             return replace(result, provenance=self.provenance)
         finally:
             with self._lock:

@@ -34,8 +34,6 @@ PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 SENTENCE_END_MARKS = ".。!！?？"
 
-TIMESTAMP_MODES = ("none", "segment", "word")
-
 
 # -- quality guards -----------------------------------------------------------------------------
 @dataclass(frozen=True)

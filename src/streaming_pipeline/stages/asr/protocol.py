@@ -3,6 +3,7 @@ decoder's figures. Stand-ins in tests implement the same surface."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -10,14 +11,27 @@ from typing import Any, Protocol
 import numpy as np
 
 from ...transcript import Provenance, Transcript
+from .options import DecodeOptions, LoadOptions
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a model runs: `cpu` or `cuda`, and its compute type (`auto`/`default` resolved)."""
+
+    device: str
+    compute_type: str
+
+
+CPU = Device("cpu", "default")  # a stand-in transcriber's
 
 
 class TranscriberLike(Protocol):
     """A loaded model: `loader.Transcriber`, or a stand-in with the same surface."""
 
     model_name: str
+    device: Device
 
-    def transcribe(self, audio: Any, *, archive: str, member: str) -> Transcript: ...
+    def transcribe(self, audio: Any, options: DecodeOptions, *, archive: str, member: str) -> Transcript: ...
 
 
 class TranscriberModel(TranscriberLike, Protocol):
@@ -48,10 +62,14 @@ class DecoderStats:
         return asdict(self)
 
 
+TranscriberFactory = Callable[[LoadOptions], TranscriberLike]  # loader.Transcriber, or a stand-in
+
+
 class Decoder(Protocol):
     """Members in, transcripts out as futures; called from the run's threads, runs its own."""
 
     provenance: Provenance  # what its transcripts are made with
+    device: Device  # where its model runs
 
     def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[Transcript]: ...
 

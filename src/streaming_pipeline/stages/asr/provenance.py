@@ -126,11 +126,8 @@ def planned(options: DecodeOptions) -> Provenance:
 
 
 def of_transcriber(transcriber: TranscriberLike, options: DecodeOptions) -> Provenance:
-    """The provenance of a decoder over `transcriber` (a stand-in has no device: CPU)."""
-    device = getattr(transcriber, "device", None)
+    """The provenance of a decoder over `transcriber`."""
+    device = transcriber.device
     return describe(
-        options,
-        model_name=transcriber.model_name,
-        device=getattr(device, "device", "cpu"),
-        compute_type=getattr(device, "compute_type", "default"),
+        options, model_name=transcriber.model_name, device=device.device, compute_type=device.compute_type
     )

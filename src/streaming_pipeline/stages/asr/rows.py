@@ -14,7 +14,7 @@ import numpy as np
 
 from ...transcript import Segment, Transcript, clean_text
 from .calls import WhisperCalls
-from .options import DecodeOptions
+from .options import DecodeOptions, Timestamps
 from .policy import Attempt, final_attempt, is_silent, make_attempt, row_language
 from .timing import Span, row_segments, seek_point, split_by_timestamps, time_words
 
@@ -98,7 +98,7 @@ class RowCall:
             spans[i], outcome.continue_at = self._spans(row, outcome.final)
         # `segment` mode is timed by its words too (they are dropped in `_complete`): a timestamp
         # token says where a window's text may lie, its words where it was spoken.
-        words = self._align(encoded, rows, spans) if self._options.timestamps != "none" else {}
+        words = self._align(encoded, rows, spans) if self._options.timestamps is not Timestamps.NONE else {}
         for i, row_spans in spans.items():
             final = outcomes[i].final
             if final is None or not row_spans:
@@ -130,7 +130,7 @@ class RowCall:
         if final is None or is_silent(final) or not clean_text(final.text):
             return [], None
         eot = self._text.eot
-        if self._options.timestamps == "none":
+        if self._options.timestamps is Timestamps.NONE:
             return [Span(0.0, row.duration, tuple(t for t in final.tokens if t < eot))], None
         begin = self._text.timestamp_begin
         tokens, continue_at = list(final.tokens), None
