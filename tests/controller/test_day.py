@@ -373,16 +373,3 @@ def _spawned_children(pid: int) -> list[int]:
         ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True
     ).stdout
     return [int(line.split()[0]) for line in out.splitlines() if "spawn_main" in line]
-
-
-def test_a_day_report_is_typed_from_the_view_to_the_cli() -> None:
-    import typing
-
-    from streaming_pipeline.controller.day import DayArchive, DayPlan, DayReport, day_report
-    from streaming_pipeline.state.days import DayTable
-    from streaming_pipeline.state.records import ArchiveStatus
-
-    assert typing.get_type_hints(DayTable.archive_status)["return"] == list[ArchiveStatus]
-    assert typing.get_type_hints(DayReport)["archives"] == list[ArchiveStatus]
-    assert typing.get_type_hints(day_report)["return"] is DayReport
-    assert typing.get_type_hints(DayPlan)["busy"] == list[tuple[DayArchive, ArchiveStatus]]

@@ -114,6 +114,10 @@ def test_report_of_a_processed_day_draws_every_view_offline(
     assert json.loads(rendered["errors"]) == [], "no JavaScript errors"
     assert int(rendered["charts"]) == CHARTS
     assert "members with timed segments" in rendered["dom"]
+    capsys.readouterr()
+    main(["status", DAY, "--json", "--dsn", pg_dsn])
+    shown = {a["archive"]: a["x_realtime"] or 0.0 for a in json.loads(capsys.readouterr().out)["archives"]}
+    assert {a["archive"]: a["xrt"] for a in data["per_archive"]} == shown, "status's x-realtime rule"
     (made,) = quality["models"]  # one model made every done member's transcript
     assert made["model"] == "tiny-whisper" and made["members"] == done_members(pg_dsn)
     assert re.search(r'<table id="models">.*?tiny-whisper', rendered["dom"], re.S)

@@ -77,7 +77,7 @@ def report_path(config: PipelineConfig, label: str) -> Path:
 
 def write_day_report(store: ProgressStore, config: PipelineConfig, day: dt.date) -> None:
     """The finalize job's and the local executor's report; a failure to write it is a warning."""
-    from ..tools.report import write_report
+    from ..status.report import write_report
 
     try:
         out = write_report(store, [day], report_path(config, day.isoformat()))

@@ -17,7 +17,8 @@ from .common import check_schema, config_from, open_store, report_path, write_da
 
 def status(args: argparse.Namespace) -> int:
     """A day: a line per archive and the totals. Several days: a line per day, and the totals."""
-    from ..controller.day import day_report, format_day_line, format_report, report_json
+    from ..status.day import day_report, report_json
+    from ..status.text import format_day_line, format_report
 
     days = parse_days(args.days)
     config = config_from(args)
@@ -121,8 +122,9 @@ def index(args: argparse.Namespace) -> int:
 
 
 def finalize_day(args: argparse.Namespace) -> int:
-    from ..controller.day import finalize_day, format_day_line, format_report
+    from ..controller.day import finalize_day
     from ..run.job_environment import JobEnvironment
+    from ..status.text import format_day_line, format_report
 
     config = config_from(args)
     days = parse_days(args.days)
@@ -141,7 +143,7 @@ def finalize_day(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from ..tools.report import write_report
+    from ..status.report import write_report
 
     days = parse_days(args.days)
     config = config_from(args)

@@ -19,7 +19,9 @@ from ..stages.asr.options import DecodeOptions
 from ..stages.asr.provenance import planned
 from ..state.records import ArchiveKey
 from ..state.store import ProgressStore
-from .day import DayArchive, DayPlan, NoArchives, day_report, discover, finalize_day, format_report, plan_day
+from ..status.day import day_report
+from ..status.text import format_report
+from .day import DayArchive, DayPlan, NoArchives, discover, finalize_day, plan_day
 from .local_executor import LocalExecutor
 from .slurm import SlurmClient, hpc_dir, submit_days
 

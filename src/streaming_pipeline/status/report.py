@@ -22,8 +22,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..state.records import owner_label
-from ..state.reports import ReportQueries
+from ..state.records import ArchiveStatus, x_realtime
+from ..state.reports import (
+    DurationBin,
+    FailedMember,
+    GpuMinute,
+    LanguageCount,
+    MemberFigures,
+    ModelHours,
+    ReasonCount,
+    ReportQueries,
+    RunRow,
+    StageSpan,
+)
 from ..state.store import ProgressStore
 
 log = logging.getLogger(__name__)
@@ -39,7 +50,7 @@ def collect(store: ProgressStore, days: list[dt.date], archive: str | None = Non
     """Everything the report draws, aggregated (one query per view, state/reports.py)."""
     q = ReportQueries(store, days, archive)
     members = q.members()
-    longest = float(members["longest"] or 1.0)
+    longest = members.longest or 1.0
     return _shape(
         days,
         archive,
@@ -60,19 +71,20 @@ def collect(store: ProgressStore, days: list[dt.date], archive: str | None = Non
 def _shape(
     days: list[dt.date],
     archive: str | None,
-    archives: list[dict[str, Any]],
-    runs: list[dict[str, Any]],
-    stages: list[dict[str, Any]],
-    gpu: list[dict[str, Any]],
-    members: dict[str, Any],
-    languages: list[dict[str, Any]],
-    models: list[dict[str, Any]],
-    durations: list[dict[str, Any]],
-    reasons: list[dict[str, Any]],
-    failures: list[dict[str, Any]],
+    archives: list[ArchiveStatus],
+    runs: list[RunRow],
+    stages: list[StageSpan],
+    gpu: list[GpuMinute],
+    members: MemberFigures,
+    languages: list[LanguageCount],
+    models: list[ModelHours],
+    durations: list[DurationBin],
+    reasons: list[ReasonCount],
+    failures: list[FailedMember],
     longest: float,
 ) -> dict[str, Any]:
-    run_by_id = {r["id"]: r for r in runs}
+    """The document report.js draws (JSON, embedded in the page)."""
+    run_by_id = {r.id: r for r in runs}
     labels = _run_labels(runs)
     per_archive = _per_archive(archives, stages, run_by_id)
     return {
@@ -85,25 +97,23 @@ def _shape(
         "slowest": sorted(per_archive, key=lambda a: -a["elapsed_s"])[:5],
         "held": [a for a in per_archive if a["lease_until"]],
         "gpu": _gpu_series(gpu),
-        "reasons": [
-            {"status": r["status"], "reason": r["reason"] or "(no reason)", "n": int(r["n"])} for r in reasons
-        ],
+        "reasons": [{"status": r.status, "reason": r.reason or "(no reason)", "n": r.n} for r in reasons],
         "failures": [
-            {"archive": f["archive"], "member": f["member"], "status": f["status"], "error": f["error"] or ""}
+            {"archive": f.archive, "member": f.member, "status": f.status, "error": f.error or ""}
             for f in failures
         ],
-        "failures_total": int(members["failed"]) + int(members["rejected"]),
+        "failures_total": members.failed + members.rejected,
         "quality": _quality(members, languages, models, durations, longest),
         "runs": [
             {
-                "label": labels[r["id"]],
-                "archive": r["archive"],
-                "host": r["host"],
-                "job": r["slurm_job_id"],
-                "state": r["state"],
-                "started": _iso(r["started_at"]),
-                "finished": _iso(r["finished_at"]),
-                "error": r["error"] or "",
+                "label": labels[r.id],
+                "archive": r.archive,
+                "host": r.host,
+                "job": r.slurm_job_id,
+                "state": r.state,
+                "started": _iso(r.started_at),
+                "finished": _iso(r.finished_at),
+                "error": r.error or "",
             }
             for r in runs
         ],
@@ -111,24 +121,21 @@ def _shape(
 
 
 def _summary(
-    archives: list[dict[str, Any]],
-    runs: list[dict[str, Any]],
-    gpu: list[dict[str, Any]],
-    members: dict[str, Any],
+    archives: list[ArchiveStatus],
+    runs: list[RunRow],
+    gpu: list[GpuMinute],
+    members: MemberFigures,
 ) -> dict[str, Any]:
-    starts = [r["started_at"] for r in runs]
-    ends = [r["finished_at"] or r["started_at"] for r in runs]
+    starts = [r.started_at for r in runs]
+    ends = [r.finished_at or r.started_at for r in runs]
     wall_s = (max(ends) - min(starts)).total_seconds() if runs else 0.0
-    audio_s = float(members["audio_s"] or 0.0)
-    gpu_hosts = {g["host"] for g in gpu}
-    gpu_s = sum(
-        ((r["finished_at"] or r["started_at"]) - r["started_at"]).total_seconds()
-        for r in runs
-        if r["host"] in gpu_hosts
-    )
+    audio_s = members.audio_s
+    gpu_hosts = {g.host for g in gpu}
+    gpu_runs = [r for r in runs if r.host in gpu_hosts]
+    gpu_s = sum((((r.finished_at or r.started_at) - r.started_at).total_seconds() for r in gpu_runs), 0.0)
     states: defaultdict[str, int] = defaultdict(int)
     for a in archives:
-        states[a["state"]] += 1
+        states[a.state] += 1
     named = ("done", "failed", "damaged", "interrupted")
     return {
         "archives": len(archives),
@@ -138,76 +145,75 @@ def _summary(
         "archives_interrupted": states.get("interrupted", 0),
         "archives_other": len(archives) - sum(states.get(k, 0) for k in named),
         "runs": len(runs),
-        "members_done": int(members["done"]),
-        "members_failed": int(members["failed"]),
-        "members_rejected": int(members["rejected"]),
-        "members_uploading": int(members["uploading"]),
+        "members_done": members.done,
+        "members_failed": members.failed,
+        "members_rejected": members.rejected,
+        "members_uploading": members.uploading,
         "audio_hours": audio_s / 3600,
         "wall_hours": wall_s / 3600,
-        "xrt": audio_s / wall_s if wall_s else 0.0,
+        "xrt": x_realtime(audio_s / 3600, wall_s) or 0.0,  # the day's wall, first start to last end
         "gpu_hours": gpu_s / 3600,
     }
 
 
 def _per_archive(
-    archives: list[dict[str, Any]], stages: list[dict[str, Any]], run_by_id: dict[Any, dict[str, Any]]
+    archives: list[ArchiveStatus], stages: list[StageSpan], run_by_id: dict[int, RunRow]
 ) -> list[dict[str, Any]]:
     stage_seconds: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(STAGES, 0.0))
     for s in stages:
-        run = run_by_id.get(s["run_id"])
+        run = run_by_id.get(s.run_id)
         if run is not None:
-            stage_seconds[run["archive"]][s["stage"]] += (s["ended_at"] - s["started_at"]).total_seconds()
+            stage_seconds[run.archive][s.stage] += (s.ended_at - s.started_at).total_seconds()
     return [
         {
-            "archive": a["archive"],
-            "slot": a["slot"],
-            "state": a["state"],
-            "xrt": float(a["audio_hours"] or 0) * 3600 / float(a["elapsed_s"]) if a["elapsed_s"] else 0.0,
-            "elapsed_s": float(a["elapsed_s"] or 0.0),
-            "stages": stage_seconds.get(a["archive"], dict.fromkeys(STAGES, 0.0)),
+            "archive": a.archive,
+            "slot": a.slot,
+            "state": a.state,
+            "xrt": a.x_realtime or 0.0,  # status's figure (records.x_realtime)
+            "elapsed_s": a.elapsed_s or 0.0,
+            "stages": stage_seconds.get(a.archive, dict.fromkeys(STAGES, 0.0)),
             # the current (live lease) or last worker, as `status` shows it
-            "owner": owner_label(a["host"], a["slurm_job_id"], a["pid"]),
-            "lease_until": a["lease_until"].isoformat(timespec="seconds") if a["live"] else None,
+            "owner": a.owner,
+            "lease_until": a.lease_until.isoformat(timespec="seconds") if a.live and a.lease_until else None,
         }
         for a in archives
     ]
 
 
 def _quality(
-    members: dict[str, Any],
-    languages: list[dict[str, Any]],
-    models: list[dict[str, Any]],
-    durations: list[dict[str, Any]],
+    members: MemberFigures,
+    languages: list[LanguageCount],
+    models: list[ModelHours],
+    durations: list[DurationBin],
     longest: float,
 ) -> dict[str, Any]:
-    done = int(members["done"])
+    done = members.done
     width = longest / DURATION_BINS
 
-    def share(column: str) -> float:
-        return int(members[column]) / done if done else 0.0
+    def share(count: int) -> float:
+        return count / done if done else 0.0
 
     return {
-        "languages": [{"language": r["language"], "n": int(r["n"])} for r in languages],
+        "languages": [{"language": r.language, "n": r.n} for r in languages],
         "models": [
             {
-                "model": r["model"] or "(not recorded)",
-                "settings": (r["transcript_key"] or "")[:8],
-                "members": int(r["n"]),
-                "hours": float(r["hours"]),
+                "model": r.model or "(not recorded)",
+                "settings": (r.transcript_key or "")[:8],
+                "members": r.n,
+                "hours": r.hours,
             }
             for r in models
         ],
         "durations": [
-            {"from": (int(r["bin"]) - 1) * width, "to": int(r["bin"]) * width, "n": int(r["n"])}
+            {"from": (r.bin - 1) * width, "to": r.bin * width, "n": r.n}
             for r in durations
-            if r["bin"] is not None
+            if r.bin is not None
         ],
-        "empty_share": share("empty"),
-        "fallback_share": share("fallback"),
-        # Timed: sentence-sized segments with real times (--timestamps segment or word).
-        "timed_share": share("timed"),
-        "word_share": share("worded"),
-        "subtitled_share": share("subtitled"),
+        "empty_share": share(members.empty),
+        "fallback_share": share(members.fallback),
+        "timed_share": share(members.timed),
+        "word_share": share(members.worded),
+        "subtitled_share": share(members.subtitled),
     }
 
 
@@ -220,19 +226,19 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _run_labels(runs: list[dict[str, Any]]) -> dict[int, str]:
+def _run_labels(runs: list[RunRow]) -> dict[int, str]:
     """`host · slot #k`: runs grouped by node, a requeued or rerun archive shows one row per run."""
     seen: dict[str, int] = defaultdict(int)
     labels = {}
     for r in runs:
-        seen[r["archive"]] += 1
-        slot = r["archive"].rsplit("/", 1)[-1].removesuffix(".tar.xz")
-        labels[r["id"]] = f"{r['host'] or '?'} · {r['archive'].split('/', 1)[0]} {slot} #{seen[r['archive']]}"
+        seen[r.archive] += 1
+        slot = r.archive.rsplit("/", 1)[-1].removesuffix(".tar.xz")
+        labels[r.id] = f"{r.host or '?'} · {r.archive.split('/', 1)[0]} {slot} #{seen[r.archive]}"
     return labels
 
 
 def _timeline(
-    stages: list[dict[str, Any]], run_by_id: dict[int, dict[str, Any]], labels: dict[int, str]
+    stages: list[StageSpan], run_by_id: dict[int, RunRow], labels: dict[int, str]
 ) -> dict[str, Any]:
     """Per run and stage, the batches' intervals merged where the gap between them is under a
     pixel or two of the chart (1/600 of the day's span): one bar per busy stretch, so a day of
@@ -241,14 +247,14 @@ def _timeline(
     merged: dict[tuple[int, str], list[list[dt.datetime]]] = defaultdict(list)
     if not stages:
         return {"rows": sorted(labels.values()), "bars": {}}
-    span = max(s["ended_at"] for s in stages) - min(s["started_at"] for s in stages)
+    span = max(s.ended_at for s in stages) - min(s.started_at for s in stages)
     gap = max(dt.timedelta(seconds=1), span / TIMELINE_RESOLUTION)
     for s in stages:
-        spans = merged[(s["run_id"], s["stage"])]
-        if spans and s["started_at"] <= spans[-1][1] + gap:
-            spans[-1][1] = max(spans[-1][1], s["ended_at"])
+        spans = merged[(s.run_id, s.stage)]
+        if spans and s.started_at <= spans[-1][1] + gap:
+            spans[-1][1] = max(spans[-1][1], s.ended_at)
         else:
-            spans.append([s["started_at"], s["ended_at"]])
+            spans.append([s.started_at, s.ended_at])
     for (run_id, stage), spans in merged.items():
         if run_id not in run_by_id:
             continue
@@ -260,27 +266,27 @@ def _timeline(
     return {"rows": order, "bars": {k: v for k, v in bars.items() if v}}
 
 
-def _throughput(stages: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    uploads = [s for s in stages if s["stage"] == "upload" and s["members"]]
+def _throughput(stages: list[StageSpan], runs: list[RunRow]) -> dict[str, Any]:
+    uploads = [s for s in stages if s.stage == "upload" and s.members]
     if not runs:
         return {"t": [], "audio_per_s": [], "members_per_min": [], "workers": []}
-    start = min(r["started_at"] for r in runs)
-    end = max([r["finished_at"] or r["started_at"] for r in runs] + [s["ended_at"] for s in uploads])
+    start = min(r.started_at for r in runs)
+    end = max([r.finished_at or r.started_at for r in runs] + [s.ended_at for s in uploads])
     span = max((end - start).total_seconds(), 1.0)
     width = max(span / THROUGHPUT_BINS, 1.0)
     bins = int(span // width) + 1
     audio = [0.0] * bins
     done = [0] * bins
     for s in uploads:
-        i = min(int((s["ended_at"] - start).total_seconds() // width), bins - 1)
-        audio[i] += float(s["audio_s"])
-        done[i] += int(s["members"])
+        i = min(int((s.ended_at - start).total_seconds() // width), bins - 1)
+        audio[i] += s.audio_s or 0.0
+        done[i] += s.members or 0
     workers = []
     times = []
     for i in range(bins):
         t = start + dt.timedelta(seconds=(i + 0.5) * width)
         times.append(t.isoformat())
-        workers.append(sum(1 for r in runs if r["started_at"] <= t <= (r["finished_at"] or end)))
+        workers.append(sum(1 for r in runs if r.started_at <= t <= (r.finished_at or end)))
     return {
         "t": times,
         "audio_per_s": [a / width for a in audio],
@@ -290,13 +296,13 @@ def _throughput(stages: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dic
     }
 
 
-def _gpu_series(gpu: list[dict[str, Any]]) -> dict[str, Any]:
+def _gpu_series(gpu: list[GpuMinute]) -> dict[str, Any]:
     hosts: dict[str, dict[str, list[Any]]] = {}
     for g in gpu:
-        series = hosts.setdefault(g["host"] or "?", {"t": [], "busy": [], "memory_mb": []})
-        series["t"].append(g["at"].isoformat())
-        series["busy"].append(100 * float(g["busy"]))
-        series["memory_mb"].append(float(g["memory_mb"]))
+        series = hosts.setdefault(g.host or "?", {"t": [], "busy": [], "memory_mb": []})
+        series["t"].append(g.at.isoformat())
+        series["busy"].append(100 * g.busy)
+        series["memory_mb"].append(g.memory_mb)
     return hosts
 
 

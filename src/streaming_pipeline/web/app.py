@@ -30,12 +30,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import Receive, Scope, Send
 
-from ..controller.day import day_report
 from ..errors import ConfigError, StoreError
 from ..member_files import FileKind
 from ..state.browse import SegmentView, TimedText
 from ..state.store import SCHEMA_VERSION, ProgressStore
-from ..tools.report import collect, render
+from ..status.day import day_report
+from ..status.report import collect, render
 from ..transcript import Transcript
 from . import views
 from .files import FileSource

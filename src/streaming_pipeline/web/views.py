@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..controller.day import STATUS_COLUMNS, DayReport, format_day_line, status_cells
 from ..days import parse_days
 from ..errors import ConfigError
 from ..state.search_text import CLOSE, OPEN
 from ..state.segments import SearchQuery
+from ..status.day import DayReport
+from ..status.text import STATUS_COLUMNS, format_day_line, status_cells
 
 if TYPE_CHECKING:
     from ..state.records import ArchiveStatus
@@ -124,7 +125,7 @@ def parse_day(text: str) -> dt.date | None:
         return None
 
 
-# `status`'s columns (controller/day.py), with how much of the archive was read after its state.
+# `status`'s columns (status/text.py), with how much of the archive was read after its state.
 COLUMNS = (*STATUS_COLUMNS[:2], "read", *STATUS_COLUMNS[2:])
 
 
