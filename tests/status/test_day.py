@@ -8,7 +8,7 @@ import decimal
 import typing
 from dataclasses import fields
 
-from streaming_pipeline.controller.day import DayArchive, DayPlan
+from streaming_pipeline.controller.plan import DayArchive, DayPlan
 from streaming_pipeline.state.days import DayTable
 from streaming_pipeline.state.records import ArchiveStatus
 from streaming_pipeline.state.reports import MemberFigures, ReportQueries, RunRow, _typed

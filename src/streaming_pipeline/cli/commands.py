@@ -12,7 +12,7 @@ from ..config import PipelineConfig, environ
 from ..days import parse_day, parse_days
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` must not load faster-whisper or psycopg
-    from ..controller.days import Controller
+    from ..controller.day_runs import Controller
     from ..run.skeleton import StagedRun
     from ..state.store import ProgressStore
 from .common import config_from, open_store, preflight, write_day_report
@@ -59,7 +59,7 @@ def init_db(args: argparse.Namespace) -> int:
 
 def process_tar(args: argparse.Namespace) -> int:
     """One archive in this process (a Slurm array task, or the local executor's child)."""
-    from ..controller.day import check_slot
+    from ..controller.plan import check_slot
     from ..run.job import run_as_job
     from ..run.job_environment import JobEnvironment
     from ..run.retranscribe import RetranscribeWorker
@@ -114,7 +114,7 @@ def retranscribe(args: argparse.Namespace) -> int:
 
 def run_days(config: PipelineConfig, days: list[dt.date], executor: str, env: Mapping[str, str]) -> int:
     """`process-day`: the days' archives planned, then submitted or run here."""
-    from ..controller.days import find_days
+    from ..controller.day_runs import find_days
 
     found = find_days(config.input_root, days)  # before the database: a wrong day changes nothing
     store = open_store(config)
@@ -128,9 +128,9 @@ def run_days(config: PipelineConfig, days: list[dt.date], executor: str, env: Ma
 def _controller(
     config: PipelineConfig, store: ProgressStore, env: Mapping[str, str], executor: str
 ) -> Controller:
-    from ..controller.days import Controller
+    from ..controller.day_runs import Controller
 
-    return Controller(
+    return Controller.of(
         config,
         store,
         env,

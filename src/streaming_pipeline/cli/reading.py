@@ -122,7 +122,7 @@ def index(args: argparse.Namespace) -> int:
 
 
 def finalize_day(args: argparse.Namespace) -> int:
-    from ..controller.day import finalize_day
+    from ..controller.plan import finalize_day
     from ..run.job_environment import JobEnvironment
     from ..status.text import format_day_line, format_report
 

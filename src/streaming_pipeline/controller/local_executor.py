@@ -1,4 +1,4 @@
-"""The day's fan-out on one machine: each archive in its own `process-tar` process.
+"""The days run on one machine, day after day: each archive in its own `process-tar` process.
 
 A process per archive, as on Slurm, so a crash or a leak stays with its archive and the same
 code path (locking, resume, logs) runs in both places. Children get their own session, so a
@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..config import PipelineConfig, config_env
-from .day import DayArchive
+from ..run.control import EXIT_INTERRUPTED, StopSignals
+from .executor import DayBook
+from .plan import DayArchive, DayPlan
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,17 @@ class LocalExecutor:
     """All bookkeeping happens on the calling thread; signal handlers run there too, between
     bytecodes, so `stop()` needs no lock."""
 
-    def __init__(self, config: PipelineConfig, env: Mapping[str, str], python: str = sys.executable) -> None:
+    name = "local"
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        env: Mapping[str, str],
+        python: str = sys.executable,
+        preflight: Callable[[Path], None] = lambda archive: None,  # this machine's checks
+    ) -> None:
         self.config = config
+        self._preflight = preflight
         self.env = {**env, **config_env(config), "PYTHONUNBUFFERED": "1"}
         for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
             self.env.pop(var, None)  # children are not this job's Slurm tasks
@@ -37,6 +48,26 @@ class LocalExecutor:
         self.job_id = f"local-{os.getpid()}"
         self._stopping = False
         self._running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def preflight(self, archive: Path) -> None:
+        self._preflight(archive)
+
+    def run(self, plans: list[DayPlan], book: DayBook) -> int:
+        """Day after day; each is finalized when its workers end. A stop signal ends the run after
+        the day it interrupted."""
+        StopSignals(lambda _reason: self.stop(), on_second=self.signal_workers).install()
+        rc = 0
+        for i, plan in enumerate(plans):
+            book.taken(plan, self.name)
+            logs = f"{self.config.log_dir.resolve()}/stream_tar_{plan.day}_*_{self.job_id}.out"
+            print(f"logs: {logs}", flush=True)
+            codes = self.run_day(plan.day, plan.todo)
+            complete = book.finish(plan.day).totals.complete
+            if self._stopping or EXIT_INTERRUPTED in codes.values():
+                # stopped: the days after this one are not started (a rerun resumes them)
+                return rc if complete and i == len(plans) - 1 else EXIT_INTERRUPTED
+            rc = rc or (0 if complete else 1)
+        return rc
 
     def log_path(self, day: dt.date, archive: DayArchive) -> Path:
         return self.config.log_dir.resolve() / f"stream_tar_{day}_{archive.slot}_{self.job_id}.out"
@@ -53,7 +84,7 @@ class LocalExecutor:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
-    def run(self, day: dt.date, todo: Sequence[DayArchive], poll_s: float = 0.2) -> dict[str, int]:
+    def run_day(self, day: dt.date, todo: Sequence[DayArchive], poll_s: float = 0.2) -> dict[str, int]:
         """Run the archives, `max_parallel` at a time; returns each started archive's exit status."""
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         results: dict[str, int] = {}

@@ -17,10 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import PipelineConfig
+from ..config import PipelineConfig, config_env
+from ..days import days_label
 from ..errors import ConfigError, PipelineError
-from ..redaction import redact
-from .day import DayArchive
+from ..redaction import dsn_password, redact
+from ..status.text import plural
+from .executor import DayBook
+from .plan import DayArchive, DayPlan
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +170,49 @@ def submit_days(
         finalize[day] = client.sbatch(finalize_options, scripts / FINALIZE_SCRIPT, [day.isoformat()])
         log.info("finalize job %s for %s runs after %s", finalize[day], day, after)
     return Submission(arrays, finalize)
+
+
+class SlurmExecutor:
+    """The days' archives as job arrays and a finalize job per day (`submit_days`); returns once
+    they are submitted. The finalize jobs record each day's outcome. Runs in the controller's thread."""
+
+    name = "slurm"
+
+    def __init__(self, config: PipelineConfig, env: Mapping[str, str]) -> None:
+        self.config = config
+        self.env = env
+
+    def preflight(self, archive: Path) -> None:
+        """Nothing here: each node's checks are the worker's own (and `doctor`'s)."""
+
+    def run(self, plans: list[DayPlan], book: DayBook) -> int:
+        config = self.config
+        # The controller's own job variables must not leak into its workers' submissions; the
+        # settings travel as PIPELINE_* variables, which sbatch exports to the jobs.
+        clean_env = {k: v for k, v in self.env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+        client = SlurmClient({**clean_env, **config_env(config)}, secrets=(dsn_password(config.dsn),))
+        todo = [archive for plan in plans for archive in plan.todo]
+        sub = submit_days(config, todo, scripts=hpc_dir(config.hpc_dir), client=client)
+        now = dt.datetime.now(dt.UTC)
+        for plan in plans:
+            book.taken(
+                plan,
+                self.name,
+                array_job_id=",".join(sub.arrays_of(plan.day)),
+                finalize_job_id=sub.finalize[plan.day],
+                at=now,
+            )
+        logs = config.log_dir.resolve()
+        days = [plan.day for plan in plans]
+        jobs = ",".join([a.job_id for a in sub.arrays] + list(sub.finalize.values()))
+        pattern = f"stream_tar_{days[0]}_*.out" if len(days) == 1 else "stream_tar_*.out"
+        print(
+            f"submitted {plural(len(sub.arrays), 'job array')} "
+            + ", ".join(f"{a.job_id} ({a.tasks} tasks)" for a in sub.arrays)
+            + f": {sub.tasks} archives of {plural(len(days), 'day')}, at most {config.max_parallel} at a"
+            " time in all; finalize: "
+            + ", ".join(f"{job} ({day})" for day, job in sub.finalize.items())
+            + f"\n  squeue -j {jobs}\n  tail -f {logs}/{pattern}"
+            + f"\n  streaming-pipeline status {days_label(days)}"
+        )
+        return 0

@@ -76,6 +76,10 @@ def format_day_line(report: DayReport) -> str:
     )
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def duration(seconds: float | None) -> str:
     """`h:mm:ss`, or `-` for none."""
     if seconds is None:
