@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from streaming_pipeline.config import Timestamps, build_config
-from streaming_pipeline.days import parse_day
+from streaming_pipeline.day_specs import parse_day
 from streaming_pipeline.errors import ConfigError
 
 from .conftest import REPO
@@ -50,7 +50,7 @@ def test_bad_day() -> None:
 
 
 def test_days_and_ranges() -> None:
-    from streaming_pipeline.days import days_label, parse_days
+    from streaming_pipeline.day_specs import days_label, parse_days
 
     days = parse_days(["2025-01-30..2025-02-02", "2025-01-31,2025-03-01"])
     assert [d.isoformat() for d in days] == [

@@ -49,7 +49,7 @@ def test_json_layout_and_round_trip() -> None:
     data = json.loads(json.dumps(sourced.as_json()))
     assert list(data) == [
         "text", "language", "language_probability", "duration", "segments", "model", "archive", "member",
-        "source_sample_rate", "source_channels", "source_duration", "source_decoder",
+        "source_sample_rate", "source_channels", "source_duration", "source_reader",
     ]  # fmt: skip
     assert data["segments"][0]["words"][0] == {
         "start": 0.5,

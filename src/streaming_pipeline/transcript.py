@@ -168,7 +168,7 @@ class SourceAudio:
     sample_rate: int
     channels: int
     duration: float
-    decoder: str  # which library read it: soundfile or pyav
+    reader: str  # which audio library read it: soundfile or pyav
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,9 @@ class Transcript:
                 int(data["source_sample_rate"]),
                 int(data["source_channels"]),
                 float(data["source_duration"]),
-                str(data["source_decoder"]),
+                str(
+                    data.get("source_reader") or data["source_decoder"]
+                ),  # or as sidecars before migration 0011 named it
             )
         return cls(
             archive=str(data.get("archive", "")),

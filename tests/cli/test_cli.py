@@ -251,11 +251,11 @@ def test_real_archive_names_and_formats_each_get_their_status(
     assert rc == 1, out.out
     assert "Traceback" not in out.out + out.err + caplog.text
     rows = _rows(pg_dsn)
-    status = {m: (r["status"], r["error"], r["decoder"]) for m, r in rows.items()}
-    for name, decoder in (("show/talk.wav", "soundfile"), ("show/talk.mp3", "soundfile"),
+    status = {m: (r["status"], r["error"], r["audio_reader"]) for m, r in rows.items()}
+    for name, reader in (("show/talk.wav", "soundfile"), ("show/talk.mp3", "soundfile"),
                           ("show/talk.m4a", "pyav"), ("show/interview.webm", "pyav"),
                           ("show/after.wav", "soundfile")):  # fmt: skip
-        assert status[name][0] == "done" and status[name][2] == decoder, (name, status[name])
+        assert status[name][0] == "done" and status[name][2] == reader, (name, status[name])
     # Three members, one stem: each its own FLAC and JSON, the first under the plain name.
     remote = tmp_path / "remote" / DAY / "12_30" / "show"
     assert sorted(p.name for p in remote.glob("talk*.flac")) == [
@@ -264,7 +264,7 @@ def test_real_archive_names_and_formats_each_get_their_status(
         "talk.mp3.flac",
     ]
     assert json.loads((remote / "talk.m4a.json").read_text())["member"] == "show/talk.m4a"
-    assert json.loads((remote / "talk.m4a.json").read_text())["source_decoder"] == "pyav"
+    assert json.loads((remote / "talk.m4a.json").read_text())["source_reader"] == "pyav"
     assert rows["show/talk.mp3"]["remote_path"].endswith("/show/talk.mp3.flac")
     assert status[""][:2] == ("rejected", "empty name")
     assert status["."][:2] == ("rejected", "empty name")

@@ -128,7 +128,7 @@ def test_what_libsndfile_cannot_open_is_decoded_by_pyav(tmp_path: Path, speech, 
         sf.info(str(src))  # libsndfile really cannot
     dst = tmp_path / "out.flac"
     info = convert_to_flac(str(src), str(dst), keep_samples=True)
-    assert info.decoder == "pyav"
+    assert info.reader == "pyav"
     assert np.array_equal(take_samples(info, dst)[1], load_16k(dst))  # what the decoder gets
     assert info.channels == (6 if variant.layout == "5.1" else 2 if variant.layout == "stereo" else 1)
     out = sf.info(str(dst))
@@ -143,7 +143,7 @@ def test_soundfile_reads_first_and_records_it(tmp_path: Path, clips) -> None:
     name, data = clips[0]
     src = tmp_path / Path(name).name
     src.write_bytes(data)
-    assert convert_to_flac(str(src), str(tmp_path / "o.flac")).decoder == "soundfile"
+    assert convert_to_flac(str(src), str(tmp_path / "o.flac")).reader == "soundfile"
 
 
 def test_headerless_pcm_fails_saying_why(tmp_path: Path) -> None:

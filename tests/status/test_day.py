@@ -9,7 +9,7 @@ import typing
 from dataclasses import fields
 
 from streaming_pipeline.controller.plan import DayArchive, DayPlan
-from streaming_pipeline.state.days import DayTable
+from streaming_pipeline.state.day_table import DayTable
 from streaming_pipeline.state.records import ArchiveStatus
 from streaming_pipeline.state.reports import MemberFigures, ReportQueries, RunRow, _typed
 from streaming_pipeline.status.day import EXPIRED, DayReport, day_report, day_totals, with_expired

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..config import PipelineConfig, environ
-from ..days import parse_day, parse_days
+from ..day_specs import parse_day, parse_days
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` must not load faster-whisper or psycopg
     from ..controller.day_runs import Controller

@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from ..days import days_label, parse_days
+from ..day_specs import days_label, parse_days
 from ..errors import ConfigError
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` must not load faster-whisper or psycopg

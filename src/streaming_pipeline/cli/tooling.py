@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import build_config, environ
-from ..days import parse_day
+from ..day_specs import parse_day
 from ..errors import ConfigError
 from ..member_files import FileKind, MemberFiles
 

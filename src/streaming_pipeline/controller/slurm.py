@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import PipelineConfig, config_env
-from ..days import days_label
+from ..day_specs import days_label
 from ..errors import ConfigError, PipelineError
 from ..redaction import dsn_password, redact
 from ..status.text import plural

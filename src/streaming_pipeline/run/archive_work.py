@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ArchiveError, ConversionError, PipelineError, StoreError
 from ..stages.archive import ArchiveReader, Batch, Member
@@ -32,14 +32,17 @@ from ..stages.audio import AudioInfo, take_samples
 from ..stages.outputs import remove_staged, write_beside
 from ..stages.pool import ConversionPool
 from ..stages.upload import UploadJob, UploadState
-from ..state.records import ArchiveKey, MemberRecord, StageTiming
+from ..state.records import MemberRecord, StageTiming
 from ..state.states import MemberStatus
 from ..state.store import ProgressStore
 from ..transcript import Transcript
 from .control import result_unless_stopped, wait_unless_stopped
 from .engine import BatchEnd, Outcome, Upload
 from .gpu import GpuSampler
-from .skeleton import RunTally, StagedRun
+from .skeleton import RunTally
+
+if TYPE_CHECKING:  # the worker that runs this work, as RetranscribeWork takes its own
+    from .worker import ArchiveWorker
 
 log = logging.getLogger(__name__)
 
@@ -112,38 +115,22 @@ class ArchiveTally(RunTally):
             log.warning("%d GPU samples not recorded: %s", len(samples), exc)
 
 
-@dataclass(frozen=True)
-class ArchiveRun:
-    """What the archive's work needs to know of the run it is part of (ArchiveWorker's)."""
-
-    run: StagedRun  # the stop control, the settings, the destination, the uploader
-    tally: ArchiveTally
-    key: ArchiveKey
-    archive_path: Path
-    job_scratch: Path
-    run_id: int
-    started: float  # monotonic time the run started
-    converter: Callable[..., AudioInfo]
-    subtitle_formats: tuple[str, ...]
-
-
 class ArchiveWork:
     """An archive's members through the lifecycle; each method names the thread that runs it."""
 
     def __init__(
-        self, of: ArchiveRun, pool: ConversionPool, *, skip: Callable[[str], bool], suspects: set[str]
+        self, worker: ArchiveWorker, pool: ConversionPool, *, skip: Callable[[str], bool], suspects: set[str]
     ) -> None:
-        self.run = of.run
-        self.of = of
-        self.tally = of.tally
-        self.store: ProgressStore = of.run.store
-        self.key = of.key
+        self.worker = worker  # the run: its settings, store, stop control, destination, uploader
+        self.tally = worker.tally
+        self.store: ProgressStore = worker.store
+        self.key = worker.key
         self.pool = pool
         self.damage: str | None = None  # the archive's stream ended damaged (reader thread)
-        config = of.run.config
+        config = worker.config
         self.reader = ArchiveReader(
-            of.archive_path,
-            of.job_scratch,
+            worker.archive_path,
+            worker.job_scratch,
             batch_size=config.stream_batch_size,
             max_member_bytes=config.max_member_bytes,
             max_members=config.max_members,
@@ -162,7 +149,7 @@ class ArchiveWork:
         """Batch after batch, each member as soon as its conversion started; the damage of a
         stream that breaks off is recorded (what was read before it still goes through)."""
         batches = self.reader.batches()
-        while not self.run.control.event.is_set():
+        while not self.worker.control.event.is_set():
             t0 = time.monotonic()
             self._extracted_at = time.time()
             try:
@@ -191,7 +178,7 @@ class ArchiveWork:
             raise PipelineError(f"refusing to write outside scratch for {member.name!r}")
         flac = batch.directory / "converted" / f"{member.index:08d}.flac"
         future = self.pool.submit(
-            self.of.converter, str(member.path), str(flac), remove_source=True, keep_samples=True
+            self.worker.converter, str(member.path), str(flac), remove_source=True, keep_samples=True
         )
         self._converting.append(Conversion(member, batch, flac, staged, future, self._extracted_at))
 
@@ -270,14 +257,14 @@ class ArchiveWork:
             future.cancel()
             raise CancelledError
 
-        return result_unless_stopped(future, self.run.control, give_up)
+        return result_unless_stopped(future, self.worker.control, give_up)
 
     def settle_decoding(self, *, wait: bool = True) -> None:
         """Say which members handed to the decoder are back (a death now is not theirs); with
         `wait`, first wait until all are (or the run stops)."""
         pending = list(self._decoding.items())
         if wait:
-            wait_unless_stopped([f for _, f in pending], self.run.control)
+            wait_unless_stopped([f for _, f in pending], self.worker.control)
         back = [m for m, f in pending if f.done()]
         for member in back:
             del self._decoding[member]
@@ -319,7 +306,7 @@ class ArchiveWork:
         with self.tally.cpu.thread("outputs"):
             conversion.staged.parent.mkdir(parents=True, exist_ok=True)
             conversion.flac.replace(conversion.staged)
-            subtitles = write_beside(conversion.staged, result, self.of.subtitle_formats)
+            subtitles = write_beside(conversion.staged, result, self.worker.subtitle_formats)
         return MemberRecord.transcribed(
             member.name,
             result,
@@ -327,8 +314,8 @@ class ArchiveWork:
             sample_rate=info.sample_rate,
             channels=info.channels,
             duration_s=info.output_duration_s,
-            remote_path=self.run.destination.url(self.output_path(member)),
-            decoder=info.decoder,
+            remote_path=self.worker.destination.url(self.output_path(member)),
+            audio_reader=info.reader,
             subtitles=subtitles,
         )
 
@@ -338,7 +325,7 @@ class ArchiveWork:
         if opened is None:
             if end is not None:  # nothing of it to convert: skipped or rejected members only
                 self._drop(end.value)
-                log_progress(self.of, end.value, self.reader)
+                log_progress(self.worker, end.value, self.reader)
             return None
         batch = opened.batch
         self._time(opened)
@@ -352,17 +339,17 @@ class ArchiveWork:
             self.tally.count("failed", len(refused))
             for conversion in opened.conversions:
                 if conversion.member.name in refused:
-                    remove_staged(conversion.staged, self.of.subtitle_formats)
+                    remove_staged(conversion.staged, self.worker.subtitle_formats)
         to_upload = [
             (r.member, r.remote_path or "")
             for r in opened.records
             if r.status == MemberStatus.UPLOADING and r.member not in refused
         ]
-        log_progress(self.of, batch, self.reader)
+        log_progress(self.worker, batch, self.reader)
         if not to_upload:
             self._drop(batch)
             return None
-        on_finish = BatchUpload(self.of, batch, to_upload, opened.audio_s, time.time()).finished
+        on_finish = BatchUpload(self.worker, batch, to_upload, opened.audio_s, time.time()).finished
         label = f"{self.key.archive} batch {batch.number} ({len(to_upload)} files)"
         return Upload(batch.directory / "stage", label, on_finish)
 
@@ -381,7 +368,7 @@ class ArchiveWork:
             )
 
     def _drop(self, batch: Batch) -> None:
-        self.tally.flush_timings(self.store, self.of.run_id, batch.number)
+        self.tally.flush_timings(self.store, self.worker.run_id, batch.number)
         shutil.rmtree(batch.directory, ignore_errors=True)
 
     # -- bookkeeping (any thread) ----------------------------------------------------------
@@ -400,14 +387,14 @@ class BatchUpload:
     """A batch on its way to the destination; `finished` runs in an upload thread once rsync
     ended: the batch's members are done once rsync confirmed them, or failed."""
 
-    of: ArchiveRun
+    worker: ArchiveWorker
     batch: Batch
     members: list[tuple[str, str]]  # (member, remote path)
     audio_s: float
     queued_at: float  # unix time
 
     def finished(self, job: UploadJob | None) -> None:
-        tally, batch = self.of.tally, self.batch
+        tally, batch = self.worker.tally, self.batch
         try:
             if job is None:  # stopping, no upload slot within the grace: the next run redoes them
                 tally.count("left", len(self.members))
@@ -417,11 +404,12 @@ class BatchUpload:
             else:
                 self._record(job)
         finally:
-            tally.flush_timings(self.of.run.store, self.of.run_id, batch.number)
+            tally.flush_timings(self.worker.store, self.worker.run_id, batch.number)
             shutil.rmtree(batch.directory, ignore_errors=True)
 
     def _record(self, job: UploadJob) -> None:
-        tally, members, store, archive = self.of.tally, self.members, self.of.run.store, self.of.key.archive
+        w = self.worker
+        tally, members, store, archive = w.tally, self.members, w.store, w.key.archive
         try:
             tally.timers.add("upload", job.finished - job.started)
             started = max(self.queued_at, time.time() - (time.monotonic() - job.started))
@@ -443,13 +431,13 @@ class BatchUpload:
             log.error("could not record upload of batch %d: %s", self.batch.number, exc)
 
 
-def log_progress(of: ArchiveRun, batch: Batch, reader: ArchiveReader) -> None:
+def log_progress(worker: ArchiveWorker, batch: Batch, reader: ArchiveReader) -> None:
     """At each batch's end: the log line and the archive row's progress."""
-    elapsed = time.monotonic() - of.started
-    c = of.tally.counts()
-    audio_s = of.tally.audio_s
-    assert of.run.uploader is not None
-    u = of.run.uploader.counts()
+    elapsed = time.monotonic() - worker.started
+    c = worker.tally.counts()
+    audio_s = worker.tally.audio_s
+    assert worker.uploader is not None
+    u = worker.uploader.counts()
     share = 100.0 * batch.compressed_bytes_read / max(1, reader.compressed_size)
     eta = elapsed * (100.0 - share) / share if share > 0 else float("nan")
     log.info(
@@ -471,10 +459,10 @@ def log_progress(of: ArchiveRun, batch: Batch, reader: ArchiveReader) -> None:
         share,
         eta,
     )
-    of.tally.flush_gpu(of.run.store, of.run_id)
+    worker.tally.flush_gpu(worker.store, worker.run_id)
     try:
-        of.run.store.archives.progress(
-            of.key.archive,
+        worker.store.archives.progress(
+            worker.key.archive,
             bytes_read=batch.compressed_bytes_read,
             members_seen=reader.members_seen,
         )

@@ -33,7 +33,7 @@ from ..state.lease import ArchiveLease
 from ..state.records import ArchiveKey
 from ..state.states import ArchiveState, MemberStatus
 from ..state.store import MemberRecord, ProgressStore
-from .archive_work import ArchiveRun, ArchiveTally, ArchiveWork
+from .archive_work import ArchiveTally, ArchiveWork
 from .engine import Lifecycle
 from .gpu import GpuSampler
 from .job_environment import JobEnvironment
@@ -102,7 +102,7 @@ class ArchiveWorker(StagedRun):
         self.slot_scratch = config.scratch_dir / day.isoformat() / slot
         self.job_scratch = self.slot_scratch / self.environment.scratch_name
         self.run_id: int | None = None
-        self._started = time.monotonic()
+        self.started = time.monotonic()
 
     def record_interrupted(self, reason: str) -> None:
         self.store.archives.finish(
@@ -124,7 +124,7 @@ class ArchiveWorker(StagedRun):
             return self._run_held()
 
     def _run_held(self) -> WorkerResult:
-        self._started = time.monotonic()
+        self.started = time.monotonic()
         try:
             return self._run()
         except Exception as exc:
@@ -138,7 +138,7 @@ class ArchiveWorker(StagedRun):
                     self.key.archive,
                     state=ArchiveState.FAILED,
                     error=f"worker stopped by an error: {exc}",
-                    wall_s=time.monotonic() - self._started,
+                    wall_s=time.monotonic() - self.started,
                     run_id=self.run_id,
                     audio_s=self.tally.audio_s,
                 )
@@ -182,18 +182,7 @@ class ArchiveWorker(StagedRun):
         if done_before:
             log.info("resuming %s: %d members already done", self.key.archive, len(done_before))
         skip = done_before | set(poison)
-        of = ArchiveRun(
-            self,
-            self.tally,
-            self.key,
-            self.archive_path,
-            self.job_scratch,
-            self.run_id,
-            self._started,
-            self.converter,
-            self.subtitle_formats,
-        )
-        work = ArchiveWork(of, pool, skip=skip.__contains__, suspects=suspects)
+        work = ArchiveWork(self, pool, skip=skip.__contains__, suspects=suspects)
         decoder = open_decoder(self.transcriber_factory(self.options.load), self.options)
         self.tally.gpu = GpuSampler(decoder.device.device)
         self.tally.gpu.start()
@@ -251,7 +240,7 @@ class ArchiveWorker(StagedRun):
         self.tally.count("failed", len(poison))
 
     def _finish(self, reader: ArchiveReader, archive_error: str | None) -> WorkerResult:
-        started = self._started
+        started = self.started
         wall = time.monotonic() - started
         summary = self.store.archives.summary(self.key.archive)
         complete = reader.completed and summary.pending == 0 and not self.tally["left"]

@@ -35,7 +35,7 @@ PCM_SCALE = np.float32(0x8000)
 PCM_READ_SCALE = np.float32(1.0 / 0x8000)
 
 
-# Suffixes of headerless PCM: no decoder can know its rate or layout.
+# Suffixes of headerless PCM: no audio library can know its rate or layout.
 RAW_SUFFIXES = frozenset({".raw", ".pcm", ".s16", ".s16le", ".u8", ".f32", ".bin", ""})
 
 
@@ -46,7 +46,7 @@ class AudioInfo:
     duration_s: float  # of the source, as decoded
     samples_16k: int
     convert_s: float = 0.0  # seconds the conversion took (in its pool process)
-    decoder: str = "soundfile"  # which library read the source: soundfile or pyav
+    reader: str = "soundfile"  # which audio library read the source: soundfile or pyav
     # The FLAC's own 16-bit samples in the blocks they were written in, when asked for
     # (`keep_samples`): the worker hands them to the decoder instead of reading the FLAC back.
     # Blocks, so that no process holds a second whole copy to join them. Taken with
@@ -59,7 +59,7 @@ class AudioInfo:
 
     def source(self) -> SourceAudio:
         """What a transcript records of the audio it was made from."""
-        return SourceAudio(self.sample_rate, self.channels, self.duration_s, self.decoder)
+        return SourceAudio(self.sample_rate, self.channels, self.duration_s, self.reader)
 
 
 def exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
@@ -180,7 +180,7 @@ def _convert_pyav(src: str, dst: str, keep_samples: bool) -> AudioInfo:
 
 
 def _write(
-    dst: str, rate: int, channels: int, blocks: Iterator[np.ndarray], decoder: str, keep_samples: bool
+    dst: str, rate: int, channels: int, blocks: Iterator[np.ndarray], reader: str, keep_samples: bool
 ) -> AudioInfo:
     """Blocks of (frames, channels) float32 → mono → soxr stream resample → 16-bit FLAC, written
     under a temporary name and renamed when complete. Quantised here as libsndfile would
@@ -213,9 +213,9 @@ def _write(
     except ConversionError:
         tmp_path.unlink(missing_ok=True)
         raise
-    except Exception as exc:  # noqa: BLE001 - a decoder failing mid-stream: undecodable member
+    except Exception as exc:  # noqa: BLE001 - a reader failing mid-stream: undecodable member
         tmp_path.unlink(missing_ok=True)
-        raise ConversionError(f"cannot decode ({decoder}): {_short(exc)}") from None
+        raise ConversionError(f"cannot decode ({reader}): {_short(exc)}") from None
     if decoded == 0:
         tmp_path.unlink(missing_ok=True)
         raise ConversionError("no audio frames (empty file or missing data chunk)")
@@ -224,7 +224,7 @@ def _write(
         raise ConversionError(f"too short: {written} samples at 16 kHz, Whisper needs at least {MIN_SAMPLES}")
     tmp_path.replace(out_path)
     samples = tuple(kept) if keep_samples else None
-    return AudioInfo(rate, channels, decoded / rate, written, decoder=decoder, samples=samples)
+    return AudioInfo(rate, channels, decoded / rate, written, reader=reader, samples=samples)
 
 
 def _with_last(blocks: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, bool]]:

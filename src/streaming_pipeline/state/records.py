@@ -22,7 +22,7 @@ MEMBER_COLUMNS = (
     "language_probability",
     "remote_path",
     "error",
-    "decoder",
+    "audio_reader",
     "full_name",
     "fallback",
     "timestamps",
@@ -78,7 +78,7 @@ class MemberRecord:
     language_probability: float | None = None
     remote_path: str | None = None
     error: str | None = None
-    decoder: str | None = None
+    audio_reader: str | None = None  # the audio library that read the source: soundfile or pyav
     full_name: str | None = None
     fallback: bool | None = None
     timestamps: str | None = None  # none, segment or word

@@ -17,8 +17,8 @@ from typing import Any
 
 import psycopg
 
-from .claims import take_lease
 from .db import Table
+from .lease_table import take_lease
 from .records import ArchiveKey, Owner
 
 _AUDIT_SQL = """

@@ -2,11 +2,10 @@
 
 `ProgressStore` is the connection (db.py: transactions, retries, the lease fence) and carries one
 object per concern: `store.archives` (archives.py), `store.members` (members.py), `store.leases`
-(claims.py), `store.days` (days.py), `store.datasets` (datasets.py), `store.transcripts`
-(transcripts.py: provenance, re-transcription, history), `store.browse` (browse.py: the web
-view's reads), `store.segments` (segments.py: the
-searchable segments, written inside the members' and transcripts' transactions); the day
-report's queries are
+(lease_table.py), `store.days` (day_table.py), `store.datasets` (datasets.py),
+`store.transcripts` (transcripts.py: provenance, re-transcription, history), `store.browse`
+(browse.py: the web view's reads), `store.segments` (segments.py: the searchable segments,
+written inside the members' and transcripts' transactions); the day report's queries are
 reports.py. Callers hold this one object rather than importing the pieces: every piece must work
 through the same connection, its lock and its fence (a write of a worker whose lease was taken is
 refused whichever table it goes to), and one object is the simplest way to hand them that.
@@ -18,10 +17,10 @@ from typing import Any
 
 from .archives import ArchiveTable
 from .browse import BrowseQueries
-from .claims import LeaseTable
 from .datasets import DatasetTable
-from .days import DayTable
+from .day_table import DayTable
 from .db import SCHEMA_VERSION, Database, migrations
+from .lease_table import LeaseTable
 from .members import MemberTable
 from .records import ArchiveKey, DatasetResume, Holder, MemberRecord, Owner, ShardCheckpoint, StageTiming
 from .segments import SegmentTable

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..days import parse_days
+from ..day_specs import parse_days
 from ..errors import ConfigError
 from ..state.search_text import CLOSE, OPEN
 from ..state.segments import SearchQuery

@@ -268,7 +268,7 @@ def test_real_speech_archive_word_error_rate_and_languages(
         f"speech/{r['file']}": "failed" if f"speech/{r['file']}" == raw else "done" for r in rows
     }
     assert db[raw]["error"].startswith("no header: sample rate unknown")
-    assert db["speech/jfk_stereo44k.m4a"]["decoder"] == "pyav"
+    assert db["speech/jfk_stereo44k.m4a"]["audio_reader"] == "pyav"
     same_stem = [db[f"speech/sv_test{suffix}"]["remote_path"] for suffix in (".mp3", ".opus", ".wav")]
     assert len(set(same_stem)) == 3, "members sharing a stem each come out"
 
