@@ -151,3 +151,36 @@ def test_every_setting_is_declared_once_with_a_flag_or_a_reason_and_round_trips_
     not_settings = {"PIPELINE_CONTAINER_BINDS"}  # read by hpc/process_single_tar_streaming.sh itself
     documented -= not_settings | {v for v in documented if v.startswith("PIPELINE_TEST_")}
     assert documented <= envs, documented - envs
+
+
+def test_each_setting_is_in_one_group_and_components_take_their_own() -> None:
+    """The settings split by what takes them: the decoder its decode group, the rsync client and
+    the uploads the destination group; none of them is handed every setting."""
+    import inspect
+    from dataclasses import fields
+
+    from streaming_pipeline import config as settings_module
+    from streaming_pipeline.destination import Rsync
+    from streaming_pipeline.stages.asr.options import DecodeOptions, LoadOptions
+    from streaming_pipeline.stages.upload import Uploads
+
+    groups = [
+        settings_module.StoreSettings, settings_module.DestinationSettings, settings_module.DecodeSettings,
+        settings_module.RunSettings, settings_module.RetranscribeSettings, settings_module.DaySettings,
+        settings_module.ServeSettings,
+    ]  # fmt: skip
+    names = [f.name for group in groups for f in fields(group)]
+    assert len(names) == len(set(names)), "a setting in two groups"
+    assert set(names) == {f.name for f, _ in settings_module.settings()}, "a setting in no group"
+    for of, group in (
+        (DecodeOptions.of, settings_module.DecodeSettings),
+        (LoadOptions.of, settings_module.DecodeSettings),
+        (Rsync.of, settings_module.DestinationSettings),
+        (Uploads.of, settings_module.DestinationSettings),
+    ):
+        (first, *_) = inspect.signature(of).parameters.values()  # annotations as written (a type-only import)
+        assert first.annotation in (group, group.__name__), (of, first.annotation)
+    config = build_config({"beam_size": "2", "remote": "/data/out"}, {})
+    assert config.decode == settings_module.DecodeSettings.of(config) and config.decode.beam_size == 2
+    assert not hasattr(config.decode, "remote") and config.destination.remote == "/data/out"
+    assert len(fields(config.decode)) < len(names) / 2

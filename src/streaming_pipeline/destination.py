@@ -28,7 +28,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from .errors import ConfigError, UploadError
 
 if TYPE_CHECKING:
-    from .config import PipelineConfig
+    from .config import DestinationSettings
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Rsync:
         self._running: set[subprocess.Popen[str]] = set()
 
     @classmethod
-    def of(cls, settings: PipelineConfig) -> Rsync:
+    def of(cls, settings: DestinationSettings) -> Rsync:
         """A client of the configured destination, with its timeout, retries and backoff."""
         return cls(
             Destination.parse(settings.remote),

@@ -71,7 +71,7 @@ class Controller:
     def retranscribe_days(self, days: list[dt.date], *, dry_run: bool) -> int:
         """`retranscribe`: the archives with members whose transcript was made another way go to
         workers as in process-day; each re-decodes those members from their FLACs."""
-        made = planned(DecodeOptions.of(self.config))
+        made = planned(DecodeOptions.of(self.config.decode))
         plans, total_members, total_hours = [], 0, 0.0
         for day in days:
             stale = self.store.transcripts.stale_archives(

@@ -66,7 +66,7 @@ class DayExporter:
         self.shard_size = shard_size
         self.scratch = config.scratch_dir / "export" / day.isoformat()
         self.prefix = f"{day.isoformat()}/parquet"  # under the destination, without --out
-        self.uploads = Uploads.of(config, max_concurrent=1)
+        self.uploads = Uploads.of(config.destination, max_concurrent=1)
         self.rsync: Rsync = self.uploads.rsync
         self.destination = self.rsync.destination
         self._slots = threading.BoundedSemaphore(MAX_SHARDS_UPLOADING)

@@ -121,7 +121,7 @@ class DatasetWorker(StagedRun):
         super().__init__(config, store, RunTally())
         self.job = job
         self.transcriber_factory = transcriber_factory
-        self.options = DecodeOptions.of(config)  # decided once for the run, passed down
+        self.options = DecodeOptions.of(config.decode)  # decided once for the run, passed down
         self.prefix = f"datasets/{job.output}"
         self.scratch = config.scratch_dir / "datasets" / job.output
         # One process per run: a lease on the run's row (state/lease.py), renewed on a heartbeat;

@@ -49,7 +49,7 @@ class DayIndexer:
     def __init__(self, config: PipelineConfig, store: ProgressStore, day: dt.date) -> None:
         self.store = store
         self.day = day
-        self.rsync = Rsync.of(config)
+        self.rsync = Rsync.of(config.destination)
         self.destination = self.rsync.destination
         self.scratch = config.scratch_dir / "index" / day.isoformat()
 

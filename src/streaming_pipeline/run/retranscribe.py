@@ -108,7 +108,7 @@ class RetranscribeWorker(StagedRun):
         self.path = path
         self.environment = environment or JobEnvironment.of()
         self.transcriber_factory = transcriber_factory
-        self.options = DecodeOptions.of(config)  # decided once for the run, passed down
+        self.options = DecodeOptions.of(config.decode)  # decided once for the run, passed down
         self.formats = config.subtitles
         self.scratch = config.scratch_dir / "retranscribe" / key.day.isoformat() / key.slot
         self.job_scratch = self.scratch / self.environment.scratch_name

@@ -192,7 +192,9 @@ class StagedRun:
 
     def open_uploads(self, *, max_concurrent: int | None = None) -> Uploads:
         """The run's uploader; its gate withdraws every rsync once the lease is another's."""
-        self.uploader = Uploads.of(self.config, max_concurrent=max_concurrent, gate=upload_gate(self.store))
+        self.uploader = Uploads.of(
+            self.config.destination, max_concurrent=max_concurrent, gate=upload_gate(self.store)
+        )
         return self.uploader
 
     def transcript(self, future: Future[Transcript], decoder: Decoder) -> Transcript:

@@ -94,7 +94,7 @@ class ArchiveWorker(StagedRun):
         self.key = ArchiveKey.of(day, archive_path, slot)
         self.environment = environment or JobEnvironment.of()
         self.transcriber_factory = transcriber_factory
-        self.options = DecodeOptions.of(config)  # decided once for the run, passed down
+        self.options = DecodeOptions.of(config.decode)  # decided once for the run, passed down
         self.converter = converter
         self.subtitle_formats = config.subtitles
         # Per run: a worker that stalled past its lease and resumes never writes into the
@@ -214,7 +214,7 @@ class ArchiveWorker(StagedRun):
                 remote,
                 MemberFiles.of_flac(self.destination.relpath(remote), subtitles).names(),
             )
-        present = Rsync.of(self.config).existing(
+        present = Rsync.of(self.config.destination).existing(
             [p for _, files in wanted.values() for p in files], self.job_scratch / "reconcile"
         )
         confirmed = [(m, remote) for m, (remote, files) in wanted.items() if present.issuperset(files)]

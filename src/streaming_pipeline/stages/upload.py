@@ -23,7 +23,7 @@ from ..destination import Aborted, Rsync
 from ..errors import UploadError
 
 if TYPE_CHECKING:
-    from ..config import PipelineConfig
+    from ..config import DestinationSettings
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +78,15 @@ class Uploads:
     @classmethod
     def of(
         cls,
-        config: PipelineConfig,
+        settings: DestinationSettings,
         *,
         max_concurrent: int | None = None,
         gate: Callable[[], str | None] | None = None,
     ) -> Uploads:
         """Uploads to the configured destination, with its rsync policy and upload threads."""
         return cls(
-            Rsync.of(config),
-            max_concurrent=max_concurrent or config.max_concurrent_uploads,
+            Rsync.of(settings),
+            max_concurrent=max_concurrent or settings.max_concurrent_uploads,
             gate=gate,
         )
 

@@ -124,7 +124,7 @@ def run_bench(
         return report
 
     large = copies_of(small, inputs, plan.large_factor)
-    transcriber = transcriber_factory(LoadOptions.of(config))
+    transcriber = transcriber_factory(LoadOptions.of(config.decode))
     device = transcriber.device.device
     runs = _rounds(config, plan, small, work, transcriber, GpuSampler(device, GPU_SAMPLE_INTERVAL_S))
     sources = sorted((work / "sequential" / "extract").rglob("*"))
@@ -167,7 +167,7 @@ def _rounds(
     every variant alike, and the report compares their medians."""
     names = ["sequential", "streaming", "transcribe_only", "per_member", "retranscribe"]
     runs: dict[str, list[Run]] = {name: [] for name in names + [f"timestamps_{m}" for m in Timestamps]}
-    decoder = DecodeOptions.of(config).decoder
+    decoder = DecodeOptions.of(config.decode).decoder
     for n in range(1, plan.repeat + 1):
         log.info("round %d of %d: sequential", n, plan.repeat)
         runs["sequential"].append(run_sequential(config, small, work / "sequential", transcriber))
@@ -270,7 +270,7 @@ def _settings(config: PipelineConfig) -> dict[str, Any]:
         "temperatures", "vad", "timestamps", "stream_batch_size", "num_workers", "cpu_threads",
         "transcribe_workers", "max_concurrent_uploads",
     )  # fmt: skip
-    return {"decoder": DecodeOptions.of(config).decoder, **{n: getattr(config, n) for n in names}}
+    return {"decoder": DecodeOptions.of(config.decode).decoder, **{n: getattr(config, n) for n in names}}
 
 
 def _memory(peaks: tuple[ProcessPeak, ProcessPeak], batch_bytes: int) -> dict[str, Any]:

@@ -194,7 +194,7 @@ def run_sequential(config: PipelineConfig, archive: Path, work: Path, transcribe
 
     t = time.monotonic()
     audio_s = 0.0
-    options = DecodeOptions.of(config)
+    options = DecodeOptions.of(config.decode)
     for member, out, info in converted:
         try:
             result = transcriber.transcribe(load_16k(out), options, archive=archive.name, member=member.name)
@@ -228,7 +228,7 @@ def run_transcribe_only(
     """The configured decoder alone (`config.decoder`), as the pipeline calls it; with
     `transcripts`, the texts go to that JSON file (the tests compare them with the pipeline's)."""
     names = [f"{i:06d}" for i in range(len(audio))]
-    decoder = open_decoder(transcriber, DecodeOptions.of(config))
+    decoder = open_decoder(transcriber, DecodeOptions.of(config.decode))
     try:
         with gpu.sampling() as figures:
             started = time.monotonic()
@@ -310,7 +310,7 @@ def run_feed_ceiling(
     """The streaming run with decoding nearly free, pinned to 1, 2, ... cores; the median of
     `repeat` rounds per count, the counts interleaved so that a machine's drift hits them alike."""
     available = sorted(os.sched_getaffinity(0))
-    transcriber = transcriber_factory(LoadOptions.of(feed_config(config, model, 1)))
+    transcriber = transcriber_factory(LoadOptions.of(feed_config(config, model, 1).decode))
     runs: dict[int, list[Run]] = {n: [] for n in core_counts}
     for round_number in range(repeat):
         for n in core_counts:

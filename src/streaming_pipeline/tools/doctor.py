@@ -127,11 +127,11 @@ def _model(config: PipelineConfig, offline: bool) -> Check:
 
     def body() -> Check:
         started = time.monotonic()
-        transcriber = Transcriber(LoadOptions.of(replace(config, offline=offline or config.offline)))
+        transcriber = Transcriber(LoadOptions.of(replace(config.decode, offline=offline or config.offline)))
         t = np.arange(16000, dtype=np.float32) / 16000
         audio = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         # Without VAD, so that the tone reaches the model through the configured decoder.
-        options = DecodeOptions.of(replace(config, vad=False, temperatures="0", max_new_tokens=16))
+        options = DecodeOptions.of(replace(config.decode, vad=False, temperatures="0", max_new_tokens=16))
         decoder = open_decoder(transcriber, options)
         try:
             (result,) = decode_all(decoder, [audio], ["1s-tone"], archive="doctor")

@@ -45,7 +45,7 @@ def file_source(config: PipelineConfig) -> tuple[FileSource, Where]:
         return LocalFiles(destination, config.audio_root), Where(f"{label} (at {config.audio_root})")
     if destination.is_local:
         return LocalFiles(destination, Path(destination.spec)), Where(label)
-    rsync = Rsync.of(config)
+    rsync = Rsync.of(config.destination)
     cache = RsyncCache(destination, config.scratch_dir / "web-cache", config.audio_cache_mb * 1024**2, rsync)
     return cache, Where(label)
 

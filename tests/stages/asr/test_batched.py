@@ -60,7 +60,7 @@ def _config(model: Path, **overrides: Any) -> PipelineConfig:
 def _decode(
     transcriber: Transcriber, config: PipelineConfig, names, audio
 ) -> tuple[list[Transcript], DecoderStats]:
-    decoder = open_decoder(transcriber, DecodeOptions.of(config))
+    decoder = open_decoder(transcriber, DecodeOptions.of(config.decode))
     try:
         assert isinstance(decoder, BatchedDecoder)
         return decode_all(decoder, audio, names), decoder.stats()
@@ -71,7 +71,7 @@ def _decode(
 def test_batches_of_one_and_of_n_give_identical_text(tiny_model: Path, members) -> None:
     names, audio = members
     config = _config(tiny_model)
-    transcriber = Transcriber(LoadOptions.of(config))
+    transcriber = Transcriber(LoadOptions.of(config.decode))
     one, one_stats = _decode(
         transcriber, PipelineConfig(**{**config.__dict__, "decode_batch_size": 1}), names, audio
     )
@@ -96,7 +96,7 @@ def test_batches_of_one_and_of_n_give_identical_text(tiny_model: Path, members) 
 def test_results_have_the_per_member_layout(tiny_model: Path, members) -> None:
     names, audio = members
     config = _config(tiny_model, decode_batch_size=4)
-    (result,), _ = _decode(Transcriber(LoadOptions.of(config)), config, names[:1], audio[:1])
+    (result,), _ = _decode(Transcriber(LoadOptions.of(config.decode)), config, names[:1], audio[:1])
     assert set(result.as_json()) == RESULT_FIELDS
     assert abs(result.duration - len(audio[0]) / RATE) < 1e-6
     assert len(result.language) in (2, 3) and 0 < result.language_probability <= 1
@@ -110,7 +110,7 @@ def test_silence_and_noise_have_no_rows_and_an_empty_transcript(tiny_model: Path
     rng = np.random.default_rng(7)
     silence = np.zeros(20 * RATE, dtype=np.float32)
     noise = (0.1 * rng.standard_normal(20 * RATE)).astype(np.float32)
-    transcriber = Transcriber(LoadOptions.of(config))
+    transcriber = Transcriber(LoadOptions.of(config.decode))
     results, stats = _decode(transcriber, config, ["silence.wav", "noise.wav"], [silence, noise])
     assert stats.rows == 0
     for result in results:
@@ -126,7 +126,7 @@ def test_rows_that_fail_the_guards_are_decoded_again_batched_at_each_temperature
     temperature, and the failures of different members share calls."""
     names, audio = members
     config = _config(tiny_model, decode_batch_size=8, temperatures="0,0.5,1")
-    results, stats = _decode(Transcriber(LoadOptions.of(config)), config, names, audio)
+    results, stats = _decode(Transcriber(LoadOptions.of(config.decode)), config, names, audio)
     assert stats.rows_decoded == 3 * stats.rows
     assert stats.fallback_rows == 2 * stats.rows
     assert stats.calls < stats.rows_decoded / 3
@@ -155,10 +155,10 @@ class _OutOfMemoryAbove:
 def test_out_of_memory_halves_the_batch_and_fails_no_member(tiny_model: Path, members, caplog) -> None:
     names, audio = members
     config = _config(tiny_model, decode_batch_size=8)
-    transcriber = Transcriber(LoadOptions.of(config))
+    transcriber = Transcriber(LoadOptions.of(config.decode))
     expected, _ = _decode(transcriber, config, names, audio)
 
-    decoder = BatchedDecoder(transcriber, DecodeOptions.of(config))
+    decoder = BatchedDecoder(transcriber, DecodeOptions.of(config.decode))
     # Every call full (8 rows, or all there are): on a loaded machine a call that stopped waiting
     # for the prep threads could hold 2 rows or fewer and never meet the out-of-memory limit.
     decoder.fill_wait_s = 600.0
@@ -180,7 +180,7 @@ def test_a_stop_cancels_what_is_not_decoded(tiny_model: Path, members) -> None:
     config = _config(
         tiny_model, decode_batch_size=2, process_batch_size=50, temperatures="0,0.2,0.4,0.6,0.8,1"
     )
-    decoder = BatchedDecoder(Transcriber(LoadOptions.of(config)), DecodeOptions.of(config))
+    decoder = BatchedDecoder(Transcriber(LoadOptions.of(config.decode)), DecodeOptions.of(config.decode))
     futures = [decoder.submit(a, archive="a", member=n) for a, n in zip(audio * 3, names * 3, strict=True)]
     futures[0].result()
     cancelled = decoder.cancel_pending()
@@ -199,7 +199,7 @@ def test_a_stop_cancels_what_is_not_decoded(tiny_model: Path, members) -> None:
 def test_cuda_float16_packs_members_into_shared_calls(tiny_model: Path, members) -> None:
     names, audio = members
     config = _config(tiny_model, device="cuda", decode_batch_size=16)
-    transcriber = Transcriber(LoadOptions.of(config))
+    transcriber = Transcriber(LoadOptions.of(config.decode))
     assert (transcriber.device.device, transcriber.device.compute_type) == ("cuda", "float16")
     results, stats = _decode(transcriber, config, names, audio)
     assert [r.member for r in results] == names
@@ -350,7 +350,9 @@ def test_real_model_leaves_silence_and_noise_empty_without_vad(whisper_base: Pat
         "hum": (0.2 * np.sin(2 * np.pi * 50 * np.arange(20 * RATE) / RATE)).astype(np.float32),
         "white": (0.1 * rng.standard_normal(20 * RATE)).astype(np.float32),
     }
-    results, stats = _decode(Transcriber(LoadOptions.of(config)), config, list(clips), list(clips.values()))
+    results, stats = _decode(
+        Transcriber(LoadOptions.of(config.decode)), config, list(clips), list(clips.values())
+    )
     assert stats.rows == 3 and stats.calls >= 1
     assert sum(bool(r.text) for r in results) <= 1, [r.text for r in results]
     for segment in (s for r in results for s in r.segments):
@@ -379,7 +381,7 @@ def test_a_failed_call_fails_its_members_alone_and_decoding_goes_on(tiny_model: 
 
     names, audio = members
     config = _config(tiny_model, decode_batch_size=2)
-    decoder = BatchedDecoder(Transcriber(LoadOptions.of(config)), DecodeOptions.of(config))
+    decoder = BatchedDecoder(Transcriber(LoadOptions.of(config.decode)), DecodeOptions.of(config.decode))
     decoder._calls.ct2 = _FailsFirstCall(decoder._calls.ct2)
     try:
         futures = [decoder.submit(a, archive="a", member=n) for a, n in zip(audio, names, strict=True)]
@@ -568,7 +570,7 @@ def test_a_programmes_sentences_are_at_their_own_time_in_their_own_language(
     translated into the programme's), and the member's language is the one most spoken."""
     audio, spans = _programme(realspeech, broadcast_set)
     config = PipelineConfig(model=str(whisper_base), device="cpu", timestamps=timestamps)
-    decoder = open_decoder(Transcriber(LoadOptions.of(config)), DecodeOptions.of(config))
+    decoder = open_decoder(Transcriber(LoadOptions.of(config.decode)), DecodeOptions.of(config.decode))
     try:
         (result,) = decode_all(decoder, [audio], ["programme"])
     finally:

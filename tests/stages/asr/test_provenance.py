@@ -48,7 +48,7 @@ def test_a_directory_s_fingerprint_changes_with_its_weights_and_is_remembered(
 
 def test_the_key_follows_decoding_settings_not_the_machine(cache: Path, tiny_model: Path) -> None:
     config = PipelineConfig(model=str(tiny_model), device="cpu")
-    made = planned(DecodeOptions.of(config))
+    made = planned(DecodeOptions.of(config.decode))
     assert made.model == "tiny-whisper" and made.model_id.startswith("sha256:")
     on_gpu = dataclasses.replace(made, device="cuda", compute_type="float16", package_version="9.9")
     assert on_gpu.key == made.key
@@ -56,12 +56,14 @@ def test_the_key_follows_decoding_settings_not_the_machine(cache: Path, tiny_mod
         {"beam_size": 1}, {"temperatures": "0"}, {"vad": False}, {"timestamps": "word"}, {"language": "fr"},
         {"decoder": "per-member"}, {"max_new_tokens": 8},
     ):  # fmt: skip
-        assert planned(DecodeOptions.of(dataclasses.replace(config, **changed))).key != made.key, changed
+        assert planned(DecodeOptions.of(dataclasses.replace(config, **changed).decode)).key != made.key, (
+            changed
+        )
     assert Provenance.from_json(made.as_json()) == made
 
 
 def test_a_hub_model_is_named_with_the_revision_its_cache_resolved(cache: Path, tmp_path: Path) -> None:
     config = PipelineConfig(model="large-v3", offline=True)
-    made = describe(DecodeOptions.of(config), model_name="large-v3", device="cpu", compute_type="int8")
+    made = describe(DecodeOptions.of(config.decode), model_name="large-v3", device="cpu", compute_type="int8")
     assert made.model_id.startswith("hub:large-v3@")  # no cache here: `unknown`, not a download
     assert provenance.model_identity("org/model", None) == "hub:org/model@unknown"

@@ -1,12 +1,13 @@
 """What the decoders are told, built once per run from the settings (faster-whisper's frozen
-`TranscriptionOptions` does the same): no decoder reads `PipelineConfig` itself, the temperatures
+`TranscriptionOptions` does the same) out of the decode group of the settings: no decoder
+reads the settings itself, the temperatures
 are parsed here and nowhere else, and the model loader gets only what loading needs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import PipelineConfig, Timestamps, parse_temperatures
+from ...config import DecodeSettings, Timestamps, parse_temperatures
 
 __all__ = ["DecodeOptions", "LoadOptions", "Timestamps"]
 
@@ -23,7 +24,7 @@ class LoadOptions:
     offline: bool
 
     @classmethod
-    def of(cls, config: PipelineConfig) -> LoadOptions:
+    def of(cls, config: DecodeSettings) -> LoadOptions:
         return cls(
             model=config.model,
             device=config.device,
@@ -55,7 +56,7 @@ class DecodeOptions:
         return self.load.model
 
     @classmethod
-    def of(cls, config: PipelineConfig) -> DecodeOptions:
+    def of(cls, config: DecodeSettings) -> DecodeOptions:
         return cls(
             load=LoadOptions.of(config),
             # `auto` is the batched decoder everywhere: on CPU it was not slower (docs, Performance).
