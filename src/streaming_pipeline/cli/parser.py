@@ -23,7 +23,7 @@ EPILOG = (
 
 
 def _setting_options(p: argparse.ArgumentParser, group: str, title: str) -> None:
-    """The flags of the settings declared in `group` (config.py), with their variable and
+    """The flags of the settings declared in `group` (config/groups.py), with their variable and
     default in the help."""
     g = p.add_argument_group(title)
     for f, declared in settings():

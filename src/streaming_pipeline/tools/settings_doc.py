@@ -1,4 +1,4 @@
-"""docs/settings.md's table, generated from the settings' declarations (config.py), so that the
+"""docs/settings.md's table, generated from the settings' declarations (config/groups.py), so that the
 reference cannot drift from the code: `python -m streaming_pipeline.tools.settings_doc` rewrites
 it, and a test checks that it is what this would write."""
 
