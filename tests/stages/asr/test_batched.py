@@ -463,7 +463,7 @@ def test_real_speech_segment_and_word_times_agree_with_faster_whisper(
     durations = {n: len(a) / RATE for n, a in members.items()}
     assert 180 <= durations["minutes_with_silences.wav"] <= 300
     base = {"model": str(whisper_base), "device": "cpu", "decode_batch_size": 4}
-    transcriber = Transcriber(PipelineConfig(**base))
+    transcriber = Transcriber(LoadOptions.of(PipelineConfig(**base).decode))
     segment_results, _ = _decode(transcriber, PipelineConfig(**base, timestamps="segment"), names, audio)
     word_results, stats = _decode(transcriber, PipelineConfig(**base, timestamps="word"), names, audio)
     assert stats.align_s > 0
