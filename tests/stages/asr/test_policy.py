@@ -17,6 +17,7 @@ from streaming_pipeline.stages.asr.policy import (
     main_language,
     make_attempt,
     needs_fallback,
+    resumed_kept,
     row_language,
     speech_rows,
 )
@@ -24,6 +25,7 @@ from streaming_pipeline.stages.asr.timing import (
     PAUSE_SPLIT_S,
     Span,
     SpeechTimeline,
+    ended_at,
     finalize_segments,
     seek_point,
     speech_segments,
@@ -171,6 +173,20 @@ def test_seek_point_is_where_the_sequential_path_would_decode_again() -> None:
     assert seek_point(unfinished, timestamp_begin=TS) == (3.0, 3)
     assert seek_point([ts(0), 1, ts(3.0), ts(3.0), 2, ts(5.0)], timestamp_begin=TS) is None, "single ending"
     assert seek_point([ts(0), 1, 2, ts(5.0)], timestamp_begin=TS) is None, "no pair: the window is done"
+
+
+def test_a_decode_that_ends_on_a_single_timestamp_says_where_it_ended() -> None:
+    assert ended_at([ts(0), 1, 2, ts(4.0)], timestamp_begin=TS) == 4.0, "no more speech after 4 s"
+    assert ended_at([ts(0), 1, ts(3.0), ts(3.0), 2, ts(5.0)], timestamp_begin=TS) == 5.0
+    assert ended_at([ts(0), 1, ts(3.0), ts(3.0)], timestamp_begin=TS) is None, "a pair: seek_point's case"
+    assert ended_at([ts(0), 1, 2], timestamp_begin=TS) is None, "ran out mid-sentence"
+
+
+def test_the_rest_after_an_early_end_is_kept_only_in_another_language_and_at_the_first_try() -> None:
+    assert resumed_kept(attempt(), "en", "pt"), "a Portuguese sentence, then English: decoded"
+    assert not resumed_kept(attempt(), "pt", "pt"), "the same language: the model's end stands"
+    assert not resumed_kept(attempt(avg_logprob=-1.2), "ko", "en"), "over music: unlikely text is no speech"
+    assert not resumed_kept(attempt(ratio=3.0), "fr", "en"), "a loop is no speech"
 
 
 # -- words -------------------------------------------------------------------------------------

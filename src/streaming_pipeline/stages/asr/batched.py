@@ -295,15 +295,16 @@ class BatchedDecoder:
         if outcome.segments and row.part == 0:
             row.member.spoken.append((row.language, row.duration, row.language_probability))
         if outcome.continue_at is not None:
-            self._continue(row, outcome.continue_at)
+            self._continue(row, outcome.continue_at, redetect=outcome.redetect)
             return
         row.member.rows_left -= 1
         if row.member.rows_left == 0:
             self._complete(row.member)
 
-    def _continue(self, row: Row, at: float) -> None:
+    def _continue(self, row: Row, at: float, *, redetect: bool = False) -> None:
         """The rest of a row after `at` (its window's seconds) as a row of its own, queued at
-        once (the decode thread must not wait on the prep threads' backpressure)."""
+        once (the decode thread must not wait on the prep threads' backpressure); in its row's
+        language, or one detected on it (`redetect`: the row's decode ended where it did)."""
         frame = round(at * MEL_FRAMES_PER_SECOND)
         rest = Row(
             row.member,
@@ -312,8 +313,9 @@ class BatchedDecoder:
             row.offset + at,
             row.duration - at,
             part=row.part + 1,
-            language=row.language,
-            language_probability=row.language_probability,
+            language=None if redetect else row.language,
+            language_probability=0.0 if redetect else row.language_probability,
+            resumed_from=row.language if redetect else None,
         )
         with self._cond:
             if self._stopping:  # no more calls: the member stays pending for the next run

@@ -83,6 +83,14 @@ def final_attempt(attempts: Sequence[Attempt], *, last_temperature: bool) -> Att
     return max(readable or attempts, key=lambda a: a.avg_logprob)
 
 
+def resumed_kept(attempt: Attempt, language: str | None, ended_language: str | None) -> bool:
+    """Whether the text decoded on the rest of a window, after the model said "no more speech"
+    in `ended_language`, is kept: only when the rest is in another language and the first
+    attempt passes the quality guards. The rest is a second opinion against the model's own
+    word, so it gets no fallback temperatures: over sung music or a jingle they would find text."""
+    return language != ended_language and not needs_fallback(attempt)
+
+
 def is_silent(attempt: Attempt) -> bool:
     """Whisper's no-speech rule: a likely-silent window is dropped unless its text is likely."""
     return attempt.no_speech_prob > NO_SPEECH_THRESHOLD and not attempt.avg_logprob > LOG_PROB_THRESHOLD

@@ -15,10 +15,14 @@ import numpy as np
 from ...transcript import Segment, Transcript, clean_text
 from .calls import WhisperCalls
 from .options import DecodeOptions, Timestamps
-from .policy import Attempt, final_attempt, is_silent, make_attempt, row_language
-from .timing import Span, row_segments, seek_point, split_by_timestamps, time_words
+from .policy import Attempt, final_attempt, is_silent, make_attempt, resumed_kept, row_language
+from .timing import Span, ended_at, row_segments, seek_point, split_by_timestamps, time_words
 
 CONTINUE_MIN_S = 1.0
+# A decode that says "no more speech" this long before the end of a row of voice-detected
+# speech is decoded again from there, its language detected anew: Whisper decoding in one
+# language ends the window where another language starts (a Portuguese sentence, then English).
+RESUME_MIN_S = 2.0
 MAX_PARTS = 8  # continuations of one row at most: a model that stops every second cannot loop
 
 
@@ -53,6 +57,10 @@ class Row:
     part: int = 0  # > 0: the rest of a row whose decode stopped early, decoded again
     language: str | None = None  # the language it is decoded in, once its first call chose it
     language_probability: float = 0.0
+    # The language whose decode said "no more speech" before this rest of its row: the rest is
+    # only decoded when its own language is another (RESUME_MIN_S); in the same one, the model's
+    # word stands (sung music, a jingle) and the rest is left without text.
+    resumed_from: str | None = None
 
 
 @dataclass
@@ -65,6 +73,8 @@ class Outcome:
     final: Attempt | None = None
     segments: list[Segment] = field(default_factory=list)
     continue_at: float | None = None
+    redetect: bool = False  # the continuation's language is detected again (the decode ended early)
+    dropped: bool = False  # final, without text (a resumed rest that resumed_kept refused)
 
 
 class RowCall:
@@ -91,11 +101,17 @@ class RowCall:
             attempt = make_attempt(
                 tokens, result.scores[0], result.no_speech_prob, text, self._options.temperatures[level]
             )
-            outcome = Outcome(attempt, final_attempt([*row.attempts, attempt], last_temperature=last))
+            if row.resumed_from is not None:  # final at once: kept, or the rest has no text
+                outcome = Outcome(
+                    attempt, attempt, dropped=not resumed_kept(attempt, row.language, row.resumed_from)
+                )
+            else:
+                outcome = Outcome(attempt, final_attempt([*row.attempts, attempt], last_temperature=last))
             outcomes.append(outcome)
         spans: dict[int, list[Span]] = {}
         for i, (row, outcome) in enumerate(zip(rows, outcomes, strict=True)):
-            spans[i], outcome.continue_at = self._spans(row, outcome.final)
+            final = None if outcome.dropped else outcome.final
+            spans[i], outcome.continue_at, outcome.redetect = self._spans(row, final)
         # `segment` mode is timed by its words too (they are dropped in `_complete`): a timestamp
         # token says where a window's text may lie, its words where it was spoken.
         words = self._align(encoded, rows, spans) if self._options.timestamps is not Timestamps.NONE else {}
@@ -122,22 +138,29 @@ class RowCall:
                 )
         return outcomes
 
-    def _spans(self, row: Row, final: Attempt | None) -> tuple[list[Span], float | None]:
-        """The kept attempt's text as timed spans of its window (none for silence or no text),
-        and the second of the window to decode again from when the model stopped at least
+    def _spans(self, row: Row, final: Attempt | None) -> tuple[list[Span], float | None, bool]:
+        """The kept attempt's text as timed spans of its window (none for silence or no text);
+        the second of the window to decode again from when the model stopped at least
         `CONTINUE_MIN_S` before its end (the sequential path's seek): its unfinished text is
-        then left to that continuation instead of being stretched to the window's end."""
+        then left to that continuation instead of being stretched to the window's end; and
+        whether that continuation detects its language anew: when the model said there is no
+        more speech `RESUME_MIN_S` before the end of a row that is all voice-detected speech."""
         if final is None or is_silent(final) or not clean_text(final.text):
-            return [], None
+            return [], None, False
         eot = self._text.eot
         if self._options.timestamps is Timestamps.NONE:
-            return [Span(0.0, row.duration, tuple(t for t in final.tokens if t < eot))], None
+            return [Span(0.0, row.duration, tuple(t for t in final.tokens if t < eot))], None, False
         begin = self._text.timestamp_begin
-        tokens, continue_at = list(final.tokens), None
+        tokens, continue_at, redetect = list(final.tokens), None, False
         seek = seek_point(tokens, timestamp_begin=begin)
-        if seek is not None and 0 < seek[0] <= row.duration - CONTINUE_MIN_S and row.part < MAX_PARTS:
-            continue_at, tokens = seek[0], tokens[: seek[1]]
-        return split_by_timestamps(tokens, timestamp_begin=begin, eot=eot, duration=row.duration), continue_at
+        ended = ended_at([t for t in tokens if t != eot], timestamp_begin=begin)
+        if row.part < MAX_PARTS:
+            if seek is not None and 0 < seek[0] <= row.duration - CONTINUE_MIN_S:
+                continue_at, tokens = seek[0], tokens[: seek[1]]
+            elif self._options.vad and ended is not None and 0 < ended <= row.duration - RESUME_MIN_S:
+                continue_at, redetect = ended, True
+        spans = split_by_timestamps(tokens, timestamp_begin=begin, eot=eot, duration=row.duration)
+        return spans, continue_at, redetect
 
     def _align(self, encoded: Any, rows: list[Row], spans: dict[int, list[Span]]) -> dict[int, Any]:
         """Words of the rows that are final in this call, from the decoding call's encoder output:

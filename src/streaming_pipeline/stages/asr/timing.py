@@ -93,6 +93,14 @@ def seek_point(tokens: Sequence[int], *, timestamp_begin: int) -> tuple[float, i
     return (tokens[last - 1] - timestamp_begin) * TIME_PRECISION, last
 
 
+def ended_at(tokens: Sequence[int], *, timestamp_begin: int) -> float | None:
+    """The second a decode ended on with a single timestamp (text, then `<|t|>`, then the end):
+    the model's word that nothing after `t` is speech in the language it was decoding."""
+    if len(tokens) >= 2 and tokens[-2] < timestamp_begin <= tokens[-1]:
+        return (tokens[-1] - timestamp_begin) * TIME_PRECISION
+    return None
+
+
 def words_from_alignment(
     words: Sequence[str],
     word_tokens: Sequence[Sequence[int]],
