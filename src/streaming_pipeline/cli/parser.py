@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", help="YYYY-MM-DD or a range YYYY-MM-DD..YYYY-MM-DD (default: all)")
     p.add_argument("--language", help="only members in this detected language (Whisper's code: en, fr, zh)")
     p.add_argument("--archive", help="only this archive (its key, e.g. 2025-01-25/12_30.tar.xz)")
+    p.add_argument("--speaker", help="only this speaker's segments (S1, S2, ... within each member)")
     p.add_argument("--limit", type=int, default=20, help="hits at most (20)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit, a line each")
     p.add_argument("--dsn")
@@ -198,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--transcripts", type=Path, help="score the JSON sidecars under this folder instead of running"
     )
     p.add_argument("--work-dir", type=Path, default=Path(".bench/broadcast"), help="archive, outputs")
+    p.add_argument("--json", type=Path, help="write the figures to this file")
+    _pipeline_options(p)
+
+    p = sub.add_parser(
+        "speakers-score",
+        help="a set of conversations with reference speaker turns through the pipeline: DER, speaker count",
+    )
+    p.add_argument(
+        "set_dir", type=Path, help="a folder of recordings, RTTM/UEM references and score_speakers.py"
+    )
+    p.add_argument("--work-dir", type=Path, default=Path(".bench/speakers"), help="archive, outputs, RTTMs")
     p.add_argument("--json", type=Path, help="write the figures to this file")
     _pipeline_options(p)
 

@@ -69,6 +69,7 @@ def search(args: argparse.Namespace) -> int:
         last_day=max(days) if days else None,
         language=args.language.lower() if args.language else None,
         archive=args.archive,
+        speaker=args.speaker.upper() if args.speaker else None,
         limit=args.limit,
     )
     store = open_store(config_from(args))
@@ -85,7 +86,8 @@ def search(args: argparse.Namespace) -> int:
             continue
         text = hit.highlight.replace(OPEN, "\x1b[1m").replace(CLOSE, "\x1b[0m") if bold else hit.highlight
         where = f"{hit.day} {hit.slot} {shlex.quote(hit.member)}"
-        print(f"{where}  {_clock(hit.start)}-{_clock(hit.end)}  [{hit.language or '?'}]  {text}")
+        who = f" {hit.speaker}" if hit.speaker else ""
+        print(f"{where}  {_clock(hit.start)}-{_clock(hit.end)}  [{hit.language or '?'}{who}]  {text}")
         print(f"    {hit.player}")
     if not hits and not args.json:
         print(f"no segment matches {args.query!r}", file=sys.stderr)

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..config import build_config, environ
+from ..config import PipelineConfig, build_config, environ
 from ..day_specs import parse_day
 from ..errors import ConfigError
 from ..member_files import FileKind, MemberFiles
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` must not load faster-whisper or psycopg
-    pass
+    from ..state.store import ProgressStore
 from .commands import run_days
 from .common import open_store
+
+T = TypeVar("T")
 
 
 def scale_sim(args: argparse.Namespace) -> int:
@@ -112,12 +115,48 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def broadcast_score(args: argparse.Namespace) -> int:
-    """Real whisper-base weights unless --model says otherwise: a random model's words mean
-    nothing here."""
+def _run_set(args: argparse.Namespace, run: Callable[[PipelineConfig, ProgressStore], T]) -> T:
+    """A recording set's run as the scoring commands make it: the settings (real whisper-base
+    unless a model is named: a random model's words mean nothing here; two conversion processes),
+    an embedded PostgreSQL in the work folder unless a DSN is given."""
     from ..state.embedded_pg import EmbeddedPostgres
-    from ..tools.broadcast import read_manifest, read_sidecars, run_set, score
     from ..tools.whisper_base import real_model
+
+    cli = {k: v for k, v in vars(args).items() if v is not None}
+    env = dict(environ())
+    defaults: dict[str, Any] = {"num_workers": 2, "max_concurrent_uploads": 2}
+    if not (cli.get("model") or env.get("PIPELINE_MODEL")):
+        defaults["model"] = str(real_model(env)[0])
+    config = build_config(cli, env, defaults)
+    if not config.dsn:
+        config = config.with_settings(dsn=EmbeddedPostgres(args.work_dir.resolve() / "postgres").start())
+    store = open_store(config)
+    try:
+        store.init_schema()
+        return run(config, store)
+    finally:
+        store.close()
+
+
+def _write_figures(path: Path | None, figures: dict[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(figures, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def speakers_score(args: argparse.Namespace) -> int:
+    """The speaker turns of a set of conversations (real CAM++ and whisper-base weights)."""
+    from ..tools.speakers_score import run_set
+
+    set_dir, work = args.set_dir.resolve(), args.work_dir.resolve()
+    run = _run_set(args, lambda config, store: run_set(config, set_dir, work, store))
+    print("\n".join(run.lines()))
+    _write_figures(args.json, run.as_json())
+    return 0
+
+
+def broadcast_score(args: argparse.Namespace) -> int:
+    """The times, languages and inventions of a set of broadcast-like recordings."""
+    from ..tools.broadcast import read_manifest, read_sidecars, run_set, score
 
     set_dir = args.set_dir.resolve()
     files = read_manifest(set_dir)
@@ -129,24 +168,10 @@ def broadcast_score(args: argparse.Namespace) -> int:
         lines, figures = result.lines(), result.as_json()
     else:
         work = args.work_dir.resolve()
-        cli = {k: v for k, v in vars(args).items() if v is not None}
-        env = dict(environ())
-        defaults: dict[str, Any] = {"num_workers": 2, "max_concurrent_uploads": 2}
-        if not (cli.get("model") or env.get("PIPELINE_MODEL")):
-            defaults["model"] = str(real_model(env)[0])
-        config = build_config(cli, env, defaults)
-        if not config.dsn:
-            config = config.with_settings(dsn=EmbeddedPostgres(work / "postgres").start())
-        store = open_store(config)
-        try:
-            store.init_schema()
-            run = run_set(config, set_dir, work, store)
-        finally:
-            store.close()
+        run = _run_set(args, lambda config, store: run_set(config, set_dir, work, store))
         lines, figures = run.lines(), {**run.score.as_json(), "audio_s": run.audio_s, "wall_s": run.wall_s}
     print("\n".join(lines))
-    if args.json is not None:
-        args.json.write_text(json.dumps(figures, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    _write_figures(args.json, figures)
     return 0
 
 

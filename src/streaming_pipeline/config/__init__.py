@@ -32,6 +32,7 @@ from .groups import (
     RunSettings,
     ServeSettings,
     StoreSettings,
+    speaker_model_path,
 )
 
 __all__ = [
@@ -139,6 +140,8 @@ def build_config(
     explicit = frozenset(values)
     if "scratch_dir" not in values:
         values["scratch_dir"] = Path(env.get("TMPDIR") or tempfile.gettempdir()) / "streaming-pipeline"
+    if "speaker_model" not in values:
+        values["speaker_model"] = speaker_model_path(env)
     config = PipelineConfig(**values, explicit=explicit)
     _validate(config)
     return config

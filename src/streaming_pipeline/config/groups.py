@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Self
@@ -23,6 +25,17 @@ class SettingsGroup:
 
 def _default_scratch() -> Path:
     return Path(tempfile.gettempdir()) / "streaming-pipeline"
+
+
+def speaker_model_path(env: Mapping[str, str]) -> Path:
+    """CAM++ as ONNX in the model cache (`$XDG_CACHE_HOME/streaming-pipeline`, else
+    ~/.cache/streaming-pipeline), where `stages.speakers.model.assemble` puts it."""
+    root = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "streaming-pipeline" / "campplus" / "campplus.onnx"
+
+
+def _default_speaker_model() -> Path:
+    return speaker_model_path(os.environ)
 
 
 @dataclass(frozen=True)
@@ -178,6 +191,33 @@ class DecodeSettings(SettingsGroup):
         help="threads preparing windows (batched) or files transcribed at once (per-member)",
         check=at_least(1),
     )
+    # Who spoke when (stages/speakers): CAM++ embeddings of the transcript's speech, clustered.
+    speakers: bool = setting(
+        True,
+        env="PIPELINE_SPEAKERS",
+        flag="--no-speakers",
+        help="no speaker turns (S1, S2, … per segment and word, an RTTM file beside each FLAC)",
+    )
+    max_speakers: int = setting(
+        8,
+        env="PIPELINE_MAX_SPEAKERS",
+        flag="--max-speakers",
+        help="speakers a member has at most",
+        check=at_least(1),
+    )
+    num_speakers: int | None = setting(
+        None,
+        env="PIPELINE_NUM_SPEAKERS",
+        flag="--num-speakers",
+        help="speakers every member has, where the count is known (default: found per member)",
+        check=lambda v: None if v is None or v >= 1 else "must be at least 1",
+    )
+    speaker_model: Path = setting(
+        env="PIPELINE_SPEAKER_MODEL",
+        flag="--speaker-model",
+        help="the CAM++ speaker model as ONNX (default: made from the package index in the model cache)",
+        factory=_default_speaker_model,
+    )
     offline: bool = setting(
         False,
         env="PIPELINE_OFFLINE",
@@ -207,6 +247,12 @@ class RunSettings(SettingsGroup):
         help="subtitle files beside each FLAC: srt, vtt, srt,vtt or none (an empty variable: none)",
         parse=lambda v: subtitle_formats(v),
         show=lambda v: ",".join(v) or "none",
+    )
+    srt_speakers: bool = setting(
+        True,
+        env="PIPELINE_SRT_SPEAKERS",
+        flag="--no-srt-speakers",
+        help="no `S1: ` before an SRT cue whose speaker is not the cue before's (WebVTT names it: <v S1>)",
     )
     stream_batch_size: int = setting(
         200,

@@ -15,6 +15,7 @@ from ..run.control import EXIT_INTERRUPTED
 from ..run.job_environment import JobEnvironment
 from ..stages.asr.options import DecodeOptions
 from ..stages.asr.provenance import planned
+from ..stages.speakers import SpeakerOptions, with_speakers
 from ..state.records import ArchiveKey
 from ..state.store import ProgressStore
 from ..status.day import day_report
@@ -71,7 +72,9 @@ class Controller:
     def retranscribe_days(self, days: list[dt.date], *, dry_run: bool) -> int:
         """`retranscribe`: the archives with members whose transcript was made another way go to
         workers as in process-day; each re-decodes those members from their FLACs."""
-        made = planned(DecodeOptions.of(self.config.decode))
+        made = with_speakers(
+            planned(DecodeOptions.of(self.config.decode)), SpeakerOptions.of(self.config.decode)
+        )
         plans, total_members, total_hours = [], 0, 0.0
         for day in days:
             stale = self.store.transcripts.stale_archives(

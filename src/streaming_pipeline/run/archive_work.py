@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ArchiveError, ConversionError, PipelineError, StoreError
 from ..stages.archive import ArchiveReader, Batch, Member
+from ..stages.asr.options import Timestamps
 from ..stages.asr.protocol import Decoder
 from ..stages.audio import AudioInfo, take_samples
 from ..stages.outputs import remove_staged, write_beside
@@ -303,10 +304,20 @@ class ArchiveWork:
         """The transcribed member's FLAC and JSON into the upload stage; its record."""
         member = conversion.member
         result = replace(result, source=info.source())
+        if self.worker.speakers is not None:
+            with self.tally.cpu.thread("speakers"):
+                result = self.worker.speakers.attribute_or_skip(
+                    result, conversion.flac, keep_words=self.worker.options.timestamps is Timestamps.WORD
+                )
         with self.tally.cpu.thread("outputs"):
             conversion.staged.parent.mkdir(parents=True, exist_ok=True)
             conversion.flac.replace(conversion.staged)
-            subtitles = write_beside(conversion.staged, result, self.worker.subtitle_formats)
+            subtitles = write_beside(
+                conversion.staged,
+                result,
+                self.worker.subtitle_formats,
+                speaker_prefix=self.worker.config.srt_speakers,
+            )
         return MemberRecord.transcribed(
             member.name,
             result,

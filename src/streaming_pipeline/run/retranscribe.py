@@ -28,10 +28,11 @@ from ..config import PipelineConfig
 from ..errors import ConversionError, LeaseLost, TranscriptionError, UploadError
 from ..member_files import MemberFiles
 from ..stages.asr.factory import open_decoder
-from ..stages.asr.options import DecodeOptions
+from ..stages.asr.options import DecodeOptions, Timestamps
 from ..stages.asr.protocol import Decoder, TranscriberFactory
 from ..stages.audio import load_16k
 from ..stages.outputs import write_beside
+from ..stages.speakers import SpeakerOptions, SpeakerStage
 from ..stages.upload import UploadJob, UploadState
 from ..state.lease import ArchiveLease
 from ..state.records import ArchiveKey, MemberRecord
@@ -110,6 +111,8 @@ class RetranscribeWorker(StagedRun):
         self.transcriber_factory = transcriber_factory
         self.options = DecodeOptions.of(config.decode)  # decided once for the run, passed down
         self.formats = config.subtitles
+        speaker_options = SpeakerOptions.of(config.decode)  # loaded before any member is fetched
+        self.speakers = SpeakerStage(speaker_options) if speaker_options else None
         self.scratch = config.scratch_dir / "retranscribe" / key.day.isoformat() / key.slot
         self.job_scratch = self.scratch / self.environment.scratch_name
 
@@ -260,9 +263,14 @@ class RetranscribeWork:
                 result = dataclasses.replace(result, source=source)
             except (ValueError, KeyError):
                 pass
+        if self.worker.speakers is not None:
+            keep_words = self.worker.options.timestamps is Timestamps.WORD
+            result = self.worker.speakers.attribute_or_skip(result, fetched / relpath, keep_words=keep_words)
         target = stage / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
-        subtitles = write_beside(target, result, self.worker.formats)  # the FLAC itself is not staged
+        subtitles = write_beside(  # the FLAC itself is not staged
+            target, result, self.worker.formats, speaker_prefix=self.worker.config.srt_speakers
+        )
         return MemberRecord.transcribed(
             m.member,
             result,

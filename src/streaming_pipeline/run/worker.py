@@ -29,6 +29,7 @@ from ..stages.asr.protocol import TranscriberFactory
 from ..stages.audio import AudioInfo, convert_to_flac
 from ..stages.cpu import DECODING, CpuTimes, native_threads_cpu, split_cpu
 from ..stages.pool import ConversionPool
+from ..stages.speakers import SpeakerOptions, SpeakerStage
 from ..state.lease import ArchiveLease
 from ..state.records import ArchiveKey
 from ..state.states import ArchiveState, MemberStatus
@@ -95,6 +96,9 @@ class ArchiveWorker(StagedRun):
         self.environment = environment or JobEnvironment.of()
         self.transcriber_factory = transcriber_factory
         self.options = DecodeOptions.of(config.decode)  # decided once for the run, passed down
+        # Loaded before the archive is touched: a missing or damaged model fails the run at once.
+        speaker_options = SpeakerOptions.of(config.decode)
+        self.speakers = SpeakerStage(speaker_options) if speaker_options else None
         self.converter = converter
         self.subtitle_formats = config.subtitles
         # Per run: a worker that stalled past its lease and resumes never writes into the

@@ -91,8 +91,8 @@ def native_threads_cpu() -> float:
 STARTUP = "conversion start-up"  # the conversion processes' imports: once a run, not per member
 # The stages a node's cores are spent on, in the order `bench` prints them.
 CPU_STAGES = (
-    "reader", "conversion", STARTUP, "samples", "vad", "features", "outputs", "database", "upload",
-    "ctranslate2", "rest",
+    "reader", "conversion", STARTUP, "samples", "vad", "features", "speakers", "outputs", "database",
+    "upload", "ctranslate2", "rest",
 )  # fmt: skip
 # What a GPU takes over: CTranslate2's compute threads (on CPU they decode; on a GPU they mostly
 # wait for the device). Not counted when sizing a GPU node's cores.
@@ -104,7 +104,7 @@ def split_cpu(
 ) -> dict[str, float]:
     """A run's CPU seconds by stage. `used`: the process's and its ended children's over the
     run; `measured`: the in-process stages timed in their threads (reader, samples, vad,
-    features, outputs, database) and CTranslate2's threads (ctranslate2); the conversion
+    features, speakers, outputs, database) and CTranslate2's threads (ctranslate2); the conversion
     processes' CPU in their tasks and in all (start-up included). What the children used beyond
     the conversion processes is rsync's (upload); what the process used beyond its measured
     stages is the rest (the main and decode threads' own work, the lease's heartbeat)."""
@@ -112,7 +112,9 @@ def split_cpu(
     split["conversion"] = conversion_tasks_s
     split[STARTUP] = max(0.0, conversion_processes_s - conversion_tasks_s)
     split["upload"] = max(0.0, used.children - conversion_processes_s)
-    in_process = sum(split[s] for s in ("reader", "samples", "vad", "features", "outputs", "database"))
+    in_process = sum(
+        split[s] for s in ("reader", "samples", "vad", "features", "speakers", "outputs", "database")
+    )
     split[DECODING] = min(max(0.0, measured.get(DECODING, 0.0)), max(0.0, used.own - in_process))
     split["rest"] = max(0.0, used.own - in_process - split[DECODING])
     return split

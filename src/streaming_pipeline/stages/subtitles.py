@@ -12,7 +12,7 @@ cues' text, joined, is the transcript's text word for word.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..transcript import Segment
 
@@ -27,6 +27,7 @@ class Cue:
     end: float
     lines: tuple[str, ...]
     joiner: str = " "  # "" for text written without spaces
+    speaker: str | None = None  # its segment's
 
     @property
     def text(self) -> str:
@@ -125,17 +126,17 @@ def cues(segments: Iterable[Segment]) -> list[Cue]:
     for segment in segments:
         tokens, joiner = _segment_tokens(segment)
         if tokens:
-            out += [_cue(group, joiner) for group in _split(tokens, joiner)]
+            out += [_cue(group, joiner, segment.speaker) for group in _split(tokens, joiner)]
     # Cues shown one after the other: a cue ends no later than the next one starts.
     for i in range(len(out) - 1):
         if out[i].end > out[i + 1].start:
-            out[i] = Cue(out[i].start, max(out[i].start, out[i + 1].start), out[i].lines, out[i].joiner)
+            out[i] = replace(out[i], end=max(out[i].start, out[i + 1].start))
     return out
 
 
-def _cue(tokens: list[_Token], joiner: str) -> Cue:
+def _cue(tokens: list[_Token], joiner: str, speaker: str | None) -> Cue:
     lines = wrap([t.text for t in tokens], joiner=joiner) or [joiner.join(t.text for t in tokens)]
-    return Cue(tokens[0].start, max(tokens[-1].end, tokens[0].start), tuple(lines), joiner)
+    return Cue(tokens[0].start, max(tokens[-1].end, tokens[0].start), tuple(lines), joiner, speaker)
 
 
 def _clock(seconds: float, separator: str) -> str:
@@ -152,31 +153,42 @@ def _safe(line: str) -> str:
     return line.replace("-->", "->")
 
 
-def to_srt(items: Sequence[Cue]) -> str:
-    blocks = [
-        f"{i}\n{_clock(c.start, ',')} --> {_clock(c.end, ',')}\n" + "\n".join(_safe(x) for x in c.lines)
-        for i, c in enumerate(items, 1)
-    ]
+def to_srt(items: Sequence[Cue], *, speaker_prefix: bool = True) -> str:
+    """SRT; with `speaker_prefix`, a cue whose speaker is not the cue before's starts `S2: `."""
+    blocks = []
+    previous: str | None = None
+    for i, c in enumerate(items, 1):
+        lines = [_safe(x) for x in c.lines]
+        if speaker_prefix and c.speaker is not None and c.speaker != previous:
+            lines[0] = f"{c.speaker}: {lines[0]}"
+        previous = c.speaker
+        blocks.append(f"{i}\n{_clock(c.start, ',')} --> {_clock(c.end, ',')}\n" + "\n".join(lines))
     return "\n\n".join(blocks) + "\n" if blocks else ""
 
 
-def to_vtt(items: Sequence[Cue]) -> str:
+def to_vtt(items: Sequence[Cue], *, speaker_prefix: bool = True) -> str:
+    """WebVTT; a cue with a speaker is its voice's (`<v S1>`), which players can show or style."""
+    del speaker_prefix  # WebVTT names the voice in markup, not in the text
+
     def escape(line: str) -> str:
         return _safe(line).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
-    blocks = [
-        f"{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n" + "\n".join(escape(x) for x in c.lines)
-        for c in items
-    ]
+    blocks = []
+    for c in items:
+        voice = f"<v {c.speaker}>" if c.speaker is not None else ""
+        text = "\n".join(escape(x) for x in c.lines)
+        blocks.append(f"{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n{voice}{text}")
     return "WEBVTT\n\n" + "\n\n".join(blocks) + ("\n" if blocks else "")
 
 
 WRITERS = {"srt": to_srt, "vtt": to_vtt}
 
 
-def render(segments: Iterable[Segment], formats: Sequence[str]) -> dict[str, str]:
+def render(
+    segments: Iterable[Segment], formats: Sequence[str], *, speaker_prefix: bool = True
+) -> dict[str, str]:
     """Each requested format's file text; nothing when the member has no speech."""
     items = cues(segments)
     if not items:
         return {}
-    return {fmt: WRITERS[fmt](items) for fmt in formats}
+    return {fmt: WRITERS[fmt](items, speaker_prefix=speaker_prefix) for fmt in formats}

@@ -8,7 +8,6 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import subtitle_formats
 from ..transcript import Provenance
 from .db import Table
 from .records import x_realtime
@@ -90,7 +89,7 @@ class MemberView:
     transcribed_at: dt.datetime | None
     remote_path: str | None
     timestamps: str | None
-    subtitles: tuple[str, ...]  # the subtitle formats beside its FLAC
+    subtitles: tuple[str, ...]  # the files beside its FLAC and JSON, as recorded (srt, vtt, rttm)
     error: str | None
     indexed: bool  # its segments are recorded (else they are read from its JSON)
     transcript: str | None
@@ -143,7 +142,7 @@ class BrowseQueries(Table):
             transcribed_at=r["transcribed_at"],
             remote_path=r["remote_path"],
             timestamps=r["timestamps"],
-            subtitles=subtitle_formats(r["subtitles"] or ""),
+            subtitles=tuple(filter(None, (r["subtitles"] or "").split(","))),
             error=r["error"],
             indexed=r["searchable_segments"] is not None,
             transcript=r["transcript"],

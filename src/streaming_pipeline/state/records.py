@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..transcript import Provenance, Transcript
+from ..transcript import Provenance, Speaker, Transcript
 from .states import MemberStatus
 
 MEMBER_COLUMNS = (
@@ -63,6 +63,8 @@ class TimedSegment(Protocol):
     def words(self) -> Sequence[TimedWord] | None: ...
     @property
     def language(self) -> str | None: ...
+    @property
+    def speaker(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ class MemberRecord:
     searchable_segments: int | None = None  # how many of `segments` the search holds (state/segments.py)
     # the transcript's segments, written to `segments` in the member row's transaction (no column)
     segments: Sequence[TimedSegment] = field(default=(), repr=False)
+    # its speakers with their centroids, written to `member_speakers` with the segments (None:
+    # speakers were not attributed, and any recorded before are left as they were)
+    speakers: Sequence[Speaker] | None = field(default=None, repr=False)
 
     @property
     def transcript_key(self) -> str | None:
@@ -119,6 +124,7 @@ class MemberRecord:
             transcribed_at=dt.datetime.now(dt.UTC),
             segments=transcript.segments,  # made searchable with the row (state/segments.py)
             searchable_segments=len(transcript.segments),
+            speakers=transcript.speakers,
             **fields,
         )
 

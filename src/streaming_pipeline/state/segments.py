@@ -33,17 +33,22 @@ from .search_text import (
 # its row (which the same transaction has just written). `%(which)s` picks the members written.
 _INSERT = """
     INSERT INTO segments (archive, member, seq, day, language, config, start_s, end_s, text,
-                          search_text, words)
+                          search_text, words, speaker)
     SELECT f.archive, f.member, s.seq, f.day, coalesce(s.language, f.language), s.config::regconfig,
-           s.start_s, s.end_s, s.text, s.search_text, s.words
+           s.start_s, s.end_s, s.text, s.search_text, s.words, s.speaker
     FROM unnest(%(members)s::text[], %(seqs)s::int[], %(languages)s::text[], %(configs)s::text[],
                 %(starts)s::real[], %(ends)s::real[], %(texts)s::text[], %(search_texts)s::text[],
-                %(words)s::jsonb[])
-         AS s(member, seq, language, config, start_s, end_s, text, search_text, words)
+                %(words)s::jsonb[], %(speakers)s::text[])
+         AS s(member, seq, language, config, start_s, end_s, text, search_text, words, speaker)
     JOIN audio_files f ON f.archive = %(archive)s AND f.member = s.member
     ON CONFLICT (archive, member, seq) DO NOTHING
 """
 _DELETE = "DELETE FROM segments WHERE archive = %s AND member = ANY(%s)"
+_DELETE_SPEAKERS = "DELETE FROM member_speakers WHERE archive = %s AND member = ANY(%s)"
+_INSERT_SPEAKER = """
+    INSERT INTO member_speakers (archive, member, speaker, seconds, first_s, centroid)
+    VALUES (%s, %s, %s, %s, %s, %s::real[])
+"""
 
 # The query as each text-search configuration reads it; rows with an empty reading (only stop
 # words in that language) are left out.
@@ -70,6 +75,7 @@ _SEARCH = """
             AND (%(first)s::date IS NULL OR s.day >= %(first)s)
             AND (%(last)s::date IS NULL OR s.day <= %(last)s)
             AND (%(archive)s::text IS NULL OR s.archive = %(archive)s)
+            AND (%(speaker)s::text IS NULL OR s.speaker = %(speaker)s)
         LIMIT %(candidates)s
     ), ranked AS (
         SELECT m.*, o.own_q, f.id AS member_id, f.slot, f.remote_path, ts_rank_cd(m.tsv, o.own_q) AS rank
@@ -82,7 +88,7 @@ _SEARCH = """
         ORDER BY rank DESC, m.day, m.archive, m.member, m.seq LIMIT %(limit)s OFFSET %(offset)s
     )
     SELECT member_id, day, slot, archive, member, seq, language, start_s, end_s, text, words, remote_path,
-           rank, search_text IS NOT NULL AS bigrams,
+           speaker, rank, search_text IS NOT NULL AS bigrams,
            ts_headline(config, text, own_q, %(headline)s) AS highlight,
            (SELECT count(*) FROM matched) AS candidates
     FROM ranked ORDER BY rank DESC, day, archive, member, seq
@@ -103,6 +109,7 @@ class SearchQuery:
     archive: str | None = None
     slot: str | None = None
     model: str | None = None  # as recorded: a directory's name or a hub id
+    speaker: str | None = None  # S1, S2, ...: that speaker's segments (within each member)
     limit: int = 20
     offset: int = 0  # hits skipped: the page after `offset // limit` pages
 
@@ -122,6 +129,7 @@ class SearchHit:
     remote_path: str  # the member's FLAC on the destination
     rank: float
     member_id: int = 0  # its row (audio_files.id): the web view's link
+    speaker: str | None = None  # the segment's speaker within its member
 
     @property
     def player(self) -> str:
@@ -134,6 +142,7 @@ class SearchHit:
             "member": self.member, "language": self.language, "start": self.start, "end": self.end,
             "at": self.at, "text": self.text, "highlight": self.highlight,
             "remote_path": self.remote_path, "player": self.player, "rank": self.rank,
+            "speaker": self.speaker,
         }  # fmt: skip
 
 
@@ -194,6 +203,7 @@ class SegmentTable(Table):
                 "texts",
                 "search_texts",
                 "words",
+                "speakers",
             )
         }
         for r in timed:
@@ -213,8 +223,21 @@ class SegmentTable(Table):
                 columns["words"].append(
                     Jsonb([[round(w.start, 2), round(w.end, 2), w.word] for w in words]) if words else None
                 )
+                columns["speakers"].append(s.speaker)
         if columns["members"]:
             cur.execute(_INSERT, {"archive": archive, **columns})
+        # A transcript read back from its JSON (`index`) has its speakers without their centroids:
+        # those are only ever written by the run that found them.
+        attributed = [r for r in timed if r.speakers is not None and all(sp.centroid for sp in r.speakers)]
+        if attributed:
+            cur.execute(_DELETE_SPEAKERS, (archive, [r.member for r in attributed]))
+            rows = [
+                (archive, r.member, sp.id, sp.seconds, sp.first_s, list(sp.centroid))
+                for r in attributed
+                for sp in r.speakers or ()
+            ]
+            if rows:
+                cur.executemany(_INSERT_SPEAKER, rows)
 
     def search(self, query: SearchQuery) -> SearchResult:
         bigram_text = bigram_query(query.text)
@@ -246,6 +269,7 @@ class SegmentTable(Table):
             "archive": query.archive,
             "slot": query.slot,
             "model": query.model,
+            "speaker": query.speaker,
             "limit": query.limit,
             "offset": query.offset,
             "candidates": CANDIDATES,
@@ -338,4 +362,5 @@ def _hit(row: dict[str, Any], query: str) -> SearchHit:
         remote_path=row["remote_path"],
         rank=round(float(row["rank"]), 4),
         member_id=int(row["member_id"]),
+        speaker=row["speaker"],
     )

@@ -279,7 +279,7 @@ def read_sidecars(files: Sequence[SetFile], results: Path) -> dict[str, list[Tim
     return out
 
 
-def pack_set(set_dir: Path, files: Sequence[SetFile], archive: Path) -> Path:
+def pack_set(set_dir: Path, files: Sequence[str], archive: Path) -> Path:
     """The set's recordings as one archive, members named by their path in the set (kept when
     it is newer than the manifest)."""
     manifest = set_dir / "manifest.tsv"
@@ -289,9 +289,39 @@ def pack_set(set_dir: Path, files: Sequence[SetFile], archive: Path) -> Path:
     partial = archive.with_name(archive.name + ".partial")
     with tarfile.open(partial, "w:xz", preset=1) as tar:
         for f in files:
-            tar.add(set_dir / f.file, arcname=f.file, recursive=False)
+            tar.add(set_dir / f, arcname=f, recursive=False)
     partial.replace(archive)
     return archive
+
+
+def run_recordings(
+    config: PipelineConfig, set_dir: Path, files: Sequence[str], work: Path, store: ProgressStore, slot: str
+) -> tuple[Path, float, dict[str, float]]:
+    """A set's recordings through `ArchiveWorker` under a day and slot of their own (reruns start
+    afresh): where the outputs are, the run's wall seconds and its CPU seconds by stage."""
+    import datetime as dt
+    import shutil
+    from dataclasses import replace
+
+    from ..run.worker import ArchiveWorker
+    from ..stages.asr.loader import Transcriber
+    from ..state.records import ArchiveKey
+
+    archive = pack_set(set_dir, files, work / "set.tar.xz")
+    remote = work / "remote"
+    shutil.rmtree(remote, ignore_errors=True)
+    shutil.rmtree(work / "scratch", ignore_errors=True)
+    config = replace(config, remote=str(remote), scratch_dir=work / "scratch")
+    day = dt.date(2000, 1, 2)
+    store.archives.forget(ArchiveKey.of(day, archive, slot).archive)
+    started = time.monotonic()
+    result = ArchiveWorker(
+        config, day=day, archive_path=archive, slot=slot, store=store, transcriber_factory=Transcriber
+    ).run()
+    wall = time.monotonic() - started
+    if not result.ok:
+        raise PipelineError(f"the set's run did not finish: {result.summary_line()}")
+    return remote, wall, dict(result.stage_cpu_s or {})
 
 
 @dataclass(frozen=True)
@@ -313,29 +343,8 @@ class BroadcastRun:
 
 
 def run_set(config: PipelineConfig, set_dir: Path, work: Path, store: ProgressStore) -> BroadcastRun:
-    """The set through `ArchiveWorker` under a day and slot of its own; reruns start afresh."""
-    import datetime as dt
-    import shutil
-    from dataclasses import replace
-
-    from ..run.worker import ArchiveWorker
-    from ..stages.asr.loader import Transcriber
-    from ..state.records import ArchiveKey
-
+    """The set through the pipeline, scored."""
     files = read_manifest(set_dir)
-    archive = pack_set(set_dir, files, work / "set.tar.xz")
-    remote = work / "remote"
-    shutil.rmtree(remote, ignore_errors=True)
-    shutil.rmtree(work / "scratch", ignore_errors=True)
-    config = replace(config, remote=str(remote), scratch_dir=work / "scratch")
-    day = dt.date(2000, 1, 2)
-    store.archives.forget(ArchiveKey.of(day, archive, "broadcast").archive)
-    started = time.monotonic()
-    result = ArchiveWorker(
-        config, day=day, archive_path=archive, slot="broadcast", store=store, transcriber_factory=Transcriber
-    ).run()
-    wall = time.monotonic() - started
-    if not result.ok:
-        raise PipelineError(f"the set's run did not finish: {result.summary_line()}")
+    remote, wall, _ = run_recordings(config, set_dir, [f.file for f in files], work, store, "broadcast")
     transcripts = read_sidecars(files, remote)
     return BroadcastRun(score(files, transcripts), sum(f.duration_s for f in files), wall, remote)

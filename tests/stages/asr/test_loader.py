@@ -10,6 +10,7 @@ from streaming_pipeline.stages.asr.loader import Transcriber
 from streaming_pipeline.stages.asr.options import DecodeOptions, LoadOptions
 from streaming_pipeline.tools.samples import speak
 
+# The decoder alone: without the speaker stage (which keeps the words for itself, then drops them).
 from ...conftest import RESULT_FIELDS, SEGMENT_FIELDS
 
 
@@ -18,7 +19,9 @@ def test_tiny_model_is_a_complete_multilingual_whisper(tiny_model: Path) -> None
     assert len(config["lang_ids"]) == 99
     assert len(json.loads((tiny_model / "vocabulary.json").read_text())) == 51865
     assert (tiny_model / "model.bin").stat().st_size < 8 * 1024 * 1024
-    t = Transcriber(LoadOptions.of(PipelineConfig(model=str(tiny_model), device="cpu").decode))
+    t = Transcriber(
+        LoadOptions.of(PipelineConfig(speakers=False, model=str(tiny_model), device="cpu").decode)
+    )
     assert t.model.model.is_multilingual  # language detection really runs
     assert t.device.compute_type == "int8"
 
@@ -26,7 +29,7 @@ def test_tiny_model_is_a_complete_multilingual_whisper(tiny_model: Path) -> None
 def test_transcript_structure_and_silence(tiny_model: Path) -> None:
     import soxr
 
-    config = PipelineConfig(model=str(tiny_model), device="cpu", beam_size=2)
+    config = PipelineConfig(speakers=False, model=str(tiny_model), device="cpu", beam_size=2)
     t, options = Transcriber(LoadOptions.of(config.decode)), DecodeOptions.of(config.decode)
     speech, rate = speak("Testing one two three, this is the streaming pipeline.")
     audio = soxr.resample(speech, rate, 16000).astype(np.float32)

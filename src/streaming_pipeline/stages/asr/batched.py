@@ -39,7 +39,7 @@ import numpy as np
 from ...errors import TranscriptionError
 from ...transcript import Transcript
 from .calls import WhisperCalls
-from .options import DecodeOptions, Timestamps
+from .options import DecodeOptions
 from .policy import (
     JOIN_GAP_S,
     LOOKAHEAD_CALLS,
@@ -332,9 +332,7 @@ class BatchedDecoder:
         segments = [seg for index in sorted(m.segments) for seg in m.segments[index]]
         for seg in segments:
             timeline.restore(seg)  # back to the member's own timeline, silences included
-        segments = speech_segments(
-            segments, m.duration, keep_words=self._options.timestamps is Timestamps.WORD
-        )
+        segments = speech_segments(segments, m.duration, keep_words=self._options.keep_words)
         language, probability = main_language(m.spoken)
         if language is None:  # no speech: what its first row was detected as
             language, probability = m.language, m.language_probability

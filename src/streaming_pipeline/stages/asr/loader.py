@@ -122,7 +122,7 @@ class Transcriber:
             raise TranscriptionError(f"transcription failed: {exc}") from exc
         duration = len(audio) / SAMPLE_RATE
         return Transcript.of(
-            speech_segments(segs, duration, keep_words=mode is Timestamps.WORD),
+            speech_segments(segs, duration, keep_words=options.keep_words),
             archive=archive,
             member=member,
             model=self.model_name,

@@ -35,6 +35,12 @@ class LoadOptions:
         )
 
 
+def keep_words(timestamps: Timestamps, *, speakers: bool) -> bool:
+    """Whether a transcript keeps its words: asked for (`word`), or timed by them (`segment`) for
+    the speaker stage, which gives each word its speaker and drops them after."""
+    return timestamps is Timestamps.WORD or (speakers and timestamps is Timestamps.SEGMENT)
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """How members are decoded, and with which model (built once per run, passed down)."""
@@ -45,6 +51,7 @@ class DecodeOptions:
     temperatures: tuple[float, ...]
     vad: bool
     timestamps: Timestamps
+    keep_words: bool  # the transcript keeps its words: `--timestamps word`, or speakers attribute them
     language: str | None  # forced, or None: detected
     max_new_tokens: int | None
     decode_batch_size: int  # rows per generate call; 0: the device's default
@@ -65,6 +72,7 @@ class DecodeOptions:
             temperatures=parse_temperatures(config.temperatures),
             vad=config.vad,
             timestamps=Timestamps(config.timestamps),
+            keep_words=keep_words(Timestamps(config.timestamps), speakers=config.speakers),
             language=config.language,
             max_new_tokens=config.max_new_tokens,
             decode_batch_size=config.decode_batch_size,
