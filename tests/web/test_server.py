@@ -106,6 +106,16 @@ def test_pages_files_and_what_a_url_cannot_reach(tmp_path: Path, pg_dsn: str, ti
     status, _, body = server.get(f"/member/{escaped}")
     assert status == 404 and b"rejected, not done" in body and b"escapes" in body
 
+    # Speakers: each segment named and coloured, the page filtered to one, a wrong one told.
+    page = server.get(f"/member/{mid}")[2].decode()
+    named = sorted(set(re.findall(r'<span class="who s\d">(S\d+)</span>', page)))
+    assert named and named[0] == "S1" and f'href="/member/{mid}?speaker=S1"' in page
+    status, _, body = server.get(f"/member/{mid}?speaker=S1")
+    assert status == 200 and set(re.findall(r'<span class="who s\d">(S\d+)</span>', body.decode())) == {"S1"}
+    status, _, body = server.get(f"/member/{mid}?speaker=%3Cb%3ES9")
+    assert status == 400 and b"no speaker &#39;&lt;b&gt;S9&#39;" in body and b"<b>S9" not in body
+    assert server.get(f"/member/{mid}/rttm")[2].startswith(b"SPEAKER ")
+
     # A member whose FLAC went missing: its page says so, its audio is 404.
     flac_of(remote, pg_dsn, plain).unlink()
     status, _, body = server.get(f"/member/{mid}")

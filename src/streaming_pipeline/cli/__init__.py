@@ -39,6 +39,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench": tooling.bench,
     "broadcast-score": tooling.broadcast_score,
     "speakers-score": tooling.speakers_score,
+    "voices": reading.voices,
     "scale-sim": tooling.scale_sim,
     "search-scale": tooling.search_scale,
 }

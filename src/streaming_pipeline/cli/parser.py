@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--language", help="only members in this detected language (Whisper's code: en, fr, zh)")
     p.add_argument("--archive", help="only this archive (its key, e.g. 2025-01-25/12_30.tar.xz)")
     p.add_argument("--speaker", help="only this speaker's segments (S1, S2, ... within each member)")
+    p.add_argument("--voice", help="only this voice's segments, in any member (V1, V2, ...: see `voices`)")
     p.add_argument("--limit", type=int, default=20, help="hits at most (20)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit, a line each")
     p.add_argument("--dsn")
@@ -114,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")
     _pipeline_options(p)
+
+    p = sub.add_parser(
+        "voices",
+        help="the same voice across a day's members and slots: V1, V2, ... for each member's speakers",
+    )
+    p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")
+    p.add_argument("--json", action="store_true", help='one object a line: {"member", "speaker", "voice"}')
+    p.add_argument("--dsn")
 
     p = sub.add_parser("finalize-day", help="record each day's outcome, print its summary, write its report")
     p.add_argument("days", nargs="+", help="YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD, or several")

@@ -70,6 +70,7 @@ def search(args: argparse.Namespace) -> int:
         language=args.language.lower() if args.language else None,
         archive=args.archive,
         speaker=args.speaker.upper() if args.speaker else None,
+        voice=args.voice.upper() if args.voice else None,
         limit=args.limit,
     )
     store = open_store(config_from(args))
@@ -126,6 +127,7 @@ def index(args: argparse.Namespace) -> int:
 def finalize_day(args: argparse.Namespace) -> int:
     from ..controller.plan import finalize_day
     from ..run.job_environment import JobEnvironment
+    from ..run.voices import find_voices
     from ..status.text import format_day_line, format_report
 
     config = config_from(args)
@@ -136,12 +138,32 @@ def finalize_day(args: argparse.Namespace) -> int:
         store.init_schema()
         for day in days:
             report = finalize_day(store, day, job_id=JobEnvironment.of().job_id)
+            find_voices(store, day)  # the same voice across the day's members
             write_day_report(store, config, day)
             print(format_report(report) if len(days) == 1 else format_day_line(report), flush=True)
             complete = complete and report.totals.complete
     finally:
         store.close()
     return 0 if complete else 1
+
+
+def voices(args: argparse.Namespace) -> int:
+    """The same voice across each day's members: clustered, recorded, printed."""
+    from ..run.voices import find_voices
+
+    store = open_store(config_from(args))
+    try:
+        check_schema(store)
+        for day in parse_days(args.days):
+            found = find_voices(store, day)
+            if args.json:
+                for line in found.json_lines():
+                    print(json.dumps(line, ensure_ascii=False))
+            else:
+                print("\n".join(found.lines()))
+    finally:
+        store.close()
+    return 0
 
 
 def report(args: argparse.Namespace) -> int:

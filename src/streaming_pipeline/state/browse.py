@@ -70,6 +70,17 @@ class SegmentView:
     text: str
     language: str | None
     words: tuple[TimedText, ...]
+    speaker: str | None = None  # S1, S2, ... within the member
+
+
+@dataclass(frozen=True)
+class SpeakerView:
+    """One of a member's speakers, its voice across the day, and where else that voice speaks."""
+
+    speaker: str
+    seconds: float
+    voice: str | None
+    elsewhere: tuple[tuple[int, str, str], ...] = ()  # (member id, slot, member path) of the same voice
 
 
 @dataclass(frozen=True)
@@ -151,7 +162,7 @@ class BrowseQueries(Table):
     def segments(self, archive: str, member: str) -> list[SegmentView]:
         """A member's recorded segments in order, with their words where they were timed."""
         rows = self._db.query(
-            "SELECT start_s, end_s, text, language, words FROM segments"
+            "SELECT start_s, end_s, text, language, words, speaker FROM segments"
             " WHERE archive = %s AND member = %s ORDER BY seq",
             (archive, member),
         )
@@ -162,7 +173,32 @@ class BrowseQueries(Table):
                 r["text"],
                 r["language"],
                 tuple(TimedText(float(w[0]), float(w[1]), str(w[2])) for w in r["words"] or ()),
+                r["speaker"],
             )
+            for r in rows
+        ]
+
+    def speakers(self, archive: str, member: str, day: dt.date) -> list[SpeakerView]:
+        """A member's speakers in order of first appearance, each with the day's other members in
+        which its voice speaks (`voices` gave them; none before it ran)."""
+        rows = self._db.query(
+            "SELECT speaker, seconds, voice FROM member_speakers WHERE archive = %s AND member = %s"
+            " ORDER BY first_s",
+            (archive, member),
+        )
+        voiced = [r["voice"] for r in rows if r["voice"]]
+        others: dict[str, list[tuple[int, str, str]]] = {}
+        if voiced:
+            for o in self._db.query(
+                "SELECT DISTINCT s.voice, f.id, f.slot, f.member FROM member_speakers s"
+                " JOIN audio_files f USING (archive, member)"
+                " WHERE f.day = %s AND f.status = 'done' AND s.voice = ANY(%s)"
+                " AND NOT (s.archive = %s AND s.member = %s) ORDER BY f.slot, f.member LIMIT 200",
+                (day, voiced, archive, member),
+            ):
+                others.setdefault(o["voice"], []).append((int(o["id"]), o["slot"], o["member"]))
+        return [
+            SpeakerView(r["speaker"], float(r["seconds"]), r["voice"], tuple(others.get(r["voice"], ())))
             for r in rows
         ]
 

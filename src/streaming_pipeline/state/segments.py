@@ -76,6 +76,9 @@ _SEARCH = """
             AND (%(last)s::date IS NULL OR s.day <= %(last)s)
             AND (%(archive)s::text IS NULL OR s.archive = %(archive)s)
             AND (%(speaker)s::text IS NULL OR s.speaker = %(speaker)s)
+            AND (%(voice)s::text IS NULL OR EXISTS (
+                SELECT 1 FROM member_speakers v WHERE v.archive = s.archive AND v.member = s.member
+                    AND v.speaker = s.speaker AND v.voice = %(voice)s))
         LIMIT %(candidates)s
     ), ranked AS (
         SELECT m.*, o.own_q, f.id AS member_id, f.slot, f.remote_path, ts_rank_cd(m.tsv, o.own_q) AS rank
@@ -110,6 +113,7 @@ class SearchQuery:
     slot: str | None = None
     model: str | None = None  # as recorded: a directory's name or a hub id
     speaker: str | None = None  # S1, S2, ...: that speaker's segments (within each member)
+    voice: str | None = None  # V1, V2, ...: that voice's segments, in any member (`voices` gave them)
     limit: int = 20
     offset: int = 0  # hits skipped: the page after `offset // limit` pages
 
@@ -270,6 +274,7 @@ class SegmentTable(Table):
             "slot": query.slot,
             "model": query.model,
             "speaker": query.speaker,
+            "voice": query.voice,
             "limit": query.limit,
             "offset": query.offset,
             "candidates": CANDIDATES,

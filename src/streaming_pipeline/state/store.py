@@ -25,6 +25,7 @@ from .members import MemberTable
 from .records import ArchiveKey, DatasetResume, Holder, MemberRecord, Owner, ShardCheckpoint, StageTiming
 from .segments import SegmentTable
 from .transcripts import TranscriptTable
+from .voices import VoiceTable
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -54,3 +55,4 @@ class ProgressStore(Database):
         self.datasets = DatasetTable(self)
         self.transcripts = TranscriptTable(self, self.segments)
         self.browse = BrowseQueries(self)  # the web view's reads
+        self.voices = VoiceTable(self)

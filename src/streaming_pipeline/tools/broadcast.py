@@ -21,6 +21,7 @@ The scoring follows the set's reference scorer (`score.py`) rule for rule, so th
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import re
 import statistics
@@ -294,12 +295,14 @@ def pack_set(set_dir: Path, files: Sequence[str], archive: Path) -> Path:
     return archive
 
 
+SET_DAY = dt.date(2000, 1, 2)  # the day a set is run under
+
+
 def run_recordings(
     config: PipelineConfig, set_dir: Path, files: Sequence[str], work: Path, store: ProgressStore, slot: str
 ) -> tuple[Path, float, dict[str, float]]:
     """A set's recordings through `ArchiveWorker` under a day and slot of their own (reruns start
     afresh): where the outputs are, the run's wall seconds and its CPU seconds by stage."""
-    import datetime as dt
     import shutil
     from dataclasses import replace
 
@@ -312,7 +315,7 @@ def run_recordings(
     shutil.rmtree(remote, ignore_errors=True)
     shutil.rmtree(work / "scratch", ignore_errors=True)
     config = replace(config, remote=str(remote), scratch_dir=work / "scratch")
-    day = dt.date(2000, 1, 2)
+    day = SET_DAY
     store.archives.forget(ArchiveKey.of(day, archive, slot).archive)
     started = time.monotonic()
     result = ArchiveWorker(

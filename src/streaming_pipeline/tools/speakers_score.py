@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, PipelineError
-from .broadcast import run_recordings
+from ..run.voices import find_voices
+from .broadcast import SET_DAY, run_recordings
 
 if TYPE_CHECKING:
     from ..config import PipelineConfig
@@ -71,6 +72,80 @@ def run_scorer(set_dir: Path, hyp: Path) -> tuple[list[str], dict[str, Any]]:
     return lines[:-1], json.loads(lines[-1])
 
 
+def _turns(path: Path) -> list[tuple[str, float, float]]:
+    """An RTTM file's (speaker, start, end)."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        p = line.split()
+        if len(p) >= 8 and p[0] == "SPEAKER":
+            out.append((p[7], float(p[3]), float(p[3]) + float(p[4])))
+    return out
+
+
+def reference_of(hyp: list[tuple[str, float, float]], ref: list[tuple[str, float, float]]) -> dict[str, str]:
+    """Each hypothesis speaker's reference speaker: the one it shares the most time with."""
+    shared: dict[tuple[str, str], float] = {}
+    for h, a, b in hyp:
+        for r, c, d in ref:
+            overlap = min(b, d) - max(a, c)
+            if overlap > 0:
+                shared[(h, r)] = shared.get((h, r), 0.0) + overlap
+    out: dict[str, str] = {}
+    for (h, r), _ in sorted(shared.items(), key=lambda kv: -kv[1]):
+        out.setdefault(h, r)
+    return out
+
+
+def pairwise(voices: list[str], truth: list[str]) -> tuple[float, float, int, int]:
+    """Pairwise precision and recall of `voices` against `truth` over all pairs of items, and the
+    pair counts they are shares of (same voice, same truth)."""
+    n = len(voices)
+    same_voice = same_truth = both = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            v, t = voices[i] == voices[j], truth[i] == truth[j]
+            same_voice += v
+            same_truth += t
+            both += v and t
+    precision = both / same_voice if same_voice else 1.0
+    recall = both / same_truth if same_truth else 1.0
+    return precision, recall, same_voice, same_truth
+
+
+@dataclass(frozen=True)
+class VoiceScore:
+    """The day's voices against the reference labels (which name a person alike in every file)."""
+
+    precision: float  # of member-speaker pairs given one voice, the share that are one person
+    recall: float  # of pairs that are one person, the share given one voice
+    member_speakers: int
+    voices: int
+    persons: int
+
+    def line(self) -> str:
+        return (
+            f"voices across the set: {self.voices} for {self.member_speakers} member-speakers "
+            f"({self.persons} persons); pairwise precision {self.precision:.3f}, recall {self.recall:.3f}"
+        )
+
+
+def score_voices(set_dir: Path, hyp: Path, found: list[tuple[str, str, str]]) -> VoiceScore:
+    """`found`: (member path, speaker, voice) as `voices` gave them; each member-speaker's person
+    is the reference speaker it shares the most time with in its file."""
+    voices, truth = [], []
+    for member, speaker, voice in found:
+        stem = Path(member).with_suffix("").as_posix()
+        ref, mine = set_dir / f"{stem}.rttm", hyp / f"{stem}.rttm"
+        if not (ref.is_file() and mine.is_file()):
+            continue
+        person = reference_of(_turns(mine), _turns(ref)).get(speaker)
+        if person is not None:
+            voices.append(voice)
+            truth.append(person)
+    precision, recall, _, _ = pairwise(voices, truth)
+    return VoiceScore(precision, recall, len(voices), len(set(voices)), len(set(truth)))
+
+
 @dataclass(frozen=True)
 class SpeakersRun:
     """A run of the set through the pipeline, and its score."""
@@ -81,6 +156,7 @@ class SpeakersRun:
     wall_s: float
     speaker_cpu_s: float
     results: Path
+    voices: VoiceScore | None = None
 
     def lines(self) -> list[str]:
         f = self.figures
@@ -92,6 +168,7 @@ class SpeakersRun:
             f"speaker stage {per_hour:.0f} CPU s per audio hour",
             f"DER {f['der']:.2f}% ({errors}); "
             f"speakers counted right in {f['spk_exact_n']} of {f['files']} files",
+            *([self.voices.line()] if self.voices else []),
         ]
 
     def as_json(self) -> dict[str, Any]:
@@ -117,7 +194,12 @@ def run_set(config: PipelineConfig, set_dir: Path, work: Path, store: ProgressSt
     if missing:
         raise PipelineError(f"no RTTM written for {', '.join(missing)}")
     table, figures = run_scorer(set_dir, work / "hyp")
-    return SpeakersRun(figures, table, sum(d for _, d in files), wall, cpu.get("speakers", 0.0), remote)
+    day = find_voices(store, SET_DAY)  # the set as one day: the same person in several files
+    found = [(s.member, s.speaker, s.voice or "") for s in day.speakers]
+    voices = score_voices(set_dir, work / "hyp", found)
+    return SpeakersRun(
+        figures, table, sum(d for _, d in files), wall, cpu.get("speakers", 0.0), remote, voices
+    )
 
 
 __all__ = ["SpeakersRun", "collect_rttms", "read_files", "run_scorer", "run_set"]

@@ -174,14 +174,25 @@ class WebView:
                 raise HTTPException(404, "no such member")
             segments = store.browse.segments(member.archive, member.member) if member.indexed else []
             history = store.transcripts.history(member.archive, member.member)
+            speakers = store.browse.speakers(member.archive, member.member, member.day)
         audio = member.remote_path is not None and self.files.has(member.remote_path, FileKind.FLAC)
         if not member.indexed and member.remote_path is not None:
             segments = self._segments_from_json(member.remote_path)
         kinds = {k.value for k in FileKind}
         downloads = [k for k in ("flac", "json", *member.subtitles) if k in kinds] if audio else []
+        named = list(
+            dict.fromkeys([*(v.speaker for v in speakers), *(s.speaker for s in segments if s.speaker)])
+        )
+        only = request.query_params.get("speaker")
+        if only is not None:
+            if only not in named:
+                have = ", ".join(named) or "none"
+                raise HTTPException(400, f"this member has no speaker {only!r} (its speakers: {have})")
+            segments = [s for s in segments if s.speaker == only]
         return self._page(
             request, "member.html", member=member, segments=segments, history=history, audio=audio,
             downloads=downloads, words=any(s.words for s in segments), status=200 if audio else 404,
+            speakers=speakers, named={n: i % 8 + 1 for i, n in enumerate(named)}, only=only,
         )  # fmt: skip
 
     def _segments_from_json(self, remote_path: str) -> list[SegmentView]:
@@ -196,7 +207,7 @@ class WebView:
             return []
         return [
             SegmentView(s.start, s.end, s.text, s.language,
-                        tuple(TimedText(w.start, w.end, w.word) for w in s.words or ()))
+                        tuple(TimedText(w.start, w.end, w.word) for w in s.words or ()), s.speaker)
             for s in transcript.segments
         ]  # fmt: skip
 

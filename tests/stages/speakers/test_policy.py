@@ -115,3 +115,19 @@ def test_the_rttm_is_standard_and_a_blank_in_a_name_cannot_shift_its_fields() ->
         "SPEAKER studio_a/talk 1 2.500 0.500 <NA> <NA> S2 <NA> <NA>",
     ]
     assert all(len(line.split()) == 10 for line in text.splitlines())
+
+
+def test_the_same_voice_across_members_is_one_voice_and_two_voices_never_share_one() -> None:
+    emb, truth = _voices([5, 3, 4], seed=11, spread=0.07)  # three persons; centroids: tighter than windows
+    order = np.random.default_rng(0).permutation(len(emb))
+    names = policy.voices(emb[order])
+    assert _same_grouping(np.array([int(n[1:]) for n in names]), truth[order])
+    assert names[0] == "V1" and set(names) == {"V1", "V2", "V3"}
+    assert policy.voices(np.zeros((0, 192))) == [] and policy.voices(emb[:1]) == ["V1"]
+
+
+def test_a_day_of_many_member_speakers_is_reduced_first() -> None:
+    emb, truth = _voices([1500, 700, 900], seed=13, spread=0.07)
+    assert len(emb) > policy.MAX_VOICES_DIRECT
+    names = policy.voices(emb)
+    assert _same_grouping(np.array([int(n[1:]) for n in names]), truth)

@@ -299,6 +299,47 @@ def summaries(
     return out
 
 
+# -- the same voice across a day's members ------------------------------------------------------
+VOICE_COS = MERGE_COS  # member-speakers this similar (average linkage) are one voice
+MAX_VOICES_DIRECT = 2000
+
+
+def voices(centroids: np.ndarray) -> list[str]:
+    """A voice for each member-speaker's centroid (in the order given: the day's slots, members,
+    first appearances): agglomerative clustering with average linkage, cut where the average
+    cosine between two groups falls below `VOICE_COS`, the similarity that joins two speakers
+    within a member; voices named `V1`, `V2`, ... in order of first appearance. A day of more
+    than `MAX_VOICES_DIRECT` member-speakers is first reduced to as many micro-clusters, so the
+    linkage's memory stays bounded however long the day."""
+    n = len(centroids)
+    if n == 0:
+        return []
+    emb = _unit(np.asarray(centroids, dtype=np.float64))
+    if n == 1:
+        labels = np.zeros(1, dtype=int)
+    elif n <= MAX_VOICES_DIRECT:
+        labels = _average_linkage(emb)
+    else:
+        from sklearn.cluster import MiniBatchKMeans
+
+        micro = MiniBatchKMeans(n_clusters=MAX_VOICES_DIRECT, n_init=3, random_state=0, batch_size=4096).fit(
+            emb
+        )
+        used = np.flatnonzero(np.bincount(micro.labels_, minlength=MAX_VOICES_DIRECT) > 0)
+        top = np.full(MAX_VOICES_DIRECT, -1)
+        top[used] = _average_linkage(_unit(micro.cluster_centers_[used]))
+        labels = top[micro.labels_]
+    names: dict[int, str] = {}
+    return [names.setdefault(int(label), f"V{len(names) + 1}") for label in labels]
+
+
+def _average_linkage(emb: np.ndarray) -> np.ndarray:
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    tree = linkage(emb, method="average", metric="cosine")
+    return np.asarray(fcluster(tree, t=1.0 - VOICE_COS, criterion="distance"))
+
+
 def rttm(stem: str, turn_list: Sequence[Turn]) -> str:
     """Standard RTTM lines for a member's turns (`stem`'s blanks as `_`: RTTM fields are
     separated by blanks)."""
@@ -317,5 +358,6 @@ __all__ = [
     "speech_regions",
     "summaries",
     "turns",
+    "voices",
     "windows",
 ]
