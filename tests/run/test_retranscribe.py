@@ -190,3 +190,46 @@ def test_whisper_base_after_the_tiny_model_hears_the_words(
     history = query(pg_dsn, "SELECT member, model FROM transcript_history")
     assert sorted((h["member"], h["model"]) for h in history) == sorted((m, "tiny-whisper") for m in rows)
     assert _flacs(tmp_path / "remote") == flacs
+
+
+@pytest.mark.slow
+def test_speakers_only_adds_speakers_to_a_day_made_without_them_and_keeps_its_words(
+    tmp_path: Path, pg_dsn: str, models: tuple[Path, Path], capsys
+) -> None:
+    first, _ = models
+    make_day(tmp_path, ["06_00"], members=3)
+    assert (
+        main(
+            ["process-day", DAY, *_options(tmp_path, pg_dsn, first, "--no-speakers", "--timestamps", "word")]
+        )
+        == 0
+    )
+    remote = tmp_path / "remote"
+    flacs, before = _flacs(remote), _sidecars(remote)
+    assert all("speakers" not in j for j in before.values()) and not list(remote.rglob("*.rttm"))
+    capsys.readouterr()
+
+    assert (
+        main(["retranscribe", DAY, "--speakers-only", "--no-speakers", *_options(tmp_path, pg_dsn, first)])
+        == 2
+    )
+    assert main(["retranscribe", DAY, "--speakers-only", *_options(tmp_path, pg_dsn, first)]) == 0
+    assert f"{DAY}: 3 members" in capsys.readouterr().out
+    after = _sidecars(remote)
+    for name, sidecar in after.items():
+        old = before[name]
+        assert isinstance(sidecar["speakers"], list) and sidecar["provenance"]["speaker_model"].startswith(
+            "sha256:"
+        )
+        words = [w["word"] for s in sidecar["segments"] for w in s["words"]]
+        assert words == [w["word"] for s in old["segments"] for w in s["words"]], "the words as they were"
+        assert all(s["speaker"] for s in sidecar["segments"])
+        assert sidecar["provenance"]["model_id"] == old["provenance"]["model_id"]
+    spoken = [n for n, j in after.items() if j["segments"]]
+    assert spoken and all((remote / n).with_suffix(".rttm").is_file() for n in spoken)
+    assert _flacs(remote) == flacs, "no FLAC was rewritten"
+    assert len(query(pg_dsn, "SELECT 1 FROM transcript_history")) == 3
+    assert query(pg_dsn, "SELECT count(*) AS n FROM segments WHERE speaker IS NULL")[0]["n"] == 0
+
+    assert main(["retranscribe", DAY, "--speakers-only", *_options(tmp_path, pg_dsn, first)]) == 0
+    assert f"{DAY}: 0 members" in capsys.readouterr().out, "done once: nothing to do again"

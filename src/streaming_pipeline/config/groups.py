@@ -326,6 +326,13 @@ class RetranscribeSettings(SettingsGroup):
         "hub id)",
         group="retranscribe",
     )
+    speakers_only: bool = setting(
+        False,
+        env="PIPELINE_SPEAKERS_ONLY",
+        flag="--speakers-only",
+        help="only add speakers to transcripts without them (from the FLACs; the words are kept as they are)",
+        group="retranscribe",
+    )
 
 
 @dataclass(frozen=True)

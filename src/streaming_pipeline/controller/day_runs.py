@@ -72,19 +72,24 @@ class Controller:
     def retranscribe_days(self, days: list[dt.date], *, dry_run: bool) -> int:
         """`retranscribe`: the archives with members whose transcript was made another way go to
         workers as in process-day; each re-decodes those members from their FLACs."""
-        made = with_speakers(
-            planned(DecodeOptions.of(self.config.decode)), SpeakerOptions.of(self.config.decode)
+        decode = self.config.decode
+        if self.config.speakers_only and not decode.speakers:
+            raise ConfigError("--speakers-only adds speakers: it cannot run with --no-speakers")
+        made = with_speakers(planned(DecodeOptions.of(decode)), SpeakerOptions.of(decode))
+        how = (
+            f"speakers of {made.speaker_model}" if self.config.speakers_only else f"{made.model} ({made.key})"
         )
         plans, total_members, total_hours = [], 0, 0.0
         for day in days:
             stale = self.store.transcripts.stale_archives(
-                day, key=made.key, only_model=self.config.only_model
-            )
+                day, key=made.key, only_model=self.config.only_model,
+                speaker_model=made.speaker_model if self.config.speakers_only else None,
+            )  # fmt: skip
             members, hours = sum(a.members for a in stale), sum(a.audio_hours for a in stale)
             total_members, total_hours = total_members + members, total_hours + hours
             print(
                 f"{day}: {members} members ({hours:.3f} h of audio) in {plural(len(stale), 'archive')} "
-                f"to re-transcribe with {made.model} ({made.key})",
+                f"to re-transcribe with {how}",
                 flush=True,
             )
             if dry_run:

@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import PipelineConfig
-from ..errors import ConversionError, LeaseLost, TranscriptionError, UploadError
+from ..errors import ConfigError, ConversionError, LeaseLost, TranscriptionError, UploadError
 from ..member_files import MemberFiles
 from ..stages.asr.factory import open_decoder
 from ..stages.asr.options import DecodeOptions, Timestamps
 from ..stages.asr.protocol import Decoder, TranscriberFactory
 from ..stages.audio import load_16k
 from ..stages.outputs import write_beside
-from ..stages.speakers import SpeakerOptions, SpeakerStage
+from ..stages.speakers import SpeakerOptions, SpeakerStage, with_speakers
 from ..stages.upload import UploadJob, UploadState
 from ..state.lease import ArchiveLease
 from ..state.records import ArchiveKey, MemberRecord
@@ -112,6 +112,8 @@ class RetranscribeWorker(StagedRun):
         self.options = DecodeOptions.of(config.decode)  # decided once for the run, passed down
         self.formats = config.subtitles
         speaker_options = SpeakerOptions.of(config.decode)  # loaded before any member is fetched
+        if config.speakers_only and speaker_options is None:
+            raise ConfigError("--speakers-only adds speakers: it cannot run with --no-speakers")
         self.speakers = SpeakerStage(speaker_options) if speaker_options else None
         self.scratch = config.scratch_dir / "retranscribe" / key.day.isoformat() / key.slot
         self.job_scratch = self.scratch / self.environment.scratch_name
@@ -150,17 +152,20 @@ class RetranscribeWorker(StagedRun):
         self.job_scratch.mkdir(parents=True)
         decoder = open_decoder(self.transcriber_factory(self.options.load), self.options)
         try:
-            made = decoder.provenance
+            speakers = self.speakers.options if self.speakers else None
+            made = with_speakers(
+                decoder.provenance, speakers, self.speakers.model.info.sha256 if self.speakers else None
+            )
             todo = self.store.transcripts.stale(
-                self.key.archive, key=made.key, only_model=self.config.only_model
+                self.key.archive, key=made.key, only_model=self.config.only_model,
+                speaker_model=made.speaker_model if self.config.speakers_only else None,
+            )  # fmt: skip
+            what = (
+                f"speakers of {made.speaker_model}"
+                if self.config.speakers_only
+                else f"{made.model} ({made.key})"
             )
-            log.info(
-                "%s: %d members to re-transcribe with %s (%s)",
-                self.key.archive,
-                len(todo),
-                made.model,
-                made.key,
-            )
+            log.info("%s: %d members to re-transcribe with %s", self.key.archive, len(todo), what)
             if todo:
                 self._retranscribe(todo, decoder)
         finally:
@@ -222,12 +227,26 @@ class RetranscribeWork:
             self._leave(m, "its FLAC is not on the destination")
             return None
         flac = fetched.folder / self.worker.destination.relpath(m.remote_path)
+        if self.worker.config.speakers_only:  # the words stay: the stage adds only the speakers
+            return self._transcript_of(m, fetched)
         try:
             audio = load_16k(flac)
         except (ConversionError, OSError, RuntimeError) as exc:
             self._leave(m, f"its FLAC on the destination cannot be read: {exc}")
             return None
         return decoder.submit(audio, archive=self.key.archive, member=m.member)
+
+    def _transcript_of(self, m: StaleMember, fetched: _Fetched) -> Future[Transcript] | None:
+        """`--speakers-only`: the member's transcript as its JSON on the destination has it."""
+        files = MemberFiles.of_flac(fetched.folder / self.worker.destination.relpath(m.remote_path))
+        try:
+            transcript = Transcript.from_json(json.loads(Path(files.json).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._leave(m, f"its JSON on the destination cannot be read: {exc}")
+            return None
+        done: Future[Transcript] = Future()
+        done.set_result(transcript)
+        return done
 
     def leave(self, fetched: _Fetched) -> None:
         self.tally.count("left", 1)
@@ -265,6 +284,8 @@ class RetranscribeWork:
                 pass
         if self.worker.speakers is not None:
             keep_words = self.worker.options.timestamps is Timestamps.WORD
+            if self.worker.config.speakers_only:  # its words as they were: kept where it had them
+                keep_words = any(s.words for s in result.segments)
             result = self.worker.speakers.attribute_or_skip(result, fetched / relpath, keep_words=keep_words)
         target = stage / relpath
         target.parent.mkdir(parents=True, exist_ok=True)

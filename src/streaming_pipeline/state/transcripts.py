@@ -21,8 +21,12 @@ log = logging.getLogger(__name__)
 
 # A member's transcript is stale for the current settings when its key differs; `only_model`
 # narrows that to transcripts made by one model (as named).
+# Stale: made another way (its key), or with `speaker_model` given (`--speakers-only`), without
+# that speaker model's speakers, whatever made its words.
 _STALE = """
-    status = 'done' AND transcript_key IS DISTINCT FROM %(key)s
+    status = 'done'
+    AND CASE WHEN %(speaker_model)s::text IS NULL THEN transcript_key IS DISTINCT FROM %(key)s
+             ELSE (provenance->>'speaker_model') IS DISTINCT FROM %(speaker_model)s END
     AND (%(only_model)s::text IS NULL OR model = %(only_model)s)
 """
 _REPLACED = (
@@ -77,16 +81,20 @@ class TranscriptTable(Table):
         super().__init__(db)
         self._segments = segments
 
-    def stale(self, archive: str, *, key: str, only_model: str | None) -> list[StaleMember]:
+    def stale(
+        self, archive: str, *, key: str, only_model: str | None, speaker_model: str | None = None
+    ) -> list[StaleMember]:
         rows = self._db.query(
             "SELECT member, remote_path, duration_s FROM audio_files WHERE archive = %(archive)s AND"
             + _STALE
             + "ORDER BY member",
-            {"archive": archive, "key": key, "only_model": only_model},
+            {"archive": archive, "key": key, "only_model": only_model, "speaker_model": speaker_model},
         )
         return [StaleMember(r["member"], r["remote_path"], float(r["duration_s"] or 0.0)) for r in rows]
 
-    def stale_archives(self, day: dt.date, *, key: str, only_model: str | None) -> list[StaleArchive]:
+    def stale_archives(
+        self, day: dt.date, *, key: str, only_model: str | None, speaker_model: str | None = None
+    ) -> list[StaleArchive]:
         """The day's archives with members to re-transcribe (whatever the archives' state)."""
         rows = self._db.query(
             "SELECT a.archive, a.day, a.slot, a.path, count(*) AS members,"
@@ -94,7 +102,7 @@ class TranscriptTable(Table):
             " FROM audio_files f JOIN archives a USING (archive) WHERE f.day = %(day)s AND"
             + _STALE
             + "GROUP BY a.archive ORDER BY a.slot, a.archive",
-            {"day": day, "key": key, "only_model": only_model},
+            {"day": day, "key": key, "only_model": only_model, "speaker_model": speaker_model},
         )
         return [
             StaleArchive(
