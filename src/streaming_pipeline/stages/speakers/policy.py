@@ -15,6 +15,7 @@ micro-clusters of neighbouring windows, so the cost and memory stay linear in th
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from collections.abc import Sequence
@@ -195,11 +196,7 @@ def turns(
         t = np.arange(a, b, FRAME_S) + FRAME_S / 2
         if len(t) == 0:
             continue
-        nearest = (
-            lab[np.abs(t[:, None] - centres[None, :]).argmin(1)]
-            if len(t) * len(wins) < 4e7
-            else _nearest(t, centres, lab)
-        )
+        nearest = _nearest(t, centres, lab)  # by bisection: time and memory linear in the member
         change = np.flatnonzero(np.diff(nearest)) + 1
         bounds = [0, *change.tolist(), len(t)]
         for i, j in itertools.pairwise(bounds):
@@ -225,19 +222,31 @@ def _nearest(t: np.ndarray, centres: np.ndarray, lab: np.ndarray) -> np.ndarray:
     return lab[order][left]
 
 
-def _speaker_at(turn_list: Sequence[Turn], start: float, end: float) -> str | None:
-    """The speaker with the most time in [start, end]; the nearest turn's when none overlaps."""
-    best: dict[str, float] = {}
-    for t in turn_list:
-        overlap = min(end, t.end) - max(start, t.start)
-        if overlap > 0:
-            best[t.speaker] = best.get(t.speaker, 0.0) + overlap
-    if best:
-        return max(best, key=lambda k: best[k])
-    if not turn_list:
-        return None
-    mid = (start + end) / 2
-    return min(turn_list, key=lambda t: min(abs(mid - t.start), abs(mid - t.end))).speaker
+class _Turns:
+    """A member's turns (in time order, none overlapping) for looking up a stretch's speaker by
+    bisection, so that attributing every word of a long member stays linear in its length."""
+
+    def __init__(self, turn_list: Sequence[Turn]) -> None:
+        self.turns = sorted(turn_list, key=lambda t: t.start)
+        self.ends = [t.end for t in self.turns]
+
+    def speaker_at(self, start: float, end: float) -> str | None:
+        """The speaker with the most time in [start, end]; the nearest turn's when none overlaps."""
+        if not self.turns:
+            return None
+        i = bisect.bisect_right(self.ends, start)
+        best: dict[str, float] = {}
+        for t in itertools.islice(self.turns, i, None):
+            if t.start >= end:
+                break
+            overlap = min(end, t.end) - max(start, t.start)
+            if overlap > 0:
+                best[t.speaker] = best.get(t.speaker, 0.0) + overlap
+        if best:
+            return max(best, key=lambda k: best[k])
+        mid = (start + end) / 2
+        near = self.turns[max(0, i - 1) : i + 1]
+        return min(near, key=lambda t: min(abs(mid - t.start), abs(mid - t.end))).speaker
 
 
 def attribute(segments: Sequence[Segment], turn_list: Sequence[Turn]) -> list[Segment]:
@@ -245,14 +254,15 @@ def attribute(segments: Sequence[Segment], turn_list: Sequence[Turn]) -> list[Se
     whose words change speaker is split there (its text is its words' text), a segment without
     timed words takes the speaker of most of its span."""
     out: list[Segment] = []
+    index = _Turns(turn_list)
     for seg in segments:
         if not turn_list:
             out.append(seg)
             continue
         if not seg.words:
-            out.append(replace(seg, speaker=_speaker_at(turn_list, seg.start, seg.end)))
+            out.append(replace(seg, speaker=index.speaker_at(seg.start, seg.end)))
             continue
-        words = [replace(w, speaker=_speaker_at(turn_list, w.start, w.end)) for w in seg.words]
+        words = [replace(w, speaker=index.speaker_at(w.start, w.end)) for w in seg.words]
         runs: list[list[Word]] = []
         for w in words:
             if runs and runs[-1][-1].speaker == w.speaker:
@@ -284,9 +294,11 @@ def summaries(
     by_name: dict[str, list[int]] = {}
     lab = np.asarray(labels)
     centres = np.array([w.centre for w in wins])
+    order = np.argsort(centres)
     for t in turn_list:
-        inside = np.flatnonzero((centres >= t.start) & (centres <= t.end))
-        by_name.setdefault(t.speaker, []).extend(int(lab[i]) for i in inside)
+        first = int(np.searchsorted(centres[order], t.start, side="left"))
+        last = int(np.searchsorted(centres[order], t.end, side="right"))
+        by_name.setdefault(t.speaker, []).extend(int(lab[i]) for i in order[first:last])
     out = []
     for name in dict.fromkeys(t.speaker for t in turn_list):
         mine = [t for t in turn_list if t.speaker == name]
