@@ -16,7 +16,7 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,6 +179,7 @@ class SpeakersRun:
             "speaker_cpu_s_per_audio_hour": self.speaker_cpu_s / self.audio_s * 3600
             if self.audio_s
             else None,
+            "voices": asdict(self.voices) if self.voices else None,
         }
 
 
