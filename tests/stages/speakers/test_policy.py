@@ -131,3 +131,11 @@ def test_a_day_of_many_member_speakers_is_reduced_first() -> None:
     assert len(emb) > policy.MAX_VOICES_DIRECT
     names = policy.voices(emb)
     assert _same_grouping(np.array([int(n[1:]) for n in names]), truth)
+
+
+def test_a_segment_that_says_nothing_is_no_ones_speech() -> None:
+    """Whisper writes "." over instrumental music: no region, no speaker."""
+    dots = Segment(0.0, 4.0, "...", words=[Word(0.0, 4.0, "...", 0.1)])
+    assert policy.speech_regions([dots], 10.0) == []
+    (out,) = policy.attribute([dots], [Turn(0.0, 4.0, "S1")])
+    assert out.speaker is None and not policy.spoken(" . ,") and policy.spoken("3")

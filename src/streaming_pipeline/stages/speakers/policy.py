@@ -52,11 +52,20 @@ class Window:
 
 
 # -- where the speech is, and its windows ---------------------------------------------------------
+def spoken(text: str) -> bool:
+    """Whether a segment's or word's text says anything: a letter or a digit (Whisper writes `.`
+    or `...` over instrumental music, which is no one's speech)."""
+    return any(c.isalnum() for c in text)
+
+
 def speech_regions(segments: Sequence[Segment], duration: float) -> list[tuple[float, float]]:
     """The stretches of speech the transcript vouches for: its words (padded a little, nearby ones
-    joined), or a segment's span where its words were not timed."""
+    joined), or a segment's span where its words were not timed; never a segment that says
+    nothing (`spoken`)."""
     spans: list[tuple[float, float]] = []
     for s in segments:
+        if not spoken(s.text):
+            continue
         if s.words:
             spans += [(w.start - REGION_PAD_S, w.end + REGION_PAD_S) for w in s.words if w.end > w.start]
         elif s.end > s.start:
@@ -252,11 +261,11 @@ class _Turns:
 def attribute(segments: Sequence[Segment], turn_list: Sequence[Turn]) -> list[Segment]:
     """The segments with their speakers: each word takes the speaker it overlaps most, a segment
     whose words change speaker is split there (its text is its words' text), a segment without
-    timed words takes the speaker of most of its span."""
+    timed words takes the speaker of most of its span; a segment that says nothing has none."""
     out: list[Segment] = []
     index = _Turns(turn_list)
     for seg in segments:
-        if not turn_list:
+        if not turn_list or not spoken(seg.text):
             out.append(seg)
             continue
         if not seg.words:
