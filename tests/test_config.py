@@ -136,7 +136,13 @@ def test_every_setting_is_declared_once_with_a_flag_or_a_reason_and_round_trips_
         if s.flag:
             assert s.flag in parser_help and s.env in parser_help, f.name
         typ = setting_type(f)
-        overrides = {"temperatures": "0.2", "subtitles": "vtt", "vad": "0", "offline": "1"}
+        overrides = {
+            "temperatures": "0.2",
+            "subtitles": "vtt",
+            "vad": "0",
+            "offline": "1",
+            "speakers_only": "1",
+        }
         value = overrides.get(f.name) or (s.choices[-1] if s.choices else examples[typ])
         config = build_config({}, {s.env: value})
         rebuilt = build_config({}, config_env(config))  # what a worker job rebuilds
