@@ -63,11 +63,11 @@ def _assert_matches_database(rows: list[dict], dsn: str) -> None:
         assert len(audio) / 16000 == pytest.approx(expected["duration_s"], abs=1e-3)
         assert row["audio"]["path"].endswith(".flac")
         assert str(row["day"]) == DAY and row["member"] == expected["member"]
-        keys = {"start", "end", "text", "avg_logprob", "no_speech_prob", "language", "words"}
+        keys = {"start", "end", "text", "avg_logprob", "no_speech_prob", "language", "speaker", "words"}
         assert all(set(s) == keys for s in row["segments"])
         for segment in row["segments"]:
             for word in segment["words"]:
-                assert set(word) == {"start", "end", "word", "probability"}
+                assert set(word) == {"start", "end", "word", "probability", "speaker"}
                 assert segment["start"] <= word["start"] <= word["end"] <= segment["end"]
 
 

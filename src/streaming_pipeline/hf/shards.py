@@ -50,8 +50,9 @@ def parse_size(text: str) -> int:
 
 
 SEGMENT_FIELDS = {"start": "float64", "end": "float64", "text": "string", "avg_logprob": "float64",
-                  "no_speech_prob": "float64", "language": "string"}  # fmt: skip
-WORD_FIELDS = {"start": "float64", "end": "float64", "word": "string", "probability": "float64"}
+                  "no_speech_prob": "float64", "language": "string", "speaker": "string"}  # fmt: skip
+WORD_FIELDS = {"start": "float64", "end": "float64", "word": "string", "probability": "float64",
+               "speaker": "string"}  # fmt: skip
 
 
 def segment_rows(segments: Sequence[Segment]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ onnxruntime folds into the convolutions before them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ def write_onnx(weights: Weights, target: Path) -> Path:
     import onnx
 
     model = onnx_model(weights)
-    partial = target.with_name(target.name + ".tmp")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # writers beside each other never share it
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(partial))
     partial.replace(target)

