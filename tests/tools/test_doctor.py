@@ -151,6 +151,11 @@ def test_image_definition_has_what_the_cluster_needs() -> None:
     assert base and re.match(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu", base.group(1))
     assert "libcudnn.so.9" in text and "python3.11" in text and "rsync" in text and "xz-utils" in text
     assert "HF_HUB_OFFLINE=1" in text and "PYTHONUNBUFFERED=1" in text
+    # the speaker model is in the image (jobs run offline) and named for every command
+    assert (
+        "assemble(Path('/opt/campplus'))" in text
+        and "PIPELINE_SPEAKER_MODEL=/opt/campplus/campplus.onnx" in text
+    )
     assert 'exec streaming-pipeline "$@"' in text and "doctor --offline" in text
     assert (REPO / "containers" / "no-model").is_dir()  # MODEL_DIR's default
     if shutil.which("apptainer", path="/usr/bin:/bin"):
