@@ -6,7 +6,6 @@ what the speakers are is measured on recorded conversations (test_speakers_dev.p
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ def test_every_transcript_has_speakers_and_an_rttm_uploaded_with_it(
     rows = query(pg_dsn, "SELECT member, status, subtitles, remote_path FROM audio_files ORDER BY member")
     assert len(rows) == 3 and {r["status"] for r in rows} == {"done"}
     remote = tmp_path / "remote"
+    with_speech = 0
     for row in rows:
         flac = remote / row["remote_path"].removeprefix(str(remote) + "/")
         data = json.loads(flac.with_suffix(".json").read_text())
@@ -47,6 +47,7 @@ def test_every_transcript_has_speakers_and_an_rttm_uploaded_with_it(
         recorded = row["subtitles"].split(",")
         rttm = flac.with_suffix(".rttm")
         if spoken:
+            with_speech += 1
             assert recorded == ["srt", "vtt", "rttm"]
             lines = rttm.read_text().splitlines()
             assert lines and all(line.split()[0] == "SPEAKER" and len(line.split()) == 10 for line in lines)
@@ -55,6 +56,7 @@ def test_every_transcript_has_speakers_and_an_rttm_uploaded_with_it(
             assert "<v S1>" in vtt
         else:  # no speech: no speaker invented, an empty RTTM says so
             assert data["speakers"] == [] and rttm.read_text() == ""
+    assert with_speech > 0, "the tiny model decodes some text for the speakers to be given to"
 
 
 def test_without_speakers_there_are_none_and_no_rttm(tmp_path: Path, pg_dsn: str, tiny_model: Path) -> None:
@@ -83,7 +85,6 @@ def test_a_damaged_speaker_model_stops_the_run_before_any_member_is_touched(
     assert not (tmp_path / "remote").exists() or not list((tmp_path / "remote").rglob("*"))
     missing = _process(tmp_path, pg_dsn, tiny_model, "--speaker-model", str(tmp_path / "absent.onnx"))
     assert missing.returncode == 2 and "no speaker model at" in missing.stderr
-    assert os.environ["PIPELINE_SPEAKER_MODEL"] != str(bad)
 
 
 def test_subtitles_name_the_speaker_where_it_changes() -> None:

