@@ -112,6 +112,43 @@ def pairwise(voices: list[str], truth: list[str]) -> tuple[float, float, int, in
     return precision, recall, same_voice, same_truth
 
 
+# A segment may overlap a second reference speaker's turn by this much (the scorer's collar is
+# 0.25 s on either side of a change): more, and it holds two people's words under one name.
+SPAN_LIMIT_S = 0.5
+
+
+def spanning(segments: list[tuple[float, float]], ref: list[tuple[str, float, float]]) -> int:
+    """How many of `segments` ((start, end)) overlap the turns of two reference speakers, the
+    smaller overlap more than SPAN_LIMIT_S: a segment that should have been split at a change."""
+    count = 0
+    for start, end in segments:
+        shared: dict[str, float] = {}
+        for person, a, b in ref:
+            overlap = min(end, b) - max(start, a)
+            if overlap > 0:
+                shared[person] = shared.get(person, 0.0) + overlap
+        if len(shared) > 1 and sorted(shared.values())[-2] > SPAN_LIMIT_S:
+            count += 1
+    return count
+
+
+def score_spanning(set_dir: Path, files: list[str], results: Path) -> tuple[int, int]:
+    """Segments of the set's transcripts (the JSON beside each FLAC) that span two reference
+    speakers (`spanning`), and the segments there are."""
+    written = {p.relative_to(results).with_suffix("").as_posix(): p for p in results.rglob("*.json")}
+    bad = total = 0
+    for f in files:
+        stem = Path(f).with_suffix("").as_posix()
+        match = written.get(stem) or next((p for k, p in written.items() if k.endswith("/" + stem)), None)
+        ref = set_dir / f"{stem}.rttm"
+        if match is None or not ref.is_file():
+            continue
+        segments = [(float(s["start"]), float(s["end"])) for s in json.loads(match.read_text())["segments"]]
+        bad += spanning(segments, _turns(ref))
+        total += len(segments)
+    return bad, total
+
+
 @dataclass(frozen=True)
 class VoiceScore:
     """The day's voices against the reference labels (which name a person alike in every file)."""
@@ -157,6 +194,7 @@ class SpeakersRun:
     speaker_cpu_s: float
     results: Path
     voices: VoiceScore | None = None
+    spanning: tuple[int, int] = (0, 0)  # segments over two reference speakers, of all segments
 
     def lines(self) -> list[str]:
         f = self.figures
@@ -168,6 +206,8 @@ class SpeakersRun:
             f"speaker stage {per_hour:.0f} CPU s per audio hour",
             f"DER {f['der']:.2f}% ({errors}); "
             f"speakers counted right in {f['spk_exact_n']} of {f['files']} files",
+            f"segments spanning two reference speakers by more than {SPAN_LIMIT_S:g} s: "
+            f"{self.spanning[0]} of {self.spanning[1]}",
             *([self.voices.line()] if self.voices else []),
         ]
 
@@ -180,6 +220,8 @@ class SpeakersRun:
             if self.audio_s
             else None,
             "voices": asdict(self.voices) if self.voices else None,
+            "segments_spanning_two_speakers": self.spanning[0],
+            "segments": self.spanning[1],
         }
 
 
@@ -198,9 +240,9 @@ def run_set(config: PipelineConfig, set_dir: Path, work: Path, store: ProgressSt
     day = find_voices(store, SET_DAY)  # the set as one day: the same person in several files
     found = [(s.member, s.speaker, s.voice or "") for s in day.speakers]
     voices = score_voices(set_dir, work / "hyp", found)
-    return SpeakersRun(
-        figures, table, sum(d for _, d in files), wall, cpu.get("speakers", 0.0), remote, voices
-    )
+    audio_s = sum(d for _, d in files)
+    span = score_spanning(set_dir, names, remote)
+    return SpeakersRun(figures, table, audio_s, wall, cpu.get("speakers", 0.0), remote, voices, span)
 
 
 __all__ = ["SpeakersRun", "collect_rttms", "read_files", "run_scorer", "run_set"]

@@ -601,7 +601,10 @@ def test_a_programmes_sentences_are_at_their_own_time_in_their_own_language(
             described,
         )
         said = " ".join(s.text for s in inside)
-        assert _wer([_normalise(reference)], [_normalise(said)]) <= 30.0, (language, reference, said)
+        # decoded in its own language, not lost: broadcast-dev's scorer's rule (a sentence is lost,
+        # translated or mis-placed past WER 0.5). A tighter bound measured whisper-base's spelling
+        # of one Italian sentence, which moves between CTranslate2 releases (3 or 4 of 11 words).
+        assert _wer([_normalise(reference)], [_normalise(said)]) <= 50.0, (language, reference, said)
 
 
 @pytest.mark.realmodel

@@ -22,9 +22,11 @@ from streaming_pipeline.stages.asr.policy import (
     speech_rows,
 )
 from streaming_pipeline.stages.asr.timing import (
+    MAX_CHARS_PER_S,
     PAUSE_SPLIT_S,
     Span,
     SpeechTimeline,
+    drop_unbacked_repeats,
     ended_at,
     finalize_segments,
     seek_point,
@@ -341,3 +343,31 @@ def test_segment_mode_keeps_the_word_times_but_not_the_words() -> None:
     word_mode = speech_segments(member(), 30.0, keep_words=True)
     assert [(s.start, s.end) for s in word_mode] == [(3.0, 4.1), (9.0, 9.6)]
     assert [w.word for w in word_mode[0].words or []] == [" Good", " evening."]
+
+
+def test_a_line_repeated_faster_than_speech_is_dropped_and_a_sentence_never_comes_three_times() -> None:
+    """prog1's restaurant noise: "I'm going to put it up for you." twice in 1.5 s (22 letters in
+    0.58 s and 0.74 s): Whisper's loop, not speech. A line said once, or again at a speaking
+    pace, stays; a sentence's third copy in a row goes whatever its pace."""
+    line = "I'm going to put it up for you."
+    loop = [Segment(48.0, 48.58, line), Segment(48.7, 49.44, line)]
+    assert drop_unbacked_repeats(loop) == []
+    alone = [Segment(48.0, 48.58, line)]
+    assert drop_unbacked_repeats(alone) == alone  # once: never the rule's business
+    paced = [Segment(1.0, 3.0, line), Segment(3.5, 5.5, " i'm going to put it up, for you")]
+    assert drop_unbacked_repeats(paced) == paced  # again at a speaking pace, however written
+    apart = [Segment(1.0, 1.5, line), Segment(20.0, 20.5, line)]
+    assert drop_unbacked_repeats(apart) == apart  # far apart: not a run
+    thrice = [Segment(t, t + 2.0, line) for t in (0.0, 2.5, 5.0)]
+    assert drop_unbacked_repeats(thrice) == thrice[:1]
+    no = [Segment(t, t + 0.4, "No.") for t in (0.0, 0.6, 1.2)]
+    assert drop_unbacked_repeats(no) == no  # a short answer may come three times
+    # the limit itself: 22 letters at exactly MAX_CHARS_PER_S are kept
+    edge = 22 / MAX_CHARS_PER_S
+    assert (
+        len(drop_unbacked_repeats([Segment(0.0, edge, line), Segment(edge + 0.1, 2 * edge + 0.1, line)])) == 2
+    )
+    # speech_segments applies it: the decoders' segments never hold the loop
+    assert speech_segments([*loop, Segment(50.0, 52.0, "Hello there.")], 60.0, keep_words=False)[0].text == (
+        "Hello there."
+    )

@@ -2,7 +2,7 @@
 
 `BatchedDecoder` treats every member submitted to it as rows of one queue:
 
-    prep threads   Silero VAD -> rows of contiguous speech of at most 30 s -> log-Mel features
+    prep threads   Silero VAD (vad.py) -> rows of contiguous speech of at most 30 s -> log-Mel features
     decode thread  packs rows of different members into one `generate` call (`decode_batch_size`
                    rows, the oldest row plus those nearest to it in length from a look-ahead
                    window), chooses each row's language (policy.row_language), applies
@@ -56,6 +56,7 @@ from .timing import (
     SpeechTimeline,
     speech_segments,
 )
+from .vad import detect_speech
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +169,11 @@ class BatchedDecoder:
 
     # -- preparation (prep threads) -----------------------------------------------------------
     def _prepare(self, m: Member, audio: np.ndarray) -> None:
-        from faster_whisper.vad import get_speech_timestamps
-
         started, cpu = time.monotonic(), time.thread_time()
         vad_cpu = features_cpu = 0.0
         try:
             if self._options.vad:
-                m.speech = get_speech_timestamps(audio, self._vad)
+                m.speech = detect_speech(audio, self._vad)
                 vad_cpu = time.thread_time() - cpu
             else:
                 step = WINDOW_S * SAMPLE_RATE

@@ -263,6 +263,52 @@ def split_at_pauses(segment: Segment, pause: float = PAUSE_SPLIT_S) -> list[Segm
     ]
 
 
+# Whisper's repetition loop: over babble or crowd noise it decodes one line again and again.
+# A line said again within REPEAT_GAP_S of itself is kept only where the audio can hold it:
+# at most MAX_CHARS_PER_S letters a second (read and conversational speech on this project's
+# sets stays under 24; the loop's copies over a restaurant's noise came at 30-38), and never a
+# third time in a row when it has REPEAT_MIN_WORDS words or more (people answer "no, no, no",
+# they do not say a sentence three times over).
+REPEAT_GAP_S = 2.0
+MAX_CHARS_PER_S = 25.0
+REPEAT_MIN_WORDS = 3
+
+
+def _letters(text: str) -> str:
+    return "".join(c for c in text.casefold() if c.isalnum())
+
+
+def drop_unbacked_repeats(segments: list[Segment]) -> list[Segment]:
+    """`segments` (sorted by start) without the copies of a repeated line that the audio does not
+    back (see REPEAT_GAP_S): a copy too short for its letters, or the third and later of a
+    sentence's run. A line said once is never touched."""
+    ordered = sorted(segments, key=lambda s: (s.start, s.end))
+    runs: list[list[Segment]] = []
+    for segment in ordered:
+        key = _letters(segment.text)
+        last = runs[-1][-1] if runs else None
+        if (
+            key
+            and last is not None
+            and _letters(last.text) == key
+            and segment.start - last.end <= REPEAT_GAP_S
+        ):
+            runs[-1].append(segment)
+        else:
+            runs.append([segment])
+    out: list[Segment] = []
+    for run in runs:
+        if len(run) == 1:
+            out.extend(run)
+            continue
+        letters = len(_letters(run[0].text))
+        backed = [s for s in run if letters <= MAX_CHARS_PER_S * max(s.end - s.start, 0.0)]
+        if len(run[0].text.split()) >= REPEAT_MIN_WORDS:
+            backed = backed[:2] if len(run) < 3 else backed[:1]
+        out.extend(backed)
+    return out
+
+
 def finalize_segments(segments: list[Segment], duration: float) -> list[Segment]:
     """The guarantees every transcript keeps, whichever decoder made it: segments sorted, not
     overlapping, within [0, duration]; each word within its segment and after the previous word;
@@ -293,10 +339,11 @@ def finalize_segments(segments: list[Segment], duration: float) -> list[Segment]
 
 def speech_segments(segments: list[Segment], duration: float, *, keep_words: bool) -> list[Segment]:
     """A member's segments (on its own timeline) as its transcript holds them: each split at
-    its pauses, made to keep `finalize_segments`'s guarantees, and without their words unless
-    `keep_words` (`segment` mode times its segments by their words, then drops the words)."""
+    its pauses, the repeats its audio does not back dropped, made to keep `finalize_segments`'s
+    guarantees, and without their words unless `keep_words` (`segment` mode times its segments
+    by their words, then drops the words)."""
     parts = [part for segment in segments for part in split_at_pauses(segment)]
-    out = finalize_segments(parts, duration)
+    out = finalize_segments(drop_unbacked_repeats(parts), duration)
     if not keep_words:
         for segment in out:
             segment.words = None
