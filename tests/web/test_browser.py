@@ -154,7 +154,24 @@ def test_the_day_page_follows_a_local_run(tmp_path: Path, pg_dsn: str, tiny_mode
         assert browser.find_element(By.CSS_SELECTOR, "#archives tbody td.state").text == "done"
         assert browser.find_element(By.CSS_SELECTOR, "#archives tbody td.c3").text == "4"
         assert browser.execute_script("return window.sameDocument") is True  # updated, not reloaded
+        # Final: the page says so and asks no more (two poll intervals and more pass unasked).
+        assert browser.execute_script("return document.body.dataset.settled") == "true"
+        assert "no longer updates" in browser.find_element(By.ID, "following").text
+        polls = int(browser.execute_script("return document.body.dataset.polls"))
+        time.sleep(4.5)
+        assert int(browser.execute_script("return document.body.dataset.polls")) == polls
         assert run.wait(timeout=240) == 0
+        # Browsing without a search: the day's slot -> its members -> a member's page.
+        browser.find_element(By.CSS_SELECTOR, "#archives tbody td.c0 a").click()
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#members tbody tr"))
+        names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#members td.name a")]
+        assert len(names) == 4 and names == sorted(names), names
+        assert browser.find_element(By.ID, "count").text == "4 members"
+        browser.find_element(By.CSS_SELECTOR, "#members th a[href*=duration]").click()
+        wait(browser, lambda d: "sort=duration" in d.current_url)
+        browser.find_element(By.CSS_SELECTOR, "#members td.name a").click()
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "h1.member-name"))
+        assert browser.find_element(By.CSS_SELECTOR, "h1.member-name").text in names
     finally:
         if run.poll() is None:
             run.kill()

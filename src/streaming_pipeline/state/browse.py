@@ -106,6 +106,40 @@ class MemberView:
     transcript: str | None
 
 
+@dataclass(frozen=True)
+class SlotMember:
+    """A row of a slot's page: a member and how far it got."""
+
+    id: int
+    member: str
+    duration_s: float | None
+    language: str | None
+    status: str
+    model: str | None
+
+
+@dataclass(frozen=True)
+class SlotPage:
+    """One page of a slot's members, and how many there are in all."""
+
+    members: list[SlotMember]
+    total: int
+
+
+# A slot's members in one of these orders; the member's name breaks ties, so pages never overlap.
+SLOT_ORDERS = {
+    "name": "member",
+    "-name": "member DESC",
+    "duration": "duration_s NULLS FIRST, member",
+    "-duration": "duration_s DESC NULLS LAST, member",
+}
+_SLOT_MEMBERS = {
+    order: "SELECT id, member, duration_s, language, status, model, count(*) OVER () AS total"
+    " FROM audio_files WHERE day = %s AND slot = %s ORDER BY " + by + " LIMIT %s OFFSET %s"
+    for order, by in SLOT_ORDERS.items()
+}  # whole statements made from the constants above: a caller picks one by its key
+
+
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -158,6 +192,22 @@ class BrowseQueries(Table):
             indexed=r["searchable_segments"] is not None,
             transcript=r["transcript"],
         )
+
+    def slot_members(self, day: dt.date, slot: str, order: str, limit: int, offset: int) -> SlotPage:
+        """A page of the members of the day's archive in `slot`, in SLOT_ORDERS[order]."""
+        rows = self._db.query(_SLOT_MEMBERS[order], (day, slot, limit, offset))
+        total = int(rows[0]["total"]) if rows else self._count(day, slot)
+        members = [
+            SlotMember(
+                int(r["id"]), r["member"], _float(r["duration_s"]), r["language"], r["status"], r["model"]
+            )
+            for r in rows
+        ]
+        return SlotPage(members, total)
+
+    def _count(self, day: dt.date, slot: str) -> int:
+        sql = "SELECT count(*) AS n FROM audio_files WHERE day = %s AND slot = %s"
+        return int(self._db.query(sql, (day, slot))[0]["n"])
 
     def segments(self, archive: str, member: str) -> list[SegmentView]:
         """A member's recorded segments in order, with their words where they were timed."""

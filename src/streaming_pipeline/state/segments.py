@@ -75,6 +75,7 @@ _SEARCH = """
             AND (%(first)s::date IS NULL OR s.day >= %(first)s)
             AND (%(last)s::date IS NULL OR s.day <= %(last)s)
             AND (%(archive)s::text IS NULL OR s.archive = %(archive)s)
+            AND (%(member)s::text IS NULL OR s.member = %(member)s)
             AND (%(speaker)s::text IS NULL OR s.speaker = %(speaker)s)
             AND (%(voice)s::text IS NULL OR EXISTS (
                 SELECT 1 FROM member_speakers v WHERE v.archive = s.archive AND v.member = s.member
@@ -110,6 +111,7 @@ class SearchQuery:
     last_day: dt.date | None = None
     language: str | None = None
     archive: str | None = None
+    member: str | None = None  # with `archive`: one member's segments (its page's hits)
     slot: str | None = None
     model: str | None = None  # as recorded: a directory's name or a hub id
     speaker: str | None = None  # S1, S2, ...: that speaker's segments (within each member)
@@ -271,6 +273,7 @@ class SegmentTable(Table):
             "first": query.first_day,
             "last": query.last_day,
             "archive": query.archive,
+            "member": query.member,
             "slot": query.slot,
             "model": query.model,
             "speaker": query.speaker,

@@ -20,6 +20,10 @@ class ArchiveState(StrEnum):
     DAMAGED = "damaged"  # its stream did not reach its real end: the members before it are done
 
 
+# The states an archive stays in until someone acts (a rerun, a retry): nothing runs for it.
+FINAL_ARCHIVE_STATES = frozenset({ArchiveState.DONE, ArchiveState.FAILED, ArchiveState.DAMAGED})
+
+
 class MemberStatus(StrEnum):
     """A member's (audio_files.status)."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..state.records import ArchiveStatus
 from ..state.segments import Searchable
-from ..state.states import ArchiveState
+from ..state.states import FINAL_ARCHIVE_STATES, ArchiveState
 from ..state.store import ProgressStore
 from ..state.transcripts import ModelCount
 
@@ -26,6 +26,7 @@ class DayTotals:
     uploading: int
     audio_hours: float
     complete: bool  # every archive done
+    settled: bool = False  # every archive in a final state (done, failed, damaged): nothing runs
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ def day_totals(rows: list[ArchiveStatus]) -> DayTotals:
         uploading=sum(r.uploading for r in rows),
         audio_hours=round(sum(r.audio_hours for r in rows), 3),
         complete=bool(rows) and by_state.get(ArchiveState.DONE, 0) == len(rows),
+        settled=bool(rows) and all(r.state in FINAL_ARCHIVE_STATES for r in rows),
     )
 
 

@@ -46,6 +46,18 @@ HERE = Path(__file__).parent
 STATEMENT_TIMEOUT_MS = 5000
 BORROW_TIMEOUT_S = 30.0  # a request waits this long for a free connection, then is answered 503
 MODELS_TTL_S = 60.0  # the search form's list of models is read at most this often
+SLOT_PAGE = 50  # members a page of a slot
+# What each page takes in its query string (anything else is a 400 that says so).
+TAKES = {
+    "home": frozenset(),
+    "search": frozenset({"q", "days", "slot", "language", "model", "page"}),
+    "member": frozenset({"t", "play", "speaker", "q"}),
+    "member_file": frozenset({"download"}),
+    "day": frozenset(),
+    "slot": frozenset({"sort", "page"}),
+    "day_report": frozenset(),
+    "day_json": frozenset(),
+}
 
 
 class StorePool:
@@ -128,24 +140,35 @@ class WebView:
             Route("/member/{member_id:int}/{kind:str}", self.member_file),
             Route("/days/{day:str}", self.day),
             Route("/days/{day:str}/report", self.day_report),
+            Route("/days/{day:str}/slots/{slot:str}", self.slot),
             Route("/api/days/{day:str}", self.day_json),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
         handlers = {StoreError: self._store_down, HTTPException: self._http_error}
         return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
 
+    @staticmethod
+    def _params(request: Request, page: str) -> dict[str, str]:
+        """The page's query parameters, checked (views.read_params): a wrong one is a 400 that
+        says what was wrong, before any of it reaches the database."""
+        try:
+            return views.read_params(request.scope.get("query_string", b""), TAKES[page])
+        except views.BadInput as exc:
+            raise HTTPException(400, str(exc)) from None
+
     def _page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
         return self.templates.TemplateResponse(request, name, {"where": self.where, **context}, status)
 
     # -- search ----------------------------------------------------------------------------------
     def home(self, request: Request) -> Response:
+        self._params(request, "home")
         with self.pool.borrow() as store:
             days = store.browse.days()
             models = self._models_of(store)
         return self._page(request, "home.html", form=views.SearchForm(), days=days, models=models)
 
     def search(self, request: Request) -> Response:
-        form = views.SearchForm.of(request.query_params)
+        form = views.SearchForm.of(self._params(request, "search"))
         hits, more, truncated = [], False, False
         with self.pool.borrow() as store:
             models = self._models_of(store)
@@ -168,6 +191,7 @@ class WebView:
 
     # -- a member ----------------------------------------------------------------------------------
     def member(self, request: Request) -> Response:
+        params = self._params(request, "member")
         with self.pool.borrow() as store:
             member = store.browse.member(request.path_params["member_id"])
             if member is None:
@@ -175,6 +199,8 @@ class WebView:
             segments = store.browse.segments(member.archive, member.member) if member.indexed else []
             history = store.transcripts.history(member.archive, member.member)
             speakers = store.browse.speakers(member.archive, member.member, member.day)
+            query = views.member_query(params.get("q", ""), member.archive, member.member)
+            hits = store.segments.search(query).hits if query is not None else []
         audio = member.remote_path is not None and self.files.has(member.remote_path, FileKind.FLAC)
         if not member.indexed and member.remote_path is not None:
             segments = self._segments_from_json(member.remote_path)
@@ -183,7 +209,7 @@ class WebView:
         named = list(
             dict.fromkeys([*(v.speaker for v in speakers), *(s.speaker for s in segments if s.speaker)])
         )
-        only = request.query_params.get("speaker")
+        only = params.get("speaker")
         if only is not None:
             if only not in named:
                 have = ", ".join(named) or "none"
@@ -193,6 +219,8 @@ class WebView:
             request, "member.html", member=member, segments=segments, history=history, audio=audio,
             downloads=downloads, words=any(s.words for s in segments), status=200 if audio else 404,
             speakers=speakers, named={n: i % 8 + 1 for i, n in enumerate(named)}, only=only,
+            moment=views.start_moment(params.get("t"), member.duration_s), play=params.get("play") == "1",
+            query=params.get("q", ""), hits=views.hit_marks(hits),
         )  # fmt: skip
 
     def _segments_from_json(self, remote_path: str) -> list[SegmentView]:
@@ -212,6 +240,7 @@ class WebView:
         ]  # fmt: skip
 
     def member_file(self, request: Request) -> Response:
+        params = self._params(request, "member_file")
         try:
             kind = FileKind(request.path_params["kind"])
         except ValueError:
@@ -223,13 +252,14 @@ class WebView:
         path = self.files.path(member.remote_path, kind)
         if path is None:
             raise HTTPException(404, f"the member's {kind} file is not there")
-        if "download" in request.query_params:
-            name = Path(member.member).stem + kind.suffix
+        if "download" in params:
+            name = views.download_name(member.day, member.slot, member.member, kind.suffix)
             return FileResponse(path, media_type=kind.media_type, filename=name)
         return MediaResponse(path, media_type=kind.media_type)
 
     # -- days --------------------------------------------------------------------------------------
     def day(self, request: Request) -> Response:
+        self._params(request, "day")
         day = self._day(request)
         with self.pool.borrow() as store:
             report = day_report(store, day, transcripts=False)
@@ -237,7 +267,33 @@ class WebView:
             raise HTTPException(404, f"no archives recorded for {day}")
         return self._page(request, "day.html", day=views.day_json(report))
 
+    def slot(self, request: Request) -> Response:
+        """A slot's members, a page at a time, by name or duration: browsing without a search."""
+        params = self._params(request, "slot")
+        day = self._day(request)
+        try:
+            slot = views.check_text("the slot", request.path_params["slot"])
+        except views.BadInput as exc:
+            raise HTTPException(400, str(exc)) from None
+        listing = views.SlotListing.of(params)
+        if listing.problem:
+            raise HTTPException(400, listing.problem)
+        with self.pool.borrow() as store:
+            found = store.browse.slot_members(
+                day, slot, listing.sort, SLOT_PAGE, (listing.page - 1) * SLOT_PAGE
+            )
+        if found.total == 0:
+            raise HTTPException(404, f"no members recorded for {day} {slot}")
+        pages = max(1, -(-found.total // SLOT_PAGE))
+        if listing.page > pages:
+            raise HTTPException(404, f"page {listing.page} is past the last ({pages}) of {day} {slot}")
+        return self._page(
+            request, "slot.html", day=day.isoformat(), slot=slot, listing=listing, found=found, pages=pages,
+            first=(listing.page - 1) * SLOT_PAGE + 1,
+        )  # fmt: skip
+
     def day_json(self, request: Request) -> Response:
+        self._params(request, "day_json")
         day = self._day(request)
         with self.pool.borrow() as store:
             report = day_report(store, day, transcripts=False)
@@ -246,6 +302,7 @@ class WebView:
     def day_report(self, request: Request) -> Response:
         """The day's HTML report, made now. Its scripts are inline, so this page's policy allows
         exactly those (by their hashes) and nothing else."""
+        self._params(request, "day_report")
         day = self._day(request)
         with self.pool.borrow() as store:
             page = render(collect(store, [day]))

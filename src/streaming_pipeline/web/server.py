@@ -17,6 +17,8 @@ from .files import FileSource, LocalFiles, RsyncCache
 
 log = logging.getLogger(__name__)
 
+MAX_REQUEST_BYTES = 512 * 1024
+
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
 
 
@@ -77,7 +79,12 @@ def serve(config: PipelineConfig) -> int:
     try:
         # uvicorn's access log would write each query string, a first visit's token included:
         # the guard logs requests instead.
-        uvicorn.run(app, host=config.host, port=config.port, access_log=False, log_config=None)
+        # A request line of up to MAX_REQUEST_BYTES reaches the routes, which say what is wrong with
+        # a long value (h11's own limit, 16 KiB, would close the connection without a word).
+        uvicorn.run(
+            app, host=config.host, port=config.port, access_log=False, log_config=None, http="h11",
+            h11_max_incomplete_event_size=MAX_REQUEST_BYTES,
+        )  # fmt: skip
     finally:
         pool.close()
     return 0

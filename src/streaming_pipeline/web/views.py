@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import unicodedata
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 from ..day_specs import parse_days
 from ..errors import ConfigError
+from ..state.browse import SLOT_ORDERS
 from ..state.search_text import CLOSE, OPEN
-from ..state.segments import SearchQuery
+from ..state.segments import SearchHit, SearchQuery
 from ..status.day import DayReport
 from ..status.text import STATUS_COLUMNS, format_day_line, status_cells
 
@@ -30,6 +33,105 @@ LEAD_S = 1.0  # a hit plays from this long before it
 MEDIA_CHUNK = 32 * 1024
 
 
+class BadInput(ValueError):
+    """A query string a page cannot take, with what was wrong in words a user reads (a 400)."""
+
+
+# The longest value any parameter takes (a query is MAX_QUERY): longer is told, not cut.
+MAX_VALUE = 200
+# Parameters every page takes: the token (web/access.py takes it off) and a cache-buster.
+ANY_PAGE = frozenset({"token"})
+
+
+def read_params(query_string: bytes, allowed: Collection[str]) -> dict[str, str]:
+    """The query string as {name: value}, or BadInput saying what is wrong: a parameter the page
+    does not take, one given twice, bytes that are not UTF-8 (a lone surrogate as %ED%A0%80),
+    a control character (a NUL reaches no database), a value past MAX_VALUE characters."""
+    out: dict[str, str] = {}
+    for part in query_string.split(b"&"):
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition(b"=")
+        try:
+            name = unquote_to_bytes(raw_name.replace(b"+", b" ")).decode("utf-8")
+            value = unquote_to_bytes(raw_value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadInput("the address holds bytes that are not UTF-8 text") from None
+        shown = ascii(name)[1:-1][:40]
+        if name not in allowed and name not in ANY_PAGE:
+            takes = ", ".join(sorted(allowed)) or "no parameters"
+            raise BadInput(f"this page takes no parameter '{shown}' (it takes: {takes})")
+        if name in out:
+            raise BadInput(f"{shown} is given twice")
+        out[name] = check_text(shown, value)
+    return out
+
+
+def check_text(name: str, value: str) -> str:
+    """`value` when it is text a page can take: no control character, at most MAX_VALUE long."""
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs") and c != "\t"), None)
+    if bad is not None:
+        raise BadInput(f"{name} holds a control character (U+{ord(bad):04X}); it takes text")
+    if len(value) > MAX_VALUE:
+        raise BadInput(f"{name} is {len(value):,} characters long; it takes at most {MAX_VALUE}")
+    return value
+
+
+# ?t= as people write a moment: 90, 90.5, 1:30, 01:02:03, 1m30s, 1h2m3s, 45s.
+_CLOCK = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:\.\d+)?)")
+_UNITS = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def parse_moment(text: str) -> float | None:
+    """Seconds from the start, or None when `text` is not a time (a negative one is not)."""
+    t = text.strip().lower()
+    if not t:
+        return None
+    if re.fullmatch(r"\d+(?:\.\d+)?", t):
+        return float(t)
+    if m := _CLOCK.fullmatch(t):
+        hours, minutes, seconds = float(m[1] or 0), float(m[2]), float(m[3])
+        if (m[1] is not None and minutes >= 60) or seconds >= 60:
+            return None
+        return hours * 3600 + minutes * 60 + seconds
+    if (m := _UNITS.fullmatch(t)) and any(m.groups()) and t[-1] in "hms":
+        hours, minutes, seconds = (float(g or 0) for g in m.groups())
+        return hours * 3600 + minutes * 60 + seconds
+    return None
+
+
+@dataclass(frozen=True)
+class Moment:
+    """Where a member's page starts its player, and what it says about the `t` it was given."""
+
+    seconds: float
+    note: str | None = None  # said on the page when `t` could not be followed
+
+
+def start_moment(t: str | None, duration: float | None) -> Moment:
+    """`?t=` read (parse_moment) against the member's length: a value that is not a time, or is
+    past the end, starts at 0:00 and says why; never silently ignored."""
+    if t is None or t == "":
+        return Moment(0.0)
+    shown = ascii(t)[1:-1][:40]
+    at = parse_moment(t)
+    if at is None and t.strip().startswith("-") and parse_moment(t.strip()[1:]) is not None:
+        return Moment(0.0, f"t={shown} is before the start; started at 0:00")
+    if at is None:
+        return Moment(0.0, f"t={shown} is not a time (write 90, 1:30, 1m30s or 1:02:03); started at 0:00")
+    if duration is not None and at >= duration:
+        return Moment(0.0, f"t={shown} is past the end ({clock(duration)}); started at 0:00")
+    return Moment(round(at, 3))
+
+
+def download_name(day: dt.date, slot: str, member: str, suffix: str) -> str:
+    """A member's file saved under its whole path: `2025-01-25_06_00_field_clip_00000.flac`, so
+    two members' files never save under one name (and nothing in it is a path or a quote)."""
+    stem = re.sub(r"\.[A-Za-z0-9]{1,5}$", "", member)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{day.isoformat()}_{slot}_{stem}").strip("._")
+    return f"{safe[:180]}{suffix}"
+
+
 @dataclass(frozen=True)
 class SearchForm:
     """A search as the form sent it, with what was wrong with it."""
@@ -44,20 +146,28 @@ class SearchForm:
 
     @classmethod
     def of(cls, params: Mapping[str, str]) -> SearchForm:
-        def field(name: str, limit: int = 64) -> str:
-            return params.get(name, "").strip()[:limit]
-
-        try:
-            page = max(1, min(MAX_PAGE, int(params.get("page", "1") or 1)))
-        except ValueError:
-            page = 1
-        form = cls(field("q", MAX_QUERY), field("days", 32), field("slot"), field("language", 8).lower(),
-                   field("model", 200), page)  # fmt: skip
-        try:
-            form.query()
-        except ConfigError as exc:
-            return cls(form.text, form.days, form.slot, form.language, form.model, page, problem=str(exc))
-        return form
+        limits = {"q": MAX_QUERY, "days": 32, "slot": 64, "language": 16, "model": 200}
+        fields = {name: params.get(name, "").strip() for name in limits}
+        fields["language"] = fields["language"].lower()
+        page = page_number(params.get("page"))
+        form = cls(fields["q"][:MAX_QUERY], fields["days"][:32], fields["slot"][:64], fields["language"][:16],
+                   fields["model"][:200], min(page or 1, MAX_PAGE))  # fmt: skip
+        long = next((n for n, limit in limits.items() if len(fields[n]) > limit), None)
+        if long is not None:
+            problem = f"{long} is {len(fields[long])} characters long; it takes at most {limits[long]}"
+        elif page is None:
+            problem = f"page={ascii(params.get('page'))[1:-1]} is not a page number"
+        elif page > MAX_PAGE:
+            problem = (
+                f"results stop at page {MAX_PAGE}: narrow the search (a phrase in quotes, days, a language)"
+            )
+        else:
+            try:
+                form.query()
+                return form
+            except ConfigError as exc:
+                problem = str(exc)
+        return replace(form, problem=problem)
 
     def query(self) -> SearchQuery:
         first = last = None
@@ -74,6 +184,83 @@ class SearchForm:
         values = {"q": self.text, "days": self.days, "slot": self.slot, "language": self.language,
                   "model": self.model, "page": str(page)}  # fmt: skip
         return {k: v for k, v in values.items() if v and not (k == "page" and v == "1")}
+
+
+@dataclass(frozen=True)
+class SlotListing:
+    """A slot page's order and page, as its query string gave them, with what was wrong."""
+
+    sort: str = "name"
+    page: int = 1
+    problem: str | None = None
+
+    @classmethod
+    def of(cls, params: Mapping[str, str]) -> SlotListing:
+        sort = params.get("sort", "name") or "name"
+        if sort not in SLOT_ORDERS:
+            return cls(
+                problem=f"sort={ascii(sort)[1:-1]} is not an order (it takes: {', '.join(SLOT_ORDERS)})"
+            )
+        page = page_number(params.get("page"))
+        if page is None:
+            return cls(sort, problem=f"page={ascii(params.get('page'))[1:-1]} is not a page number")
+        return cls(sort, page)
+
+    def link(self, **change: str | int) -> dict[str, str]:
+        values = {"sort": self.sort, "page": str(self.page), **{k: str(v) for k, v in change.items()}}
+        return {
+            k: v
+            for k, v in values.items()
+            if not (k == "sort" and v == "name") and not (k == "page" and v == "1")
+        }
+
+
+MEMBER_HITS = 500  # a member page marks at most this many of its segments that match `q`
+
+
+def member_query(text: str, archive: str, member: str) -> SearchQuery | None:
+    """The search a member's page runs to mark its hits (`?q=`, as a hit's link carries it), or
+    None when there is nothing to look for."""
+    text = text.strip()[:MAX_QUERY]
+    if not text:
+        return None
+    return SearchQuery(text, archive=archive, member=member, limit=MEMBER_HITS)
+
+
+@dataclass(frozen=True)
+class HitMarks:
+    """Which of a member's segments match the query (by their start) and the words the search
+    matched in each, for the page to mark."""
+
+    segments: dict[float, list[tuple[str, bool]]]  # start -> the highlight, cut by `marked`
+    words: frozenset[str]  # matched words, folded (`fold`), for segments shown word by word
+
+    def word(self, text: str) -> bool:
+        return fold(text) in self.words
+
+    def at(self, start: float) -> list[tuple[str, bool]] | None:
+        """The highlight of the segment starting at `start`, when it is a hit."""
+        return self.segments.get(round(start, 3))
+
+
+def fold(word: str) -> str:
+    """A word as the page compares it with a match: lower case, no punctuation around it."""
+    return word.strip().strip(".,;:!?\"'()[]«»“”¿¡").casefold()
+
+
+def hit_marks(hits: Sequence[SearchHit]) -> HitMarks:
+    segments = {round(h.start, 3): marked(h.highlight) for h in hits}
+    words = frozenset(fold(part) for parts in segments.values() for part, hit in parts if hit)
+    return HitMarks(segments, words)
+
+
+def page_number(text: str | None) -> int | None:
+    """`page=` as a page number from 1, or None when it is not one."""
+    if text is None or text == "":
+        return 1
+    if not re.fullmatch(r"[0-9]{1,6}", text) or int(text) < 1:
+        return None
+    return int(text)
 
 
 def marked(highlight: str) -> list[tuple[str, bool]]:
@@ -141,6 +328,7 @@ def day_json(report: DayReport) -> dict[str, Any]:
         "day": report.day.isoformat(),
         "totals": format_day_line(report),
         "complete": report.totals.complete,
+        "settled": report.totals.settled,
         "columns": COLUMNS,
         "archives": [archive_cells(a) for a in report.archives],
     }

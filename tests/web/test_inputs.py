@@ -1,0 +1,144 @@
+"""Every wrong input told: a table of hostile and mistaken query strings over every route of a
+served day (a real `serve`, real PostgreSQL): each is answered 4xx with a message, never a 5xx or
+a traceback, and the log holds nothing above WARNING. Then what a user types that is right but
+unusual: the times `?t=` takes, the slot pages, and download names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ..conftest import DAY, query
+from .conftest import member_id, serve
+from .test_server import process_day
+
+# Values that must never reach the database as they are, or must be told.
+BAD_VALUES = {
+    "NUL": "%00",
+    "a control character": "a%01b",
+    "a lone surrogate": "%ED%A0%80",
+    "bytes that are not UTF-8": "%FF%FE",
+    "100 kB": "x" * 100_000,
+}
+# Values that are text and must simply work (or be told), never break a page.
+ODD_VALUES = {
+    "percent": "%25",
+    "a lone percent": "%",
+    "backslash": "%5C",
+    "SQL": "'%3B%20DROP%20TABLE%20segments%3B--",
+    "tsquery syntax": "a%20%26%20!b%20|%20(c%20<->%20d):*",
+    "quotes": '""',
+    "HTML": "<script>alert(1)</script>",
+    "an accent": "se%C3%B1or",
+}
+
+
+def _routes(mid: int) -> dict[str, list[str]]:
+    """Each route with the parameters it takes."""
+    return {
+        "/": [],
+        "/search": ["q", "days", "slot", "language", "model", "page"],
+        f"/member/{mid}": ["t", "play", "speaker", "q"],
+        f"/member/{mid}/flac": ["download"],
+        f"/member/{mid}/json": ["download"],
+        f"/days/{DAY}": [],
+        f"/days/{DAY}/slots/09_00": ["sort", "page"],
+        f"/days/{DAY}/report": [],
+        f"/api/days/{DAY}": [],
+    }
+
+
+def _readable(body: bytes) -> str:
+    return re.sub(r"<[^>]+>", " ", body.decode("utf-8", "replace"))
+
+
+@pytest.mark.slow
+def test_no_input_over_any_route_is_a_server_error(tmp_path: Path, pg_dsn: str, tiny_model: Path, clips,
+                                                   server_stops) -> None:  # fmt: skip
+    remote = process_day(tmp_path, pg_dsn, tiny_model, clips)
+    server = serve(tmp_path, pg_dsn, str(remote))
+    server_stops.append(server)
+    mid = member_id(pg_dsn, clips[2][0])
+    wrong: list[str] = []
+    cases = 0
+    for route, params in _routes(mid).items():
+        for name in [*params, "unknown"]:
+            table = {**BAD_VALUES, **ODD_VALUES} if name != "unknown" else {"text": "x"}
+            for what, value in table.items():
+                cases += 1
+                status, _, body = server.get(f"{route}?{name}={value}")
+                said = _readable(body)
+                if status >= 500 or "Traceback" in said:
+                    wrong.append(f"{route}?{name}= {what}: {status} {said[:200]!r}")
+                elif what in BAD_VALUES or name == "unknown":
+                    if status != 400 and not (what == "100 kB" and status == 414):
+                        wrong.append(f"{route}?{name}= {what}: {status}, not told as a 400")
+                    elif status == 400 and not re.search(rf"\b{name}\b|UTF-8", said):
+                        wrong.append(
+                            f"{route}?{name}= {what}: the 400 does not name what was wrong: {said[:200]!r}"
+                        )
+    # Path parameters: a day that is not one, a member that does not exist, a NUL in the slot.
+    for path in ["/days/2025-13-45", "/days/%00", "/api/days/%00", f"/days/{DAY}/slots/%00",
+                 "/member/999999", "/member/999999/flac", f"/member/{mid}/exe", "/member/%00"]:  # fmt: skip
+        cases += 1
+        status, _, body = server.get(path)
+        if not 400 <= status < 500 or "Traceback" in _readable(body):
+            wrong.append(f"{path}: {status}")
+    assert not wrong, f"{len(wrong)} of {cases} cases:\n" + "\n".join(wrong)
+    assert cases > 150
+    log = server.log.read_text()
+    loud = [line for line in log.splitlines() if re.search(r"\b(ERROR|CRITICAL)\b|Traceback", line)]
+    assert not loud, loud[:5]
+
+
+@pytest.mark.slow
+def test_times_slots_and_downloads_as_users_write_them(tmp_path: Path, pg_dsn: str, tiny_model: Path, clips,
+                                                       server_stops) -> None:  # fmt: skip
+    remote = process_day(tmp_path, pg_dsn, tiny_model, clips)
+    server = serve(tmp_path, pg_dsn, str(remote))
+    server_stops.append(server)
+    plain = clips[2][0]
+    mid = member_id(pg_dsn, plain)
+    (row,) = query(pg_dsn, "SELECT duration_s FROM audio_files WHERE id = %s", mid)
+    length = float(row["duration_s"])
+
+    def start_of(t: str) -> tuple[str, str]:
+        status, _, body = server.get(f"/member/{mid}?t={t}")
+        page = body.decode()
+        assert status == 200, page[-500:]
+        at = re.search(r'data-start-at="([^"]+)"', page)
+        note = re.search(r'<p class="error" id="t-note"[^>]*>(.*?)</p>', page, re.S)
+        return (at[1] if at else "?"), (note[1].strip() if note else "")
+
+    inside = f"{length / 2:.1f}"
+    assert start_of(inside) == (inside, "")
+    assert start_of("0:01") == ("1.0", "") and start_of("1s") == ("1.0", "")
+    assert start_of("abc") == (
+        "0.0",
+        "t=abc is not a time (write 90, 1:30, 1m30s or 1:02:03); started at 0:00",
+    )
+    assert start_of("-5")[1] == "t=-5 is before the start; started at 0:00"
+    at, note = start_of("1h2m3s")
+    assert at == "0.0" and note.startswith("t=1h2m3s is past the end (")
+
+    # A slot's page: its members, by name and by duration, a page past the last told.
+    status, _, body = server.get(f"/days/{DAY}/slots/09_00")
+    page = body.decode()
+    names = re.findall(r'<td class="name"><a href="/member/\d+">(.*?)</a>', page)
+    assert status == 200 and len(names) == 5, page[-2000:]  # 4 done, one rejected
+    assert "5 members" in page
+    status, _, body = server.get(f"/days/{DAY}/slots/09_00?sort=-duration")
+    assert status == 200
+    status, _, body = server.get(f"/days/{DAY}/slots/09_00?page=9")
+    assert status == 404 and "past the last" in body.decode()
+    status, _, body = server.get(f"/days/{DAY}/slots/09_00?sort=size")
+    assert status == 400 and "name, -name, duration, -duration" in body.decode()
+    status, _, body = server.get(f"/days/{DAY}/slots/23_00")
+    assert status == 404
+
+    # Downloads are named after the member's whole path, with its day and slot.
+    status, headers, _ = server.get(f"/member/{mid}/flac?download=1")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(plain).with_suffix("").as_posix())
+    assert status == 200 and f'filename="{DAY}_09_00_{stem}.flac"' in headers["content-disposition"], headers
