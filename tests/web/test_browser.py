@@ -5,6 +5,7 @@ page follows a local `process-day` while its worker runs."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,8 +57,13 @@ def test_a_found_phrase_plays_from_its_hit_and_is_read_along(
     box = browser.find_element(By.CSS_SELECTOR, "form.search input[name=q]")
     box.send_keys('"ask not what your country"', Keys.ENTER)
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"))
-    hit = browser.find_element(By.CSS_SELECTOR, "li.hit")
-    assert "fw_jfk.flac" in hit.text and hit.find_element(By.TAG_NAME, "mark").text.lower().startswith("ask")
+    # Results say how many, grouped by member.
+    counts = browser.find_element(By.ID, "counts").text
+    assert re.fullmatch(r"\d+ segments? in 1 member, page 1 of 1", counts), counts
+    group = browser.find_element(By.CSS_SELECTOR, "li.group")
+    assert "fw_jfk.flac" in group.find_element(By.CSS_SELECTOR, "a.member").text
+    hit = group.find_element(By.CSS_SELECTOR, "li.hit")
+    assert hit.find_element(By.TAG_NAME, "mark").text.lower().startswith("ask")
     play = hit.find_element(By.CSS_SELECTOR, "a.play")
     at = float(play.get_attribute("data-at"))
     assert at > 1.0
@@ -87,6 +93,33 @@ def test_a_found_phrase_plays_from_its_hit_and_is_read_along(
     wait(
         browser, lambda d: d.execute_script("return document.getElementById('player').currentTime") < at - 1.5
     )
+    # The hit's segment is marked, chosen, its query words highlighted; n goes round the hits.
+    chosen = browser.find_element(By.CSS_SELECTOR, ".seg.hit.chosen")
+    marks = [m.text.lower().strip(",.") for m in chosen.find_elements(By.TAG_NAME, "mark")]
+    assert "ask" in marks and "country" in marks, marks  # the search's words (its stop words are not)
+    hits = browser.find_elements(By.CSS_SELECTOR, ".seg.hit")
+    browser.find_element(By.TAG_NAME, "body").send_keys("n")
+    assert browser.execute_script("return document.body.dataset.hit") == str(1 % len(hits))
+    browser.find_element(By.ID, "prev-hit").click()
+    assert browser.execute_script("return document.body.dataset.hit") == "0"
+    top = browser.execute_script(
+        "return arguments[0].getBoundingClientRect().top / window.innerHeight", chosen
+    )
+    assert 0.0 <= top <= 1.0  # on the screen
+    # A link at this moment: the page's own address, starting at the second being played.
+    browser.execute_script("const a = document.getElementById('player'); a.pause(); a.currentTime = 3.4")
+    wait(browser, lambda d: d.execute_script("return document.getElementById('player').seeking") is False)
+    browser.find_element(By.ID, "copy-link").click()
+    link = wait(browser, lambda d: d.execute_script("return document.body.dataset.copied"))
+    assert link.endswith("?t=3") and "/member/" in link, link
+    browser.get(link)
+    begun = wait(browser, lambda d: d.execute_script("return document.body.dataset.begunAt"))
+    assert abs(float(begun) - 3.0) < 0.1
+    # Keys: space plays, the right arrow seeks 5 s on.
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
+    wait(browser, lambda d: d.execute_script("return document.getElementById('player').currentTime") >= 7.9)
+    browser.find_element(By.TAG_NAME, "body").send_keys(" ")
+    wait(browser, lambda d: d.execute_script("return !document.getElementById('player').paused"))
     # No asset was refused (the policy's violations and failed loads are logged as SEVERE).
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
@@ -113,7 +146,7 @@ def test_hostile_names_render_as_text(tmp_path: Path, pg_dsn: str, tiny_model: P
     browser.get(f"{server.url}/search?q=alert")
     snippet = browser.find_element(By.CSS_SELECTOR, "li.hit .snippet")
     assert "alert" in snippet.find_element(By.TAG_NAME, "mark").text and "<script>" in snippet.text
-    assert HOSTILE[0] in browser.find_element(By.CSS_SELECTOR, "li.hit .meta").text
+    assert HOSTILE[0] in browser.find_element(By.CSS_SELECTOR, "li.group a.member").text
     for page in ("/", f"/days/{DAY}", "/search?q=%3Cscript%3Ealert(6)%3C%2Fscript%3E"):
         browser.get(server.url + page)
         time.sleep(0.5)

@@ -6,12 +6,14 @@ unusual: the times `?t=` takes, the slot pages, and download names."""
 from __future__ import annotations
 
 import re
+import urllib.parse
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ..conftest import DAY, query
-from .conftest import member_id, serve
+from .conftest import Served, member_id, serve
 from .test_server import process_day
 
 # Values that must never reach the database as they are, or must be told.
@@ -54,12 +56,18 @@ def _readable(body: bytes) -> str:
     return re.sub(r"<[^>]+>", " ", body.decode("utf-8", "replace"))
 
 
-@pytest.mark.slow
-def test_no_input_over_any_route_is_a_server_error(tmp_path: Path, pg_dsn: str, tiny_model: Path, clips,
-                                                   server_stops) -> None:  # fmt: skip
+@pytest.fixture
+def served(tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, server_stops) -> Served:
+    """test_server's day (hostile names, a rejected member) processed and served."""
     remote = process_day(tmp_path, pg_dsn, tiny_model, clips)
     server = serve(tmp_path, pg_dsn, str(remote))
     server_stops.append(server)
+    return server
+
+
+@pytest.mark.slow
+def test_no_input_over_any_route_is_a_server_error(served: Served, pg_dsn: str, clips) -> None:
+    server = served
     mid = member_id(pg_dsn, clips[2][0])
     wrong: list[str] = []
     cases = 0
@@ -94,11 +102,8 @@ def test_no_input_over_any_route_is_a_server_error(tmp_path: Path, pg_dsn: str, 
 
 
 @pytest.mark.slow
-def test_times_slots_and_downloads_as_users_write_them(tmp_path: Path, pg_dsn: str, tiny_model: Path, clips,
-                                                       server_stops) -> None:  # fmt: skip
-    remote = process_day(tmp_path, pg_dsn, tiny_model, clips)
-    server = serve(tmp_path, pg_dsn, str(remote))
-    server_stops.append(server)
+def test_times_slots_and_downloads_as_users_write_them(served: Served, pg_dsn: str, clips) -> None:
+    server = served
     plain = clips[2][0]
     mid = member_id(pg_dsn, plain)
     (row,) = query(pg_dsn, "SELECT duration_s FROM audio_files WHERE id = %s", mid)
@@ -142,3 +147,30 @@ def test_times_slots_and_downloads_as_users_write_them(tmp_path: Path, pg_dsn: s
     status, headers, _ = server.get(f"/member/{mid}/flac?download=1")
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(plain).with_suffix("").as_posix())
     assert status == 200 and f'filename="{DAY}_09_00_{stem}.flac"' in headers["content-disposition"], headers
+
+
+@pytest.mark.slow
+def test_a_search_that_finds_nothing_says_why(served: Served, pg_dsn: str) -> None:
+    # Empty quotes read as nothing in every language; English stop words as nothing in English.
+    status, _, body = served.get("/search?q=%22%22")
+    assert status == 200 and "Nothing to look for" in body.decode()
+    for q in ("the", "the+and+of"):
+        status, _, body = served.get(f"/search?q={q}")
+        said = " ".join(_readable(body).split())
+        assert status == 200 and "No segment matches" in said, said[:900]
+        assert re.search(
+            r"In [a-z, ]*\benglish\b[a-z, ]* every word of it is too common to be indexed", said
+        ), said
+    status, _, body = served.get("/search?q=zzzqqqxxyy")
+    assert status == 200 and "No segment matches" in body.decode()
+    # A word the day's transcripts hold, and a page past the last of its results.
+    # The random model's text is no words: one segment is given some (its index follows the text).
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        first = "(SELECT min(member) FROM segments)"
+        conn.execute(f"UPDATE segments SET text = 'the printed bible' WHERE seq = 0 AND member = {first}")
+    word = "bible"
+    status, _, body = served.get(f"/search?q={urllib.parse.quote(word)}")
+    page = _readable(body)
+    assert status == 200 and re.search(r"\d+ segments? in \d+ members?, page 1 of 1", page), page[:800]
+    status, _, body = served.get(f"/search?q={urllib.parse.quote(word)}&page=5")
+    assert status == 200 and "Page 5 is past the last: this search has 1 page" in _readable(body)

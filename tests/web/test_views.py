@@ -10,6 +10,7 @@ from streaming_pipeline.web.views import (
     MAX_PAGE,
     MAX_QUERY,
     MAX_VALUE,
+    PAGE,
     BadInput,
     SearchForm,
     SlotListing,
@@ -40,7 +41,7 @@ def test_the_search_form_is_bounded_and_checked() -> None:
     assert len(form.text) == MAX_QUERY and form.page == MAX_PAGE and form.language == "en"
     query = form.query()
     assert (query.first_day, query.last_day) == (dt.date(2025, 1, 1), dt.date(2025, 1, 31))
-    assert query.offset == (MAX_PAGE - 1) * 20 and query.limit == 21  # one more: is there a next page?
+    assert query.offset == (MAX_PAGE - 1) * PAGE and query.limit == PAGE  # members a page
     assert SearchForm.of({"q": "x", "days": "2025-02-30"}).problem is not None
     assert SearchForm.of({"q": "x", "page": "two"}).problem == "page=two is not a page number"
     assert "stop at page" in (SearchForm.of({"q": "x", "page": "9999"}).problem or "")

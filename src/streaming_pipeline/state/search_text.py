@@ -34,6 +34,11 @@ _UNSPACED = re.compile(
 OPEN, CLOSE = "\u00ab", "\u00bb"  # « » around a match in a highlighted segment
 
 
+def has_unspaced(text: str) -> bool:
+    """Whether `text` holds a script written without spaces (read in bigrams)."""
+    return _UNSPACED.search(text) is not None
+
+
 def search_config(language: str | None, available: Iterable[str]) -> tuple[str, bool]:
     """(configuration, bigrams) for a segment in `language`; `available` is what the server has."""
     lang = (language or "").lower()

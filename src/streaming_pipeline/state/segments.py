@@ -23,6 +23,7 @@ from .search_text import (
     bigram_query,
     bigrams,
     first_match,
+    has_unspaced,
     highlight_unspaced,
     player_command,
     search_config,
@@ -64,7 +65,7 @@ _PARSE = """
 # stops at CANDIDATES (the index would first list all of its matches). The candidates are then kept
 # where their member is done and their own language's reading matches, ranked, cut to the limit,
 # and only then highlighted.
-_SEARCH = """
+_KEPT = """
     WITH own AS (
         SELECT * FROM unnest(%(configs)s::regconfig[], %(bigram)s::bool[], %(tsqueries)s::tsquery[])
             AS o(config, bigram, own_q)
@@ -81,7 +82,7 @@ _SEARCH = """
                 SELECT 1 FROM member_speakers v WHERE v.archive = s.archive AND v.member = s.member
                     AND v.speaker = s.speaker AND v.voice = %(voice)s))
         LIMIT %(candidates)s
-    ), ranked AS (
+    ), kept AS (
         SELECT m.*, o.own_q, f.id AS member_id, f.slot, f.remote_path, ts_rank_cd(m.tsv, o.own_q) AS rank
         FROM matched m
         JOIN own o ON o.config = m.config AND o.bigram = (m.search_text IS NOT NULL)
@@ -89,14 +90,44 @@ _SEARCH = """
         WHERE f.status = 'done' AND m.tsv @@ o.own_q
             AND (%(slot)s::text IS NULL OR f.slot = %(slot)s)
             AND (%(model)s::text IS NULL OR f.model = %(model)s)
-        ORDER BY rank DESC, m.day, m.archive, m.member, m.seq LIMIT %(limit)s OFFSET %(offset)s
+    )"""
+_HIT_COLUMNS = """member_id, day, slot, archive, member, seq, language, start_s, end_s, text, words,
+           remote_path, speaker, rank, search_text IS NOT NULL AS bigrams,
+           ts_headline(config, text, own_q, %(headline)s) AS highlight"""
+_SEARCH = (
+    _KEPT
+    + """, ranked AS (
+        SELECT * FROM kept ORDER BY rank DESC, day, archive, member, seq LIMIT %(limit)s OFFSET %(offset)s
     )
-    SELECT member_id, day, slot, archive, member, seq, language, start_s, end_s, text, words, remote_path,
-           speaker, rank, search_text IS NOT NULL AS bigrams,
-           ts_headline(config, text, own_q, %(headline)s) AS highlight,
-           (SELECT count(*) FROM matched) AS candidates
+    SELECT """
+    + _HIT_COLUMNS
+    + """, (SELECT count(*) FROM matched) AS candidates
     FROM ranked ORDER BY rank DESC, day, archive, member, seq
 """
+)
+# The web view's search: members ranked by their best hit, a page of them (limit, offset count
+# members), each with its best `per_member` hits; one row of totals even when the page is empty.
+_GROUPED = (
+    _KEPT
+    + """, members AS (
+        SELECT member_id, max(rank) AS best, count(*) AS n FROM kept GROUP BY member_id
+    ), page AS (
+        SELECT * FROM members ORDER BY best DESC, member_id LIMIT %(limit)s OFFSET %(offset)s
+    ), top AS (
+        SELECT k.*, p.best, p.n,
+               row_number() OVER (PARTITION BY k.member_id ORDER BY k.rank DESC, k.seq) AS r
+        FROM kept k JOIN page p USING (member_id)
+    ), totals AS (
+        SELECT (SELECT count(*) FROM kept) AS segments, (SELECT count(*) FROM members) AS members,
+               (SELECT count(*) FROM matched) AS candidates
+    )
+    SELECT totals.*, top.best, top.n, """
+    + _HIT_COLUMNS
+    + """
+    FROM totals LEFT JOIN top ON top.r <= %(per_member)s
+    ORDER BY top.best DESC, top.member_id, top.rank DESC, top.seq
+"""
+)
 
 
 # Ranking reads every candidate's vector: a word in half of all segments would cost seconds. Past
@@ -156,6 +187,30 @@ class SearchHit:
 class SearchResult:
     hits: list[SearchHit]
     truncated: bool  # more segments matched than were ranked (CANDIDATES): narrow the query
+
+
+@dataclass(frozen=True)
+class MemberHits:
+    """One member's best hits, and how many of its segments match in all."""
+
+    hits: list[SearchHit]
+    matching: int
+
+    @property
+    def more(self) -> int:
+        return self.matching - len(self.hits)
+
+
+@dataclass(frozen=True)
+class GroupedResult:
+    """A page of members with their best hits, and the totals of the whole search."""
+
+    members: list[MemberHits]
+    segments: int  # matching segments (of the CANDIDATES ranked)
+    member_count: int  # members they are in
+    truncated: bool
+    understood: bool = True  # False: every reading of the query was empty (stop words, empty quotes)
+    stop_words_in: tuple[str, ...] = ()  # configurations in which the query is only stop words
 
 
 @dataclass(frozen=True)
@@ -246,6 +301,44 @@ class SegmentTable(Table):
                 cur.executemany(_INSERT_SPEAKER, rows)
 
     def search(self, query: SearchQuery) -> SearchResult:
+        """The best-ranked matching segments, `query.limit` of them after `query.offset`."""
+        params = self._params(query)
+        if params is None:
+            return SearchResult([], truncated=False)
+        rows = self._db.query(_SEARCH, params)
+        truncated = bool(rows) and int(rows[0]["candidates"]) >= CANDIDATES
+        return SearchResult([_hit(row, query.text) for row in rows], truncated)
+
+    def search_members(self, query: SearchQuery, per_member: int = 3) -> GroupedResult:
+        """The members with matching segments, ranked by their best, `query.limit` of them after
+        `query.offset` members, each with its `per_member` best hits; and the search's totals."""
+        params = self._params(query)
+        if params is None:
+            return GroupedResult([], 0, 0, truncated=False, understood=False)
+        asked = {c for c in self.configs & _USED_CONFIGS if c != "simple"} if not query.language else set()
+        empty = tuple(sorted(asked - set(params["configs"])))
+        rows = self._db.query(_GROUPED, {**params, "per_member": per_member})
+        # Only `simple` readings left (the configuration that drops no word): every word of a
+        # query in a spaced script is a stop word of the languages that stem.
+        stemmed = [
+            c for c, b in zip(params["configs"], params["bigram"], strict=True) if not b and c != "simple"
+        ]
+        understood = bool(stemmed) or has_unspaced(query.text) or bool(query.language)
+        groups: dict[int, MemberHits] = {}
+        for row in rows:
+            if row["member_id"] is None:
+                continue  # the totals' row of a page past the last
+            group = groups.setdefault(int(row["member_id"]), MemberHits([], int(row["n"])))
+            group.hits.append(_hit(row, query.text))
+        first = rows[0]
+        truncated = int(first["candidates"]) >= CANDIDATES
+        return GroupedResult(
+            list(groups.values()), int(first["segments"]), int(first["members"]), truncated, understood, empty
+        )
+
+    def _params(self, query: SearchQuery) -> dict[str, Any] | None:
+        """The statement's parameters: the query as each configuration reads it (None when every
+        reading is empty: only stop words, or nothing but quotes)."""
         bigram_text = bigram_query(query.text)
         if query.language:
             config, bigram = search_config(query.language, self.configs)
@@ -262,8 +355,8 @@ class SegmentTable(Table):
             },
         )
         if not parsed:
-            return SearchResult([], truncated=False)
-        params = {
+            return None
+        return {
             "configs": [r["config"] for r in parsed],
             "bigram": [r["bigram"] for r in parsed],
             "tsqueries": [r["tsquery"] for r in parsed],
@@ -283,9 +376,6 @@ class SegmentTable(Table):
             "candidates": CANDIDATES,
             "headline": f"HighlightAll=true, StartSel={OPEN}, StopSel={CLOSE}",
         }
-        rows = self._db.query(_SEARCH, params)
-        truncated = bool(rows) and int(rows[0]["candidates"]) >= CANDIDATES
-        return SearchResult([_hit(row, query.text) for row in rows], truncated)
 
     def settle(self) -> None:
         """What autovacuum would do after a bulk load, now: the full-text index's pending list

@@ -169,15 +169,14 @@ class WebView:
 
     def search(self, request: Request) -> Response:
         form = views.SearchForm.of(self._params(request, "search"))
-        hits, more, truncated = [], False, False
+        found = None
         with self.pool.borrow() as store:
             models = self._models_of(store)
             if form.text and form.problem is None:
-                found = store.segments.search(form.query())
-                hits, truncated = found.hits[: views.PAGE], found.truncated
-                more = len(found.hits) > views.PAGE
+                found = store.segments.search_members(form.query(), views.HITS_PER_MEMBER)
+        pages = max(1, -(-found.member_count // views.PAGE)) if found else 1
         return self._page(
-            request, "search.html", form=form, hits=hits, more=more, truncated=truncated, models=models,
+            request, "search.html", form=form, found=found, pages=pages, models=models,
             status=400 if form.problem else 200,
         )  # fmt: skip
 

@@ -22,7 +22,8 @@ from ..status.text import STATUS_COLUMNS, format_day_line, status_cells
 if TYPE_CHECKING:
     from ..state.records import ArchiveStatus
 
-PAGE = 20  # hits a page
+PAGE = 10  # members a page of results (each with its best few hits)
+HITS_PER_MEMBER = 3
 MAX_QUERY = 200  # characters of a query
 MAX_PAGE = 50  # pages: past it, narrow the query (ranking reads every candidate anyway)
 LEAD_S = 1.0  # a hit plays from this long before it
@@ -176,7 +177,7 @@ class SearchForm:
             first, last = min(days), max(days)
         return SearchQuery(
             self.text, first_day=first, last_day=last, language=self.language or None,
-            slot=self.slot or None, model=self.model or None, limit=PAGE + 1, offset=(self.page - 1) * PAGE,
+            slot=self.slot or None, model=self.model or None, limit=PAGE, offset=(self.page - 1) * PAGE,
         )  # fmt: skip
 
     def link(self, page: int) -> dict[str, str]:
