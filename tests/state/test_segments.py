@@ -142,6 +142,11 @@ def test_search_config_bigrams_and_word_times() -> None:
     assert search_config("de", have) == ("simple", False)  # a server without german
     assert search_config("xx", have) == ("simple", False)
     assert search_config("ja", have) == ("simple", True)
+    accents = {*have, "unaccent_simple", "unaccent_english"}  # migration 0013's copies
+    assert search_config("en", accents) == ("unaccent_english", False)
+    assert search_config("fr", accents) == ("french", False)  # no copy: the plain one
+    assert search_config("xx", accents) == ("unaccent_simple", False)
+    assert search_config("ja", accents) == ("simple", True)  # bigrams have no accents to drop
     assert bigrams("東京都 abc に") == "東京 京都 abc に"
     assert bigram_query('東京都 -大阪 "京都"') == '"東京 京都" -"大阪" "京都"'
     assert bigram_query("news東京都") == 'news "東京 京都"'
@@ -171,7 +176,7 @@ def test_each_segment_is_searched_in_its_own_language(pg_dsn: str) -> None:
         pg_dsn, "SELECT seq, language, config::text FROM segments WHERE member = 'mixed.wav' ORDER BY seq"
     )
     assert [(r["seq"], r["language"], r["config"]) for r in rows] == [
-        (0, "en", "english"), (1, "de", "german"), (2, "en", "english"),
+        (0, "en", "unaccent_english"), (1, "de", "unaccent_german"), (2, "en", "unaccent_english"),
     ]  # fmt: skip
     assert _found(store, "Kindern") == [("mixed.wav", 3.0)]
     assert _found(store, "Kindern", language="de") == [("mixed.wav", 3.0)]
@@ -207,3 +212,70 @@ def test_speakers_are_recorded_with_their_segments_and_searched_by(pg_dsn: str) 
     assert [(r["speaker"], r["seconds"], r["first_s"]) for r in rows] == [("S1", 2.0, 0.0), ("S2", 1.5, 2.5)]
     assert len(rows[0]["centroid"]) == 192 and rows[0]["centroid"][1] == pytest.approx(1 / 192)
     store.close()
+
+
+def test_a_prefix_and_near_find_what_websearch_cannot(store: ProgressStore) -> None:
+    """`countr*` finds country; `ask NEAR/4 country` the two within four words in either order
+    (ask not what your country: four apart, stop words counted), not further apart."""
+    assert {m for m, _ in _found(store, "countr*")} == {"jfk.wav", "late.wav"}
+    assert {m for m, _ in _found(store, "fellow*")} == {"jfk.wav"}
+    assert _found(store, "ask NEAR/4 country") == [("jfk.wav", 4.5)]
+    assert _found(store, "ask NEAR/3 country") == []
+    assert _found(store, "country NEAR/4 ask") == [("jfk.wav", 4.5)]
+    assert _found(store, "americans NEAR ask") == [("jfk.wav", 4.0)]  # NEAR alone: within 5
+    assert {m for m, _ in _found(store, "countr* -americans")} == {"late.wav"}
+    assert _found(store, "-countr* rain") == [("runners.wav", 5.0)]
+    # hostile text is quoted, never tsquery syntax
+    assert _found(store, "it's' NEAR/1 ) & | !*") == []
+
+
+def test_search_by_members_counts_and_groups(store: ProgressStore) -> None:
+    grouped = store.segments.search_members(SearchQuery("country", limit=1), per_member=1)
+    assert (grouped.segments, grouped.member_count, grouped.understood) == (2, 2, True)
+    assert len(grouped.members) == 1 and len(grouped.members[0].hits) == 1
+    second = store.segments.search_members(SearchQuery("country", limit=1, offset=1), per_member=1)
+    assert {g.hits[0].member for g in (grouped.members[0], second.members[0])} == {"jfk.wav", "late.wav"}
+    past = store.segments.search_members(SearchQuery("country", limit=1, offset=5))
+    assert (past.members, past.segments, past.member_count) == ([], 2, 2)
+    nothing = store.segments.search_members(SearchQuery('""'))
+    assert not nothing.understood and nothing.members == []
+    english = store.segments.search_members(SearchQuery("the and of"))
+    assert "english" in english.stop_words_in and english.segments == 0
+
+
+def test_accents_need_not_be_typed_and_stemming_stays(pg_dsn: str) -> None:
+    store = ProgressStore(pg_dsn)
+    store.init_schema()
+    store.archives.start(KEY, path="/x.tar.xz", bytes_total=10, owner=Owner(None, "h", 1))
+    store.members.record(
+        KEY,
+        [
+            _member("es.wav", "es", Segment(0.0, 2.0, "Buenos días, señor alcalde.")),
+            _member("de.wav", "de", Segment(0.0, 2.0, "Die Züge nach München fahren heute.")),
+            _member("fr.wav", "fr", Segment(0.0, 2.0, "Les élèves écoutaient la radio.")),
+        ],
+    )
+    store.members.mark_done(KEY.archive, [(m, f"/remote/{m}") for m in ("es.wav", "de.wav", "fr.wav")])
+    assert _found(store, "senor") == [("es.wav", 0.0)] and _found(store, "señor") == [("es.wav", 0.0)]
+    assert _found(store, "Munchen") == [("de.wav", 0.0)]
+    assert _found(store, "eleve") == [("fr.wav", 0.0)]  # unaccented, and stemmed: élèves -> élev
+    assert _found(store, "zuge", language="de") == [("de.wav", 0.0)]
+    assert _found(store, '"senor alcalde"') == [("es.wav", 0.0)]
+    (row,) = query(pg_dsn, "SELECT DISTINCT config::text AS config FROM segments WHERE member = 'es.wav'")
+    assert row["config"] == "unaccent_spanish"
+
+
+def test_the_migration_moves_segments_written_before_it(store: ProgressStore, pg_dsn: str) -> None:
+    """A database of version 12: its segments under the plain configurations (and Chinese under
+    `simple`, in bigrams). Migrating moves the first to their accent-blind copies, keeps the
+    bigrams, and search finds both."""
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE segments SET config = 'pg_catalog.english'::regconfig WHERE language = 'en'")
+        conn.execute("DELETE FROM schema_version WHERE version >= 13")
+    store.init_schema()
+    configs = {r["member"]: r["config"] for r in query(pg_dsn, "SELECT member, config::text FROM segments")}
+    assert configs["jfk.wav"] == "unaccent_english" and configs["zh.wav"] == "simple"
+    assert _found(store, '"ask not what your country"') == [("jfk.wav", 4.5)]
+    assert _found(store, "协会") == [("zh.wav", 1.0)]

@@ -39,13 +39,28 @@ def has_unspaced(text: str) -> bool:
     return _UNSPACED.search(text) is not None
 
 
+# Migration 0013's copies of the configurations that read accented letters as plain ones.
+UNACCENT = "unaccent_"
+
+
+def preferred(config: str, available: Iterable[str]) -> str:
+    """`config`'s accent-blind copy where the server has it (migration 0013), else `config`."""
+    return UNACCENT + config if UNACCENT + config in set(available) else config
+
+
+def language_of(config: str) -> str:
+    """A configuration's name as the pages say it: `unaccent_english` -> english."""
+    return config.removeprefix(UNACCENT)
+
+
 def search_config(language: str | None, available: Iterable[str]) -> tuple[str, bool]:
     """(configuration, bigrams) for a segment in `language`; `available` is what the server has."""
+    have = set(available)
     lang = (language or "").lower()
     if lang in BIGRAM_LANGUAGES:
         return "simple", True
     config = CONFIGS.get(lang, "simple")
-    return (config if config in set(available) else "simple"), False
+    return preferred(config if config in have else "simple", have), False
 
 
 def bigrams(text: str) -> str:
@@ -56,6 +71,50 @@ def bigrams(text: str) -> str:
         return " " + (" ".join(run[i : i + 2] for i in range(len(run) - 1)) if len(run) > 1 else run) + " "
 
     return " ".join(_UNSPACED.sub(pairs, text).split())
+
+
+# What websearch_to_tsquery does not read, read here: `print*` (words that start so) and
+# `bible NEAR/3 printed` (the two at most N words apart, either order; NEAR alone is NEAR/5).
+NEAR_DEFAULT = 5
+NEAR_MAX = 20
+_TERM = r"[^\s\"*()|&!<>:-][^\s\"*()|&!<>:]*\*?"
+_NEAR = re.compile(rf"({_TERM})\s+NEAR(?:/(\d+))?\s+({_TERM})")
+_PREFIX = re.compile(r"(?<![^\s\"])(-?)([^\s\"*()|&!<>:-][^\s\"*()|&!<>:]*)\*(?=[\s\"]|$)")
+
+
+def _lexeme(term: str) -> str:
+    """A term as to_tsquery reads one quoted value (its configuration normalises it), `:*` for a prefix."""
+    word, prefix = (term[:-1], ":*") if term.endswith("*") else (term, "")
+    return "'" + word.replace("\\", "\\\\").replace("'", "''") + "'" + prefix
+
+
+def operators(query: str) -> tuple[str, str]:
+    """`query` as (what websearch_to_tsquery reads, a to_tsquery expression for the rest): each
+    NEAR and each prefix taken out of the first and written, quoted, into the second; both
+    ANDed by the search. A query without them is `(query, "")`."""
+    parts: list[str] = []
+
+    def near(m: re.Match[str]) -> str:
+        n = max(1, min(NEAR_MAX, int(m[2]) if m[2] else NEAR_DEFAULT))
+        a, b = _lexeme(m[1]), _lexeme(m[3])
+        ways = [f"{x} <{k}> {y}" for k in range(1, n + 1) for x, y in ((a, b), (b, a))]
+        parts.append("(" + " | ".join(ways) + ")")
+        return " "
+
+    def prefix(m: re.Match[str]) -> str:
+        if _inside_quotes(rest, m.start()):
+            return m[2]  # a phrase's words are words: the star dropped
+        parts.append(("!" if m[1] else "") + _lexeme(m[2] + "*"))
+        return " "
+
+    rest = _NEAR.sub(near, query)
+    rest = _PREFIX.sub(prefix, rest)  # `prefix` reads `rest` as it was before this substitution
+    return " ".join(rest.split()), " & ".join(parts)
+
+
+def plain_words(query: str) -> str:
+    """`query` with NEAR and `*` read as plain words (the bigram reading takes them so)."""
+    return " ".join(re.sub(r"\bNEAR(?:/\d+)?\b|\*", " ", query).split())
 
 
 def bigram_query(query: str) -> str:

@@ -25,7 +25,11 @@ from .search_text import (
     first_match,
     has_unspaced,
     highlight_unspaced,
+    language_of,
+    operators,
+    plain_words,
     player_command,
+    preferred,
     search_config,
     word_time,
 )
@@ -55,8 +59,10 @@ _INSERT_SPEAKER = """
 # words in that language) are left out.
 _PARSE = """
     SELECT c.config::text AS config, c.bigram, t::text AS tsquery
-    FROM unnest(%(configs)s::regconfig[], %(bigram)s::bool[], %(texts)s::text[]) AS c(config, bigram, text),
-         LATERAL websearch_to_tsquery(c.config, c.text) AS t
+    FROM unnest(%(configs)s::regconfig[], %(bigram)s::bool[], %(texts)s::text[], %(extras)s::text[])
+             AS c(config, bigram, text, extra),
+         LATERAL (SELECT websearch_to_tsquery(c.config, c.text) && CASE WHEN c.extra = ''
+                         THEN ''::tsquery ELSE to_tsquery(c.config, c.extra) END) AS q(t)
     WHERE numnode(t) > 0
 """
 
@@ -315,8 +321,12 @@ class SegmentTable(Table):
         params = self._params(query)
         if params is None:
             return GroupedResult([], 0, 0, truncated=False, understood=False)
-        asked = {c for c in self.configs & _USED_CONFIGS if c != "simple"} if not query.language else set()
-        empty = tuple(sorted(asked - set(params["configs"])))
+        asked = (
+            {c for c in self._reading_configs() if language_of(c) != "simple"}
+            if not query.language
+            else set()
+        )
+        empty = tuple(sorted(language_of(c) for c in asked - set(params["configs"])))
         rows = self._db.query(_GROUPED, {**params, "per_member": per_member})
         # Only `simple` readings left (the configuration that drops no word): every word of a
         # query in a spaced script is a stop word of the languages that stem.
@@ -336,22 +346,28 @@ class SegmentTable(Table):
             list(groups.values()), int(first["segments"]), int(first["members"]), truncated, understood, empty
         )
 
+    def _reading_configs(self) -> list[str]:
+        """The configurations a query without a language is read in: each one segments use."""
+        return sorted({preferred(c, self.configs) for c in self.configs & _USED_CONFIGS})
+
     def _params(self, query: SearchQuery) -> dict[str, Any] | None:
         """The statement's parameters: the query as each configuration reads it (None when every
         reading is empty: only stop words, or nothing but quotes)."""
-        bigram_text = bigram_query(query.text)
+        bigram_text = bigram_query(plain_words(query.text))
+        plain, extra = operators(query.text)  # prefixes and NEAR, which websearch does not read
         if query.language:
             config, bigram = search_config(query.language, self.configs)
-            readings = [(config, bigram, bigram_text if bigram else query.text)]
+            readings = [(config, bigram, bigram_text, "") if bigram else (config, bigram, plain, extra)]
         else:
-            readings = [(c, False, query.text) for c in sorted(self.configs & _USED_CONFIGS)]
-            readings.append(("simple", True, bigram_text))
+            readings = [(c, False, plain, extra) for c in self._reading_configs()]
+            readings.append(("simple", True, bigram_text, ""))
         parsed = self._db.query(
             _PARSE,
             {
-                "configs": [c for c, _, _ in readings],
-                "bigram": [b for _, b, _ in readings],
-                "texts": [t for _, _, t in readings],
+                "configs": [r[0] for r in readings],
+                "bigram": [r[1] for r in readings],
+                "texts": [r[2] for r in readings],
+                "extras": [r[3] for r in readings],
             },
         )
         if not parsed:
