@@ -5,6 +5,7 @@ unusual: the times `?t=` takes, the slot pages, and download names."""
 
 from __future__ import annotations
 
+import html
 import re
 import urllib.parse
 from pathlib import Path
@@ -53,7 +54,7 @@ def _routes(mid: int) -> dict[str, list[str]]:
 
 
 def _readable(body: bytes) -> str:
-    return re.sub(r"<[^>]+>", " ", body.decode("utf-8", "replace"))
+    return html.unescape(re.sub(r"<[^>]+>", " ", body.decode("utf-8", "replace")))
 
 
 @pytest.fixture
@@ -174,3 +175,14 @@ def test_a_search_that_finds_nothing_says_why(served: Served, pg_dsn: str) -> No
     assert status == 200 and re.search(r"\d+ segments? in \d+ members?, page 1 of 1", page), page[:800]
     status, _, body = served.get(f"/search?q={urllib.parse.quote(word)}&page=5")
     assert status == 200 and "Page 5 is past the last: this search has 1 page" in _readable(body)
+
+    # Filters are choices of what the days hold; a value they do not hold is said, not searched.
+    status, _, body = served.get(f"/search?q={word}&slot=06:00")
+    said = " ".join(_readable(body).split())
+    assert status == 400 and "no slot '06:00' on any day; the done members there have: 09_00" in said, said[
+        :600
+    ]
+    status, _, body = served.get(f"/search?q={word}&language=english")
+    assert status == 400 and "no language 'english'" in _readable(body)
+    page = body.decode()
+    assert '<option value="09_00">09_00</option>' in page  # the slot select lists the day's slot

@@ -132,3 +132,22 @@ def test_a_slot_listing_takes_known_orders_and_page_numbers() -> None:
     }
     assert "not an order" in (SlotListing.of({"sort": "size"}).problem or "")
     assert SlotListing.of({"page": "0"}).problem == "page=0 is not a page number"
+
+
+def test_the_date_pickers_make_a_day_or_a_range_and_unknown_choices_are_said() -> None:
+    from streaming_pipeline.state.browse import Choices
+
+    assert (
+        SearchForm.of({"q": "x", "from": "2025-01-01", "to": "2025-01-31"}).days == "2025-01-01..2025-01-31"
+    )
+    assert SearchForm.of({"q": "x", "from": "2025-01-05"}).days == "2025-01-05"
+    assert SearchForm.of({"q": "x", "to": "2025-01-05", "days": "2025-02-01"}).days == "2025-02-01"
+    assert SearchForm.of({"q": "x", "from": "2025-01-31", "to": "2025-01-01"}).query().first_day == dt.date(
+        2025, 1, 1
+    )
+    have = Choices(("06_00", "09_00"), ("de", "en"), ("whisper-base",))
+    assert SearchForm.of({"q": "x", "slot": "06_00", "language": "en"}).unknown_choice(have) is None
+    said = SearchForm.of({"q": "x", "slot": "06:00"}).unknown_choice(have)
+    assert said == "no slot '06:00' on any day; the done members there have: 06_00, 09_00"
+    said = SearchForm.of({"q": "x", "language": "english", "days": "2025-01-25"}).unknown_choice(have)
+    assert said == "no language 'english' on 2025-01-25; the done members there have: de, en"

@@ -107,6 +107,15 @@ class MemberView:
 
 
 @dataclass(frozen=True)
+class Choices:
+    """What a search can be narrowed to: the values the done members hold."""
+
+    slots: tuple[str, ...]
+    languages: tuple[str, ...]
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SlotMember:
     """A row of a slot's page: a member and how far it got."""
 
@@ -252,9 +261,19 @@ class BrowseQueries(Table):
             for r in rows
         ]
 
-    def models(self) -> list[str]:
-        """The models the done members' transcripts were made by (the search's filter)."""
+    def choices(self, first: dt.date | None = None, last: dt.date | None = None) -> Choices:
+        """The slots, languages and models of the done members of [first, last] (all days when
+        None): what the search form offers to choose from."""
         rows = self._db.query(
-            "SELECT DISTINCT model FROM audio_files WHERE status = 'done' AND model IS NOT NULL ORDER BY 1"
+            "SELECT array_agg(DISTINCT slot) AS slots, array_agg(DISTINCT language) AS languages,"
+            " array_agg(DISTINCT model) AS models FROM audio_files WHERE status = 'done'"
+            " AND (%(first)s::date IS NULL OR day >= %(first)s)"
+            " AND (%(last)s::date IS NULL OR day <= %(last)s)",
+            {"first": first, "last": last},
         )
-        return [r["model"] for r in rows]
+        r = rows[0]
+
+        def values(key: str) -> tuple[str, ...]:
+            return tuple(sorted(v for v in r[key] or () if v))
+
+        return Choices(values("slots"), values("languages"), values("models"))

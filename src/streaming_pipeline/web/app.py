@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import ConfigError, StoreError
 from ..member_files import FileKind
-from ..state.browse import SegmentView, TimedText
+from ..state.browse import Choices, SegmentView, TimedText
 from ..state.store import SCHEMA_VERSION, ProgressStore
 from ..status.day import day_report
 from ..status.report import collect, render
@@ -45,12 +45,12 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 STATEMENT_TIMEOUT_MS = 5000
 BORROW_TIMEOUT_S = 30.0  # a request waits this long for a free connection, then is answered 503
-MODELS_TTL_S = 60.0  # the search form's list of models is read at most this often
+MODELS_TTL_S = 60.0  # the search form's choices over every day are read at most this often
 SLOT_PAGE = 50  # members a page of a slot
 # What each page takes in its query string (anything else is a 400 that says so).
 TAKES = {
     "home": frozenset(),
-    "search": frozenset({"q", "days", "slot", "language", "model", "page"}),
+    "search": frozenset({"q", "days", "from", "to", "slot", "language", "model", "page"}),
     "member": frozenset({"t", "play", "speaker", "q"}),
     "member_file": frozenset({"download"}),
     "day": frozenset(),
@@ -130,7 +130,7 @@ class WebView:
         env.filters["marked"] = views.marked
         env.globals["play_from"] = views.play_from
         env.globals["PAGE"] = views.PAGE
-        self._models: tuple[float, list[str]] = (-MODELS_TTL_S, [])
+        self._all_choices: tuple[float, Choices | None] = (-MODELS_TTL_S, None)
 
     def app(self) -> Starlette:
         routes = [
@@ -164,29 +164,32 @@ class WebView:
         self._params(request, "home")
         with self.pool.borrow() as store:
             days = store.browse.days()
-            models = self._models_of(store)
-        return self._page(request, "home.html", form=views.SearchForm(), days=days, models=models)
+            choices = self._choices(store)
+        return self._page(request, "home.html", form=views.SearchForm(), days=days, choices=choices)
 
     def search(self, request: Request) -> Response:
         form = views.SearchForm.of(self._params(request, "search"))
         found = None
         with self.pool.borrow() as store:
-            models = self._models_of(store)
+            choices = store.browse.choices(*form.span()) if form.problem is None else self._choices(store)
+            if form.problem is None and (unknown := form.unknown_choice(choices)):
+                form = replace(form, problem=unknown)
             if form.text and form.problem is None:
                 found = store.segments.search_members(form.query(), views.HITS_PER_MEMBER)
         pages = max(1, -(-found.member_count // views.PAGE)) if found else 1
         return self._page(
-            request, "search.html", form=form, found=found, pages=pages, models=models,
+            request, "search.html", form=form, found=found, pages=pages, choices=choices,
             status=400 if form.problem else 200,
         )  # fmt: skip
 
-    def _models_of(self, store: ProgressStore) -> list[str]:
-        """The models of done members: a scan of every member, so read once a minute, not per search."""
-        read_at, models = self._models
-        if time.monotonic() - read_at > MODELS_TTL_S:
-            models = store.browse.models()
-            self._models = (time.monotonic(), models)
-        return models
+    def _choices(self, store: ProgressStore) -> Choices:
+        """The search form's choices over every day: a scan of every member, so read once a
+        minute, not per page."""
+        read_at, choices = self._all_choices
+        if choices is None or time.monotonic() - read_at > MODELS_TTL_S:
+            choices = store.browse.choices()
+            self._all_choices = (time.monotonic(), choices)
+        return choices
 
     # -- a member ----------------------------------------------------------------------------------
     def member(self, request: Request) -> Response:

@@ -13,7 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 from ..day_specs import parse_days
 from ..errors import ConfigError
-from ..state.browse import SLOT_ORDERS
+from ..state.browse import SLOT_ORDERS, Choices
 from ..state.search_text import CLOSE, OPEN
 from ..state.segments import SearchHit, SearchQuery
 from ..status.day import DayReport
@@ -149,6 +149,11 @@ class SearchForm:
     def of(cls, params: Mapping[str, str]) -> SearchForm:
         limits = {"q": MAX_QUERY, "days": 32, "slot": 64, "language": 16, "model": 200}
         fields = {name: params.get(name, "").strip() for name in limits}
+        # the date pickers: from (and to) as a day or a range, where `days` is not given
+        start, end = params.get("from", "").strip(), params.get("to", "").strip()
+        if not fields["days"] and (start or end):
+            start, end = sorted((start or end, end or start))  # a range picked backwards is the same range
+            fields["days"] = start if start == end else f"{start}..{end}"
         fields["language"] = fields["language"].lower()
         page = page_number(params.get("page"))
         form = cls(fields["q"][:MAX_QUERY], fields["days"][:32], fields["slot"][:64], fields["language"][:16],
@@ -169,6 +174,27 @@ class SearchForm:
             except ConfigError as exc:
                 problem = str(exc)
         return replace(form, problem=problem)
+
+    def span(self) -> tuple[dt.date | None, dt.date | None]:
+        """The first and last day the search is narrowed to (None: no bound)."""
+        if not self.days:
+            return None, None
+        days = parse_days([self.days])
+        return min(days), max(days)
+
+    def unknown_choice(self, choices: Choices) -> str | None:
+        """What the form asks for that the days do not hold (a slot written `06:00`, a language
+        written `english`): said, so that a search never silently finds nothing for it."""
+        for name, value, have in (
+            ("slot", self.slot, choices.slots),
+            ("language", self.language, choices.languages),
+            ("model", self.model, choices.models),
+        ):
+            if value and value not in have:
+                where = f"on {self.days}" if self.days else "on any day"
+                listed = ", ".join(have[:20]) + (f" and {len(have) - 20} more" if len(have) > 20 else "")
+                return f"no {name} {value!r} {where}; the done members there have: {listed or 'none'}"
+        return None
 
     def query(self) -> SearchQuery:
         first = last = None
