@@ -186,3 +186,29 @@ def test_a_search_that_finds_nothing_says_why(served: Served, pg_dsn: str) -> No
     assert status == 400 and "no language 'english'" in _readable(body)
     page = body.decode()
     assert '<option value="09_00">09_00</option>' in page  # the slot select lists the day's slot
+
+
+@pytest.mark.slow
+def test_static_files_are_kept_by_their_hash_and_the_flac_is_revalidated(
+    served: Served, pg_dsn: str, clips
+) -> None:
+    status, _, body = served.get("/")
+    links = re.findall(r'(?:href|src)="(/static/[a-z]+\.(?:css|js|svg)\?v=[0-9a-f]{12})"', body.decode())
+    assert status == 200 and len(links) == 2, links  # the stylesheet and the icon on every page
+    status, headers, _ = served.get(links[0])
+    assert status == 200 and headers["cache-control"] == "public, max-age=31536000, immutable"
+    status, headers, _ = served.get(links[0].split("?")[0] + "?v=000000000000")  # an old link
+    assert status == 200 and headers["cache-control"] == "no-cache"
+    mid = member_id(pg_dsn, clips[2][0])
+    status, headers, whole = served.get(f"/member/{mid}/flac")
+    assert status == 200 and headers["etag"] and headers["last-modified"], headers
+    assert headers["cache-control"] == "private, no-cache"
+    etag = headers["etag"]
+    status, headers, body = served.get(f"/member/{mid}/flac", {"If-None-Match": etag})
+    assert status == 304 and body == b"" and headers["etag"] == etag
+    status, _, body = served.get(f"/member/{mid}/flac", {"If-None-Match": etag, "Range": "bytes=10-19"})
+    assert status == 304  # the copy held is current: no bytes, whatever the range
+    status, headers, body = served.get(
+        f"/member/{mid}/flac", {"If-None-Match": '"other"', "Range": "bytes=10-19"}
+    )
+    assert status == 206 and body == whole[10:20] and headers["etag"] == etag

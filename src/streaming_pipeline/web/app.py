@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import queue
 import re
 import time
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -100,14 +102,50 @@ class StorePool:
 class MediaResponse(FileResponse):
     """A file for the page's audio element: an open-ended Range is answered with a chunk
     (views.capped_range), so seeking in an hour-long member fetches that chunk, not the rest of
-    the file in flight."""
+    the file in flight. It carries ETag and Last-Modified and may be kept, but is checked again
+    (`no-cache`): an If-None-Match that names it is a 304, with or without a Range."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.set_stat_headers(os.stat(self.path))
+        self.headers["cache-control"] = "private, no-cache"
+        asked = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"if-none-match",)}
+        tags = {t.strip().removeprefix("W/") for t in asked.get(b"if-none-match", "").split(",")}
+        if self.headers["etag"] in tags or "*" in tags:
+            kept = {k: self.headers[k] for k in ("etag", "last-modified", "cache-control")}
+            await Response(status_code=304, headers=kept)(scope, receive, send)
+            return
         headers = [
             (k, views.capped_range(v.decode("latin-1")).encode() if k == b"range" else v)
             for k, v in scope["headers"]
         ]
         await super().__call__({**scope, "headers": headers}, receive, send)
+
+
+class HashedStatic(StaticFiles):
+    """The CSS, scripts and icon, linked as `/static/NAME?v=HASH` (`static_url`): a link with
+    the file's current hash may be kept for a year, since a changed file gets a new link; any
+    other request is checked again each time."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory=directory)
+        self.hashes = {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+            for p in directory.iterdir()
+            if p.is_file()
+        }
+
+    def url(self, name: str) -> str:
+        return f"/static/{name}?v={self.hashes[name]}"
+
+    def file_response(
+        self, full_path: Any, stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        given = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))).get("v")
+        current = self.hashes.get(Path(str(full_path)).name)
+        lasting = given is not None and given == current
+        response.headers["cache-control"] = "public, max-age=31536000, immutable" if lasting else "no-cache"
+        return response
 
 
 @dataclass(frozen=True)
@@ -130,6 +168,8 @@ class WebView:
         env.filters["marked"] = views.marked
         env.globals["play_from"] = views.play_from
         env.globals["PAGE"] = views.PAGE
+        self.static = HashedStatic(HERE / "static")
+        env.globals["static"] = self.static.url
         self._all_choices: tuple[float, Choices | None] = (-MODELS_TTL_S, None)
 
     def app(self) -> Starlette:
@@ -142,7 +182,7 @@ class WebView:
             Route("/days/{day:str}/report", self.day_report),
             Route("/days/{day:str}/slots/{slot:str}", self.slot),
             Route("/api/days/{day:str}", self.day_json),
-            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+            Mount("/static", self.static, name="static"),
         ]
         handlers = {StoreError: self._store_down, HTTPException: self._http_error}
         return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
