@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(rsync xz-utils espeak-ng sox libsndfile1 postgresql pgbouncer util-linux chromium chromium-driver)
 if [ "${1:-}" = --slurm ]; then packages+=(slurm-wlm munge); fi
+command -v npm >/dev/null || packages+=(npm)  # any Node.js with npm will do
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -20,3 +21,9 @@ if ((${#missing[@]})); then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+
+# axe-core, the accessibility checker the browser tests run in each page (tests/web/test_browser.py)
+axe_dir="${XDG_CACHE_HOME:-$HOME/.cache}/streaming-pipeline/npm"
+if [ ! -f "$axe_dir/node_modules/axe-core/axe.min.js" ]; then
+    npm install --silent --no-save --no-audit --no-fund --prefix "$axe_dir" axe-core@4.14.1 >/dev/null
+fi

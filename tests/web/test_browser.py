@@ -208,3 +208,53 @@ def test_the_day_page_follows_a_local_run(tmp_path: Path, pg_dsn: str, tiny_mode
     finally:
         if run.poll() is None:
             run.kill()
+
+
+AXE = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "streaming-pipeline/npm/node_modules/axe-core/axe.min.js"
+)
+
+
+def axe_violations(driver) -> list[str]:
+    """axe-core's serious and critical violations on the page (the npm package that
+    scripts/install-deps.sh puts in the cache), as 'rule: target' lines."""
+    if not AXE.is_file():
+        pytest.fail(f"axe-core is not at {AXE}: run scripts/install-deps.sh")
+    driver.execute_script(AXE.read_text(encoding="utf-8"))
+    result = driver.execute_async_script(
+        "const done = arguments[0]; axe.run().then(done, (e) => done({error: String(e)}))"
+    )
+    assert "error" not in result, result
+    return [
+        f"{v['id']} ({v['impact']}): {', '.join(str(n['target']) for n in v['nodes'][:3])}"
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+@pytest.mark.slow
+def test_every_page_fits_a_phone_and_passes_axe(tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, browser,
+                                               server_stops) -> None:  # fmt: skip
+    """390 px wide (a phone) and 1280: no page scrolls sideways, and axe-core finds nothing
+    serious or critical on any page type (the days, a day, a slot, a member, a search, an error)."""
+    remote = process_day(tmp_path, pg_dsn, tiny_model, clips)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE segments SET text = 'the printed bible of mainz' WHERE seq = 0")
+    server = serve(tmp_path, pg_dsn, str(remote))
+    server_stops.append(server)
+    mid = member_id(pg_dsn, clips[2][0])
+    member = f"/member/{mid}"
+    pages = ["/", f"/days/{DAY}", f"/days/{DAY}/slots/09_00", member, f"{member}?q=bible&t=abc",
+             "/search?q=bible", "/search?q=the", "/member/999999"]  # fmt: skip
+    wrong: list[str] = []
+    for width in (390, 1280):
+        browser.set_window_size(width, 900)
+        for page in pages:
+            browser.get(server.url + page)
+            wide = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+            if wide[0] > wide[1]:
+                wrong.append(f"{width} px {page}: scrolls sideways ({wide[0]} > {wide[1]})")
+            if width == 390:
+                wrong += [f"{page}: {v}" for v in axe_violations(browser)]
+    assert not wrong, "\n".join(wrong)
