@@ -112,9 +112,18 @@ class _Fence:
     lost: LeaseLost | None = None
 
 
+# A process stopped inside a transaction (SIGSTOP, a hung mount, a debugger) keeps its row locks:
+# a worker taking its archive over would wait on them for ever. Every transaction lets the
+# server end it once it has sat idle this long (ms); the stopped process finds its connection
+# gone when it resumes, and its fenced writes are refused by the lease. Set per transaction, so
+# PgBouncer can pool it.
+IDLE_IN_TRANSACTION_MS = 10_000
+_EVERY = f"SET LOCAL idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}"
+
+
 def _read_only(timeout_ms: int) -> str:
     """What each transaction of a read-only store starts with."""
-    return f"SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {int(timeout_ms)}"
+    return f"SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {int(timeout_ms)}; {_EVERY}"
 
 
 class Database:
@@ -136,7 +145,7 @@ class Database:
         read_only_ms: int | None = None,
     ) -> None:
         self._dsn = dsn
-        self._begin = "" if read_only_ms is None else _read_only(read_only_ms)
+        self._begin = _EVERY if read_only_ms is None else _read_only(read_only_ms)
         self._secret = dsn_password(dsn)
         self._attempts = attempts
         self._backoff_max = backoff_max
