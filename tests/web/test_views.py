@@ -151,3 +151,15 @@ def test_the_date_pickers_make_a_day_or_a_range_and_unknown_choices_are_said() -
     assert said == "no slot '06:00' on any day; the done members there have: 06_00, 09_00"
     said = SearchForm.of({"q": "x", "language": "english", "days": "2025-01-25"}).unknown_choice(have)
     assert said == "no language 'english' on 2025-01-25; the done members there have: de, en"
+
+
+def test_a_hit_marks_its_segment_whatever_its_start_s_last_digits() -> None:
+    """A hit's start is kept to 10 ms (SearchHit), a segment's as PostgreSQL's real gives it."""
+    from streaming_pipeline.state.segments import SearchHit
+    from streaming_pipeline.web.views import hit_marks
+
+    hit = SearchHit(dt.date(2025, 1, 25), "06_00", "a", "m.wav", "en", round(1.2350000143, 2), 3.0, 1.3,
+                    "the printed bible", "the «printed» bible", "/r/m.flac", 0.1)  # fmt: skip
+    marks = hit_marks([hit])
+    assert marks.at(1.2350000143) == [("the ", False), ("printed", True), (" bible", False)]
+    assert marks.at(2.0) is None and marks.word(" Printed,") and not marks.word("bible")

@@ -259,7 +259,7 @@ class HitMarks:
     """Which of a member's segments match the query (by their start) and the words the search
     matched in each, for the page to mark."""
 
-    segments: dict[float, list[tuple[str, bool]]]  # start -> the highlight, cut by `marked`
+    segments: dict[float, list[tuple[str, bool]]]  # start (to 10 ms) -> the highlight, cut by `marked`
     words: frozenset[str]  # matched words, folded (`fold`), for segments shown word by word
 
     def word(self, text: str) -> bool:
@@ -267,7 +267,7 @@ class HitMarks:
 
     def at(self, start: float) -> list[tuple[str, bool]] | None:
         """The highlight of the segment starting at `start`, when it is a hit."""
-        return self.segments.get(round(start, 3))
+        return self.segments.get(round(start, 2))
 
 
 def fold(word: str) -> str:
@@ -276,7 +276,7 @@ def fold(word: str) -> str:
 
 
 def hit_marks(hits: Sequence[SearchHit]) -> HitMarks:
-    segments = {round(h.start, 3): marked(h.highlight) for h in hits}
+    segments = {round(h.start, 2): marked(h.highlight) for h in hits}  # a hit's start is to 10 ms
     words = frozenset(fold(part) for parts in segments.values() for part, hit in parts if hit)
     return HitMarks(segments, words)
 
