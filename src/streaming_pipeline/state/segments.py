@@ -321,19 +321,13 @@ class SegmentTable(Table):
         params = self._params(query)
         if params is None:
             return GroupedResult([], 0, 0, truncated=False, understood=False)
-        asked = (
-            {c for c in self._reading_configs() if language_of(c) != "simple"}
-            if not query.language
-            else set()
-        )
-        empty = tuple(sorted(language_of(c) for c in asked - set(params["configs"])))
         rows = self._db.query(_GROUPED, {**params, "per_member": per_member})
-        # Only `simple` readings left (the configuration that drops no word): every word of a
-        # query in a spaced script is a stop word of the languages that stem.
-        stemmed = [
-            c for c, b in zip(params["configs"], params["bigram"], strict=True) if not b and c != "simple"
-        ]
-        understood = bool(stemmed) or has_unspaced(query.text) or bool(query.language)
+        # The languages that stem (not `simple`, which drops no word) in which the query read as
+        # nothing: every word of it is a stop word there. None left at all: nothing to look for.
+        stemming = {language_of(c) for c in self._reading_configs()} - {"simple"}
+        read = {language_of(c) for c, b in zip(params["configs"], params["bigram"], strict=True) if not b}
+        empty = tuple(sorted(stemming - read)) if not query.language else ()
+        understood = bool(read - {"simple"}) or has_unspaced(query.text) or bool(query.language)
         groups: dict[int, MemberHits] = {}
         for row in rows:
             if row["member_id"] is None:

@@ -40,15 +40,26 @@ def read_files(set_dir: Path) -> list[tuple[str, float]]:
         return [(r["file"], float(r["duration_s"])) for r in csv.DictReader(f, delimiter="\t")]
 
 
+def _written(results: Path, suffix: str) -> dict[str, Path]:
+    """The files of `suffix` under `results`, by their path without the suffix."""
+    return {p.relative_to(results).with_suffix("").as_posix(): p for p in results.rglob(f"*{suffix}")}
+
+
+def _find(written: dict[str, Path], recording: str) -> Path | None:
+    """A recording's file among `written`: at its own path, or where a run put it under a folder."""
+    stem = Path(recording).with_suffix("").as_posix()
+    return written.get(stem) or next((p for k, p in written.items() if k.endswith("/" + stem)), None)
+
+
 def collect_rttms(files: list[str], results: Path, hyp: Path) -> list[str]:
     """Each recording's RTTM, found under `results` by its path without the extension, copied to
     `hyp/<its path>.rttm` as the scorer wants it; the recordings that have none."""
-    written = {p.relative_to(results).with_suffix("").as_posix(): p for p in results.rglob("*.rttm")}
+    written = _written(results, ".rttm")
     shutil.rmtree(hyp, ignore_errors=True)
     missing = []
     for f in files:
         stem = Path(f).with_suffix("").as_posix()
-        match = written.get(stem) or next((p for k, p in written.items() if k.endswith("/" + stem)), None)
+        match = _find(written, f)
         if match is None:
             missing.append(f)
             continue
@@ -135,12 +146,11 @@ def spanning(segments: list[tuple[float, float]], ref: list[tuple[str, float, fl
 def score_spanning(set_dir: Path, files: list[str], results: Path) -> tuple[int, int]:
     """Segments of the set's transcripts (the JSON beside each FLAC) that span two reference
     speakers (`spanning`), and the segments there are."""
-    written = {p.relative_to(results).with_suffix("").as_posix(): p for p in results.rglob("*.json")}
+    written = _written(results, ".json")
     bad = total = 0
     for f in files:
-        stem = Path(f).with_suffix("").as_posix()
-        match = written.get(stem) or next((p for k, p in written.items() if k.endswith("/" + stem)), None)
-        ref = set_dir / f"{stem}.rttm"
+        match = _find(written, f)
+        ref = set_dir / Path(f).with_suffix(".rttm")
         if match is None or not ref.is_file():
             continue
         segments = [(float(s["start"]), float(s["end"])) for s in json.loads(match.read_text())["segments"]]

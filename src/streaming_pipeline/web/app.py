@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 STATEMENT_TIMEOUT_MS = 5000
 BORROW_TIMEOUT_S = 30.0  # a request waits this long for a free connection, then is answered 503
-MODELS_TTL_S = 60.0  # the search form's choices over every day are read at most this often
+CHOICES_TTL_S = 60.0  # the search form's choices over every day are read at most this often
 SLOT_PAGE = 50  # members a page of a slot
 # What each page takes in its query string (anything else is a 400 that says so).
 TAKES = {
@@ -111,8 +111,8 @@ class MediaResponse(FileResponse):
         # hour fetched 5.6 MiB with `no-cache`, 671 KiB with `no-store`); revalidation with
         # If-None-Match is still answered for clients that keep a copy themselves.
         self.headers["cache-control"] = "no-store"
-        asked = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"if-none-match",)}
-        tags = {t.strip().removeprefix("W/") for t in asked.get(b"if-none-match", "").split(",")}
+        asked = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"if-none-match"), "")
+        tags = {t.strip().removeprefix("W/") for t in asked.split(",")}
         if self.headers["etag"] in tags or "*" in tags:
             kept = {k: self.headers[k] for k in ("etag", "last-modified", "cache-control")}
             await Response(status_code=304, headers=kept)(scope, receive, send)
@@ -173,7 +173,7 @@ class WebView:
         env.globals["PAGE"] = views.PAGE
         self.static = HashedStatic(HERE / "static")
         env.globals["static"] = self.static.url
-        self._all_choices: tuple[float, Choices | None] = (-MODELS_TTL_S, None)
+        self._all_choices: tuple[float, Choices | None] = (-CHOICES_TTL_S, None)
 
     def app(self) -> Starlette:
         routes = [
@@ -231,7 +231,7 @@ class WebView:
         """The search form's choices over every day: a scan of every member, so read once a
         minute, not per page."""
         read_at, choices = self._all_choices
-        if choices is None or time.monotonic() - read_at > MODELS_TTL_S:
+        if choices is None or time.monotonic() - read_at > CHOICES_TTL_S:
             choices = store.browse.choices()
             self._all_choices = (time.monotonic(), choices)
         return choices
@@ -336,7 +336,6 @@ class WebView:
             raise HTTPException(404, f"page {listing.page} is past the last ({pages}) of {day} {slot}")
         return self._page(
             request, "slot.html", day=day.isoformat(), slot=slot, listing=listing, found=found, pages=pages,
-            first=(listing.page - 1) * SLOT_PAGE + 1,
         )  # fmt: skip
 
     def day_json(self, request: Request) -> Response:

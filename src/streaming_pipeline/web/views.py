@@ -40,8 +40,17 @@ class BadInput(ValueError):
 
 # The longest value any parameter takes (a query is MAX_QUERY): longer is told, not cut.
 MAX_VALUE = 200
-# Parameters every page takes: the token (web/access.py takes it off) and a cache-buster.
+# Parameters every page takes: the token (web/access.py takes it off).
 ANY_PAGE = frozenset({"token"})
+
+
+def shown(text: str | None) -> str:
+    """A user's text as a message quotes it: escapes for what is not printable ASCII, 40 at most."""
+    return ascii(text or "")[1:-1][:40]
+
+
+def not_a_page(text: str | None) -> str:
+    return f"page={shown(text)} is not a page number"
 
 
 def read_params(query_string: bytes, allowed: Collection[str]) -> dict[str, str]:
@@ -58,13 +67,13 @@ def read_params(query_string: bytes, allowed: Collection[str]) -> dict[str, str]
             value = unquote_to_bytes(raw_value.replace(b"+", b" ")).decode("utf-8")
         except UnicodeDecodeError:
             raise BadInput("the address holds bytes that are not UTF-8 text") from None
-        shown = ascii(name)[1:-1][:40]
+        quoted = shown(name)
         if name not in allowed and name not in ANY_PAGE:
             takes = ", ".join(sorted(allowed)) or "no parameters"
-            raise BadInput(f"this page takes no parameter '{shown}' (it takes: {takes})")
+            raise BadInput(f"this page takes no parameter '{quoted}' (it takes: {takes})")
         if name in out:
-            raise BadInput(f"{shown} is given twice")
-        out[name] = check_text(shown, value)
+            raise BadInput(f"{quoted} is given twice")
+        out[name] = check_text(quoted, value)
     return out
 
 
@@ -114,14 +123,13 @@ def start_moment(t: str | None, duration: float | None) -> Moment:
     past the end, starts at 0:00 and says why; never silently ignored."""
     if t is None or t == "":
         return Moment(0.0)
-    shown = ascii(t)[1:-1][:40]
     at = parse_moment(t)
     if at is None and t.strip().startswith("-") and parse_moment(t.strip()[1:]) is not None:
-        return Moment(0.0, f"t={shown} is before the start; started at 0:00")
+        return Moment(0.0, f"t={shown(t)} is before the start; started at 0:00")
     if at is None:
-        return Moment(0.0, f"t={shown} is not a time (write 90, 1:30, 1m30s or 1:02:03); started at 0:00")
+        return Moment(0.0, f"t={shown(t)} is not a time (write 90, 1:30, 1m30s or 1:02:03); started at 0:00")
     if duration is not None and at >= duration:
-        return Moment(0.0, f"t={shown} is past the end ({clock(duration)}); started at 0:00")
+        return Moment(0.0, f"t={shown(t)} is past the end ({clock(duration)}); started at 0:00")
     return Moment(round(at, 3))
 
 
@@ -162,7 +170,7 @@ class SearchForm:
         if long is not None:
             problem = f"{long} is {len(fields[long])} characters long; it takes at most {limits[long]}"
         elif page is None:
-            problem = f"page={ascii(params.get('page'))[1:-1]} is not a page number"
+            problem = not_a_page(params.get("page"))
         elif page > MAX_PAGE:
             problem = (
                 f"results stop at page {MAX_PAGE}: narrow the search (a phrase in quotes, days, a language)"
@@ -197,10 +205,7 @@ class SearchForm:
         return None
 
     def query(self) -> SearchQuery:
-        first = last = None
-        if self.days:
-            days = parse_days([self.days])
-            first, last = min(days), max(days)
+        first, last = self.span()
         return SearchQuery(
             self.text, first_day=first, last_day=last, language=self.language or None,
             slot=self.slot or None, model=self.model or None, limit=PAGE, offset=(self.page - 1) * PAGE,
@@ -225,12 +230,10 @@ class SlotListing:
     def of(cls, params: Mapping[str, str]) -> SlotListing:
         sort = params.get("sort", "name") or "name"
         if sort not in SLOT_ORDERS:
-            return cls(
-                problem=f"sort={ascii(sort)[1:-1]} is not an order (it takes: {', '.join(SLOT_ORDERS)})"
-            )
+            return cls(problem=f"sort={shown(sort)} is not an order (it takes: {', '.join(SLOT_ORDERS)})")
         page = page_number(params.get("page"))
         if page is None:
-            return cls(sort, problem=f"page={ascii(params.get('page'))[1:-1]} is not a page number")
+            return cls(sort, problem=not_a_page(params.get("page")))
         return cls(sort, page)
 
     def link(self, **change: str | int) -> dict[str, str]:
