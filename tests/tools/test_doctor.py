@@ -40,7 +40,7 @@ def test_doctor_passes_here_and_leaves_nothing_on_the_destination(
     out = capsys.readouterr().out
     assert rc == 0, out
     status = _lines(out)
-    for name in ("deps", "model", "database", "destination", "scratch", "xz", "rsync"):
+    for name in ("deps", "model", "speakers", "database", "destination", "scratch", "xz", "rsync"):
         assert status[name] == "PASS", out
     assert status["gpu"] in ("SKIP", "PASS") and status["container"] == "SKIP"
     assert "all checks passed" in out and "GiB free" in out
@@ -52,11 +52,15 @@ def test_doctor_names_each_failing_check_and_hides_the_password(
 ) -> None:
     dsn = NOT_THERE_DSN.format(port=free_port())
     unreachable = f"rsync://127.0.0.1:{free_port()}/archive"
-    rc = main([*_doctor_args(dsn, unreachable, tmp_path / "no-model", tmp_path), "--require-gpu"])
+    args = _doctor_args(dsn, unreachable, tmp_path / "no-model", tmp_path)
+    corrupt = tmp_path / "campplus.onnx"
+    corrupt.write_bytes(b"not a graph")
+    rc = main([*args, "--require-gpu", "--speaker-model", str(corrupt)])
     out = capsys.readouterr().out
     assert rc == 1
     status = _lines(out)
-    assert status["model"] == status["database"] == status["destination"] == "FAIL", out
+    assert status["model"] == status["speakers"] == status["database"] == status["destination"] == "FAIL", out
+    assert f"the speaker model {corrupt} cannot be loaded" in out
     assert "does not exist" in out and "init-db" not in out
     assert status["deps"] == status["scratch"] == "PASS"
     assert "FAILED: " in out and "database" in out.splitlines()[-1]

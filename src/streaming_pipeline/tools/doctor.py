@@ -48,7 +48,7 @@ class Check:
         return text + (f"\n      hint: {self.hint}" if self.hint and self.status != PASS else "")
 
 
-CHECK_NAMES = ("deps", "gpu", "model", "database", "destination", "scratch", "tools", "slurm", "container")
+CHECK_NAMES = ("deps", "gpu", "model", "speakers", "database", "destination", "scratch", "tools", "slurm", "container")
 
 
 def run_checks(
@@ -66,6 +66,7 @@ def run_checks(
         "deps": lambda: [_dependencies()],
         "gpu": lambda: [_gpu(require_gpu)],
         "model": lambda: [_model(config, offline)],
+        "speakers": lambda: [_speakers(config, offline)],
         "database": lambda: [_database(config)],
         "destination": lambda: [_destination(config)],
         "scratch": lambda: [_scratch(config)],
@@ -145,6 +146,38 @@ def _model(config: PipelineConfig, offline: bool) -> Check:
         )  # fmt: skip
 
     return _guard("model", "set PIPELINE_MODEL to a CTranslate2 model directory bound into the job", body)
+
+
+def _speakers(config: PipelineConfig, offline: bool) -> Check:
+    """The speaker model loads and embeds 1.5 s of audio, where speakers are on: a missing or
+    corrupt model would otherwise fail the first day's run, not this node's check."""
+    from dataclasses import replace
+
+    from ..stages.speakers import SpeakerOptions, SpeakerStage
+    from ..stages.speakers.policy import Window
+
+    options = SpeakerOptions.of(replace(config.decode, offline=offline or config.offline))
+    if options is None:
+        return Check("speakers", SKIP, "speakers are off (--no-speakers)")
+
+    def body() -> Check:
+        stage = SpeakerStage(options)
+        t = np.arange(24000, dtype=np.float32) / 16000
+        audio = (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+        (vector,) = stage.model.embed(audio, [Window(0.0, 1.5)])
+        if not np.isfinite(vector).all():
+            raise PipelineError(f"the speaker model {options.model} gives non-finite embeddings")
+        return Check(
+            "speakers", PASS,
+            f"{options.model} (sha256 {stage.model.info.sha256[:16]}): a {stage.model.dim}-value "
+            f"embedding on {stage.model.provider}",
+        )  # fmt: skip
+
+    return _guard(
+        "speakers",
+        "run `streaming-pipeline get-model speakers DIR` where the network is, and set PIPELINE_SPEAKER_MODEL",
+        body,
+    )
 
 
 def _database(config: PipelineConfig) -> Check:

@@ -136,6 +136,7 @@ class SpeakerModel:
         if list(inputs) != ["features"] or inputs["features"][-1] != campplus.FEAT_DIM:
             raise SpeakerModelError(f"{path} is not a CAM++ speaker model (inputs {inputs})")
         self.dim = int(self._session.get_outputs()[0].shape[-1])
+        self.provider = self._session.get_providers()[0]  # CUDAExecutionProvider where it took
         self.info = _info(path)
 
     def embed_features(self, features: np.ndarray) -> np.ndarray:
