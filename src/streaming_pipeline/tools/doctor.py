@@ -48,7 +48,9 @@ class Check:
         return text + (f"\n      hint: {self.hint}" if self.hint and self.status != PASS else "")
 
 
-CHECK_NAMES = ("deps", "gpu", "model", "speakers", "database", "destination", "scratch", "tools", "slurm", "container")
+CHECK_NAMES = (
+    "deps", "gpu", "model", "speakers", "database", "destination", "scratch", "tools", "slurm", "container",
+)  # fmt: skip
 
 
 def run_checks(
@@ -175,7 +177,7 @@ def _speakers(config: PipelineConfig, offline: bool) -> Check:
 
     return _guard(
         "speakers",
-        "run `streaming-pipeline get-model speakers DIR` where the network is, and set PIPELINE_SPEAKER_MODEL",
+        "run `streaming-pipeline get-model speakers DIR` where the network is; set PIPELINE_SPEAKER_MODEL",
         body,
     )
 
