@@ -37,8 +37,8 @@ def test_an_expired_running_archive_shows_as_claimable_and_the_day_is_not_comple
     report = DayReport(DAY, rows, totals)
     assert format_day_line(report) == (
         f"{DAY}: 2 archives (1 done, 1 running?); members done 3, failed 0, rejected 0, uploading 0;"
-        " audio 0.500 h"
-    )
+        " audio 0.500 h, 0.5x realtime"
+    ), "0.5 h of audio over the two archives' 1800 s each"
     assert format_report(report).splitlines()[-1] == format_day_line(report), "scripts read the last line"
     cells = dict(zip(STATUS_COLUMNS, status_cells(rows[0]), strict=True))
     assert cells["x rt"] == "1.0" and cells["elapsed"] == "0:30:00", "0.5 h of audio in 30 min"

@@ -237,7 +237,8 @@ def axe_violations(driver) -> list[str]:
 def test_every_page_fits_a_phone_and_passes_axe(tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, browser,
                                                server_stops) -> None:  # fmt: skip
     """390 px wide (a phone) and 1280: no page scrolls sideways, and axe-core finds nothing
-    serious or critical on any page type (the days, a day, a slot, a member, a search, an error)."""
+    serious or critical on any page type (the days, a day, a slot, a member, a search, an error,
+    the day's report)."""
     remote = process_day(tmp_path, pg_dsn, tiny_model, clips)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("UPDATE segments SET text = 'the printed bible of mainz' WHERE seq = 0")
@@ -257,4 +258,75 @@ def test_every_page_fits_a_phone_and_passes_axe(tmp_path: Path, pg_dsn: str, tin
                 wrong.append(f"{width} px {page}: scrolls sideways ({wide[0]} > {wide[1]})")
             if width == 390:
                 wrong += [f"{page}: {v}" for v in axe_violations(browser)]
+    # The day report: a document to read on a desktop (its tables are wide), checked by axe too.
+    browser.set_window_size(1280, 900)
+    browser.get(f"{server.url}/days/{DAY}/report")
+    wrong += [f"report: {v}" for v in axe_violations(browser)]
     assert not wrong, "\n".join(wrong)
+
+
+def _long_clip(clip: bytes, seconds: float) -> bytes:
+    """`clip` (espeak speech) said over and over for `seconds`, as 16 kHz FLAC."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    audio, rate = sf.read(io.BytesIO(clip), dtype="float32", always_2d=True)
+    one = audio.mean(axis=1)
+    out = io.BytesIO()
+    sf.write(
+        out, np.tile(one, int(seconds * rate / len(one)) + 1)[: int(seconds * rate)], rate, format="FLAC"
+    )
+    return out.getvalue()
+
+
+def _begun(browser) -> float:
+    return float(wait(browser, lambda d: d.execute_script("return document.body.dataset.begunAt")))
+
+
+@pytest.mark.slow
+def test_a_moment_in_a_long_member_is_opened_cited_and_never_under_the_player(
+    tmp_path: Path, pg_dsn: str, tiny_model: Path, clips, browser, server_stops
+) -> None:
+    """`?t=1:30` and `?t=1m30s` start a 100 s member at 90 s; "copy link" there gives `?t=90`;
+    at a phone's width and a desktop's, the player sticks below the header and a segment
+    scrolled into view stops below the two."""
+    long_name = "long/hundred_seconds.flac"
+    write_tar_xz(
+        tmp_path / "input" / DAY / "10_00.tar.xz", [(long_name, _long_clip(clips[0][1], 100.0)), clips[2]]
+    )
+    options = worker_options(tmp_path, pg_dsn, tiny_model)
+    assert main(["process-day", DAY, "--executor", "local", "--input-root", str(tmp_path / "input"),
+                 "--log-dir", str(tmp_path / "logs"), *options]) == 0  # fmt: skip
+    server = serve(tmp_path, pg_dsn, str(tmp_path / "remote"))
+    server_stops.append(server)
+    page = f"{server.url}/member/{member_id(pg_dsn, long_name)}"
+    for t in ("1:30", "1m30s", "90"):
+        browser.get(f"{page}?t={t}")
+        assert abs(_begun(browser) - 90.0) < 0.1, t
+        assert not browser.find_elements(By.ID, "t-note"), f"t={t} was read"
+    browser.find_element(By.ID, "copy-link").click()
+    link = wait(browser, lambda d: d.execute_script("return document.body.dataset.copied"))
+    assert link == f"{page}?t=90", link
+
+    short = f"{server.url}/member/{member_id(pg_dsn, clips[2][0])}"
+    for width in (390, 1280):
+        browser.set_window_size(width, 700)
+        browser.get(short)
+        _begun(browser)
+        # A transcript longer than the screen (a spacer after it), scrolled past its first
+        # segment, which is then brought into view as following the playing text does.
+        where = browser.execute_script(
+            """const spacer = document.createElement("div"); spacer.style.height = "3000px";
+            document.body.appendChild(spacer); window.scrollTo(0, 2000);
+            const seg = document.querySelector(".seg"); seg.scrollIntoView({block: "nearest"});
+            const box = (el) => el.getBoundingClientRect();
+            return [box(document.querySelector("header")).bottom, box(document.getElementById("player")).top,
+                    box(document.getElementById("player")).bottom, box(seg).top, window.scrollY];"""
+        )
+        header_bottom, player_top, player_bottom, seg_top, scrolled = where
+        assert player_top >= max(header_bottom, 0) - 1, f"{width} px: the player under the header {where}"
+        assert player_top <= max(header_bottom, 0) + 1, f"{width} px: a gap above the player {where}"
+        assert seg_top >= player_bottom - 1, f"{width} px: the segment under the player {where}"
+        assert scrolled > 0, where

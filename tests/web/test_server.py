@@ -127,7 +127,13 @@ def test_pages_files_and_what_a_url_cannot_reach(tmp_path: Path, pg_dsn: str, ti
     day = json.loads(body)
     assert status == 200 and day["complete"] and day["archives"][0][1] == "done"
     status, headers, body = server.get(f"/days/{DAY}/report")
-    assert status == 200 and b"plotly" in body.lower()
+    assert status == 200 and b'<figure class="chart"><svg' in body
+    # One x-realtime figure: `/`'s cell, the day page's totals and the report's summary.
+    data = json.loads(re.search(rb'id="report-data">(.*?)</script>', body, re.S).group(1))
+    assert cells[6] == f"{data['summary']['xrt']:.1f}" and f", {cells[6]}x realtime" in day["totals"], (
+        cells,
+        day["totals"],
+    )
     assert re.fullmatch(r"default-src 'none'; script-src ('sha256-[A-Za-z0-9+/=]+' ?)+; .*",
                         headers["content-security-policy"])  # fmt: skip
     assert "never-shown-pw" not in server.log.read_text()

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ..state.records import ArchiveStatus
+from ..state.records import ArchiveStatus, x_realtime
 from ..state.segments import Searchable
 from ..state.states import FINAL_ARCHIVE_STATES, ArchiveState
 from ..state.store import ProgressStore
@@ -27,6 +27,7 @@ class DayTotals:
     audio_hours: float
     complete: bool  # every archive done
     settled: bool = False  # every archive in a final state (done, failed, damaged): nothing runs
+    x_realtime: float | None = None  # `day_x_realtime`: the figure `/`, the day page and the report show
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,14 @@ def with_expired(rows: list[ArchiveStatus]) -> list[ArchiveStatus]:
     return [replace(r, state=EXPIRED) if r.state == ArchiveState.RUNNING and not r.live else r for r in rows]
 
 
+def day_x_realtime(rows: list[ArchiveStatus]) -> float | None:
+    """A day's (or days') x realtime: its archives' audio over the seconds their runs took, summed
+    (records.x_realtime; the web view's days table sums the same view's columns in SQL). Per
+    worker, so that two days compare whatever the number of nodes; the day's wall clock is the
+    report's "wall hours"."""
+    return x_realtime(sum(r.audio_hours for r in rows), sum(r.elapsed_s or 0.0 for r in rows))
+
+
 def day_totals(rows: list[ArchiveStatus]) -> DayTotals:
     by_state = {s: sum(r.state == s for r in rows) for s in sorted({r.state for r in rows})}
     return DayTotals(
@@ -66,6 +75,7 @@ def day_totals(rows: list[ArchiveStatus]) -> DayTotals:
         audio_hours=round(sum(r.audio_hours for r in rows), 3),
         complete=bool(rows) and by_state.get(ArchiveState.DONE, 0) == len(rows),
         settled=bool(rows) and all(r.state in FINAL_ARCHIVE_STATES for r in rows),
+        x_realtime=day_x_realtime(rows),
     )
 
 

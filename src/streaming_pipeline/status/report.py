@@ -1,10 +1,10 @@
 """`streaming-pipeline report`: a day (or days, or one archive) as one self-contained HTML file.
 
 Nextflow's `-with-report` and Snakemake's `--report` set the convention: one file, data embedded,
-charts drawn by an inlined charting library, nothing fetched when it opens. The charts are
-Plotly's (plotly.js, inlined from the `plotly` package): maintained, the library Nextflow's
-reports use, one script that draws timelines (horizontal bars on a date axis), stacked bars,
-histograms and time series without a build step. Read-only: a monitoring role can run it.
+nothing fetched when it opens. The charts are SVG drawn here (charts.py), not by a charting
+library inlined into the page: plotly.js made a 12-member day's report 4.8 MB, and the page now
+weighs what its data does. A small script fills the tables from the embedded JSON. Read-only: a
+monitoring role can run it.
 
 Data is aggregated here, in SQL, so the file stays small however many members a day has: stage
 timings are merged per run and stage, throughput and GPU samples are binned, the duration
@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..state.records import ArchiveStatus, x_realtime
+from ..state.records import ArchiveStatus
 from ..state.reports import (
     DurationBin,
     FailedMember,
@@ -36,6 +36,9 @@ from ..state.reports import (
     StageSpan,
 )
 from ..state.store import ProgressStore
+from . import charts
+from .charts import Series, Span
+from .day import day_x_realtime
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,10 @@ DURATION_BINS = 30
 THROUGHPUT_BINS = 120
 TIMELINE_RESOLUTION = 600  # gaps shorter than the day's span / this are merged in the timeline
 STAGES = ("extract", "convert", "transcribe", "upload")
+COLOURS = {"extract": "#8c6bb1", "convert": "#2b8a3e", "transcribe": "#2171b5", "upload": "#d9480f"}
+STATE_COLOURS = {"done": "#2171b5", "failed": "#c92a2a"}  # any other state: OTHER
+OTHER = "#d9480f"
+HOST_COLOURS = ("#2171b5", "#d9480f", "#2b8a3e", "#862e9c", "#c92a2a", "#5c940d", "#1864ab", "#a61e4d")
 
 
 def collect(store: ProgressStore, days: list[dt.date], archive: str | None = None) -> dict[str, Any]:
@@ -151,7 +158,7 @@ def _summary(
         "members_uploading": members.uploading,
         "audio_hours": audio_s / 3600,
         "wall_hours": wall_s / 3600,
-        "xrt": x_realtime(audio_s / 3600, wall_s) or 0.0,  # the day's wall, first start to last end
+        "xrt": day_x_realtime(archives) or 0.0,  # the figure `/` and the day page show
         "gpu_hours": gpu_s / 3600,
     }
 
@@ -306,23 +313,106 @@ def _gpu_series(gpu: list[GpuMinute]) -> dict[str, Any]:
     return hosts
 
 
-def render(data: dict[str, Any]) -> str:
-    """The HTML: styles, data and plotly.js inline; tables built with textContent (member names
-    are data, never markup)."""
-    from plotly.offline import get_plotlyjs
+def draw(data: dict[str, Any]) -> dict[str, str]:
+    """Each chart of the report as SVG markup, by the id of its place in the page."""
+    when = dt.datetime.fromisoformat
+    tl = data["timeline"]
+    spans = [
+        Span(row, when(start), ms / 1000, stage)
+        for stage, bars in tl["bars"].items()
+        for row, start, ms in bars
+    ]
+    t = data["throughput"]
+    times = [when(x) for x in t["t"]]
+    per = data["per_archive"]
+    slots = [a["slot"] for a in per]
+    gpu = data["gpu"]
+    hosts = list(gpu.items())
+    q = data["quality"]
+    reasons = data["reasons"]
+    out = {
+        "timeline": charts.timeline(
+            "each archive run by node, coloured by stage", tl["rows"], spans, COLOURS
+        ),
+        "throughput": charts.line_chart(
+            "audio seconds transcribed per second",
+            times,
+            [Series("audio s per s", "#2171b5", t["audio_per_s"])],
+            y_title="audio s / s",
+            height=220,
+        )
+        + charts.line_chart(
+            "members done per minute and workers running",
+            times,
+            [
+                Series("members per minute", "#2b8a3e", t["members_per_min"]),
+                Series("workers running", "#d9480f", t["workers"]),
+            ],
+            y_title="members / min; workers",
+            height=220,
+        ),
+        "xrt": charts.bar_chart(
+            "x realtime per archive",
+            slots,
+            [Series("x realtime", "#2171b5", [a["xrt"] for a in per])],
+            y_title="audio s / wall s",
+            colours=[STATE_COLOURS.get(a["state"], OTHER) for a in per],
+        ),
+        "stages": charts.bar_chart(
+            "busy seconds per stage and archive",
+            slots,
+            [Series(stage, COLOURS[stage], [a["stages"][stage] for a in per]) for stage in STAGES],
+            y_title="stage seconds (busy)",
+            stacked=True,
+        ),
+        "reasons": charts.hbar_chart(
+            "failures and rejections by reason",
+            [f"{r['status']}: {r['reason']}" for r in reasons],
+            [r["n"] for r in reasons],
+            [STATE_COLOURS["failed"] if r["status"] == "failed" else OTHER for r in reasons],
+        ),
+        "languages": charts.bar_chart(
+            "members per language",
+            [r["language"] or "?" for r in q["languages"]],
+            [Series("members", "#2171b5", [r["n"] for r in q["languages"]])],
+            y_title="members",
+        ),
+        "durations": charts.bar_chart(
+            "members by duration",
+            [f"{charts.number(d['from'])}–{charts.number(d['to'])} s" for d in q["durations"]],
+            [Series("members", "#2171b5", [d["n"] for d in q["durations"]])],
+            y_title="members",
+        ),
+        "gpu": "",
+    }
+    if hosts:
+        colour = {h: HOST_COLOURS[i % len(HOST_COLOURS)] for i, (h, _) in enumerate(hosts)}
+        out["gpu"] = "".join(
+            charts.line_chart(
+                f"GPU {what} per node",
+                [],
+                [Series(h, colour[h], series[key], [when(x) for x in series["t"]]) for h, series in hosts],
+                y_title=what,
+                height=240,
+            )
+            for key, what in (("busy", "busy %"), ("memory_mb", "memory MB"))
+        )
+    else:
+        out["gpu"] = '<p class="note">No GPU samples were recorded (CPU workers, or no NVML).</p>'
+    return out
 
+
+def render(data: dict[str, Any]) -> str:
+    """The HTML: styles, data, the charts as SVG and the tables' script inline; tables built with
+    textContent (member names are data, never markup), charts escaped where drawn (charts.py)."""
     payload = json.dumps(data, ensure_ascii=False, default=str).replace("</", "<\\/")
     here = Path(__file__).parent
     template = (here / "report.html").read_text(encoding="utf-8")
     script = (here / "report.js").read_text(encoding="utf-8")
-    values = {
-        "title": html.escape(data["title"]),
-        "script": script,
-        "data": payload,
-        "plotly": get_plotlyjs(),
-    }
+    values = {"title": html.escape(data["title"]), "script": script, "data": payload}
+    values.update({f"chart:{k}": v for k, v in draw(data).items()})
     # One pass: what is substituted (member names in the data) is never scanned for markers again.
-    return re.sub(r"\{\{(title|script|data|plotly)\}\}", lambda m: values[m.group(1)], template)
+    return re.sub(r"\{\{(title|script|data|chart:\w+)\}\}", lambda m: values[m.group(1)], template)
 
 
 def write_report(store: ProgressStore, days: list[dt.date], out: Path, archive: str | None = None) -> Path:

@@ -72,7 +72,7 @@ def format_day_line(report: DayReport) -> str:
     return (
         f"{report.day}: {t.archives} archives ({states}); members done {t.done}, "
         f"failed {t.failed}, rejected {t.rejected}, uploading {t.uploading}; "
-        f"audio {t.audio_hours:.3f} h"
+        f"audio {t.audio_hours:.3f} h" + (f", {t.x_realtime:.1f}x realtime" if t.x_realtime else "")
     )
 
 

@@ -4,7 +4,8 @@
 // plays where the browser lets a page play. With ?q= the hits are marked: n/p and the buttons
 // go from one to the next, each brought to the middle of the screen. Keys: space plays and
 // pauses, arrows seek 5 s (with shift 30 s). "Copy link at this moment" writes the page's
-// address with ?t= of the second being played.
+// address with ?t= of the second being played. The player sticks below the header and nothing
+// is scrolled under the two.
 "use strict";
 (() => {
   const audio = document.getElementById("player");
@@ -19,6 +20,19 @@
   const wordStarts = starts(words);
   let current = { seg: null, word: null };
   let hitIndex = -1;
+
+  // The player sticks under the header, whose height depends on how it wraps (on a phone the
+  // header scrolls away and the player sticks at the top); what scrolls into view stops below
+  // them (scroll-padding), never under them.
+  const header = document.querySelector("header");
+  function placePlayer() {
+    const sticky = header && getComputedStyle(header).position === "sticky";
+    const top = sticky ? header.getBoundingClientRect().height : 0;
+    audio.style.top = top + "px";
+    document.documentElement.style.scrollPaddingTop = top + audio.getBoundingClientRect().height + 8 + "px";
+  }
+  placePlayer();
+  window.addEventListener("resize", placePlayer);
 
   // The last item that started at or before t (the lists are in time order).
   function at(list, times, t) {
