@@ -20,8 +20,10 @@ def test_search_scale_measures_the_database_and_the_web_view(pg_dsn: str) -> Non
     web = result.web
     assert web is not None and set(web.search_ms) == set(result.kinds)
     assert len(web.first_byte_ms) == 3 * 40 and len(web.hour_page_first_byte_ms) == 3
+    pages = {"days (/)", "a day", "a slot", "a day's report", "grouped search"}
+    assert set(web.page_first_byte_ms) == pages and all(len(t) == 30 for t in web.page_first_byte_ms.values())
     assert web.seek_bytes is not None, web.seek_note
     # It played from 30:00 of a file of tens of MB, asking for parts of it, never the whole.
     assert 0 < web.seek_bytes < web.hour_flac_bytes / 10 and web.seek_requests >= 1
     lines = "\n".join(result.lines())
-    assert "over HTTP (serve)" in lines and "seek to 30:00" in lines
+    assert "over HTTP (serve)" in lines and "seek to 30:00" in lines and "a slot, 1st byte" in lines

@@ -205,6 +205,12 @@ def test_the_day_page_follows_a_local_run(tmp_path: Path, pg_dsn: str, tiny_mode
         browser.find_element(By.CSS_SELECTOR, "#members td.name a").click()
         wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "h1.member-name"))
         assert browser.find_element(By.CSS_SELECTOR, "h1.member-name").text in names
+        # ... and it plays (space, as a listener starts it from the keyboard).
+        wait(browser, lambda d: d.execute_script("return document.getElementById('player').readyState") >= 1)
+        browser.find_element(By.TAG_NAME, "body").send_keys(" ")
+        wait(
+            browser, lambda d: d.execute_script("return document.getElementById('player').currentTime") > 0.2
+        )
     finally:
         if run.poll() is None:
             run.kill()

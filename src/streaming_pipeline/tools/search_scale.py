@@ -19,6 +19,7 @@ import datetime as dt
 import statistics
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,7 +184,15 @@ def _web(
     hour_id, members = add_members(store, remote, tmp / "hour.flac", sample=40)
     store.segments.settle()
     with serving(dsn, remote, tmp / "serve.log") as host:
-        web = measure(host, kinds, members, hour_id)
+        day = f"/days/{FIRST_DAY}"
+        pages = {
+            "days (/)": "/",
+            "a day": day,
+            "a slot": f"{day}/slots/0000",
+            "a day's report": f"{day}/report",
+            "grouped search": "/search?" + urllib.parse.urlencode({"q": next(iter(kinds.values()))[0]}),
+        }
+        web = measure(host, kinds, members, hour_id, pages=pages)
         web.hour_flac_bytes = next(remote.rglob("programme.flac")).stat().st_size
         measure_seek(host, hour_id, web, tmp)
     return web

@@ -43,6 +43,7 @@ class WebScaleResult:
     search_ms: dict[str, list[float]] = field(default_factory=dict)
     first_byte_ms: list[float] = field(default_factory=list)  # members of search-scale's month
     hour_page_first_byte_ms: list[float] = field(default_factory=list)  # the hour-long member's
+    page_first_byte_ms: dict[str, list[float]] = field(default_factory=dict)  # each other page type's
     hour_flac_bytes: int = 0
     seek_bytes: int | None = None  # the FLAC's bytes received until it played from the middle
     seek_ms: float | None = None  # from the page's request until it played there
@@ -57,8 +58,9 @@ class WebScaleResult:
         out.append(
             f"{'search, all kinds':<24} {len(every):>4} {statistics.median(every):>10.1f} {_p95(every):>8.1f}"
         )
+        pages = [(f"{kind}, 1st byte", times) for kind, times in self.page_first_byte_ms.items()]
         for label, times in (("member page, 1st byte", self.first_byte_ms),
-                             ("hour member, 1st byte", self.hour_page_first_byte_ms)):  # fmt: skip
+                             ("hour member, 1st byte", self.hour_page_first_byte_ms), *pages):  # fmt: skip
             out.append(f"{label:<24} {len(times):>4} {statistics.median(times):>10.1f} {_p95(times):>8.1f}")
         if self.seek_bytes is not None and self.seek_ms is not None:
             out.append(
@@ -198,8 +200,15 @@ def _get(host: str, path: str, conn: http.client.HTTPConnection | None = None) -
 
 
 def measure(
-    host: str, kinds: dict[str, list[str]], members: list[int], hour_id: int, rounds: int = 3
+    host: str,
+    kinds: dict[str, list[str]],
+    members: list[int],
+    hour_id: int,
+    rounds: int = 3,
+    pages: dict[str, str] | None = None,
 ) -> WebScaleResult:
+    """Search over HTTP, member pages' first bytes, and `pages` (a page type's label: a path)
+    each read 10 times per round for their first byte."""
     result = WebScaleResult()
     conn = http.client.HTTPConnection(host, timeout=60)  # kept alive, as a browser keeps it
     for kind, texts in kinds.items():
@@ -216,6 +225,12 @@ def measure(
                 raise RuntimeError(f"member {member} answered {status}")
             result.first_byte_ms.append(first)
         result.hour_page_first_byte_ms.append(_get(host, f"/member/{hour_id}", conn)[0])
+        for label, path in (pages or {}).items():
+            for _ in range(10):
+                first, _, status = _get(host, path, conn)
+                if status != 200:
+                    raise RuntimeError(f"{path} answered {status}")
+                result.page_first_byte_ms.setdefault(label, []).append(first)
     conn.close()
     return result
 
