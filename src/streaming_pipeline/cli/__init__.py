@@ -33,6 +33,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "process-dataset": commands.process_dataset,
     "doctor": commands.doctor,
     "init-db": commands.init_db,
+    "get-model": commands.get_model,
     "make-tiny-model": commands.make_tiny_model,
     "make-sample-day": commands.make_sample_day,
     "demo": tooling.demo,

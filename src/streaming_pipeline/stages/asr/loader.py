@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError, TranscriptionError
+from ...model_folder import MANIFEST, ModelFolderError, missing_files
 from ...transcript import Segment, Transcript, Word, clean_text
 from .options import DecodeOptions, LoadOptions, Timestamps
 from .policy import APPEND_PUNCTUATIONS, MAX_INITIAL_TIMESTAMP, PREPEND_PUNCTUATIONS, SAMPLE_RATE
@@ -42,10 +43,17 @@ def resolve_device(device: str, compute_type: str) -> Device:
 def local_model_dir(model: str) -> Path | None:
     """The directory a path-like --model names, or None for a hub name.
 
-    A path that does not exist is an error, never a hub lookup: a typo must not start a download.
+    A path that does not exist is an error, never a hub lookup: a typo must not start a download;
+    a folder `get-model` wrote that lacks a file its manifest lists is one too.
     """
     path = Path(model).expanduser()
     if path.is_dir():
+        lacking = missing_files(path)
+        if lacking:
+            raise ModelFolderError(
+                f"model directory {model} lacks {', '.join(lacking)}, which its {MANIFEST} lists "
+                "(an incomplete copy: run get-model again)"
+            )
         return path
     if "/" in model or model.startswith((".", "~")):
         raise ConfigError(f"model directory {model} does not exist")
