@@ -347,9 +347,20 @@ class Database:
         return self.transaction(read, "schema version")
 
     def init_schema(self) -> int:
-        """Create or migrate the schema idempotently; returns the version now in place."""
+        """Create or migrate the schema idempotently; returns the version now in place.
+
+        A schema already at the latest version is only read: workers call this on start, and a
+        site may give their role no DDL rights once `init-db` has run as the owner (even `CREATE
+        TABLE IF NOT EXISTS` needs CREATE on the schema)."""
+        latest = SCHEMA_VERSION
 
         def migrate(cur: psycopg.Cursor[Any]) -> int:
+            cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present")
+            if one(cur)["present"]:
+                cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_version")
+                found = int(one(cur)["v"])
+                if found >= latest:
+                    return found
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (0x5354524D,))
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version ("
