@@ -110,16 +110,22 @@ def pg_dsn(pg_server: str) -> Iterator[str]:
 class RsyncDaemon:
     """A real rsync daemon on 127.0.0.1 serving module `archive` from a temp dir."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, password: str | None = None) -> None:
         self.root = root
         self.data = root / "module"
         self.data.mkdir(parents=True)
         self.port = free_port()
         self.conf = root / "rsyncd.conf"
+        auth = ""
+        if password is not None:  # user `pipeline`, as a site's module with a secrets file
+            secrets = root / "secrets"
+            secrets.write_text(f"pipeline:{password}\n")
+            secrets.chmod(0o600)
+            auth = f"    auth users = pipeline\n    secrets file = {secrets}\n"
         self.conf.write_text(
             f"pid file = {root}/rsyncd.pid\nuse chroot = no\nread only = no\n"
             f"uid = {os.getuid()}\ngid = {os.getgid()}\n"
-            f"[archive]\n    path = {self.data}\n"
+            f"[archive]\n    path = {self.data}\n{auth}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # 12 (data stream broke), 30 (I/O timeout), 35 (daemon connect timeout), 255 (ssh failed).
 # Everything else (syntax, protocol mismatch, permissions, missing files) fails at once.
 RETRYABLE_RSYNC_CODES = frozenset({5, 10, 12, 30, 35, 255})
+# ... except a daemon's refusal of the user or password, which exits 5 too.
+AUTH_FAILED = "@ERROR: auth failed"
+AUTH_HINT = "the module's user is in the URL, rsync://USER@host/module; its password in --rsync-password-file"
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 T = TypeVar("T")
@@ -104,8 +107,10 @@ class Rsync:
         backoff_max: float = 60.0,
         sleep: Callable[[float], None] | None = None,
         runner: Runner | None = None,
+        password_file: Path | None = None,
     ) -> None:
         self.destination = destination
+        self.password_file = password_file  # an rsync daemon's (never its password in argv)
         self.timeout = timeout
         self.retries = retries
         self.backoff_max = backoff_max
@@ -125,6 +130,7 @@ class Rsync:
             timeout=settings.upload_timeout,
             retries=settings.upload_retries,
             backoff_max=settings.upload_backoff_max,
+            password_file=settings.rsync_password_file,
         )
 
     # -- the three transfers ------------------------------------------------------------------
@@ -209,6 +215,8 @@ class Rsync:
         cmd = ["rsync", *options, f"--timeout={max(1, int(self.timeout))}"]
         if self.destination.is_daemon:
             cmd.append(f"--contimeout={max(1, int(min(self.timeout, 30)))}")
+            if self.password_file is not None:
+                cmd.append(f"--password-file={self.password_file}")
         return [*cmd, "--", source, target]
 
     def _backoff(self, seconds: float) -> None:
@@ -232,10 +240,13 @@ class Rsync:
             raise Aborted(self._abort_reason)
         if proc.returncode not in ok:
             message = " ".join((proc.stderr or "").split())[:500] or "no message"
+            refused = AUTH_FAILED in message  # exit 5 as a dropped connection is, but never cured by waiting
+            if refused:
+                message += f" ({AUTH_HINT})"
             raise UploadError(
                 f"rsync exit {proc.returncode}: {message}",
                 returncode=proc.returncode,
-                retryable=proc.returncode in RETRYABLE_RSYNC_CODES,
+                retryable=proc.returncode in RETRYABLE_RSYNC_CODES and not refused,
             )
         return proc.stdout or ""
 
@@ -255,7 +266,12 @@ class Rsync:
     ) -> subprocess.CompletedProcess[str]:
         """subprocess.run, in a process group of its own that `abort` (or the timeout) ends whole."""
         with subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+            cmd,
+            stdin=subprocess.DEVNULL,  # never a password prompt: a daemon's password comes from a file
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         ) as proc:
             with self._lock:
                 self._running.add(proc)

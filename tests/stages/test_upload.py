@@ -47,6 +47,34 @@ def test_upload_to_local_path_and_daemon(tmp_path: Path, rsync_daemon: RsyncDaem
     assert manager.counts()["done"] == 1
 
 
+def test_a_daemon_module_with_a_password_file(tmp_path: Path) -> None:
+    """A module with `auth users` and a secrets file: the password file (never the password)
+    goes on rsync's command line; without it, rsync's refusal is told and not retried."""
+    daemon = RsyncDaemon(tmp_path / "rsyncd", password="s3cret-module-pw")
+    daemon.start()
+    try:
+        source = _tree(tmp_path / "stage")
+        dest = Destination.parse(f"rsync://pipeline@127.0.0.1:{daemon.port}/archive")
+        secret = tmp_path / "rsync.pass"
+        secret.write_text("s3cret-module-pw\n")
+        secret.chmod(0o600)
+        client = Rsync(dest, timeout=30, retries=2, password_file=secret)
+        assert f"--password-file={secret}" in client.send_command(source)
+        assert not any("s3cret" in part for part in client.send_command(source))
+        manager = Uploads(client, max_concurrent=1)
+        job = _upload(manager, source)
+        manager.close()
+        assert job.state is UploadState.DONE and (daemon.data / "2025-01-25/12_30/a/x.flac").is_file()
+
+        refused = Uploads(Rsync(dest, timeout=30, retries=3, sleep=lambda s: None), max_concurrent=1)
+        job = _upload(refused, source)
+        refused.close()
+        assert job.state is UploadState.FAILED and job.attempts == 1, "an auth failure is not retried"
+        assert "auth failed" in (job.error or ""), job.error
+    finally:
+        daemon.stop()
+
+
 def test_dead_daemon_is_retried_with_backoff_then_fails(tmp_path: Path) -> None:
     sleeps: list[float] = []
     dest = Destination.parse("rsync://127.0.0.1:9/archive")  # nothing listens on the discard port

@@ -102,6 +102,12 @@ class DestinationSettings(SettingsGroup):
         help="seconds between rsync attempts at most (the backoff doubles up to it)",
         check=positive,
     )
+    rsync_password_file: Path | None = setting(
+        None,
+        env="PIPELINE_RSYNC_PASSWORD_FILE",
+        flag="--rsync-password-file",
+        help="a file holding an rsync:// module's password (mode 600; its user goes in the URL)",
+    )
 
 
 @dataclass(frozen=True)
