@@ -219,7 +219,10 @@ def _destination(config: PipelineConfig) -> Check:
             stage = Path(tmp) / "stage"
             (stage / PROBE_DIR / probe_id).mkdir(parents=True)
             (stage / PROBE_DIR / probe_id / "probe.txt").write_bytes(payload)
-            uploader = Uploads(Rsync(destination, timeout=timeout, retries=1), max_concurrent=1)
+            secret = config.rsync_password_file if destination.is_daemon else None
+            auth = [f"--password-file={secret}"] if secret is not None else []
+            client = Rsync(destination, timeout=timeout, retries=1, password_file=secret)
+            uploader = Uploads(client, max_concurrent=1)
             try:
                 job = uploader.submit(stage, label="doctor probe", on_finish=lambda _job: None)
                 uploader.wait(timeout=timeout * 2)
@@ -231,7 +234,7 @@ def _destination(config: PipelineConfig) -> Check:
                 )
             back = Path(tmp) / "back.txt"
             remote_probe = destination.url(f"{PROBE_DIR}/{probe_id}/probe.txt")
-            _rsync(["--", remote_probe, str(back)], timeout)
+            _rsync([*auth, "--", remote_probe, str(back)], timeout)
             if back.read_bytes() != payload:
                 return Check("destination", FAIL, f"read back from {destination.spec} differs", _HINT_DEST)
             # Remove our probe folder, and nothing else: an empty PROBE_DIR synced with --delete,
@@ -239,7 +242,9 @@ def _destination(config: PipelineConfig) -> Check:
             (stage / PROBE_DIR / probe_id / "probe.txt").unlink()
             (stage / PROBE_DIR / probe_id).rmdir()
             only_ours = [f"--include=/{PROBE_DIR}/", f"--include=/{PROBE_DIR}/{probe_id}/***", "--exclude=*"]
-            _rsync(["--recursive", "--delete", *only_ours, "--", f"{stage}/", destination.url()], timeout)
+            _rsync(
+                [*auth, "--recursive", "--delete", *only_ours, "--", f"{stage}/", destination.url()], timeout
+            )
         return Check(
             "destination", PASS, f"{destination.spec}: a small file went there, came back and was removed"
         )
