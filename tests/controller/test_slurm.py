@@ -334,3 +334,48 @@ def test_retranscribe_fans_out_as_job_arrays_and_finalizes_the_day(
     assert {p: p.stat().st_mtime_ns for p in flacs} == flacs
     log = (tmp_path / "logs" / f"stream_tar_{DAY}_06_00_{day_row['array_job_id']}_0.out").read_text()
     assert "re-transcribed 2, left as they were 0, failed 0" in log and "exit 0" in log
+
+
+def test_scancel_stops_a_day_without_requeueing_and_a_resubmit_finishes_it(
+    slurm: dict[str, str], tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path
+) -> None:
+    """docs/getting-started.md's stop and rerun: `scancel` of a running day's jobs ends them
+    (SIGTERM: the worker records its archive `interrupted` and does not requeue itself, which
+    only the time limit's USR1 asks for); archives not started stay `pending`; submitting the
+    day again finishes it."""
+    env = {
+        **_env(slurm, tmp_path, pg_dsn, rsync_daemon.url, tiny_model),
+        "PIPELINE_TEMPERATURES": SLOW_DECODING[1],
+        "PIPELINE_DECODE_BATCH_SIZE": SLOW_DECODING[3],
+        "PIPELINE_MAX_PARALLEL": "1",
+    }
+    make_day(tmp_path, ["06_00", "06_30", "07_00"], members=8)
+    controller = _sbatch(env, tmp_path, str(REPO / "hpc" / "process_day_streaming.sh"), DAY)
+    _wait_gone(env, [controller])
+    day_row = query(pg_dsn, "SELECT * FROM days WHERE day = %s", DAY)[0]
+    deadline = time.monotonic() + 180
+    while not query(pg_dsn, "SELECT 1 FROM archives WHERE state = 'running'"):
+        assert time.monotonic() < deadline, "no worker started"
+        time.sleep(0.5)
+    jobs = [str(day_row["array_job_id"]), str(day_row["finalize_job_id"])]
+    subprocess.run(["scancel", *jobs], env=env, check=True)
+    _wait_gone(env, jobs, timeout=120)
+
+    states = {r["slot"]: r for r in query(pg_dsn, "SELECT slot, state, error, restarts FROM archives")}
+    stopped = [s for s, r in states.items() if r["state"] == "interrupted"]
+    assert len(stopped) == 1, states  # one at a time (PIPELINE_MAX_PARALLEL=1)
+    assert states[stopped[0]]["error"] == "stopped by SIGTERM" and states[stopped[0]]["restarts"] == 0
+    assert sorted(r["state"] for s, r in states.items() if s not in stopped) == ["pending", "pending"], states
+    logs = tmp_path / "logs"
+    (worker_log,) = logs.glob(f"stream_tar_{DAY}_{stopped[0]}_*.out")
+    text = worker_log.read_text()
+    assert "SIGTERM: finishing in-flight work" in text and "requeueing job" not in text
+    assert text.count("=== start") == 1
+
+    again = _sbatch(env, tmp_path, str(REPO / "hpc" / "process_day_streaming.sh"), DAY)
+    _wait_gone(env, [again])
+    day_row = query(pg_dsn, "SELECT * FROM days WHERE day = %s", DAY)[0]
+    _wait_gone(env, [day_row["array_job_id"], day_row["finalize_job_id"]], timeout=400)
+    assert {r["state"] for r in query(pg_dsn, "SELECT state FROM archives")} == {"done"}
+    assert query(pg_dsn, "SELECT state FROM days")[0]["state"] == "done"
+    assert query(pg_dsn, "SELECT count(*) AS n FROM audio_files WHERE status = 'done'")[0]["n"] == 24

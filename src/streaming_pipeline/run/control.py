@@ -2,7 +2,8 @@
 within that grace.
 
     StopSignals:  USR1 (Slurm's time-limit warning), TERM and INT ask for a clean stop; a second
-                  one exits at once (submitit keeps its signal handling in a class of its own too)
+                  one exits at once, unless it is the first's echo (submitit keeps its signal
+                  handling in a class of its own too)
     StopControl:  the stop request (signal-safe), the grace it starts, and the watchdog that ends
                   a run still not over at the grace (a stage stuck where Python cannot reach)
     UploadSlots:  finished batches waiting in scratch for their upload, waited for within the grace
@@ -36,15 +37,30 @@ WIND_DOWN_S = 5.0
 EXIT_INTERRUPTED = 75
 
 
+# `scancel` sends SIGTERM to every process of the job and the batch shell passes its own on to
+# the worker (hpc/process_single_tar_streaming.sh): one stop, arriving twice. The same signal again
+# within this many seconds is that echo; later, or another signal, is someone insisting.
+ECHO_S = 2.0
+
+
 class StopSignals:
     """Signal handlers that only set flags (no pool shutdown, no locks, no logging inside)."""
 
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, stop: Callable[[str], None], on_second: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        stop: Callable[[str], None],
+        on_second: Callable[[], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        exit_now: Callable[[int], None] = os._exit,
+    ) -> None:
         self._stop = stop
         self._on_second = on_second
-        self._fired: list[str] = []
+        self._clock = clock
+        self._exit_now = exit_now
+        self._fired: list[tuple[str, float]] = []
 
     def install(self) -> StopSignals:
         for sig in self.SIGNALS:
@@ -53,12 +69,17 @@ class StopSignals:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        now = self._clock()
         if self._fired:
+            first, at = self._fired[0]
+            if name == first and now - at < ECHO_S:
+                return  # the same stop, delivered twice
             os.write(2, f"streaming-pipeline: second signal ({name}): exiting now\n".encode())
             if self._on_second is not None:
                 self._on_second()
-            os._exit(128 + signum)
-        self._fired.append(name)
+            self._exit_now(128 + signum)
+            return
+        self._fired.append((name, now))
         os.write(2, f"streaming-pipeline: {name}: finishing in-flight work, then stopping\n".encode())
         self._stop(f"stopped by {name}")
 

@@ -16,15 +16,26 @@ from .skeleton import StagedRun
 
 log = logging.getLogger(__name__)
 
+# Only the time limit's warning (`#SBATCH --signal=B:USR1@120`) asks the job back: a SIGTERM is
+# `scancel`, someone stopping it (a preemption that requeues is Slurm's own doing), and SIGINT is
+# a person at a terminal. Their archive stays `interrupted` for a rerun to resume.
+REQUEUE_SIGNAL = "SIGUSR1"
+
+
+def requeues(reason: str | None) -> bool:
+    """Whether a run stopped for `reason` (StopControl's) puts its Slurm job back in the queue."""
+    return reason is not None and reason.startswith(f"stopped by {REQUEUE_SIGNAL}")
+
 
 def run_as_job(worker: StagedRun, store: ProgressStore, job: JobEnvironment, *, requeue: bool = True) -> int:
     """`worker.run()` under stop signals and the watchdog: exit 0 (done, or another holds the
-    work), 1 (failures), EXIT_INTERRUPTED (stopped; a Slurm job requeues itself when `requeue`)."""
+    work), 1 (failures), EXIT_INTERRUPTED (stopped; a Slurm job stopped by its time limit's
+    SIGUSR1 requeues itself when `requeue`)."""
     StopSignals(worker.request_stop).install()
 
     def stuck(reason: str) -> None:  # the watchdog's, when the stop did not end the run in time
         worker.record_stuck(reason)
-        if requeue:
+        if requeue and requeues(worker.control.reason):
             requeue_job(job)
 
     worker.control.on_stuck = stuck
@@ -42,7 +53,7 @@ def run_as_job(worker: StagedRun, store: ProgressStore, job: JobEnvironment, *, 
     print(result.summary_line())
     worker.control.over()
     if result.interrupted:
-        if requeue:
+        if requeue and requeues(worker.control.reason):
             requeue_job(job)
         return EXIT_INTERRUPTED
     return 0 if result.ok else 1
