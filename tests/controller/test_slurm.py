@@ -379,3 +379,23 @@ def test_scancel_stops_a_day_without_requeueing_and_a_resubmit_finishes_it(
     assert {r["state"] for r in query(pg_dsn, "SELECT state FROM archives")} == {"done"}
     assert query(pg_dsn, "SELECT state FROM days")[0]["state"] == "done"
     assert query(pg_dsn, "SELECT count(*) AS n FROM audio_files WHERE status = 'done'")[0]["n"] == 24
+
+
+def test_a_day_with_more_archives_than_max_array_size_runs_every_one(
+    slurm: dict[str, str], tmp_path: Path, pg_dsn: str, rsync_daemon: RsyncDaemon, tiny_model: Path
+) -> None:
+    """One day split into two arrays (the test cluster's MaxArraySize is 5): each array reads a
+    manifest of its own (they once shared a name, and the first array's tasks past the second's
+    length found no line)."""
+    env = _env(slurm, tmp_path, pg_dsn, rsync_daemon.url, tiny_model)
+    make_day(tmp_path, [f"{h:02d}_00" for h in range(6, 12)], members=1)
+    controller = _sbatch(env, tmp_path, str(REPO / "hpc" / "process_day_streaming.sh"), DAY)
+    _wait_gone(env, [controller])
+    row = query(pg_dsn, "SELECT * FROM days WHERE day = %s", DAY)[0]
+    arrays = row["array_job_id"].split(",")
+    _wait_gone(env, [*arrays, row["finalize_job_id"]], timeout=400)
+    manifests = sorted((tmp_path / "logs" / "manifests").glob("*.tsv"))
+    lines = [len(m.read_text().splitlines()) for m in manifests]
+    assert len(arrays) == len(manifests) and sum(lines) == 6, (arrays, lines)
+    assert {r["state"] for r in query(pg_dsn, "SELECT state FROM archives")} == {"done"}
+    assert query(pg_dsn, "SELECT state FROM days")[0]["state"] == "done"

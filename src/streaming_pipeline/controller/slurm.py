@@ -102,16 +102,20 @@ def hpc_dir(configured: Path | None) -> Path:
     raise ConfigError(f"cannot find {WORKER_SCRIPT}: set --hpc-dir or PIPELINE_HPC_DIR")
 
 
-def write_manifest(log_dir: Path, label: str, archives: Sequence[DayArchive]) -> Path:
+def write_manifest(log_dir: Path, label: str, archives: Sequence[DayArchive], part: int = 0) -> Path:
     """An array's task list, one `DATE<TAB>SLOT<TAB>PATH` line per task: task i reads line i + 1.
 
     Written before submission (a task can start before sbatch returns), on the log dir, which
-    compute nodes must see anyway.
+    compute nodes must see anyway. `part` numbers a day's arrays when it has more archives than
+    MaxArraySize: each array has a manifest of its own, never another's (the two used to share a
+    name, so the second overwrote the first and its tasks past the second's length found none).
     """
     folder = log_dir / "manifests"
     folder.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    path = folder / f"{label}_{stamp}_{os.getpid()}.tsv"
+    path = folder / f"{label}_{stamp}_{os.getpid()}_{part}.tsv"
+    if path.exists():
+        raise PipelineError(f"manifest {path} exists already: it would be overwritten")
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(f"{a.key.day}\t{a.slot}\t{a.path}\n" for a in archives), encoding="utf-8")
     tmp.rename(path)
@@ -141,7 +145,7 @@ def submit_days(
         chunk = list(todo[first : first + size])
         days = tuple(sorted({a.key.day for a in chunk}))
         label = days[0].isoformat() if len(days) == 1 else f"{days[0]}..{days[-1]}"
-        manifest = write_manifest(log_dir, label, chunk)
+        manifest = write_manifest(log_dir, label, chunk, part=len(arrays))
         options = [
             f"--array=0-{len(chunk) - 1}%{config.max_parallel}",
             f"--job-name=stream_tar_{label}",
