@@ -12,7 +12,7 @@
 # line (PIPELINE_WORKER_SBATCH_ARGS for the day's workers), e.g. on CPU-only nodes:
 #   PIPELINE_WORKER_SBATCH_ARGS="--gres=none --cpus-per-task=4 --mem=8G"
 #SBATCH --job-name=stream_tar
-#SBATCH --cpus-per-task=12         # CPU for a GPU at ~1000x realtime (bench --feed-only: ~100x a core; README)
+#SBATCH --cpus-per-task=12         # CPU for a GPU at ~1000x realtime (bench --feed-only: ~100x a core; docs/performance.md)
 #SBATCH --mem=96G                  # model, one decoded batch, conversion workers; flat in archive size
 #SBATCH --time=02:00:00            # a longer slot is fine: the job requeues itself and resumes
 #SBATCH --gres=gpu:1               # faster-whisper on one GPU

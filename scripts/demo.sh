@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on this machine with embedded defaults: a generated sample day, a tiny generated
-# Whisper model, a private PostgreSQL in .demo/postgres and a local directory as destination.
+# The main job with embedded defaults: a generated sample day, whisper-base assembled from the
+# package index (offline: a tiny generated Whisper, whose words are noise), a private PostgreSQL
+# in .demo/postgres and a local directory as destination.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh

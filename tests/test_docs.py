@@ -103,3 +103,45 @@ def test_the_project_speaks_of_itself_alone() -> None:
         text = page.read_text(encoding="utf-8")
         for phrase in ("../shared", "lent to", "this task", "session that"):
             assert phrase not in text, f"{page.name}: {phrase!r}"
+
+
+def _source_text() -> str:
+    files = [*(REPO / "src" / "streaming_pipeline").rglob("*.py"), *(REPO / "hpc").glob("*.sh")]
+    return "\n".join(p.read_text(encoding="utf-8") for p in files)
+
+
+def test_each_message_the_troubleshooting_table_quotes_is_in_the_code() -> None:
+    """docs/getting-started.md's table: the first cell's `quoted` messages, each of whose parts
+    (split where the page writes … for a value) the code prints."""
+    page = (REPO / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    section = page.split("## 7. When something goes wrong", 1)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) >= 10, "the ten failures a site meets first"
+    source = _source_text()
+    missing = []
+    for row in rows:
+        first = row.split(" | ", 1)[0]
+        for quoted in re.findall(r"`([^`]+)`", first):
+            missing += [f"{quoted!r}: {part!r}" for part in quoted.split("…") if part.strip() not in source]
+    assert not missing, "\n".join(missing)
+
+
+# Paths in backticks that name where something is on a cluster or a user's machine, not here.
+NOT_REPO_PATHS = re.compile(r"^(/|~|\$|\.\./|https?:)|[<>*{}]|\.\.\.|…")
+
+
+def test_every_repository_path_they_name_exists() -> None:
+    """A `path/with/a/slash.ext` in backticks is a file of the repository: from its root, from the
+    package (`stages/asr/vad.py`) or from tests/ (`run/test_worker.py`)."""
+    roots = [REPO, REPO / "src" / "streaming_pipeline", REPO / "tests"]
+    wrong = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for token in re.findall(
+            r"`([\w.\-/]+/[\w.\-]+\.(?:py|sh|md|sql|def|toml|js|css|html|cfg|yaml))`", text
+        ):
+            if NOT_REPO_PATHS.search(token):
+                continue
+            if not any((root / token).exists() for root in roots):
+                wrong.append(f"{page.name}: {token}")
+    assert not wrong, "\n".join(sorted(set(wrong)))

@@ -1,6 +1,7 @@
-"""`streaming-pipeline`: the command line, the only place that reads the environment or sets up
-logging. parser.py defines the arguments; commands.py (the work), reading.py (the progress
-database) and tooling.py (measurements, the demo) what each command does."""
+"""`streaming-pipeline`: the command line, where the environment is read (config.environ, once
+per command, into the settings) and where logging is set up. parser.py defines the arguments;
+commands.py (the work), reading.py (the progress database) and tooling.py (measurements, the
+demo) what each command does."""
 
 from __future__ import annotations
 

@@ -157,8 +157,8 @@ class EndedIn:
 
 
 class StagedRun:
-    """One run that feeds the stages: what both workers share. A subclass reads its source,
-    hands work to the conversion processes and the decoder and uploads the results; this class
+    """One run that feeds the stages: what the archive worker and the dataset worker share. A
+    subclass reads its source, hands work to the conversion processes and the decoder and uploads the results; this class
     owns how the run stops (`control`), how its uploads end (within the grace once a stop was
     requested: the rsyncs still running are ended, the rest withdrawn), what the watchdog
     records when a stage is stuck, and the rule that names the outcome."""

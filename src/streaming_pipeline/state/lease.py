@@ -1,6 +1,6 @@
 """One worker per archive: a lease on the archive's row, renewed on a heartbeat.
 
-Claiming is one short transaction on the worker's only connection (store.claim): the row is
+Claiming is one short transaction on the worker's only connection (lease_table.LeaseTable.claim): the row is
 locked, and if its lease is free, expired, or its holder is known to be gone, the lease token is
 incremented and the lease set `lease_s` ahead. Every later write of the worker checks the token
 (store fencing), so a worker that stalled past its lease (a frozen node, SIGSTOP) and was taken

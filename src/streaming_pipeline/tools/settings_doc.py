@@ -29,6 +29,9 @@ def settings_table() -> str:
     for f, s in settings():
         default = f.default if f.default is not MISSING else None
         shown = "" if default in (None, "") else f"`{s.show(default)}`"
+        if isinstance(default, bool):  # a switch: say what the variable's default is, and what the flag does
+            shown = f"on (`{s.flag}`: off)" if default else f"off (`{s.flag}`: on)"
+            shown = shown if s.flag else ("on" if default else "off")
         if f.name == "scratch_dir":
             shown = "`$TMPDIR/streaming-pipeline` of each job"
         flag = f"`{s.flag}`" if s.flag else f"— ({_cell(s.no_flag or '')})"

@@ -1,5 +1,5 @@
 -- What made each member's current transcript (issue 24): the model as named, its provenance
--- (model identity, decoder and options, device, versions; stages/provenance.py) and the key that
+-- (model identity, decoder and options, device, versions; stages/asr/provenance.py) and the key that
 -- says whether two transcripts were made the same way. `retranscribe` replaces a done member's
 -- transcript in place and keeps the one it replaced in `transcript_history`.
 ALTER TABLE audio_files ADD COLUMN IF NOT EXISTS model text;
