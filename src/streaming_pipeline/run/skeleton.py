@@ -158,10 +158,11 @@ class EndedIn:
 
 class StagedRun:
     """One run that feeds the stages: what the archive worker and the dataset worker share. A
-    subclass reads its source, hands work to the conversion processes and the decoder and uploads the results; this class
-    owns how the run stops (`control`), how its uploads end (within the grace once a stop was
-    requested: the rsyncs still running are ended, the rest withdrawn), what the watchdog
-    records when a stage is stuck, and the rule that names the outcome."""
+    subclass reads its source, hands work to the conversion processes and the decoder and
+    uploads the results; this class owns how the run stops (`control`), how its uploads end
+    (within the grace once a stop was requested: the rsyncs still running are ended, the rest
+    withdrawn), what the watchdog records when a stage is stuck, and the rule that names the
+    outcome."""
 
     def __init__(self, config: PipelineConfig, store: ProgressStore, tally: RunTally) -> None:
         self.config = config
