@@ -145,3 +145,41 @@ def test_every_repository_path_they_name_exists() -> None:
             if not any((root / token).exists() for root in roots):
                 wrong.append(f"{page.name}: {token}")
     assert not wrong, "\n".join(sorted(set(wrong)))
+
+
+def _exit_codes() -> set[int]:
+    import signal
+
+    from streaming_pipeline import errors
+    from streaming_pipeline.run.control import EXIT_INTERRUPTED
+
+    classes = [
+        c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.PipelineError)
+    ]
+    return {0, 1, EXIT_INTERRUPTED, *(c.exit_code for c in classes), *(128 + s for s in signal.Signals)}
+
+
+def test_every_exit_code_and_state_they_name_is_one_the_code_defines() -> None:
+    """An `exit N` / `exits N` / `exit status N` of the package (not rsync's, not Slurm's) is one
+    it defines; a list of three or more `states` that holds a known one holds only known ones
+    (archives', members', days', `status`'s `running?`); operations.md names every archive state."""
+    from streaming_pipeline.state.states import ArchiveState, MemberStatus
+    from streaming_pipeline.status.day import EXPIRED
+
+    codes = _exit_codes()
+    states = {*ArchiveState, *MemberStatus, EXPIRED, "submitted", "incomplete"}
+    wrong = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for m in re.finditer(r"(\S+ )?exit(?:s| status| code)?(?: is)? (\d+)", text):
+            if (m.group(1) or "").strip().lower() not in ("rsync", "ssh", "sbatch") and int(
+                m.group(2)
+            ) not in codes:
+                wrong.append(f"{page.name}: exit {m.group(2)}")
+        for listed in re.findall(r"`[\w?]+`(?:, (?:or |and )?`[\w?]+`){2,}", text):
+            words = re.findall(r"`([\w?]+)`", listed)
+            if len(set(words) & states) >= 2:
+                wrong += [f"{page.name}: state {w!r}" for w in words if w not in states]
+    operations = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    wrong += [f"operations.md lacks `{s}`" for s in ArchiveState if f"`{s}`" not in operations]
+    assert not wrong, "\n".join(wrong)
