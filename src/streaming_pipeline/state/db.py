@@ -336,15 +336,7 @@ class Database:
     # -- schema --------------------------------------------------------------------------
     def schema_version(self) -> int:
         """The version in place (0: none), read-only, for commands that must not migrate."""
-
-        def read(cur: psycopg.Cursor[Any]) -> int:
-            cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present")
-            if not one(cur)["present"]:
-                return 0
-            cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_version")
-            return int(one(cur)["v"])
-
-        return self.transaction(read, "schema version")
+        return self.transaction(_version_in_place, "schema version")
 
     def init_schema(self) -> int:
         """Create or migrate the schema idempotently; returns the version now in place.
@@ -352,30 +344,7 @@ class Database:
         A schema already at the latest version is only read: workers call this on start, and a
         site may give their role no DDL rights once `init-db` has run as the owner (even `CREATE
         TABLE IF NOT EXISTS` needs CREATE on the schema)."""
-        latest = SCHEMA_VERSION
-
-        def migrate(cur: psycopg.Cursor[Any]) -> int:
-            cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present")
-            if one(cur)["present"]:
-                cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_version")
-                found = int(one(cur)["v"])
-                if found >= latest:
-                    return found
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (0x5354524D,))
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_version")
-            current = int(one(cur)["v"])
-            for version, sql in sorted(migrations().items()):
-                if version > current:
-                    cur.execute(sql)
-                    cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
-                    current = version
-            return current
-
-        version = self.transaction(migrate, "schema migration")
+        version = self.transaction(_migrate, "schema migration")
         log.info("database schema at version %d", version)
         return version
 
@@ -387,6 +356,34 @@ class Database:
             return list(cur.fetchall())
 
         return self.transaction(read, "query")
+
+
+def _version_in_place(cur: psycopg.Cursor[Any]) -> int:
+    cur.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present")
+    if not one(cur)["present"]:
+        return 0
+    cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_version")
+    return int(one(cur)["v"])
+
+
+def _migrate(cur: psycopg.Cursor[Any]) -> int:
+    """Bring the schema to SCHEMA_VERSION, one migration at a time, under an advisory lock (two
+    workers starting together run each migration once)."""
+    found = _version_in_place(cur)
+    if found >= SCHEMA_VERSION:
+        return found
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (0x5354524D,))
+    cur.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    current = _version_in_place(cur)
+    for version, sql in sorted(migrations().items()):
+        if version > current:
+            cur.execute(sql)
+            cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            current = version
+    return current
 
 
 def write_isolating(

@@ -313,44 +313,52 @@ def _gpu_series(gpu: list[GpuMinute]) -> dict[str, Any]:
     return hosts
 
 
+_when = dt.datetime.fromisoformat
+
+
 def draw(data: dict[str, Any]) -> dict[str, str]:
     """Each chart of the report as SVG markup, by the id of its place in the page."""
-    when = dt.datetime.fromisoformat
-    tl = data["timeline"]
+    return {
+        "timeline": _draw_timeline(data["timeline"]),
+        "throughput": _draw_throughput(data["throughput"]),
+        **_draw_per_archive(data["per_archive"]),
+        **_draw_quality(data["quality"], data["reasons"]),
+        "gpu": _draw_gpu(data["gpu"]),
+    }
+
+
+def _draw_timeline(tl: dict[str, Any]) -> str:
     spans = [
-        Span(row, when(start), ms / 1000, stage)
+        Span(row, _when(start), ms / 1000, stage)
         for stage, bars in tl["bars"].items()
         for row, start, ms in bars
     ]
-    t = data["throughput"]
-    times = [when(x) for x in t["t"]]
-    per = data["per_archive"]
+    return charts.timeline("each archive run by node, coloured by stage", tl["rows"], spans, COLOURS)
+
+
+def _draw_throughput(t: dict[str, Any]) -> str:
+    times = [_when(x) for x in t["t"]]
+    return charts.line_chart(
+        "audio seconds transcribed per second",
+        times,
+        [Series("audio s per s", "#2171b5", t["audio_per_s"])],
+        y_title="audio s / s",
+        height=220,
+    ) + charts.line_chart(
+        "members done per minute and workers running",
+        times,
+        [
+            Series("members per minute", "#2b8a3e", t["members_per_min"]),
+            Series("workers running", "#d9480f", t["workers"]),
+        ],
+        y_title="members / min; workers",
+        height=220,
+    )
+
+
+def _draw_per_archive(per: list[dict[str, Any]]) -> dict[str, str]:
     slots = [a["slot"] for a in per]
-    gpu = data["gpu"]
-    hosts = list(gpu.items())
-    q = data["quality"]
-    reasons = data["reasons"]
-    out = {
-        "timeline": charts.timeline(
-            "each archive run by node, coloured by stage", tl["rows"], spans, COLOURS
-        ),
-        "throughput": charts.line_chart(
-            "audio seconds transcribed per second",
-            times,
-            [Series("audio s per s", "#2171b5", t["audio_per_s"])],
-            y_title="audio s / s",
-            height=220,
-        )
-        + charts.line_chart(
-            "members done per minute and workers running",
-            times,
-            [
-                Series("members per minute", "#2b8a3e", t["members_per_min"]),
-                Series("workers running", "#d9480f", t["workers"]),
-            ],
-            y_title="members / min; workers",
-            height=220,
-        ),
+    return {
         "xrt": charts.bar_chart(
             "x realtime per archive",
             slots,
@@ -365,6 +373,11 @@ def draw(data: dict[str, Any]) -> dict[str, str]:
             y_title="stage seconds (busy)",
             stacked=True,
         ),
+    }
+
+
+def _draw_quality(q: dict[str, Any], reasons: list[dict[str, Any]]) -> dict[str, str]:
+    return {
         "reasons": charts.hbar_chart(
             "failures and rejections by reason",
             [f"{r['status']}: {r['reason']}" for r in reasons],
@@ -383,23 +396,24 @@ def draw(data: dict[str, Any]) -> dict[str, str]:
             [Series("members", "#2171b5", [d["n"] for d in q["durations"]])],
             y_title="members",
         ),
-        "gpu": "",
     }
-    if hosts:
-        colour = {h: HOST_COLOURS[i % len(HOST_COLOURS)] for i, (h, _) in enumerate(hosts)}
-        out["gpu"] = "".join(
-            charts.line_chart(
-                f"GPU {what} per node",
-                [],
-                [Series(h, colour[h], series[key], [when(x) for x in series["t"]]) for h, series in hosts],
-                y_title=what,
-                height=240,
-            )
-            for key, what in (("busy", "busy %"), ("memory_mb", "memory MB"))
+
+
+def _draw_gpu(gpu: dict[str, Any]) -> str:
+    if not gpu:
+        return '<p class="note">No GPU samples were recorded (CPU workers, or no NVML).</p>'
+    hosts = list(gpu.items())
+    colour = {h: HOST_COLOURS[i % len(HOST_COLOURS)] for i, (h, _) in enumerate(hosts)}
+    return "".join(
+        charts.line_chart(
+            f"GPU {what} per node",
+            [],
+            [Series(h, colour[h], series[key], [_when(x) for x in series["t"]]) for h, series in hosts],
+            y_title=what,
+            height=240,
         )
-    else:
-        out["gpu"] = '<p class="note">No GPU samples were recorded (CPU workers, or no NVML).</p>'
-    return out
+        for key, what in (("busy", "busy %"), ("memory_mb", "memory MB"))
+    )
 
 
 def render(data: dict[str, Any]) -> str:
