@@ -1,12 +1,15 @@
 """The README and docs/ stay true: the README is short and starts with the two commands, every
 relative link resolves (to a file, and to a heading where it names one), every `--flag` and
 `PIPELINE_*` name they mention exists, the settings' table is what the declarations generate,
-and the project speaks of itself alone."""
+every repository path, exit code, state and quoted error they name is real, every table of
+figures says where and when it was measured, and the project speaks of itself alone."""
 
 from __future__ import annotations
 
 import argparse
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 from streaming_pipeline.cli.parser import build_parser
@@ -78,7 +81,9 @@ def test_every_relative_link_resolves() -> None:
 
 
 def test_every_flag_and_variable_they_name_exists() -> None:
-    flags = _flags(build_parser())
+    from streaming_pipeline.tools import recordings
+
+    flags = _flags(build_parser()) | _flags(recordings.build_parser())  # scripts/get-test-recordings.sh's
     variables = {s.env for _, s in settings()}
     unknown = []
     for page in PAGES:
@@ -101,6 +106,11 @@ def test_the_settings_table_is_generated_from_the_declarations() -> None:
 def test_the_project_speaks_of_itself_alone() -> None:
     for page in PAGES:
         text = page.read_text(encoding="utf-8")
+        lowered = text.lower()
+        for phrase in ("this machine", "the ci machine", "throwaway", "not available here", "this vm"):
+            assert phrase not in lowered, (
+                f"{page.name}: {phrase!r} (say what the product is, not how it was made)"
+            )
         for phrase in ("../shared", "lent to", "this task", "session that"):
             assert phrase not in text, f"{page.name}: {phrase!r}"
 
@@ -183,3 +193,75 @@ def test_every_exit_code_and_state_they_name_is_one_the_code_defines() -> None:
     operations = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
     wrong += [f"operations.md lacks `{s}`" for s in ArchiveState if f"`{s}`" not in operations]
     assert not wrong, "\n".join(wrong)
+
+
+# Tables that describe the product (no measured figure), by page and header row.
+DESCRIPTIVE_TABLES = {
+    ("README.md", "| page | what is in it |"),
+    ("architecture.md", "| folder | role | what is in it |"),
+    ("getting-started.md", "| | |"),
+    ("getting-started.md", "| destination | `PIPELINE_REMOTE` | how it authenticates |"),
+    ("getting-started.md", "| what | where |"),
+    ("getting-started.md", "| what you see | why | what to do |"),
+    ("operations.md", "| failure | what is recorded | the rerun |"),
+    ("settings.md", "| flag | variable | default | for | what |"),
+    ("tests.md", "| set | where the tests look | what it is |"),
+    ("web.md", "| address | what it shows |"),
+    ("web.md", "| flag | variable | default | |"),
+}
+# The line beside a table of figures: `*Measured 2026-12-02, commit fb5c843, on the 2-core ... VM*`.
+MEASURED = re.compile(
+    r"^\*(?:\w+ )?[Mm]easured (20\d\d-\d\d-\d\d), commits? [0-9a-f]{7}.*, on (?:the|an?) .+\*$"
+)
+
+
+def _tables(lines: list[str]) -> list[tuple[int, int]]:
+    """(first, past-last) line index of each Markdown table."""
+    spans, i = [], 0
+    while i < len(lines):
+        if lines[i].startswith("|"):
+            j = i
+            while j < len(lines) and lines[j].startswith("|"):
+                j += 1
+            spans.append((i, j))
+            i = j
+        else:
+            i += 1
+    return spans
+
+
+def test_every_table_of_figures_names_machine_date_and_commit() -> None:
+    """A table is one of the descriptive ones above, or has a `*Measured DATE, commit HASH, on
+    MACHINE*` line just before or after it; each commit it names is in the history."""
+    wrong, commits = [], set()
+    for page in PAGES:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for first, last in _tables(lines):
+            header = lines[first].strip()
+            if (page.name, header) in DESCRIPTIVE_TABLES:
+                continue
+            beside = [line.strip() for line in lines[max(0, first - 3) : first] + lines[last : last + 3]]
+            marks = [line for line in beside if MEASURED.match(line)]
+            if not marks:
+                wrong.append(f"{page.name}:{first + 1}: {header[:60]}")
+            for mark in marks:
+                commits |= set(re.findall(r"\b[0-9a-f]{7,40}\b", mark.split(", on ", 1)[0]))
+    assert not wrong, (
+        "tables of figures without a *Measured DATE, commit HASH, on MACHINE* line:\n" + "\n".join(wrong)
+    )
+    git = shutil.which("git")
+    full = (
+        git
+        and (REPO / ".git").exists()
+        and subprocess.run(
+            [git, "-C", str(REPO), "rev-parse", "--is-shallow-repository"], capture_output=True, text=True
+        ).stdout.strip()
+        == "false"
+    )
+    if full:
+        unknown = [
+            c
+            for c in sorted(commits)
+            if subprocess.run([git, "-C", str(REPO), "cat-file", "-e", f"{c}^{{commit}}"]).returncode
+        ]
+        assert not unknown, f"commits the tables name that the history lacks: {unknown}"

@@ -42,6 +42,10 @@ def test_assembles_checks_and_keeps_the_weights(tmp_path: Path) -> None:
     assert not is_assembled(target)
     assemble_whisper_base(target)
     assert is_assembled(target)
+    (target / "tokenizer.json").write_text("{}")
+    assert not is_assembled(target), "the tokenizer, config and vocabulary are checked too"
+    assemble_whisper_base(target)
+    assert is_assembled(target)
 
     from faster_whisper import WhisperModel
 

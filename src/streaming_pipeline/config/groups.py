@@ -396,7 +396,10 @@ class ServeSettings(SettingsGroup):
         None,
         env="PIPELINE_AUDIO_ROOT",
         flag="--audio-root",
-        help="where the destination's files are mounted here (default: a local --remote itself)",
+        help=(
+            "where the destination's files are mounted on the machine running serve"
+            " (default: a local --remote itself)"
+        ),
         group="serve",
     )
     token: str = setting(

