@@ -186,7 +186,8 @@ class Segment:
 class Speaker:
     """One voice of a member (stages/speakers): `S1`, `S2`, … in order of first appearance, how
     long it speaks and when first, and its centroid embedding (unit length; what recognises the
-    same voice in another member; kept in the database, not in the JSON)."""
+    same voice in another member). The JSON carries the centroid too (4 decimals: cosines change
+    by under 1e-3), so that `index` can rebuild `member_speakers` from storage alone."""
 
     id: str
     seconds: float
@@ -194,11 +195,19 @@ class Speaker:
     centroid: tuple[float, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "seconds": round(self.seconds, 2), "first_s": round(self.first_s, 2)}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "seconds": round(self.seconds, 2),
+            "first_s": round(self.first_s, 2),
+        }
+        if self.centroid:
+            out["centroid"] = [round(float(v), 4) for v in self.centroid]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Speaker:
-        return cls(str(data["id"]), float(data["seconds"]), float(data["first_s"]))
+        centroid = tuple(float(v) for v in data.get("centroid") or ())
+        return cls(str(data["id"]), float(data["seconds"]), float(data["first_s"]), centroid)
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,14 @@ def test_a_day_is_searchable_as_it_is_recorded_and_index_fills_an_older_one(
     assert main(["status", DAY, "--dsn", pg_dsn]) == 0
     assert f"searchable: {len(segments)} segments of 4 members" in capsys.readouterr().out
 
-    # A day done before segments were recorded: `index` reads them back from the JSON files.
+    # A day done before segments were recorded: `index` reads them back from the JSON files,
+    # and each member's speakers with their centroids (what `voices` compares).
+    speakers_sql = (
+        "SELECT archive, member, speaker, seconds, first_s, centroid FROM member_speakers ORDER BY 1, 2, 3"
+    )
+    speakers = query(pg_dsn, speakers_sql)
+    assert speakers and all(len(r["centroid"]) == 192 for r in speakers)
+    query(pg_dsn, "DELETE FROM member_speakers RETURNING 1")
     query(pg_dsn, "DELETE FROM segments RETURNING 1")
     query(pg_dsn, "UPDATE audio_files SET searchable_segments = NULL RETURNING 1")
     assert main(["status", DAY, "--dsn", pg_dsn]) == 0
@@ -87,6 +94,10 @@ def test_a_day_is_searchable_as_it_is_recorded_and_index_fills_an_older_one(
     assert "1 members made searchable" in capsys.readouterr().out
     assert _searchable(pg_dsn) == recorded
     assert len(query(pg_dsn, "SELECT 1 FROM segments")) == len(segments)
+    back = query(pg_dsn, speakers_sql)
+    assert [(r["member"], r["speaker"]) for r in back] == [(r["member"], r["speaker"]) for r in speakers]
+    for old, new in zip(speakers, back, strict=True):
+        assert max(abs(a - b) for a, b in zip(old["centroid"], new["centroid"], strict=True)) <= 5e-5
     assert main(args) == 0  # nothing left to do
     assert "0 members made searchable (0 segments)" in capsys.readouterr().out
     assert not any((tmp_path / "scratch").rglob("*.json"))

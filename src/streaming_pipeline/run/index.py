@@ -1,5 +1,6 @@
 """`streaming-pipeline index DAYS`: make days transcribed before segments were recorded searchable,
-from the JSON files on the destination (no audio is read, nothing is written there).
+from the JSON files on the destination (no audio is read, nothing is written there): each
+member's segments, and its speakers with their centroids (for `voices`) where the JSON has them.
 
 Per page of done members without recorded segments: which JSONs the destination has (one rsync
 listing), those fetched into scratch (one rsync), their segments written with the members' counts
@@ -94,6 +95,7 @@ class DayIndexer:
                     language=transcript.language,
                     searchable_segments=len(transcript.segments),
                     segments=transcript.segments,
+                    speakers=transcript.speakers,  # with their centroids, where the JSON has them
                 )
             )
         for archive, records in by_archive.items():

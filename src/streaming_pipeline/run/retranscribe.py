@@ -24,12 +24,15 @@ from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..config import PipelineConfig
 from ..errors import ConfigError, ConversionError, LeaseLost, TranscriptionError, UploadError
 from ..member_files import MemberFiles
 from ..stages.asr.factory import open_decoder
 from ..stages.asr.options import DecodeOptions, Timestamps
-from ..stages.asr.protocol import Decoder, TranscriberFactory
+from ..stages.asr.protocol import CPU, Decoder, DecoderStats, TranscriberFactory
+from ..stages.asr.provenance import planned
 from ..stages.audio import load_16k
 from ..stages.outputs import write_beside
 from ..stages.speakers import SpeakerOptions, SpeakerStage, with_speakers
@@ -39,7 +42,7 @@ from ..state.records import ArchiveKey, MemberRecord
 from ..state.states import MemberStatus
 from ..state.store import ProgressStore
 from ..state.transcripts import StaleMember
-from ..transcript import Transcript
+from ..transcript import Provenance, Transcript
 from .engine import BatchEnd, Lifecycle, Outcome, Upload
 from .job_environment import JobEnvironment
 from .skeleton import RunTally, StagedRun
@@ -150,7 +153,11 @@ class RetranscribeWorker(StagedRun):
     def _run(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.job_scratch.mkdir(parents=True)
-        decoder = open_decoder(self.transcriber_factory(self.options.load), self.options)
+        decoder: Decoder = (
+            KeptWords(planned(self.options))  # no Whisper: the words stay
+            if self.config.speakers_only
+            else open_decoder(self.transcriber_factory(self.options.load), self.options)
+        )
         try:
             speakers = self.speakers.options if self.speakers else None
             made = with_speakers(
@@ -182,6 +189,29 @@ class RetranscribeWorker(StagedRun):
         finally:
             self.end_uploads(None)
             uploader.close()
+
+
+class KeptWords:
+    """`--speakers-only`'s decoder, which loads no model: each member's words are its JSON's on
+    the destination (`RetranscribeWork.submit` settles it from there), so nothing is decoded.
+    Called from the run's main thread."""
+
+    device = CPU
+
+    def __init__(self, provenance: Provenance) -> None:
+        self.provenance = provenance  # what the run's stale query and log name; the words keep theirs
+
+    def submit(self, audio: np.ndarray, *, archive: str, member: str) -> Future[Transcript]:
+        raise TranscriptionError(f"{archive}: {member}: --speakers-only decodes nothing")
+
+    def cancel_pending(self) -> int:
+        return 0
+
+    def stats(self) -> DecoderStats:
+        return DecoderStats()
+
+    def close(self) -> None:
+        pass
 
 
 class RetranscribeWork:

@@ -110,7 +110,11 @@ class ArchiveWorker(StagedRun):
 
     def record_interrupted(self, reason: str) -> None:
         self.store.archives.finish(
-            self.key.archive, state=ArchiveState.INTERRUPTED, error=reason, wall_s=0.0, run_id=self.run_id
+            self.key.archive,
+            state=ArchiveState.INTERRUPTED,
+            error=reason,
+            wall_s=time.monotonic() - self.started,
+            run_id=self.run_id,
         )
 
     def run(self) -> WorkerResult:

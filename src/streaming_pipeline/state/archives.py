@@ -92,10 +92,12 @@ class ArchiveTable(Table):
         run_id: int | None = None,
         audio_s: float | None = None,
     ) -> None:
-        """The archive's outcome, and that of this run (`run_id`) when it has one."""
+        """The archive's outcome, and that of this run (`run_id`) when it has one. `wall_s` adds
+        this run's seconds to the runs' before it, as its done members' audio adds up: an archive
+        resumed (or run again with nothing left to do) keeps one x realtime over all its runs."""
         sql = (
-            "UPDATE archives SET state = %s, error = %s, finished_at = now(), wall_s = %s,"
-            " updated_at = now() WHERE archive = %s"
+            "UPDATE archives SET state = %s, error = %s, finished_at = now(),"
+            " wall_s = coalesce(wall_s, 0) + %s, updated_at = now() WHERE archive = %s"
         )
         run_sql = (
             "UPDATE archive_runs SET state = %s, error = %s, finished_at = now(), audio_s = %s WHERE id = %s"

@@ -293,8 +293,8 @@ class SegmentTable(Table):
                 columns["speakers"].append(s.speaker)
         if columns["members"]:
             cur.execute(_INSERT, {"archive": archive, **columns})
-        # A transcript read back from its JSON (`index`) has its speakers without their centroids:
-        # those are only ever written by the run that found them.
+        # Speakers are written with their centroids; a JSON written before the JSON carried them
+        # (read back by `index`) leaves `member_speakers` as it was.
         attributed = [r for r in timed if r.speakers is not None and all(sp.centroid for sp in r.speakers)]
         if attributed:
             cur.execute(_DELETE_SPEAKERS, (archive, [r.member for r in attributed]))

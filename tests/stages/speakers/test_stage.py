@@ -114,6 +114,8 @@ def test_a_transcripts_speakers_survive_its_json() -> None:
 
     t = Transcript(**{**t.__dict__, "speakers": (Speaker("S1", 1.0, 0.0, (0.5,) * 4),)})
     back = Transcript.from_json(json.loads(json.dumps(t.as_json())))
-    assert back.speakers == (Speaker("S1", 1.0, 0.0),)  # the centroid stays in the database
+    assert back.speakers == (Speaker("S1", 1.0, 0.0, (0.5,) * 4),)  # the centroid too, for `index`
+    older = {**t.as_json(), "speakers": [{"id": "S1", "seconds": 1.0, "first_s": 0.0}]}
+    assert Transcript.from_json(older).speakers == (Speaker("S1", 1.0, 0.0),)  # a JSON written before
     assert back.segments[0].speaker == "S1" and back.segments[0].words[0].speaker == "S1"
     assert Transcript.from_json({"segments": []}).speakers is None
