@@ -6,8 +6,9 @@ real process's exit would end the test)."""
 from __future__ import annotations
 
 import signal
+import threading
 
-from streaming_pipeline.run.control import ECHO_S, StopSignals
+from streaming_pipeline.run.control import ECHO_S, StopControl, StopSignals
 from streaming_pipeline.run.job import requeues
 
 
@@ -47,3 +48,29 @@ def test_another_signal_after_the_first_exits_at_once() -> None:
 def test_only_the_time_limits_warning_requeues_the_job() -> None:
     assert requeues("stopped by SIGUSR1")
     assert not requeues("stopped by SIGTERM") and not requeues("stopped by SIGINT") and not requeues(None)
+
+
+def test_a_stop_is_recorded_at_once_by_the_watchdog_not_the_signal_handler() -> None:
+    """`on_request` runs in a thread of the watchdog's as soon as the stop is asked for, long
+    before the grace ends; a run already over records nothing more."""
+    seen: list[tuple[str, str]] = []
+    recorded = threading.Event()
+
+    def record(reason: str) -> None:
+        seen.append((reason, threading.current_thread().name))
+        recorded.set()
+
+    control = StopControl(3600.0, exit_now=lambda code: None)
+    control.on_request = record
+    control.watch()
+    control.request("stopped by SIGTERM")
+    assert recorded.wait(10), "recorded at once, not at the grace"
+    assert seen[0][0] == "stopped by SIGTERM" and seen[0][1] != threading.main_thread().name
+    control.over()
+
+    finished = StopControl(3600.0, exit_now=lambda code: None)
+    finished.on_request = record
+    finished.watch()
+    finished.over()
+    finished.request("stopped by SIGTERM")
+    assert len(seen) == 1

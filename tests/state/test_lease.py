@@ -44,3 +44,39 @@ def test_a_database_that_cannot_answer_does_not_hold_uploads_back(caplog: pytest
     with caplog.at_level(logging.WARNING):
         assert upload_gate(store)() is None  # the record after the upload is fenced
     assert "lease not confirmed before an upload" in caplog.text and "hunter2" not in caplog.text
+
+
+def test_a_stopping_worker_marks_its_archive_interrupted_under_its_lease(pg_dsn: str) -> None:
+    """What a worker records the moment a stop is asked for: its running archive `interrupted`
+    (a SIGKILL after scancel's KillWait then leaves nothing `running`); its end writes over it; a
+    worker whose lease was taken writes nothing."""
+    key = ArchiveKey("2025-01-26/06_00.tar.xz", dt.date(2025, 1, 26), "06_00")
+    stopping, successor = ProgressStore(pg_dsn), ProgressStore(pg_dsn)
+    stopping.init_schema()
+    owner = Owner(None, "node1", 1)
+    claim = stopping.leases.claim(key, path="/y.tar.xz", owner=owner, lease_s=0.3, may_take=lambda h: False)
+    assert claim.token is not None
+    stopping.hold(key.archive, claim.token)
+    stopping.archives.start(key, path="/y.tar.xz", bytes_total=1, owner=owner)
+    stopping.archives.mark_interrupted(key.archive, "stopped by SIGTERM")
+
+    def state() -> tuple[str, str | None]:
+        (row,) = successor.query("SELECT state, error FROM archives WHERE archive = %s", (key.archive,))
+        return row["state"], row["error"]
+
+    assert state() == ("interrupted", "stopped by SIGTERM")
+    stopping.archives.finish(key.archive, state="done", error=None, wall_s=1.0)
+    stopping.archives.mark_interrupted(key.archive, "stopped by SIGTERM")  # only a running archive
+    assert state() == ("done", None)
+
+    stopping.archives.start(key, path="/y.tar.xz", bytes_total=1, owner=owner)
+    time.sleep(0.4)  # past the lease: the next claim takes the archive
+    taken = successor.leases.claim(
+        key, path="/y.tar.xz", owner=Owner(None, "node2", 2), lease_s=60, may_take=lambda h: False
+    )
+    assert taken.token is not None
+    with pytest.raises(LeaseLost):
+        stopping.archives.mark_interrupted(key.archive, "stopped by SIGTERM")
+    assert state()[0] == "running"
+    stopping.close()
+    successor.close()

@@ -101,6 +101,10 @@ class StopControl:
         self.event = threading.Event()  # also set when the run ends, to stop its threads
         self.reason: str | None = None
         self.on_stuck: Callable[[str], None] | None = None
+        # Run by the watchdog as soon as a stop is requested (not in the signal handler): what
+        # the stop means recorded at once, since `scancel` sends SIGKILL after Slurm's KillWait
+        # (30 s by default), which may come before the run has finished its in-flight work.
+        self.on_request: Callable[[str], None] | None = None
         self._requested_at: float | None = None
         self._wake = threading.Event()
         self._over = threading.Event()
@@ -138,6 +142,8 @@ class StopControl:
 
     def _watch(self) -> None:
         self._wake.wait()
+        if self.on_request is not None and self.reason is not None and not self._over.is_set():
+            threading.Thread(target=self.on_request, args=(self.reason,), daemon=True).start()
         if self._over.wait(self.remaining(wind_down=0.0)):
             return
         reason = f"still stopping {self.grace:.0f}s after {self.reason} (a stage is stuck)"

@@ -39,6 +39,7 @@ def run_as_job(worker: StagedRun, store: ProgressStore, job: JobEnvironment, *, 
             requeue_job(job)
 
     worker.control.on_stuck = stuck
+    worker.control.on_request = worker.record_stopping
     worker.control.watch()
     try:
         result = worker.run()

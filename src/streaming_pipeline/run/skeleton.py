@@ -191,6 +191,10 @@ class StagedRun:
     def record_interrupted(self, reason: str) -> None:
         raise NotImplementedError
 
+    def record_stopping(self, reason: str) -> None:
+        """The watchdog thread's, as soon as a stop is requested: what a SIGKILL before the run's
+        end would otherwise leave unsaid (nothing, unless a run says otherwise)."""
+
     def open_uploads(self, *, max_concurrent: int | None = None) -> Uploads:
         """The run's uploader; its gate withdraws every rsync once the lease is another's."""
         self.uploader = Uploads.of(

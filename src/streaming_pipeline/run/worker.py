@@ -117,6 +117,15 @@ class ArchiveWorker(StagedRun):
             run_id=self.run_id,
         )
 
+    def record_stopping(self, reason: str) -> None:
+        """The archive `interrupted` the moment a stop is asked for, while the run still finishes
+        its in-flight members: a SIGKILL after `scancel`'s KillWait then leaves it `interrupted`,
+        not `running` under a lease no one renews. The run's end records its outcome over this."""
+        try:
+            self.store.archives.mark_interrupted(self.key.archive, reason)
+        except (StoreError, LeaseLost) as exc:
+            log.warning("could not record %s as stopping: %s", self.key.archive, exc)
+
     def run(self) -> WorkerResult:
         """Under the archive's lease (ArchiveBusy when a live worker holds it). Raises LeaseLost,
         having written nothing more, when another worker took the archive over."""

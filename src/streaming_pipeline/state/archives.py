@@ -9,6 +9,7 @@ import psycopg
 
 from .db import Table, one
 from .records import ArchiveKey, ArchiveSummary, Owner, StageTiming
+from .states import ArchiveState
 
 
 class ArchiveTable(Table):
@@ -113,6 +114,15 @@ class ArchiveTable(Table):
             )
 
         self._db.transaction(finish, "finish archive", fenced=True)
+
+    def mark_interrupted(self, archive: str, reason: str) -> None:
+        """A running archive `interrupted` while its worker still holds the lease and finishes
+        what is in flight (`finish` then records how the run ended)."""
+        sql = (
+            "UPDATE archives SET state = %s, error = %s, updated_at = now() WHERE archive = %s AND state = %s"
+        )
+        values = (ArchiveState.INTERRUPTED, reason, archive, ArchiveState.RUNNING)
+        self._db.transaction(lambda cur: cur.execute(sql, values), "mark interrupted", fenced=True)
 
     def forget(self, archive: str) -> None:
         """Delete an archive's rows, so that its next run starts from nothing (the benchmark)."""
