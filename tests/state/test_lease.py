@@ -80,3 +80,35 @@ def test_a_stopping_worker_marks_its_archive_interrupted_under_its_lease(pg_dsn:
     assert state()[0] == "running"
     stopping.close()
     successor.close()
+
+
+def test_a_rerun_waits_for_a_stopping_holder_and_not_for_a_running_one(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`scancel` then a rerun at once: the new worker (on another node: it cannot see the old
+    pid) takes a stopping archive as soon as the old lease ends; a running one is busy at once."""
+    from streaming_pipeline.state import lease as lease_module
+    from streaming_pipeline.state.lease import ArchiveBusy, ArchiveLease
+
+    monkeypatch.setattr(lease_module, "STOPPING_POLL_S", 0.1)
+    key = ArchiveKey("2025-01-27/06_00.tar.xz", dt.date(2025, 1, 27), "06_00")
+    old, new = ProgressStore(pg_dsn), ProgressStore(pg_dsn)
+    old.init_schema()
+    owner = Owner("70_0", "node1", 1)
+    claim = old.leases.claim(key, path="/z.tar.xz", owner=owner, lease_s=1.0, may_take=lambda h: False)
+    assert claim.token is not None
+    old.hold(key.archive, claim.token)
+    old.archives.start(key, path="/z.tar.xz", bytes_total=1, owner=owner)
+
+    rerun = ArchiveLease(new, key, path="/z.tar.xz", owner=Owner("78_0", "node2", 2), lease_s=5.0)
+    started = time.monotonic()
+    with pytest.raises(ArchiveBusy):  # running, not stopping: a second worker does not start
+        rerun.acquire()
+    assert time.monotonic() - started < 1.0
+    old.archives.mark_interrupted(key.archive, "stopped by SIGTERM")  # then SIGKILL: no release
+    rerun.acquire()
+    assert 0.5 < time.monotonic() - started < 4.0, "waited for the old lease, not longer"
+    assert rerun.token is not None and rerun.token > claim.token
+    rerun.release()
+    old.close()
+    new.close()

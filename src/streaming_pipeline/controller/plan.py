@@ -97,7 +97,7 @@ def plan_day(store: ProgressStore, day: dt.date, archives: list[DayArchive]) -> 
         row = rows[archive.key.archive]
         if row.state == ArchiveState.DONE:
             plan.done.append(archive)
-        elif row.live:
+        elif row.live and row.state != ArchiveState.INTERRUPTED:  # a stopping one's worker waits
             plan.busy.append((archive, row))
         else:
             plan.todo.append(archive)

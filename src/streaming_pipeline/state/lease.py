@@ -14,13 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 from ..errors import LeaseLost, StoreError
-from .records import Holder, Owner
+from .records import Claim, Holder, Owner
 from .store import ArchiveKey, ProgressStore
 
 log = logging.getLogger(__name__)
+STOPPING_POLL_S = 2.0  # how often a worker waiting for a stopping holder tries the lease again
 
 
 class ArchiveBusy(Exception):
@@ -184,15 +186,26 @@ class ArchiveLease(Lease):
         return self
 
     def acquire(self) -> None:
-        claim = self.store.leases.claim(
+        """Claim the archive. A holder that was asked to stop (`scancel`, then a rerun at once)
+        is waited for, up to one lease: it ends soon, or was killed and its lease runs out."""
+        claim = self._claim()
+        deadline = time.monotonic() + self.lease_s + STOPPING_POLL_S
+        if claim.token is None and claim.stopping:
+            log.info("%s: %s is stopping; waiting for its lease", self.key, claim.holder.describe())
+        while claim.token is None and claim.stopping and time.monotonic() < deadline:
+            time.sleep(STOPPING_POLL_S)
+            claim = self._claim()
+        if claim.token is None:
+            raise ArchiveBusy(self.key, claim.holder)
+        if claim.was_leased:
+            log.warning("%s: took over from %s, which is gone", self.key, claim.holder.describe())
+        self.adopt(claim.token)
+
+    def _claim(self) -> Claim:
+        return self.store.leases.claim(
             self.archive_key,
             path=self._path,
             owner=self.owner,
             lease_s=self.lease_s,
             may_take=lambda holder: holder_is_gone(holder, self.owner),
         )
-        if claim.token is None:
-            raise ArchiveBusy(self.key, claim.holder)
-        if claim.was_leased:
-            log.warning("%s: took over from %s, which is gone", self.key, claim.holder.describe())
-        self.adopt(claim.token)

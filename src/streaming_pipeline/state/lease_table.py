@@ -9,6 +9,7 @@ import psycopg
 
 from .db import Table, leased_sql, one
 from .records import ArchiveKey, Claim, Holder, Owner
+from .states import ArchiveState
 
 
 class LeaseTable(Table):
@@ -39,7 +40,7 @@ class LeaseTable(Table):
             row = one(cur)
             holder, leased = Holder.of(row), bool(row["leased"])
             if leased and not may_take(holder):
-                return Claim(None, holder, leased)
+                return Claim(None, holder, leased, stopping=row["state"] == ArchiveState.INTERRUPTED)
             return Claim(take_lease(cur, key.archive, owner, lease_s), holder, leased)
 
         return self._db.transaction(claim, "claim archive")

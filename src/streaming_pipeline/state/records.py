@@ -228,6 +228,7 @@ class Claim:
     token: int | None
     holder: Holder
     was_leased: bool
+    stopping: bool = False  # the live holder was asked to stop (`interrupted`): its lease ends soon
 
 
 @dataclass(frozen=True)
