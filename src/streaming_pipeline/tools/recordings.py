@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..package_index import sha256_of
 
 MANIFEST = Path(__file__).with_name("recordings.tsv")
 SETS = ("realspeech", "broadcast-dev", "speakers-dev")
@@ -95,14 +95,6 @@ def read_manifest(path: Path = MANIFEST) -> list[Recording]:
             )
             for row in csv.DictReader(f, delimiter="\t")
         ]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def problem(recording: Recording, root: Path) -> str | None:
