@@ -124,14 +124,17 @@ def test_silence_and_noise_have_no_rows_and_an_empty_transcript(tiny_model: Path
 def test_rows_that_fail_the_guards_are_decoded_again_batched_at_each_temperature(
     tiny_model: Path, members
 ) -> None:
-    """The random model fails the log-probability guard on every row (its average log probability
-    is far below -1 and its no-speech probability near 0), so each row is decoded at every
-    temperature, and the failures of different members share calls."""
+    """The random model fails the log-probability guard on every row at temperature 0 (greedy, so
+    always: its average log probability is far below -1 and its no-speech probability near 0), so
+    each row is decoded again at 0.5, and those failing again at 1; the failures of different
+    members share calls. Above 0 the decode samples, so now and then a row's sample passes (as
+    silence: a high no-speech probability); the counts allow that and nothing else."""
     names, audio = members
     config = _config(tiny_model, decode_batch_size=8, temperatures="0,0.5,1")
     results, stats = _decode(Transcriber(LoadOptions.of(config.decode)), config, names, audio)
-    assert stats.rows_decoded == 3 * stats.rows
-    assert stats.fallback_rows == 2 * stats.rows
+    assert stats.rows_decoded == stats.rows + stats.fallback_rows
+    assert stats.rows <= stats.fallback_rows <= 2 * stats.rows
+    assert stats.fallback_rows > 1.5 * stats.rows, "most rows fail at 0.5 too"
     assert stats.calls < stats.rows_decoded / 3
     for result in results:
         for seg in result.segments:
