@@ -120,7 +120,10 @@ class ArchiveWorker(StagedRun):
     def record_stopping(self, reason: str) -> None:
         """The archive `interrupted` the moment a stop is asked for, while the run still finishes
         its in-flight members: a SIGKILL after `scancel`'s KillWait then leaves it `interrupted`,
-        not `running` under a lease no one renews. The run's end records its outcome over this."""
+        not `running` under a lease no one renews. The run's end records its outcome over this.
+        A worker stopped before it started its archive (under its lease) records nothing."""
+        if self.run_id is None:
+            return
         try:
             self.store.archives.mark_interrupted(self.key.archive, reason)
         except (StoreError, LeaseLost) as exc:
